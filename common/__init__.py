@@ -1,0 +1,88 @@
+"""retia: distributed model evaluators for neural architecture search.
+
+Importing retia loads neither torch nor pytorch_lightning; the parts that need them
+(``retia.nn``, ``retia.lightning``, ``fixed_arch``, ...) load on first use (PEP 562).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    AuthenticationError,
+    InvalidArchitectureError,
+    PayloadTooLarge,
+    ProtocolError,
+    RetiaError,
+    SerializationError,
+    TrialFailedError,
+    WorkerLostError,
+)
+from .evaluator import EvaluationResult, Evaluator, FunctionalEvaluator
+from .reporting import report_final_result, report_intermediate_result
+from .serializer import dump, load
+from .trace import get_recipe, is_traced, trace
+
+if TYPE_CHECKING:
+    from .dispatcher.client import Backend, Trial, connect, wait
+    from .dispatcher.cluster import local_cluster
+    from .dispatcher.experiment import Experiment, RetiariiExperiment
+    from .nn.space import fixed_arch, original_state_dict_hooks
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuthenticationError",
+    "Backend",
+    "EvaluationResult",
+    "Evaluator",
+    "Experiment",
+    "FunctionalEvaluator",
+    "InvalidArchitectureError",
+    "PayloadTooLarge",
+    "ProtocolError",
+    "RetiaError",
+    "RetiariiExperiment",
+    "SerializationError",
+    "Trial",
+    "TrialFailedError",
+    "WorkerLostError",
+    "connect",
+    "dump",
+    "fixed_arch",
+    "get_recipe",
+    "is_traced",
+    "load",
+    "local_cluster",
+    "original_state_dict_hooks",
+    "report_final_result",
+    "report_intermediate_result",
+    "trace",
+    "wait",
+]
+
+_LAZY = {
+    "connect": "retia.dispatcher.client",
+    "wait": "retia.dispatcher.client",
+    "Backend": "retia.dispatcher.client",
+    "Trial": "retia.dispatcher.client",
+    "local_cluster": "retia.dispatcher.cluster",
+    "Experiment": "retia.dispatcher.experiment",
+    "RetiariiExperiment": "retia.dispatcher.experiment",
+    "fixed_arch": "retia.nn.space",
+    "original_state_dict_hooks": "retia.nn.space",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'retia' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,128 @@
+"""Evaluators: how one concrete model is trained and scored.
+
+``Evaluator.evaluate(model)`` runs in this process, with a fresh output directory exported
+as ``RETIA_OUTPUT_DIR`` / ``NNI_OUTPUT_DIR`` and a reporter collecting ``report_*`` calls.
+The worker's trial runner calls the very same method, with a reporter that forwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import time
+import types
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .errors import SerializationError
+from .reporting import CollectingReporter, Metric, Reporter, use_reporter
+from .serializer import dump
+from .trace import Recipe, Traced, _attach
+
+__all__ = ["Evaluator", "FunctionalEvaluator", "EvaluationResult", "OUTPUT_DIR_VARS", "model_factory"]
+
+OUTPUT_DIR_VARS = ("RETIA_OUTPUT_DIR", "NNI_OUTPUT_DIR")
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """What one evaluation reported, how long it took, and where its files are."""
+
+    final: Metric | None
+    intermediates: list[Metric]
+    duration: float
+    output_dir: Path
+
+
+class Evaluator:
+    """Base class: subclasses implement ``_run(model_factory)`` and record their own recipe."""
+
+    def evaluate(
+        self, model: Any, *, output_dir: str | os.PathLike[str] | None = None, reporter: Reporter | None = None
+    ) -> EvaluationResult:
+        """Train and score one concrete model in this process.
+
+        ``model`` is a model class, a zero-argument callable returning a model, or an instance.
+        ``output_dir`` defaults to a fresh directory under ``./retia-runs/`` (or ``$RETIA_RUNS_DIR``).
+        """
+        factory = model_factory(model)
+        out = Path(output_dir) if output_dir is not None else _fresh_run_dir()
+        out.mkdir(parents=True, exist_ok=True)
+        collector = CollectingReporter() if reporter is None else None
+        start = time.perf_counter()
+        with _output_dir_env(out), use_reporter(reporter or collector):  # type: ignore[arg-type]
+            self._run(factory)
+        duration = time.perf_counter() - start
+        if collector is None:
+            return EvaluationResult(None, [], duration, out)
+        return EvaluationResult(collector.final_value, list(collector.intermediates), duration, out)
+
+    def _run(self, model_factory: Callable[[], Any]) -> None:
+        raise NotImplementedError
+
+    def _record(self, *args: Any, **kwargs: Any) -> None:
+        """Attach this evaluator's recipe and check it serializes now, not on a worker later."""
+        _attach(self, Recipe(type(self), args, kwargs))
+        dump(self)
+
+
+class FunctionalEvaluator(Evaluator):
+    """Evaluate with a plain function: ``fit(model_cls, **kwargs)`` (kwargs are serialized)."""
+
+    def __init__(self, fit: Callable[..., Any], **kwargs: Any) -> None:
+        if not callable(fit):
+            raise TypeError(f"FunctionalEvaluator needs a callable fit function, got {type(fit).__name__}")
+        self.function = fit
+        self.arguments = kwargs
+        try:
+            self._record(fit, **kwargs)
+        except SerializationError as exc:
+            raise type(exc)(f"FunctionalEvaluator argument is not serializable: {exc}", exc.path) from exc
+
+    def _run(self, model_factory: Callable[[], Any]) -> None:
+        self.function(model_factory, **self.arguments)
+
+    def __repr__(self) -> str:
+        name = getattr(self.function, "__qualname__", repr(self.function))
+        return f"FunctionalEvaluator({name}, {', '.join(self.arguments)})"
+
+
+class _ReturnModel:
+    """A picklable zero-argument callable that returns an already-built model."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def __call__(self) -> Any:
+        return self.model
+
+
+def model_factory(model: Any) -> Callable[[], Any]:
+    """Normalize a model class, factory or instance to a zero-argument callable."""
+    if isinstance(model, (type, Traced, types.FunctionType, types.MethodType, functools.partial)):
+        return model  # type: ignore[no-any-return]
+    if callable(model) and not hasattr(model, "parameters"):
+        return model  # type: ignore[no-any-return]
+    return _ReturnModel(model)
+
+
+def _fresh_run_dir() -> Path:
+    base = Path(os.environ.get("RETIA_RUNS_DIR", "retia-runs"))
+    return base / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+
+
+@contextlib.contextmanager
+def _output_dir_env(path: Path) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in OUTPUT_DIR_VARS}
+    os.environ.update({name: str(path.resolve()) for name in OUTPUT_DIR_VARS})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -1,0 +1,227 @@
+"""``dump`` / ``load``: ship recipes and references, pickle only what has neither.
+
+The encoding is msgpack. Traced objects become recipes (target + arguments, recursively),
+importable classes and functions become ``module:qualname`` references, plain data stays
+plain, and only what has none of these (a lambda, a class from ``__main__`` or from the
+user's own uninstalled modules) is cloudpickled, with a size warning and a hard cap.
+
+``load`` imports and calls what the bytes name: only ever call it on bytes whose
+signature was checked with the cluster key (the worker does; the dispatcher never loads).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.metadata
+import logging
+import sys
+import types
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import cloudpickle
+import msgpack
+
+from .errors import PayloadTooLarge, SerializationError
+from .trace import Recipe, Traced, get_recipe
+
+__all__ = ["dump", "load", "DumpOptions"]
+
+_log = logging.getLogger(__name__)
+_FORMAT = "retia-dump/1"
+MiB = 1 << 20
+
+
+class _Ext(IntEnum):
+    TUPLE = 1
+    REF = 2
+    RECIPE = 3
+    PICKLE = 4
+    TRACED = 5
+    DICT = 6
+
+
+@dataclass(frozen=True)
+class DumpOptions:
+    """Size policy for pickled arguments: warn above ``warn_bytes``, refuse above ``max_pickle_bytes``."""
+
+    warn_bytes: int = 1 * MiB
+    max_pickle_bytes: int = 64 * MiB
+
+
+def dump(obj: Any, *, name: str | None = None, options: DumpOptions | None = None) -> bytes:
+    """Serialize ``obj`` to bytes; ``name`` is the root of argument paths in messages."""
+    root = name or getattr(type(obj), "__name__", "object")
+    tree = _Encoder(options or DumpOptions()).encode(obj, root)
+    return msgpack.packb([_FORMAT, tree], use_bin_type=True)
+
+
+def load(data: bytes) -> Any:
+    """Rebuild an object from :func:`dump` bytes (authenticated bytes only)."""
+    try:
+        fmt, tree = msgpack.unpackb(data, ext_hook=_decode_ext, raw=False, strict_map_key=False)
+    except SerializationError:
+        raise
+    except Exception as exc:
+        raise SerializationError(f"cannot load payload ({len(data)} bytes): {type(exc).__name__}: {exc}") from exc
+    if fmt != _FORMAT:
+        raise SerializationError(f"unknown payload format {fmt!r}; expected {_FORMAT!r} (version mismatch?)")
+    return tree
+
+
+class _Encoder:
+    def __init__(self, options: DumpOptions) -> None:
+        self.options = options
+
+    def encode(self, obj: Any, path: str) -> Any:
+        if obj is None or isinstance(obj, (bool, str, bytes, float)):
+            return obj
+        if isinstance(obj, int) and type(obj) is int and -(1 << 63) <= obj < (1 << 64):
+            return obj
+        if type(obj) is list:
+            return [self.encode(v, f"{path}[{i}]") for i, v in enumerate(obj)]
+        if type(obj) is tuple:
+            return self._ext(_Ext.TUPLE, [self.encode(v, f"{path}[{i}]") for i, v in enumerate(obj)])
+        if type(obj) is dict:
+            if all(isinstance(k, str) for k in obj):
+                return {k: self.encode(v, f"{path}.{k}") for k, v in obj.items()}
+            return self._ext(
+                _Ext.DICT,
+                [[self.encode(k, f"{path}.<key>"), self.encode(v, f"{path}[{k!r}]")] for k, v in obj.items()],
+            )
+        if isinstance(obj, Traced):
+            return self._ext(_Ext.TRACED, self.encode(obj.__wrapped__, path))
+        recipe = get_recipe(obj)
+        if recipe is not None:
+            return self._ext(
+                _Ext.RECIPE,
+                [
+                    self.encode(recipe.target, path),
+                    [self.encode(v, f"{path}[{i}]") for i, v in enumerate(recipe.args)],
+                    {k: self.encode(v, f"{path}.{k}") for k, v in recipe.kwargs.items()},
+                ],
+            )
+        ref = _reference(obj)
+        if ref is not None:
+            return self._ext(_Ext.REF, ref)
+        return self._ext(_Ext.PICKLE, self._pickle(obj, path))
+
+    def _pickle(self, obj: Any, path: str) -> bytes:
+        _register_user_module(obj)
+        try:
+            data = cloudpickle.dumps(obj)
+        except Exception as exc:
+            raise SerializationError(
+                f"cannot serialize {path} (a {type(obj).__name__}): {exc}. Pass something that can be "
+                "rebuilt instead: a traced object (retia.trace), an importable function, or plain data.",
+                path,
+            ) from exc
+        size = len(data)
+        if size > self.options.max_pickle_bytes:
+            raise PayloadTooLarge(
+                f"{path} (a {type(obj).__name__}) pickles to {size / MiB:.1f} MiB, over the "
+                f"{self.options.max_pickle_bytes / MiB:.0f} MiB cap. Build it with retia.trace so it is "
+                "re-created on the worker, or load it inside fit.",
+                path,
+                size,
+            )
+        if size > self.options.warn_bytes:
+            _log.warning(
+                "%s (a %s) was pickled into the payload: %.1f MiB. Consider retia.trace so it is "
+                "rebuilt on the worker instead of shipped.",
+                path,
+                type(obj).__name__,
+                size / MiB,
+            )
+        return data
+
+    @staticmethod
+    def _ext(code: _Ext, inner: Any) -> msgpack.ExtType:
+        return msgpack.ExtType(int(code), msgpack.packb(inner, use_bin_type=True))
+
+
+def _decode_ext(code: int, data: bytes) -> Any:
+    inner = msgpack.unpackb(data, ext_hook=_decode_ext, raw=False, strict_map_key=False)
+    if code == _Ext.TUPLE:
+        return tuple(inner)
+    if code == _Ext.DICT:
+        return {k: v for k, v in inner}
+    if code == _Ext.REF:
+        return _resolve(inner)
+    if code == _Ext.TRACED:
+        return Traced(inner)
+    if code == _Ext.RECIPE:
+        target, args, kwargs = inner
+        try:
+            return Recipe(target, tuple(args), kwargs).build()
+        except Exception as exc:
+            name = getattr(target, "__qualname__", repr(target))
+            raise SerializationError(f"rebuilding {name} from its recipe failed: {type(exc).__name__}: {exc}") from exc
+    if code == _Ext.PICKLE:
+        try:
+            return cloudpickle.loads(inner)
+        except Exception as exc:
+            raise SerializationError(f"unpickling an argument failed: {type(exc).__name__}: {exc}") from exc
+    raise SerializationError(f"unknown extension code {code} in payload (version mismatch?)")
+
+
+def _reference(obj: Any) -> str | None:
+    """``module:qualname`` if ``obj`` is importable by that name from an installed module."""
+    if not isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType)):
+        return None
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None)
+    if not module or not qualname or "<" in qualname or _is_user_module(module):
+        return None
+    try:
+        if _resolve(f"{module}:{qualname}") is not obj:
+            return None
+    except SerializationError:
+        return None
+    return f"{module}:{qualname}"
+
+
+def _resolve(ref: str) -> Any:
+    module_name, _, qualname = ref.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise SerializationError(
+            f"cannot import {ref}: {exc}. Install the package that provides it on this machine."
+        ) from exc
+    return obj
+
+
+@functools.lru_cache(maxsize=1)
+def _installed_top_levels() -> frozenset[str]:
+    names = set(importlib.metadata.packages_distributions())
+    return frozenset(names | set(sys.stdlib_module_names) | set(sys.builtin_module_names) | {"retia"})
+
+
+def _is_user_module(module: str) -> bool:
+    """True for ``__main__`` and the user's own uninstalled files: these travel by value."""
+    if module == "__main__":
+        return True
+    return module.split(".")[0] not in _installed_top_levels()
+
+
+def _register_user_module(obj: Any) -> None:
+    """Make cloudpickle copy code from the user's own (uninstalled) modules by value.
+
+    Every such module already imported is registered, not only ``obj``'s own: a pickled
+    object may reach functions of several of the user's files, and the worker has none.
+    """
+    for name in list(sys.modules):
+        if "." in name or name == "__main__" or name in _registered or not _is_user_module(name):
+            continue
+        module = sys.modules.get(name)
+        if isinstance(module, types.ModuleType):
+            cloudpickle.register_pickle_by_value(module)
+            _registered.add(name)
+
+
+_registered: set[str] = set()

@@ -1,0 +1,48 @@
+"""Shared fixtures: every test must leave no child process and no changed environment behind."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+try:
+    import psutil  # noqa: F401
+except ImportError:  # pragma: no cover
+    psutil = None
+
+
+def _children() -> set[int]:
+    pids: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        state, ppid = fields[0], int(fields[1])
+        if ppid == os.getpid() and state != "Z":
+            pids.add(int(entry.name))
+    return pids
+
+
+@pytest.fixture(autouse=True)
+def _no_leaks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """Fail a test that leaves child processes running or changes the environment."""
+    monkeypatch.setenv("RETIA_RUNS_DIR", str(tmp_path / "runs"))
+    before_env = dict(os.environ)
+    before = _children()
+    yield
+    deadline = time.monotonic() + 5
+    leaked = _children() - before
+    while leaked and time.monotonic() < deadline:
+        time.sleep(0.05)
+        leaked = _children() - before
+    changed = {k for k in set(os.environ) | set(before_env) if os.environ.get(k) != before_env.get(k)}
+    assert not leaked, f"test leaked child processes {sorted(leaked)}"
+    assert not changed, f"test changed environment variables {sorted(changed)}"
