@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 from .errors import SerializationError
 from .reporting import CollectingReporter, Metric, Reporter, use_reporter
 from .serializer import dump
-from .trace import Recipe, Traced, _attach
+from .trace import Recipe, Traced, _attach, _name_positionals
 
 __all__ = ["Evaluator", "FunctionalEvaluator", "EvaluationResult", "OUTPUT_DIR_VARS", "model_factory"]
 
@@ -49,7 +49,7 @@ class Evaluator:
         ``output_dir`` defaults to a fresh directory under ``./retia-runs/`` (or ``$RETIA_RUNS_DIR``).
         """
         factory = model_factory(model)
-        out = Path(output_dir) if output_dir is not None else _fresh_run_dir()
+        out = (Path(output_dir) if output_dir is not None else _fresh_run_dir()).resolve()
         out.mkdir(parents=True, exist_ok=True)
         collector = CollectingReporter() if reporter is None else None
         start = time.perf_counter()
@@ -65,6 +65,7 @@ class Evaluator:
 
     def _record(self, *args: Any, **kwargs: Any) -> None:
         """Attach this evaluator's recipe and check it serializes now, not on a worker later."""
+        args, kwargs = _name_positionals(type(self), args, kwargs)
         _attach(self, Recipe(type(self), args, kwargs))
         dump(self)
 

@@ -1,0 +1,69 @@
+"""The cluster key: generated once, kept in a 0600 file, handed to workers by file or ``RETIA_KEY``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import stat
+from pathlib import Path
+
+from .errors import ConfigError
+
+__all__ = ["DEFAULT_HOME", "default_key_file", "load_key", "create_key_file", "resolve_key"]
+
+_log = logging.getLogger(__name__)
+DEFAULT_HOME = Path("~/.retia")
+KEY_ENV = "RETIA_KEY"
+_KEY_BYTES = 32
+
+
+def default_key_file(home: Path | None = None) -> Path:
+    return (home or DEFAULT_HOME).expanduser() / "cluster.key"
+
+
+def create_key_file(path: Path) -> bytes:
+    """Write a fresh random key to ``path`` with mode 0600 (never world-readable, even briefly)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(_KEY_BYTES).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key + b"\n")
+    return key
+
+
+def load_key(path: Path) -> bytes:
+    """Read a key file, refusing one that group or others can read."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ConfigError(f"key file {path} does not exist; copy it from the head node or set {KEY_ENV}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"key file {path} is accessible by group or others (mode {stat.S_IMODE(mode):04o}); "
+            f"anyone who reads it can run code on your workers. Fix it with: chmod 600 {path}"
+        )
+    key = path.read_bytes().strip()
+    if len(key) < 16:
+        raise ConfigError(f"key file {path} holds {len(key)} bytes; a cluster key needs at least 16")
+    return key
+
+
+def resolve_key(key: bytes | str | None = None, key_file: Path | str | None = None, *, create: bool = False) -> bytes:
+    """The key from an argument, a file, ``$RETIA_KEY`` or the default file, in that order."""
+    if key:
+        return key.encode() if isinstance(key, str) else key
+    if key_file is None and os.environ.get(KEY_ENV):
+        return os.environ[KEY_ENV].strip().encode()
+    path = Path(key_file).expanduser() if key_file is not None else default_key_file()
+    if create and not path.exists():
+        created = create_key_file(path)
+        _log.warning(
+            "generated a new cluster key in %s; give it to each worker: copy the file (chmod 600) and "
+            "pass --key-file, or export %s=$(cat %s)",
+            path,
+            KEY_ENV,
+            path,
+        )
+        return created
+    return load_key(path)

@@ -1,0 +1,307 @@
+"""The three kinds of decision in a model space: LayerChoice, InputChoice, ValueChoice.
+
+Each one registers ``(label, options)`` with the space under construction. Under
+:func:`~retia.nn.fixed_arch` its ``__new__`` returns the chosen thing itself (a module, a
+fixed input selector, a plain value); otherwise it is the supernet form, in which every
+candidate is present and :meth:`activate` picks the path that forward takes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, Union
+
+import torch
+from torch import nn
+
+from ..errors import InvalidArchitectureError
+from .arch import MISSING, ChoiceSpec, fixed_choice, match_option, register_choice
+
+__all__ = ["LayerChoice", "InputChoice", "ValueChoice", "ChosenInputs", "REDUCTIONS"]
+
+_log = logging.getLogger(__name__)
+
+REDUCTIONS = ("sum", "mean", "concat", "none")
+CHOSEN_ATTR = "_retia_chosen_from"  # on a module picked by a frozen LayerChoice: [(label, key), ...]
+
+
+def _check_active(spec: ChoiceSpec, value: Any) -> Any:
+    chosen = match_option(spec.options, value)
+    if chosen is MISSING:
+        raise InvalidArchitectureError(
+            f"label {spec.label!r} has value {value!r}, not one of {list(spec.options)!r}"
+        )
+    return chosen
+
+
+class LayerChoice(nn.Module):
+    """Choose one of several candidate modules (a list, or an ordered dict of named modules).
+
+    The architecture value is the candidate's index for a list and its name for a dict.
+    Under ``fixed_arch`` constructing a LayerChoice returns the chosen module itself.
+    """
+
+    label: str
+
+    def __new__(cls, candidates: Any = MISSING, *, label: str | None = None) -> Any:
+        if candidates is MISSING:  # unpickling and deepcopy call __new__ without arguments
+            return super().__new__(cls)
+        items = _candidate_items(candidates)
+        options: list[Any] = list(range(len(items))) if not _is_mapping(candidates) else [k for k, _ in items]
+        spec = register_choice("layerchoice", label, options, options[0])
+        chosen = fixed_choice(spec)
+        if chosen is not MISSING:
+            key = str(chosen)
+            module = dict(items)[key]
+            module.__dict__.setdefault(CHOSEN_ATTR, []).append((spec.label, key))
+            return module
+        obj = super().__new__(cls)
+        obj.__dict__["_retia_spec"] = spec
+        return obj
+
+    def __init__(self, candidates: Sequence[nn.Module] | Mapping[str, nn.Module], *, label: str | None = None) -> None:
+        spec: ChoiceSpec = self.__dict__.pop("_retia_spec")
+        super().__init__()
+        self.spec = spec
+        self.label = spec.label
+        self.candidates = nn.ModuleDict(_candidate_items(candidates))
+        self.active: Any = spec.default
+
+    @property
+    def options(self) -> list[Any]:
+        return list(self.spec.options)
+
+    def activate(self, value: Any) -> None:
+        """Make forward use the candidate ``value`` (an index for a list, a name for a dict)."""
+        self.active = _check_active(self.spec, value)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.candidates[str(self.active)](*args, **kwargs)
+
+    def __len__(self) -> int:
+        return len(self.candidates)
+
+    def __getitem__(self, key: int | str) -> nn.Module:
+        return self.candidates[str(key)]
+
+    def extra_repr(self) -> str:
+        return f"label={self.label!r}, active={self.active!r}"
+
+
+def _is_mapping(candidates: Any) -> bool:
+    return isinstance(candidates, (Mapping, nn.ModuleDict))
+
+
+def _candidate_items(candidates: Any) -> list[tuple[str, nn.Module]]:
+    if _is_mapping(candidates):
+        items = list(candidates.items())
+    elif isinstance(candidates, (Sequence, nn.ModuleList)) and not isinstance(candidates, (str, bytes)):
+        items = [(str(i), m) for i, m in enumerate(candidates)]
+    else:
+        raise TypeError(f"LayerChoice candidates must be a list or a dict of modules, got {type(candidates).__name__}")
+    if not items:
+        raise ValueError("LayerChoice needs at least one candidate")
+    for key, module in items:
+        if not isinstance(key, str) or not key or "." in key:
+            raise ValueError(f"LayerChoice candidate names must be non-empty strings without '.', got {key!r}")
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"LayerChoice candidate {key!r} is a {type(module).__name__}, not an nn.Module")
+    return items
+
+
+class InputChoice(nn.Module):
+    """Choose ``n_chosen`` of ``n_candidates`` input tensors and reduce them.
+
+    The architecture value is an index when ``n_chosen == 1``, else a sorted list of indices.
+    Under ``fixed_arch`` constructing one returns a :class:`ChosenInputs`.
+    """
+
+    label: str
+
+    def __new__(
+        cls,
+        n_candidates: Any = MISSING,
+        n_chosen: int = 1,
+        reduction: str = "sum",
+        *,
+        label: str | None = None,
+    ) -> Any:
+        if n_candidates is MISSING:  # unpickling and deepcopy
+            return super().__new__(cls)
+        _check_input_args(n_candidates, n_chosen, reduction)
+        if n_chosen == 1:
+            options: list[Any] = list(range(n_candidates))
+        else:
+            options = [list(c) for c in itertools.combinations(range(n_candidates), n_chosen)]
+        spec = register_choice("inputchoice", label, options, options[0])
+        chosen = fixed_choice(spec)
+        if chosen is not MISSING:
+            return ChosenInputs(chosen, reduction)
+        obj = super().__new__(cls)
+        obj.__dict__["_retia_spec"] = spec
+        return obj
+
+    def __init__(self, n_candidates: int, n_chosen: int = 1, reduction: str = "sum", *, label: str | None = None) -> None:
+        spec: ChoiceSpec = self.__dict__.pop("_retia_spec")
+        super().__init__()
+        self.spec = spec
+        self.label = spec.label
+        self.n_candidates = n_candidates
+        self.n_chosen = n_chosen
+        self.reduction = reduction
+        self.active: Any = spec.default
+
+    @property
+    def options(self) -> list[Any]:
+        return [list(o) if isinstance(o, list) else o for o in self.spec.options]
+
+    def activate(self, value: Any) -> None:
+        """Make forward use the inputs ``value`` (an index, or a list of indices)."""
+        self.active = _check_active(self.spec, value)
+
+    def forward(self, candidate_inputs: Sequence[torch.Tensor]) -> Any:
+        if len(candidate_inputs) != self.n_candidates:
+            raise ValueError(f"InputChoice {self.label!r} expects {self.n_candidates} inputs, got {len(candidate_inputs)}")
+        return _select(candidate_inputs, self.active, self.reduction)
+
+    def extra_repr(self) -> str:
+        return (
+            f"label={self.label!r}, n_candidates={self.n_candidates}, n_chosen={self.n_chosen}, "
+            f"reduction={self.reduction!r}, active={self.active!r}"
+        )
+
+
+def _check_input_args(n_candidates: Any, n_chosen: Any, reduction: Any) -> None:
+    if not isinstance(n_candidates, int) or isinstance(n_candidates, bool) or n_candidates < 1:
+        raise ValueError(f"InputChoice n_candidates must be a positive int, got {n_candidates!r}")
+    if not isinstance(n_chosen, int) or isinstance(n_chosen, bool) or not 1 <= n_chosen <= n_candidates:
+        raise ValueError(f"InputChoice n_chosen must be an int in [1, {n_candidates}], got {n_chosen!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"InputChoice reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+class ChosenInputs(nn.Module):
+    """A fixed input selector: what an InputChoice becomes under ``fixed_arch``."""
+
+    def __init__(self, chosen: int | list[int], reduction: str = "sum") -> None:
+        super().__init__()
+        self.chosen = chosen
+        self.reduction = reduction
+
+    def forward(self, candidate_inputs: Sequence[torch.Tensor]) -> Any:
+        return _select(candidate_inputs, self.chosen, self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"chosen={self.chosen!r}, reduction={self.reduction!r}"
+
+
+def _select(inputs: Sequence[torch.Tensor], chosen: int | Sequence[int], reduction: str) -> Any:
+    picked = [inputs[chosen]] if isinstance(chosen, int) else [inputs[i] for i in chosen]
+    if reduction == "none":
+        return picked
+    if len(picked) == 1:
+        return picked[0]
+    if reduction == "concat":
+        return torch.cat(picked, dim=1)
+    total = picked[0]
+    for tensor in picked[1:]:
+        total = total + tensor
+    return total / len(picked) if reduction == "mean" else total
+
+
+# ---------------------------------------------------------------------------- ValueChoice
+
+Scalar = Union[int, float, str]
+
+
+class ValueChoice:
+    """Choose one of several plain values, usable as an argument of ordinary layers.
+
+    Under ``fixed_arch`` constructing one returns the chosen value itself. In a supernet it
+    returns an ``int`` / ``float`` / ``str`` subclass holding the largest numeric option
+    (the first option for strings), with ``label`` and ``options`` attached, so
+    ``nn.Linear(64, ValueChoice([16, 32]))`` builds at width 32. Other option types build
+    with their first option as a plain value.
+    """
+
+    label: str
+    options: list[Any]
+
+    def __new__(cls, values: Any = MISSING, *, label: str | None = None) -> Any:
+        if values is MISSING:
+            raise TypeError("ValueChoice() needs a list of values")
+        options = _check_values(values)
+        default = _supernet_default(options)
+        spec = register_choice("valuechoice", label, options, default)
+        chosen = fixed_choice(spec)
+        if chosen is not MISSING:
+            return chosen
+        holder = _HOLDERS.get(type(default))
+        if holder is None:
+            _log.debug("ValueChoice %r holds %s values: the supernet uses %r", spec.label, type(default).__name__, default)
+            return default
+        return _make_holder(holder, default, spec)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Everything happens in ``__new__``."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        spec: ChoiceSpec = self.spec  # type: ignore[attr-defined]
+        base = type(self).__mro__[2]
+        return (_rebuild_holder, (type(self), base(self), spec))
+
+    def __repr__(self) -> str:
+        return f"ValueChoice({list(self.options)!r}, label={self.label!r})"
+
+
+class _IntValueChoice(ValueChoice, int):
+    __str__ = int.__repr__
+
+
+class _FloatValueChoice(ValueChoice, float):
+    __str__ = float.__repr__
+
+
+class _StrValueChoice(ValueChoice, str):
+    __str__ = str.__str__
+
+
+_HOLDERS: dict[type, type] = {int: _IntValueChoice, float: _FloatValueChoice, str: _StrValueChoice}
+
+
+def _make_holder(holder: type, value: Any, spec: ChoiceSpec) -> Any:
+    base = holder.__mro__[2]
+    obj = base.__new__(holder, value)
+    obj.spec = spec
+    obj.label = spec.label
+    obj.options = list(spec.options)
+    return obj
+
+
+def _rebuild_holder(holder: type, value: Any, spec: ChoiceSpec) -> Any:
+    return _make_holder(holder, value, spec)
+
+
+def _check_values(values: Any) -> list[Any]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise TypeError(f"ValueChoice needs a list of values, got {type(values).__name__}")
+    options = [v.item() if hasattr(v, "item") and not isinstance(v, (int, float, str)) else v for v in values]
+    if not options:
+        raise ValueError("ValueChoice needs at least one value")
+    for i, v in enumerate(options):
+        if any(match_option([w], v) is not MISSING for w in options[:i]):
+            raise ValueError(f"ValueChoice values must be distinct, {v!r} appears twice in {options!r}")
+    return options
+
+
+def _supernet_default(options: list[Any]) -> Any:
+    """The largest option when all are numbers (the supernet's widest shape), else the first."""
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in options)
+    if not numeric:
+        return options[0]
+    best = max(options)
+    if any(isinstance(v, float) for v in options):
+        return float(best)
+    return int(best)

@@ -1,0 +1,250 @@
+"""ModelSpace, fixed_arch and original_state_dict_hooks: what strategies sample and workers rebuild.
+
+A ``ModelSpace`` subclass declares its choices in ``__init__``. ``__new__`` records the
+constructor arguments as a :class:`~retia.trace.Recipe`, so ``retia.dump(space)`` ships
+the space (by reference when importable, by value from ``__main__``) and
+``space.freeze(arch)`` rebuilds it anywhere under ``fixed_arch(arch)``::
+
+    space = MySpace(...)                 # supernet: every candidate present, weights shared
+    arch = space.random_sample(seed=0)   # {label: choice}, plain JSON
+    model = space.freeze(arch)           # == `with fixed_arch(arch): MySpace(...)`
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from ..trace import Recipe, _attach, _name_positionals
+from .arch import (
+    MISSING,
+    Arch,
+    ArchLike,
+    ChoiceSpec,
+    begin_space,
+    current_fixed_arch,
+    fixed_arch,
+    load_arch,
+    match_option,
+    validate_arch,
+)
+from .choices import CHOSEN_ATTR, InputChoice, LayerChoice
+
+__all__ = ["ModelSpace", "fixed_arch", "original_state_dict_hooks", "validate_arch", "build_frozen"]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class _SpaceInfo:
+    """How a space instance was built, and the choices registered while it was."""
+
+    space_cls: type
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    specs: dict[str, ChoiceSpec]
+    frozen_arch: Arch | None
+
+
+def _copy_option(option: Any) -> Any:
+    return list(option) if isinstance(option, (list, tuple)) else option
+
+
+class ModelSpace(nn.Module):
+    """Base class of model spaces: declare LayerChoice / InputChoice / ValueChoice in ``__init__``.
+
+    Built normally it is the supernet; built under :func:`fixed_arch` (or by :meth:`freeze`)
+    it is the chosen concrete model, with no parameters of unchosen candidates.
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        self = super().__new__(cls)
+        args, kwargs = _name_positionals(cls, args, kwargs)
+        fixed = current_fixed_arch()
+        specs = begin_space(self)
+        frozen = None if fixed is None else dict(fixed)
+        self.__dict__["_retia_space"] = _SpaceInfo(cls, args, kwargs, specs, frozen)
+        if frozen is None:
+            _attach(self, Recipe(cls, args, kwargs))
+        else:
+            _attach(self, Recipe(build_frozen, (), {"space": cls, "arch": frozen, "args": args, "kwargs": kwargs}))
+        return self
+
+    @property
+    def frozen_arch(self) -> Arch | None:
+        """The architecture this model was built with under ``fixed_arch``; None for a supernet."""
+        frozen = self._retia_space.frozen_arch
+        return None if frozen is None else dict(frozen)
+
+    def search_space(self) -> dict[str, list[Any]]:
+        """``{label: [options]}`` for every choice, in construction order."""
+        return {label: [_copy_option(o) for o in spec.options] for label, spec in self._retia_space.specs.items()}
+
+    def random_sample(self, seed: int | None = None) -> Arch:
+        """One architecture drawn uniformly (reproducible for a given ``seed``)."""
+        rng = random.Random(seed)
+        return {label: _copy_option(rng.choice(options)) for label, options in self.search_space().items()}
+
+    def grid(self) -> Iterator[Arch]:
+        """Every architecture, in a stable order (the last label varies fastest)."""
+        space = self.search_space()
+        for combo in itertools.product(*space.values()):
+            yield {label: _copy_option(value) for label, value in zip(space, combo)}
+
+    def size(self) -> int:
+        """The number of architectures: the product of the option counts."""
+        return math.prod(len(options) for options in self.search_space().values())
+
+    def validate(self, arch: ArchLike) -> Arch:
+        """``arch`` as a plain dict; InvalidArchitectureError if it does not fit this space."""
+        loaded = load_arch(arch)
+        validate_arch(self.search_space(), loaded)
+        return loaded
+
+    def freeze(self, arch: ArchLike) -> nn.Module:
+        """The concrete model ``arch``: this space's class rebuilt with its arguments under ``fixed_arch``."""
+        info = self._retia_space
+        return build_frozen(info.space_cls, self.validate(arch), info.args, info.kwargs)
+
+    def activate(self, arch: ArchLike) -> None:
+        """Select the single path of the supernet that the next forward passes use (as SPOS trains)."""
+        info = self._retia_space
+        if info.frozen_arch is not None:
+            raise RuntimeError(
+                f"activate() selects a path in a supernet, but this {type(self).__name__} was built "
+                "under fixed_arch; use space.freeze(arch) to build another architecture"
+            )
+        loaded = self.validate(arch)
+        for label, spec in info.specs.items():
+            if spec.kind == "valuechoice" and match_option([spec.default], loaded[label]) is MISSING:
+                raise NotImplementedError(
+                    f"activating {label!r}={loaded[label]!r} in the supernet is not supported yet: the supernet "
+                    f"is built with {label!r}={spec.default!r} (its largest option) and only that value can be "
+                    "active; build other values with fixed_arch or space.freeze(arch)"
+                )
+        for module in self.modules():
+            if isinstance(module, (LayerChoice, InputChoice)) and module.label in loaded:
+                module.activate(loaded[module.label])
+
+
+def build_frozen(space: type, arch: Arch, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+    """``space(*args, **kwargs)`` under ``fixed_arch(arch)``: the recipe of every frozen model."""
+    with fixed_arch(arch, verbose=False):
+        return space(*args, **(kwargs or {}))
+
+
+# ---------------------------------------------------------------------------- state dicts
+
+
+@dataclass(frozen=True)
+class _KeyMap:
+    """Concrete <-> supernet state-dict keys of one frozen model."""
+
+    to_supernet: dict[str, str]  # concrete key -> supernet key, only where they differ
+    module_paths: dict[str, str]  # concrete module path -> supernet module path, where they differ
+    choice_prefixes: tuple[str, ...]  # "<supernet path of a LayerChoice>.candidates."
+
+    @property
+    def to_concrete(self) -> dict[str, str]:
+        return {s: c for c, s in self.to_supernet.items()}
+
+
+def _key_map(model: nn.Module) -> _KeyMap:
+    module_paths: dict[str, str] = {}
+    prefixes: list[str] = []
+
+    def supernet_path(module: nn.Module, path: str) -> str:
+        for _label, key in reversed(module.__dict__.get(CHOSEN_ATTR, ())):
+            prefixes.append(f"{path}.candidates." if path else "candidates.")
+            path = f"{path}.candidates.{key}" if path else f"candidates.{key}"
+        return path
+
+    def walk(module: nn.Module, cpath: str, spath: str) -> None:
+        for name, child in module._modules.items():
+            if child is None:
+                continue
+            c = f"{cpath}.{name}" if cpath else name
+            s = supernet_path(child, f"{spath}.{name}" if spath else name)
+            if c != s:
+                module_paths[c] = s
+            walk(child, c, s)
+
+    root = supernet_path(model, "")
+    if root:
+        module_paths[""] = root
+    walk(model, "", root)
+    to_supernet: dict[str, str] = {}
+    for key in _plain_state_keys(model):
+        mod, _, leaf = key.rpartition(".")
+        if mod in module_paths:
+            target = module_paths[mod]
+            to_supernet[key] = f"{target}.{leaf}" if target else leaf
+    return _KeyMap(to_supernet, module_paths, tuple(prefixes))
+
+
+def _plain_state_keys(model: nn.Module) -> list[str]:
+    """State-dict keys without running state-dict hooks (ours may be registered already)."""
+    keys = []
+    for path, module in model.named_modules(remove_duplicate=False):
+        destination: dict[str, Any] = {}
+        module._save_to_state_dict(destination, f"{path}." if path else "", keep_vars=True)
+        keys.extend(destination)
+    return list(dict.fromkeys(keys))
+
+
+@contextlib.contextmanager
+def original_state_dict_hooks(model: nn.Module) -> Iterator[None]:
+    """Within this block ``model`` (built with fixed_arch) loads and saves in its supernet's key layout.
+
+    ``blocks.0.candidates.conv3x3.weight`` of the supernet loads into ``blocks.0.weight``;
+    keys of unchosen candidates are dropped; ``model.state_dict()`` gives supernet keys.
+    Keys already in the concrete layout still load.
+    """
+    keymap = _key_map(model)
+    concrete = set(_plain_state_keys(model))
+    to_concrete = keymap.to_concrete
+
+    def load_pre_hook(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            local = key[len(prefix) :]
+            target = to_concrete.get(local)
+            if target is not None:
+                if prefix + target not in state_dict:
+                    state_dict[prefix + target] = state_dict[key]
+                del state_dict[key]
+            elif local not in concrete and local.startswith(keymap.choice_prefixes):
+                del state_dict[key]  # a candidate this architecture did not choose
+
+    def save_post_hook(module: nn.Module, state_dict: dict[str, Any], prefix: str, _meta: Any) -> None:
+        items = list(state_dict.items())
+        state_dict.clear()
+        for key, value in items:
+            local = key[len(prefix) :] if key.startswith(prefix) else None
+            if local is not None and local in keymap.to_supernet:
+                key = prefix + keymap.to_supernet[local]
+            state_dict[key] = value
+        metadata = getattr(state_dict, "_metadata", None)
+        if isinstance(metadata, dict):
+            for path, target in keymap.module_paths.items():
+                full = prefix + path if path else prefix[:-1]
+                if full in metadata:
+                    metadata[(prefix + target) if target else prefix[:-1]] = metadata.pop(full)
+
+    if not keymap.module_paths:
+        yield
+        return
+    load_handle = model.register_load_state_dict_pre_hook(load_pre_hook)
+    save_handle = model.register_state_dict_post_hook(save_post_hook)
+    try:
+        yield
+    finally:
+        load_handle.remove()
+        save_handle.remove()

@@ -1,0 +1,309 @@
+"""The wire protocol: ``[b"retia/1", signature, header, payload]``, HMAC-signed msgpack.
+
+The signature is HMAC-SHA256 over header and payload with the cluster key, checked with
+``hmac.compare_digest`` before a single byte is decoded (as jupyter_client's Session does).
+User objects travel inside bodies as opaque ``retia.dump`` bytes: the dispatcher forwards
+them and never loads them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass, field
+from enum import Enum, IntEnum
+from typing import Any, Union
+
+import msgpack
+
+from .errors import AuthenticationError, ProtocolError
+
+__all__ = [
+    "VERSION",
+    "MsgType",
+    "Role",
+    "TrialState",
+    "Header",
+    "Message",
+    "Session",
+    "Hello",
+    "Welcome",
+    "Empty",
+    "Run",
+    "Report",
+    "Done",
+    "Cancel",
+    "Submit",
+    "Ack",
+    "StateChange",
+    "WorkerInfo",
+    "StatusReply",
+    "FileChunk",
+    "BODY_TYPES",
+    "DEFAULT_MAX_MESSAGE_BYTES",
+]
+
+VERSION = b"retia/1"
+DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
+
+
+class MsgType(IntEnum):
+    HELLO = 1  # peer -> dispatcher: who I am (worker or client), what I still run / have seen
+    WELCOME = 2  # dispatcher -> peer: heartbeat settings
+    READY = 3  # worker -> dispatcher: idle, send me a trial
+    RUN = 4  # dispatcher -> worker: run this trial attempt
+    REPORT = 5  # worker -> dispatcher (seq = report seq); dispatcher -> client (seq = event seq)
+    DONE = 6  # worker -> dispatcher: the attempt ended
+    HEARTBEAT = 7  # both ways
+    CANCEL = 8  # client -> dispatcher -> worker
+    SUBMIT = 9  # client -> dispatcher: a new trial
+    ACK = 10  # dispatcher -> sender: stored (SUBMIT, REPORT, DONE, FILE)
+    STATE = 11  # dispatcher -> client (seq = event seq): a trial changed state
+    STATUS = 12  # anyone -> dispatcher: what are you doing
+    STATUS_REPLY = 13
+    SHUTDOWN = 14  # dispatcher -> worker: exit
+    BYE = 15  # peer -> dispatcher: leaving on purpose
+    RESET = 16  # dispatcher -> unknown peer: say HELLO again
+    FILE = 17  # worker -> dispatcher: a chunk of a trial artefact
+
+
+class Role(str, Enum):
+    WORKER = "worker"
+    CLIENT = "client"
+
+
+class TrialState(str, Enum):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def finished(self) -> bool:
+        return self in (TrialState.SUCCEEDED, TrialState.FAILED, TrialState.CANCELLED)
+
+
+@dataclass(frozen=True)
+class Header:
+    type: MsgType
+    trial: str = ""
+    attempt: int = 0
+    seq: int = 0
+    sender: str = ""
+    time: float = 0.0
+
+
+# ---- bodies: each a dataclass sent as a msgpack array of its fields, in order ----
+
+
+@dataclass(frozen=True)
+class Empty:
+    """Body of READY, HEARTBEAT, SHUTDOWN, BYE, RESET, STATUS."""
+
+
+@dataclass(frozen=True)
+class Hello:
+    role: str
+    peer_id: str
+    host: str = ""
+    pid: int = 0
+    gpu: str = ""
+    running: list[list[Any]] = field(default_factory=list)  # [[trial, attempt], ...] still running
+    last_event: int = 0  # clients: highest event seq already received
+    version: str = ""
+
+
+@dataclass(frozen=True)
+class Welcome:
+    heartbeat_interval: float
+    liveness: int
+    dispatcher_id: str
+
+
+@dataclass(frozen=True)
+class Run:
+    evaluator: bytes
+    model: bytes
+    timeout: float | None = None
+    name: str = ""
+    max_artifact_bytes: int = 50 << 20
+
+
+@dataclass(frozen=True)
+class Report:
+    final: bool
+    value: Union[float, dict[str, float]]
+
+
+@dataclass(frozen=True)
+class Done:
+    state: str
+    reason: str = ""
+    exc_type: str = ""
+    message: str = ""
+    traceback: str = ""
+    log_tail: str = ""
+    duration: float = 0.0
+
+
+@dataclass(frozen=True)
+class Cancel:
+    reason: str = "cancelled"
+
+
+@dataclass(frozen=True)
+class Submit:
+    evaluator: bytes
+    model: bytes
+    arch: Any = None  # JSON-able architecture dict, kept for bookkeeping only
+    timeout: float | None = None
+    max_retries: int = 2
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Ack:
+    ok: bool = True
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class StateChange:
+    state: str
+    attempt: int
+    worker: str = ""
+    reason: str = ""
+    exc_type: str = ""
+    message: str = ""
+    traceback: str = ""
+    log_tail: str = ""
+    output_dir: str = ""
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    worker_id: str
+    host: str
+    gpu: str
+    pid: int
+    state: str
+    trial: str
+    uptime: float
+
+
+@dataclass(frozen=True)
+class StatusReply:
+    dispatcher_id: str
+    workers: list[WorkerInfo]
+    counts: dict[str, int]
+    uptime: float
+
+
+@dataclass(frozen=True)
+class FileChunk:
+    path: str  # relative to the trial's output directory
+    offset: int
+    data: bytes
+    last: bool
+
+
+BODY_TYPES: dict[MsgType, type] = {
+    MsgType.HELLO: Hello,
+    MsgType.WELCOME: Welcome,
+    MsgType.READY: Empty,
+    MsgType.RUN: Run,
+    MsgType.REPORT: Report,
+    MsgType.DONE: Done,
+    MsgType.HEARTBEAT: Empty,
+    MsgType.CANCEL: Cancel,
+    MsgType.SUBMIT: Submit,
+    MsgType.ACK: Ack,
+    MsgType.STATE: StateChange,
+    MsgType.STATUS: Empty,
+    MsgType.STATUS_REPLY: StatusReply,
+    MsgType.SHUTDOWN: Empty,
+    MsgType.BYE: Empty,
+    MsgType.RESET: Empty,
+    MsgType.FILE: FileChunk,
+}
+
+
+@dataclass(frozen=True)
+class Message:
+    header: Header
+    body: Any
+    payload: bytes = b""  # the packed body, for relaying without re-encoding
+
+    @property
+    def type(self) -> MsgType:
+        return self.header.type
+
+
+def _to_wire(body: Any) -> list[Any]:
+    if body is None:
+        return []
+    if isinstance(body, StatusReply):
+        return [body.dispatcher_id, [dataclasses.astuple(w) for w in body.workers], body.counts, body.uptime]
+    return [getattr(body, f.name) for f in dataclasses.fields(body)]
+
+
+def _from_wire(cls: type, values: list[Any]) -> Any:
+    if cls is StatusReply:
+        dispatcher_id, workers, counts, uptime = values
+        return StatusReply(dispatcher_id, [WorkerInfo(*w) for w in workers], counts, uptime)
+    return cls(*values)
+
+
+class Session:
+    """Signs, frames, checks and decodes messages for one peer (as jupyter_client's Session)."""
+
+    def __init__(self, key: bytes, sender: str, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        if not key:
+            raise AuthenticationError("a cluster key is required: signing cannot be turned off")
+        self._key = key
+        self.sender = sender
+        self.max_message_bytes = max_message_bytes
+
+    def sign(self, header: bytes, payload: bytes) -> bytes:
+        mac = hmac.new(self._key, digestmod=hashlib.sha256)
+        mac.update(header)
+        mac.update(payload)
+        return mac.digest()
+
+    def frames(self, type: MsgType, body: Any = None, *, trial: str = "", attempt: int = 0, seq: int = 0) -> list[bytes]:
+        """Serialize and sign one message."""
+        return self.frames_raw(type, self.pack_body(body), trial=trial, attempt=attempt, seq=seq)
+
+    def frames_raw(self, type: MsgType, payload: bytes, *, trial: str = "", attempt: int = 0, seq: int = 0) -> list[bytes]:
+        """Sign an already-packed payload (the dispatcher relays report payloads untouched)."""
+        header = msgpack.packb([int(type), trial, attempt, seq, self.sender, time.time()], use_bin_type=True)
+        return [VERSION, self.sign(header, payload), header, payload]
+
+    @staticmethod
+    def pack_body(body: Any) -> bytes:
+        return msgpack.packb(_to_wire(body), use_bin_type=True)
+
+    def parse(self, frames: list[bytes]) -> Message:
+        """Check and decode; raises ProtocolError or AuthenticationError without decoding bad input."""
+        if len(frames) != 4:
+            raise ProtocolError(f"expected 4 frames, got {len(frames)}")
+        version, signature, header, payload = frames
+        if version != VERSION:
+            raise ProtocolError(f"protocol version {bytes(version[:16])!r}, expected {VERSION!r}")
+        size = len(header) + len(payload)
+        if size > self.max_message_bytes:
+            raise ProtocolError(f"message of {size} bytes exceeds the {self.max_message_bytes}-byte limit")
+        if not hmac.compare_digest(self.sign(header, payload), signature):
+            raise AuthenticationError("bad signature: wrong cluster key or tampered message")
+        try:
+            type_, trial, attempt, seq, sender, sent = msgpack.unpackb(header, raw=False)
+            msg_type = MsgType(type_)
+            values = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+            body = _from_wire(BODY_TYPES[msg_type], values)
+            header_ = Header(msg_type, str(trial), int(attempt), int(seq), str(sender), float(sent))
+            return Message(header_, body, bytes(payload))
+        except (ValueError, TypeError, KeyError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+            raise ProtocolError(f"undecodable message: {type(exc).__name__}: {exc}") from exc

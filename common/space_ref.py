@@ -1,0 +1,28 @@
+"""A model space plus an architecture, as a small picklable factory for the concrete model."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+__all__ = ["FrozenModel"]
+
+
+class FrozenModel:
+    """Builds ``space(*args, **kwargs)`` under ``fixed_arch(arch)``: the concrete model, on the worker."""
+
+    def __init__(
+        self, space: Callable[..., Any], arch: dict[str, Any], args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> None:
+        self.space = space
+        self.arch = arch
+        self.args = tuple(args)
+        self.kwargs = dict(kwargs or {})
+
+    def __call__(self) -> Any:
+        from retia.nn.space import fixed_arch
+
+        with fixed_arch(self.arch):
+            return self.space(*self.args, **self.kwargs)
+
+    def __repr__(self) -> str:
+        return f"FrozenModel({getattr(self.space, '__qualname__', self.space)}, {self.arch})"

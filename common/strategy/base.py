@@ -1,0 +1,216 @@
+"""The ask/tell strategy interface, the search-space codec, and median early stopping.
+
+Data flow, as the Experiment loop drives a strategy::
+
+    attach(space) -> ask(key) -> arch --run--> report(key, step, v)* -> tell(key, arch, value)
+                                        <--- to_stop(running) cancels trials doing badly
+
+Every value is maximized (the loop negates for minimize); ``value=None`` means failed.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import math
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from ..errors import ConfigError, InvalidArchitectureError
+
+__all__ = ["Arch", "EarlyStop", "MedianStop", "SearchSpace", "SpaceCodec", "Strategy"]
+
+_log = logging.getLogger(__name__)
+
+Arch = dict[str, Any]
+SearchSpace = Mapping[str, Sequence[Any]]
+Index = tuple[int, ...]
+
+
+def _canon(value: Any) -> Any:
+    """Tuples become lists (as after a JSON round trip), so options compare by value."""
+    if isinstance(value, (list, tuple)):
+        return [_canon(v) for v in value]
+    return value
+
+
+class SpaceCodec:
+    """Validated search space; maps an arch to its tuple of option indices and back."""
+
+    def __init__(self, space: SearchSpace) -> None:
+        if not isinstance(space, Mapping):
+            raise ConfigError(f"search space must be a dict {{label: [options...]}}, got {type(space).__name__}")
+        if not space:
+            raise ConfigError("search space is empty: it needs at least one label")
+        self.labels: list[str] = []
+        self.options: list[list[Any]] = []
+        for label, options in space.items():
+            if not isinstance(label, str):
+                raise ConfigError(f"search space label {label!r} is not a string")
+            if isinstance(options, (str, bytes)) or not isinstance(options, Sequence):
+                raise ConfigError(f"options of label {label!r} must be a list, got {type(options).__name__}")
+            if len(options) == 0:
+                raise ConfigError(f"label {label!r} has an empty option list")
+            self.labels.append(label)
+            self.options.append([_canon(o) for o in options])
+        self.size = math.prod(len(o) for o in self.options)
+
+    def encode(self, arch: Mapping[str, Any]) -> Index:
+        """Option indices of ``arch``; InvalidArchitectureError naming the first bad label."""
+        if not isinstance(arch, Mapping):
+            raise InvalidArchitectureError(f"architecture must be a dict, got {type(arch).__name__}")
+        extra = sorted(set(arch) - set(self.labels), key=str)
+        if extra:
+            raise InvalidArchitectureError(f"unknown label {extra[0]!r}; valid labels: {self.labels}")
+        index = []
+        for label, options in zip(self.labels, self.options):
+            if label not in arch:
+                raise InvalidArchitectureError(f"architecture lacks label {label!r}; options: {options}")
+            value = _canon(arch[label])
+            try:
+                index.append(options.index(value))
+            except ValueError:
+                raise InvalidArchitectureError(
+                    f"label {label!r} has value {arch[label]!r}, not one of {options}"
+                ) from None
+        return tuple(index)
+
+    def decode(self, index: Index) -> Arch:
+        """The architecture dict of a tuple of option indices."""
+        return {label: _canon(opts[i]) for label, opts, i in zip(self.labels, self.options, index)}
+
+    def rank(self, index: Index) -> int:
+        """Position of ``index`` in grid order (last label varies fastest)."""
+        r = 0
+        for i, opts in zip(index, self.options):
+            r = r * len(opts) + i
+        return r
+
+    def unrank(self, r: int) -> Index:
+        """Inverse of ``rank``."""
+        out = []
+        for opts in reversed(self.options):
+            r, i = divmod(r, len(opts))
+            out.append(i)
+        return tuple(reversed(out))
+
+
+@runtime_checkable
+class EarlyStop(Protocol):
+    """Decides whether running trial ``key`` should be cancelled, from its and finished curves."""
+
+    def should_stop(
+        self, key: int, history: Mapping[int, Sequence[float]], completed: Mapping[int, Sequence[float]]
+    ) -> bool: ...
+
+
+@dataclass
+class MedianStop:
+    """Stop a trial whose best value so far is below the median of completed trials' best at that step.
+
+    As Optuna's MedianPruner / NNI's Medianstop: the first ``warmup_steps`` reports are never
+    judged, and nothing is stopped before ``min_trials`` completed trials reached that step.
+    """
+
+    warmup_steps: int = 1
+    min_trials: int = 3
+
+    def __post_init__(self) -> None:
+        if self.warmup_steps < 0 or self.min_trials < 1:
+            raise ConfigError("MedianStop needs warmup_steps >= 0 and min_trials >= 1")
+
+    def should_stop(
+        self, key: int, history: Mapping[int, Sequence[float]], completed: Mapping[int, Sequence[float]]
+    ) -> bool:
+        curve = history.get(key, ())
+        n = len(curve)
+        if n <= self.warmup_steps:
+            return False
+        others = [max(c[:n]) for k, c in completed.items() if k != key and len(c) >= n]
+        if len(others) < self.min_trials:
+            return False
+        return max(curve) < statistics.median(others)
+
+
+@dataclass
+class _Book:
+    """What a strategy has observed: intermediate curves, final values, archs seen."""
+
+    steps: dict[int, dict[int, float]] = field(default_factory=dict)
+    finals: dict[int, float | None] = field(default_factory=dict)
+    seen: set[Index] = field(default_factory=set)
+    stopped: set[int] = field(default_factory=set)
+
+    def curve(self, key: int) -> list[float]:
+        return [v for _, v in sorted(self.steps.get(key, {}).items())]
+
+
+class Strategy(abc.ABC):
+    """A pure ask/tell search algorithm over architecture dicts; always maximizes."""
+
+    def __init__(self, *, seed: int | None = None, early_stop: EarlyStop | None = None) -> None:
+        self.seed = seed
+        self.early_stop = early_stop
+        self._codec: SpaceCodec | None = None
+        self._book = _Book()
+
+    @property
+    def codec(self) -> SpaceCodec:
+        if self._codec is None:
+            raise RuntimeError(f"{type(self).__name__}.attach(search_space) must be called before use")
+        return self._codec
+
+    def attach(self, search_space: SearchSpace) -> None:
+        """Validate and remember the search space; called once before any ask."""
+        self._codec = SpaceCodec(search_space)
+        _log.debug("%s attached to a space of %d architectures", type(self).__name__, self._codec.size)
+
+    @abc.abstractmethod
+    def ask(self, key: int) -> Arch | None:
+        """Next architecture for trial ``key``; None when the strategy is exhausted."""
+
+    def tell(self, key: int, arch: Arch, value: float | None) -> None:
+        """Record trial ``key``'s final value (None: failed); works for keys never asked (replay)."""
+        index = self.codec.encode(arch)
+        if value is not None:
+            value = float(value)
+        self._book.seen.add(index)
+        self._book.finals[key] = value
+        self._observe(key, index, value)
+
+    def _observe(self, key: int, index: Index, value: float | None) -> None:
+        """Hook for subclasses: a validated final observation."""
+
+    def report(self, key: int, step: int, value: float) -> None:
+        """Record an intermediate value of trial ``key`` at ``step`` (maximize)."""
+        self._book.steps.setdefault(key, {})[int(step)] = float(value)
+
+    def to_stop(self, running: Iterable[int]) -> list[int]:
+        """Running trials the early-stop rule says to cancel now (each named once)."""
+        if self.early_stop is None:
+            return []
+        book = self._book
+        history = {k: book.curve(k) for k in book.steps}
+        completed = {k: history.get(k, []) for k, v in book.finals.items() if v is not None and k in history}
+        out = []
+        for key in running:
+            if key in book.stopped or key in book.finals or key not in history:
+                continue
+            if self.early_stop.should_stop(key, history, completed):
+                book.stopped.add(key)
+                out.append(key)
+        if out:
+            _log.debug("early stop: %s", out)
+        return out
+
+    @property
+    def exhausted(self) -> bool:
+        """True once every architecture of the space has been proposed or observed."""
+        return self._codec is not None and len(self._book.seen) >= self._codec.size
+
+    def _issue(self, index: Index) -> Arch:
+        """Mark ``index`` as seen and return its arch dict."""
+        self._book.seen.add(index)
+        return self.codec.decode(index)

@@ -1,0 +1,42 @@
+"""Random search: uniform over the space, never the same architecture twice."""
+
+from __future__ import annotations
+
+import logging
+import random
+
+from .base import Arch, EarlyStop, Index, SpaceCodec, Strategy
+
+__all__ = ["Random", "sample_unseen"]
+
+_log = logging.getLogger(__name__)
+_REJECTION_TRIES = 64
+
+
+def sample_unseen(codec: SpaceCodec, seen: set[Index], rng: random.Random) -> Index | None:
+    """A uniformly random architecture not in ``seen``; None when every one is seen."""
+    if len(seen) >= codec.size:
+        return None
+    for _ in range(_REJECTION_TRIES):
+        index = tuple(rng.randrange(len(opts)) for opts in codec.options)
+        if index not in seen:
+            return index
+    # The space is nearly all seen, hence small: pick among the unseen ranks directly.
+    taken = {codec.rank(i) for i in seen}
+    free = [r for r in range(codec.size) if r not in taken]
+    return codec.unrank(rng.choice(free))
+
+
+class Random(Strategy):
+    """Uniform random sampling without repetition; exhausted after ``space size`` archs."""
+
+    def __init__(self, *, seed: int | None = None, early_stop: EarlyStop | None = None) -> None:
+        super().__init__(seed=seed, early_stop=early_stop)
+        self._rng = random.Random(seed)
+
+    def ask(self, key: int) -> Arch | None:
+        index = sample_unseen(self.codec, self._book.seen, self._rng)
+        if index is None:
+            _log.info("random search exhausted the space after %d architectures", len(self._book.seen))
+            return None
+        return self._issue(index)

@@ -1,0 +1,40 @@
+"""Trial artefacts brought home: files a worker streams back land under the dispatcher's home."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path, PurePosixPath
+
+from retia.protocol import FileChunk
+
+__all__ = ["ArtifactStore"]
+
+_log = logging.getLogger(__name__)
+
+
+class ArtifactStore:
+    """``<root>/<client>/<trial>/<relative path>``; paths that try to escape are refused."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def trial_dir(self, client: str, trial: str) -> Path:
+        return self.root / _safe_name(client) / _safe_name(trial)
+
+    def write(self, client: str, trial: str, chunk: FileChunk) -> bool:
+        rel = PurePosixPath(chunk.path)
+        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+            _log.warning("refused artefact path %r for trial %s", chunk.path, trial)
+            return False
+        target = self.trial_dir(client, trial).joinpath(*rel.parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        mode = "r+b" if chunk.offset and target.exists() else "wb"
+        with open(target, mode) as f:
+            f.seek(chunk.offset)
+            f.write(chunk.data)
+        return True
+
+
+def _safe_name(name: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return cleaned.strip(".") or "_"

@@ -1,0 +1,61 @@
+"""The dispatcher's settings, parsed once at the entry point into a frozen dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from retia.errors import ConfigError
+from retia.keys import DEFAULT_HOME
+from retia.protocol import DEFAULT_MAX_MESSAGE_BYTES
+
+__all__ = ["DispatcherConfig"]
+
+
+@dataclass(frozen=True)
+class DispatcherConfig:
+    """Where to listen, where to keep state, and how patient to be with peers."""
+
+    bind: str = "tcp://0.0.0.0:5555"
+    home: Path = DEFAULT_HOME
+    key_file: Path | None = None  # default: <home>/cluster.key
+    journal: Path | None = None  # default: <home>/journal.sqlite; ":memory:" for none
+    heartbeat_interval: float = 1.0
+    liveness: int = 5  # heartbeats missed before a peer is declared dead
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    ready_file: Path | None = None  # written with the bound address once listening
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.heartbeat_interval <= 0:
+            problems.append(f"heartbeat_interval must be > 0 (got {self.heartbeat_interval})")
+        if self.liveness < 1:
+            problems.append(f"liveness must be >= 1 (got {self.liveness})")
+        if self.max_message_bytes < 1024:
+            problems.append(f"max_message_bytes must be >= 1024 (got {self.max_message_bytes})")
+        if "://" not in self.bind:
+            problems.append(f"bind must be a ZeroMQ endpoint like tcp://0.0.0.0:5555 (got {self.bind!r})")
+        if problems:
+            raise ConfigError("invalid dispatcher configuration: " + "; ".join(problems))
+
+    @property
+    def home_dir(self) -> Path:
+        return self.home.expanduser()
+
+    @property
+    def key_path(self) -> Path:
+        return (self.key_file or self.home_dir / "cluster.key").expanduser()
+
+    @property
+    def journal_path(self) -> str:
+        if self.journal is not None and str(self.journal) == ":memory:":
+            return ":memory:"
+        return str((self.journal or self.home_dir / "journal.sqlite").expanduser())
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.home_dir / "artifacts"
+
+    @property
+    def expiry(self) -> float:
+        return self.heartbeat_interval * self.liveness

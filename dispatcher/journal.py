@@ -1,0 +1,190 @@
+"""The dispatcher's store: trials, reports and client events in SQLite (WAL).
+
+Every state change and report is written here before it is acknowledged, so a dispatcher
+killed with SIGKILL and restarted on the same file loses nothing. ``":memory:"`` gives the
+same store without durability. Writes are grouped: the loop calls :meth:`Journal.commit`
+once per batch of messages, then sends the acknowledgements.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from retia.protocol import TrialState
+
+__all__ = ["TrialRecord", "Event", "Journal"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS trials (
+    id TEXT PRIMARY KEY, client TEXT NOT NULL, name TEXT NOT NULL, state TEXT NOT NULL,
+    attempt INTEGER NOT NULL, max_retries INTEGER NOT NULL, timeout REAL, arch TEXT,
+    worker TEXT NOT NULL DEFAULT '', reason TEXT NOT NULL DEFAULT '', exc_type TEXT NOT NULL DEFAULT '',
+    message TEXT NOT NULL DEFAULT '', traceback TEXT NOT NULL DEFAULT '', log_tail TEXT NOT NULL DEFAULT '',
+    cancel_requested INTEGER NOT NULL DEFAULT 0, queue_seq INTEGER NOT NULL,
+    created REAL NOT NULL, updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS payloads (id TEXT PRIMARY KEY, evaluator BLOB NOT NULL, model BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS reports (
+    trial TEXT NOT NULL, attempt INTEGER NOT NULL, seq INTEGER NOT NULL, final INTEGER NOT NULL,
+    value BLOB NOT NULL, time REAL NOT NULL, PRIMARY KEY (trial, attempt, seq)
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, client TEXT NOT NULL, trial TEXT NOT NULL,
+    attempt INTEGER NOT NULL, kind INTEGER NOT NULL, body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_client ON events (client, seq);
+"""
+
+_TRIAL_COLUMNS = (
+    "id, client, name, state, attempt, max_retries, timeout, arch, worker, reason, exc_type, message, "
+    "traceback, log_tail, cancel_requested, queue_seq, created, updated"
+)
+
+
+@dataclass
+class TrialRecord:
+    """One trial as the dispatcher tracks it (payloads stay on disk until dispatched)."""
+
+    id: str
+    client: str
+    name: str
+    state: TrialState
+    attempt: int
+    max_retries: int
+    timeout: float | None
+    arch: Any
+    worker: str = ""
+    reason: str = ""
+    exc_type: str = ""
+    message: str = ""
+    traceback: str = ""
+    log_tail: str = ""
+    cancel_requested: bool = False
+    queue_seq: int = 0
+    created: float = 0.0
+    updated: float = 0.0
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something a client must hear about, in order: a relayed report or a state change."""
+
+    seq: int
+    client: str
+    trial: str
+    attempt: int
+    kind: int  # a protocol MsgType (REPORT or STATE)
+    body: bytes  # the msgpack payload, as sent
+
+
+class Journal:
+    def __init__(self, path: str | Path = ":memory:") -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level="DEFERRED", check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._db.commit()
+        self._queue_seq = self._db.execute("SELECT COALESCE(MAX(queue_seq), 0) FROM trials").fetchone()[0]
+
+    def close(self) -> None:
+        self._db.commit()
+        self._db.close()
+
+    def commit(self) -> None:
+        self._db.commit()
+
+    # ---- trials ----
+
+    def add_trial(self, rec: TrialRecord, evaluator: bytes, model: bytes) -> bool:
+        """Insert a new trial; False if the id exists already (a re-sent SUBMIT)."""
+        self._queue_seq += 1
+        rec.queue_seq = self._queue_seq
+        rec.created = rec.updated = time.time()
+        cur = self._db.execute(
+            f"INSERT OR IGNORE INTO trials ({_TRIAL_COLUMNS}) VALUES ({', '.join('?' * 18)})", self._row(rec)
+        )
+        if cur.rowcount == 0:
+            return False
+        self._db.execute("INSERT INTO payloads VALUES (?, ?, ?)", (rec.id, evaluator, model))
+        return True
+
+    def update_trial(self, rec: TrialRecord, *, requeue: bool = False) -> None:
+        if requeue:
+            self._queue_seq += 1
+            rec.queue_seq = self._queue_seq
+        rec.updated = time.time()
+        row = self._row(rec)
+        columns = [c.strip() for c in _TRIAL_COLUMNS.split(",")]
+        assignments = ", ".join(f"{c} = ?" for c in columns[1:])
+        self._db.execute(f"UPDATE trials SET {assignments} WHERE id = ?", (*row[1:], rec.id))
+
+    def payload(self, trial_id: str) -> tuple[bytes, bytes]:
+        row = self._db.execute("SELECT evaluator, model FROM payloads WHERE id = ?", (trial_id,)).fetchone()
+        if row is None:
+            raise KeyError(trial_id)
+        return bytes(row[0]), bytes(row[1])
+
+    def drop_payload(self, trial_id: str) -> None:
+        """Finished trials need their payload no more; keep the journal small."""
+        self._db.execute("DELETE FROM payloads WHERE id = ?", (trial_id,))
+
+    def trials(self) -> list[TrialRecord]:
+        rows = self._db.execute(f"SELECT {_TRIAL_COLUMNS} FROM trials ORDER BY queue_seq").fetchall()
+        return [self._record(r) for r in rows]
+
+    # ---- reports and events ----
+
+    def add_report(self, trial: str, attempt: int, seq: int, final: bool, value: bytes) -> bool:
+        """Store a report once; False if this (trial, attempt, seq) is already stored."""
+        cur = self._db.execute(
+            "INSERT OR IGNORE INTO reports VALUES (?, ?, ?, ?, ?, ?)", (trial, attempt, seq, int(final), value, time.time())
+        )
+        return cur.rowcount == 1
+
+    def reports(self, trial: str) -> list[tuple[int, int, bool, bytes]]:
+        rows = self._db.execute(
+            "SELECT attempt, seq, final, value FROM reports WHERE trial = ? ORDER BY attempt, seq", (trial,)
+        ).fetchall()
+        return [(a, s, bool(f), bytes(v)) for a, s, f, v in rows]
+
+    def add_event(self, client: str, trial: str, attempt: int, kind: int, body: bytes) -> int:
+        cur = self._db.execute(
+            "INSERT INTO events (client, trial, attempt, kind, body) VALUES (?, ?, ?, ?, ?)",
+            (client, trial, attempt, kind, body),
+        )
+        return int(cur.lastrowid or 0)
+
+    def events_after(self, client: str, seq: int) -> Iterator[Event]:
+        cur = self._db.execute(
+            "SELECT seq, client, trial, attempt, kind, body FROM events WHERE client = ? AND seq > ? ORDER BY seq",
+            (client, seq),
+        )
+        for row in cur:
+            yield Event(row[0], row[1], row[2], row[3], row[4], bytes(row[5]))
+
+    # ---- rows ----
+
+    @staticmethod
+    def _row(rec: TrialRecord) -> tuple[Any, ...]:
+        return (
+            rec.id, rec.client, rec.name, rec.state.value, rec.attempt, rec.max_retries, rec.timeout,
+            json.dumps(rec.arch), rec.worker, rec.reason, rec.exc_type, rec.message, rec.traceback,
+            rec.log_tail, int(rec.cancel_requested), rec.queue_seq, rec.created, rec.updated,
+        )  # fmt: skip
+
+    @staticmethod
+    def _record(row: tuple[Any, ...]) -> TrialRecord:
+        values = list(row)
+        values[3] = TrialState(values[3])
+        values[7] = json.loads(values[7]) if values[7] else None
+        values[14] = bool(values[14])
+        return TrialRecord(*values)

@@ -1,0 +1,449 @@
+"""The dispatcher: one ROUTER socket, a FIFO of trials, idle workers, and the journal.
+
+Data flow (one thread, one loop)::
+
+    client --SUBMIT/CANCEL-->  +------------+  --RUN/CANCEL-->  worker agent
+    client <--REPORT/STATE---  | dispatcher |  <--REPORT/DONE-- worker agent
+                               +-----+------+
+                                     | every change, before its ACK
+                                  journal (SQLite, WAL)
+
+Each loop turn reads a batch of messages, applies them to the in-memory state and the
+journal, commits once, then sends the queued replies (ACKs, events, RUNs). User payloads
+are opaque bytes here: the dispatcher never loads them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import zmq
+
+from retia.errors import AuthenticationError, ProtocolError
+from retia.protocol import (
+    Ack,
+    Cancel,
+    Hello,
+    Message,
+    MsgType,
+    Role,
+    Run,
+    Session,
+    StateChange,
+    StatusReply,
+    Submit,
+    TrialState,
+    Welcome,
+    WorkerInfo,
+)
+
+from .artifacts import ArtifactStore
+from .config import DispatcherConfig
+from .journal import Journal, TrialRecord
+
+__all__ = ["Dispatcher"]
+
+_log = logging.getLogger(__name__)
+_BATCH = 512
+
+
+@dataclass
+class _Worker:
+    id: str
+    identity: bytes
+    host: str
+    gpu: str
+    pid: int
+    expiry: float
+    since: float = field(default_factory=time.time)
+    trial: str = ""  # the trial id it runs, "" when idle
+
+
+@dataclass
+class _Client:
+    id: str
+    identity: bytes
+    expiry: float
+
+
+class Dispatcher:
+    """Serves workers and clients until :meth:`stop`; state survives restarts through the journal."""
+
+    def __init__(self, config: DispatcherConfig, key: bytes) -> None:
+        self.config = config
+        self.id = f"dispatcher-{socket.gethostname()}-{os.getpid()}"
+        self.session = Session(key, self.id, max_message_bytes=config.max_message_bytes)
+        self.journal = Journal(config.journal_path)
+        self.artifacts = ArtifactStore(config.artifacts_dir)
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.ROUTER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self._sock.setsockopt(zmq.MAXMSGSIZE, config.max_message_bytes * 16)
+        self._sock.bind(config.bind)
+        self.address: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.workers: dict[bytes, _Worker] = {}
+        self.clients: dict[str, _Client] = {}
+        self.trials: dict[str, TrialRecord] = {}
+        self.queue: deque[str] = deque()
+        self.idle: deque[bytes] = deque()
+        self._orphans: dict[str, float] = {}  # RUNNING at restart: trial -> adoption deadline
+        self._outbox: list[list[bytes]] = []
+        self._dropped: dict[bytes, int] = {}
+        self._stopping = False
+        self._started = time.monotonic()
+        self.messages_handled = 0
+        self._recover()
+
+    # ---- lifecycle ----
+
+    def _recover(self) -> None:
+        deadline = time.monotonic() + self.config.expiry
+        for rec in self.journal.trials():
+            self.trials[rec.id] = rec
+            if rec.state is TrialState.QUEUED:
+                self.queue.append(rec.id)
+            elif rec.state is TrialState.RUNNING:
+                self._orphans[rec.id] = deadline
+        if self.trials:
+            _log.info(
+                "recovered %d trials from %s: %d queued, %d running (awaiting their workers)",
+                len(self.trials), self.config.journal_path, len(self.queue), len(self._orphans),
+            )  # fmt: skip
+
+    def stop(self) -> None:
+        """Ask the loop to exit after its current turn (safe from a signal handler)."""
+        self._stopping = True
+
+    def serve_forever(self) -> None:
+        if self.config.ready_file is not None:
+            tmp = self.config.ready_file.with_suffix(".tmp")
+            tmp.write_text(self.address)
+            tmp.rename(self.config.ready_file)
+        _log.info("dispatcher %s listening on %s", self.id, self.address)
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        next_beat = time.monotonic()
+        try:
+            while not self._stopping:
+                wait_ms = max(0.0, next_beat - time.monotonic()) * 1000
+                if poller.poll(min(wait_ms, 200)):
+                    self._read_batch()
+                now = time.monotonic()
+                if now >= next_beat:
+                    self._beat(now)
+                    next_beat = now + self.config.heartbeat_interval
+                self._dispatch()
+                self._flush()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._flush()
+        self.journal.close()
+        self._sock.close(linger=0)
+        self._ctx.term()
+
+    # ---- I/O ----
+
+    def _read_batch(self) -> None:
+        for _ in range(_BATCH):
+            try:
+                frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                break
+            identity, rest = frames[0], frames[1:]
+            try:
+                msg = self.session.parse(rest)
+            except (ProtocolError, AuthenticationError) as exc:
+                self._drop(identity, exc)
+                continue
+            self.messages_handled += 1
+            self._handle(identity, msg)
+        self.journal.commit()
+
+    def _drop(self, identity: bytes, exc: Exception) -> None:
+        count = self._dropped.get(identity, 0) + 1
+        self._dropped[identity] = count
+        if count == 1 or count % 1000 == 0:
+            _log.warning("dropped message from peer %r (%d so far): %s", identity, count, exc)
+
+    def _send(self, identity: bytes, type: MsgType, body: object = None, **header: object) -> None:
+        self._outbox.append([identity, *self.session.frames(type, body, **header)])  # type: ignore[arg-type]
+
+    def _flush(self) -> None:
+        """Send what the last batch produced; called only after the journal commit."""
+        self.journal.commit()
+        for frames in self._outbox:
+            try:
+                self._sock.send_multipart(frames, zmq.NOBLOCK)
+            except zmq.Again:
+                _log.warning("send queue full for peer %r; message dropped (it will be re-sent)", frames[0])
+        self._outbox.clear()
+
+    # ---- message handling ----
+
+    def _handle(self, identity: bytes, msg: Message) -> None:
+        kind = msg.type
+        if kind is MsgType.HELLO:
+            self._on_hello(identity, msg.body)
+        elif kind is MsgType.STATUS:
+            self._send(identity, MsgType.STATUS_REPLY, self.status())
+        elif kind is MsgType.SUBMIT:
+            self._on_submit(identity, msg)
+        elif not self._touch(identity):
+            self._send(identity, MsgType.RESET)  # we do not know it (restarted, or it was declared dead)
+        elif kind is MsgType.HEARTBEAT:
+            pass
+        elif kind is MsgType.READY:
+            self._on_ready(identity)
+        elif kind is MsgType.REPORT:
+            self._on_report(identity, msg)
+        elif kind is MsgType.DONE:
+            self._on_done(identity, msg)
+        elif kind is MsgType.FILE:
+            self._on_file(identity, msg)
+        elif kind is MsgType.CANCEL:
+            self._on_cancel(msg.header.trial, msg.body.reason)
+            self._send(identity, MsgType.ACK, Ack(), trial=msg.header.trial, seq=msg.header.seq)
+        elif kind is MsgType.BYE:
+            self._on_bye(identity)
+        else:
+            self._drop(identity, ProtocolError(f"unexpected {kind.name} sent to the dispatcher"))
+
+    def _touch(self, identity: bytes) -> bool:
+        expiry = time.monotonic() + self.config.expiry
+        worker = self.workers.get(identity)
+        if worker is not None:
+            worker.expiry = expiry
+            return True
+        for client in self.clients.values():
+            if client.identity == identity:
+                client.expiry = expiry
+                return True
+        return False
+
+    def _on_hello(self, identity: bytes, hello: Hello) -> None:
+        expiry = time.monotonic() + self.config.expiry
+        welcome = Welcome(self.config.heartbeat_interval, self.config.liveness, self.id)
+        if hello.role == Role.CLIENT.value:
+            self.clients[hello.peer_id] = _Client(hello.peer_id, identity, expiry)
+            self._send(identity, MsgType.WELCOME, welcome)
+            for event in self.journal.events_after(hello.peer_id, hello.last_event):
+                frames = self.session.frames_raw(
+                    MsgType(event.kind), event.body, trial=event.trial, attempt=event.attempt, seq=event.seq
+                )
+                self._outbox.append([identity, *frames])
+            _log.info("client %s connected (replaying events after %d)", hello.peer_id, hello.last_event)
+            return
+        if hello.role != Role.WORKER.value:
+            self._drop(identity, ProtocolError(f"unknown role {hello.role!r}"))
+            return
+        old = self.workers.get(identity)
+        worker = _Worker(hello.peer_id, identity, hello.host, hello.gpu, hello.pid, expiry)
+        if old is not None:
+            worker.since, worker.trial = old.since, old.trial
+        self.workers[identity] = worker
+        self._send(identity, MsgType.WELCOME, welcome)
+        for trial_id, attempt in hello.running:
+            rec = self.trials.get(trial_id)
+            ours = rec is not None and rec.state is TrialState.RUNNING and rec.attempt == attempt
+            if ours and rec is not None and (rec.worker == worker.id or trial_id in self._orphans):
+                self._orphans.pop(trial_id, None)
+                rec.worker, worker.trial = worker.id, trial_id
+                self.journal.update_trial(rec)
+                _log.info("worker %s still runs trial %s attempt %d: adopted", worker.id, trial_id, attempt)
+            else:
+                self._send(identity, MsgType.CANCEL, Cancel("this attempt was given up"), trial=trial_id, attempt=attempt)
+        if old is None:
+            _log.info("worker %s joined from %s (gpu %s, pid %d)", worker.id, worker.host, worker.gpu, worker.pid)
+
+    def _on_submit(self, identity: bytes, msg: Message) -> None:
+        sub: Submit = msg.body
+        trial_id, client_id = msg.header.trial, msg.header.sender
+        if not trial_id:
+            self._send(identity, MsgType.ACK, Ack(False, "a trial id is required"), seq=msg.header.seq)
+            return
+        if client_id not in self.clients:
+            self.clients[client_id] = _Client(client_id, identity, time.monotonic() + self.config.expiry)
+        rec = TrialRecord(trial_id, client_id, sub.name, TrialState.QUEUED, 0, max(0, sub.max_retries), sub.timeout, sub.arch)
+        if self.journal.add_trial(rec, sub.evaluator, sub.model):
+            self.trials[trial_id] = rec
+            self.queue.append(trial_id)
+            self._event_state(rec)
+            _log.info("trial %s (%s) QUEUED", trial_id, sub.name or "unnamed")
+        self._send(identity, MsgType.ACK, Ack(), trial=trial_id, seq=msg.header.seq)
+
+    def _on_ready(self, identity: bytes) -> None:
+        worker = self.workers[identity]
+        if worker.trial:
+            rec = self.trials.get(worker.trial)
+            worker.trial = ""
+            if rec is not None and rec.state is TrialState.RUNNING and rec.worker == worker.id:
+                self._lost(rec, f"worker {worker.id} became ready without finishing it")
+        if identity not in self.idle:
+            self.idle.append(identity)
+
+    def _current(self, identity: bytes, msg: Message) -> TrialRecord | None:
+        """The trial a worker's message is about, if that attempt is still the live one."""
+        worker = self.workers[identity]
+        rec = self.trials.get(msg.header.trial)
+        if rec is None or rec.state is not TrialState.RUNNING or rec.attempt != msg.header.attempt or rec.worker != worker.id:
+            _log.info(
+                "ignored %s for trial %s attempt %d from worker %s: not the live attempt",
+                msg.type.name, msg.header.trial, msg.header.attempt, worker.id,
+            )  # fmt: skip
+            return None
+        return rec
+
+    def _on_report(self, identity: bytes, msg: Message) -> None:
+        h = msg.header
+        rec = self._current(identity, msg)
+        if rec is not None and self.journal.add_report(h.trial, h.attempt, h.seq, msg.body.final, msg.payload):
+            self._event(rec, MsgType.REPORT, msg.payload)
+        self._send(identity, MsgType.ACK, Ack(), trial=h.trial, attempt=h.attempt, seq=h.seq)
+
+    def _on_done(self, identity: bytes, msg: Message) -> None:
+        h, done = msg.header, msg.body
+        rec = self._current(identity, msg)
+        if rec is not None:
+            state = TrialState(done.state)
+            if rec.cancel_requested and state is not TrialState.SUCCEEDED:
+                state = TrialState.CANCELLED
+            rec.reason, rec.exc_type, rec.message = done.reason, done.exc_type, done.message
+            rec.traceback, rec.log_tail = done.traceback, done.log_tail
+            self._finish(rec, state)
+            self.workers[identity].trial = ""
+        self._send(identity, MsgType.ACK, Ack(), trial=h.trial, attempt=h.attempt, seq=h.seq)
+
+    def _on_file(self, identity: bytes, msg: Message) -> None:
+        h = msg.header
+        rec = self.trials.get(h.trial)
+        ok = rec is not None and rec.attempt == h.attempt
+        if rec is not None and ok:
+            self.artifacts.write(rec.client, rec.id, msg.body)
+        self._send(identity, MsgType.ACK, Ack(ok), trial=h.trial, attempt=h.attempt, seq=h.seq)
+
+    def _on_cancel(self, trial_id: str, reason: str) -> None:
+        rec = self.trials.get(trial_id)
+        if rec is None or rec.state.finished:
+            return
+        rec.cancel_requested = True
+        rec.reason = reason
+        if rec.state is TrialState.QUEUED:
+            self.queue.remove(trial_id)
+            self._finish(rec, TrialState.CANCELLED)
+            return
+        self.journal.update_trial(rec)
+        for worker in self.workers.values():
+            if worker.id == rec.worker:
+                self._send(worker.identity, MsgType.CANCEL, Cancel(reason), trial=rec.id, attempt=rec.attempt)
+
+    def _on_bye(self, identity: bytes) -> None:
+        worker = self.workers.get(identity)
+        if worker is not None:
+            self._remove_worker(worker, "left")
+        for client in list(self.clients.values()):
+            if client.identity == identity:
+                del self.clients[client.id]
+
+    # ---- state changes ----
+
+    def _remove_worker(self, worker: _Worker, why: str) -> None:
+        self.workers.pop(worker.identity, None)
+        if worker.identity in self.idle:
+            self.idle.remove(worker.identity)
+        _log.log(logging.INFO if why == "left" else logging.WARNING, "worker %s %s", worker.id, why)
+        rec = self.trials.get(worker.trial)
+        if rec is not None and rec.state is TrialState.RUNNING and rec.worker == worker.id:
+            self._lost(rec, f"worker lost: {worker.id} {why}")
+
+    def _lost(self, rec: TrialRecord, reason: str) -> None:
+        """The attempt's worker is gone: re-queue as a new attempt, or fail when retries are spent."""
+        rec.reason = reason
+        if rec.cancel_requested:
+            self._finish(rec, TrialState.CANCELLED)
+        elif rec.attempt <= rec.max_retries:
+            rec.state, rec.worker = TrialState.QUEUED, ""
+            self.journal.update_trial(rec, requeue=True)
+            self.queue.appendleft(rec.id)
+            self._event_state(rec)
+            _log.warning("trial %s attempt %d lost (%s): re-queued", rec.id, rec.attempt, reason)
+        else:
+            rec.exc_type = "WorkerLostError"
+            rec.reason = f"{reason} (after {rec.attempt} attempts)"
+            self._finish(rec, TrialState.FAILED)
+
+    def _finish(self, rec: TrialRecord, state: TrialState) -> None:
+        rec.state = state
+        self.journal.update_trial(rec)
+        self.journal.drop_payload(rec.id)
+        self._orphans.pop(rec.id, None)
+        self._event_state(rec)
+        _log.info("trial %s %s (attempt %d)%s", rec.id, state.value, rec.attempt, f": {rec.reason}" if rec.reason else "")
+
+    def _event_state(self, rec: TrialRecord) -> None:
+        change = StateChange(
+            rec.state.value, rec.attempt, rec.worker, rec.reason, rec.exc_type, rec.message, rec.traceback,
+            rec.log_tail, str(self.artifacts.trial_dir(rec.client, rec.id)),
+        )  # fmt: skip
+        self._event(rec, MsgType.STATE, self.session.pack_body(change))
+
+    def _event(self, rec: TrialRecord, kind: MsgType, body: bytes) -> None:
+        seq = self.journal.add_event(rec.client, rec.id, rec.attempt, int(kind), body)
+        client = self.clients.get(rec.client)
+        if client is not None:
+            frames = self.session.frames_raw(kind, body, trial=rec.id, attempt=rec.attempt, seq=seq)
+            self._outbox.append([client.identity, *frames])
+
+    def _dispatch(self) -> None:
+        while self.queue and self.idle:
+            identity = self.idle.popleft()
+            worker = self.workers.get(identity)
+            if worker is None or worker.trial:
+                continue
+            rec = self.trials[self.queue.popleft()]
+            evaluator, model = self.journal.payload(rec.id)
+            rec.state, rec.attempt, rec.worker, rec.reason = TrialState.RUNNING, rec.attempt + 1, worker.id, ""
+            worker.trial = rec.id
+            self.journal.update_trial(rec)
+            self._event_state(rec)
+            self._send(identity, MsgType.RUN, Run(evaluator, model, rec.timeout, rec.name), trial=rec.id, attempt=rec.attempt)
+            _log.info("trial %s RUNNING on %s (attempt %d)", rec.id, worker.id, rec.attempt)
+
+    def _beat(self, now: float) -> None:
+        for worker in list(self.workers.values()):
+            if worker.expiry < now:
+                self._remove_worker(worker, f"missed heartbeats for {self.config.expiry:.1f}s")
+            else:
+                self._send(worker.identity, MsgType.HEARTBEAT)
+        for client in list(self.clients.values()):
+            if client.expiry < now:
+                del self.clients[client.id]
+                _log.info("client %s went silent; its events wait in the journal", client.id)
+            else:
+                self._send(client.identity, MsgType.HEARTBEAT)
+        for trial_id, deadline in list(self._orphans.items()):
+            if deadline < now:
+                del self._orphans[trial_id]
+                rec = self.trials[trial_id]
+                if rec.state is TrialState.RUNNING:
+                    self._lost(rec, f"worker {rec.worker} did not come back after a dispatcher restart")
+
+    # ---- status ----
+
+    def status(self) -> StatusReply:
+        counts = {state.value: 0 for state in TrialState}
+        for rec in self.trials.values():
+            counts[rec.state.value] += 1
+        now = time.time()
+        workers = [
+            WorkerInfo(w.id, w.host, w.gpu, w.pid, "busy" if w.trial else "idle", w.trial, now - w.since)
+            for w in self.workers.values()
+        ]
+        return StatusReply(self.id, workers, counts, time.monotonic() - self._started)

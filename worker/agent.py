@@ -1,0 +1,339 @@
+"""The worker agent: owns the socket and the heartbeats, supervises one trial process at a time.
+
+Data flow::
+
+    dispatcher --RUN/CANCEL/HEARTBEAT--> agent --fork (preloaded server)--> trial process
+    dispatcher <--REPORT/FILE/DONE------ agent <--pipe: report/error/done--- trial process
+
+The agent never loads a payload: the trial process does, after the agent checked the
+signature. Reports, artefact chunks and DONE are kept until acknowledged and re-sent after
+a reconnect (Paranoid Pirate: liveness counter, exponential back-off).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from retia.errors import AuthenticationError, ProtocolError
+from retia.protocol import Done, FileChunk, Hello, Message, MsgType, Report, Role, Session, TrialState
+
+from . import runner
+from .config import WorkerConfig
+
+__all__ = ["Agent"]
+
+_log = logging.getLogger(__name__)
+_CHUNK = 1 << 20
+_LOG_TAIL_LINES = 50
+
+
+@dataclass
+class _Trial:
+    id: str
+    attempt: int
+    process: Any  # multiprocessing.Process from the forkserver context
+    conn: Connection
+    output_dir: Path
+    log_file: Path
+    started: float
+    deadline: float | None
+    error: tuple[str, str, str] | None = None
+    returned: bool = False
+    kill_reason: str = ""
+    kill_state: TrialState = TrialState.FAILED
+    sigkill_at: float | None = None
+    max_artifact_bytes: int = 50 << 20
+    seq: int = 0
+
+
+class Agent:
+    """One per GPU: connects, says HELLO, runs what it is given, never runs user code itself."""
+
+    def __init__(self, config: WorkerConfig, key: bytes) -> None:
+        self.config = config
+        self.id = config.name or f"{socket.gethostname()}-gpu{config.gpu}-{os.getpid()}"
+        self.session = Session(key, self.id, max_message_bytes=config.max_message_bytes)
+        self._mp = multiprocessing.get_context("forkserver")
+        self._mp.set_forkserver_preload(list(config.preload))
+        self._ctx = zmq.Context()
+        self._sock: zmq.Socket | None = None
+        self.trial: _Trial | None = None
+        self._unacked: OrderedDict[tuple[str, int, int], list[bytes]] = OrderedDict()
+        self._stopping = False
+        self._last_heard = time.monotonic()
+        self._backoff = config.reconnect_min
+        self._reconnect_at: float | None = None
+
+    # ---- lifecycle ----
+
+    def warm_up(self) -> None:
+        """Start the fork server now (it imports torch and Lightning once), not on the first trial."""
+        started = time.perf_counter()
+        proc = self._mp.Process(target=runner.warm_up, name="retia-warmup")
+        proc.start()
+        proc.join()
+        _log.info("fork server ready in %.2fs (preloaded %s)", time.perf_counter() - started, ", ".join(self.config.preload))
+
+    def stop(self) -> None:
+        """Ask the loop to exit (safe from a signal handler)."""
+        self._stopping = True
+
+    def run(self) -> None:
+        self.warm_up()
+        self._connect()
+        next_beat = time.monotonic()
+        try:
+            while not self._stopping:
+                self._poll(max(0.0, min(next_beat - time.monotonic(), 0.2)))
+                now = time.monotonic()
+                self._supervise(now)
+                if now >= next_beat:
+                    self._send(MsgType.HEARTBEAT)
+                    next_beat = now + self.config.heartbeat_interval
+                self._check_liveness(now)
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self.trial is not None:
+            self._kill(self.trial, "the worker is shutting down", hard=True)
+            self.trial.process.join(timeout=5)
+            self.trial = None
+        if self._sock is not None:
+            self._send(MsgType.BYE)
+            self._sock.close(linger=500)
+        self._ctx.term()
+        _log.info("worker %s stopped", self.id)
+
+    # ---- connection (Paranoid Pirate) ----
+
+    def _connect(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, self.id.encode())
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.config.connect)
+        self._sock = sock
+        self._last_heard = time.monotonic()
+        self._hello()
+
+    def _hello(self) -> None:
+        running = [[self.trial.id, self.trial.attempt]] if self.trial is not None else []
+        hello = Hello(Role.WORKER.value, self.id, socket.gethostname(), os.getpid(), self.config.gpu, running)
+        self._send(MsgType.HELLO, hello)
+        for frames in self._unacked.values():  # in order: reports, files, then DONE
+            self._raw_send(frames)
+        if self.trial is None:
+            self._send(MsgType.READY)
+
+    def _check_liveness(self, now: float) -> None:
+        silent = now - self._last_heard
+        if self._reconnect_at is None and silent > self.config.heartbeat_interval * self.config.liveness:
+            _log.warning("dispatcher silent for %.1fs; reconnecting in %.1fs", silent, self._backoff)
+            self._reconnect_at = now + self._backoff
+        if self._reconnect_at is not None and now >= self._reconnect_at:
+            self._reconnect_at = None
+            self._last_heard = now
+            self._backoff = min(self._backoff * 2, self.config.reconnect_max)
+            self._connect()
+
+    def _send(self, type: MsgType, body: Any = None, **header: Any) -> None:
+        self._raw_send(self.session.frames(type, body, **header))
+
+    def _raw_send(self, frames: list[bytes]) -> None:
+        if self._sock is None:
+            return
+        try:
+            self._sock.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # the dispatcher is unreachable; unacknowledged messages go again on reconnect
+
+    def _reliable(self, type: MsgType, body: Any, trial: _Trial) -> None:
+        trial.seq += 1
+        frames = self.session.frames(type, body, trial=trial.id, attempt=trial.attempt, seq=trial.seq)
+        self._unacked[(trial.id, trial.attempt, trial.seq)] = frames
+        self._raw_send(frames)
+
+    # ---- the loop's parts ----
+
+    def _poll(self, timeout: float) -> None:
+        if self._sock is None:
+            return
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        if self.trial is not None:
+            poller.register(self.trial.conn.fileno(), zmq.POLLIN)
+            poller.register(self.trial.process.sentinel, zmq.POLLIN)
+        ready = dict(poller.poll(timeout * 1000))
+        if self._sock in ready:
+            self._read_socket()
+        if self.trial is not None:
+            self._read_pipe(self.trial)
+
+    def _read_socket(self) -> None:
+        while self._sock is not None:
+            try:
+                frames = self._sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = self.session.parse(frames)
+            except (ProtocolError, AuthenticationError) as exc:
+                _log.warning("dropped message from the dispatcher: %s", exc)
+                continue
+            self._last_heard = time.monotonic()
+            self._backoff = self.config.reconnect_min
+            self._handle(msg)
+
+    def _handle(self, msg: Message) -> None:
+        h = msg.header
+        if msg.type is MsgType.RUN:
+            self._start(msg)
+        elif msg.type is MsgType.ACK:
+            self._unacked.pop((h.trial, h.attempt, h.seq), None)
+        elif msg.type is MsgType.CANCEL:
+            if self.trial is not None and (self.trial.id, self.trial.attempt) == (h.trial, h.attempt):
+                self._kill(self.trial, msg.body.reason, state=TrialState.CANCELLED)
+        elif msg.type is MsgType.RESET:
+            self._hello()
+        elif msg.type is MsgType.SHUTDOWN:
+            self.stop()
+        elif msg.type not in (MsgType.HEARTBEAT, MsgType.WELCOME):
+            _log.warning("unexpected %s from the dispatcher", msg.type.name)
+
+    def _start(self, msg: Message) -> None:
+        h, run = msg.header, msg.body
+        if self.trial is not None:
+            _log.error("RUN for %s while trial %s runs; refusing it", h.trial, self.trial.id)
+            self._send(MsgType.DONE, Done(TrialState.FAILED.value, "worker was busy"), trial=h.trial, attempt=h.attempt)
+            return
+        out = self.config.trials_dir / f"{h.trial}-{h.attempt}"
+        out.mkdir(parents=True, exist_ok=True)
+        log_file = out / "trial.log"
+        spec = runner.TrialSpec(
+            h.trial, h.attempt, run.evaluator, run.model, str(out), str(log_file),
+            self.config.cuda_visible_devices, self.config.trial_threads,
+        )  # fmt: skip
+        reader, writer = self._mp.Pipe(duplex=False)
+        process = self._mp.Process(target=runner.run_trial, args=(spec, writer), name=f"retia-trial-{h.trial}")
+        process.start()
+        writer.close()
+        now = time.monotonic()
+        deadline = now + run.timeout if run.timeout else None
+        self.trial = _Trial(h.trial, h.attempt, process, reader, out, log_file, now, deadline)
+        self.trial.max_artifact_bytes = min(run.max_artifact_bytes, self.config.max_artifact_bytes)
+        _log.info("trial %s attempt %d started (pid %d)", h.trial, h.attempt, process.pid)
+
+    def _read_pipe(self, trial: _Trial) -> None:
+        try:
+            while trial.conn.poll():
+                item = trial.conn.recv()
+                if item[0] == runner.MSG_REPORT:
+                    self._reliable(MsgType.REPORT, Report(bool(item[1]), item[2]), trial)
+                elif item[0] == runner.MSG_ERROR:
+                    trial.error = (item[1], item[2], item[3])
+                elif item[0] == runner.MSG_DONE:
+                    trial.returned = True
+        except (EOFError, OSError):
+            pass  # the process is gone; its exit status tells the rest
+
+    def _supervise(self, now: float) -> None:
+        trial = self.trial
+        if trial is None:
+            return
+        if trial.deadline is not None and now > trial.deadline and not trial.kill_reason:
+            self._kill(trial, f"timed out after {trial.deadline - trial.started:.1f}s")
+        if trial.sigkill_at is not None and now > trial.sigkill_at:
+            self._signal(trial, signal.SIGKILL)
+            trial.sigkill_at = None
+        if trial.process.is_alive():
+            return
+        trial.process.join()
+        self._read_pipe(trial)
+        trial.conn.close()
+        self._ship_artifacts(trial)
+        self._reliable(MsgType.DONE, self._outcome(trial, now), trial)
+        self.trial = None
+        self._send(MsgType.READY)
+
+    def _outcome(self, trial: _Trial, now: float) -> Done:
+        code = trial.process.exitcode
+        tail = _tail(trial.log_file)
+        duration = now - trial.started
+        if trial.kill_reason:
+            return Done(trial.kill_state.value, trial.kill_reason, log_tail=tail, duration=duration)
+        if trial.error is not None:
+            exc_type, message, tb = trial.error
+            return Done(TrialState.FAILED.value, f"{exc_type}: {message}", exc_type, message, tb, tail, duration)
+        if trial.returned and code == 0:
+            return Done(TrialState.SUCCEEDED.value, "", log_tail=tail, duration=duration)
+        if code is not None and code < 0:
+            name = signal.Signals(-code).name
+            reason = f"trial process killed by {name} before fit returned"
+            return Done(TrialState.FAILED.value, reason, "TrialProcessDied", reason, "", tail, duration)
+        reason = f"trial process exited with code {code} before fit returned"
+        return Done(TrialState.FAILED.value, reason, "TrialProcessDied", reason, "", tail, duration)
+
+    def _kill(self, trial: _Trial, reason: str, *, state: TrialState = TrialState.FAILED, hard: bool = False) -> None:
+        """SIGTERM the trial's process group now and SIGKILL it after the grace period."""
+        if not trial.kill_reason:
+            trial.kill_reason, trial.kill_state = reason, state
+            _log.info("stopping trial %s attempt %d: %s", trial.id, trial.attempt, reason)
+        self._signal(trial, signal.SIGKILL if hard else signal.SIGTERM)
+        if not hard:
+            trial.sigkill_at = time.monotonic() + self.config.kill_grace
+
+    @staticmethod
+    def _signal(trial: _Trial, sig: signal.Signals) -> None:
+        pid = trial.process.pid
+        try:
+            os.killpg(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            try:
+                os.kill(pid, sig)  # it may not have called setsid yet
+            except ProcessLookupError:
+                pass
+
+    def _ship_artifacts(self, trial: _Trial) -> None:
+        """Stream the trial's output files home in chunks, up to the per-trial cap."""
+        budget = trial.max_artifact_bytes
+        for path in sorted(p for p in trial.output_dir.rglob("*") if p.is_file()):
+            size = path.stat().st_size
+            if size > budget:
+                _log.warning("artefact %s (%d bytes) exceeds the remaining cap of %d bytes; not sent", path, size, budget)
+                continue
+            budget -= size
+            rel = path.relative_to(trial.output_dir).as_posix()
+            with open(path, "rb") as f:
+                offset = 0
+                while True:
+                    data = f.read(_CHUNK)
+                    last = len(data) < _CHUNK
+                    self._reliable(MsgType.FILE, FileChunk(rel, offset, data, last), trial)
+                    offset += len(data)
+                    if last:
+                        break
+
+
+def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 64 * 1024))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])

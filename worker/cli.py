@@ -1,0 +1,77 @@
+"""``retia worker``: one agent per GPU, connected to the dispatcher."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from retia.errors import RetiaError
+from retia.keys import DEFAULT_HOME, KEY_ENV, resolve_key
+
+from .config import WorkerConfig
+
+__all__ = ["add_worker_arguments", "run_worker", "main"]
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--connect", required=True, help="dispatcher endpoint, e.g. tcp://head:5555")
+    parser.add_argument("--gpu", default="none", help="CUDA device index this worker owns, or 'none' for CPU (default %(default)s)")
+    parser.add_argument("--key-file", type=Path, help=f"cluster key file (default ${KEY_ENV} or <home>/cluster.key)")
+    parser.add_argument("--home", type=Path, default=DEFAULT_HOME, help="where trial output directories live (default %(default)s)")
+    parser.add_argument("--name", default="", help="worker id shown in status (default host-gpuN-pid)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per trial (default: cores / --workers-per-host)")
+    parser.add_argument("--workers-per-host", type=int, default=1, help="CPU workers sharing this machine's cores (default %(default)s)")
+    parser.add_argument("--heartbeat", type=float, default=1.0, help="heartbeat interval in seconds (default %(default)s)")
+    parser.add_argument("--liveness", type=int, default=5, help="missed heartbeats before reconnecting (default %(default)s)")
+    parser.add_argument("--kill-grace", type=float, default=3.0, help="seconds between SIGTERM and SIGKILL (default %(default)s)")
+    parser.add_argument("--max-artifact-mb", type=float, default=50.0, help="per-trial cap on files sent home (default %(default)s)")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    from .agent import Agent
+
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = WorkerConfig(
+            connect=args.connect,
+            gpu=str(args.gpu).lower(),
+            home=args.home,
+            key_file=args.key_file,
+            name=args.name,
+            threads=args.threads,
+            workers_per_host=args.workers_per_host,
+            heartbeat_interval=args.heartbeat,
+            liveness=args.liveness,
+            reconnect_min=min(1.0, args.heartbeat),
+            kill_grace=args.kill_grace,
+            max_artifact_bytes=int(args.max_artifact_mb * (1 << 20)),
+        )
+        key_file = config.key_file or (None if _env_key() else config.home.expanduser() / "cluster.key")
+        agent = Agent(config, resolve_key(key_file=key_file))
+    except RetiaError as exc:
+        print(f"retia worker: {exc}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: agent.stop())
+    signal.signal(signal.SIGINT, lambda *_: agent.stop())
+    agent.run()
+    return 0
+
+
+def _env_key() -> bool:
+    import os
+
+    return bool(os.environ.get(KEY_ENV))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m retia.worker", description="Run a retia worker agent (one per GPU).")
+    add_worker_arguments(parser)
+    return run_worker(parser.parse_args(argv))

@@ -1,0 +1,67 @@
+"""The worker agent's settings, parsed once at the entry point into a frozen dataclass."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from retia.errors import ConfigError
+from retia.keys import DEFAULT_HOME
+from retia.protocol import DEFAULT_MAX_MESSAGE_BYTES
+
+__all__ = ["WorkerConfig", "DEFAULT_PRELOAD"]
+
+DEFAULT_PRELOAD = ("retia.worker.runner", "retia.serializer", "torch", "pytorch_lightning")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Where the dispatcher is, which GPU this worker owns, and how it supervises trials."""
+
+    connect: str
+    gpu: str = "none"  # a CUDA device index, or "none" for CPU
+    home: Path = DEFAULT_HOME
+    key_file: Path | None = None
+    name: str = ""  # worker id; default host-gpu-pid
+    threads: int = 0  # torch threads per trial; 0 = cores / workers_per_host
+    workers_per_host: int = 1
+    heartbeat_interval: float = 1.0
+    liveness: int = 5
+    reconnect_min: float = 1.0
+    reconnect_max: float = 32.0
+    kill_grace: float = 3.0  # seconds between SIGTERM and SIGKILL
+    max_artifact_bytes: int = 50 << 20
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    preload: tuple[str, ...] = field(default=DEFAULT_PRELOAD)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.gpu != "none" and not all(part.strip().isdigit() for part in self.gpu.split(",")):
+            problems.append(f"gpu must be a device index like 0 (or 0,1) or 'none' (got {self.gpu!r})")
+        if self.heartbeat_interval <= 0:
+            problems.append(f"heartbeat_interval must be > 0 (got {self.heartbeat_interval})")
+        if self.liveness < 1:
+            problems.append(f"liveness must be >= 1 (got {self.liveness})")
+        if self.workers_per_host < 1:
+            problems.append(f"workers_per_host must be >= 1 (got {self.workers_per_host})")
+        if not 0 < self.reconnect_min <= self.reconnect_max:
+            problems.append("need 0 < reconnect_min <= reconnect_max")
+        if "://" not in self.connect:
+            problems.append(f"connect must be a ZeroMQ endpoint like tcp://head:5555 (got {self.connect!r})")
+        if problems:
+            raise ConfigError("invalid worker configuration: " + "; ".join(problems))
+
+    @property
+    def cuda_visible_devices(self) -> str:
+        return "" if self.gpu == "none" else self.gpu
+
+    @property
+    def trial_threads(self) -> int:
+        if self.threads > 0:
+            return self.threads
+        return max(1, (os.cpu_count() or 1) // self.workers_per_host)
+
+    @property
+    def trials_dir(self) -> Path:
+        return self.home.expanduser() / "trials"

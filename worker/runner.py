@@ -1,0 +1,102 @@
+"""The trial process: forked from the preloaded fork server, runs one evaluation, reports over a pipe.
+
+It never touches the network. Messages to the agent are tuples on a one-way pipe:
+``("report", final, value)``, then exactly one of ``("error", type, message, traceback)``
+or ``("done",)``. Whatever else happens (a segfault, ``os._exit``, a SIGKILL) the agent
+sees through the process's exit status.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+__all__ = ["TrialSpec", "run_trial", "warm_up", "MSG_REPORT", "MSG_ERROR", "MSG_DONE"]
+
+MSG_REPORT, MSG_ERROR, MSG_DONE = "report", "error", "done"
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """Everything the child needs; built by the agent from a verified RUN message."""
+
+    trial: str
+    attempt: int
+    evaluator: bytes
+    model: bytes
+    output_dir: str
+    log_file: str
+    cuda_visible_devices: str
+    threads: int
+
+
+def warm_up() -> None:
+    """A no-op child: starting it makes the fork server import torch and Lightning once, up front."""
+
+
+def run_trial(spec: TrialSpec, conn: Connection) -> None:
+    os.setsid()  # own process group: the agent kills the trial and anything it spawned together
+    _die_with_parent()
+    os.environ["CUDA_VISIBLE_DEVICES"] = spec.cuda_visible_devices
+    _redirect_output(spec.log_file)
+    if spec.threads > 0:
+        os.environ["OMP_NUM_THREADS"] = str(spec.threads)
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            torch.set_num_threads(spec.threads)
+    # Imported here, after the fork, so the fork server only carries what it preloaded.
+    from retia.reporting import Reporter
+    from retia.serializer import load
+
+    class _PipeReporter(Reporter):
+        def _emit(self, final: bool, value: Any) -> None:
+            conn.send((MSG_REPORT, final, value))
+
+    try:
+        evaluator = load(spec.evaluator)
+        model = load(spec.model)
+        print(f"[retia] trial {spec.trial} attempt {spec.attempt}: {evaluator!r}", flush=True)
+        evaluator.evaluate(model, output_dir=spec.output_dir, reporter=_PipeReporter())
+    except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt are trial failures too
+        text = traceback.format_exc()
+        sys.stderr.write(text)
+        sys.stderr.flush()
+        conn.send((MSG_ERROR, type(exc).__name__, _describe(exc), text))
+        conn.close()
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    conn.send((MSG_DONE,))
+    conn.close()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"fit called sys.exit({exc.code!r})"
+    return str(exc)
+
+
+def _redirect_output(path: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when the fork server (its parent) dies with the agent."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
