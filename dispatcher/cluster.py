@@ -49,6 +49,7 @@ class LocalCluster:
     liveness: int = 5
     journal: str | None = None
     worker_args: Sequence[str] = ()
+    dispatcher_args: Sequence[str] = ()
     address: str = ""
     dispatcher: subprocess.Popen[bytes] | None = None
     worker_procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -77,6 +78,7 @@ class LocalCluster:
         ]  # fmt: skip
         if self.journal:
             cmd += ["--journal", self.journal]
+        cmd += list(self.dispatcher_args)
         self.dispatcher = self._spawn(cmd, "dispatcher")
         deadline = time.monotonic() + 30
         while not ready.exists():
@@ -149,6 +151,7 @@ def local_cluster(
     liveness: int = 5,
     journal: str | None = None,
     worker_args: Sequence[str] = (),
+    dispatcher_args: Sequence[str] = (),
 ) -> Iterator[Backend]:
     """Start a dispatcher and ``workers`` local workers (default: one per GPU, else 2); yield a Backend.
 
@@ -161,7 +164,14 @@ def local_cluster(
         raise RetiaError(f"local_cluster needs at least one worker (got {count})")
     tmp = None if home is not None else tempfile.mkdtemp(prefix="retia-cluster-")
     cluster = LocalCluster(
-        Path(home or tmp).resolve(), count, gpu_list, heartbeat_interval, liveness, journal, tuple(worker_args)  # type: ignore[arg-type]
+        Path(home or tmp).resolve(),  # type: ignore[arg-type]
+        count,
+        gpu_list,
+        heartbeat_interval,
+        liveness,
+        journal,
+        tuple(worker_args),
+        tuple(dispatcher_args),
     )
     backend: Backend | None = None
     try:

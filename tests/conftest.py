@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pytest
 
-try:
-    import psutil  # noqa: F401
-except ImportError:  # pragma: no cover
-    psutil = None
+# Set by libraries on first import (scikit-learn sets the KMP ones), or by pytest itself.
+_ENV_SET_BY_OTHERS = {"PYTEST_CURRENT_TEST", "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK"}
 
 
 def _children() -> set[int]:
@@ -44,5 +42,6 @@ def _no_leaks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
         time.sleep(0.05)
         leaked = _children() - before
     changed = {k for k in set(os.environ) | set(before_env) if os.environ.get(k) != before_env.get(k)}
+    changed -= _ENV_SET_BY_OTHERS
     assert not leaked, f"test leaked child processes {sorted(leaked)}"
     assert not changed, f"test changed environment variables {sorted(changed)}"

@@ -11,7 +11,7 @@ from pathlib import Path
 from retia.errors import RetiaError
 from retia.keys import DEFAULT_HOME, KEY_ENV, resolve_key
 
-from .config import WorkerConfig
+from .config import DEFAULT_PRELOAD, WorkerConfig
 
 __all__ = ["add_worker_arguments", "run_worker", "main"]
 
@@ -28,6 +28,11 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--liveness", type=int, default=5, help="missed heartbeats before reconnecting (default %(default)s)")
     parser.add_argument("--kill-grace", type=float, default=3.0, help="seconds between SIGTERM and SIGKILL (default %(default)s)")
     parser.add_argument("--max-artifact-mb", type=float, default=50.0, help="per-trial cap on files sent home (default %(default)s)")
+    parser.add_argument(
+        "--preload",
+        default=",".join(DEFAULT_PRELOAD),
+        help="modules the fork server imports once, so trials start warm (default %(default)s)",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
 
 
@@ -53,6 +58,7 @@ def run_worker(args: argparse.Namespace) -> int:
             reconnect_min=min(1.0, args.heartbeat),
             kill_grace=args.kill_grace,
             max_artifact_bytes=int(args.max_artifact_mb * (1 << 20)),
+            preload=tuple(m.strip() for m in args.preload.split(",") if m.strip()),
         )
         key_file = config.key_file or (None if _env_key() else config.home.expanduser() / "cluster.key")
         agent = Agent(config, resolve_key(key_file=key_file))

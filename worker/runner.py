@@ -61,7 +61,7 @@ def run_trial(spec: TrialSpec, conn: Connection) -> None:
     try:
         evaluator = load(spec.evaluator)
         model = load(spec.model)
-        print(f"[retia] trial {spec.trial} attempt {spec.attempt}: {evaluator!r}", flush=True)
+        print(f"[retia] trial {spec.trial} attempt {spec.attempt} pid {os.getpid()}: {evaluator!r}", flush=True)
         evaluator.evaluate(model, output_dir=spec.output_dir, reporter=_PipeReporter())
     except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt are trial failures too
         text = traceback.format_exc()

@@ -41,7 +41,9 @@ class SpaceCodec:
 
     def __init__(self, space: SearchSpace) -> None:
         if not isinstance(space, Mapping):
-            raise ConfigError(f"search space must be a dict {{label: [options...]}}, got {type(space).__name__}")
+            raise ConfigError(
+                f"search space must be a dict {{label: [options...]}}, got {type(space).__name__}"
+            )
         if not space:
             raise ConfigError("search space is empty: it needs at least one label")
         self.labels: list[str] = []

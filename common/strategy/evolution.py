@@ -1,4 +1,4 @@
-"""Regularized (aging) evolution, Real et al. 2019: tournament selection, one-label mutation, FIFO population."""
+"""Regularized (aging) evolution, Real et al. 2019: tournament, one-label mutation, FIFO population."""
 
 from __future__ import annotations
 
@@ -35,7 +35,9 @@ class RegularizedEvolution(Strategy):
     ) -> None:
         super().__init__(seed=seed, early_stop=early_stop)
         if population_size < 1 or not 1 <= sample_size <= population_size:
-            raise ConfigError(f"need 1 <= sample_size <= population_size, got {sample_size}, {population_size}")
+            raise ConfigError(
+                f"need 1 <= sample_size <= population_size, got {sample_size} and {population_size}"
+            )
         if mutation_prob is not None and not 0.0 <= mutation_prob <= 1.0:
             raise ConfigError(f"mutation_prob must be in [0, 1], got {mutation_prob}")
         self.population_size = population_size
@@ -83,7 +85,8 @@ class RegularizedEvolution(Strategy):
         if self.mutation_prob is None:
             chosen = [self._rng.choice(mutable)]
         else:
-            chosen = [i for i in mutable if self._rng.random() < self.mutation_prob] or [self._rng.choice(mutable)]
+            chosen = [i for i in mutable if self._rng.random() < self.mutation_prob]
+            chosen = chosen or [self._rng.choice(mutable)]
         for i in chosen:
             child[i] = self._rng.choice([o for o in range(len(options[i])) if o != parent[i]])
         return tuple(child)

@@ -15,7 +15,9 @@ _MAX_SHUFFLED = 10_000_000
 class GridSearch(Strategy):
     """Enumerate the cartesian product in label/option order, or in a seeded shuffled order."""
 
-    def __init__(self, *, shuffle: bool = False, seed: int | None = None, early_stop: EarlyStop | None = None) -> None:
+    def __init__(
+        self, *, shuffle: bool = False, seed: int | None = None, early_stop: EarlyStop | None = None
+    ) -> None:
         super().__init__(seed=seed, early_stop=early_stop)
         self.shuffle = shuffle
         self._order: list[int] | None = None

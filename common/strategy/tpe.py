@@ -63,7 +63,6 @@ class TPE(Strategy):
 
         if self.exhausted:
             return None
-        codec = self.codec
         for attempt in range(_DUPLICATE_RETRIES + 1):
             trial = self._study.ask(self._distributions)
             index = self._index(trial.params)

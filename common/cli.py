@@ -1,0 +1,57 @@
+"""The ``retia`` command: ``dispatcher``, ``worker``, ``status`` and ``report`` subcommands.
+
+Each subcommand's options live beside the code it runs; this module only routes, importing
+the head-node or worker side lazily so ``retia --help`` stays fast and torch-free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Callable
+
+__all__ = ["main", "build_parser"]
+
+# subcommand -> (module, add-arguments function, run function, one-line help)
+_COMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "dispatcher": ("retia.dispatcher.cli", "add_dispatcher_arguments", "run_dispatcher",
+                   "run the dispatcher on the head node (queue, journal, relaying reports)"),
+    "worker": ("retia.worker.cli", "add_worker_arguments", "run_worker",
+               "run a worker agent (one per GPU) connected to a dispatcher"),
+    "status": ("retia.dispatcher.cli", "add_status_arguments", "run_status",
+               "show a dispatcher's workers and trial counts"),
+    "report": ("retia.dispatcher.report", "add_report_arguments", "run_report",
+               "write a PNG and a Markdown summary of an experiment directory"),
+}  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="retia",
+        description="Distributed model evaluation for neural architecture search.",
+        epilog="Run 'retia <command> --help' for a command's options.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    for name, (module, add_args, _run, help_text) in _COMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        try:
+            getattr(importlib.import_module(module), add_args)(sub_parser)
+        except ImportError:  # a slim install (e.g. the dispatcher image) may lack a side's dependencies
+            sub_parser.set_defaults(_unavailable=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    unavailable = getattr(args, "_unavailable", None)
+    if unavailable:
+        print(f"retia {args.command}: {unavailable} cannot be imported in this installation", file=sys.stderr)
+        return 2
+    module, _add, run, _help = _COMMANDS[args.command]
+    runner: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(module), run)
+    return runner(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

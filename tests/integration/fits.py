@@ -1,0 +1,80 @@
+"""fit functions for end-to-end tests: real training, and every way a trial can go wrong."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import time
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from retia import report_final_result, report_intermediate_result
+
+
+class DigitsMLP(nn.Module):
+    def __init__(self, hidden: int = 32) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def train_digits(model_cls: Callable[[], nn.Module], train: Any, val: Any, epochs: int = 2, seed: int = 0) -> None:
+    """A plain PyTorch loop on digits reporting validation accuracy per epoch and at the end."""
+    torch.manual_seed(seed)
+    model = model_cls()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    acc = 0.0
+    for _epoch in range(epochs):
+        model.train()
+        for x, y in train:
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        model.eval()
+        correct = total = 0
+        with torch.no_grad():
+            for x, y in val:
+                correct += int((model(x).argmax(1) == y).sum())
+                total += len(y)
+        acc = correct / total
+        report_intermediate_result(acc)
+    report_final_result({"default": acc, "epochs": float(epochs)})
+
+
+def counting(model_cls: Any, steps: int = 3, delay: float = 0.0) -> None:
+    for i in range(steps):
+        report_intermediate_result(float(i))
+        if delay:
+            time.sleep(delay)
+    report_final_result(float(steps))
+
+
+def raising(model_cls: Any) -> None:
+    report_intermediate_result(0.5)
+    raise ValueError("the model diverged")
+
+
+def hanging(model_cls: Any) -> None:
+    time.sleep(600)
+
+
+def aborting(model_cls: Any) -> None:
+    os.abort()
+
+
+def exiting(model_cls: Any, code: int = 3) -> None:
+    sys.exit(code)
+
+
+def hard_exit(model_cls: Any) -> None:
+    print("leaving without a final result", flush=True)
+    os._exit(0)
+
+
+def segfault(model_cls: Any) -> None:
+    ctypes.string_at(0)

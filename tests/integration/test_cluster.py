@@ -1,0 +1,81 @@
+"""End to end on a real local cluster: trials travel, train, report in order, and come back."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from retia import FunctionalEvaluator, trace
+from retia.datasets import DigitsDataset
+from retia.dispatcher.client import Backend, wait
+from retia.errors import TrialFailedError
+from retia.protocol import TrialState
+
+from . import fits
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _digits_evaluator(epochs: int = 2) -> FunctionalEvaluator:
+    from torch.utils.data import DataLoader
+
+    train = trace(DataLoader)(trace(DigitsDataset)("train"), batch_size=64, shuffle=True)
+    val = trace(DataLoader)(trace(DigitsDataset)("val"), batch_size=256)
+    return FunctionalEvaluator(fits.train_digits, train=train, val=val, epochs=epochs)
+
+
+def test_twenty_digits_trials_report_in_order(cluster: Backend) -> None:
+    evaluator = _digits_evaluator(epochs=2)
+    widths = [8 + 4 * i for i in range(20)]
+    trials = [cluster.submit(trace(fits.DigitsMLP)(hidden=w), evaluator, name=f"w{w}") for w in widths]
+    done, pending = wait(trials, timeout=200)
+    assert not pending
+    for trial in trials:
+        final = trial.result()
+        assert trial.state is TrialState.SUCCEEDED and trial.attempt == 1
+        assert isinstance(final, dict) and final["epochs"] == 2.0
+        assert len(trial.intermediates) == 2
+        assert trial.intermediates[-1] == final["default"]
+        assert list(trial.reports()) == trial.intermediates
+    assert max(t.result()["default"] for t in trials) > 0.85  # type: ignore[index]
+    assert {t.worker for t in trials} == {w.worker_id for w in cluster.status().workers}
+
+
+def test_reports_stream_while_the_trial_runs(cluster: Backend) -> None:
+    trial = cluster.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting, steps=5, delay=0.1))
+    seen = []
+    for value in trial.reports(timeout=60):
+        seen.append(value)
+        if len(seen) == 1:
+            assert not trial.done()  # the first report arrived before the trial ended
+    assert seen == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert trial.result() == 5.0
+
+
+def test_failure_carries_type_message_traceback_and_log(cluster: Backend) -> None:
+    trial = cluster.submit(fits.DigitsMLP, FunctionalEvaluator(fits.raising))
+    with pytest.raises(TrialFailedError, match="ValueError: the model diverged") as info:
+        trial.result(timeout=60)
+    error = info.value
+    assert error.exc_type == "ValueError"
+    assert "in raising" in error.remote_traceback
+    assert "the model diverged" in str(error.__cause__)
+    assert "Traceback" in error.log_tail
+    assert trial.intermediates == [0.5]
+    assert trial.attempt == 1  # a user error is not retried
+
+
+def test_status_command_shows_workers_and_counts(cluster: Backend) -> None:
+    proc = processes_key = cluster.cluster.key_file  # type: ignore[attr-defined]
+    out = subprocess.run(
+        [sys.executable, "-m", "retia.cli", "status", cluster.address, "--key-file", str(processes_key), "--json"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    import json
+
+    status = json.loads(out.stdout)
+    assert len(status["workers"]) == 2
+    assert status["trials"]["SUCCEEDED"] == sum(t.state is TrialState.SUCCEEDED for t in cluster.trials.values())
+    assert proc
