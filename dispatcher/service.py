@@ -170,7 +170,7 @@ class Dispatcher:
     def _drop(self, identity: bytes, exc: Exception) -> None:
         count = self._dropped.get(identity, 0) + 1
         self._dropped[identity] = count
-        if count == 1 or count % 1000 == 0:
+        if count <= 20 or count % 1000 == 0:  # a flood from one peer must not flood the log
             _log.warning("dropped message from peer %r (%d so far): %s", identity, count, exc)
 
     def _send(self, identity: bytes, type: MsgType, body: object = None, **header: object) -> None:
