@@ -19,10 +19,9 @@ class FrozenModel:
         self.kwargs = dict(kwargs or {})
 
     def __call__(self) -> Any:
-        from retia.nn.space import fixed_arch
+        from retia.nn.space import build_frozen
 
-        with fixed_arch(self.arch):
-            return self.space(*self.args, **self.kwargs)
+        return build_frozen(self.space, self.arch, self.args, self.kwargs)
 
     def __repr__(self) -> str:
         return f"FrozenModel({getattr(self.space, '__qualname__', self.space)}, {self.arch})"

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 # Set by libraries on first import (scikit-learn sets the KMP ones), or by pytest itself.
-_ENV_SET_BY_OTHERS = {"PYTEST_CURRENT_TEST", "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK"}
+# torch sets TORCHINDUCTOR_CACHE_DIR when it builds its first optimizer.
+_ENV_SET_BY_OTHERS = {"PYTEST_CURRENT_TEST", "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK", "TORCHINDUCTOR_CACHE_DIR"}
 
 
 def _children() -> set[int]:

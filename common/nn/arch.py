@@ -201,17 +201,16 @@ class _OpenSpace:
         self.ref = weakref.ref(space)
         self.build = build
         self.specs = specs
-        init = getattr(type(space), "__init__", None)
-        self.code = getattr(init, "__code__", None)
 
     def is_open(self) -> bool:
+        """True while a frame of an ``__init__`` (the space's own, a base's, a decorated one) runs on it."""
         space = self.ref()
-        if space is None or self.code is None or not self.code.co_varnames:
+        if space is None:
             return False
-        first = self.code.co_varnames[0]
         frame = sys._getframe(1)
         while frame is not None:
-            if frame.f_code is self.code and frame.f_locals.get(first) is space:
+            code = frame.f_code
+            if code.co_name == "__init__" and code.co_argcount and frame.f_locals.get(code.co_varnames[0]) is space:
                 return True
             frame = frame.f_back
         return False

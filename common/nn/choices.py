@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -143,7 +143,9 @@ class InputChoice(nn.Module):
         obj.__dict__["_retia_spec"] = spec
         return obj
 
-    def __init__(self, n_candidates: int, n_chosen: int = 1, reduction: str = "sum", *, label: str | None = None) -> None:
+    def __init__(
+        self, n_candidates: int, n_chosen: int = 1, reduction: str = "sum", *, label: str | None = None
+    ) -> None:
         spec: ChoiceSpec = self.__dict__.pop("_retia_spec")
         super().__init__()
         self.spec = spec
@@ -163,7 +165,9 @@ class InputChoice(nn.Module):
 
     def forward(self, candidate_inputs: Sequence[torch.Tensor]) -> Any:
         if len(candidate_inputs) != self.n_candidates:
-            raise ValueError(f"InputChoice {self.label!r} expects {self.n_candidates} inputs, got {len(candidate_inputs)}")
+            raise ValueError(
+                f"InputChoice {self.label!r} expects {self.n_candidates} inputs, got {len(candidate_inputs)}"
+            )
         return _select(candidate_inputs, self.active, self.reduction)
 
     def extra_repr(self) -> str:
@@ -213,8 +217,6 @@ def _select(inputs: Sequence[torch.Tensor], chosen: int | Sequence[int], reducti
 
 # ---------------------------------------------------------------------------- ValueChoice
 
-Scalar = Union[int, float, str]
-
 
 class ValueChoice:
     """Choose one of several plain values, usable as an argument of ordinary layers.
@@ -240,7 +242,7 @@ class ValueChoice:
             return chosen
         holder = _HOLDERS.get(type(default))
         if holder is None:
-            _log.debug("ValueChoice %r holds %s values: the supernet uses %r", spec.label, type(default).__name__, default)
+            _log.debug("ValueChoice %r: the supernet uses its first option %r as is", spec.label, default)
             return default
         return _make_holder(holder, default, spec)
 
