@@ -15,7 +15,7 @@ import types
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 from .errors import SerializationError
 from .reporting import CollectingReporter, Metric, Reporter, use_reporter
@@ -39,6 +39,10 @@ class EvaluationResult:
 
 class Evaluator:
     """Base class: subclasses implement ``_run(model_factory)`` and record their own recipe."""
+
+    #: Whether a larger 'default' metric is better ("maximize") or worse ("minimize"); strategies
+    #: follow it unless the experiment says otherwise.
+    direction: ClassVar[str] = "maximize"
 
     def evaluate(
         self, model: Any, *, output_dir: str | os.PathLike[str] | None = None, reporter: Reporter | None = None

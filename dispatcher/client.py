@@ -192,18 +192,25 @@ class Backend:
         timeout: float | None = None,
         max_retries: int = 2,
         name: str = "",
+        trial_id: str | None = None,
     ) -> Trial:
-        """Queue one evaluation of ``model`` (a class, a factory, or a ModelSpace with ``arch``)."""
+        """Queue one evaluation of ``model`` (a class, a factory, or a ModelSpace with ``arch``).
+
+        ``trial_id`` makes the submission idempotent: submitting an id the dispatcher already
+        has (after a crash of this process, say) returns that trial instead of running it again.
+        """
         if self._closed.is_set():
             raise RetiaError("this backend is closed; connect again")
         if not isinstance(evaluator, Evaluator):
             raise TypeError(f"evaluator must be a retia Evaluator, got {type(evaluator).__name__}")
         payload_model = _model_recipe(model, arch)
-        trial = Trial(self, uuid.uuid4().hex, name, arch)
         body = Submit(
             dump(evaluator, name="evaluator"), dump(payload_model, name="model"), arch, timeout, max_retries, name
         )
         with self._cond:
+            trial_id = trial_id or uuid.uuid4().hex
+            trial = self.trials.get(trial_id) or Trial(self, trial_id, name, arch)
+            trial.name, trial.arch = name, arch
             self.trials[trial.id] = trial
         self._enqueue(MsgType.SUBMIT, body, trial.id)
         return trial
@@ -212,7 +219,7 @@ class Backend:
         return query_status(self.address, key=self.key, timeout=timeout)
 
     def add_listener(self, fn: Callable[[Trial, MsgType, Any], None]) -> None:
-        """``fn(trial, MsgType.REPORT|STATE, metric|StateChange)`` for every event, from the I/O thread."""
+        """``fn(trial, MsgType.REPORT|STATE, Report|StateChange)`` for every event, from the I/O thread."""
         self._listeners.append(fn)
 
     def wait_connected(self, timeout: float = 30.0) -> None:
@@ -371,7 +378,7 @@ class Backend:
                     callbacks += [lambda fn=fn: fn(trial) for fn in trial._done_callbacks]
                     trial._done_callbacks.clear()
             self._cond.notify_all()
-        payload = msg.body.value if msg.type is MsgType.REPORT else msg.body
+        payload = msg.body
         for listener in self._listeners:
             callbacks.append(lambda fn=listener: fn(trial, msg.type, payload))
         for callback in callbacks:

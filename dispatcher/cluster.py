@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
@@ -127,7 +128,18 @@ class LocalCluster:
         log = open(logs / f"{name}.log", "ab")
         self._logs.append(log)
         env = {k: v for k, v in os.environ.items() if k != "RETIA_KEY"}
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        return subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, preexec_fn=_die_with_parent
+        )
+
+
+def _die_with_parent() -> None:
+    """Local cluster processes go when the process that started them goes, even on SIGKILL (Linux)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
 
 
 def _wait_all(procs: Sequence[subprocess.Popen[bytes]], timeout: float) -> None:
@@ -152,6 +164,7 @@ def local_cluster(
     journal: str | None = None,
     worker_args: Sequence[str] = (),
     dispatcher_args: Sequence[str] = (),
+    client_id: str | None = None,
 ) -> Iterator[Backend]:
     """Start a dispatcher and ``workers`` local workers (default: one per GPU, else 2); yield a Backend.
 
@@ -176,7 +189,13 @@ def local_cluster(
     backend: Backend | None = None
     try:
         cluster.start()
-        backend = connect(cluster.address, key=load_key(cluster.key_file), heartbeat_interval=heartbeat_interval, liveness=liveness)
+        backend = connect(
+            cluster.address,
+            key=load_key(cluster.key_file),
+            client_id=client_id,
+            heartbeat_interval=heartbeat_interval,
+            liveness=liveness,
+        )
         backend.cluster = cluster  # type: ignore[attr-defined]
         yield backend
     finally:
