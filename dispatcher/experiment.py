@@ -213,13 +213,15 @@ class _Loop:
             self._submit(result)
 
     def _submit(self, result: TrialResult, *, resubmit: bool = False) -> None:
-        self.backend.submit(
+        trial = self.backend.submit(
             self.exp.model_space, self.exp.evaluator, arch=result.arch, timeout=self.timeout,
             max_retries=self.max_retries, name=f"#{result.key}", trial_id=result.trial_id,
         )  # fmt: skip
         self.running[result.trial_id] = result.key
         if resubmit:
             _log.info("re-attached trial #%d (%s)", result.key, result.trial_id)
+            if trial.done():  # its events were replayed before the loop listened
+                self.events.put((trial, MsgType.STATE, trial.change))
 
     def _drain(self) -> None:
         try:

@@ -78,3 +78,27 @@ def hard_exit(model_cls: Any) -> None:
 
 def segfault(model_cls: Any) -> None:
     ctypes.string_at(0)
+
+
+# A known function of the architecture of tests/common/spaces.py's DigitsMLPSpace.
+PREFERENCE = {
+    "width": {16: 0.0, 32: 0.3, 64: 0.6},
+    "block0": {"relu": 0.4, "tanh": 0.2, "bottleneck": 0.0},
+    "block1": {"relu": 0.0, "tanh": 0.4, "bottleneck": 0.2},
+    "skip": {0: 0.0, 1: 0.3},
+}
+
+
+def known_score(arch: dict[str, Any]) -> float:
+    return sum(PREFERENCE[label][choice] for label, choice in arch.items())
+
+
+def arch_score(model_cls: Any, steps: int = 4, delay: float = 0.0) -> None:
+    """Builds the concrete model, then reports a curve rising to a known score of its architecture."""
+    model = model_cls()
+    score = known_score(model.frozen_arch)
+    for step in range(1, steps + 1):
+        report_intermediate_result(score * step / steps)
+        if delay:
+            time.sleep(delay)
+    report_final_result(score)

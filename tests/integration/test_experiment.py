@@ -1,0 +1,151 @@
+"""Experiments end to end: strategies over a real cluster, early stopping, export, report, resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from retia import Experiment, FunctionalEvaluator, trace
+from retia.datasets import DigitsDataset
+from retia.dispatcher.client import Backend
+from retia.dispatcher.report import write_report
+from retia.errors import ConfigError
+from retia.nn import fixed_arch
+from retia.strategy import TPE, GridSearch, MedianStop, Random, RegularizedEvolution
+
+from ..common.spaces import DigitsMLPSpace
+from . import fits
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _digits_evaluator() -> FunctionalEvaluator:
+    from torch.utils.data import DataLoader
+
+    train = trace(DataLoader)(trace(DigitsDataset)("train"), batch_size=64, shuffle=True)
+    val = trace(DataLoader)(trace(DigitsDataset)("val"), batch_size=512)
+    return FunctionalEvaluator(fits.train_digits, train=train, val=val, epochs=1, seed=0)
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [Random(seed=0), GridSearch(), RegularizedEvolution(population_size=3, sample_size=2, seed=0), TPE(seed=0, n_startup_trials=2)],
+    ids=["random", "grid", "evolution", "tpe"],
+)
+def test_each_strategy_searches_digits_and_exports_a_rebuildable_best(
+    cluster: Backend, tmp_path: Path, strategy: object
+) -> None:
+    evaluator = _digits_evaluator()
+    exp = Experiment(DigitsMLPSpace(), evaluator, strategy, path=tmp_path / "exp")
+    results = exp.run(max_trials=5, concurrency=2, address=cluster.address, key=cluster.key, live=False)
+    assert len(results) == 5 and all(r.state == "SUCCEEDED" for r in results)
+    assert len({r.trial_id for r in results}) == 5
+    [best] = exp.export_top_models(top_k=1)
+    best_result = max(results, key=lambda r: r.score)  # type: ignore[arg-type, return-value]
+    assert best == best_result.arch
+    def build() -> DigitsMLPSpace:  # built inside fit, after its seed, as on the worker
+        with fixed_arch(best):
+            return DigitsMLPSpace()
+
+    again = evaluator.evaluate(build).final
+    model = build()
+    assert abs(again["default"] - best_result.score) <= 1 / 360  # type: ignore[index, operator]
+    assert Experiment.load(tmp_path / "exp").export_top_models(top_k=1) == [best]
+    [instance] = Experiment.load(tmp_path / "exp").export_top_models(formatter="instance")
+    assert sum(p.numel() for p in instance.parameters()) == sum(p.numel() for p in model.parameters())
+
+
+def test_median_stop_cancels_losers_and_saves_epochs(cluster: Backend, tmp_path: Path) -> None:
+    evaluator = FunctionalEvaluator(fits.arch_score, steps=8, delay=0.15)
+    epochs = {}
+    for name, early_stop in (("plain", None), ("median", MedianStop(warmup_steps=2, min_trials=2))):
+        exp = Experiment(DigitsMLPSpace(), evaluator, Random(seed=3, early_stop=early_stop), path=tmp_path / name)
+        results = exp.run(max_trials=10, concurrency=2, address=cluster.address, key=cluster.key, live=False)
+        epochs[name] = sum(len(r.intermediates) for r in results)
+        cancelled = [r for r in results if r.state == "CANCELLED"]
+        if name == "median":
+            assert cancelled and all("stopped early" in r.reason for r in cancelled)
+            best = max(fits.known_score(r.arch) for r in results)
+            assert all(fits.known_score(r.arch) < best for r in cancelled)
+        else:
+            assert not cancelled
+    assert epochs["median"] < epochs["plain"]
+
+
+def test_report_writes_a_png_and_a_summary(cluster: Backend, tmp_path: Path) -> None:
+    exp = Experiment(DigitsMLPSpace(), FunctionalEvaluator(fits.arch_score, steps=3), Random(seed=1), path=tmp_path / "e")
+    results = exp.run(max_trials=4, concurrency=2, address=cluster.address, key=cluster.key, live=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "retia.cli", "report", str(tmp_path / "e")], capture_output=True, text=True, check=True
+    )
+    assert "report.png" in out.stdout
+    import matplotlib.image
+
+    image = matplotlib.image.imread(tmp_path / "e" / "report.png")
+    assert image.shape[0] > 300 and image.shape[1] > 600
+    summary = (tmp_path / "e" / "summary.md").read_text()
+    best = max(results, key=lambda r: r.score)  # type: ignore[arg-type, return-value]
+    assert f"| 1 | {best.key} | {best.score:.4f} |" in summary
+    assert write_report(tmp_path / "e")[0].exists()
+
+
+def test_bad_experiment_inputs_are_clear(tmp_path: Path) -> None:
+    evaluator = FunctionalEvaluator(fits.arch_score)
+    with pytest.raises(ConfigError, match="mutators are not supported yet"):
+        Experiment(DigitsMLPSpace(), evaluator, Random(), mutators=[object()])
+    with pytest.raises(ConfigError, match="ModelSpace"):
+        Experiment(object(), evaluator, Random())
+    with pytest.raises(ConfigError, match="not an experiment directory"):
+        Experiment.load(tmp_path)
+
+
+_RUNNER = """
+import sys
+sys.path.insert(0, {root!r})
+from retia import Experiment, FunctionalEvaluator
+from retia.strategy import Random
+from tests.common.spaces import DigitsMLPSpace
+from tests.integration import fits
+
+if sys.argv[1] == "start":
+    exp = Experiment(DigitsMLPSpace(), FunctionalEvaluator(fits.arch_score, steps=3, delay=0.3), Random(seed=7), path={path!r})
+    exp.run(max_trials=8, concurrency=2, workers=2, live=False)
+else:
+    Experiment.resume({path!r}, max_trials=8, concurrency=2, workers=2, live=False)
+"""
+
+
+def test_killed_experiment_resumes_without_losing_or_rerunning(tmp_path: Path) -> None:
+    path = tmp_path / "exp"
+    script = tmp_path / "run.py"
+    script.write_text(_RUNNER.format(root=str(Path(__file__).parents[2]), path=str(path)))
+    proc = subprocess.Popen([sys.executable, str(script), "start"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    results_file = path / "trials.jsonl"
+    while not (results_file.exists() and results_file.read_text().count('"event": "result"') >= 3):
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, "the experiment made no progress"
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()  # type: ignore[union-attr]
+    before = Experiment.load(path).results
+    finished_before = {r.key: r for r in before if r.state == "SUCCEEDED"}
+    assert len(finished_before) >= 3
+
+    subprocess.run([sys.executable, str(script), "resume"], check=True, timeout=240, capture_output=True)
+    after = Experiment.load(path).results
+    assert [r.key for r in after] == list(range(8))
+    assert len({r.trial_id for r in after}) == 8
+    assert all(r.state == "SUCCEEDED" and r.final == fits.known_score(r.arch) for r in after)
+    for key, result in finished_before.items():
+        assert after[key].attempt == result.attempt == 1  # finished trials were not run again
+        assert after[key].arch == result.arch
+    lines = (path / "trials.jsonl").read_text().splitlines()
+    assert sum('"event": "submit"' in line for line in lines) == 8  # each trial submitted once
