@@ -342,9 +342,11 @@ class Backend:
             self._unacked.pop((h.trial, h.seq), None)
         elif msg.type is MsgType.WELCOME:
             self._welcomed.set()
-        elif msg.type is MsgType.RESET:
+        elif msg.type is MsgType.RESET:  # the dispatcher restarted: introduce ourselves, re-send what it lacks
             hello = Hello(Role.CLIENT.value, self.client_id, socket.gethostname(), os.getpid(), last_event=self.last_event)
             self._outgoing.put(self._session.frames(MsgType.HELLO, hello))
+            for frames in list(self._unacked.values()):
+                self._outgoing.put(frames)
         elif msg.type in (MsgType.REPORT, MsgType.STATE):
             if h.seq <= self.last_event:
                 return  # already applied (a replay after reconnect)

@@ -56,6 +56,14 @@ class _Trial:
     sigkill_at: float | None = None
     max_artifact_bytes: int = 50 << 20
     seq: int = 0
+    reused: bool = False  # runs in the long-lived --reuse-process child
+
+    @property
+    def ended(self) -> bool:
+        """A reused process outlives its trial: the trial ends with its last message, not its exit."""
+        if self.reused and (self.returned or self.error is not None) and not self.kill_reason:
+            return True
+        return not self.process.is_alive()
 
 
 class Agent:
@@ -75,6 +83,7 @@ class Agent:
         self._last_heard = time.monotonic()
         self._backoff = config.reconnect_min
         self._reconnect_at: float | None = None
+        self._reusable: tuple[Any, Connection, Connection] | None = None  # process, specs out, messages in
 
     # ---- lifecycle ----
 
@@ -111,6 +120,13 @@ class Agent:
             self._kill(self.trial, "the worker is shutting down", hard=True)
             self.trial.process.join(timeout=5)
             self.trial = None
+        if self._reusable is not None:
+            process, specs, _messages = self._reusable
+            specs.close()  # the child's recv() sees EOF and it exits
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+                process.join()
         if self._sock is not None:
             self._send(MsgType.BYE)
             self._sock.close(linger=500)
@@ -227,15 +243,33 @@ class Agent:
             h.trial, h.attempt, run.evaluator, run.model, str(out), str(log_file),
             self.config.cuda_visible_devices, self.config.trial_threads,
         )  # fmt: skip
-        reader, writer = self._mp.Pipe(duplex=False)
-        process = self._mp.Process(target=runner.run_trial, args=(spec, writer), name=f"retia-trial-{h.trial}")
-        process.start()
-        writer.close()
+        if self.config.reuse_process and self._reusable is not None and self._reusable[0].is_alive():
+            process, specs, reader = self._reusable
+            specs.send(spec)
+        else:
+            process, reader = self._spawn(spec)
         now = time.monotonic()
         deadline = now + run.timeout if run.timeout else None
         self.trial = _Trial(h.trial, h.attempt, process, reader, out, log_file, now, deadline)
+        self.trial.reused = self.config.reuse_process
         self.trial.max_artifact_bytes = min(run.max_artifact_bytes, self.config.max_artifact_bytes)
         _log.info("trial %s attempt %d started (pid %d)", h.trial, h.attempt, process.pid)
+
+    def _spawn(self, spec: runner.TrialSpec) -> tuple[Any, Connection]:
+        """Fork a trial process from the fork server (a long-lived one with --reuse-process)."""
+        reader, writer = self._mp.Pipe(duplex=False)
+        if self.config.reuse_process:
+            spec_reader, spec_writer = self._mp.Pipe(duplex=False)
+            target, args = runner.serve_trials, (spec, spec_reader, writer)
+        else:
+            target, args = runner.run_trial, (spec, writer)
+        process = self._mp.Process(target=target, args=args, name=f"retia-trial-{spec.trial}")
+        process.start()
+        writer.close()
+        if self.config.reuse_process:
+            spec_reader.close()
+            self._reusable = (process, spec_writer, reader)
+        return process, reader
 
     def _read_pipe(self, trial: _Trial) -> None:
         try:
@@ -259,11 +293,16 @@ class Agent:
         if trial.sigkill_at is not None and now > trial.sigkill_at:
             self._signal(trial, signal.SIGKILL)
             trial.sigkill_at = None
-        if trial.process.is_alive():
-            return
-        trial.process.join()
         self._read_pipe(trial)
-        trial.conn.close()
+        if not trial.ended:
+            return
+        if not trial.process.is_alive():
+            trial.process.join()
+            self._read_pipe(trial)
+            trial.conn.close()
+            if self._reusable is not None and self._reusable[0] is trial.process:
+                self._reusable[1].close()
+                self._reusable = None
         self._ship_artifacts(trial)
         self._reliable(MsgType.DONE, self._outcome(trial, now), trial)
         self.trial = None
@@ -278,7 +317,7 @@ class Agent:
         if trial.error is not None:
             exc_type, message, tb = trial.error
             return Done(TrialState.FAILED.value, f"{exc_type}: {message}", exc_type, message, tb, tail, duration)
-        if trial.returned and code == 0:
+        if trial.returned and code in (0, None):  # None: a --reuse-process child lives on
             return Done(TrialState.SUCCEEDED.value, "", log_tail=tail, duration=duration)
         if code is not None and code < 0:
             name = signal.Signals(-code).name

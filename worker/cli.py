@@ -33,6 +33,12 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         default=",".join(DEFAULT_PRELOAD),
         help="modules the fork server imports once, so trials start warm (default %(default)s)",
     )
+    parser.add_argument(
+        "--reuse-process",
+        action="store_true",
+        help="run trials one after another in one long-lived child (replaced if it dies); "
+        "for very short trials such as training-free NAS proxies",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
 
 
@@ -59,6 +65,7 @@ def run_worker(args: argparse.Namespace) -> int:
             kill_grace=args.kill_grace,
             max_artifact_bytes=int(args.max_artifact_mb * (1 << 20)),
             preload=tuple(m.strip() for m in args.preload.split(",") if m.strip()),
+            reuse_process=args.reuse_process,
         )
         key_file = config.key_file or (None if _env_key() else config.home.expanduser() / "cluster.key")
         agent = Agent(config, resolve_key(key_file=key_file))

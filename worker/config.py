@@ -34,6 +34,7 @@ class WorkerConfig:
     max_artifact_bytes: int = 50 << 20
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     preload: tuple[str, ...] = field(default=DEFAULT_PRELOAD)
+    reuse_process: bool = False  # run trials one after another in one long-lived child
 
     def __post_init__(self) -> None:
         problems = []

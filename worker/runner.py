@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-__all__ = ["TrialSpec", "run_trial", "warm_up", "MSG_REPORT", "MSG_ERROR", "MSG_DONE"]
+__all__ = ["TrialSpec", "run_trial", "serve_trials", "warm_up", "MSG_REPORT", "MSG_ERROR", "MSG_DONE"]
 
 MSG_REPORT, MSG_ERROR, MSG_DONE = "report", "error", "done"
 
@@ -41,6 +41,26 @@ def warm_up() -> None:
 
 
 def run_trial(spec: TrialSpec, conn: Connection) -> None:
+    """Run one trial in this fresh process, then exit."""
+    _become_trial_process(spec)
+    _evaluate(spec, conn)
+    conn.close()
+
+
+def serve_trials(first: TrialSpec, specs: Connection, conn: Connection) -> None:
+    """``--reuse-process``: run trials one after another in this long-lived process."""
+    _become_trial_process(first)
+    spec: TrialSpec | None = first
+    while spec is not None:
+        _redirect_output(spec.log_file)
+        _evaluate(spec, conn)
+        try:
+            spec = specs.recv()
+        except EOFError:
+            spec = None
+
+
+def _become_trial_process(spec: TrialSpec) -> None:
     os.setsid()  # own process group: the agent kills the trial and anything it spawned together
     _die_with_parent()
     os.environ["CUDA_VISIBLE_DEVICES"] = spec.cuda_visible_devices
@@ -50,6 +70,9 @@ def run_trial(spec: TrialSpec, conn: Connection) -> None:
         torch = sys.modules.get("torch")
         if torch is not None:
             torch.set_num_threads(spec.threads)
+
+
+def _evaluate(spec: TrialSpec, conn: Connection) -> None:
     # Imported here, after the fork, so the fork server only carries what it preloaded.
     from retia.reporting import Reporter
     from retia.serializer import load
@@ -68,12 +91,10 @@ def run_trial(spec: TrialSpec, conn: Connection) -> None:
         sys.stderr.write(text)
         sys.stderr.flush()
         conn.send((MSG_ERROR, type(exc).__name__, _describe(exc), text))
-        conn.close()
         return
     sys.stdout.flush()
     sys.stderr.flush()
     conn.send((MSG_DONE,))
-    conn.close()
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,0 +1,48 @@
+"""``retia worker --reuse-process``: trials share one long-lived child, replaced when it dies."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from retia import FunctionalEvaluator
+from retia.dispatcher.cluster import local_cluster
+from retia.errors import TrialFailedError
+
+from ..integration import fits
+from ..integration.conftest import FAST
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _pid(home: Path, trial_id: str) -> int:
+    [log] = home.glob(f"worker-0/trials/{trial_id}-1/trial.log")
+    return int(re.search(r" pid (\d+)", log.read_text()).group(1))  # type: ignore[union-attr]
+
+
+def test_trials_share_one_process_until_it_dies(tmp_path: Path) -> None:
+    home = tmp_path / "c"
+    with local_cluster(workers=1, home=home, worker_args=["--reuse-process"], **FAST) as backend:  # type: ignore[arg-type]
+        ok = FunctionalEvaluator(fits.counting, steps=2)
+        first = [backend.submit(fits.DigitsMLP, ok) for _ in range(4)]
+        assert [t.result(timeout=60) for t in first] == [2.0] * 4
+        assert [t.intermediates for t in first] == [[0.0, 1.0]] * 4
+        assert len({_pid(home, t.id) for t in first}) == 1
+
+        raising = backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.raising))
+        with pytest.raises(TrialFailedError, match="the model diverged"):
+            raising.result(timeout=60)
+        assert _pid(home, raising.id) == _pid(home, first[0].id)  # an exception does not cost the process
+
+        crash = backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.hard_exit))
+        with pytest.raises(TrialFailedError, match="exited with code 0"):
+            crash.result(timeout=60)
+        hung = backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.hanging), timeout=1.0)
+        with pytest.raises(TrialFailedError, match="timed out"):
+            hung.result(timeout=60)
+        after = backend.submit(fits.DigitsMLP, ok)
+        assert after.result(timeout=60) == 2.0
+        pids = [_pid(home, t.id) for t in (first[0], crash, hung, after)]
+        assert pids[0] == pids[1] and len(set(pids[1:])) == 3  # replaced after each death
