@@ -20,6 +20,7 @@ from .errors import (
     WorkerLostError,
 )
 from .evaluator import EvaluationResult, Evaluator, FunctionalEvaluator
+from .protocol import TrialState
 from .reporting import report_final_result, report_intermediate_result
 from .serializer import dump, load
 from .trace import get_recipe, is_traced, trace
@@ -47,6 +48,7 @@ __all__ = [
     "SerializationError",
     "Trial",
     "TrialFailedError",
+    "TrialState",
     "WorkerLostError",
     "connect",
     "dump",

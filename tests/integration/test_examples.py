@@ -1,0 +1,29 @@
+"""The examples run as users would run them."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from retia.dispatcher.client import Backend
+
+from .conftest import processes
+
+ROOT = Path(__file__).parents[2]
+pytestmark = pytest.mark.timeout(300)
+
+
+def test_optuna_study_drives_the_dispatcher_as_a_backend(cluster: Backend) -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "optuna_backend.py"), "--trials", "6", "--epochs", "3",
+         "--address", cluster.address, "--key-file", str(processes(cluster).key_file)],
+        capture_output=True, text=True, timeout=280, check=True,
+    )  # fmt: skip
+    rows = re.findall(r"^trial +\d+ (SUCCEEDED|CANCELLED|FAILED)", out.stdout, re.MULTILINE)
+    assert len(rows) == 6 and "FAILED" not in rows
+    best = float(re.search(r"best accuracy ([0-9.]+)", out.stdout).group(1))  # type: ignore[union-attr]
+    assert best > 0.8
