@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator
 
-from .errors import SerializationError
+from .errors import PayloadTooLarge, SerializationError
 from .reporting import CollectingReporter, Metric, Reporter, use_reporter
 from .serializer import dump
 from .trace import Recipe, Traced, _attach, _name_positionals
@@ -84,8 +84,10 @@ class FunctionalEvaluator(Evaluator):
         self.arguments = kwargs
         try:
             self._record(fit, **kwargs)
+        except PayloadTooLarge as exc:
+            raise PayloadTooLarge(f"FunctionalEvaluator argument is too large: {exc}", exc.path, exc.size) from exc
         except SerializationError as exc:
-            raise type(exc)(f"FunctionalEvaluator argument is not serializable: {exc}", exc.path) from exc
+            raise SerializationError(f"FunctionalEvaluator argument is not serializable: {exc}", exc.path) from exc
 
     def _run(self, model_factory: Callable[[], Any]) -> None:
         self.function(model_factory, **self.arguments)

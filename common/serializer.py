@@ -219,7 +219,7 @@ def _register_user_module(obj: Any) -> None:
         if "." in name or name == "__main__" or name in _registered or not _is_user_module(name):
             continue
         module = sys.modules.get(name)
-        if isinstance(module, types.ModuleType):
+        if isinstance(module, types.ModuleType) and getattr(module, "__file__", None):
             cloudpickle.register_pickle_by_value(module)
             _registered.add(name)
 

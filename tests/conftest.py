@@ -14,6 +14,13 @@ import pytest
 _ENV_SET_BY_OTHERS = {"PYTEST_CURRENT_TEST", "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK", "TORCHINDUCTOR_CACHE_DIR"}
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """One torch thread per test process: two cores are shared by the suite's processes."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def _children() -> set[int]:
     pids: set[int] = set()
     for entry in Path("/proc").iterdir():
@@ -33,8 +40,8 @@ def _children() -> set[int]:
 @pytest.fixture(autouse=True)
 def _no_leaks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """Fail a test that leaves child processes running or changes the environment."""
-    monkeypatch.setenv("RETIA_RUNS_DIR", str(tmp_path / "runs"))
     before_env = dict(os.environ)
+    monkeypatch.setenv("RETIA_RUNS_DIR", str(tmp_path / "runs"))
     before = _children()
     yield
     deadline = time.monotonic() + 5
@@ -42,6 +49,7 @@ def _no_leaks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
     while leaked and time.monotonic() < deadline:
         time.sleep(0.05)
         leaked = _children() - before
+    monkeypatch.undo()  # the test's own monkeypatch.setenv/delenv (same instance) are not leaks
     changed = {k for k in set(os.environ) | set(before_env) if os.environ.get(k) != before_env.get(k)}
     changed -= _ENV_SET_BY_OTHERS
     assert not leaked, f"test leaked child processes {sorted(leaked)}"

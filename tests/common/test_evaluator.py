@@ -1,0 +1,258 @@
+"""FunctionalEvaluator and Evaluator.evaluate: the seed examples, results, output directories."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import retia
+from retia import EvaluationResult, FunctionalEvaluator
+from retia.datasets import DigitsDataset
+from retia.errors import PayloadTooLarge, ReportError, SerializationError
+from retia.reporting import CollectingReporter
+from retia.trace import get_recipe
+
+import payload_inspect as pi
+from fixtures_data import (
+    MLP,
+    Box,
+    fit_digits,
+    fit_export_onnx,
+    fit_fails,
+    fit_marker,
+    fit_record_env,
+    fit_reports,
+    make_marked_mlp,
+)
+
+MiB = 1 << 20
+
+
+def _digits_loader(split: str, shuffle: bool) -> DataLoader:
+    return retia.trace(DataLoader)(retia.trace(DigitsDataset)(split=split), batch_size=64, shuffle=shuffle)
+
+
+# --- the seed examples --------------------------------------------------------------------------
+
+
+def test_seed_a_fit_with_traced_dataloader_learns_digits() -> None:
+    evaluator = FunctionalEvaluator(
+        fit_digits,
+        dataloader=_digits_loader("train", shuffle=True),
+        val_dataloader=_digits_loader("val", shuffle=False),
+        epochs=4,
+    )
+    # Ship it as a worker would receive it: recipes and references, no pickled data.
+    data = retia.dump(evaluator)
+    assert len(data) < 8192
+    shipped = retia.load(data)
+    assert isinstance(shipped, FunctionalEvaluator) and shipped is not evaluator
+
+    result = shipped.evaluate(MLP)
+    assert isinstance(result, EvaluationResult)
+    assert isinstance(result.final, float) and result.final > 0.85, result
+    assert [m["epoch"] for m in result.intermediates] == [0.0, 1.0, 2.0, 3.0]
+    assert result.intermediates[-1]["default"] == result.final
+    assert result.intermediates[-1]["default"] > result.intermediates[0]["default"] - 0.05
+    assert result.duration > 0
+
+
+@pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")  # raised inside torch's dynamo exporter
+def test_seed_b_fit_exports_onnx_into_nni_output_dir() -> None:
+    model = MLP()
+    result = FunctionalEvaluator(fit_export_onnx).evaluate(model)
+
+    onnx_path = result.output_dir / "model.onnx"
+    assert onnx_path.is_file() and result.final == onnx_path.stat().st_size
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((10, 64)).astype(np.float32)
+    (onnx_out,) = session.run(None, {session.get_inputs()[0].name: x})
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(onnx_out, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("model", "marker"),
+    [
+        pytest.param(MLP, 1.0, id="class"),
+        pytest.param(retia.trace(MLP), 1.0, id="traced-class"),
+        pytest.param(make_marked_mlp, 3.0, id="callable"),
+        pytest.param(lambda: make_marked_mlp(), 3.0, id="lambda"),
+    ],
+)
+def test_seed_c_evaluate_a_class_or_a_callable(model, marker: float) -> None:
+    result = FunctionalEvaluator(fit_marker).evaluate(model)
+    assert result.final["default"] == marker
+
+
+def test_seed_c_evaluate_an_instance_uses_that_very_instance() -> None:
+    model = MLP()
+    model.marker = 7.0
+    with torch.no_grad():
+        torch.nn.init.constant_(model.net[2].bias, 0.25)
+        expected = float(model(torch.ones(1, 64)).sum())
+    result = FunctionalEvaluator(fit_marker).evaluate(model)
+    assert result.final["default"] == 7.0
+    assert result.final["output"] == pytest.approx(expected)
+
+
+# --- results --------------------------------------------------------------------------------------
+
+
+def test_evaluation_result_fields() -> None:
+    result = FunctionalEvaluator(fit_record_env, sleep=0.05).evaluate(MLP)
+    assert result.final == {"default": 0.5, "loss": 2.0}
+    assert result.intermediates == [1.0, 2.0, 3.0]
+    assert isinstance(result.intermediates, list)
+    assert isinstance(result.duration, float) and 0.05 <= result.duration < 5
+    assert isinstance(result.output_dir, Path) and result.output_dir.is_dir()
+
+
+def test_reports_are_validated_inside_evaluate() -> None:
+    ok = FunctionalEvaluator(fit_reports, values=[1, {"default": 2, "acc": 0.5}], finals=[3]).evaluate(MLP)
+    assert ok.intermediates == [1.0, {"default": 2.0, "acc": 0.5}] and ok.final == 3.0
+
+    with pytest.raises(ReportError, match="twice"):
+        FunctionalEvaluator(fit_reports, values=[], finals=[1, 2]).evaluate(MLP)
+    with pytest.raises(ReportError, match="'default'"):
+        FunctionalEvaluator(fit_reports, values=[{"acc": 1.0}], finals=[]).evaluate(MLP)
+
+
+def test_no_final_report_gives_none() -> None:
+    result = FunctionalEvaluator(fit_reports, values=[0.1], finals=[]).evaluate(MLP)
+    assert result.final is None and result.intermediates == [0.1]
+
+
+def test_an_explicit_reporter_receives_the_reports() -> None:
+    reporter = CollectingReporter()
+    result = FunctionalEvaluator(fit_reports, values=[1, 2], finals=[3]).evaluate(MLP, reporter=reporter)
+    assert reporter.intermediates == [1.0, 2.0] and reporter.final_value == 3.0
+    assert result.final is None and result.intermediates == []
+
+
+def test_concurrent_evaluations_in_threads_keep_their_reports_apart() -> None:
+    results: dict[int, EvaluationResult] = {}
+
+    def run(k: int) -> None:
+        results[k] = FunctionalEvaluator(fit_reports, values=list(range(k, k + 50)), finals=[k]).evaluate(MLP)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in (100, 200)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k in (100, 200):
+        assert results[k].final == k and results[k].intermediates == [float(v) for v in range(k, k + 50)]
+
+
+# --- output directory --------------------------------------------------------------------------------
+
+
+def test_output_dir_env_points_to_a_fresh_run_directory(tmp_path: Path) -> None:
+    assert os.environ["RETIA_RUNS_DIR"] == str(tmp_path / "runs")  # set by tests/conftest.py
+    evaluator = FunctionalEvaluator(fit_record_env)
+    first, second = evaluator.evaluate(MLP), evaluator.evaluate(MLP)
+
+    for result in (first, second):
+        seen = json.loads((result.output_dir / "env.json").read_text())
+        assert seen == {"RETIA_OUTPUT_DIR": str(result.output_dir), "NNI_OUTPUT_DIR": str(result.output_dir)}
+        assert result.output_dir.parent == (tmp_path / "runs").resolve()
+    assert first.output_dir != second.output_dir
+    assert "RETIA_OUTPUT_DIR" not in os.environ and "NNI_OUTPUT_DIR" not in os.environ
+
+
+def test_default_runs_dir_is_retia_runs_under_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RETIA_RUNS_DIR")
+    monkeypatch.chdir(tmp_path)
+    result = FunctionalEvaluator(fit_record_env).evaluate(MLP)
+    assert result.output_dir.is_absolute()
+    assert result.output_dir.parent == (tmp_path / "retia-runs").resolve()
+    assert (result.output_dir / "env.json").is_file()
+
+
+def test_output_dir_argument_overrides_and_previous_values_are_restored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NNI_OUTPUT_DIR", "/previous/nni")
+    monkeypatch.delenv("RETIA_OUTPUT_DIR", raising=False)
+    target = tmp_path / "mine" / "trial-1"
+    result = FunctionalEvaluator(fit_record_env).evaluate(MLP, output_dir=target)
+
+    assert result.output_dir == target.resolve()
+    seen = json.loads((target / "env.json").read_text())
+    assert seen == {"RETIA_OUTPUT_DIR": str(target.resolve()), "NNI_OUTPUT_DIR": str(target.resolve())}
+    assert os.environ["NNI_OUTPUT_DIR"] == "/previous/nni"
+    assert "RETIA_OUTPUT_DIR" not in os.environ
+
+
+def test_env_is_restored_when_fit_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RETIA_OUTPUT_DIR", "/previous/retia")
+    monkeypatch.delenv("NNI_OUTPUT_DIR", raising=False)
+    with pytest.raises(RuntimeError, match="on purpose"):
+        FunctionalEvaluator(fit_fails).evaluate(MLP)
+    assert os.environ["RETIA_OUTPUT_DIR"] == "/previous/retia"
+    assert "NNI_OUTPUT_DIR" not in os.environ
+
+
+# --- construction checks: fail early, with the argument's path ----------------------------------------
+
+
+def test_kwargs_are_recorded_as_a_recipe_and_the_evaluator_round_trips() -> None:
+    loader = _digits_loader("val", shuffle=False)
+    evaluator = FunctionalEvaluator(fit_reports, values=[1, 2], finals=(3,), loader=loader)
+    recipe = get_recipe(evaluator)
+    assert recipe.target is FunctionalEvaluator and recipe.args == ()
+    assert recipe.kwargs == {"fit": fit_reports, "values": [1, 2], "finals": (3,), "loader": loader}
+    assert "fit_reports" in repr(evaluator) and "loader" in repr(evaluator)
+
+    loaded = retia.load(retia.dump(evaluator))
+    assert loaded.arguments["values"] == [1, 2] and loaded.arguments["finals"] == (3,)
+    assert type(loaded.arguments["loader"]) is DataLoader
+    assert get_recipe(loaded.arguments["loader"].dataset) == get_recipe(loader.dataset)
+    assert loaded.evaluate(MLP).intermediates == [1.0, 2.0, float(len(loader.dataset))]
+
+
+def test_unserializable_kwarg_fails_at_construction_with_its_path() -> None:
+    lock = threading.Lock()
+    loader = retia.trace(DataLoader)(retia.trace(Box)(value={"guard": lock}), batch_size=1)
+    with pytest.raises(SerializationError, match=r"FunctionalEvaluator\.dataloader\.dataset\.value\.guard") as info:
+        FunctionalEvaluator(fit_reports, values=[], finals=[], dataloader=loader)
+    assert info.value.path == "FunctionalEvaluator.dataloader.dataset.value.guard"
+    assert "lock" in str(info.value)
+
+    with pytest.raises(SerializationError, match=r"FunctionalEvaluator\.stream"):
+        FunctionalEvaluator(fit_reports, values=[], finals=[], stream=(i for i in range(3)))
+
+
+def test_oversized_kwarg_fails_at_construction_and_big_ones_warn(caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(PayloadTooLarge, match=r"FunctionalEvaluator\.dataset\.value.*MiB") as info:
+        FunctionalEvaluator(fit_reports, dataset=retia.trace(Box)(value=np.zeros(65 * MiB, dtype=np.uint8)))
+    assert info.value.size > 64 * MiB and info.value.path == "FunctionalEvaluator.dataset.value"
+
+    caplog.set_level(logging.WARNING, logger="retia.serializer")
+    FunctionalEvaluator(fit_reports, dataset=retia.trace(Box)(value=np.zeros(3 * MiB, dtype=np.uint8)))
+    messages = [r.getMessage() for r in caplog.records if r.name == "retia.serializer"]
+    assert any("FunctionalEvaluator.dataset.value" in m and "3.0 MiB" in m for m in messages), messages
+
+
+def test_fit_must_be_callable() -> None:
+    with pytest.raises(TypeError, match="callable fit"):
+        FunctionalEvaluator("not a function")
+
+
+def test_fit_by_reference_when_importable_by_value_when_not() -> None:
+    data = retia.dump(FunctionalEvaluator(json.dumps))
+    assert "json:dumps" in pi.refs(data) and pi.pickles(data) == []
+    data = retia.dump(FunctionalEvaluator(fit_reports, values=[], finals=[]))
+    (pickled,) = pi.pickles(data)
+    assert b"fit_reports" in pickled  # the helper module is the user's own, uninstalled code
