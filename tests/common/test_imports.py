@@ -84,6 +84,7 @@ def test_public_names_are_pinned() -> None:
         "SerializationError",
         "Trial",
         "TrialFailedError",
+        "TrialState",
         "WorkerLostError",
         "connect",
         "dump",
