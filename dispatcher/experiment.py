@@ -260,6 +260,7 @@ class _Loop:
         result.intermediates = list(trial.intermediates)
         result.reason = change.reason or change.message
         result.finished = time.time()
+        result.output_dir = change.output_dir
         self.exp.record.append_result(result)
         del self.running[trial.id]
         value = self._value(result.final) if change.state == TrialState.SUCCEEDED.value else None

@@ -36,6 +36,7 @@ class TrialResult:
     reason: str = ""
     submitted: float = 0.0
     finished: float = 0.0
+    output_dir: str = ""  # where its artefacts landed (model.onnx, trial.log)
 
     @property
     def score(self) -> float | None:
@@ -101,6 +102,7 @@ class ExperimentRecord:
                 result = self.results[entry["key"]]
                 result.state, result.final, result.intermediates = entry["state"], entry["final"], entry["intermediates"]
                 result.attempt, result.reason, result.finished = entry["attempt"], entry["reason"], entry["time"]
+                result.output_dir = entry.get("output_dir", "")
         return self.results
 
     def append_submit(self, result: TrialResult) -> None:
@@ -111,7 +113,7 @@ class ExperimentRecord:
         self._append({
             "event": "result", "key": result.key, "trial_id": result.trial_id, "state": result.state,
             "final": result.final, "intermediates": result.intermediates, "attempt": result.attempt,
-            "reason": result.reason, "time": result.finished or time.time(),
+            "reason": result.reason, "time": result.finished or time.time(), "output_dir": result.output_dir,
         })  # fmt: skip
 
     def _append(self, entry: dict[str, Any]) -> None:

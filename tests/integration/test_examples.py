@@ -27,3 +27,18 @@ def test_optuna_study_drives_the_dispatcher_as_a_backend(cluster: Backend) -> No
     assert len(rows) == 6 and "FAILED" not in rows
     best = float(re.search(r"best accuracy ([0-9.]+)", out.stdout).group(1))  # type: ignore[union-attr]
     assert best > 0.8
+
+
+def test_demo_runs_with_a_small_budget(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "digits_nas.py"), "--trials", "4", "--epochs", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=280, check=True,
+    )  # fmt: skip
+    assert "top architectures (4 trials" in proc.stdout
+    assert (out / "report.png").stat().st_size > 10_000
+    assert "| 1 |" in (out / "summary.md").read_text()
+    import onnx
+
+    onnx.checker.check_model(onnx.load(str(out / "best-model" / "model.onnx")))
+    assert list((out / "cluster" / "artifacts").glob("*/*/trial.log"))
