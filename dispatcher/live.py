@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.panel import Panel
 from rich.table import Table
 
 from retia.errors import RetiaError
@@ -59,7 +60,7 @@ class LiveView:
 
     def _worker_status(self) -> StatusReply | None:
         now = time.monotonic()
-        if now - self._status_at > _STATUS_EVERY:
+        if self._status is None or not self._status.workers or now - self._status_at > _STATUS_EVERY:
             self._status_at = now
             try:
                 self._status = self.backend.status(timeout=1.0)
@@ -76,21 +77,20 @@ class LiveView:
         pick = max if self.experiment.direction == "maximize" else min
         best = pick(scored, key=lambda r: r.score) if scored else None
         elapsed = time.monotonic() - self.started
+        rate = f"{60 * self._finished_here / elapsed:.1f} trials/min" if elapsed > 5 and self._finished_here else "-"
         summary = Table.grid(padding=(0, 2))
-        summary.add_row(
-            f"[bold]{self.experiment.id}[/bold]",
-            f"done [green]{counts['SUCCEEDED']}[/green]",
-            f"failed [red]{counts['FAILED']}[/red]",
-            f"cancelled {counts['CANCELLED']}",
-            f"running [cyan]{counts['RUNNING'] + counts['QUEUED']}[/cyan]",
-            f"{60 * self._finished_here / elapsed:.1f} trials/min" if elapsed > 1 else "",
-            f"elapsed {elapsed:.0f}s",
-        )
-        best_line = f"best: [bold]{best.score:.4f}[/bold] (trial #{best.key}) {best.arch}" if best else "best: -"
-        workers = Table(box=None, pad_edge=False)
-        for column in ("worker", "state", "trial"):
+        summary.add_column(style="bold")
+        summary.add_column()
+        summary.add_row("trials", (
+            f"[green]{counts['SUCCEEDED']} done[/green] · [red]{counts['FAILED']} failed[/red] · "
+            f"{counts['CANCELLED']} stopped · [cyan]{counts['RUNNING'] + counts['QUEUED']} running[/cyan]"
+        ))  # fmt: skip
+        summary.add_row("best", f"{best.score:.4f}  (trial #{best.key})  {best.arch}" if best else "-")
+        summary.add_row("speed", f"{rate} · elapsed {elapsed:.0f}s")
+        workers = Table(box=None, pad_edge=False, title_justify="left")
+        for column in ("worker", "gpu", "state", "trial"):
             workers.add_column(column)
         status = self._worker_status()
         for w in status.workers if status else []:
-            workers.add_row(w.worker_id, w.state, w.trial[-6:] if w.trial else "-")
-        return Group(summary, best_line, workers)
+            workers.add_row(w.worker_id, w.gpu, w.state, w.trial[-8:] if w.trial else "-")
+        return Group(Panel(Group(summary, workers), title=f"retia · {self.experiment.id}", expand=False))

@@ -70,11 +70,16 @@ STRATEGIES = {
 }
 
 
-def classification(epochs: int, export_onnx: bool = False) -> pl.Classification:
+def classification(epochs: int, export_onnx: bool = False, **trainer_kwargs: object) -> pl.Classification:
     train = pl.DataLoader(retia.trace(DigitsDataset)("train"), batch_size=64, shuffle=True)
     val = pl.DataLoader(retia.trace(DigitsDataset)("val"), batch_size=512)
     return pl.Classification(
-        learning_rate=3e-3, train_dataloaders=train, val_dataloaders=val, max_epochs=epochs, export_onnx=export_onnx
+        learning_rate=3e-3,
+        train_dataloaders=train,
+        val_dataloaders=val,
+        max_epochs=epochs,
+        export_onnx=export_onnx,
+        **trainer_kwargs,
     )
 
 
@@ -121,7 +126,7 @@ def main() -> None:
     png, summary = write_report(args.out)
     [best] = exp.export_top_models(top_k=1)
     console.print("retraining the best architecture and exporting it to ONNX ...")
-    final = classification(args.epochs, export_onnx=True).evaluate(
+    final = classification(args.epochs, export_onnx=True, enable_progress_bar=False, enable_model_summary=False).evaluate(
         _Frozen(best), output_dir=args.out / "best-model"
     )
     onnx_file = args.out / "best-model" / "model.onnx"
