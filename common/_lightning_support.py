@@ -30,6 +30,7 @@ _NOISY_WARNINGS = (
     r".*does not have many workers.*",
     r".*The number of training batches \(\d+\) is smaller than the logging interval.*",
     r".*GPU available but not used.*",
+    r".*`tensorboardX` has been removed as a dependency.*",
     r".*`isinstance\(treespec, LeafSpec\)` is deprecated.*",
 )
 # Loggers that print a few lines per Trainer ("GPU available: False, used: False", ...) or per

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 from pathlib import Path
 from typing import Any, Callable, Sequence, Union
 
@@ -64,6 +63,8 @@ class Lightning(Evaluator):
 
     With no training data the model is only validated, and that validation is the final result.
     """
+
+    _trainer_defaults: dict[str, Any] = {}
 
     def __init__(
         self,
@@ -142,10 +143,10 @@ class Lightning(Evaluator):
     def _build_trainer(self, out: Path, callback: pl.Callback) -> pl.Trainer:
         """A fresh Trainer per fit (they are single-use), from the recipe, copied so callbacks are fresh too."""
         if self.trainer is not None:
-            recipe = get_recipe(self.trainer)
+            recipe = get_recipe(self.trainer)  # never None: __init__ accepts traced trainers only
             kwargs = load(dump(recipe.kwargs if recipe is not None else {}))
         else:
-            kwargs = load(dump(self.trainer_kwargs))
+            kwargs = {**self._trainer_defaults, **load(dump(self.trainer_kwargs))}
         options = support.trainer_options(kwargs, out, evaluator_defaults=self.trainer is None)
         options["callbacks"] = [*_as_list(options.get("callbacks")), callback]
         return pl.Trainer(**options)
@@ -176,6 +177,7 @@ class _SupervisedModule(LightningModule):
         self.val_metric: torchmetrics.Metric | None = None
         self.default_metric = f"val_{self.metric_name}"
         self._example: torch.Tensor | None = None
+        self._train_loss: list[Any] = [0.0, 0]  # loss sum, sample count of this epoch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)  # type: ignore[no-any-return]
@@ -185,19 +187,19 @@ class _SupervisedModule(LightningModule):
         if self.export_onnx and self._example is None:
             self._example = x[:2].detach()
         loss = self.criterion(self(x), y)
-        # Summed here and logged once per epoch: a per-step self.log costs about a millisecond
-        # on CPU, as much as a small model's whole step (see docs/benchmarks.md).
-        self._loss_sum = self._loss_sum + loss.detach() * len(y)
-        self._loss_count += len(y)
+        # Summed in place (nn.Module.__setattr__ is slow) and logged once per epoch: a per-step
+        # self.log costs about a millisecond on CPU, a small model's whole step (docs/benchmarks.md).
+        self._train_loss[0] += loss.detach() * len(y)
+        self._train_loss[1] += len(y)
         return loss  # type: ignore[no-any-return]
 
     def on_train_epoch_start(self) -> None:
-        self._loss_sum: torch.Tensor | float = 0.0
-        self._loss_count = 0
+        self._train_loss[:] = [0.0, 0]
 
     def on_train_epoch_end(self) -> None:
-        if self._loss_count:
-            self.log("train_loss", self._loss_sum / self._loss_count, prog_bar=True)
+        total, count = self._train_loss
+        if count:
+            self.log("train_loss", total / count, prog_bar=True)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch
@@ -243,7 +245,12 @@ class _RegressionModule(_SupervisedModule):
         return torchmetrics.MeanSquaredError()
 
 
-class Classification(Lightning):
+class _Supervised(Lightning):
+    # retia's own modules need no sanity check (it costs one extra validation per trial)
+    _trainer_defaults: dict[str, Any] = {"num_sanity_val_steps": 0}
+
+
+class Classification(_Supervised):
     """Train with ``criterion`` and ``optimizer``; report validation accuracy (``val_acc``) as ``'default'``.
 
     ``num_classes`` is read from the model's output when None; ``trainer_kwargs`` go to the Trainer.
@@ -283,8 +290,10 @@ class Classification(Lightning):
         )
 
 
-class Regression(Lightning):
+class Regression(_Supervised):
     """Train with ``criterion`` (MSE) and ``optimizer``; report validation MSE (``val_mse``) as ``'default'``."""
+
+    direction = "minimize"  # strategies then prefer a lower validation MSE
 
     def __init__(
         self,

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import hmac
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 from typing import Any, Union
@@ -27,6 +28,7 @@ __all__ = [
     "TrialState",
     "Header",
     "Message",
+    "Outgoing",
     "Session",
     "Hello",
     "Welcome",
@@ -232,6 +234,20 @@ BODY_TYPES: dict[MsgType, type] = {
 
 
 @dataclass(frozen=True)
+class Outgoing:
+    """A message kept until acknowledged; signed afresh on every send, so a re-send is no replay."""
+
+    type: MsgType
+    body: Any
+    trial: str = ""
+    attempt: int = 0
+    seq: int = 0
+
+    def frames(self, session: Session) -> list[bytes]:
+        return session.frames(self.type, self.body, trial=self.trial, attempt=self.attempt, seq=self.seq)
+
+
+@dataclass(frozen=True)
 class Message:
     header: Header
     body: Any
@@ -260,12 +276,23 @@ def _from_wire(cls: type, values: list[Any]) -> Any:
 class Session:
     """Signs, frames, checks and decodes messages for one peer (as jupyter_client's Session)."""
 
-    def __init__(self, key: bytes, sender: str, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+    def __init__(
+        self,
+        key: bytes,
+        sender: str,
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        reject_replays: bool = False,
+        history: int = 1 << 17,
+    ) -> None:
         if not key:
             raise AuthenticationError("a cluster key is required: signing cannot be turned off")
         self._key = key
         self.sender = sender
         self.max_message_bytes = max_message_bytes
+        self._reject_replays = reject_replays
+        self._seen: set[bytes] = set()
+        self._seen_order: deque[bytes] = deque(maxlen=history)
 
     def sign(self, header: bytes, payload: bytes) -> bytes:
         mac = hmac.new(self._key, digestmod=hashlib.sha256)
@@ -298,6 +325,8 @@ class Session:
             raise ProtocolError(f"message of {size} bytes exceeds the {self.max_message_bytes}-byte limit")
         if not hmac.compare_digest(self.sign(header, payload), signature):
             raise AuthenticationError("bad signature: wrong cluster key or tampered message")
+        if self._reject_replays:
+            self._remember(bytes(signature))
         try:
             type_, trial, attempt, seq, sender, sent = msgpack.unpackb(header, raw=False)
             msg_type = MsgType(type_)
@@ -307,3 +336,12 @@ class Session:
             return Message(header_, body, bytes(payload))
         except (ValueError, TypeError, KeyError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
             raise ProtocolError(f"undecodable message: {type(exc).__name__}: {exc}") from exc
+
+    def _remember(self, signature: bytes) -> None:
+        """Refuse a signature seen before (as jupyter_client's digest history does)."""
+        if signature in self._seen:
+            raise AuthenticationError("replayed message: this signature was seen before")
+        if len(self._seen_order) == self._seen_order.maxlen:
+            self._seen.discard(self._seen_order[0])
+        self._seen_order.append(signature)
+        self._seen.add(signature)

@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import zmq
 
 from retia.errors import RetiaError, RemoteTraceback, TrialCancelledError, TrialFailedError, WorkerLostError
@@ -36,6 +35,7 @@ from retia.protocol import (
     Hello,
     Message,
     MsgType,
+    Outgoing,
     Role,
     Session,
     StateChange,
@@ -166,8 +166,8 @@ class Backend:
         self._liveness = liveness
         self._cond = threading.Condition()
         self._listeners: list[Callable[[Trial, MsgType, Any], None]] = []
-        self._outgoing: queue.SimpleQueue[list[bytes]] = queue.SimpleQueue()
-        self._unacked: OrderedDict[tuple[str, int], list[bytes]] = OrderedDict()
+        self._outgoing: queue.SimpleQueue[Outgoing] = queue.SimpleQueue()
+        self._unacked: OrderedDict[tuple[str, int], Outgoing] = OrderedDict()
         self._seq = 0
         self._ctx = zmq.Context()
         self._wake_addr = f"inproc://retia-client-{id(self)}"
@@ -251,8 +251,7 @@ class Backend:
     def _enqueue(self, type: MsgType, body: Any, trial_id: str) -> None:
         with self._wake_lock:
             self._seq += 1
-            frames = self._session.frames(type, body, trial=trial_id, seq=self._seq)
-            self._outgoing.put(frames)
+            self._outgoing.put(Outgoing(type, body, trial_id, 0, self._seq))
         self._wake()
 
     def _wake(self) -> None:
@@ -307,19 +306,19 @@ class Backend:
         sock.connect(self.address)
         hello = Hello(Role.CLIENT.value, self.client_id, socket.gethostname(), os.getpid(), last_event=self.last_event)
         sock.send_multipart(self._session.frames(MsgType.HELLO, hello))
-        for frames in self._unacked.values():
-            sock.send_multipart(frames, zmq.NOBLOCK)
+        for message in self._unacked.values():
+            sock.send_multipart(message.frames(self._session), zmq.NOBLOCK)
         return sock
 
     def _send_outgoing(self, sock: zmq.Socket) -> None:
         while True:
             try:
-                frames = self._outgoing.get_nowait()
+                message = self._outgoing.get_nowait()
             except queue.Empty:
                 return
-            header = msgpack.unpackb(frames[2])
-            self._unacked[(header[1], header[3])] = frames
-            sock.send_multipart(frames, zmq.NOBLOCK)
+            if message.seq:  # HELLOs carry no seq and need no acknowledgement
+                self._unacked[(message.trial, message.seq)] = message
+            sock.send_multipart(message.frames(self._session), zmq.NOBLOCK)
 
     def _read(self, sock: zmq.Socket) -> bool:
         heard = False
@@ -344,9 +343,9 @@ class Backend:
             self._welcomed.set()
         elif msg.type is MsgType.RESET:  # the dispatcher restarted: introduce ourselves, re-send what it lacks
             hello = Hello(Role.CLIENT.value, self.client_id, socket.gethostname(), os.getpid(), last_event=self.last_event)
-            self._outgoing.put(self._session.frames(MsgType.HELLO, hello))
-            for frames in list(self._unacked.values()):
-                self._outgoing.put(frames)
+            self._outgoing.put(Outgoing(MsgType.HELLO, hello))
+            for message in list(self._unacked.values()):
+                self._outgoing.put(message)
         elif msg.type in (MsgType.REPORT, MsgType.STATE):
             if h.seq <= self.last_event:
                 return  # already applied (a replay after reconnect)

@@ -77,7 +77,7 @@ class Dispatcher:
     def __init__(self, config: DispatcherConfig, key: bytes) -> None:
         self.config = config
         self.id = f"dispatcher-{socket.gethostname()}-{os.getpid()}"
-        self.session = Session(key, self.id, max_message_bytes=config.max_message_bytes)
+        self.session = Session(key, self.id, max_message_bytes=config.max_message_bytes, reject_replays=True)
         self.journal = Journal(config.journal_path)
         self.artifacts = ArtifactStore(config.artifacts_dir)
         self._ctx = zmq.Context()

@@ -11,7 +11,13 @@ import pytest
 
 # Set by libraries on first import (scikit-learn sets the KMP ones), or by pytest itself.
 # torch sets TORCHINDUCTOR_CACHE_DIR when it builds its first optimizer.
-_ENV_SET_BY_OTHERS = {"PYTEST_CURRENT_TEST", "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK", "TORCHINDUCTOR_CACHE_DIR"}
+_ENV_SET_BY_OTHERS = {
+    "PYTEST_CURRENT_TEST",
+    "KMP_DUPLICATE_LIB_OK",
+    "KMP_INIT_AT_FORK",
+    "TORCHINDUCTOR_CACHE_DIR",
+    "PYTORCH_NVML_BASED_CUDA_CHECK",  # set by pytorch_lightning on import
+}
 
 
 def pytest_configure(config: pytest.Config) -> None:

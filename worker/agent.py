@@ -27,7 +27,7 @@ from typing import Any
 import zmq
 
 from retia.errors import AuthenticationError, ProtocolError
-from retia.protocol import Done, FileChunk, Hello, Message, MsgType, Report, Role, Session, TrialState
+from retia.protocol import Done, FileChunk, Hello, Message, MsgType, Outgoing, Report, Role, Session, TrialState
 
 from . import runner
 from .config import WorkerConfig
@@ -78,7 +78,7 @@ class Agent:
         self._ctx = zmq.Context()
         self._sock: zmq.Socket | None = None
         self.trial: _Trial | None = None
-        self._unacked: OrderedDict[tuple[str, int, int], list[bytes]] = OrderedDict()
+        self._unacked: OrderedDict[tuple[str, int, int], Outgoing] = OrderedDict()
         self._stopping = False
         self._last_heard = time.monotonic()
         self._backoff = config.reconnect_min
@@ -150,8 +150,8 @@ class Agent:
         running = [[self.trial.id, self.trial.attempt]] if self.trial is not None else []
         hello = Hello(Role.WORKER.value, self.id, socket.gethostname(), os.getpid(), self.config.gpu, running)
         self._send(MsgType.HELLO, hello)
-        for frames in self._unacked.values():  # in order: reports, files, then DONE
-            self._raw_send(frames)
+        for message in self._unacked.values():  # in order: reports, files, then DONE
+            self._raw_send(message.frames(self.session))
         if self.trial is None:
             self._send(MsgType.READY)
 
@@ -179,9 +179,9 @@ class Agent:
 
     def _reliable(self, type: MsgType, body: Any, trial: _Trial) -> None:
         trial.seq += 1
-        frames = self.session.frames(type, body, trial=trial.id, attempt=trial.attempt, seq=trial.seq)
-        self._unacked[(trial.id, trial.attempt, trial.seq)] = frames
-        self._raw_send(frames)
+        message = Outgoing(type, body, trial.id, trial.attempt, trial.seq)
+        self._unacked[(trial.id, trial.attempt, trial.seq)] = message
+        self._raw_send(message.frames(self.session))
 
     # ---- the loop's parts ----
 

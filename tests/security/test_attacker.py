@@ -1,0 +1,190 @@
+"""An attacker on the wire: nothing unsigned is ever decoded, and the cluster keeps serving.
+
+The proof of "never deserialized" is a payload whose unpickling would create a marker file:
+it is sent forged, replayed, fuzzed and even correctly signed to the dispatcher, and the file
+never appears.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgpack
+import pytest
+import zmq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from retia import FunctionalEvaluator
+from retia.dispatcher.client import Backend
+from retia.dispatcher.cluster import local_cluster
+from retia.errors import AuthenticationError, ProtocolError
+from retia.protocol import VERSION, MsgType, Report, Session, Submit
+
+from ..integration import fits
+from ..integration.conftest import FAST, processes
+
+pytestmark = pytest.mark.timeout(240)
+
+
+class _Marker:
+    """Unpickling this creates ``path``: if the file exists, someone deserialized it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (self.path, "w"))
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    with local_cluster(workers=1, home=tmp_path_factory.mktemp("attacked"), **FAST) as backend:  # type: ignore[arg-type]
+        yield backend
+
+
+@pytest.fixture
+def marker(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "deserialized.marker"
+    yield path
+    assert not path.exists(), "a payload was deserialized"
+
+
+def _attacker(address: str, identity: bytes = b"mallory") -> tuple[zmq.Context, zmq.Socket]:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 5000)
+    sock.setsockopt(zmq.IDENTITY, identity)
+    sock.connect(address)
+    return ctx, sock
+
+
+def _still_serves(backend: Backend) -> None:
+    trial = backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting, steps=2))
+    assert trial.result(timeout=60) == 2.0
+
+
+def _log(backend: Backend) -> str:
+    return (processes(backend).home / "logs" / "dispatcher.log").read_text()
+
+
+def _evil_submit(session: Session, marker: Path, trial: str) -> list[bytes]:
+    poisoned = pickle.dumps(_Marker(marker))
+    return session.frames(MsgType.SUBMIT, Submit(poisoned, poisoned, None, None, 0, "evil"), trial=trial, seq=1)
+
+
+def test_every_kind_of_bad_message_is_dropped_logged_and_never_decoded(target: Backend, marker: Path) -> None:
+    ctx, sock = _attacker(target.address)
+    good = Session(target.key, "mallory")
+    wrong = Session(b"guessed-key-guessed-key-guessed", "mallory")
+    frames = _evil_submit(good, marker, "evil-1")
+    attacks = {
+        "wrong key": _evil_submit(wrong, marker, "evil-2"),
+        "no signature": [frames[0], b"", *frames[2:]],
+        "flipped bit": [*frames[:3], frames[3][:-1] + bytes([frames[3][-1] ^ 1])],
+        "wrong version": [b"retia/0", *frames[1:]],
+        "truncated": frames[:2],
+        "random bytes": [os.urandom(64) for _ in range(4)],
+    }
+    for attack in attacks.values():
+        sock.send_multipart(attack)
+    header = msgpack.packb([99, "", 0, 0, "mallory", 0.0])
+    payload = pickle.dumps(_Marker(marker))
+    sock.send_multipart([VERSION, good.sign(header, payload), header, payload])  # signed, unknown type
+    big = good.frames(MsgType.REPORT, Report(True, 1.0))
+    big[3] = b"\x00" * (100 << 20)  # a 100 MB frame
+    sock.send_multipart(big)
+    sock.close()
+    ctx.term()
+
+    _still_serves(target)
+    log = _log(target)
+    for needle in ("bad signature", "protocol version", "expected 4 frames", "undecodable", "exceeds"):
+        assert needle in log
+    assert "b'mallory'" in log
+    assert "evil-2" not in log  # the forged trial was never queued
+
+
+def test_a_replayed_message_is_refused(target: Backend) -> None:
+    ctx, sock = _attacker(target.address, b"replayer")
+    frames = Session(target.key, "replayer").frames(MsgType.STATUS)
+    sock.send_multipart(frames)
+    assert sock.poll(10_000), "the first STATUS got no answer"
+    sock.recv_multipart()
+    sock.send_multipart(frames)  # the very same signed bytes again
+    assert not sock.poll(1_500), "a replayed message was answered"
+    sock.close()
+    ctx.term()
+    assert "replayed message" in _log(target)
+    _still_serves(target)
+
+
+def test_the_dispatcher_never_unpickles_even_signed_payloads(target: Backend, marker: Path) -> None:
+    ctx, sock = _attacker(target.address, b"insider")
+    sock.send_multipart(_evil_submit(Session(target.key, "insider"), marker, "signed-evil"))
+    replies = []
+    while sock.poll(2_000):
+        replies.append(Session(target.key, "x").parse(sock.recv_multipart()))
+    assert (MsgType.ACK, "signed-evil") in {(m.type, m.header.trial) for m in replies}  # stored, opaque
+    sock.close()
+    ctx.term()
+    # The worker runs it: raw pickle is not a retia payload, so retia.load refuses it unread.
+    deadline = time.monotonic() + 60
+    while "signed-evil FAILED" not in _log(target):
+        assert time.monotonic() < deadline, "the poisoned trial never finished"
+        time.sleep(0.1)
+    _still_serves(target)
+
+
+@settings(max_examples=10_000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    frames=st.lists(st.binary(max_size=64), min_size=0, max_size=6),
+    signed_header=st.binary(max_size=48),
+    signed_payload=st.binary(max_size=96),
+)
+def test_fuzzed_frames_raise_only_protocol_or_authentication_errors(
+    frames: list[bytes], signed_header: bytes, signed_payload: bytes, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    session = Session(b"k" * 32, "fuzz", max_message_bytes=4096)
+    for candidate in (frames, [VERSION, session.sign(signed_header, signed_payload), signed_header, signed_payload]):
+        try:
+            session.parse(candidate)
+        except (ProtocolError, AuthenticationError):
+            pass
+
+
+def test_pickles_inside_signed_payloads_are_not_loaded_by_the_decoder(marker: Path) -> None:
+    session = Session(b"k" * 32, "w")
+    poisoned = pickle.dumps(_Marker(marker))
+    for body in (msgpack.packb([poisoned, True]), poisoned, msgpack.packb(msgpack.ExtType(4, poisoned))):
+        header = msgpack.packb([int(MsgType.REPORT), "t", 1, 1, "w", 0.0])
+        try:
+            session.parse([VERSION, session.sign(header, body), header, body])
+        except ProtocolError:
+            pass
+
+
+def test_a_group_readable_key_file_is_refused_by_the_dispatcher(tmp_path: Path) -> None:
+    key = tmp_path / "cluster.key"
+    key.write_text("0123456789abcdef0123456789abcdef\n")
+    os.chmod(key, 0o640)
+    proc = subprocess.run(
+        [sys.executable, "-m", "retia.dispatcher", "--bind", "tcp://127.0.0.1:*", "--home", str(tmp_path),
+         "--key-file", str(key)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "chmod 600" in proc.stderr and "group or others" in proc.stderr
+
+
+def test_a_generated_key_file_is_private(tmp_path: Path) -> None:
+    with local_cluster(workers=1, home=tmp_path / "c", **FAST) as backend:  # type: ignore[arg-type]
+        key_file = processes(backend).key_file
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
