@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from retia.errors import ConfigError, RetiaError
+from retia.errors import ConfigError
 from retia.evaluator import Evaluator
 from retia.protocol import MsgType, StateChange, TrialState
 from retia.reporting import Metric, default_value

@@ -9,6 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from retia.dispatcher.client import Backend
+from retia.dispatcher.cluster import local_cluster
+
+from .clusters import FAST
+
 # Set by libraries on first import (scikit-learn sets the KMP ones), or by pytest itself.
 # torch sets TORCHINDUCTOR_CACHE_DIR when it builds its first optimizer.
 _ENV_SET_BY_OTHERS = {
@@ -60,3 +65,17 @@ def _no_leaks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
     changed -= _ENV_SET_BY_OTHERS
     assert not leaked, f"test leaked child processes {sorted(leaked)}"
     assert not changed, f"test changed environment variables {sorted(changed)}"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    """Two CPU workers shared by a test module (do not kill its processes: use fresh_cluster)."""
+    with local_cluster(workers=2, home=tmp_path_factory.mktemp("cluster"), **FAST) as backend:  # type: ignore[arg-type]
+        yield backend
+
+
+@pytest.fixture
+def fresh_cluster(tmp_path: Path) -> Iterator[Backend]:
+    """A private two-worker cluster for tests that kill, stop or restart its processes."""
+    with local_cluster(workers=2, home=tmp_path / "cluster", **FAST) as backend:  # type: ignore[arg-type]
+        yield backend

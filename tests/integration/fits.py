@@ -111,3 +111,22 @@ def export_onnx(model_cls: Any) -> None:
     model = model_cls().eval()
     torch.onnx.export(model, (torch.randn(2, 64),), Path(os.environ["NNI_OUTPUT_DIR"]) / "model.onnx")
     report_final_result(1.0)
+
+
+def _refuse_to_rebuild() -> None:
+    raise RuntimeError("this object cannot be rebuilt here")
+
+
+class BreaksOnLoad:
+    """Pickles fine on the client; unpickling it on the worker raises."""
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return (_refuse_to_rebuild, ())
+
+
+def uses(model_cls: Any, thing: Any) -> None:
+    report_final_result(1.0)
+
+
+def unserializable_result(model_cls: Any) -> None:
+    report_final_result({"default": 1.0, "model": model_cls()})

@@ -13,7 +13,7 @@ from retia.dispatcher.client import Backend, wait
 from retia.protocol import TrialState
 
 from . import fits
-from .conftest import journal_path, processes
+from ..clusters import journal_path, processes
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -11,7 +11,7 @@ import pytest
 
 from retia.dispatcher.client import Backend
 
-from .conftest import processes
+from ..clusters import processes
 
 ROOT = Path(__file__).parents[2]
 pytestmark = pytest.mark.timeout(300)

@@ -29,7 +29,7 @@ from retia.errors import AuthenticationError, ProtocolError
 from retia.protocol import VERSION, MsgType, Report, Session, Submit
 
 from ..integration import fits
-from ..integration.conftest import FAST, processes
+from ..clusters import FAST, processes
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -12,7 +12,7 @@ from retia.dispatcher.cluster import local_cluster
 from retia.errors import TrialFailedError
 
 from ..integration import fits
-from ..integration.conftest import FAST
+from ..clusters import FAST
 
 pytestmark = pytest.mark.timeout(240)
 
