@@ -39,6 +39,7 @@ __all__ = [
     "Cancel",
     "Submit",
     "Ack",
+    "BlobRequest",
     "StateChange",
     "WorkerInfo",
     "StatusReply",
@@ -48,7 +49,7 @@ __all__ = [
 ]
 
 VERSION = b"retia/1"
-DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
+DEFAULT_MAX_MESSAGE_BYTES = 8 << 20  # big data travels as chunked blobs, never inside one message
 
 
 class MsgType(IntEnum):
@@ -69,6 +70,9 @@ class MsgType(IntEnum):
     BYE = 15  # peer -> dispatcher: leaving on purpose
     RESET = 16  # dispatcher -> unknown peer: say HELLO again
     FILE = 17  # worker -> dispatcher: a chunk of a trial artefact
+    BLOB_PUT = 18  # client -> dispatcher: a chunk of a blob (path = digest)
+    BLOB_GET = 19  # worker -> dispatcher: send me this range of a blob
+    BLOB_DATA = 20  # dispatcher -> worker: a chunk of a blob (path = digest)
 
 
 class Role(str, Enum):
@@ -132,6 +136,7 @@ class Run:
     timeout: float | None = None
     name: str = ""
     max_artifact_bytes: int = 50 << 20
+    blobs: list[list[Any]] = field(default_factory=list)  # [[digest, size], ...] the payload references
 
 
 @dataclass(frozen=True)
@@ -164,6 +169,14 @@ class Submit:
     timeout: float | None = None
     max_retries: int = 2
     name: str = ""
+    blobs: list[list[Any]] = field(default_factory=list)  # [[digest, size], ...], uploaded before
+
+
+@dataclass(frozen=True)
+class BlobRequest:
+    digest: str
+    offset: int
+    length: int
 
 
 @dataclass(frozen=True)
@@ -202,6 +215,7 @@ class StatusReply:
     workers: list[WorkerInfo]
     counts: dict[str, int]
     uptime: float
+    bytes_sent: int = 0
 
 
 @dataclass(frozen=True)
@@ -230,6 +244,9 @@ BODY_TYPES: dict[MsgType, type] = {
     MsgType.BYE: Empty,
     MsgType.RESET: Empty,
     MsgType.FILE: FileChunk,
+    MsgType.BLOB_PUT: FileChunk,
+    MsgType.BLOB_GET: BlobRequest,
+    MsgType.BLOB_DATA: FileChunk,
 }
 
 
@@ -262,14 +279,14 @@ def _to_wire(body: Any) -> list[Any]:
     if body is None:
         return []
     if isinstance(body, StatusReply):
-        return [body.dispatcher_id, [dataclasses.astuple(w) for w in body.workers], body.counts, body.uptime]
+        return [body.dispatcher_id, [dataclasses.astuple(w) for w in body.workers], body.counts, body.uptime, body.bytes_sent]
     return [getattr(body, f.name) for f in dataclasses.fields(body)]
 
 
 def _from_wire(cls: type, values: list[Any]) -> Any:
     if cls is StatusReply:
-        dispatcher_id, workers, counts, uptime = values
-        return StatusReply(dispatcher_id, [WorkerInfo(*w) for w in workers], counts, uptime)
+        dispatcher_id, workers, counts, uptime, bytes_sent = values
+        return StatusReply(dispatcher_id, [WorkerInfo(*w) for w in workers], counts, uptime, bytes_sent)
     return cls(*values)
 
 

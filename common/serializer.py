@@ -21,9 +21,13 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
+import contextvars
+from pathlib import Path
+
 import cloudpickle
 import msgpack
 
+from .blobs import Blob, make_blob, pickle_blob, read_blob
 from .errors import PayloadTooLarge, SerializationError
 from .trace import Recipe, Traced, get_recipe
 
@@ -31,6 +35,7 @@ __all__ = ["dump", "load", "DumpOptions"]
 
 _log = logging.getLogger(__name__)
 _FORMAT = "retia-dump/1"
+_blob_dir: contextvars.ContextVar[Path | None] = contextvars.ContextVar("retia_blob_dir", default=None)
 MiB = 1 << 20
 
 
@@ -41,6 +46,7 @@ class _Ext(IntEnum):
     PICKLE = 4
     TRACED = 5
     DICT = 6
+    BLOB = 7
 
 
 @dataclass(frozen=True)
@@ -49,33 +55,46 @@ class DumpOptions:
 
     warn_bytes: int = 1 * MiB
     max_pickle_bytes: int = 64 * MiB
+    blob_threshold: int = 256 * 1024  # values at least this large become blobs (when collecting blobs)
 
 
-def dump(obj: Any, *, name: str | None = None, options: DumpOptions | None = None) -> bytes:
-    """Serialize ``obj`` to bytes; ``name`` is the root of argument paths in messages."""
+def dump(
+    obj: Any, *, name: str | None = None, options: DumpOptions | None = None, blobs: dict[str, Blob] | None = None
+) -> bytes:
+    """Serialize ``obj`` to bytes; ``name`` is the root of argument paths in messages.
+
+    With ``blobs`` (a dict to fill), large tensors, arrays, buffers and pickles are left out of
+    the bytes as content-addressed references and collected there, to be shipped once.
+    """
     root = name or getattr(type(obj), "__name__", "object")
-    tree = _Encoder(options or DumpOptions()).encode(obj, root)
+    tree = _Encoder(options or DumpOptions(), blobs).encode(obj, root)
     return msgpack.packb([_FORMAT, tree], use_bin_type=True)
 
 
-def load(data: bytes) -> Any:
-    """Rebuild an object from :func:`dump` bytes (authenticated bytes only)."""
+def load(data: bytes, *, blob_dir: Path | None = None) -> Any:
+    """Rebuild an object from :func:`dump` bytes (authenticated bytes only); blobs come from ``blob_dir``."""
+    token = _blob_dir.set(blob_dir)
     try:
         fmt, tree = msgpack.unpackb(data, ext_hook=_decode_ext, raw=False, strict_map_key=False)
     except SerializationError:
         raise
     except Exception as exc:
         raise SerializationError(f"cannot load payload ({len(data)} bytes): {type(exc).__name__}: {exc}") from exc
+    finally:
+        _blob_dir.reset(token)
     if fmt != _FORMAT:
         raise SerializationError(f"unknown payload format {fmt!r}; expected {_FORMAT!r} (version mismatch?)")
     return tree
 
 
 class _Encoder:
-    def __init__(self, options: DumpOptions) -> None:
+    def __init__(self, options: DumpOptions, blobs: dict[str, Blob] | None) -> None:
         self.options = options
+        self.blobs = blobs
 
     def encode(self, obj: Any, path: str) -> Any:
+        if self.blobs is not None and isinstance(obj, (bytes, bytearray)) and len(obj) >= self.options.blob_threshold:
+            return self._blob(make_blob(obj))  # type: ignore[arg-type]
         if obj is None or isinstance(obj, (bool, str, bytes, float)):
             return obj
         if isinstance(obj, int) and type(obj) is int and -(1 << 63) <= obj < (1 << 64):
@@ -106,7 +125,18 @@ class _Encoder:
         ref = _reference(obj)
         if ref is not None:
             return self._ext(_Ext.REF, ref)
-        return self._ext(_Ext.PICKLE, self._pickle(obj, path))
+        if self.blobs is not None:
+            blob = make_blob(obj)
+            if blob is not None and blob.size >= self.options.blob_threshold:
+                return self._blob(blob)
+        data = self._pickle(obj, path)
+        if self.blobs is not None and len(data) >= self.options.blob_threshold:
+            return self._blob(pickle_blob(data))
+        return self._ext(_Ext.PICKLE, data)
+
+    def _blob(self, blob: Blob) -> msgpack.ExtType:
+        self.blobs[blob.digest] = blob  # type: ignore[index]  # only called while collecting
+        return self._ext(_Ext.BLOB, [blob.digest, blob.kind, blob.size])
 
     def _pickle(self, obj: Any, path: str) -> bytes:
         _register_user_module(obj)
@@ -119,7 +149,7 @@ class _Encoder:
                 path,
             ) from exc
         size = len(data)
-        if size > self.options.max_pickle_bytes:
+        if size > self.options.max_pickle_bytes and self.blobs is None:
             raise PayloadTooLarge(
                 f"{path} (a {type(obj).__name__}) pickles to {size / MiB:.1f} MiB, over the "
                 f"{self.options.max_pickle_bytes / MiB:.0f} MiB cap. Build it with retia.trace so it is "
@@ -127,7 +157,7 @@ class _Encoder:
                 path,
                 size,
             )
-        if size > self.options.warn_bytes:
+        if size > self.options.warn_bytes and self.blobs is None:
             _log.warning(
                 "%s (a %s) was pickled into the payload: %.1f MiB. Consider retia.trace so it is "
                 "rebuilt on the worker instead of shipped.",
@@ -159,6 +189,14 @@ def _decode_ext(code: int, data: bytes) -> Any:
         except Exception as exc:
             name = getattr(target, "__qualname__", repr(target))
             raise SerializationError(f"rebuilding {name} from its recipe failed: {type(exc).__name__}: {exc}") from exc
+    if code == _Ext.BLOB:
+        digest, kind, size = inner
+        blob_dir = _blob_dir.get()
+        if blob_dir is None or not (blob_dir / digest).exists():
+            raise SerializationError(
+                f"the payload references blob {digest[:12]} ({size} bytes) that is not available here"
+            )
+        return read_blob(blob_dir / digest, kind)
     if code == _Ext.PICKLE:
         try:
             return cloudpickle.loads(inner)

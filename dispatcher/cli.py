@@ -24,7 +24,8 @@ def add_dispatcher_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--journal", help="SQLite journal path, or :memory: for none (default <home>/journal.sqlite)")
     parser.add_argument("--heartbeat", type=float, default=1.0, help="heartbeat interval in seconds (default %(default)s)")
     parser.add_argument("--liveness", type=int, default=5, help="missed heartbeats before a peer is dead (default %(default)s)")
-    parser.add_argument("--max-message-mb", type=float, default=64.0, help="largest accepted message in MiB (default %(default)s)")
+    parser.add_argument("--max-message-mb", type=float, default=8.0, help="largest accepted message in MiB (default %(default)s)")
+    parser.add_argument("--blob-budget-gb", type=float, default=20.0, help="blob store size before eviction (default %(default)s)")
     parser.add_argument("--ready-file", type=Path, help="write the bound address here once listening (for scripts)")
     parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
 
@@ -43,6 +44,7 @@ def run_dispatcher(args: argparse.Namespace) -> int:
             liveness=args.liveness,
             max_message_bytes=int(args.max_message_mb * (1 << 20)),
             ready_file=args.ready_file,
+            blob_budget_bytes=int(args.blob_budget_gb * (1 << 30)),
         )
         key = resolve_key(key_file=config.key_path, create=True)
         dispatcher = Dispatcher(config, key)

@@ -27,11 +27,13 @@ from typing import Any
 
 import zmq
 
+from retia.blobs import Blob
 from retia.errors import RetiaError, RemoteTraceback, TrialCancelledError, TrialFailedError, WorkerLostError
 from retia.evaluator import Evaluator, model_factory
 from retia.keys import resolve_key
 from retia.protocol import (
     Cancel,
+    FileChunk,
     Hello,
     Message,
     MsgType,
@@ -169,6 +171,7 @@ class Backend:
         self._outgoing: queue.SimpleQueue[Outgoing] = queue.SimpleQueue()
         self._unacked: OrderedDict[tuple[str, int], Outgoing] = OrderedDict()
         self._seq = 0
+        self._uploaded: set[str] = set()
         self._ctx = zmq.Context()
         self._wake_addr = f"inproc://retia-client-{id(self)}"
         self._wake_pull = self._ctx.socket(zmq.PULL)
@@ -204,9 +207,13 @@ class Backend:
         if not isinstance(evaluator, Evaluator):
             raise TypeError(f"evaluator must be a retia Evaluator, got {type(evaluator).__name__}")
         payload_model = _model_recipe(model, arch)
-        body = Submit(
-            dump(evaluator, name="evaluator"), dump(payload_model, name="model"), arch, timeout, max_retries, name
-        )
+        blobs: dict[str, Blob] = {}
+        evaluator_bytes = dump(evaluator, name="evaluator", blobs=blobs)
+        model_bytes = dump(payload_model, name="model", blobs=blobs)
+        for blob in blobs.values():
+            self._upload(blob)
+        refs = [[b.digest, b.size] for b in blobs.values()]
+        body = Submit(evaluator_bytes, model_bytes, arch, timeout, max_retries, name, refs)
         with self._cond:
             trial_id = trial_id or uuid.uuid4().hex
             trial = self.trials.get(trial_id) or Trial(self, trial_id, name, arch)
@@ -214,6 +221,17 @@ class Backend:
             self.trials[trial.id] = trial
         self._enqueue(MsgType.SUBMIT, body, trial.id)
         return trial
+
+    def _upload(self, blob: Blob) -> None:
+        """Send a blob to the dispatcher once per backend, in chunks, before the SUBMIT that needs it."""
+        if blob.digest in self._uploaded:
+            return
+        self._uploaded.add(blob.digest)
+        pieces = list(blob.chunks())
+        for i, (offset, data) in enumerate(pieces):
+            self._enqueue(MsgType.BLOB_PUT, FileChunk(blob.digest, offset, data, i == len(pieces) - 1), blob.digest)
+        if not pieces:
+            self._enqueue(MsgType.BLOB_PUT, FileChunk(blob.digest, 0, b"", True), blob.digest)
 
     def status(self, timeout: float = 5.0) -> StatusReply:
         return query_status(self.address, key=self.key, timeout=timeout)
@@ -339,6 +357,8 @@ class Backend:
         h = msg.header
         if msg.type is MsgType.ACK:
             self._unacked.pop((h.trial, h.seq), None)
+            if not msg.body.ok:
+                _log.error("the dispatcher refused a message about %s: %s", h.trial, msg.body.reason)
         elif msg.type is MsgType.WELCOME:
             self._welcomed.set()
         elif msg.type is MsgType.RESET:  # the dispatcher restarted: introduce ourselves, re-send what it lacks

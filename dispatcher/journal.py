@@ -12,7 +12,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS trials (
     worker TEXT NOT NULL DEFAULT '', reason TEXT NOT NULL DEFAULT '', exc_type TEXT NOT NULL DEFAULT '',
     message TEXT NOT NULL DEFAULT '', traceback TEXT NOT NULL DEFAULT '', log_tail TEXT NOT NULL DEFAULT '',
     cancel_requested INTEGER NOT NULL DEFAULT 0, queue_seq INTEGER NOT NULL,
-    created REAL NOT NULL, updated REAL NOT NULL
+    created REAL NOT NULL, updated REAL NOT NULL, blobs TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE IF NOT EXISTS payloads (id TEXT PRIMARY KEY, evaluator BLOB NOT NULL, model BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS reports (
@@ -43,7 +43,7 @@ CREATE INDEX IF NOT EXISTS events_by_client ON events (client, seq);
 
 _TRIAL_COLUMNS = (
     "id, client, name, state, attempt, max_retries, timeout, arch, worker, reason, exc_type, message, "
-    "traceback, log_tail, cancel_requested, queue_seq, created, updated"
+    "traceback, log_tail, cancel_requested, queue_seq, created, updated, blobs"
 )
 
 
@@ -69,6 +69,7 @@ class TrialRecord:
     queue_seq: int = 0
     created: float = 0.0
     updated: float = 0.0
+    blobs: list[list[Any]] = field(default_factory=list)  # [[digest, size], ...]
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ class Journal:
         rec.queue_seq = self._queue_seq
         rec.created = rec.updated = time.time()
         cur = self._db.execute(
-            f"INSERT OR IGNORE INTO trials ({_TRIAL_COLUMNS}) VALUES ({', '.join('?' * 18)})", self._row(rec)
+            f"INSERT OR IGNORE INTO trials ({_TRIAL_COLUMNS}) VALUES ({', '.join('?' * 19)})", self._row(rec)
         )
         if cur.rowcount == 0:
             return False
@@ -178,7 +179,7 @@ class Journal:
         return (
             rec.id, rec.client, rec.name, rec.state.value, rec.attempt, rec.max_retries, rec.timeout,
             json.dumps(rec.arch), rec.worker, rec.reason, rec.exc_type, rec.message, rec.traceback,
-            rec.log_tail, int(rec.cancel_requested), rec.queue_seq, rec.created, rec.updated,
+            rec.log_tail, int(rec.cancel_requested), rec.queue_seq, rec.created, rec.updated, json.dumps(rec.blobs),
         )  # fmt: skip
 
     @staticmethod
@@ -187,4 +188,5 @@ class Journal:
         values[3] = TrialState(values[3])
         values[7] = json.loads(values[7]) if values[7] else None
         values[14] = bool(values[14])
+        values[18] = json.loads(values[18])
         return TrialRecord(*values)

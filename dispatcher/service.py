@@ -25,9 +25,13 @@ from dataclasses import dataclass, field
 import zmq
 
 from retia.errors import AuthenticationError, ProtocolError
+from retia.blobs import CHUNK as BLOB_CHUNK
+from retia.blobs import BlobStore
 from retia.protocol import (
     Ack,
+    BlobRequest,
     Cancel,
+    FileChunk,
     Hello,
     Message,
     MsgType,
@@ -80,6 +84,8 @@ class Dispatcher:
         self.session = Session(key, self.id, max_message_bytes=config.max_message_bytes, reject_replays=True)
         self.journal = Journal(config.journal_path)
         self.artifacts = ArtifactStore(config.artifacts_dir)
+        self.blobs = BlobStore(config.home_dir / "blobs", config.blob_budget_bytes)
+        self.bytes_sent = 0
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
@@ -182,6 +188,7 @@ class Dispatcher:
         for frames in self._outbox:
             try:
                 self._sock.send_multipart(frames, zmq.NOBLOCK)
+                self.bytes_sent += sum(len(f) for f in frames)
             except zmq.Again:
                 _log.warning("send queue full for peer %r; message dropped (it will be re-sent)", frames[0])
         self._outbox.clear()
@@ -196,6 +203,8 @@ class Dispatcher:
             self._send(identity, MsgType.STATUS_REPLY, self.status())
         elif kind is MsgType.SUBMIT:
             self._on_submit(identity, msg)
+        elif kind is MsgType.BLOB_PUT:
+            self._on_blob_put(identity, msg)
         elif not self._touch(identity):
             self._send(identity, MsgType.RESET)  # we do not know it (restarted, or it was declared dead)
         elif kind is MsgType.HEARTBEAT:
@@ -208,6 +217,8 @@ class Dispatcher:
             self._on_done(identity, msg)
         elif kind is MsgType.FILE:
             self._on_file(identity, msg)
+        elif kind is MsgType.BLOB_GET:
+            self._on_blob_get(identity, msg.body)
         elif kind is MsgType.CANCEL:
             self._on_cancel(msg.header.trial, msg.body.reason)
             self._send(identity, MsgType.ACK, Ack(), trial=msg.header.trial, seq=msg.header.seq)
@@ -271,13 +282,42 @@ class Dispatcher:
             return
         if client_id not in self.clients:
             self.clients[client_id] = _Client(client_id, identity, time.monotonic() + self.config.expiry)
-        rec = TrialRecord(trial_id, client_id, sub.name, TrialState.QUEUED, 0, max(0, sub.max_retries), sub.timeout, sub.arch)
+        rec = TrialRecord(
+            trial_id, client_id, sub.name, TrialState.QUEUED, 0, max(0, sub.max_retries), sub.timeout, sub.arch,
+            blobs=[list(b) for b in sub.blobs],
+        )  # fmt: skip
         if self.journal.add_trial(rec, sub.evaluator, sub.model):
             self.trials[trial_id] = rec
             self.queue.append(trial_id)
             self._event_state(rec)
             _log.info("trial %s (%s) QUEUED", trial_id, sub.name or "unnamed")
         self._send(identity, MsgType.ACK, Ack(), trial=trial_id, seq=msg.header.seq)
+
+    def _on_blob_put(self, identity: bytes, msg: Message) -> None:
+        """A chunk of a client's blob; the last one is verified against the digest before it is kept."""
+        chunk: FileChunk = msg.body
+        ok, reason = True, ""
+        try:
+            if not self.blobs.has(chunk.path):
+                self.blobs.write(chunk.path, chunk.offset, chunk.data)
+                if chunk.last and not self.blobs.finish(chunk.path):
+                    ok, reason = False, f"blob {chunk.path[:12]} did not match its digest; send it again"
+                    _log.warning("%s (from %r)", reason, identity)
+        except ValueError as exc:
+            ok, reason = False, str(exc)
+        self._send(identity, MsgType.ACK, Ack(ok, reason), trial=msg.header.trial, seq=msg.header.seq)
+
+    def _on_blob_get(self, identity: bytes, req: BlobRequest) -> None:
+        """Stream one range of a blob from disk: workers pull what they lack, a window at a time."""
+        try:
+            data = self.blobs.read(req.digest, req.offset, min(req.length, BLOB_CHUNK))
+            size = self.blobs.size(req.digest)
+        except (OSError, ValueError):
+            self._send(identity, MsgType.ACK, Ack(False, f"blob {req.digest[:12]} is not on the dispatcher"), trial=req.digest)
+            return
+        self.blobs.touch(req.digest)
+        last = req.offset + len(data) >= size
+        self._send(identity, MsgType.BLOB_DATA, FileChunk(req.digest, req.offset, data, last), trial=req.digest)
 
     def _on_ready(self, identity: bytes) -> None:
         worker = self.workers[identity]
@@ -383,6 +423,9 @@ class Dispatcher:
         rec.state = state
         self.journal.update_trial(rec)
         self.journal.drop_payload(rec.id)
+        if rec.blobs:
+            needed = {b[0] for r in self.trials.values() if not r.state.finished for b in r.blobs}
+            self.blobs.evict(keep=needed)
         self._orphans.pop(rec.id, None)
         self._event_state(rec)
         _log.info("trial %s %s (attempt %d)%s", rec.id, state.value, rec.attempt, f": {rec.reason}" if rec.reason else "")
@@ -413,7 +456,8 @@ class Dispatcher:
             worker.trial = rec.id
             self.journal.update_trial(rec)
             self._event_state(rec)
-            self._send(identity, MsgType.RUN, Run(evaluator, model, rec.timeout, rec.name), trial=rec.id, attempt=rec.attempt)
+            run = Run(evaluator, model, rec.timeout, rec.name, blobs=rec.blobs)
+            self._send(identity, MsgType.RUN, run, trial=rec.id, attempt=rec.attempt)
             _log.info("trial %s RUNNING on %s (attempt %d)", rec.id, worker.id, rec.attempt)
 
     def _beat(self, now: float) -> None:
@@ -446,4 +490,4 @@ class Dispatcher:
             WorkerInfo(w.id, w.host, w.gpu, w.pid, "busy" if w.trial else "idle", w.trial, now - w.since)
             for w in self.workers.values()
         ]
-        return StatusReply(self.id, workers, counts, time.monotonic() - self._started)
+        return StatusReply(self.id, workers, counts, time.monotonic() - self._started, self.bytes_sent)

@@ -26,11 +26,13 @@ from typing import Any
 
 import zmq
 
+from retia.blobs import BlobStore
 from retia.errors import AuthenticationError, ProtocolError
 from retia.protocol import Done, FileChunk, Hello, Message, MsgType, Outgoing, Report, Role, Session, TrialState
 
 from . import runner
 from .config import WorkerConfig
+from .fetch import BlobFetcher
 
 __all__ = ["Agent"]
 
@@ -84,6 +86,9 @@ class Agent:
         self._backoff = config.reconnect_min
         self._reconnect_at: float | None = None
         self._reusable: tuple[Any, Connection, Connection] | None = None  # process, specs out, messages in
+        self._waiting: Message | None = None  # a RUN whose blobs are still being fetched
+        self.blobs = BlobStore(config.blobs_dir, config.blob_cache_bytes)
+        self.fetcher = BlobFetcher(self.blobs, lambda req: self._send(MsgType.BLOB_GET, req, trial=req.digest))
 
     # ---- lifecycle ----
 
@@ -148,11 +153,14 @@ class Agent:
 
     def _hello(self) -> None:
         running = [[self.trial.id, self.trial.attempt]] if self.trial is not None else []
+        if self._waiting is not None:
+            running.append([self._waiting.header.trial, self._waiting.header.attempt])
         hello = Hello(Role.WORKER.value, self.id, socket.gethostname(), os.getpid(), self.config.gpu, running)
         self._send(MsgType.HELLO, hello)
         for message in self._unacked.values():  # in order: reports, files, then DONE
             self._raw_send(message.frames(self.session))
-        if self.trial is None:
+        self.fetcher.resume()
+        if self.trial is None and self._waiting is None:
             self._send(MsgType.READY)
 
     def _check_liveness(self, now: float) -> None:
@@ -218,11 +226,18 @@ class Agent:
         h = msg.header
         if msg.type is MsgType.RUN:
             self._start(msg)
+        elif msg.type is MsgType.BLOB_DATA:
+            self.fetcher.on_data(msg.body)
         elif msg.type is MsgType.ACK:
             self._unacked.pop((h.trial, h.attempt, h.seq), None)
+            if not msg.body.ok:
+                self.fetcher.give_up(h.trial, msg.body.reason)
         elif msg.type is MsgType.CANCEL:
             if self.trial is not None and (self.trial.id, self.trial.attempt) == (h.trial, h.attempt):
                 self._kill(self.trial, msg.body.reason, state=TrialState.CANCELLED)
+            elif self._waiting is not None and (self._waiting.header.trial, self._waiting.header.attempt) == (h.trial, h.attempt):
+                waiting, self._waiting = self._waiting, None
+                self._end_unstarted(waiting, TrialState.CANCELLED, msg.body.reason)
         elif msg.type is MsgType.RESET:
             self._hello()
         elif msg.type is MsgType.SHUTDOWN:
@@ -232,16 +247,51 @@ class Agent:
 
     def _start(self, msg: Message) -> None:
         h, run = msg.header, msg.body
-        if self.trial is not None:
-            _log.error("RUN for %s while trial %s runs; refusing it", h.trial, self.trial.id)
+        if self.trial is not None or self._waiting is not None:
+            _log.error("RUN for %s while busy; refusing it", h.trial)
             self._send(MsgType.DONE, Done(TrialState.FAILED.value, "worker was busy"), trial=h.trial, attempt=h.attempt)
             return
+        if run.blobs:
+            self.fetcher.need(run.blobs)
+            if not self.fetcher.ready(run.blobs):
+                self._waiting = msg  # starts once its blobs are here (see _start_waiting)
+                return
+        self._launch(msg)
+
+    def _start_waiting(self) -> None:
+        msg = self._waiting
+        if msg is None:
+            return
+        blobs = msg.body.blobs
+        failed = [self.fetcher.failed[d] for d, _size in blobs if d in self.fetcher.failed]
+        if failed:
+            self._waiting = None
+            self._end_unstarted(msg, TrialState.FAILED, "; ".join(failed))
+        elif self.fetcher.ready(blobs):
+            self._waiting = None
+            self._launch(msg)
+
+    def _end_unstarted(self, msg: Message, state: TrialState, reason: str) -> None:
+        """DONE for a trial that never got a process (its blobs failed, or it was cancelled first)."""
+        h = msg.header
+        done = Done(state.value, reason, "BlobError" if state is TrialState.FAILED else "", reason)
+        message = Outgoing(MsgType.DONE, done, h.trial, h.attempt, 1)
+        self._unacked[(h.trial, h.attempt, 1)] = message
+        self._raw_send(message.frames(self.session))
+        self._send(MsgType.READY)
+
+    def _launch(self, msg: Message) -> None:
+        h, run = msg.header, msg.body
+        digests = {digest for digest, _size in run.blobs}
+        for digest in digests:
+            self.blobs.touch(digest)
+        self.blobs.evict(keep=digests)
         out = self.config.trials_dir / f"{h.trial}-{h.attempt}"
         out.mkdir(parents=True, exist_ok=True)
         log_file = out / "trial.log"
         spec = runner.TrialSpec(
             h.trial, h.attempt, run.evaluator, run.model, str(out), str(log_file),
-            self.config.cuda_visible_devices, self.config.trial_threads,
+            self.config.cuda_visible_devices, self.config.trial_threads, str(self.config.blobs_dir),
         )  # fmt: skip
         if self.config.reuse_process and self._reusable is not None and self._reusable[0].is_alive():
             process, specs, reader = self._reusable
@@ -285,6 +335,7 @@ class Agent:
             pass  # the process is gone; its exit status tells the rest
 
     def _supervise(self, now: float) -> None:
+        self._start_waiting()
         trial = self.trial
         if trial is None:
             return

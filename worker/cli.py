@@ -34,6 +34,9 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         help="modules the fork server imports once, so trials start warm (default %(default)s)",
     )
     parser.add_argument(
+        "--blob-cache-gb", type=float, default=20.0, help="local cache for large arguments (default %(default)s)"
+    )
+    parser.add_argument(
         "--reuse-process",
         action="store_true",
         help="run trials one after another in one long-lived child (replaced if it dies); "
@@ -66,6 +69,7 @@ def run_worker(args: argparse.Namespace) -> int:
             max_artifact_bytes=int(args.max_artifact_mb * (1 << 20)),
             preload=tuple(m.strip() for m in args.preload.split(",") if m.strip()),
             reuse_process=args.reuse_process,
+            blob_cache_bytes=int(args.blob_cache_gb * (1 << 30)),
         )
         key_file = config.key_file or (None if _env_key() else config.home.expanduser() / "cluster.key")
         agent = Agent(config, resolve_key(key_file=key_file))

@@ -35,6 +35,7 @@ class WorkerConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     preload: tuple[str, ...] = field(default=DEFAULT_PRELOAD)
     reuse_process: bool = False  # run trials one after another in one long-lived child
+    blob_cache_bytes: int = 20 << 30  # local cache of large arguments, least recently used evicted
 
     def __post_init__(self) -> None:
         problems = []
@@ -66,3 +67,7 @@ class WorkerConfig:
     @property
     def trials_dir(self) -> Path:
         return self.home.expanduser() / "trials"
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.home.expanduser() / "blobs"

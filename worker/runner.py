@@ -15,6 +15,7 @@ import sys
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 __all__ = ["TrialSpec", "run_trial", "serve_trials", "warm_up", "MSG_REPORT", "MSG_ERROR", "MSG_DONE"]
@@ -34,6 +35,7 @@ class TrialSpec:
     log_file: str
     cuda_visible_devices: str
     threads: int
+    blob_dir: str = ""
 
 
 def warm_up() -> None:
@@ -82,8 +84,9 @@ def _evaluate(spec: TrialSpec, conn: Connection) -> None:
             conn.send((MSG_REPORT, final, value))
 
     try:
-        evaluator = load(spec.evaluator)
-        model = load(spec.model)
+        blob_dir = Path(spec.blob_dir) if spec.blob_dir else None
+        evaluator = load(spec.evaluator, blob_dir=blob_dir)
+        model = load(spec.model, blob_dir=blob_dir)
         print(f"[retia] trial {spec.trial} attempt {spec.attempt} pid {os.getpid()}: {evaluator!r}", flush=True)
         evaluator.evaluate(model, output_dir=spec.output_dir, reporter=_PipeReporter())
     except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt are trial failures too

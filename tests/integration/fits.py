@@ -130,3 +130,9 @@ def uses(model_cls: Any, thing: Any) -> None:
 
 def unserializable_result(model_cls: Any) -> None:
     report_final_result({"default": 1.0, "model": model_cls()})
+
+
+def tensor_stats(model_cls: Any, data: Any) -> None:
+    """Uses a large tensor argument (a blob on the wire) and reports something computed from it."""
+    report_intermediate_result(float(data[:1000].sum()))
+    report_final_result(float(data[-1000:].sum()))
