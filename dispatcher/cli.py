@@ -26,6 +26,11 @@ def add_dispatcher_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--liveness", type=int, default=5, help="missed heartbeats before a peer is dead (default %(default)s)")
     parser.add_argument("--max-message-mb", type=float, default=8.0, help="largest accepted message in MiB (default %(default)s)")
     parser.add_argument("--blob-budget-gb", type=float, default=20.0, help="blob store size before eviction (default %(default)s)")
+    parser.add_argument(
+        "--curve",
+        action="store_true",
+        help="encrypt the transport with CurveZMQ; peers then need <home>/curve/dispatcher.key (the public certificate)",
+    )
     parser.add_argument("--ready-file", type=Path, help="write the bound address here once listening (for scripts)")
     parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
 
@@ -45,6 +50,7 @@ def run_dispatcher(args: argparse.Namespace) -> int:
             max_message_bytes=int(args.max_message_mb * (1 << 20)),
             ready_file=args.ready_file,
             blob_budget_bytes=int(args.blob_budget_gb * (1 << 30)),
+            curve=args.curve,
         )
         key = resolve_key(key_file=config.key_path, create=True)
         dispatcher = Dispatcher(config, key)
@@ -69,13 +75,16 @@ def add_status_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--key-file", type=Path, help=f"cluster key file (default ${KEY_ENV} or ~/.retia/cluster.key)")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer (default %(default)s)")
+    parser.add_argument("--curve-server-key", type=Path, help="the dispatcher's public CurveZMQ certificate (with --curve)")
 
 
 def run_status(args: argparse.Namespace) -> int:
     from .client import query_status
 
     try:
-        status = query_status(args.address, key=resolve_key(key_file=args.key_file), timeout=args.timeout)
+        status = query_status(
+            args.address, key=resolve_key(key_file=args.key_file), timeout=args.timeout, curve_server_key=args.curve_server_key
+        )
     except RetiaError as exc:
         print(f"retia status: {exc}", file=sys.stderr)
         return 2

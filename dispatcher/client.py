@@ -28,6 +28,7 @@ from typing import Any
 import zmq
 
 from retia.blobs import Blob
+from retia.curve import secure_client
 from retia.errors import RetiaError, RemoteTraceback, TrialCancelledError, TrialFailedError, WorkerLostError
 from retia.evaluator import Evaluator, model_factory
 from retia.keys import resolve_key
@@ -157,8 +158,10 @@ class Backend:
         client_id: str | None = None,
         heartbeat_interval: float = 1.0,
         liveness: int = 5,
+        curve_server_key: str | Path | None = None,
     ) -> None:
         self.address = address
+        self.curve_server_key = curve_server_key
         self.key = key
         self.client_id = client_id or f"client-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.trials: dict[str, Trial] = {}
@@ -234,7 +237,7 @@ class Backend:
             self._enqueue(MsgType.BLOB_PUT, FileChunk(blob.digest, 0, b"", True), blob.digest)
 
     def status(self, timeout: float = 5.0) -> StatusReply:
-        return query_status(self.address, key=self.key, timeout=timeout)
+        return query_status(self.address, key=self.key, timeout=timeout, curve_server_key=self.curve_server_key)
 
     def add_listener(self, fn: Callable[[Trial, MsgType, Any], None]) -> None:
         """``fn(trial, MsgType.REPORT|STATE, Report|StateChange)`` for every event, from the I/O thread."""
@@ -301,7 +304,7 @@ class Backend:
                         last_heard, backoff = time.monotonic(), 0.5
                 now = time.monotonic()
                 if now >= next_beat:
-                    sock.send_multipart(self._session.frames(MsgType.HEARTBEAT), zmq.NOBLOCK)
+                    _try_send(sock, self._session.frames(MsgType.HEARTBEAT))
                     next_beat = now + self._interval
                 if now - last_heard > self._interval * self._liveness + backoff:
                     _log.warning("dispatcher at %s silent for %.1fs; reconnecting", self.address, now - last_heard)
@@ -321,11 +324,13 @@ class Backend:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.IDENTITY, self.client_id.encode())
         sock.setsockopt(zmq.LINGER, 0)
+        if self.curve_server_key is not None:
+            secure_client(sock, self.curve_server_key)
         sock.connect(self.address)
         hello = Hello(Role.CLIENT.value, self.client_id, socket.gethostname(), os.getpid(), last_event=self.last_event)
-        sock.send_multipart(self._session.frames(MsgType.HELLO, hello))
+        _try_send(sock, self._session.frames(MsgType.HELLO, hello))
         for message in self._unacked.values():
-            sock.send_multipart(message.frames(self._session), zmq.NOBLOCK)
+            _try_send(sock, message.frames(self._session))
         return sock
 
     def _send_outgoing(self, sock: zmq.Socket) -> None:
@@ -336,7 +341,7 @@ class Backend:
                 return
             if message.seq:  # HELLOs carry no seq and need no acknowledgement
                 self._unacked[(message.trial, message.seq)] = message
-            sock.send_multipart(message.frames(self._session), zmq.NOBLOCK)
+            _try_send(sock, message.frames(self._session))
 
     def _read(self, sock: zmq.Socket) -> bool:
         heard = False
@@ -409,6 +414,14 @@ class Backend:
                 _log.exception("trial callback failed")
 
 
+def _try_send(sock: zmq.Socket, frames: list[bytes]) -> None:
+    """Send without blocking; when the dispatcher is unreachable the message waits in ``_unacked``."""
+    try:
+        sock.send_multipart(frames, zmq.NOBLOCK)
+    except zmq.Again:
+        pass
+
+
 def connect(
     address: str, key: bytes | str | None = None, key_file: str | Path | None = None, *, timeout: float = 30.0, **kwargs: Any
 ) -> Backend:
@@ -446,12 +459,16 @@ def wait(
     return done, set(pending) - done
 
 
-def query_status(address: str, *, key: bytes, timeout: float = 5.0) -> StatusReply:
+def query_status(
+    address: str, *, key: bytes, timeout: float = 5.0, curve_server_key: str | Path | None = None
+) -> StatusReply:
     """One STATUS round trip on a short-lived socket."""
     session = Session(key, f"status-{os.getpid()}-{uuid.uuid4().hex[:6]}")
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    if curve_server_key is not None:
+        secure_client(sock, curve_server_key)
     try:
         sock.connect(address)
         sock.send_multipart(session.frames(MsgType.STATUS))

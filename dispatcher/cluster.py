@@ -51,6 +51,7 @@ class LocalCluster:
     journal: str | None = None
     worker_args: Sequence[str] = ()
     dispatcher_args: Sequence[str] = ()
+    curve: bool = False
     address: str = ""
     dispatcher: subprocess.Popen[bytes] | None = None
     worker_procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -59,6 +60,11 @@ class LocalCluster:
     @property
     def key_file(self) -> Path:
         return self.home / "cluster.key"
+
+    @property
+    def curve_server_key(self) -> Path | None:
+        """The dispatcher's public CurveZMQ certificate, when the cluster encrypts its transport."""
+        return self.home / "curve" / "dispatcher.key" if self.curve else None
 
     def start(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
@@ -79,6 +85,8 @@ class LocalCluster:
         ]  # fmt: skip
         if self.journal:
             cmd += ["--journal", self.journal]
+        if self.curve:
+            cmd += ["--curve"]
         cmd += list(self.dispatcher_args)
         self.dispatcher = self._spawn(cmd, "dispatcher")
         deadline = time.monotonic() + 30
@@ -98,6 +106,8 @@ class LocalCluster:
             "--workers-per-host", str(1 if self.gpus else self.workers), "--heartbeat", str(self.heartbeat_interval),
             "--liveness", str(self.liveness), *self.worker_args,
         ]  # fmt: skip
+        if self.curve:
+            cmd += ["--curve-server-key", str(self.curve_server_key)]
         proc = self._spawn(cmd, f"worker-{index}")
         if index < len(self.worker_procs):
             self.worker_procs[index] = proc
@@ -165,6 +175,7 @@ def local_cluster(
     worker_args: Sequence[str] = (),
     dispatcher_args: Sequence[str] = (),
     client_id: str | None = None,
+    curve: bool = False,
 ) -> Iterator[Backend]:
     """Start a dispatcher and ``workers`` local workers (default: one per GPU, else 2); yield a Backend.
 
@@ -185,6 +196,7 @@ def local_cluster(
         journal,
         tuple(worker_args),
         tuple(dispatcher_args),
+        curve,
     )
     backend: Backend | None = None
     try:
@@ -195,6 +207,7 @@ def local_cluster(
             client_id=client_id,
             heartbeat_interval=heartbeat_interval,
             liveness=liveness,
+            curve_server_key=cluster.curve_server_key,
         )
         backend.cluster = cluster  # type: ignore[attr-defined]
         yield backend

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
+from retia.curve import secure_server, server_certificate
 from retia.errors import AuthenticationError, ProtocolError
 from retia.blobs import CHUNK as BLOB_CHUNK
 from retia.blobs import BlobStore
@@ -91,6 +92,10 @@ class Dispatcher:
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self._sock.setsockopt(zmq.MAXMSGSIZE, config.max_message_bytes * 16)
+        if config.curve:
+            public, secret = server_certificate(config.home_dir)
+            secure_server(self._sock, secret)
+            _log.info("CurveZMQ on: peers need the public certificate %s", public)
         self._sock.bind(config.bind)
         self.address: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.workers: dict[bytes, _Worker] = {}

@@ -27,6 +27,7 @@ from typing import Any
 import zmq
 
 from retia.blobs import BlobStore
+from retia.curve import secure_client
 from retia.errors import AuthenticationError, ProtocolError
 from retia.protocol import Done, FileChunk, Hello, Message, MsgType, Outgoing, Report, Role, Session, TrialState
 
@@ -146,6 +147,8 @@ class Agent:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.IDENTITY, self.id.encode())
         sock.setsockopt(zmq.LINGER, 0)
+        if self.config.curve_server_key is not None:
+            secure_client(sock, self.config.curve_server_key)
         sock.connect(self.config.connect)
         self._sock = sock
         self._last_heard = time.monotonic()

@@ -37,6 +37,9 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         "--blob-cache-gb", type=float, default=20.0, help="local cache for large arguments (default %(default)s)"
     )
     parser.add_argument(
+        "--curve-server-key", type=Path, help="the dispatcher's public CurveZMQ certificate (when it runs with --curve)"
+    )
+    parser.add_argument(
         "--reuse-process",
         action="store_true",
         help="run trials one after another in one long-lived child (replaced if it dies); "
@@ -70,6 +73,7 @@ def run_worker(args: argparse.Namespace) -> int:
             preload=tuple(m.strip() for m in args.preload.split(",") if m.strip()),
             reuse_process=args.reuse_process,
             blob_cache_bytes=int(args.blob_cache_gb * (1 << 30)),
+            curve_server_key=args.curve_server_key,
         )
         key_file = config.key_file or (None if _env_key() else config.home.expanduser() / "cluster.key")
         agent = Agent(config, resolve_key(key_file=key_file))

@@ -36,6 +36,7 @@ class WorkerConfig:
     preload: tuple[str, ...] = field(default=DEFAULT_PRELOAD)
     reuse_process: bool = False  # run trials one after another in one long-lived child
     blob_cache_bytes: int = 20 << 30  # local cache of large arguments, least recently used evicted
+    curve_server_key: Path | None = None  # the dispatcher's public CurveZMQ certificate, when it uses Curve
 
     def __post_init__(self) -> None:
         problems = []

@@ -188,3 +188,19 @@ def test_a_generated_key_file_is_private(tmp_path: Path) -> None:
     with local_cluster(workers=1, home=tmp_path / "c", **FAST) as backend:  # type: ignore[arg-type]
         key_file = processes(backend).key_file
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+
+
+def test_with_curve_only_peers_holding_the_public_certificate_connect(tmp_path: Path) -> None:
+    from retia.dispatcher.client import connect
+    from retia.errors import RetiaError
+
+    with local_cluster(workers=1, home=tmp_path / "c", curve=True, **FAST) as backend:  # type: ignore[arg-type]
+        _still_serves(backend)  # workers and this client hold the certificate: trials run encrypted
+        with pytest.raises(RetiaError, match="no answer from a dispatcher"):
+            connect(backend.address, key=backend.key, timeout=3)  # right HMAC key, no Curve certificate
+        stranger = Path(tmp_path / "other")
+        from retia.curve import server_certificate
+
+        wrong_public, _ = server_certificate(stranger)  # someone else's dispatcher certificate
+        with pytest.raises(RetiaError, match="no answer from a dispatcher"):
+            connect(backend.address, key=backend.key, timeout=3, curve_server_key=wrong_public)
