@@ -157,13 +157,13 @@ class _Encoder:
                 path,
                 size,
             )
-        if size > self.options.warn_bytes and self.blobs is None:
+        if size > self.options.warn_bytes:
             _log.warning(
-                "%s (a %s) was pickled into the payload: %.1f MiB. Consider retia.trace so it is "
-                "rebuilt on the worker instead of shipped.",
+                "%s (a %s) was pickled: %.1f MiB%s. Consider retia.trace so it is rebuilt on the worker instead.",
                 path,
                 type(obj).__name__,
                 size / MiB,
+                " (it travels once per worker, as a blob)" if self.blobs is not None else "",
             )
         return data
 

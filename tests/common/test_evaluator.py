@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import collections
 import logging
 import os
 import threading
@@ -234,13 +235,17 @@ def test_unserializable_kwarg_fails_at_construction_with_its_path() -> None:
         FunctionalEvaluator(fit_reports, values=[], finals=[], stream=(i for i in range(3)))
 
 
-def test_oversized_kwarg_fails_at_construction_and_big_ones_warn(caplog: pytest.LogCaptureFixture) -> None:
+def test_oversized_kwarg_travels_as_a_blob_is_capped_inline_and_big_pickles_warn(caplog: pytest.LogCaptureFixture) -> None:
+    big = FunctionalEvaluator(fit_reports, dataset=retia.trace(Box)(value=np.zeros(65 * MiB, dtype=np.uint8)))
+    blobs: dict[str, object] = {}
+    assert len(retia.dump(big, blobs=blobs)) < 4096 and len(blobs) == 1  # on the wire: a blob, shipped once
     with pytest.raises(PayloadTooLarge, match=r"FunctionalEvaluator\.dataset\.value.*MiB") as info:
-        FunctionalEvaluator(fit_reports, dataset=retia.trace(Box)(value=np.zeros(65 * MiB, dtype=np.uint8)))
+        retia.dump(big)  # inline, without a blob store: capped
     assert info.value.size > 64 * MiB and info.value.path == "FunctionalEvaluator.dataset.value"
 
     caplog.set_level(logging.WARNING, logger="retia.serializer")
-    FunctionalEvaluator(fit_reports, dataset=retia.trace(Box)(value=np.zeros(3 * MiB, dtype=np.uint8)))
+    chunks = collections.deque(bytes([i % 256]) * 1024 for i in range(3 * 1024))  # no recipe, no array: pickled
+    FunctionalEvaluator(fit_reports, dataset=retia.trace(Box)(value=chunks))
     messages = [r.getMessage() for r in caplog.records if r.name == "retia.serializer"]
     assert any("FunctionalEvaluator.dataset.value" in m and "3.0 MiB" in m for m in messages), messages
 
