@@ -19,7 +19,7 @@ from typing import Any, Callable, ClassVar, Iterator
 
 from .errors import PayloadTooLarge, SerializationError
 from .reporting import CollectingReporter, Metric, Reporter, use_reporter
-from .serializer import dump
+from .serializer import dump, rebuilding
 from .trace import Recipe, Traced, _attach, _name_positionals
 
 __all__ = ["Evaluator", "FunctionalEvaluator", "EvaluationResult", "OUTPUT_DIR_VARS", "model_factory"]
@@ -71,7 +71,8 @@ class Evaluator:
         """Attach this evaluator's recipe and check it serializes now, not on a worker later."""
         args, kwargs = _name_positionals(type(self), args, kwargs)
         _attach(self, Recipe(type(self), args, kwargs))
-        dump(self, blobs={})  # large values will travel as blobs, so only check that they can
+        if not rebuilding():  # checked on the client already; a worker must not pay for it per trial
+            dump(self, blobs={})  # large values will travel as blobs, so only check that they can
 
 
 class FunctionalEvaluator(Evaluator):

@@ -31,11 +31,17 @@ from .blobs import Blob, make_blob, pickle_blob, read_blob
 from .errors import PayloadTooLarge, SerializationError
 from .trace import Recipe, Traced, get_recipe
 
-__all__ = ["dump", "load", "DumpOptions"]
+__all__ = ["dump", "load", "DumpOptions", "rebuilding", "warm_up"]
 
 _log = logging.getLogger(__name__)
 _FORMAT = "retia-dump/1"
 _blob_dir: contextvars.ContextVar[Path | None] = contextvars.ContextVar("retia_blob_dir", default=None)
+_rebuilding: contextvars.ContextVar[bool] = contextvars.ContextVar("retia_rebuilding", default=False)
+
+
+def rebuilding() -> bool:
+    """True while :func:`load` rebuilds objects: what came from a payload was serializable already."""
+    return _rebuilding.get()
 MiB = 1 << 20
 
 
@@ -74,6 +80,7 @@ def dump(
 def load(data: bytes, *, blob_dir: Path | None = None) -> Any:
     """Rebuild an object from :func:`dump` bytes (authenticated bytes only); blobs come from ``blob_dir``."""
     token = _blob_dir.set(blob_dir)
+    rebuilding = _rebuilding.set(True)
     try:
         fmt, tree = msgpack.unpackb(data, ext_hook=_decode_ext, raw=False, strict_map_key=False)
     except SerializationError:
@@ -82,6 +89,7 @@ def load(data: bytes, *, blob_dir: Path | None = None) -> Any:
         raise SerializationError(f"cannot load payload ({len(data)} bytes): {type(exc).__name__}: {exc}") from exc
     finally:
         _blob_dir.reset(token)
+        _rebuilding.reset(rebuilding)
     if fmt != _FORMAT:
         raise SerializationError(f"unknown payload format {fmt!r}; expected {_FORMAT!r} (version mismatch?)")
     return tree
@@ -263,3 +271,8 @@ def _register_user_module(obj: Any) -> None:
 
 
 _registered: set[str] = set()
+
+
+def warm_up() -> None:
+    """Fill the caches dump() needs, so processes forked from a fork server start with them."""
+    _installed_top_levels()

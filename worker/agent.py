@@ -133,6 +133,7 @@ class Agent:
             if process.is_alive():
                 process.kill()
                 process.join()
+        self.fetcher.close()
         if self._sock is not None:
             self._send(MsgType.BYE)
             self._sock.close(linger=500)

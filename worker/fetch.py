@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,18 +47,39 @@ class BlobFetcher:
         self.fetching: dict[str, _Fetch] = {}
         self.failed: dict[str, str] = {}
         self.bytes_received = 0
+        # Re-hashing a cached blob takes about a second per GB: off the agent's loop, so heartbeats go on.
+        self._verifier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retia-blob-verify")
+        self._verifying: dict[str, tuple[Future[bool], int]] = {}
 
     def need(self, blobs: list[list[Any]]) -> None:
-        """Start fetching every blob in ``[[digest, size], ...]`` that is not cached intact."""
+        """Check cached blobs (in a thread) and fetch every one in ``[[digest, size], ...]`` not intact."""
         for digest, size in blobs:
-            if digest in self.fetching or self.store.valid(digest):
+            if digest in self.fetching or digest in self._verifying:
                 continue
             self.failed.pop(digest, None)
-            self.fetching[digest] = _Fetch(digest, int(size))
-            self._fill(self.fetching[digest])
+            if self.store.has(digest):
+                self._verifying[digest] = (self._verifier.submit(self.store.valid, digest), int(size))
+            else:
+                self._fetch(digest, int(size))
+
+    def poll(self) -> None:
+        """Collect finished verifications: a corrupt cached copy is fetched again."""
+        for digest, (future, size) in list(self._verifying.items()):
+            if future.done():
+                del self._verifying[digest]
+                if not future.result():
+                    self._fetch(digest, size)
 
     def ready(self, blobs: list[list[Any]]) -> bool:
-        return not any(digest in self.fetching for digest, _size in blobs)
+        self.poll()
+        return not any(digest in self.fetching or digest in self._verifying for digest, _size in blobs)
+
+    def close(self) -> None:
+        self._verifier.shutdown(wait=True, cancel_futures=True)
+
+    def _fetch(self, digest: str, size: int) -> None:
+        self.fetching[digest] = _Fetch(digest, size)
+        self._fill(self.fetching[digest])
 
     def on_data(self, chunk: FileChunk) -> None:
         fetch = self.fetching.get(chunk.path)

@@ -23,6 +23,16 @@ __all__ = ["TrialSpec", "run_trial", "serve_trials", "warm_up", "MSG_REPORT", "M
 MSG_REPORT, MSG_ERROR, MSG_DONE = "report", "error", "done"
 
 
+def _preload() -> None:
+    """Runs when the fork server imports this module: every trial forks with warm caches."""
+    from retia.serializer import warm_up as _warm_serializer
+
+    _warm_serializer()
+
+
+_preload()
+
+
 @dataclass(frozen=True)
 class TrialSpec:
     """Everything the child needs; built by the agent from a verified RUN message."""

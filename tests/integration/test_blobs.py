@@ -72,7 +72,7 @@ def test_a_corrupt_cached_blob_is_fetched_again(tmp_path: Path) -> None:
         data = torch.randn(2 * MB // 4)
         evaluator = FunctionalEvaluator(fits.tensor_stats, data=data)
         assert backend.submit(fits.DigitsMLP, evaluator).result(timeout=60) == pytest.approx(float(data[-1000:].sum()))
-        [cached] = (processes(backend).home / "worker-0" / "blobs").glob("[0-9a-f]*")
+        [cached] = [p for p in (processes(backend).home / "worker-0" / "blobs").glob("[0-9a-f]*") if not p.suffix]
         stat = cached.stat()
         with open(cached, "r+b") as f:  # silent corruption: same size, same mtime
             f.seek(stat.st_size // 2)
@@ -95,10 +95,10 @@ def test_a_blob_that_never_verifies_fails_the_trial_clearly(tmp_path: Path) -> N
         first = backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.hanging), timeout=30)  # keeps the worker busy
         trial = backend.submit(fits.DigitsMLP, evaluator)
         deadline = time.monotonic() + 60
-        while not list(blobs_dir.glob("[0-9a-f]*")):
-            assert time.monotonic() < deadline
+        while not (stored_blobs := [p for p in blobs_dir.glob("[0-9a-f]*") if not p.suffix]):
+            assert time.monotonic() < deadline  # wait until it is complete and verified, not .partial
             time.sleep(0.05)
-        [stored] = blobs_dir.glob("[0-9a-f]*")
+        [stored] = stored_blobs
         stored.write_bytes(stored.read_bytes()[:-8] + b"corrupt!")  # the dispatcher's copy is now bad
         first.cancel()
         with pytest.raises(TrialFailedError, match="failed verification 3 times"):
