@@ -136,15 +136,21 @@ class Trial:
         self._backend._cancel(self, reason)
 
     def add_report_callback(self, fn: ReportCallback) -> None:
-        """``fn(trial, metric)`` on each intermediate report, from the client's I/O thread."""
-        self._report_callbacks.append(fn)
+        """``fn(trial, metric)`` on each intermediate report (those already here first), from the I/O thread."""
+        with self._backend._cond:
+            earlier = list(self._all_reports)
+            self._report_callbacks.append(fn)
+        for value in earlier:
+            fn(self, value)
 
     def add_done_callback(self, fn: DoneCallback) -> None:
         """``fn(trial)`` once the trial has finished (at once if it already has)."""
-        if self.done():
+        with self._backend._cond:
+            finished = self.done()
+            if not finished:
+                self._done_callbacks.append(fn)
+        if finished:
             fn(self)
-        else:
-            self._done_callbacks.append(fn)
 
 
 class Backend:

@@ -91,6 +91,7 @@ class Dispatcher:
         self._sock = self._ctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self._sock.setsockopt(zmq.SNDHWM, 100_000)  # a slow peer must not make the ROUTER drop its events
         self._sock.setsockopt(zmq.MAXMSGSIZE, config.max_message_bytes * 16)
         if config.curve:
             public, secret = server_certificate(config.home_dir)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import select
 import signal
 import socket
 import time
@@ -61,10 +62,12 @@ class _Trial:
     seq: int = 0
     reused: bool = False  # runs in the long-lived --reuse-process child
 
+    pipe: Any = None  # a select.poll() on the pipe, to drain it without building selectors
+
     @property
     def ended(self) -> bool:
-        """A reused process outlives its trial: the trial ends with its last message, not its exit."""
-        if self.reused and (self.returned or self.error is not None) and not self.kill_reason:
+        """The trial ends with its last message (fit returned or raised) or with its process."""
+        if (self.returned or self.error is not None) and not self.kill_reason:
             return True
         return not self.process.is_alive()
 
@@ -88,6 +91,9 @@ class Agent:
         self._reconnect_at: float | None = None
         self._reusable: tuple[Any, Connection, Connection] | None = None  # process, specs out, messages in
         self._waiting: Message | None = None  # a RUN whose blobs are still being fetched
+        self._exiting: list[tuple[Any, float]] = []  # finished trial processes still exiting, with a deadline
+        self._sent_at: dict[tuple[str, int, int], float] = {}
+        self._poller: tuple[Any, zmq.Poller] | None = None
         self.blobs = BlobStore(config.blobs_dir, config.blob_cache_bytes)
         self.fetcher = BlobFetcher(self.blobs, lambda req: self._send(MsgType.BLOB_GET, req, trial=req.digest))
 
@@ -116,6 +122,8 @@ class Agent:
                 self._supervise(now)
                 if now >= next_beat:
                     self._send(MsgType.HEARTBEAT)
+                    self._resend_stale(now)
+                    self._reap(now)
                     next_beat = now + self.config.heartbeat_interval
                 self._check_liveness(now)
         finally:
@@ -126,6 +134,8 @@ class Agent:
             self._kill(self.trial, "the worker is shutting down", hard=True)
             self.trial.process.join(timeout=5)
             self.trial = None
+        for process, _deadline in self._exiting:
+            process.join(timeout=5)
         if self._reusable is not None:
             process, specs, _messages = self._reusable
             specs.close()  # the child's recv() sees EOF and it exits
@@ -193,19 +203,43 @@ class Agent:
         trial.seq += 1
         message = Outgoing(type, body, trial.id, trial.attempt, trial.seq)
         self._unacked[(trial.id, trial.attempt, trial.seq)] = message
+        self._sent_at[(trial.id, trial.attempt, trial.seq)] = time.monotonic()
         self._raw_send(message.frames(self.session))
+
+    def _resend_stale(self, now: float) -> None:
+        """Re-send what stayed unacknowledged for a liveness window (a send dropped under load)."""
+        window = self.config.heartbeat_interval * self.config.liveness
+        for key, message in list(self._unacked.items())[:256]:
+            if now - self._sent_at.get(key, now) > window:
+                self._sent_at[key] = now
+                self._raw_send(message.frames(self.session))
+
+    def _reap(self, now: float) -> None:
+        for process, deadline in list(self._exiting):
+            if not process.is_alive():
+                process.join()
+                self._exiting.remove((process, deadline))
+            elif now > deadline:
+                _log.warning("trial process %d lingers after fit ended; killing it", process.pid)
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    process.kill()
 
     # ---- the loop's parts ----
 
     def _poll(self, timeout: float) -> None:
         if self._sock is None:
             return
-        poller = zmq.Poller()
-        poller.register(self._sock, zmq.POLLIN)
-        if self.trial is not None:
-            poller.register(self.trial.conn.fileno(), zmq.POLLIN)
-            poller.register(self.trial.process.sentinel, zmq.POLLIN)
-        ready = dict(poller.poll(timeout * 1000))
+        key = (self._sock, self.trial)
+        if self._poller is None or self._poller[0] != key:  # rebuilt only when the socket or trial changes
+            poller = zmq.Poller()
+            poller.register(self._sock, zmq.POLLIN)
+            if self.trial is not None:
+                poller.register(self.trial.conn.fileno(), zmq.POLLIN)
+                poller.register(self.trial.process.sentinel, zmq.POLLIN)
+            self._poller = (key, poller)
+        ready = dict(self._poller[1].poll(timeout * 1000))
         if self._sock in ready:
             self._read_socket()
         if self.trial is not None:
@@ -234,6 +268,7 @@ class Agent:
             self.fetcher.on_data(msg.body)
         elif msg.type is MsgType.ACK:
             self._unacked.pop((h.trial, h.attempt, h.seq), None)
+            self._sent_at.pop((h.trial, h.attempt, h.seq), None)
             if not msg.body.ok:
                 self.fetcher.give_up(h.trial, msg.body.reason)
         elif msg.type is MsgType.CANCEL:
@@ -326,8 +361,11 @@ class Agent:
         return process, reader
 
     def _read_pipe(self, trial: _Trial) -> None:
+        if trial.pipe is None:
+            trial.pipe = select.poll()
+            trial.pipe.register(trial.conn.fileno(), select.POLLIN)
         try:
-            while trial.conn.poll():
+            while trial.pipe.poll(0):
                 item = trial.conn.recv()
                 if item[0] == runner.MSG_REPORT:
                     self._reliable(MsgType.REPORT, Report(bool(item[1]), item[2]), trial)
@@ -358,6 +396,9 @@ class Agent:
             if self._reusable is not None and self._reusable[0] is trial.process:
                 self._reusable[1].close()
                 self._reusable = None
+        elif not trial.reused:  # fit is over; the process exits on its own, reaped later
+            trial.conn.close()
+            self._exiting.append((trial.process, now + self.config.kill_grace))
         self._ship_artifacts(trial)
         self._reliable(MsgType.DONE, self._outcome(trial, now), trial)
         self.trial = None
