@@ -35,6 +35,7 @@ __all__ = [
     "Empty",
     "Run",
     "Report",
+    "ReportBatch",
     "Done",
     "Cancel",
     "Submit",
@@ -73,6 +74,7 @@ class MsgType(IntEnum):
     BLOB_PUT = 18  # client -> dispatcher: a chunk of a blob (path = digest)
     BLOB_GET = 19  # worker -> dispatcher: send me this range of a blob
     BLOB_DATA = 20  # dispatcher -> worker: a chunk of a blob (path = digest)
+    REPORTS = 21  # worker -> dispatcher: several reports of one attempt (header seq = the last one)
 
 
 class Role(str, Enum):
@@ -143,6 +145,11 @@ class Run:
 class Report:
     final: bool
     value: Union[float, dict[str, float]]
+
+
+@dataclass(frozen=True)
+class ReportBatch:
+    items: list[list[Any]]  # [[seq, final, value], ...] in order
 
 
 @dataclass(frozen=True)
@@ -247,6 +254,7 @@ BODY_TYPES: dict[MsgType, type] = {
     MsgType.BLOB_PUT: FileChunk,
     MsgType.BLOB_GET: BlobRequest,
     MsgType.BLOB_DATA: FileChunk,
+    MsgType.REPORTS: ReportBatch,
 }
 
 

@@ -36,6 +36,7 @@ from retia.protocol import (
     Hello,
     Message,
     MsgType,
+    Report,
     Role,
     Run,
     Session,
@@ -219,6 +220,8 @@ class Dispatcher:
             self._on_ready(identity)
         elif kind is MsgType.REPORT:
             self._on_report(identity, msg)
+        elif kind is MsgType.REPORTS:
+            self._on_reports(identity, msg)
         elif kind is MsgType.DONE:
             self._on_done(identity, msg)
         elif kind is MsgType.FILE:
@@ -352,6 +355,17 @@ class Dispatcher:
         rec = self._current(identity, msg)
         if rec is not None and self.journal.add_report(h.trial, h.attempt, h.seq, msg.body.final, msg.payload):
             self._event(rec, MsgType.REPORT, msg.payload)
+        self._send(identity, MsgType.ACK, Ack(), trial=h.trial, attempt=h.attempt, seq=h.seq)
+
+    def _on_reports(self, identity: bytes, msg: Message) -> None:
+        """A burst of reports: each stored once and relayed to the client as its own event."""
+        h = msg.header
+        rec = self._current(identity, msg)
+        if rec is not None:
+            for seq, final, value in msg.body.items:
+                body = self.session.pack_body(Report(bool(final), value))
+                if self.journal.add_report(h.trial, h.attempt, int(seq), bool(final), body):
+                    self._event(rec, MsgType.REPORT, body)
         self._send(identity, MsgType.ACK, Ack(), trial=h.trial, attempt=h.attempt, seq=h.seq)
 
     def _on_done(self, identity: bytes, msg: Message) -> None:

@@ -30,7 +30,19 @@ import zmq
 from retia.blobs import BlobStore
 from retia.curve import secure_client
 from retia.errors import AuthenticationError, ProtocolError
-from retia.protocol import Done, FileChunk, Hello, Message, MsgType, Outgoing, Report, Role, Session, TrialState
+from retia.protocol import (
+    Done,
+    FileChunk,
+    Hello,
+    Message,
+    MsgType,
+    Outgoing,
+    Report,
+    ReportBatch,
+    Role,
+    Session,
+    TrialState,
+)
 
 from . import runner
 from .config import WorkerConfig
@@ -41,6 +53,7 @@ __all__ = ["Agent"]
 _log = logging.getLogger(__name__)
 _CHUNK = 1 << 20
 _LOG_TAIL_LINES = 50
+_MAX_BATCH = 512
 
 
 @dataclass
@@ -364,17 +377,25 @@ class Agent:
         if trial.pipe is None:
             trial.pipe = select.poll()
             trial.pipe.register(trial.conn.fileno(), select.POLLIN)
+        reports: list[tuple[bool, Any]] = []
         try:
-            while trial.pipe.poll(0):
+            while len(reports) < _MAX_BATCH and trial.pipe.poll(0):
                 item = trial.conn.recv()
                 if item[0] == runner.MSG_REPORT:
-                    self._reliable(MsgType.REPORT, Report(bool(item[1]), item[2]), trial)
+                    reports.append((bool(item[1]), item[2]))
                 elif item[0] == runner.MSG_ERROR:
                     trial.error = (item[1], item[2], item[3])
                 elif item[0] == runner.MSG_DONE:
                     trial.returned = True
         except (EOFError, OSError):
             pass  # the process is gone; its exit status tells the rest
+        if len(reports) == 1:
+            self._reliable(MsgType.REPORT, Report(*reports[0]), trial)
+        elif reports:  # a burst: one message, one acknowledgement, one journal transaction
+            first = trial.seq + 1
+            trial.seq += len(reports) - 1
+            items = [[first + i, final, value] for i, (final, value) in enumerate(reports)]
+            self._reliable(MsgType.REPORTS, ReportBatch(items), trial)
 
     def _supervise(self, now: float) -> None:
         self._start_waiting()
