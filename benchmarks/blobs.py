@@ -54,6 +54,7 @@ from retia.reporting import CollectingReporter, use_reporter
 from retia.serializer import dump
 from rich.console import Console
 from rich.table import Table
+from _tables import to_markdown  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 MiB = 1 << 20
 
@@ -358,20 +359,6 @@ def detail_table(results: list[ModeResult]) -> Table:
             table.add_row(r.label, "fit reads the tensor (data.sum()), p50", f"{statistics.median(touches) * 1000:.0f} ms")
         table.add_section()
     return table
-
-
-def to_markdown(table: Table) -> str:
-    """A rich table as a Markdown table (markup stripped), for docs/benchmarks.md."""
-    from rich.text import Text
-
-    def plain(cell: Any) -> str:
-        return Text.from_markup(str(cell)).plain.replace("|", "\\|")
-
-    headers = [plain(c.header) for c in table.columns]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    for i in range(table.row_count):
-        lines.append("| " + " | ".join(plain(c._cells[i]) for c in table.columns) + " |")
-    return "\n".join(lines)
 
 
 # ---- entry point ----

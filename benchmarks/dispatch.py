@@ -46,6 +46,7 @@ from retia.protocol import MsgType, TrialState
 from retia.reporting import CollectingReporter, use_reporter
 from rich.console import Console
 from rich.table import Table
+from _tables import to_markdown  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 # ---- the fit functions (defined in __main__, so they travel cloudpickled, as a user's would) ----
 
@@ -480,20 +481,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.reports, args.throughput_trials, args.throughput_reports = 200, 2, 2000
     args.worker_args = [shlex.split(a) for a in (args.worker_args or [""])]
     return args
-
-
-def to_markdown(table: Table) -> str:
-    """The rich table as a Markdown table (markup stripped), for docs/benchmarks.md."""
-    from rich.text import Text
-
-    def plain(cell: Any) -> str:
-        return Text.from_markup(str(cell)).plain.replace("|", "\\|")
-
-    headers = [plain(c.header) for c in table.columns]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    for i in range(table.row_count):
-        lines.append("| " + " | ".join(plain(c._cells[i]) for c in table.columns) + " |")
-    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
