@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -67,18 +69,26 @@ def test_failure_carries_type_message_traceback_and_log(cluster: Backend) -> Non
     assert trial.attempt == 1  # a user error is not retried
 
 
-def test_status_command_shows_workers_and_counts(cluster: Backend) -> None:
-    proc = processes_key = cluster.cluster.key_file  # type: ignore[attr-defined]
-    out = subprocess.run(
-        [sys.executable, "-m", "retia.cli", "status", cluster.address, "--key-file", str(processes_key), "--json"],
-        capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
-    import json
-
+def test_status_command_shows_workers_and_counts_while_trials_run(cluster: Backend) -> None:
+    busy = [cluster.submit(fits.DigitsMLP, FunctionalEvaluator(fits.hanging)) for _ in range(2)]
+    deadline = time.monotonic() + 60
+    while not all(t.state is TrialState.RUNNING for t in busy):
+        assert time.monotonic() < deadline, "the trials never started"
+        time.sleep(0.05)
+    key_file = str(cluster.cluster.key_file)  # type: ignore[attr-defined]
+    status_cmd = [sys.executable, "-m", "retia.cli", "status", cluster.address, "--key-file", key_file]
+    out = subprocess.run([*status_cmd, "--json"], capture_output=True, text=True, timeout=60, check=True)
     status = json.loads(out.stdout)
-    assert len(status["workers"]) == 2
+    assert sorted(w["state"] for w in status["workers"]) == ["busy", "busy"]
+    assert {w["trial"] for w in status["workers"]} == {t.id for t in busy}
+    assert status["trials"]["RUNNING"] == 2
     assert status["trials"]["SUCCEEDED"] == sum(t.state is TrialState.SUCCEEDED for t in cluster.trials.values())
-    assert proc
+    table = subprocess.run(status_cmd, capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "busy" in table and "running 2" in table
+    for trial in busy:
+        trial.cancel()
+    wait(busy, timeout=60)
+    assert all(t.state is TrialState.CANCELLED for t in busy)
 
 
 def test_a_classification_trial_and_a_model_space_trial(cluster: Backend) -> None:
