@@ -31,6 +31,7 @@ __all__ = [
     "Outgoing",
     "Session",
     "Hello",
+    "Ready",
     "Welcome",
     "Empty",
     "Run",
@@ -122,6 +123,11 @@ class Hello:
     running: list[list[Any]] = field(default_factory=list)  # [[trial, attempt], ...] still running
     last_event: int = 0  # clients: highest event seq already received
     version: str = ""
+
+
+@dataclass(frozen=True)
+class Ready:
+    last_run: str = ""  # the last trial this worker was given: a READY sent before a RUN arrived is stale
 
 
 @dataclass(frozen=True)
@@ -236,7 +242,7 @@ class FileChunk:
 BODY_TYPES: dict[MsgType, type] = {
     MsgType.HELLO: Hello,
     MsgType.WELCOME: Welcome,
-    MsgType.READY: Empty,
+    MsgType.READY: Ready,
     MsgType.RUN: Run,
     MsgType.REPORT: Report,
     MsgType.DONE: Done,

@@ -36,6 +36,7 @@ from retia.protocol import (
     Hello,
     Message,
     MsgType,
+    Ready,
     Report,
     Role,
     Run,
@@ -217,7 +218,7 @@ class Dispatcher:
         elif kind is MsgType.HEARTBEAT:
             pass
         elif kind is MsgType.READY:
-            self._on_ready(identity)
+            self._on_ready(identity, msg.body)
         elif kind is MsgType.REPORT:
             self._on_report(identity, msg)
         elif kind is MsgType.REPORTS:
@@ -328,8 +329,10 @@ class Dispatcher:
         last = req.offset + len(data) >= size
         self._send(identity, MsgType.BLOB_DATA, FileChunk(req.digest, req.offset, data, last), trial=req.digest)
 
-    def _on_ready(self, identity: bytes) -> None:
+    def _on_ready(self, identity: bytes, ready: Ready) -> None:
         worker = self.workers[identity]
+        if worker.trial and ready.last_run != worker.trial:
+            return  # sent before our RUN reached it (a HELLO repeated after RESETs): it is busy now
         if worker.trial:
             rec = self.trials.get(worker.trial)
             worker.trial = ""

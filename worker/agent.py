@@ -37,6 +37,7 @@ from retia.protocol import (
     Message,
     MsgType,
     Outgoing,
+    Ready,
     Report,
     ReportBatch,
     Role,
@@ -104,6 +105,7 @@ class Agent:
         self._reconnect_at: float | None = None
         self._reusable: tuple[Any, Connection, Connection] | None = None  # process, specs out, messages in
         self._waiting: Message | None = None  # a RUN whose blobs are still being fetched
+        self._last_run = ""
         self._exiting: list[tuple[Any, float]] = []  # finished trial processes still exiting, with a deadline
         self._sent_at: dict[tuple[str, int, int], float] = {}
         self._poller: tuple[Any, zmq.Poller] | None = None
@@ -188,7 +190,7 @@ class Agent:
             self._raw_send(message.frames(self.session))
         self.fetcher.resume()
         if self.trial is None and self._waiting is None:
-            self._send(MsgType.READY)
+            self._send(MsgType.READY, Ready(self._last_run))
 
     def _check_liveness(self, now: float) -> None:
         silent = now - self._last_heard
@@ -303,6 +305,7 @@ class Agent:
             _log.error("RUN for %s while busy; refusing it", h.trial)
             self._send(MsgType.DONE, Done(TrialState.FAILED.value, "worker was busy"), trial=h.trial, attempt=h.attempt)
             return
+        self._last_run = h.trial
         if run.blobs:
             self.fetcher.need(run.blobs)
             if not self.fetcher.ready(run.blobs):
@@ -330,7 +333,7 @@ class Agent:
         message = Outgoing(MsgType.DONE, done, h.trial, h.attempt, 1)
         self._unacked[(h.trial, h.attempt, 1)] = message
         self._raw_send(message.frames(self.session))
-        self._send(MsgType.READY)
+        self._send(MsgType.READY, Ready(self._last_run))
 
     def _launch(self, msg: Message) -> None:
         h, run = msg.header, msg.body
@@ -423,7 +426,7 @@ class Agent:
         self._ship_artifacts(trial)
         self._reliable(MsgType.DONE, self._outcome(trial, now), trial)
         self.trial = None
-        self._send(MsgType.READY)
+        self._send(MsgType.READY, Ready(self._last_run))
 
     def _outcome(self, trial: _Trial, now: float) -> Done:
         code = trial.process.exitcode
