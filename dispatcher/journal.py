@@ -151,6 +151,12 @@ class Journal:
         )
         return cur.rowcount == 1
 
+    def has_final(self, trial: str, attempt: int) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM reports WHERE trial = ? AND attempt = ? AND final = 1 LIMIT 1", (trial, attempt)
+        ).fetchone()
+        return row is not None
+
     def reports(self, trial: str) -> list[tuple[int, int, bool, bytes]]:
         rows = self._db.execute(
             "SELECT attempt, seq, final, value FROM reports WHERE trial = ? ORDER BY attempt, seq", (trial,)

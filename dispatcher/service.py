@@ -429,7 +429,10 @@ class Dispatcher:
     def _lost(self, rec: TrialRecord, reason: str) -> None:
         """The attempt's worker is gone: re-queue as a new attempt, or fail when retries are spent."""
         rec.reason = reason
-        if rec.cancel_requested:
+        if self.journal.has_final(rec.id, rec.attempt):  # its result is in: running it again would report twice
+            rec.reason = f"{reason} after its final result was stored"
+            self._finish(rec, TrialState.SUCCEEDED)
+        elif rec.cancel_requested:
             self._finish(rec, TrialState.CANCELLED)
         elif rec.attempt <= rec.max_retries:
             rec.state, rec.worker = TrialState.QUEUED, ""
