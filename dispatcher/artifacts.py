@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path, PurePosixPath
 
@@ -35,6 +36,7 @@ class ArtifactStore:
         return True
 
 
+@functools.lru_cache(maxsize=1 << 16)  # every STATE event of every trial names its directory
 def _safe_name(name: str) -> str:
     cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     return cleaned.strip(".") or "_"
