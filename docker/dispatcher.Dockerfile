@@ -1,5 +1,5 @@
 # retia dispatcher image: slim, no torch. The dispatcher forwards opaque bytes and never
-# imports torch or pytorch_lightning (tests/integration/test_deploy_files.py checks this).
+# imports torch or pytorch_lightning (tests/deploy/ checks this).
 #
 # Build from the repository root:
 #   docker build -f docker/dispatcher.Dockerfile -t retia-dispatcher:0.1.0 .
