@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,7 +34,9 @@ def dispatcher(tmp_path: Path) -> Iterator[Dispatcher]:
 
 
 def _receive(sock: zmq.Socket, session: Session, wanted: MsgType, timeout_ms: int = 5000) -> Message | None:
-    while sock.poll(timeout_ms):
+    """The next `wanted` message within `timeout_ms` in all; heartbeats in between do not extend the wait."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    while (left := deadline - time.monotonic()) > 0 and sock.poll(int(left * 1000)):
         msg = session.parse(sock.recv_multipart())
         sock.send_multipart(session.frames(MsgType.HEARTBEAT))  # stay alive while we wait
         if msg.type is wanted:
@@ -41,12 +44,17 @@ def _receive(sock: zmq.Socket, session: Session, wanted: MsgType, timeout_ms: in
     return None
 
 
-def test_a_stale_ready_does_not_take_a_running_trial_away(dispatcher: Dispatcher) -> None:
-    ctx = zmq.Context()
-    worker = ctx.socket(zmq.DEALER)
-    worker.setsockopt(zmq.IDENTITY, b"w1")
-    worker.setsockopt(zmq.LINGER, 0)
-    worker.connect(dispatcher.address)
+@pytest.fixture
+def worker(dispatcher: Dispatcher) -> Iterator[zmq.Socket]:
+    """A hand-driven worker socket, so the test decides exactly when READY and DONE arrive."""
+    with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as sock:
+        sock.setsockopt(zmq.IDENTITY, b"w1")
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(dispatcher.address)
+        yield sock
+
+
+def test_a_stale_ready_does_not_take_a_running_trial_away(dispatcher: Dispatcher, worker: zmq.Socket) -> None:
     session = Session(KEY, "w1")
     worker.send_multipart(session.frames(MsgType.HELLO, Hello("worker", "w1")))
     worker.send_multipart(session.frames(MsgType.READY, Ready("")))
@@ -64,5 +72,3 @@ def test_a_stale_ready_does_not_take_a_running_trial_away(dispatcher: Dispatcher
         run = _receive(worker, session, MsgType.RUN)
         assert run is not None and run.header.trial == second.id  # now it gets the next one
         assert first.result(timeout=10) is None and first.attempt == 1
-    worker.close()
-    ctx.term()

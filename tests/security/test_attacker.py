@@ -7,6 +7,7 @@ never appears.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import stat
@@ -57,13 +58,18 @@ def marker(tmp_path: Path) -> Iterator[Path]:
     assert not path.exists(), "a payload was deserialized"
 
 
-def _attacker(address: str, identity: bytes = b"mallory") -> tuple[zmq.Context, zmq.Socket]:
+@contextlib.contextmanager
+def _attacker(address: str, identity: bytes = b"mallory") -> Iterator[zmq.Socket]:
+    """A raw DEALER on its own context, closed even when the test fails."""
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 5000)
+    sock.setsockopt(zmq.LINGER, 5000)  # what was sent is delivered on close; a failed test waits 5 s at most
     sock.setsockopt(zmq.IDENTITY, identity)
     sock.connect(address)
-    return ctx, sock
+    try:
+        yield sock
+    finally:
+        ctx.destroy()
 
 
 def _still_serves(backend: Backend) -> None:
@@ -81,28 +87,26 @@ def _evil_submit(session: Session, marker: Path, trial: str) -> list[bytes]:
 
 
 def test_every_kind_of_bad_message_is_dropped_logged_and_never_decoded(target: Backend, marker: Path) -> None:
-    ctx, sock = _attacker(target.address)
-    good = Session(target.key, "mallory")
-    wrong = Session(b"guessed-key-guessed-key-guessed", "mallory")
-    frames = _evil_submit(good, marker, "evil-1")
-    attacks = {
-        "wrong key": _evil_submit(wrong, marker, "evil-2"),
-        "no signature": [frames[0], b"", *frames[2:]],
-        "flipped bit": [*frames[:3], frames[3][:-1] + bytes([frames[3][-1] ^ 1])],
-        "wrong version": [b"retia/0", *frames[1:]],
-        "truncated": frames[:2],
-        "random bytes": [os.urandom(64) for _ in range(4)],
-    }
-    for attack in attacks.values():
-        sock.send_multipart(attack)
-    header = msgpack.packb([99, "", 0, 0, "mallory", 0.0])
-    payload = pickle.dumps(_Marker(marker))
-    sock.send_multipart([VERSION, good.sign(header, payload), header, payload])  # signed, unknown type
-    big = good.frames(MsgType.REPORT, Report(True, 1.0))
-    big[3] = b"\x00" * (100 << 20)  # a 100 MB frame
-    sock.send_multipart(big)
-    sock.close()
-    ctx.term()
+    with _attacker(target.address) as sock:
+        good = Session(target.key, "mallory")
+        wrong = Session(b"guessed-key-guessed-key-guessed", "mallory")
+        frames = _evil_submit(good, marker, "evil-1")
+        attacks = {
+            "wrong key": _evil_submit(wrong, marker, "evil-2"),
+            "no signature": [frames[0], b"", *frames[2:]],
+            "flipped bit": [*frames[:3], frames[3][:-1] + bytes([frames[3][-1] ^ 1])],
+            "wrong version": [b"retia/0", *frames[1:]],
+            "truncated": frames[:2],
+            "random bytes": [os.urandom(64) for _ in range(4)],
+        }
+        for attack in attacks.values():
+            sock.send_multipart(attack)
+        header = msgpack.packb([99, "", 0, 0, "mallory", 0.0])
+        payload = pickle.dumps(_Marker(marker))
+        sock.send_multipart([VERSION, good.sign(header, payload), header, payload])  # signed, unknown type
+        big = good.frames(MsgType.REPORT, Report(True, 1.0))
+        big[3] = b"\x00" * (100 << 20)  # a 100 MB frame
+        sock.send_multipart(big)
 
     _still_serves(target)
     log = _log(target)
@@ -113,28 +117,24 @@ def test_every_kind_of_bad_message_is_dropped_logged_and_never_decoded(target: B
 
 
 def test_a_replayed_message_is_refused(target: Backend) -> None:
-    ctx, sock = _attacker(target.address, b"replayer")
-    frames = Session(target.key, "replayer").frames(MsgType.STATUS)
-    sock.send_multipart(frames)
-    assert sock.poll(10_000), "the first STATUS got no answer"
-    sock.recv_multipart()
-    sock.send_multipart(frames)  # the very same signed bytes again
-    assert not sock.poll(1_500), "a replayed message was answered"
-    sock.close()
-    ctx.term()
+    with _attacker(target.address, b"replayer") as sock:
+        frames = Session(target.key, "replayer").frames(MsgType.STATUS)
+        sock.send_multipart(frames)
+        assert sock.poll(10_000), "the first STATUS got no answer"
+        sock.recv_multipart()
+        sock.send_multipart(frames)  # the very same signed bytes again
+        assert not sock.poll(1_500), "a replayed message was answered"
     assert "replayed message" in _log(target)
     _still_serves(target)
 
 
 def test_the_dispatcher_never_unpickles_even_signed_payloads(target: Backend, marker: Path) -> None:
-    ctx, sock = _attacker(target.address, b"insider")
-    sock.send_multipart(_evil_submit(Session(target.key, "insider"), marker, "signed-evil"))
-    replies = []
-    while sock.poll(2_000):
-        replies.append(Session(target.key, "x").parse(sock.recv_multipart()))
-    assert (MsgType.ACK, "signed-evil") in {(m.type, m.header.trial) for m in replies}  # stored, opaque
-    sock.close()
-    ctx.term()
+    with _attacker(target.address, b"insider") as sock:
+        sock.send_multipart(_evil_submit(Session(target.key, "insider"), marker, "signed-evil"))
+        replies = []
+        while sock.poll(2_000):
+            replies.append(Session(target.key, "x").parse(sock.recv_multipart()))
+        assert (MsgType.ACK, "signed-evil") in {(m.type, m.header.trial) for m in replies}  # stored, opaque
     # The worker runs it: raw pickle is not a retia payload, so retia.load refuses it unread.
     deadline = time.monotonic() + 60
     while "signed-evil FAILED" not in _log(target):
