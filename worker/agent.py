@@ -104,6 +104,7 @@ class Agent:
         self._backoff = config.reconnect_min
         self._reconnect_at: float | None = None
         self._reusable: tuple[Any, Connection, Connection] | None = None  # process, specs out, messages in
+        self._spare: tuple[Any, Connection, Connection] | None = None  # a fresh process forked ahead of time
         self._waiting: Message | None = None  # a RUN whose blobs are still being fetched
         self._last_run = ""
         self._exiting: list[tuple[Any, float]] = []  # finished trial processes still exiting, with a deadline
@@ -128,6 +129,7 @@ class Agent:
 
     def run(self) -> None:
         self.warm_up()
+        self._start_spare()
         self._connect()
         next_beat = time.monotonic()
         try:
@@ -151,6 +153,14 @@ class Agent:
             self.trial = None
         for process, _deadline in self._exiting:
             process.join(timeout=5)
+        if self._spare is not None:
+            process, specs, messages = self._spare
+            specs.close()  # it sees EOF and exits
+            messages.close()
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+                process.join()
         if self._reusable is not None:
             process, specs, _messages = self._reusable
             specs.close()  # the child's recv() sees EOF and it exits
@@ -351,6 +361,11 @@ class Agent:
         if self.config.reuse_process and self._reusable is not None and self._reusable[0].is_alive():
             process, specs, reader = self._reusable
             specs.send(spec)
+        elif self._spare is not None and self._spare[0].is_alive():
+            process, specs, reader = self._spare
+            self._spare = None
+            specs.send(spec)
+            specs.close()
         else:
             process, reader = self._spawn(spec)
         now = time.monotonic()
@@ -359,6 +374,23 @@ class Agent:
         self.trial.reused = self.config.reuse_process
         self.trial.max_artifact_bytes = min(run.max_artifact_bytes, self.config.max_artifact_bytes)
         _log.info("trial %s attempt %d started (pid %d)", h.trial, h.attempt, process.pid)
+        self._start_spare()
+
+    def _start_spare(self) -> None:
+        """Fork the next trial's process now, while its trial is not waiting: a RUN then starts at once."""
+        if self.config.reuse_process or (self._spare is not None and self._spare[0].is_alive()):
+            return
+        if self._spare is not None:  # it died while waiting (killed from outside): replace it
+            self._spare[0].join()
+            self._spare[1].close()
+            self._spare[2].close()
+        reader, writer = self._mp.Pipe(duplex=False)
+        spec_reader, spec_writer = self._mp.Pipe(duplex=False)
+        process = self._mp.Process(target=runner.await_trial, args=(spec_reader, writer), name="retia-trial-spare")
+        process.start()
+        writer.close()
+        spec_reader.close()
+        self._spare = (process, spec_writer, reader)
 
     def _spawn(self, spec: runner.TrialSpec) -> tuple[Any, Connection]:
         """Fork a trial process from the fork server (a long-lived one with --reuse-process)."""

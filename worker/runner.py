@@ -18,7 +18,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TrialSpec", "run_trial", "serve_trials", "warm_up", "MSG_REPORT", "MSG_ERROR", "MSG_DONE"]
+__all__ = ["TrialSpec", "run_trial", "await_trial", "serve_trials", "warm_up", "MSG_REPORT", "MSG_ERROR", "MSG_DONE"]
 
 MSG_REPORT, MSG_ERROR, MSG_DONE = "report", "error", "done"
 
@@ -54,6 +54,18 @@ def warm_up() -> None:
 
 def run_trial(spec: TrialSpec, conn: Connection) -> None:
     """Run one trial in this fresh process, then exit."""
+    _become_trial_process(spec)
+    _evaluate(spec, conn)
+    conn.close()
+
+
+def await_trial(specs: Connection, conn: Connection) -> None:
+    """A spare, forked ahead of time: waits for one trial, runs it in this fresh process, exits."""
+    try:
+        spec = specs.recv()
+    except EOFError:
+        return  # the agent stopped (or died) before it needed us
+    specs.close()
     _become_trial_process(spec)
     _evaluate(spec, conn)
     conn.close()
