@@ -56,7 +56,7 @@ from retia import FunctionalEvaluator
 from retia.dispatcher.client import Backend, Trial, connect, query_status
 from retia.errors import AuthenticationError, ProtocolError
 from retia.keys import load_key
-from retia.protocol import Done, Hello, MsgType, Report, Role, Session, TrialState
+from retia.protocol import Done, Hello, MsgType, Role, Session, TrialState
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -219,9 +219,9 @@ class Simulator:
         if msg.type is MsgType.RUN:
             now = time.monotonic()
             self.result.latencies.append((worker.ready_at, now - worker.ready_at))
-            self.send(worker, MsgType.REPORT, Report(True, 0.0), trial=h.trial, attempt=h.attempt, seq=1)
-            self.send(worker, MsgType.DONE, Done(TrialState.SUCCEEDED.value), trial=h.trial, attempt=h.attempt, seq=2)
-            self.ready(worker)
+            done = Done(TrialState.SUCCEEDED.value, reports=[[1, True, 0.0]])  # as a real worker: DONE is also READY
+            self.send(worker, MsgType.DONE, done, trial=h.trial, attempt=h.attempt, seq=2)
+            worker.ready_at = time.monotonic()
         elif msg.type is MsgType.RESET:
             self.hello(worker)
 

@@ -37,6 +37,8 @@ __all__ = [
     "Run",
     "Report",
     "ReportBatch",
+    "AckBatch",
+    "EventBatch",
     "Done",
     "Cancel",
     "Submit",
@@ -76,6 +78,8 @@ class MsgType(IntEnum):
     BLOB_GET = 19  # worker -> dispatcher: send me this range of a blob
     BLOB_DATA = 20  # dispatcher -> worker: a chunk of a blob (path = digest)
     REPORTS = 21  # worker -> dispatcher: several reports of one attempt (header seq = the last one)
+    ACKS = 22  # dispatcher -> sender: the acknowledgements one batch produced, in one message
+    EVENTS = 23  # dispatcher -> client: the REPORT and STATE events one batch produced, in order
 
 
 class Role(str, Enum):
@@ -160,6 +164,8 @@ class ReportBatch:
 
 @dataclass(frozen=True)
 class Done:
+    """The attempt ended. It also says the worker is free, and carries the reports still unsent."""
+
     state: str
     reason: str = ""
     exc_type: str = ""
@@ -167,6 +173,7 @@ class Done:
     traceback: str = ""
     log_tail: str = ""
     duration: float = 0.0
+    reports: list[list[Any]] = field(default_factory=list)  # [[seq, final, value], ...], stored before the outcome
 
 
 @dataclass(frozen=True)
@@ -196,6 +203,16 @@ class BlobRequest:
 class Ack:
     ok: bool = True
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class AckBatch:
+    items: list[list[Any]]  # [[trial, attempt, seq], ...]: each stored, as a positive ACK would say
+
+
+@dataclass(frozen=True)
+class EventBatch:
+    items: list[list[Any]]  # [[type, trial, attempt, event seq, packed body], ...] in event order
 
 
 @dataclass(frozen=True)
@@ -261,6 +278,8 @@ BODY_TYPES: dict[MsgType, type] = {
     MsgType.BLOB_GET: BlobRequest,
     MsgType.BLOB_DATA: FileChunk,
     MsgType.REPORTS: ReportBatch,
+    MsgType.ACKS: AckBatch,
+    MsgType.EVENTS: EventBatch,
 }
 
 
@@ -302,6 +321,9 @@ def _from_wire(cls: type, values: list[Any]) -> Any:
         dispatcher_id, workers, counts, uptime, bytes_sent = values
         return StatusReply(dispatcher_id, [WorkerInfo(*w) for w in workers], counts, uptime, bytes_sent)
     return cls(*values)
+
+
+_DECODE_ERRORS = (ValueError, TypeError, KeyError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError)
 
 
 class Session:
@@ -360,12 +382,22 @@ class Session:
             self._remember(bytes(signature))
         try:
             type_, trial, attempt, seq, sender, sent = msgpack.unpackb(header, raw=False)
+        except _DECODE_ERRORS as exc:
+            raise ProtocolError(f"undecodable message: {type(exc).__name__}: {exc}") from exc
+        return self.decode(type_, trial, attempt, seq, bytes(payload), sender, sent)
+
+    @staticmethod
+    def decode(
+        type_: int, trial: str, attempt: int, seq: int, payload: bytes, sender: str = "", sent: float = 0.0
+    ) -> Message:
+        """Decode one message whose bytes were already checked (also each item of an EVENTS batch)."""
+        try:
             msg_type = MsgType(type_)
             values = msgpack.unpackb(payload, raw=False, strict_map_key=False)
             body = _from_wire(BODY_TYPES[msg_type], values)
-            header_ = Header(msg_type, str(trial), int(attempt), int(seq), str(sender), float(sent))
-            return Message(header_, body, bytes(payload))
-        except (ValueError, TypeError, KeyError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+            header = Header(msg_type, str(trial), int(attempt), int(seq), str(sender), float(sent))
+            return Message(header, body, payload)
+        except _DECODE_ERRORS as exc:
             raise ProtocolError(f"undecodable message: {type(exc).__name__}: {exc}") from exc
 
     def _remember(self, signature: bytes) -> None:

@@ -366,7 +366,10 @@ class Backend:
 
     def _handle(self, msg: Message) -> None:
         h = msg.header
-        if msg.type is MsgType.ACK:
+        if msg.type is MsgType.ACKS:
+            for trial, _attempt, seq in msg.body.items:
+                self._unacked.pop((trial, seq), None)
+        elif msg.type is MsgType.ACK:
             self._unacked.pop((h.trial, h.seq), None)
             if not msg.body.ok:
                 _log.error("the dispatcher refused a message about %s: %s", h.trial, msg.body.reason)
@@ -377,6 +380,15 @@ class Backend:
             self._outgoing.put(Outgoing(MsgType.HELLO, hello))
             for message in list(self._unacked.values()):
                 self._outgoing.put(message)
+        elif msg.type is MsgType.EVENTS:
+            for kind, trial, attempt, seq, payload in msg.body.items:
+                try:
+                    event = self._session.decode(kind, trial, attempt, seq, payload)
+                except RetiaError as exc:
+                    _log.warning("dropped an event from the dispatcher: %s", exc)
+                    continue
+                if event.type in (MsgType.REPORT, MsgType.STATE):
+                    self._handle(event)
         elif msg.type in (MsgType.REPORT, MsgType.STATE):
             if h.seq <= self.last_event:
                 return  # already applied (a replay after reconnect)

@@ -3,14 +3,15 @@
 Data flow (one thread, one loop)::
 
     client --SUBMIT/CANCEL-->  +------------+  --RUN/CANCEL-->  worker agent
-    client <--REPORT/STATE---  | dispatcher |  <--REPORT/DONE-- worker agent
+    client <--EVENTS/ACKS----  | dispatcher |  <--REPORT/DONE-- worker agent
                                +-----+------+
                                      | every change, before its ACK
                                   journal (SQLite, WAL)
 
 Each loop turn reads a batch of messages, applies them to the in-memory state and the
-journal, commits once, then sends the queued replies (ACKs, events, RUNs). User payloads
-are opaque bytes here: the dispatcher never loads them.
+journal, commits once, then sends the queued replies: one ACKS message per peer and one
+EVENTS message per client for the whole batch, then RUNs. User payloads are opaque bytes
+here: the dispatcher never loads them.
 """
 
 from __future__ import annotations
@@ -30,8 +31,11 @@ from retia.blobs import CHUNK as BLOB_CHUNK
 from retia.blobs import BlobStore
 from retia.protocol import (
     Ack,
+    AckBatch,
     BlobRequest,
     Cancel,
+    Done,
+    EventBatch,
     FileChunk,
     Hello,
     Message,
@@ -57,6 +61,8 @@ __all__ = ["Dispatcher"]
 
 _log = logging.getLogger(__name__)
 _BATCH = 512
+_EVENTS_PER_MESSAGE = 1024
+_EVENT_BYTES_PER_MESSAGE = 1 << 20  # well under any peer's message size limit
 
 
 @dataclass
@@ -108,6 +114,8 @@ class Dispatcher:
         self.idle: deque[bytes] = deque()
         self._orphans: dict[str, float] = {}  # RUNNING at restart: trial -> adoption deadline
         self._outbox: list[list[bytes]] = []
+        self._acks: dict[bytes, list[list[object]]] = {}  # peer -> [[trial, attempt, seq], ...] of this batch
+        self._events: dict[bytes, list[list[object]]] = {}  # client -> [[type, trial, attempt, seq, body], ...]
         self._dropped: dict[bytes, int] = {}
         self._stopping = False
         self._started = time.monotonic()
@@ -190,9 +198,24 @@ class Dispatcher:
     def _send(self, identity: bytes, type: MsgType, body: object = None, **header: object) -> None:
         self._outbox.append([identity, *self.session.frames(type, body, **header)])  # type: ignore[arg-type]
 
+    def _ack(self, identity: bytes, msg: Message) -> None:
+        """Acknowledge a stored message; a batch's acknowledgements to one peer leave as one ACKS."""
+        h = msg.header
+        self._acks.setdefault(identity, []).append([h.trial, h.attempt, h.seq])
+
     def _flush(self) -> None:
         """Send what the last batch produced; called only after the journal commit."""
         self.journal.commit()
+        for identity, acks in self._acks.items():
+            if len(acks) == 1:
+                trial, attempt, seq = acks[0]
+                self._send(identity, MsgType.ACK, Ack(), trial=trial, attempt=attempt, seq=seq)
+            else:
+                self._send(identity, MsgType.ACKS, AckBatch(acks))
+        self._acks.clear()
+        for identity, events in self._events.items():
+            self._send_events(identity, events)
+        self._events.clear()
         for frames in self._outbox:
             try:
                 self._sock.send_multipart(frames, zmq.NOBLOCK)
@@ -200,6 +223,20 @@ class Dispatcher:
             except zmq.Again:
                 _log.warning("send queue full for peer %r; message dropped (it will be re-sent)", frames[0])
         self._outbox.clear()
+
+    def _send_events(self, identity: bytes, events: list[list[object]]) -> None:
+        """Events to one client, in order: alone as REPORT/STATE, or several to an EVENTS message."""
+        if len(events) == 1:
+            kind, trial, attempt, seq, body = events[0]
+            frames = self.session.frames_raw(MsgType(kind), body, trial=trial, attempt=attempt, seq=seq)  # type: ignore[arg-type]
+            self._outbox.append([identity, *frames])
+            return
+        start, size = 0, 0
+        for i, event in enumerate(events):
+            size += len(event[4])  # type: ignore[arg-type]
+            if i + 1 == len(events) or i + 1 - start == _EVENTS_PER_MESSAGE or size >= _EVENT_BYTES_PER_MESSAGE:
+                self._send(identity, MsgType.EVENTS, EventBatch(events[start : i + 1]))
+                start, size = i + 1, 0
 
     # ---- message handling ----
 
@@ -231,7 +268,7 @@ class Dispatcher:
             self._on_blob_get(identity, msg.body)
         elif kind is MsgType.CANCEL:
             self._on_cancel(msg.header.trial, msg.body.reason)
-            self._send(identity, MsgType.ACK, Ack(), trial=msg.header.trial, seq=msg.header.seq)
+            self._ack(identity, msg)
         elif kind is MsgType.BYE:
             self._on_bye(identity)
         else:
@@ -255,11 +292,9 @@ class Dispatcher:
         if hello.role == Role.CLIENT.value:
             self.clients[hello.peer_id] = _Client(hello.peer_id, identity, expiry)
             self._send(identity, MsgType.WELCOME, welcome)
+            replay = self._events.setdefault(identity, [])
             for event in self.journal.events_after(hello.peer_id, hello.last_event):
-                frames = self.session.frames_raw(
-                    MsgType(event.kind), event.body, trial=event.trial, attempt=event.attempt, seq=event.seq
-                )
-                self._outbox.append([identity, *frames])
+                replay.append([event.kind, event.trial, event.attempt, event.seq, event.body])
             _log.info("client %s connected (replaying events after %d)", hello.peer_id, hello.last_event)
             return
         if hello.role != Role.WORKER.value:
@@ -300,8 +335,8 @@ class Dispatcher:
             self.trials[trial_id] = rec
             self.queue.append(trial_id)
             self._event_state(rec)
-            _log.info("trial %s (%s) QUEUED", trial_id, sub.name or "unnamed")
-        self._send(identity, MsgType.ACK, Ack(), trial=trial_id, seq=msg.header.seq)
+            _log.debug("trial %s (%s) QUEUED", trial_id, sub.name or "unnamed")
+        self._ack(identity, msg)
 
     def _on_blob_put(self, identity: bytes, msg: Message) -> None:
         """A chunk of a client's blob; the last one is verified against the digest before it is kept."""
@@ -358,31 +393,43 @@ class Dispatcher:
         rec = self._current(identity, msg)
         if rec is not None and self.journal.add_report(h.trial, h.attempt, h.seq, msg.body.final, msg.payload):
             self._event(rec, MsgType.REPORT, msg.payload)
-        self._send(identity, MsgType.ACK, Ack(), trial=h.trial, attempt=h.attempt, seq=h.seq)
+        self._ack(identity, msg)
 
     def _on_reports(self, identity: bytes, msg: Message) -> None:
         """A burst of reports: each stored once and relayed to the client as its own event."""
-        h = msg.header
         rec = self._current(identity, msg)
         if rec is not None:
-            for seq, final, value in msg.body.items:
-                body = self.session.pack_body(Report(bool(final), value))
-                if self.journal.add_report(h.trial, h.attempt, int(seq), bool(final), body):
-                    self._event(rec, MsgType.REPORT, body)
-        self._send(identity, MsgType.ACK, Ack(), trial=h.trial, attempt=h.attempt, seq=h.seq)
+            self._store_reports(rec, msg.body.items)
+        self._ack(identity, msg)
+
+    def _store_reports(self, rec: TrialRecord, items: list[list[object]]) -> None:
+        for seq, final, value in items:
+            body = self.session.pack_body(Report(bool(final), value))  # type: ignore[arg-type]
+            if self.journal.add_report(rec.id, rec.attempt, int(seq), bool(final), body):  # type: ignore[call-overload]
+                self._event(rec, MsgType.REPORT, body)
 
     def _on_done(self, identity: bytes, msg: Message) -> None:
+        """The attempt ended (its last reports ride along) and the worker is free for the next RUN."""
         h, done = msg.header, msg.body
         rec = self._current(identity, msg)
         if rec is not None:
-            state = TrialState(done.state)
-            if rec.cancel_requested and state is not TrialState.SUCCEEDED:
-                state = TrialState.CANCELLED
-            rec.reason, rec.exc_type, rec.message = done.reason, done.exc_type, done.message
-            rec.traceback, rec.log_tail = done.traceback, done.log_tail
-            self._finish(rec, state)
-            self.workers[identity].trial = ""
-        self._send(identity, MsgType.ACK, Ack(), trial=h.trial, attempt=h.attempt, seq=h.seq)
+            self._store_reports(rec, done.reports)
+            self._finish(rec, self._outcome(rec, done))
+        worker = self.workers[identity]
+        if worker.trial == h.trial and (rec is None or rec.attempt == h.attempt):
+            worker.trial = ""
+            if identity not in self.idle:
+                self.idle.append(identity)
+        self._ack(identity, msg)
+
+    @staticmethod
+    def _outcome(rec: TrialRecord, done: Done) -> TrialState:
+        state = TrialState(done.state)
+        if rec.cancel_requested and state is not TrialState.SUCCEEDED:
+            state = TrialState.CANCELLED
+        rec.reason, rec.exc_type, rec.message = done.reason, done.exc_type, done.message
+        rec.traceback, rec.log_tail = done.traceback, done.log_tail
+        return state
 
     def _on_file(self, identity: bytes, msg: Message) -> None:
         h = msg.header
@@ -390,7 +437,10 @@ class Dispatcher:
         ok = rec is not None and rec.attempt == h.attempt
         if rec is not None and ok:
             self.artifacts.write(rec.client, rec.id, msg.body)
-        self._send(identity, MsgType.ACK, Ack(ok), trial=h.trial, attempt=h.attempt, seq=h.seq)
+        if ok:
+            self._ack(identity, msg)
+        else:
+            self._send(identity, MsgType.ACK, Ack(False), trial=h.trial, attempt=h.attempt, seq=h.seq)
 
     def _on_cancel(self, trial_id: str, reason: str) -> None:
         rec = self.trials.get(trial_id)
@@ -454,7 +504,10 @@ class Dispatcher:
             self.blobs.evict(keep=needed)
         self._orphans.pop(rec.id, None)
         self._event_state(rec)
-        _log.info("trial %s %s (attempt %d)%s", rec.id, state.value, rec.attempt, f": {rec.reason}" if rec.reason else "")
+        _log.info(
+            "trial %s %s (attempt %d on %s)%s", rec.id, state.value, rec.attempt, rec.worker or "no worker",
+            f": {rec.reason}" if rec.reason else "",
+        )  # fmt: skip
 
     def _event_state(self, rec: TrialRecord) -> None:
         change = StateChange(
@@ -467,8 +520,7 @@ class Dispatcher:
         seq = self.journal.add_event(rec.client, rec.id, rec.attempt, int(kind), body)
         client = self.clients.get(rec.client)
         if client is not None:
-            frames = self.session.frames_raw(kind, body, trial=rec.id, attempt=rec.attempt, seq=seq)
-            self._outbox.append([client.identity, *frames])
+            self._events.setdefault(client.identity, []).append([int(kind), rec.id, rec.attempt, seq, body])
 
     def _dispatch(self) -> None:
         while self.queue and self.idle:
@@ -484,7 +536,7 @@ class Dispatcher:
             self._event_state(rec)
             run = Run(evaluator, model, rec.timeout, rec.name, blobs=rec.blobs)
             self._send(identity, MsgType.RUN, run, trial=rec.id, attempt=rec.attempt)
-            _log.info("trial %s RUNNING on %s (attempt %d)", rec.id, worker.id, rec.attempt)
+            _log.debug("trial %s RUNNING on %s (attempt %d)", rec.id, worker.id, rec.attempt)
 
     def _beat(self, now: float) -> None:
         for worker in list(self.workers.values()):

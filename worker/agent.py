@@ -3,11 +3,13 @@
 Data flow::
 
     dispatcher --RUN/CANCEL/HEARTBEAT--> agent --fork (preloaded server)--> trial process
-    dispatcher <--REPORT/FILE/DONE------ agent <--pipe: report/error/done--- trial process
+    dispatcher <--REPORTS/FILE/DONE----- agent <--pipe: report/error/done--- trial process
 
 The agent never loads a payload: the trial process does, after the agent checked the
 signature. Reports, artefact chunks and DONE are kept until acknowledged and re-sent after
-a reconnect (Paranoid Pirate: liveness counter, exponential back-off).
+a reconnect (Paranoid Pirate: liveness counter, exponential back-off). DONE carries the
+reports read in the same loop turn and doubles as READY, so a short trial costs one
+message each way.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import signal
 import socket
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,7 @@ class _Trial:
     reused: bool = False  # runs in the long-lived --reuse-process child
 
     pipe: Any = None  # a select.poll() on the pipe, to drain it without building selectors
+    pending: list[tuple[bool, Any]] = field(default_factory=list)  # reports read, not yet sent
 
     @property
     def ended(self) -> bool:
@@ -267,8 +270,6 @@ class Agent:
         ready = dict(self._poller[1].poll(timeout * 1000))
         if self._sock in ready:
             self._read_socket()
-        if self.trial is not None:
-            self._read_pipe(self.trial)
 
     def _read_socket(self) -> None:
         while self._sock is not None:
@@ -291,6 +292,10 @@ class Agent:
             self._start(msg)
         elif msg.type is MsgType.BLOB_DATA:
             self.fetcher.on_data(msg.body)
+        elif msg.type is MsgType.ACKS:
+            for trial, attempt, seq in msg.body.items:
+                self._unacked.pop((trial, attempt, seq), None)
+                self._sent_at.pop((trial, attempt, seq), None)
         elif msg.type is MsgType.ACK:
             self._unacked.pop((h.trial, h.attempt, h.seq), None)
             self._sent_at.pop((h.trial, h.attempt, h.seq), None)
@@ -343,7 +348,6 @@ class Agent:
         message = Outgoing(MsgType.DONE, done, h.trial, h.attempt, 1)
         self._unacked[(h.trial, h.attempt, 1)] = message
         self._raw_send(message.frames(self.session))
-        self._send(MsgType.READY, Ready(self._last_run))
 
     def _launch(self, msg: Message) -> None:
         h, run = msg.header, msg.body
@@ -373,7 +377,7 @@ class Agent:
         self.trial = _Trial(h.trial, h.attempt, process, reader, out, log_file, now, deadline)
         self.trial.reused = self.config.reuse_process
         self.trial.max_artifact_bytes = min(run.max_artifact_bytes, self.config.max_artifact_bytes)
-        _log.info("trial %s attempt %d started (pid %d)", h.trial, h.attempt, process.pid)
+        _log.debug("trial %s attempt %d started (pid %d)", h.trial, h.attempt, process.pid)
         self._start_spare()
 
     def _start_spare(self) -> None:
@@ -409,10 +413,11 @@ class Agent:
         return process, reader
 
     def _read_pipe(self, trial: _Trial) -> None:
+        """Drain what the trial process sent; reports wait in ``trial.pending`` for one message."""
         if trial.pipe is None:
             trial.pipe = select.poll()
             trial.pipe.register(trial.conn.fileno(), select.POLLIN)
-        reports: list[tuple[bool, Any]] = []
+        reports = trial.pending
         try:
             while len(reports) < _MAX_BATCH and trial.pipe.poll(0):
                 item = trial.conn.recv()
@@ -424,13 +429,21 @@ class Agent:
                     trial.returned = True
         except (EOFError, OSError):
             pass  # the process is gone; its exit status tells the rest
+
+    def _send_reports(self, trial: _Trial) -> None:
+        """The pending reports: one REPORT, or a burst in one message, one ACK, one journal transaction."""
+        reports, trial.pending = trial.pending, []
         if len(reports) == 1:
             self._reliable(MsgType.REPORT, Report(*reports[0]), trial)
-        elif reports:  # a burst: one message, one acknowledgement, one journal transaction
-            first = trial.seq + 1
-            trial.seq += len(reports) - 1
-            items = [[first + i, final, value] for i, (final, value) in enumerate(reports)]
-            self._reliable(MsgType.REPORTS, ReportBatch(items), trial)
+        elif reports:
+            self._reliable(MsgType.REPORTS, ReportBatch(self._numbered(reports, trial)), trial)
+
+    @staticmethod
+    def _numbered(reports: list[tuple[bool, Any]], trial: _Trial) -> list[list[Any]]:
+        """Give reports their seqs; the message carrying them takes the next one."""
+        first = trial.seq + 1
+        trial.seq += len(reports)
+        return [[first + i, final, value] for i, (final, value) in enumerate(reports)]
 
     def _supervise(self, now: float) -> None:
         self._start_waiting()
@@ -444,6 +457,7 @@ class Agent:
             trial.sigkill_at = None
         self._read_pipe(trial)
         if not trial.ended:
+            self._send_reports(trial)
             return
         if not trial.process.is_alive():
             trial.process.join()
@@ -455,28 +469,28 @@ class Agent:
         elif not trial.reused:  # fit is over; the process exits on its own, reaped later
             trial.conn.close()
             self._exiting.append((trial.process, now + self.config.kill_grace))
+        reports, trial.pending = trial.pending, []
+        items = self._numbered(reports, trial)
         self._ship_artifacts(trial)
-        self._reliable(MsgType.DONE, self._outcome(trial, now), trial)
-        self.trial = None
-        self._send(MsgType.READY, Ready(self._last_run))
+        self._reliable(MsgType.DONE, self._outcome(trial, now, items), trial)
+        self.trial = None  # DONE tells the dispatcher we are free: no READY needed
 
-    def _outcome(self, trial: _Trial, now: float) -> Done:
+    def _outcome(self, trial: _Trial, now: float, reports: list[list[Any]]) -> Done:
         code = trial.process.exitcode
         tail = _tail(trial.log_file)
         duration = now - trial.started
         if trial.kill_reason:
-            return Done(trial.kill_state.value, trial.kill_reason, log_tail=tail, duration=duration)
+            return Done(trial.kill_state.value, trial.kill_reason, log_tail=tail, duration=duration, reports=reports)
         if trial.error is not None:
             exc_type, message, tb = trial.error
-            return Done(TrialState.FAILED.value, f"{exc_type}: {message}", exc_type, message, tb, tail, duration)
+            return Done(TrialState.FAILED.value, f"{exc_type}: {message}", exc_type, message, tb, tail, duration, reports)
         if trial.returned and code in (0, None):  # None: a --reuse-process child lives on
-            return Done(TrialState.SUCCEEDED.value, "", log_tail=tail, duration=duration)
+            return Done(TrialState.SUCCEEDED.value, "", log_tail=tail, duration=duration, reports=reports)
         if code is not None and code < 0:
-            name = signal.Signals(-code).name
-            reason = f"trial process killed by {name} before fit returned"
-            return Done(TrialState.FAILED.value, reason, "TrialProcessDied", reason, "", tail, duration)
-        reason = f"trial process exited with code {code} before fit returned"
-        return Done(TrialState.FAILED.value, reason, "TrialProcessDied", reason, "", tail, duration)
+            reason = f"trial process killed by {signal.Signals(-code).name} before fit returned"
+        else:
+            reason = f"trial process exited with code {code} before fit returned"
+        return Done(TrialState.FAILED.value, reason, "TrialProcessDied", reason, "", tail, duration, reports)
 
     def _kill(self, trial: _Trial, reason: str, *, state: TrialState = TrialState.FAILED, hard: bool = False) -> None:
         """SIGTERM the trial's process group now and SIGKILL it after the grace period."""
@@ -503,6 +517,8 @@ class Agent:
         budget = trial.max_artifact_bytes
         for path in sorted(p for p in trial.output_dir.rglob("*") if p.is_file()):
             size = path.stat().st_size
+            if size == 0 and path == trial.log_file:
+                continue  # a trial that printed nothing: no file to keep
             if size > budget:
                 _log.warning("artefact %s (%d bytes) exceeds the remaining cap of %d bytes; not sent", path, size, budget)
                 continue

@@ -6,7 +6,10 @@ import msgpack
 import pytest
 
 from retia.errors import AuthenticationError, ProtocolError
-from retia.protocol import VERSION, Done, Hello, MsgType, Report, Session, StatusReply, TrialState, WorkerInfo
+from retia.protocol import (
+    VERSION, AckBatch, Done, EventBatch, Hello, MsgType, Report, Session, StateChange, StatusReply, TrialState,
+    WorkerInfo,
+)  # fmt: skip
 
 KEY = b"k" * 32
 
@@ -27,6 +30,23 @@ def test_nested_bodies_round_trip() -> None:
     assert Session(KEY, "a").parse(Session(KEY, "a").frames(MsgType.STATUS_REPLY, reply)).body == reply
     hello = Hello("worker", "w", running=[["t", 1]])
     assert Session(KEY, "a").parse(Session(KEY, "a").frames(MsgType.HELLO, hello)).body == hello
+
+
+def test_a_batch_of_events_decodes_item_by_item() -> None:
+    session = Session(KEY, "d")
+    report, state = Report(True, 0.5), StateChange(TrialState.SUCCEEDED.value, 1, "w")
+    items = [[int(MsgType.REPORT), "t", 1, 7, session.pack_body(report)], [int(MsgType.STATE), "t", 1, 8, session.pack_body(state)]]
+    batch = Session(KEY, "c").parse(session.frames(MsgType.EVENTS, EventBatch(items))).body
+    decoded = [Session.decode(*item) for item in batch.items]
+    assert [(m.type, m.header.seq, m.body) for m in decoded] == [(MsgType.REPORT, 7, report), (MsgType.STATE, 8, state)]
+    acks = AckBatch([["t", 1, 2], ["u", 0, 3]])
+    assert Session(KEY, "c").parse(session.frames(MsgType.ACKS, acks)).body == acks
+
+
+@pytest.mark.parametrize("item", [[99, "t", 1, 1, b"\x90"], [int(MsgType.STATE), "t", 1, 1, b"\xc1"]])
+def test_an_undecodable_event_in_a_batch_is_a_protocol_error(item: list[object]) -> None:
+    with pytest.raises(ProtocolError, match="undecodable"):
+        Session.decode(*item)  # type: ignore[arg-type]
 
 
 def test_wrong_key_is_refused() -> None:

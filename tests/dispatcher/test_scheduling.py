@@ -54,10 +54,21 @@ def worker(dispatcher: Dispatcher) -> Iterator[zmq.Socket]:
         yield sock
 
 
-def test_a_stale_ready_does_not_take_a_running_trial_away(dispatcher: Dispatcher, worker: zmq.Socket) -> None:
+def _hello(worker: zmq.Socket) -> Session:
     session = Session(KEY, "w1")
     worker.send_multipart(session.frames(MsgType.HELLO, Hello("worker", "w1")))
     worker.send_multipart(session.frames(MsgType.READY, Ready("")))
+    return session
+
+
+def _done(session: Session, trial: str, *reports: list[object]) -> list[bytes]:
+    """DONE carrying the attempt's last reports; it also tells the dispatcher the worker is free."""
+    done = Done(TrialState.SUCCEEDED.value, reports=list(reports))
+    return session.frames(MsgType.DONE, done, trial=trial, attempt=1, seq=len(reports) + 1)
+
+
+def test_a_stale_ready_does_not_take_a_running_trial_away(dispatcher: Dispatcher, worker: zmq.Socket) -> None:
+    session = _hello(worker)
     with connect(dispatcher.address, key=KEY) as client:
         first = client.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting))
         second = client.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting))
@@ -66,9 +77,24 @@ def test_a_stale_ready_does_not_take_a_running_trial_away(dispatcher: Dispatcher
         worker.send_multipart(session.frames(MsgType.READY, Ready("")))  # sent before the RUN arrived
         assert _receive(worker, session, MsgType.RUN, timeout_ms=1000) is None  # no second RUN while busy
         assert second.state is TrialState.QUEUED and first.attempt == 1
-        done = Done(TrialState.SUCCEEDED.value)
-        worker.send_multipart(session.frames(MsgType.DONE, done, trial=first.id, attempt=1, seq=1))
-        worker.send_multipart(session.frames(MsgType.READY, Ready(first.id)))
+        worker.send_multipart(_done(session, first.id, [1, False, 0.25], [2, True, 0.5]))  # no READY after it
         run = _receive(worker, session, MsgType.RUN)
-        assert run is not None and run.header.trial == second.id  # now it gets the next one
-        assert first.result(timeout=10) is None and first.attempt == 1
+        assert run is not None and run.header.trial == second.id  # DONE alone made the worker free
+        assert first.result(timeout=10) == 0.5 and first.intermediates == [0.25] and first.attempt == 1
+
+
+def test_a_repeated_done_is_stored_once_and_frees_nothing(dispatcher: Dispatcher, worker: zmq.Socket) -> None:
+    session = _hello(worker)
+    finals: list[str] = []
+    with connect(dispatcher.address, key=KEY) as client:
+        client.add_listener(lambda trial, kind, body: finals.append(trial.id) if kind is MsgType.REPORT else None)
+        trials = [client.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting)) for _ in range(3)]
+        assert _receive(worker, session, MsgType.RUN) is not None
+        done = _done(session, trials[0].id, [1, True, 1.0])
+        worker.send_multipart(done)
+        run = _receive(worker, session, MsgType.RUN)
+        assert run is not None and run.header.trial == trials[1].id
+        worker.send_multipart(_done(session, trials[0].id, [1, True, 2.0]))  # re-sent after a lost ACK
+        assert _receive(worker, session, MsgType.RUN, timeout_ms=1000) is None  # still busy with the second
+        assert trials[0].result(timeout=10) == 1.0 and trials[2].state is TrialState.QUEUED
+        assert finals == [trials[0].id]
