@@ -127,6 +127,7 @@ class Hello:
     running: list[list[Any]] = field(default_factory=list)  # [[trial, attempt], ...] still running
     last_event: int = 0  # clients: highest event seq already received
     version: str = ""
+    prefetch: int = 0  # workers: how many trials it takes beyond the one it runs (0 or 1)
 
 
 @dataclass(frozen=True)

@@ -3,13 +3,17 @@
 Every state change and report is written here before it is acknowledged, so a dispatcher
 killed with SIGKILL and restarted on the same file loses nothing. ``":memory:"`` gives the
 same store without durability. Writes are grouped: the loop calls :meth:`Journal.commit`
-once per batch of messages, then sends the acknowledgements.
+once per batch of messages, then sends the acknowledgements. Commits only append to the
+WAL; copying it into the database (a checkpoint, which fsyncs) happens on a thread of its
+own, so the dispatcher's loop never waits on the disk.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from retia.protocol import TrialState
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["TrialRecord", "Event", "Journal"]
 
@@ -84,9 +90,36 @@ class Event:
     body: bytes  # the msgpack payload, as sent
 
 
+class _Checkpointer(threading.Thread):
+    """Checkpoints the WAL every ``interval`` seconds from its own connection (SQLite allows it)."""
+
+    def __init__(self, path: str, interval: float) -> None:
+        super().__init__(name="journal-checkpoint", daemon=True)
+        self.path, self.interval = path, interval
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        db = sqlite3.connect(self.path, timeout=1.0)
+        try:
+            while not self._stopped.wait(self.interval):
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:  # busy or locked: the next turn tries again
+                    _log.debug("journal checkpoint skipped: %s", exc)
+        finally:
+            db.close()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join()
+
+
 class Journal:
-    def __init__(self, path: str | Path = ":memory:") -> None:
+    def __init__(
+        self, path: str | Path = ":memory:", *, checkpoint_interval: float = 1.0, backstop_pages: int = 16384
+    ) -> None:
         self.path = str(path)
+        self._checkpointer: _Checkpointer | None = None
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level="DEFERRED", check_same_thread=False)
@@ -95,9 +128,18 @@ class Journal:
         self._db.executescript(_SCHEMA)
         self._db.commit()
         self._queue_seq = self._db.execute("SELECT COALESCE(MAX(queue_seq), 0) FROM trials").fetchone()[0]
+        if self.path != ":memory:":
+            # The thread checkpoints; the loop does it itself only when the thread falls behind a busy
+            # writer (a checkpoint overtaken by new commits cannot restart the WAL): 64 MiB by default.
+            self._db.execute(f"PRAGMA wal_autocheckpoint={int(backstop_pages)}")
+            self._checkpointer = _Checkpointer(self.path, checkpoint_interval)
+            self._checkpointer.start()
 
     def close(self) -> None:
         self._db.commit()
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         self._db.close()
 
     def commit(self) -> None:

@@ -75,6 +75,12 @@ class _Worker:
     expiry: float
     since: float = field(default_factory=time.time)
     trial: str = ""  # the trial id it runs, "" when idle
+    prefetch: bool = False  # it takes a second trial while one runs (see `next`)
+    next: str = ""  # the trial it holds to start when `trial` ends
+
+    @property
+    def trials(self) -> list[str]:
+        return [t for t in (self.trial, self.next) if t]
 
 
 @dataclass
@@ -112,6 +118,7 @@ class Dispatcher:
         self.trials: dict[str, TrialRecord] = {}
         self.queue: deque[str] = deque()
         self.idle: deque[bytes] = deque()
+        self.prefetching: deque[bytes] = deque()  # busy workers with a free prefetch slot
         self._orphans: dict[str, float] = {}  # RUNNING at restart: trial -> adoption deadline
         self._outbox: list[list[bytes]] = []
         self._acks: dict[bytes, list[list[object]]] = {}  # peer -> [[trial, attempt, seq], ...] of this batch
@@ -301,9 +308,9 @@ class Dispatcher:
             self._drop(identity, ProtocolError(f"unknown role {hello.role!r}"))
             return
         old = self.workers.get(identity)
-        worker = _Worker(hello.peer_id, identity, hello.host, hello.gpu, hello.pid, expiry)
+        worker = _Worker(hello.peer_id, identity, hello.host, hello.gpu, hello.pid, expiry, prefetch=hello.prefetch > 0)
         if old is not None:
-            worker.since, worker.trial = old.since, old.trial
+            worker.since, worker.trial, worker.next = old.since, old.trial, old.next
         self.workers[identity] = worker
         self._send(identity, MsgType.WELCOME, welcome)
         for trial_id, attempt in hello.running:
@@ -311,7 +318,11 @@ class Dispatcher:
             ours = rec is not None and rec.state is TrialState.RUNNING and rec.attempt == attempt
             if ours and rec is not None and (rec.worker == worker.id or trial_id in self._orphans):
                 self._orphans.pop(trial_id, None)
-                rec.worker, worker.trial = worker.id, trial_id
+                rec.worker = worker.id
+                if worker.trial and trial_id != worker.trial:  # the running one comes first, then the one it holds
+                    worker.next = trial_id
+                else:
+                    worker.trial = trial_id
                 self.journal.update_trial(rec)
                 _log.info("worker %s still runs trial %s attempt %d: adopted", worker.id, trial_id, attempt)
             else:
@@ -366,13 +377,10 @@ class Dispatcher:
 
     def _on_ready(self, identity: bytes, ready: Ready) -> None:
         worker = self.workers[identity]
-        if worker.trial and ready.last_run != worker.trial:
-            return  # sent before our RUN reached it (a HELLO repeated after RESETs): it is busy now
-        if worker.trial:
-            rec = self.trials.get(worker.trial)
-            worker.trial = ""
-            if rec is not None and rec.state is TrialState.RUNNING and rec.worker == worker.id:
-                self._lost(rec, f"worker {worker.id} became ready without finishing it")
+        if worker.trial and ready.last_run != (worker.next or worker.trial):
+            return  # sent before our last RUN reached it (a HELLO repeated after RESETs): it is busy now
+        self._lose_all(worker, f"worker {worker.id} became ready without finishing it")
+        worker.trial = worker.next = ""
         if identity not in self.idle:
             self.idle.append(identity)
 
@@ -416,11 +424,21 @@ class Dispatcher:
             self._store_reports(rec, done.reports)
             self._finish(rec, self._outcome(rec, done))
         worker = self.workers[identity]
-        if worker.trial == h.trial and (rec is None or rec.attempt == h.attempt):
-            worker.trial = ""
-            if identity not in self.idle:
-                self.idle.append(identity)
+        if h.trial in worker.trials and (rec is None or rec.attempt == h.attempt):
+            if worker.trial == h.trial:
+                worker.trial, worker.next = worker.next, ""  # the prefetched trial, if any, starts now
+            else:
+                worker.next = ""  # the prefetched one ended unstarted (cancelled, or its blobs failed)
+            if not worker.trial:
+                if identity not in self.idle:
+                    self.idle.append(identity)
+            elif worker.prefetch:
+                self._offer_slot(identity)
         self._ack(identity, msg)
+
+    def _offer_slot(self, identity: bytes) -> None:
+        if identity not in self.prefetching:  # a worker has at most one free slot
+            self.prefetching.append(identity)
 
     @staticmethod
     def _outcome(rec: TrialRecord, done: Done) -> TrialState:
@@ -472,9 +490,14 @@ class Dispatcher:
         if worker.identity in self.idle:
             self.idle.remove(worker.identity)
         _log.log(logging.INFO if why == "left" else logging.WARNING, "worker %s %s", worker.id, why)
-        rec = self.trials.get(worker.trial)
-        if rec is not None and rec.state is TrialState.RUNNING and rec.worker == worker.id:
-            self._lost(rec, f"worker lost: {worker.id} {why}")
+        self._lose_all(worker, f"worker lost: {worker.id} {why}")
+
+    def _lose_all(self, worker: _Worker, reason: str) -> None:
+        """Its trials go back to the front of the queue in their order (the held one after the running one)."""
+        for trial_id in reversed(worker.trials):
+            rec = self.trials.get(trial_id)
+            if rec is not None and rec.state is TrialState.RUNNING and rec.worker == worker.id:
+                self._lost(rec, reason)
 
     def _lost(self, rec: TrialRecord, reason: str) -> None:
         """The attempt's worker is gone: re-queue as a new attempt, or fail when retries are spent."""
@@ -523,15 +546,24 @@ class Dispatcher:
             self._events.setdefault(client.identity, []).append([int(kind), rec.id, rec.attempt, seq, body])
 
     def _dispatch(self) -> None:
-        while self.queue and self.idle:
-            identity = self.idle.popleft()
+        """Queued trials to idle workers first, then to the free prefetch slots of busy ones."""
+        while self.queue and (self.idle or self.prefetching):
+            identity = (self.idle or self.prefetching).popleft()
             worker = self.workers.get(identity)
-            if worker is None or worker.trial:
+            if worker is None:
                 continue
             rec = self.trials[self.queue.popleft()]
+            if not worker.trial:
+                worker.trial = rec.id
+                if worker.prefetch:
+                    self._offer_slot(identity)
+            elif worker.prefetch and not worker.next:
+                worker.next = rec.id
+            else:
+                self.queue.appendleft(rec.id)
+                continue
             evaluator, model = self.journal.payload(rec.id)
             rec.state, rec.attempt, rec.worker, rec.reason = TrialState.RUNNING, rec.attempt + 1, worker.id, ""
-            worker.trial = rec.id
             self.journal.update_trial(rec)
             self._event_state(rec)
             run = Run(evaluator, model, rec.timeout, rec.name, blobs=rec.blobs)

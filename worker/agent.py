@@ -108,7 +108,7 @@ class Agent:
         self._reconnect_at: float | None = None
         self._reusable: tuple[Any, Connection, Connection] | None = None  # process, specs out, messages in
         self._spare: tuple[Any, Connection, Connection] | None = None  # a fresh process forked ahead of time
-        self._waiting: Message | None = None  # a RUN whose blobs are still being fetched
+        self._waiting: Message | None = None  # a RUN not started yet: its blobs are coming, or it was prefetched
         self._last_run = ""
         self._exiting: list[tuple[Any, float]] = []  # finished trial processes still exiting, with a deadline
         self._sent_at: dict[tuple[str, int, int], float] = {}
@@ -197,7 +197,10 @@ class Agent:
         running = [[self.trial.id, self.trial.attempt]] if self.trial is not None else []
         if self._waiting is not None:
             running.append([self._waiting.header.trial, self._waiting.header.attempt])
-        hello = Hello(Role.WORKER.value, self.id, socket.gethostname(), os.getpid(), self.config.gpu, running)
+        hello = Hello(
+            Role.WORKER.value, self.id, socket.gethostname(), os.getpid(), self.config.gpu, running,
+            prefetch=int(self.config.prefetch),
+        )  # fmt: skip
         self._send(MsgType.HELLO, hello)
         for message in self._unacked.values():  # in order: reports, files, then DONE
             self._raw_send(message.frames(self.session))
@@ -227,11 +230,14 @@ class Agent:
         except zmq.Again:
             pass  # the dispatcher is unreachable; unacknowledged messages go again on reconnect
 
-    def _reliable(self, type: MsgType, body: Any, trial: _Trial) -> None:
-        trial.seq += 1
-        message = Outgoing(type, body, trial.id, trial.attempt, trial.seq)
-        self._unacked[(trial.id, trial.attempt, trial.seq)] = message
-        self._sent_at[(trial.id, trial.attempt, trial.seq)] = time.monotonic()
+    def _reliable(self, type: MsgType, body: Any, trial: _Trial, *, seq: int = 0) -> None:
+        """Send and keep until acknowledged; the message takes the next seq unless it names one."""
+        if not seq:
+            trial.seq += 1
+            seq = trial.seq
+        message = Outgoing(type, body, trial.id, trial.attempt, seq)
+        self._unacked[(trial.id, trial.attempt, seq)] = message
+        self._sent_at[(trial.id, trial.attempt, seq)] = time.monotonic()
         self._raw_send(message.frames(self.session))
 
     def _resend_stale(self, now: float) -> None:
@@ -316,16 +322,16 @@ class Agent:
 
     def _start(self, msg: Message) -> None:
         h, run = msg.header, msg.body
-        if self.trial is not None or self._waiting is not None:
+        if self._waiting is not None or (self.trial is not None and not self.config.prefetch):
             _log.error("RUN for %s while busy; refusing it", h.trial)
             self._send(MsgType.DONE, Done(TrialState.FAILED.value, "worker was busy"), trial=h.trial, attempt=h.attempt)
             return
         self._last_run = h.trial
         if run.blobs:
             self.fetcher.need(run.blobs)
-            if not self.fetcher.ready(run.blobs):
-                self._waiting = msg  # starts once its blobs are here (see _start_waiting)
-                return
+        if self.trial is not None or (run.blobs and not self.fetcher.ready(run.blobs)):
+            self._waiting = msg  # starts once the running trial ended and its blobs are here (see _start_waiting)
+            return
         self._launch(msg)
 
     def _start_waiting(self) -> None:
@@ -337,7 +343,7 @@ class Agent:
         if failed:
             self._waiting = None
             self._end_unstarted(msg, TrialState.FAILED, "; ".join(failed))
-        elif self.fetcher.ready(blobs):
+        elif self.trial is None and self.fetcher.ready(blobs):
             self._waiting = None
             self._launch(msg)
 
@@ -435,12 +441,13 @@ class Agent:
         reports, trial.pending = trial.pending, []
         if len(reports) == 1:
             self._reliable(MsgType.REPORT, Report(*reports[0]), trial)
-        elif reports:
-            self._reliable(MsgType.REPORTS, ReportBatch(self._numbered(reports, trial)), trial)
+        elif reports:  # the message takes its last report's seq, so report seqs stay contiguous
+            items = self._numbered(reports, trial)
+            self._reliable(MsgType.REPORTS, ReportBatch(items), trial, seq=items[-1][0])
 
     @staticmethod
     def _numbered(reports: list[tuple[bool, Any]], trial: _Trial) -> list[list[Any]]:
-        """Give reports their seqs; the message carrying them takes the next one."""
+        """Give reports the next seqs."""
         first = trial.seq + 1
         trial.seq += len(reports)
         return [[first + i, final, value] for i, (final, value) in enumerate(reports)]
@@ -474,6 +481,7 @@ class Agent:
         self._ship_artifacts(trial)
         self._reliable(MsgType.DONE, self._outcome(trial, now, items), trial)
         self.trial = None  # DONE tells the dispatcher we are free: no READY needed
+        self._start_waiting()  # a prefetched trial starts now, not a loop turn later
 
     def _outcome(self, trial: _Trial, now: float, reports: list[list[Any]]) -> Done:
         code = trial.process.exitcode
@@ -517,8 +525,6 @@ class Agent:
         budget = trial.max_artifact_bytes
         for path in sorted(p for p in trial.output_dir.rglob("*") if p.is_file()):
             size = path.stat().st_size
-            if size == 0 and path == trial.log_file:
-                continue  # a trial that printed nothing: no file to keep
             if size > budget:
                 _log.warning("artefact %s (%d bytes) exceeds the remaining cap of %d bytes; not sent", path, size, budget)
                 continue

@@ -45,6 +45,14 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         help="run trials one after another in one long-lived child (replaced if it dies); "
         "for very short trials such as training-free NAS proxies",
     )
+    parser.add_argument(
+        "--prefetch",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="take the next trial while one runs, so it starts the moment the first ends (and its large "
+        "arguments download meanwhile); on by default with --reuse-process. Not for long trials: a prefetched "
+        "trial waits for this worker even when another one is free",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
 
 
@@ -72,6 +80,7 @@ def run_worker(args: argparse.Namespace) -> int:
             max_artifact_bytes=int(args.max_artifact_mb * (1 << 20)),
             preload=tuple(m.strip() for m in args.preload.split(",") if m.strip()),
             reuse_process=args.reuse_process,
+            prefetch=args.reuse_process if args.prefetch is None else args.prefetch,
             blob_cache_bytes=int(args.blob_cache_gb * (1 << 30)),
             curve_server_key=args.curve_server_key,
         )

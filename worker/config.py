@@ -35,6 +35,7 @@ class WorkerConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     preload: tuple[str, ...] = field(default=DEFAULT_PRELOAD)
     reuse_process: bool = False  # run trials one after another in one long-lived child
+    prefetch: bool = False  # hold the next trial while one runs: no round trip between short trials
     blob_cache_bytes: int = 20 << 30  # local cache of large arguments, least recently used evicted
     curve_server_key: Path | None = None  # the dispatcher's public CurveZMQ certificate, when it uses Curve
 

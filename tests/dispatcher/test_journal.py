@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from retia.protocol import MsgType, TrialState
@@ -46,4 +47,42 @@ def test_events_replay_in_order_per_client(tmp_path: Path) -> None:
     replay = list(journal.events_after("a", seqs[1]))
     assert [e.body for e in replay] == [b"\x02", b"\x03", b"\x04"]
     assert all(e.client == "a" for e in replay)
+    journal.close()
+
+
+def _write_rounds(journal: Journal, rounds: int, after_round=lambda n: None) -> int:  # type: ignore[no-untyped-def]
+    """``rounds`` x 1000 events of 4 KiB, committed every 100; returns the bytes of one round."""
+    body = b"x" * 4096
+    for n in range(rounds):
+        for i in range(1000):
+            journal.add_event("a", "t", 1, int(MsgType.REPORT), body)
+            if i % 100 == 99:
+                journal.commit()
+        after_round(n)
+    return 1000 * len(body)
+
+
+def test_the_wal_is_checkpointed_by_a_thread_not_by_commits(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    journal = Journal(path, checkpoint_interval=0.05, backstop_pages=1 << 30)  # only the thread checkpoints
+
+    def wait_for_pages(n: int) -> None:
+        deadline = time.monotonic() + 20
+        while path.stat().st_size < (n + 1) * 4_000_000:  # the pages reached the database file
+            assert time.monotonic() < deadline, "the checkpointer never copied the WAL into the database"
+            time.sleep(0.05)
+
+    _write_rounds(journal, 2, wait_for_pages)
+    wal = path.with_name(path.name + "-wal")
+    journal.close()
+    assert not wal.exists() or wal.stat().st_size == 0  # closing leaves nothing to replay
+
+
+def test_a_writer_the_thread_cannot_keep_up_with_checkpoints_itself(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    journal = Journal(path, checkpoint_interval=3600, backstop_pages=256)  # the thread never gets a turn
+    round_bytes = _write_rounds(journal, 4)
+    wal = path.with_name(path.name + "-wal")
+    assert wal.stat().st_size < round_bytes  # restarted at the 1 MiB backstop, not grown to 16 MB
+    assert path.stat().st_size > 3 * round_bytes
     journal.close()

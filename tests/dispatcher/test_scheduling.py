@@ -54,9 +54,9 @@ def worker(dispatcher: Dispatcher) -> Iterator[zmq.Socket]:
         yield sock
 
 
-def _hello(worker: zmq.Socket) -> Session:
-    session = Session(KEY, "w1")
-    worker.send_multipart(session.frames(MsgType.HELLO, Hello("worker", "w1")))
+def _hello(worker: zmq.Socket, name: str = "w1", prefetch: int = 0) -> Session:
+    session = Session(KEY, name)
+    worker.send_multipart(session.frames(MsgType.HELLO, Hello("worker", name, prefetch=prefetch)))
     worker.send_multipart(session.frames(MsgType.READY, Ready("")))
     return session
 
@@ -98,3 +98,38 @@ def test_a_repeated_done_is_stored_once_and_frees_nothing(dispatcher: Dispatcher
         assert _receive(worker, session, MsgType.RUN, timeout_ms=1000) is None  # still busy with the second
         assert trials[0].result(timeout=10) == 1.0 and trials[2].state is TrialState.QUEUED
         assert finals == [trials[0].id]
+
+
+def test_a_prefetching_worker_holds_exactly_one_more_trial(dispatcher: Dispatcher, worker: zmq.Socket) -> None:
+    session = _hello(worker, prefetch=1)
+    with connect(dispatcher.address, key=KEY) as client:
+        a, b, c = (client.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting)) for _ in range(3))
+        runs = [_receive(worker, session, MsgType.RUN) for _ in range(2)]
+        assert [r.header.trial for r in runs if r is not None] == [a.id, b.id]  # the second one before a ends
+        assert _receive(worker, session, MsgType.RUN, timeout_ms=1000) is None  # never a third
+        worker.send_multipart(_done(session, a.id, [1, True, 1.0]))
+        run = _receive(worker, session, MsgType.RUN)
+        assert run is not None and run.header.trial == c.id  # the freed slot takes the next one
+        worker.send_multipart(_done(session, b.id, [1, True, 2.0]))
+        worker.send_multipart(_done(session, c.id, [1, True, 3.0]))
+        assert [t.result(timeout=10) for t in (a, b, c)] == [1.0, 2.0, 3.0]
+        assert [t.attempt for t in (a, b, c)] == [1, 1, 1]
+
+
+def test_a_prefetching_worker_that_leaves_gives_back_both_trials(dispatcher: Dispatcher, worker: zmq.Socket) -> None:
+    session = _hello(worker, prefetch=1)
+    with connect(dispatcher.address, key=KEY) as client:
+        a, b = (client.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting)) for _ in range(2))
+        assert all(_receive(worker, session, MsgType.RUN) is not None for _ in range(2))
+        worker.send_multipart(session.frames(MsgType.BYE))
+        with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as other:
+            other.setsockopt(zmq.IDENTITY, b"w2")
+            other.setsockopt(zmq.LINGER, 0)
+            other.connect(dispatcher.address)
+            second = _hello(other, "w2")
+            for expected, value in ((a, 1.0), (b, 2.0)):
+                run = _receive(other, second, MsgType.RUN)
+                assert run is not None and (run.header.trial, run.header.attempt) == (expected.id, 2)
+                done = Done(TrialState.SUCCEEDED.value, reports=[[1, True, value]])
+                other.send_multipart(second.frames(MsgType.DONE, done, trial=expected.id, attempt=2, seq=2))
+            assert [a.result(timeout=10), b.result(timeout=10)] == [1.0, 2.0]
