@@ -436,6 +436,14 @@ class Agent:
         except (EOFError, OSError):
             pass  # the process is gone; its exit status tells the rest
 
+    def _drain(self, trial: _Trial) -> None:
+        """Read everything a dead trial process left in the pipe (a flood can outlive its writer)."""
+        while True:
+            self._read_pipe(trial)
+            if len(trial.pending) < _MAX_BATCH:  # the read stopped at the end, not at the batch limit
+                return
+            self._send_reports(trial)
+
     def _send_reports(self, trial: _Trial) -> None:
         """The pending reports: one REPORT, or a burst in one message, one ACK, one journal transaction."""
         reports, trial.pending = trial.pending, []
@@ -468,7 +476,7 @@ class Agent:
             return
         if not trial.process.is_alive():
             trial.process.join()
-            self._read_pipe(trial)
+            self._drain(trial)
             trial.conn.close()
             if self._reusable is not None and self._reusable[0] is trial.process:
                 self._reusable[1].close()
