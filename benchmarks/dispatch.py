@@ -10,6 +10,8 @@ each trial forked from a fork server that preloaded torch and Lightning):
 (b) trial start latency: submit (wall clock) to the first line of a ``fit`` that imports
     torch and pytorch_lightning (free in a preloaded child). Beside it, what NNI and Syne
     Tune do per trial: a fresh ``python -c`` that imports both, then prints the time.
+    While the at-once trials run, the CPU every process spends (``/proc``: client, dispatcher,
+    worker agents, trial processes with the fork server) is divided by the trial count.
 (c) report latency (``report_intermediate_result`` in the trial to the client's callback,
     wall clock across processes) and sustained report throughput (several trials reporting
     as fast as they can, counted at the client from first to last report).
@@ -27,6 +29,7 @@ import argparse
 import concurrent.futures
 import datetime
 import multiprocessing
+import os
 import platform
 import shlex
 import subprocess
@@ -235,7 +238,18 @@ def measure_pool(workers: int, trials: int, sequential: int) -> tuple[Stats, Sta
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
         for f in [pool.submit(_call_pickled, blob) for _ in range(4 * workers)]:  # start the processes
             f.result()
-        return pool_bulk(pool, blob, trials), pool_sequential(pool, blob, sequential)
+        pids = list(pool._processes)  # type: ignore[attr-defined]
+
+        def cpu() -> tuple[float, float]:
+            times = os.times()
+            return times.user + times.system, sum(_stat(pid)[1] for pid in pids)
+
+        before = cpu()
+        bulk = pool_bulk(pool, blob, trials)
+        after = cpu()
+        parent, children = ((a - b) * 1000 / trials for a, b in zip(after, before))
+        bulk.note = f"{parent + children:.1f} ms = {parent:.1f} (parent) + {children:.1f} (pool processes)"
+        return bulk, pool_sequential(pool, blob, sequential)
 
 
 # ---- (b) start latency ----
@@ -301,6 +315,67 @@ def report_throughput(backend: Backend, hub: EventHub, trials: int, n: int) -> S
 # ---- one cluster configuration ----
 
 
+# ---- CPU per trial, from /proc (Linux) ----
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _stat(pid: int) -> tuple[int, float]:
+    """(parent pid, CPU seconds of the process and its reaped children); (0, 0.0) once it is gone."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0, 0.0
+    return int(fields[1]), sum(int(f) for f in fields[11:15]) / _TICK
+
+
+def _descendants(root: int) -> list[int]:
+    parents = {int(d): _stat(int(d))[0] for d in os.listdir("/proc") if d.isdigit()}
+    found, frontier = [], [root]
+    while frontier:
+        pid = frontier.pop()
+        children = [p for p, parent in parents.items() if parent == pid]
+        found += children
+        frontier += children
+    return found
+
+
+@dataclass
+class CpuSplit:
+    """CPU seconds per trial: this client process, the dispatcher, the agents, their trial processes."""
+
+    client: float = 0.0
+    dispatcher: float = 0.0
+    agents: float = 0.0
+    trials: float = 0.0
+
+    def cell(self) -> str:
+        total = self.client + self.dispatcher + self.agents + self.trials
+        parts = (self.client, self.dispatcher, self.agents, self.trials)
+        return f"{total * 1000:.1f} ms = " + " + ".join(f"{p * 1000:.1f}" for p in parts)
+
+
+class CpuMeter:
+    """Snapshots the cluster's process tree; the difference of two snapshots, per trial."""
+
+    def __init__(self, backend: Backend) -> None:
+        cluster = backend.cluster  # type: ignore[attr-defined]
+        self.dispatcher = cluster.dispatcher.pid
+        self.agents = [proc.pid for proc in cluster.worker_procs]
+
+    def snapshot(self) -> CpuSplit:
+        times = os.times()
+        trials = sum(_stat(pid)[1] for agent in self.agents for pid in _descendants(agent))
+        return CpuSplit(
+            times.user + times.system, _stat(self.dispatcher)[1], sum(_stat(pid)[1] for pid in self.agents), trials
+        )
+
+    @staticmethod
+    def per_trial(before: CpuSplit, after: CpuSplit, n: int) -> CpuSplit:
+        fields = ("client", "dispatcher", "agents", "trials")
+        return CpuSplit(*(max(0.0, getattr(after, f) - getattr(before, f)) / n for f in fields))
+
+
 @dataclass
 class ClusterResults:
     label: str
@@ -310,6 +385,7 @@ class ClusterResults:
     report: Stats
     throughput: Stats
     startup_s: float
+    cpu: CpuSplit
 
 
 def wait_for_workers(backend: Backend, workers: int, timeout: float = 180.0) -> None:
@@ -342,7 +418,10 @@ def measure_cluster(args: argparse.Namespace, worker_args: Sequence[str], log: C
         warm_up(backend, hub, args.workers)
         noop = retia.FunctionalEvaluator(noop_fit)
         log(f"{label}: {args.trials} no-op trials at once")
+        meter = CpuMeter(backend)
+        before = meter.snapshot()
         bulk = retia_bulk(backend, hub, noop, args.trials)
+        cpu = CpuMeter.per_trial(before, meter.snapshot(), args.trials)
         log(f"{label}: {args.sequential} no-op trials one at a time")
         sequential = retia_sequential(backend, hub, noop, args.sequential)
         log(f"{label}: {args.start_trials} torch-importing trials one at a time")
@@ -351,7 +430,7 @@ def measure_cluster(args: argparse.Namespace, worker_args: Sequence[str], log: C
         report = report_latency(backend, hub, args.reports, args.report_pause_every, args.report_pause_ms / 1000)
         log(f"{label}: {args.throughput_trials} trials x {args.throughput_reports} reports flat out")
         throughput = report_throughput(backend, hub, args.throughput_trials, args.throughput_reports)
-    return ClusterResults(label, bulk, sequential, start, report, throughput, startup)
+    return ClusterResults(label, bulk, sequential, start, report, throughput, startup, cpu)
 
 
 # ---- the table ----
@@ -405,6 +484,12 @@ def build_table(results: list[ClusterResults], pool: tuple[Stats, Stats], spawn:
         [ms(per_trial(r.bulk, args.workers)) + " " + verdict(per_trial(r.bulk, args.workers), 0.030, True) for r in results],
         ms(per_trial(pool_bulk_, args.workers)),
         "< 30 ms (Ray Tune ~140 ms, NNI ~17 s)",
+    )
+    row(
+        "  all at once: CPU per trial = client + dispatcher + agents + trial processes",
+        [r.cpu.cell() for r in results],
+        f"{pool_bulk_.note}",
+        "",
     )
     row(
         f"  one at a time ({args.sequential}): latency p50",

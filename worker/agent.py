@@ -97,7 +97,7 @@ class Agent:
         self.id = config.name or f"{socket.gethostname()}-gpu{config.gpu}-{os.getpid()}"
         self.session = Session(key, self.id, max_message_bytes=config.max_message_bytes)
         self._mp = multiprocessing.get_context("forkserver")
-        self._mp.set_forkserver_preload(list(config.preload))
+        self._mp.set_forkserver_preload([*config.preload, "retia.worker._frozen"])  # _frozen last
         self._ctx = zmq.Context()
         self._sock: zmq.Socket | None = None
         self.trial: _Trial | None = None

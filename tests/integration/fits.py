@@ -136,3 +136,9 @@ def tensor_stats(model_cls: Any, data: Any) -> None:
     """Uses a large tensor argument (a blob on the wire) and reports something computed from it."""
     report_intermediate_result(float(data[:1000].sum()))
     report_final_result(float(data[-1000:].sum()))
+
+
+def gc_frozen_objects(model_cls: Any) -> None:
+    import gc
+
+    report_final_result(float(gc.get_freeze_count()))

@@ -1,0 +1,38 @@
+"""The trial process itself, fresh or reused: a report flood outliving it, and what it shares with the fork server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from retia import FunctionalEvaluator
+from retia.dispatcher.client import Backend
+from retia.dispatcher.cluster import local_cluster
+
+from ..clusters import FAST
+from ..integration import fits
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture(scope="module", params=[[], ["--reuse-process"]], ids=["fresh process", "reused process"])
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    home = tmp_path_factory.mktemp("cluster")
+    with local_cluster(workers=1, home=home, worker_args=request.param, **FAST) as backend:  # type: ignore[arg-type]
+        yield backend
+
+
+def test_every_report_of_a_flood_arrives_once_in_order(backend: Backend) -> None:
+    steps = 20_000  # far more than the pipe holds: the process exits long before the agent has read it all
+    trials = [backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting, steps=steps)) for _ in range(2)]
+    for trial in trials:
+        assert trial.result(timeout=120) == float(steps)
+        assert trial.intermediates == [float(i) for i in range(steps)]
+
+
+def test_the_fork_servers_objects_are_frozen_out_of_the_collector(backend: Backend) -> None:
+    # Without gc.freeze() in the fork server, a full collection in a trial copies ~100 MB of
+    # torch's pages and costs ~0.5 s of CPU on a 2-core VM.
+    frozen = backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.gc_frozen_objects)).result(timeout=60)
+    assert frozen > 10_000
