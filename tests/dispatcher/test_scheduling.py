@@ -14,7 +14,7 @@ from retia import FunctionalEvaluator
 from retia.dispatcher.client import connect
 from retia.dispatcher.config import DispatcherConfig
 from retia.dispatcher.service import Dispatcher
-from retia.protocol import Done, Hello, Message, MsgType, Ready, Session, TrialState
+from retia.protocol import Done, Hello, Message, MsgType, Ready, ReportBatch, Session, Submit, TrialState
 
 from ..integration import fits
 
@@ -133,3 +133,39 @@ def test_a_prefetching_worker_that_leaves_gives_back_both_trials(dispatcher: Dis
                 done = Done(TrialState.SUCCEEDED.value, reports=[[1, True, value]])
                 other.send_multipart(second.frames(MsgType.DONE, done, trial=expected.id, attempt=2, seq=2))
             assert [a.result(timeout=10), b.result(timeout=10)] == [1.0, 2.0]
+
+
+def test_a_burst_of_events_reaches_a_client_in_bounded_batches_in_order(dispatcher: Dispatcher, worker: zmq.Socket) -> None:
+    session = _hello(worker)
+    with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as client:
+        client.setsockopt(zmq.IDENTITY, b"c1")
+        client.setsockopt(zmq.LINGER, 0)
+        client.connect(dispatcher.address)
+        me = Session(KEY, "c1")
+        client.send_multipart(me.frames(MsgType.HELLO, Hello("client", "c1")))
+        client.send_multipart(me.frames(MsgType.SUBMIT, Submit(b"evaluator", b"model"), trial="t1", seq=1))
+        assert _receive(worker, session, MsgType.RUN) is not None
+        n = 3000
+        items = [[i + 1, False, float(i)] for i in range(n)]
+        worker.send_multipart(session.frames(MsgType.REPORTS, ReportBatch(items), trial="t1", attempt=1, seq=n))
+        worker.send_multipart(_done(session, "t1", [n + 1, True, -1.0]))
+        values: list[float] = []
+        sizes: list[int] = []
+        seqs: list[int] = []
+        deadline = time.monotonic() + 30
+        while len(values) < n + 1:
+            assert time.monotonic() < deadline, f"{len(values)} of {n + 1} reports arrived"
+            if not client.poll(1000):
+                continue
+            msg = me.parse(client.recv_multipart())
+            events = [Session.decode(*item) for item in msg.body.items] if msg.type is MsgType.EVENTS else [msg]
+            if msg.type is MsgType.EVENTS:
+                sizes.append(len(events))
+            for event in events:
+                if event.type is MsgType.REPORT:
+                    values.append(event.body.value)
+                if event.type in (MsgType.REPORT, MsgType.STATE):
+                    seqs.append(event.header.seq)
+        assert values == [float(i) for i in range(n)] + [-1.0]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+        assert max(sizes) == 1024  # 3,000 events of one batch: split in messages of at most 1,024
