@@ -20,7 +20,11 @@ class ArtifactStore:
         self.root = root
 
     def trial_dir(self, client: str, trial: str) -> Path:
-        return self.root / _safe_name(client) / _safe_name(trial)
+        return Path(self.trial_path(client, trial))
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 (one store per dispatcher) every STATE event names it
+    def trial_path(self, client: str, trial: str) -> str:
+        return str(self.root / _safe_name(client) / _safe_name(trial))
 
     def write(self, client: str, trial: str, chunk: FileChunk) -> bool:
         rel = PurePosixPath(chunk.path)
@@ -36,7 +40,7 @@ class ArtifactStore:
         return True
 
 
-@functools.lru_cache(maxsize=1 << 16)  # every STATE event of every trial names its directory
+@functools.lru_cache(maxsize=1 << 16)
 def _safe_name(name: str) -> str:
     cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     return cleaned.strip(".") or "_"

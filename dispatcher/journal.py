@@ -52,6 +52,11 @@ _TRIAL_COLUMNS = (
     "traceback, log_tail, cancel_requested, queue_seq, created, updated, blobs"
 )
 
+_UPDATE_SQL = (  # what changes after a SUBMIT; the rest (arch, blobs, ...) is written once
+    "UPDATE trials SET state = ?, attempt = ?, worker = ?, reason = ?, exc_type = ?, message = ?, traceback = ?, "
+    "log_tail = ?, cancel_requested = ?, queue_seq = ?, updated = ? WHERE id = ?"
+)
+
 
 @dataclass
 class TrialRecord:
@@ -165,10 +170,13 @@ class Journal:
             self._queue_seq += 1
             rec.queue_seq = self._queue_seq
         rec.updated = time.time()
-        row = self._row(rec)
-        columns = [c.strip() for c in _TRIAL_COLUMNS.split(",")]
-        assignments = ", ".join(f"{c} = ?" for c in columns[1:])
-        self._db.execute(f"UPDATE trials SET {assignments} WHERE id = ?", (*row[1:], rec.id))
+        self._db.execute(
+            _UPDATE_SQL,
+            (
+                rec.state.value, rec.attempt, rec.worker, rec.reason, rec.exc_type, rec.message, rec.traceback,
+                rec.log_tail, int(rec.cancel_requested), rec.queue_seq, rec.updated, rec.id,
+            ),
+        )  # fmt: skip
 
     def payload(self, trial_id: str) -> tuple[bytes, bytes]:
         row = self._db.execute("SELECT evaluator, model FROM payloads WHERE id = ?", (trial_id,)).fetchone()

@@ -535,7 +535,7 @@ class Dispatcher:
     def _event_state(self, rec: TrialRecord) -> None:
         change = StateChange(
             rec.state.value, rec.attempt, rec.worker, rec.reason, rec.exc_type, rec.message, rec.traceback,
-            rec.log_tail, str(self.artifacts.trial_dir(rec.client, rec.id)),
+            rec.log_tail, self.artifacts.trial_path(rec.client, rec.id),
         )  # fmt: skip
         self._event(rec, MsgType.STATE, self.session.pack_body(change))
 
