@@ -142,3 +142,14 @@ def gc_frozen_objects(model_cls: Any) -> None:
     import gc
 
     report_final_result(float(gc.get_freeze_count()))
+
+
+def writes_nested(model_cls: Any) -> None:
+    """Files in subdirectories of the output directory, and a link to one of them."""
+    from pathlib import Path
+
+    root = Path(os.environ["RETIA_OUTPUT_DIR"])
+    (root / "logs" / "epoch-1").mkdir(parents=True)
+    (root / "logs" / "epoch-1" / "metrics.csv").write_text("step,loss\n1,0.5\n")
+    (root / "best.txt").symlink_to(root / "logs" / "epoch-1" / "metrics.csv")
+    report_final_result(1.0)

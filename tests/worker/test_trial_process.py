@@ -36,3 +36,10 @@ def test_the_fork_servers_objects_are_frozen_out_of_the_collector(backend: Backe
     # torch's pages and costs ~0.5 s of CPU on a 2-core VM.
     frozen = backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.gc_frozen_objects)).result(timeout=60)
     assert frozen > 10_000
+
+
+def test_nested_output_files_come_home_with_their_paths(backend: Backend) -> None:
+    trial = backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.writes_nested))
+    assert trial.result(timeout=60) == 1.0 and trial.output_dir is not None
+    assert (trial.output_dir / "logs" / "epoch-1" / "metrics.csv").read_text() == "step,loss\n1,0.5\n"
+    assert (trial.output_dir / "best.txt").read_text() == "step,loss\n1,0.5\n"  # a link ships its file
