@@ -175,6 +175,7 @@ class Done:
     log_tail: str = ""
     duration: float = 0.0
     reports: list[list[Any]] = field(default_factory=list)  # [[seq, final, value], ...], stored before the outcome
+    files: list[list[Any]] = field(default_factory=list)  # [[relative path, bytes], ...]: small artefacts, inline
 
 
 @dataclass(frozen=True)

@@ -422,6 +422,8 @@ class Dispatcher:
         rec = self._current(identity, msg)
         if rec is not None:
             self._store_reports(rec, done.reports)
+            for path, data in done.files:  # before the final state goes out: the client finds them there
+                self.artifacts.write(rec.client, rec.id, FileChunk(str(path), 0, bytes(data), True))
             self._finish(rec, self._outcome(rec, done))
         worker = self.workers[identity]
         if h.trial in worker.trials and (rec is None or rec.attempt == h.attempt):

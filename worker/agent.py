@@ -14,6 +14,7 @@ message each way.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -55,6 +56,7 @@ __all__ = ["Agent"]
 
 _log = logging.getLogger(__name__)
 _CHUNK = 1 << 20
+_INLINE = 64 << 10  # artefacts up to this much in all ride inside DONE instead of FILE messages
 _LOG_TAIL_LINES = 50
 _MAX_BATCH = 512
 
@@ -486,27 +488,32 @@ class Agent:
             self._exiting.append((trial.process, now + self.config.kill_grace))
         reports, trial.pending = trial.pending, []
         items = self._numbered(reports, trial)
-        self._ship_artifacts(trial)
-        self._reliable(MsgType.DONE, self._outcome(trial, now, items), trial)
+        inline = self._ship_artifacts(trial)
+        self._reliable(MsgType.DONE, self._outcome(trial, now, items, inline), trial)
         self.trial = None  # DONE tells the dispatcher we are free: no READY needed
         self._start_waiting()  # a prefetched trial starts now, not a loop turn later
 
-    def _outcome(self, trial: _Trial, now: float, reports: list[list[Any]]) -> Done:
+    def _outcome(self, trial: _Trial, now: float, reports: list[list[Any]], files: list[list[Any]]) -> Done:
+        done = self._verdict(trial, now)
+        return dataclasses.replace(done, reports=reports, files=files)
+
+    @staticmethod
+    def _verdict(trial: _Trial, now: float) -> Done:
         code = trial.process.exitcode
         tail = _tail(trial.log_file)
         duration = now - trial.started
         if trial.kill_reason:
-            return Done(trial.kill_state.value, trial.kill_reason, log_tail=tail, duration=duration, reports=reports)
+            return Done(trial.kill_state.value, trial.kill_reason, log_tail=tail, duration=duration)
         if trial.error is not None:
             exc_type, message, tb = trial.error
-            return Done(TrialState.FAILED.value, f"{exc_type}: {message}", exc_type, message, tb, tail, duration, reports)
+            return Done(TrialState.FAILED.value, f"{exc_type}: {message}", exc_type, message, tb, tail, duration)
         if trial.returned and code in (0, None):  # None: a --reuse-process child lives on
-            return Done(TrialState.SUCCEEDED.value, "", log_tail=tail, duration=duration, reports=reports)
+            return Done(TrialState.SUCCEEDED.value, "", log_tail=tail, duration=duration)
         if code is not None and code < 0:
             reason = f"trial process killed by {signal.Signals(-code).name} before fit returned"
         else:
             reason = f"trial process exited with code {code} before fit returned"
-        return Done(TrialState.FAILED.value, reason, "TrialProcessDied", reason, "", tail, duration, reports)
+        return Done(TrialState.FAILED.value, reason, "TrialProcessDied", reason, "", tail, duration)
 
     def _kill(self, trial: _Trial, reason: str, *, state: TrialState = TrialState.FAILED, hard: bool = False) -> None:
         """SIGTERM the trial's process group now and SIGKILL it after the grace period."""
@@ -528,14 +535,24 @@ class Agent:
             except ProcessLookupError:
                 pass
 
-    def _ship_artifacts(self, trial: _Trial) -> None:
-        """Stream the trial's output files home in chunks, up to the per-trial cap."""
-        budget = trial.max_artifact_bytes
+    def _ship_artifacts(self, trial: _Trial) -> list[list[Any]]:
+        """Send the trial's output files home, up to the per-trial cap: the first 64 KiB inside
+        DONE (returned), the rest streamed in FILE chunks."""
+        budget, inline, inline_bytes = trial.max_artifact_bytes, [], 0
         for rel, path, size in _files(str(trial.output_dir)):
             if size > budget:
                 _log.warning("artefact %s (%d bytes) exceeds the remaining cap of %d bytes; not sent", path, size, budget)
                 continue
             budget -= size
+            if inline_bytes + size <= _INLINE:
+                try:
+                    with open(path, "rb") as f:
+                        inline.append([rel, f.read(_INLINE - inline_bytes)])  # as stat saw it, if it grew
+                except OSError as exc:
+                    _log.warning("artefact %s not sent: %s", path, exc)
+                    continue
+                inline_bytes += len(inline[-1][1])
+                continue
             with open(path, "rb") as f:
                 offset = 0
                 while True:
@@ -545,6 +562,7 @@ class Agent:
                     offset += len(data)
                     if last:
                         break
+        return inline
 
 
 def _files(root: str) -> list[tuple[str, str, int]]:

@@ -145,11 +145,12 @@ def gc_frozen_objects(model_cls: Any) -> None:
 
 
 def writes_nested(model_cls: Any) -> None:
-    """Files in subdirectories of the output directory, and a link to one of them."""
+    """Files in subdirectories of the output directory, a link to one of them, and a larger one."""
     from pathlib import Path
 
     root = Path(os.environ["RETIA_OUTPUT_DIR"])
     (root / "logs" / "epoch-1").mkdir(parents=True)
     (root / "logs" / "epoch-1" / "metrics.csv").write_text("step,loss\n1,0.5\n")
     (root / "best.txt").symlink_to(root / "logs" / "epoch-1" / "metrics.csv")
+    (root / "weights.bin").write_bytes(bytes(range(256)) * 1024)  # 256 KiB: too big to ride inside DONE
     report_final_result(1.0)
