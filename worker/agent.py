@@ -568,8 +568,8 @@ class Agent:
 def _files(root: str) -> list[tuple[str, str, int]]:
     """(path relative to root with "/", path, size) of every regular file under root, sorted.
 
-    ``os.scandir`` rather than ``Path.rglob``: it is called for every trial, and rglob's
-    path objects cost more than a no-op trial's whole run.
+    ``os.scandir`` rather than ``Path.rglob``: it runs for every trial, and rglob's path
+    objects were a measurable share of a short trial's cost (docs/benchmarks.md).
     """
     found: list[tuple[str, str, int]] = []
     stack = [(root, "")]
