@@ -31,11 +31,9 @@ from retia.blobs import CHUNK as BLOB_CHUNK
 from retia.blobs import BlobStore
 from retia.protocol import (
     Ack,
-    AckBatch,
     BlobRequest,
     Cancel,
     Done,
-    EventBatch,
     FileChunk,
     Hello,
     Message,
@@ -56,13 +54,12 @@ from retia.protocol import (
 from .artifacts import ArtifactStore
 from .config import DispatcherConfig
 from .journal import Journal, TrialRecord
+from .outbox import Outbox
 
 __all__ = ["Dispatcher"]
 
 _log = logging.getLogger(__name__)
 _BATCH = 512
-_EVENTS_PER_MESSAGE = 1024
-_EVENT_BYTES_PER_MESSAGE = 1 << 20  # well under any peer's message size limit
 
 
 @dataclass
@@ -100,7 +97,6 @@ class Dispatcher:
         self.journal = Journal(config.journal_path)
         self.artifacts = ArtifactStore(config.artifacts_dir)
         self.blobs = BlobStore(config.home_dir / "blobs", config.blob_budget_bytes)
-        self.bytes_sent = 0
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
@@ -120,9 +116,7 @@ class Dispatcher:
         self.idle: deque[bytes] = deque()
         self.prefetching: deque[bytes] = deque()  # busy workers with a free prefetch slot
         self._orphans: dict[str, float] = {}  # RUNNING at restart: trial -> adoption deadline
-        self._outbox: list[list[bytes]] = []
-        self._acks: dict[bytes, list[list[object]]] = {}  # peer -> [[trial, attempt, seq], ...] of this batch
-        self._events: dict[bytes, list[list[object]]] = {}  # client -> [[type, trial, attempt, seq, body], ...]
+        self.outbox = Outbox(self.session, self._sock)
         self._dropped: dict[bytes, int] = {}
         self._stopping = False
         self._started = time.monotonic()
@@ -194,7 +188,6 @@ class Dispatcher:
                 continue
             self.messages_handled += 1
             self._handle(identity, msg)
-        self.journal.commit()
 
     def _drop(self, identity: bytes, exc: Exception) -> None:
         count = self._dropped.get(identity, 0) + 1
@@ -203,47 +196,15 @@ class Dispatcher:
             _log.warning("dropped message from peer %r (%d so far): %s", identity, count, exc)
 
     def _send(self, identity: bytes, type: MsgType, body: object = None, **header: object) -> None:
-        self._outbox.append([identity, *self.session.frames(type, body, **header)])  # type: ignore[arg-type]
+        self.outbox.send(identity, type, body, **header)
 
     def _ack(self, identity: bytes, msg: Message) -> None:
-        """Acknowledge a stored message; a batch's acknowledgements to one peer leave as one ACKS."""
-        h = msg.header
-        self._acks.setdefault(identity, []).append([h.trial, h.attempt, h.seq])
+        self.outbox.ack(identity, msg.header)
 
     def _flush(self) -> None:
-        """Send what the last batch produced; called only after the journal commit."""
+        """Send what the loop turn produced, once the journal holds it."""
         self.journal.commit()
-        for identity, acks in self._acks.items():
-            if len(acks) == 1:
-                trial, attempt, seq = acks[0]
-                self._send(identity, MsgType.ACK, Ack(), trial=trial, attempt=attempt, seq=seq)
-            else:
-                self._send(identity, MsgType.ACKS, AckBatch(acks))
-        self._acks.clear()
-        for identity, events in self._events.items():
-            self._send_events(identity, events)
-        self._events.clear()
-        for frames in self._outbox:
-            try:
-                self._sock.send_multipart(frames, zmq.NOBLOCK)
-                self.bytes_sent += sum(len(f) for f in frames)
-            except zmq.Again:
-                _log.warning("send queue full for peer %r; message dropped (it will be re-sent)", frames[0])
-        self._outbox.clear()
-
-    def _send_events(self, identity: bytes, events: list[list[object]]) -> None:
-        """Events to one client, in order: alone as REPORT/STATE, or several to an EVENTS message."""
-        if len(events) == 1:
-            kind, trial, attempt, seq, body = events[0]
-            frames = self.session.frames_raw(MsgType(kind), body, trial=trial, attempt=attempt, seq=seq)  # type: ignore[arg-type]
-            self._outbox.append([identity, *frames])
-            return
-        start, size = 0, 0
-        for i, event in enumerate(events):
-            size += len(event[4])  # type: ignore[arg-type]
-            if i + 1 == len(events) or i + 1 - start == _EVENTS_PER_MESSAGE or size >= _EVENT_BYTES_PER_MESSAGE:
-                self._send(identity, MsgType.EVENTS, EventBatch(events[start : i + 1]))
-                start, size = i + 1, 0
+        self.outbox.flush()
 
     # ---- message handling ----
 
@@ -299,9 +260,8 @@ class Dispatcher:
         if hello.role == Role.CLIENT.value:
             self.clients[hello.peer_id] = _Client(hello.peer_id, identity, expiry)
             self._send(identity, MsgType.WELCOME, welcome)
-            replay = self._events.setdefault(identity, [])
             for event in self.journal.events_after(hello.peer_id, hello.last_event):
-                replay.append([event.kind, event.trial, event.attempt, event.seq, event.body])
+                self.outbox.event(identity, event.kind, event.trial, event.attempt, event.seq, event.body)
             _log.info("client %s connected (replaying events after %d)", hello.peer_id, hello.last_event)
             return
         if hello.role != Role.WORKER.value:
@@ -545,7 +505,7 @@ class Dispatcher:
         seq = self.journal.add_event(rec.client, rec.id, rec.attempt, int(kind), body)
         client = self.clients.get(rec.client)
         if client is not None:
-            self._events.setdefault(client.identity, []).append([int(kind), rec.id, rec.attempt, seq, body])
+            self.outbox.event(client.identity, int(kind), rec.id, rec.attempt, seq, body)
 
     def _dispatch(self) -> None:
         """Queued trials to idle workers first, then to the free prefetch slots of busy ones."""
@@ -602,4 +562,4 @@ class Dispatcher:
             WorkerInfo(w.id, w.host, w.gpu, w.pid, "busy" if w.trial else "idle", w.trial, now - w.since)
             for w in self.workers.values()
         ]
-        return StatusReply(self.id, workers, counts, time.monotonic() - self._started, self.bytes_sent)
+        return StatusReply(self.id, workers, counts, time.monotonic() - self._started, self.outbox.bytes_sent)
