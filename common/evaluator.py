@@ -53,8 +53,9 @@ class Evaluator:
         ``output_dir`` defaults to a fresh directory under ``./retia-runs/`` (or ``$RETIA_RUNS_DIR``).
         """
         factory = model_factory(model)
-        out = (Path(output_dir) if output_dir is not None else _fresh_run_dir()).resolve()
-        out.mkdir(parents=True, exist_ok=True)
+        out = Path(os.path.abspath(output_dir if output_dir is not None else _fresh_run_dir()))
+        if not out.is_dir():  # a worker's trial process created it already
+            out.mkdir(parents=True, exist_ok=True)
         collector = CollectingReporter() if reporter is None else None
         start = time.perf_counter()
         with _output_dir_env(out), use_reporter(reporter or collector):  # type: ignore[arg-type]
@@ -125,7 +126,7 @@ def _fresh_run_dir() -> Path:
 @contextlib.contextmanager
 def _output_dir_env(path: Path) -> Iterator[None]:
     saved = {name: os.environ.get(name) for name in OUTPUT_DIR_VARS}
-    os.environ.update({name: str(path.resolve()) for name in OUTPUT_DIR_VARS})
+    os.environ.update({name: str(path) for name in OUTPUT_DIR_VARS})
     try:
         yield
     finally:

@@ -37,6 +37,8 @@ __all__ = [
     "Run",
     "Report",
     "ReportBatch",
+    "RunBatch",
+    "DoneBatch",
     "AckBatch",
     "EventBatch",
     "Done",
@@ -80,6 +82,8 @@ class MsgType(IntEnum):
     REPORTS = 21  # worker -> dispatcher: several reports of one attempt (header seq = the last one)
     ACKS = 22  # dispatcher -> sender: the acknowledgements one batch produced, in one message
     EVENTS = 23  # dispatcher -> client: the REPORT and STATE events one batch produced, in order
+    RUNS = 24  # dispatcher -> worker: several RUNs in one message (a worker that holds trials, --prefetch)
+    DONES = 25  # worker -> dispatcher: several DONEs in one message, each acknowledged on its own
 
 
 class Role(str, Enum):
@@ -127,7 +131,7 @@ class Hello:
     running: list[list[Any]] = field(default_factory=list)  # [[trial, attempt], ...] still running
     last_event: int = 0  # clients: highest event seq already received
     version: str = ""
-    prefetch: int = 0  # workers: how many trials it takes beyond the one it runs (0 or 1)
+    prefetch: int = 0  # workers: how many trials it holds beyond the one it runs
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,18 @@ class Run:
     name: str = ""
     max_artifact_bytes: int = 50 << 20
     blobs: list[list[Any]] = field(default_factory=list)  # [[digest, size], ...] the payload references
+
+
+@dataclass(frozen=True)
+class RunBatch:
+    items: list[list[Any]]  # [[trial, attempt, evaluator, model, timeout, name, blobs], ...] in order
+
+    def messages(self, sender: str = "") -> list[Message]:
+        """Each item as the RUN message it stands for."""
+        return [
+            Message(Header(MsgType.RUN, str(t), int(a), 0, sender), Run(e, m, timeout, name, blobs=list(blobs)))
+            for t, a, e, m, timeout, name, blobs in self.items
+        ]
 
 
 @dataclass(frozen=True)
@@ -179,8 +195,22 @@ class Done:
 
 
 @dataclass(frozen=True)
+class DoneBatch:
+    items: list[list[Any]]  # [[trial, attempt, seq, [Done fields...]], ...]
+
+    @classmethod
+    def of(cls, dones: list[tuple[str, int, int, Done]]) -> DoneBatch:
+        return cls([[trial, attempt, seq, _to_wire(done)] for trial, attempt, seq, done in dones])
+
+    def messages(self, sender: str = "") -> list[Message]:
+        """Each item as the DONE message it stands for."""
+        return [Message(Header(MsgType.DONE, str(t), int(a), int(s), sender), Done(*fields)) for t, a, s, fields in self.items]
+
+
+@dataclass(frozen=True)
 class Cancel:
     reason: str = "cancelled"
+    give_back: bool = False  # dispatcher -> worker: return it unstarted (DONE with state QUEUED); if it runs, run on
 
 
 @dataclass(frozen=True)
@@ -282,6 +312,8 @@ BODY_TYPES: dict[MsgType, type] = {
     MsgType.REPORTS: ReportBatch,
     MsgType.ACKS: AckBatch,
     MsgType.EVENTS: EventBatch,
+    MsgType.RUNS: RunBatch,
+    MsgType.DONES: DoneBatch,
 }
 
 

@@ -261,16 +261,16 @@ def _register_user_module(obj: Any) -> None:
     Every such module already imported is registered, not only ``obj``'s own: a pickled
     object may reach functions of several of the user's files, and the worker has none.
     """
-    for name in list(sys.modules):
-        if "." in name or name == "__main__" or name in _registered or not _is_user_module(name):
+    for name in sys.modules.keys() - _checked:  # only modules imported since the last call
+        _checked.add(name)
+        if "." in name or name == "__main__" or not _is_user_module(name):
             continue
         module = sys.modules.get(name)
         if isinstance(module, types.ModuleType) and getattr(module, "__file__", None):
             cloudpickle.register_pickle_by_value(module)
-            _registered.add(name)
 
 
-_registered: set[str] = set()
+_checked: set[str] = set()  # module names looked at once: dump() runs per trial, sys.modules rarely changes
 
 
 def warm_up() -> None:

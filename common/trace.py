@@ -107,17 +107,23 @@ def _name_positionals(
     if not args:
         return args, dict(kwargs)
     try:
-        params = list(inspect.signature(target).parameters.values())
-    except (TypeError, ValueError):
+        params = _parameters(target)
+    except (TypeError, ValueError):  # no signature, or an unhashable callable
         return args, dict(kwargs)
     names: list[str] = []
-    for param in params:
-        if param.kind is not param.POSITIONAL_OR_KEYWORD or param.name in kwargs:
+    for name, kind in params:
+        if kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD or name in kwargs:
             break
-        names.append(param.name)
+        names.append(name)
     if len(args) > len(names):
         return args, dict(kwargs)  # *args or positional-only: keep the call as written
     return (), {**dict(zip(names, args)), **kwargs}
+
+
+@functools.lru_cache(maxsize=1024)
+def _parameters(target: Callable[..., Any]) -> tuple[tuple[str, Any], ...]:
+    """(name, kind) of each parameter; cached: every evaluator rebuilt on a worker asks again."""
+    return tuple((p.name, p.kind) for p in inspect.signature(target).parameters.values())
 
 
 def _qualname(target: Any) -> str:

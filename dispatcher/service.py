@@ -42,6 +42,7 @@ from retia.protocol import (
     Report,
     Role,
     Run,
+    RunBatch,
     Session,
     StateChange,
     StatusReply,
@@ -60,6 +61,7 @@ __all__ = ["Dispatcher"]
 
 _log = logging.getLogger(__name__)
 _BATCH = 512
+_MAX_PREFETCH = 64
 
 
 @dataclass
@@ -71,13 +73,13 @@ class _Worker:
     pid: int
     expiry: float
     since: float = field(default_factory=time.time)
-    trial: str = ""  # the trial id it runs, "" when idle
-    prefetch: bool = False  # it takes a second trial while one runs (see `next`)
-    next: str = ""  # the trial it holds to start when `trial` ends
+    slots: int = 1  # trials it takes at once: the one it runs and the ones it holds (--prefetch)
+    trials: list[str] = field(default_factory=list)  # given to it, in order: the first runs, the rest wait there
 
     @property
-    def trials(self) -> list[str]:
-        return [t for t in (self.trial, self.next) if t]
+    def trial(self) -> str:
+        """The trial it runs ("" when idle)."""
+        return self.trials[0] if self.trials else ""
 
 
 @dataclass
@@ -115,6 +117,8 @@ class Dispatcher:
         self.queue: deque[str] = deque()
         self.idle: deque[bytes] = deque()
         self.prefetching: deque[bytes] = deque()  # busy workers with a free prefetch slot
+        self._recalled: set[str] = set()  # held trials asked back for idle workers, not answered yet
+        self._rebalance_due = False
         self._orphans: dict[str, float] = {}  # RUNNING at restart: trial -> adoption deadline
         self.outbox = Outbox(self.session, self._sock)
         self._dropped: dict[bytes, int] = {}
@@ -230,6 +234,14 @@ class Dispatcher:
             self._on_reports(identity, msg)
         elif kind is MsgType.DONE:
             self._on_done(identity, msg)
+        elif kind is MsgType.DONES:
+            try:
+                dones = msg.body.messages(msg.header.sender)
+            except (TypeError, ValueError) as exc:
+                self._drop(identity, ProtocolError(f"malformed DONES: {exc}"))
+                return
+            for done in dones:
+                self._on_done(identity, done)
         elif kind is MsgType.FILE:
             self._on_file(identity, msg)
         elif kind is MsgType.BLOB_GET:
@@ -268,9 +280,10 @@ class Dispatcher:
             self._drop(identity, ProtocolError(f"unknown role {hello.role!r}"))
             return
         old = self.workers.get(identity)
-        worker = _Worker(hello.peer_id, identity, hello.host, hello.gpu, hello.pid, expiry, prefetch=hello.prefetch > 0)
+        slots = 1 + min(max(0, int(hello.prefetch)), _MAX_PREFETCH)
+        worker = _Worker(hello.peer_id, identity, hello.host, hello.gpu, hello.pid, expiry, slots=slots)
         if old is not None:
-            worker.since, worker.trial, worker.next = old.since, old.trial, old.next
+            worker.since, worker.trials = old.since, old.trials
         self.workers[identity] = worker
         self._send(identity, MsgType.WELCOME, welcome)
         for trial_id, attempt in hello.running:
@@ -279,10 +292,8 @@ class Dispatcher:
             if ours and rec is not None and (rec.worker == worker.id or trial_id in self._orphans):
                 self._orphans.pop(trial_id, None)
                 rec.worker = worker.id
-                if worker.trial and trial_id != worker.trial:  # the running one comes first, then the one it holds
-                    worker.next = trial_id
-                else:
-                    worker.trial = trial_id
+                if trial_id not in worker.trials:  # in the worker's order: the running one, then those it holds
+                    worker.trials.append(trial_id)
                 self.journal.update_trial(rec)
                 _log.info("worker %s still runs trial %s attempt %d: adopted", worker.id, trial_id, attempt)
             else:
@@ -337,12 +348,11 @@ class Dispatcher:
 
     def _on_ready(self, identity: bytes, ready: Ready) -> None:
         worker = self.workers[identity]
-        if worker.trial and ready.last_run != (worker.next or worker.trial):
+        if worker.trials and ready.last_run != worker.trials[-1]:
             return  # sent before our last RUN reached it (a HELLO repeated after RESETs): it is busy now
         self._lose_all(worker, f"worker {worker.id} became ready without finishing it")
-        worker.trial = worker.next = ""
-        if identity not in self.idle:
-            self.idle.append(identity)
+        worker.trials = []
+        self._became_idle(worker)
 
     def _current(self, identity: bytes, msg: Message) -> TrialRecord | None:
         """The trial a worker's message is about, if that attempt is still the live one."""
@@ -380,27 +390,55 @@ class Dispatcher:
         """The attempt ended (its last reports ride along) and the worker is free for the next RUN."""
         h, done = msg.header, msg.body
         rec = self._current(identity, msg)
-        if rec is not None:
+        worker = self.workers[identity]
+        if h.trial in worker.trials and (rec is None or rec.attempt == h.attempt):
+            worker.trials.remove(h.trial)  # the next one it holds, if any, starts now
+            if not worker.trials:
+                self._became_idle(worker)
+            else:
+                self._offer_slot(worker)
+        if rec is not None and done.state == TrialState.QUEUED.value:
+            self._given_back(rec)
+        elif rec is not None:
             self._store_reports(rec, done.reports)
             for path, data in done.files:  # before the final state goes out: the client finds them there
                 self.artifacts.write(rec.client, rec.id, FileChunk(str(path), 0, bytes(data), True))
             self._finish(rec, self._outcome(rec, done))
-        worker = self.workers[identity]
-        if h.trial in worker.trials and (rec is None or rec.attempt == h.attempt):
-            if worker.trial == h.trial:
-                worker.trial, worker.next = worker.next, ""  # the prefetched trial, if any, starts now
-            else:
-                worker.next = ""  # the prefetched one ended unstarted (cancelled, or its blobs failed)
-            if not worker.trial:
-                if identity not in self.idle:
-                    self.idle.append(identity)
-            elif worker.prefetch:
-                self._offer_slot(identity)
         self._ack(identity, msg)
 
-    def _offer_slot(self, identity: bytes) -> None:
-        if identity not in self.prefetching:  # a worker has at most one free slot
-            self.prefetching.append(identity)
+    def _became_idle(self, worker: _Worker) -> None:
+        if worker.identity not in self.idle:
+            self.idle.append(worker.identity)
+        self._rebalance_due = True
+
+    def _rebalance(self) -> None:
+        """Idle workers and an empty queue while busy ones hold trials they have not started: ask for
+        some back (CANCEL with give_back; a worker that started one already runs it on)."""
+        if self.queue or not self.idle:
+            return
+        holders = [w for w in self.workers.values() if len(w.trials) > 1]
+        self._recalled &= {t for w in holders for t in w.trials[1:]}  # forget those answered or gone
+        for _ in range(len(self.idle) - len(self._recalled)):
+            candidates = [(len(w.trials), w, t) for w in holders for t in w.trials[1:] if t not in self._recalled]
+            if not candidates:
+                return
+            _n, donor, trial = max(reversed(candidates), key=lambda c: c[0])  # the last of the longest line
+            self._recalled.add(trial)
+            cancel = Cancel(f"given back to start on an idle worker, not after {donor.trial}", give_back=True)
+            self._send(donor.identity, MsgType.CANCEL, cancel, trial=trial, attempt=self.trials[trial].attempt)
+
+    def _given_back(self, rec: TrialRecord) -> None:
+        """A worker returned a held trial it never started: first in the queue again, the attempt not spent."""
+        rec.state, rec.worker, rec.attempt = TrialState.QUEUED, "", rec.attempt - 1
+        self.journal.update_trial(rec, requeue=True)
+        self.queue.appendleft(rec.id)
+        self._event_state(rec)
+        _log.debug("trial %s given back unstarted: queued again", rec.id)
+
+    def _offer_slot(self, worker: _Worker) -> None:
+        """Queue a busy worker's free slot; one entry per worker, so slots fill round-robin."""
+        if len(worker.trials) < worker.slots and worker.identity not in self.prefetching:
+            self.prefetching.append(worker.identity)
 
     @staticmethod
     def _outcome(rec: TrialRecord, done: Done) -> TrialState:
@@ -508,29 +546,34 @@ class Dispatcher:
             self.outbox.event(client.identity, int(kind), rec.id, rec.attempt, seq, body)
 
     def _dispatch(self) -> None:
-        """Queued trials to idle workers first, then to the free prefetch slots of busy ones."""
+        """Queued trials to idle workers first, then round-robin to the free slots of busy ones.
+
+        A worker given several trials in one turn gets them in one RUNS message."""
+        runs: dict[bytes, list[list[object]]] = {}
         while self.queue and (self.idle or self.prefetching):
             identity = (self.idle or self.prefetching).popleft()
             worker = self.workers.get(identity)
-            if worker is None:
+            if worker is None or len(worker.trials) >= worker.slots:
                 continue
             rec = self.trials[self.queue.popleft()]
-            if not worker.trial:
-                worker.trial = rec.id
-                if worker.prefetch:
-                    self._offer_slot(identity)
-            elif worker.prefetch and not worker.next:
-                worker.next = rec.id
-            else:
-                self.queue.appendleft(rec.id)
-                continue
+            worker.trials.append(rec.id)
+            self._offer_slot(worker)
             evaluator, model = self.journal.payload(rec.id)
             rec.state, rec.attempt, rec.worker, rec.reason = TrialState.RUNNING, rec.attempt + 1, worker.id, ""
             self.journal.update_trial(rec)
             self._event_state(rec)
-            run = Run(evaluator, model, rec.timeout, rec.name, blobs=rec.blobs)
-            self._send(identity, MsgType.RUN, run, trial=rec.id, attempt=rec.attempt)
+            runs.setdefault(identity, []).append([rec.id, rec.attempt, evaluator, model, rec.timeout, rec.name, rec.blobs])
             _log.debug("trial %s RUNNING on %s (attempt %d)", rec.id, worker.id, rec.attempt)
+        if self._rebalance_due:
+            self._rebalance_due = False
+            self._rebalance()
+        for identity, items in runs.items():
+            if len(items) == 1:
+                trial, attempt, evaluator, model, timeout, name, blobs = items[0]
+                run = Run(evaluator, model, timeout, name, blobs=blobs)  # type: ignore[arg-type]
+                self._send(identity, MsgType.RUN, run, trial=trial, attempt=attempt)  # type: ignore[arg-type]
+            else:
+                self._send(identity, MsgType.RUNS, RunBatch(items))
 
     def _beat(self, now: float) -> None:
         for worker in list(self.workers.values()):

@@ -9,7 +9,9 @@ The agent never loads a payload: the trial process does, after the agent checked
 signature. Reports, artefact chunks and DONE are kept until acknowledged and re-sent after
 a reconnect (Paranoid Pirate: liveness counter, exponential back-off). DONE carries the
 reports read in the same loop turn and doubles as READY, so a short trial costs one
-message each way.
+message each way. With ``--prefetch N`` the agent holds up to N trials beyond the running
+one; with ``--reuse-process`` it queues them in the child at once, which runs them back to
+back, and the DONEs of one loop turn go out in one DONES message.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import select
 import signal
 import socket
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -35,6 +37,7 @@ from retia.curve import secure_client
 from retia.errors import AuthenticationError, ProtocolError
 from retia.protocol import (
     Done,
+    DoneBatch,
     FileChunk,
     Hello,
     Message,
@@ -59,6 +62,7 @@ _CHUNK = 1 << 20
 _INLINE = 64 << 10  # artefacts up to this much in all ride inside DONE instead of FILE messages
 _LOG_TAIL_LINES = 50
 _MAX_BATCH = 512
+_SKIP_GRACE = 1.0  # seconds a cancelled trial queued in a --reuse-process child has to be skipped before a kill
 
 
 @dataclass
@@ -82,11 +86,21 @@ class _Trial:
 
     pipe: Any = None  # a select.poll() on the pipe, to drain it without building selectors
     pending: list[tuple[bool, Any]] = field(default_factory=list)  # reports read, not yet sent
+    run: Message | None = None  # its RUN: queued in a child that died first, it is launched again
+    timeout: float | None = None
+    skipped: bool = False  # cancelled in the child's queue before it started: it never ran
+    cancel: str = ""  # a cancellation that came while it waited in the child's queue
+    give_back: bool = False  # that cancellation only asks to return it unstarted
+
+    @property
+    def finished(self) -> bool:
+        """Its last message came: fit returned or raised, or it was skipped unstarted."""
+        return self.returned or self.error is not None or self.skipped
 
     @property
     def ended(self) -> bool:
         """The trial ends with its last message (fit returned or raised) or with its process."""
-        if (self.returned or self.error is not None) and not self.kill_reason:
+        if self.finished and not self.kill_reason:
             return True
         return not self.process.is_alive()
 
@@ -102,7 +116,8 @@ class Agent:
         self._mp.set_forkserver_preload([*config.preload, "retia.worker._frozen"])  # _frozen last
         self._ctx = zmq.Context()
         self._sock: zmq.Socket | None = None
-        self.trial: _Trial | None = None
+        self.trial: _Trial | None = None  # the one running
+        self._queued: deque[_Trial] = deque()  # --reuse-process: given to the child after it, not started
         self._unacked: OrderedDict[tuple[str, int, int], Outgoing] = OrderedDict()
         self._stopping = False
         self._last_heard = time.monotonic()
@@ -110,7 +125,7 @@ class Agent:
         self._reconnect_at: float | None = None
         self._reusable: tuple[Any, Connection, Connection] | None = None  # process, specs out, messages in
         self._spare: tuple[Any, Connection, Connection] | None = None  # a fresh process forked ahead of time
-        self._waiting: Message | None = None  # a RUN not started yet: its blobs are coming, or it was prefetched
+        self._waiting: deque[Message] = deque()  # RUNs held, not given to a process: prefetched, or blobs coming
         self._last_run = ""
         self._exiting: list[tuple[Any, float]] = []  # finished trial processes still exiting, with a deadline
         self._sent_at: dict[tuple[str, int, int], float] = {}
@@ -156,6 +171,7 @@ class Agent:
             self._kill(self.trial, "the worker is shutting down", hard=True)
             self.trial.process.join(timeout=5)
             self.trial = None
+            self._queued.clear()
         for process, _deadline in self._exiting:
             process.join(timeout=5)
         if self._spare is not None:
@@ -196,9 +212,8 @@ class Agent:
         self._hello()
 
     def _hello(self) -> None:
-        running = [[self.trial.id, self.trial.attempt]] if self.trial is not None else []
-        if self._waiting is not None:
-            running.append([self._waiting.header.trial, self._waiting.header.attempt])
+        running = [[t.id, t.attempt] for t in self._started()]
+        running += [[m.header.trial, m.header.attempt] for m in self._waiting]
         hello = Hello(
             Role.WORKER.value, self.id, socket.gethostname(), os.getpid(), self.config.gpu, running,
             prefetch=int(self.config.prefetch),
@@ -207,8 +222,12 @@ class Agent:
         for message in self._unacked.values():  # in order: reports, files, then DONE
             self._raw_send(message.frames(self.session))
         self.fetcher.resume()
-        if self.trial is None and self._waiting is None:
+        if self.trial is None and not self._waiting:
             self._send(MsgType.READY, Ready(self._last_run))
+
+    def _started(self) -> list[_Trial]:
+        """The running trial and those queued behind it in its child, in order."""
+        return ([self.trial] if self.trial is not None else []) + list(self._queued)
 
     def _check_liveness(self, now: float) -> None:
         silent = now - self._last_heard
@@ -267,8 +286,8 @@ class Agent:
     def _poll(self, timeout: float) -> None:
         if self._sock is None:
             return
-        key = (self._sock, self.trial)
-        if self._poller is None or self._poller[0] != key:  # rebuilt only when the socket or trial changes
+        key = (self._sock, self.trial and self.trial.conn)
+        if self._poller is None or self._poller[0] != key:  # rebuilt only when the socket or the pipe changes
             poller = zmq.Poller()
             poller.register(self._sock, zmq.POLLIN)
             if self.trial is not None:
@@ -298,6 +317,14 @@ class Agent:
         h = msg.header
         if msg.type is MsgType.RUN:
             self._start(msg)
+        elif msg.type is MsgType.RUNS:
+            try:
+                runs = msg.body.messages(h.sender)
+            except (TypeError, ValueError) as exc:
+                _log.warning("dropped a malformed RUNS from the dispatcher: %s", exc)
+                return
+            for run in runs:
+                self._start(run)
         elif msg.type is MsgType.BLOB_DATA:
             self.fetcher.on_data(msg.body)
         elif msg.type is MsgType.ACKS:
@@ -310,11 +337,7 @@ class Agent:
             if not msg.body.ok:
                 self.fetcher.give_up(h.trial, msg.body.reason)
         elif msg.type is MsgType.CANCEL:
-            if self.trial is not None and (self.trial.id, self.trial.attempt) == (h.trial, h.attempt):
-                self._kill(self.trial, msg.body.reason, state=TrialState.CANCELLED)
-            elif self._waiting is not None and (self._waiting.header.trial, self._waiting.header.attempt) == (h.trial, h.attempt):
-                waiting, self._waiting = self._waiting, None
-                self._end_unstarted(waiting, TrialState.CANCELLED, msg.body.reason)
+            self._cancel(h.trial, h.attempt, msg.body.reason, msg.body.give_back)
         elif msg.type is MsgType.RESET:
             self._hello()
         elif msg.type is MsgType.SHUTDOWN:
@@ -324,30 +347,57 @@ class Agent:
 
     def _start(self, msg: Message) -> None:
         h, run = msg.header, msg.body
-        if self._waiting is not None or (self.trial is not None and not self.config.prefetch):
+        if len(self._started()) + len(self._waiting) > self.config.prefetch:
             _log.error("RUN for %s while busy; refusing it", h.trial)
             self._send(MsgType.DONE, Done(TrialState.FAILED.value, "worker was busy"), trial=h.trial, attempt=h.attempt)
             return
         self._last_run = h.trial
         if run.blobs:
             self.fetcher.need(run.blobs)
-        if self.trial is not None or (run.blobs and not self.fetcher.ready(run.blobs)):
-            self._waiting = msg  # starts once the running trial ended and its blobs are here (see _start_waiting)
-            return
-        self._launch(msg)
+        self._waiting.append(msg)
+        self._start_waiting()
 
     def _start_waiting(self) -> None:
-        msg = self._waiting
-        if msg is None:
+        """Hand held RUNs to a process, in order: to a free agent, or into the queue of its --reuse-process child."""
+        while self._waiting:
+            msg = self._waiting[0]
+            blobs = msg.body.blobs
+            failed = [self.fetcher.failed[d] for d, _size in blobs if d in self.fetcher.failed]
+            if failed:
+                self._waiting.popleft()
+                self._end_unstarted(msg, TrialState.FAILED, "; ".join(failed))
+            elif not self.fetcher.ready(blobs) or not (self.trial is None or self._child_takes_more()):
+                return
+            else:
+                self._launch(self._waiting.popleft())
+
+    def _child_takes_more(self) -> bool:
+        """The running trial's --reuse-process child is healthy: more trials can queue in it."""
+        trial, reusable = self.trial, self._reusable
+        return (
+            trial is not None and trial.reused and not trial.kill_reason and reusable is not None
+            and reusable[0] is trial.process and trial.process.is_alive()
+        )  # fmt: skip
+
+    def _cancel(self, trial_id: str, attempt: int, reason: str, give_back: bool = False) -> None:
+        """Stop a trial, or drop it unstarted; ``give_back``: only if unstarted, and it goes back to the queue."""
+        key = (trial_id, attempt)
+        if self.trial is not None and (self.trial.id, self.trial.attempt) == key:
+            if not give_back:
+                self._kill(self.trial, reason, state=TrialState.CANCELLED)
             return
-        blobs = msg.body.blobs
-        failed = [self.fetcher.failed[d] for d, _size in blobs if d in self.fetcher.failed]
-        if failed:
-            self._waiting = None
-            self._end_unstarted(msg, TrialState.FAILED, "; ".join(failed))
-        elif self.trial is None and self.fetcher.ready(blobs):
-            self._waiting = None
-            self._launch(msg)
+        for queued in self._queued:
+            if (queued.id, queued.attempt) == key and not queued.cancel:
+                # the child skips it; if it started meanwhile, a cancelled one is killed when it comes up
+                queued.cancel, queued.give_back = reason, give_back
+                if self._reusable is not None:
+                    self._send_spec((runner.MSG_CANCEL, trial_id, attempt))
+                return
+        for msg in self._waiting:
+            if (msg.header.trial, msg.header.attempt) == key:
+                self._waiting.remove(msg)
+                self._end_unstarted(msg, TrialState.QUEUED if give_back else TrialState.CANCELLED, reason)
+                return
 
     def _end_unstarted(self, msg: Message, state: TrialState, reason: str) -> None:
         """DONE for a trial that never got a process (its blobs failed, or it was cancelled first)."""
@@ -358,35 +408,72 @@ class Agent:
         self._raw_send(message.frames(self.session))
 
     def _launch(self, msg: Message) -> None:
+        """Give a RUN to a process: the running trial's child queues it, or it starts now."""
         h, run = msg.header, msg.body
         digests = {digest for digest, _size in run.blobs}
         for digest in digests:
             self.blobs.touch(digest)
         self.blobs.evict(keep=digests)
-        out = self.config.trials_dir / f"{h.trial}-{h.attempt}"
-        out.mkdir(parents=True, exist_ok=True)
+        out = self.config.trials_dir / f"{h.trial}-{h.attempt}"  # the trial process creates it
         log_file = out / "trial.log"
         spec = runner.TrialSpec(
             h.trial, h.attempt, run.evaluator, run.model, str(out), str(log_file),
             self.config.cuda_visible_devices, self.config.trial_threads, str(self.config.blobs_dir),
         )  # fmt: skip
-        if self.config.reuse_process and self._reusable is not None and self._reusable[0].is_alive():
+        chosen = self._process_for(spec)
+        if chosen is None:  # the running trial's child died under it: this one waits for the next child
+            self._waiting.appendleft(msg)
+            return
+        process, reader = chosen
+        trial = _Trial(h.trial, h.attempt, process, reader, out, log_file, 0.0, None, run=msg, timeout=run.timeout)
+        trial.reused = self.config.reuse_process
+        trial.max_artifact_bytes = min(run.max_artifact_bytes, self.config.max_artifact_bytes)
+        if self.trial is None:
+            self._begin(trial, time.monotonic())
+        else:
+            self._queued.append(trial)
+        self._start_spare()
+
+    def _process_for(self, spec: runner.TrialSpec) -> tuple[Any, Connection] | None:
+        """The --reuse-process child (the spec joins its queue), the spare, or a fresh fork."""
+        if self._reusable is not None:
             process, specs, reader = self._reusable
-            specs.send(spec)
-        elif self._spare is not None and self._spare[0].is_alive():
+            if self._send_spec(spec):
+                return process, reader
+            if self.trial is not None:
+                return None
+            specs.close()  # it died while idle (killed from outside): replace it
+            reader.close()
+            process.join()
+            self._reusable = None
+        if self._spare is not None and self._spare[0].is_alive():
             process, specs, reader = self._spare
             self._spare = None
             specs.send(spec)
             specs.close()
-        else:
-            process, reader = self._spawn(spec)
-        now = time.monotonic()
-        deadline = now + run.timeout if run.timeout else None
-        self.trial = _Trial(h.trial, h.attempt, process, reader, out, log_file, now, deadline)
-        self.trial.reused = self.config.reuse_process
-        self.trial.max_artifact_bytes = min(run.max_artifact_bytes, self.config.max_artifact_bytes)
-        _log.debug("trial %s attempt %d started (pid %d)", h.trial, h.attempt, process.pid)
-        self._start_spare()
+            return process, reader
+        return self._spawn(spec)
+
+    def _send_spec(self, spec: runner.TrialSpec | tuple[str, str, int]) -> bool:
+        """Into the --reuse-process child's queue; False when that child has died."""
+        assert self._reusable is not None
+        process, specs, _reader = self._reusable
+        if process.is_alive():
+            try:
+                specs.send(spec)
+                return True
+            except OSError:
+                pass
+        return False
+
+    def _begin(self, trial: _Trial, now: float) -> None:
+        """It is the running trial from now: its clock starts."""
+        trial.started = now
+        killed_unless_skipped = trial.cancel and not trial.give_back
+        limit = _SKIP_GRACE if killed_unless_skipped else trial.timeout  # skipped by then, or killed
+        trial.deadline = now + limit if limit else None
+        self.trial = trial
+        _log.debug("trial %s attempt %d started (pid %d)", trial.id, trial.attempt, trial.process.pid)
 
     def _start_spare(self) -> None:
         """Fork the next trial's process now, while its trial is not waiting: a RUN then starts at once."""
@@ -427,7 +514,7 @@ class Agent:
             trial.pipe.register(trial.conn.fileno(), select.POLLIN)
         reports = trial.pending
         try:
-            while len(reports) < _MAX_BATCH and trial.pipe.poll(0):
+            while len(reports) < _MAX_BATCH and not trial.finished and trial.pipe.poll(0):
                 item = trial.conn.recv()
                 if item[0] == runner.MSG_REPORT:
                     reports.append((bool(item[1]), item[2]))
@@ -435,14 +522,16 @@ class Agent:
                     trial.error = (item[1], item[2], item[3])
                 elif item[0] == runner.MSG_DONE:
                     trial.returned = True
+                elif item[0] == runner.MSG_SKIPPED:
+                    trial.skipped = True
         except (EOFError, OSError):
             pass  # the process is gone; its exit status tells the rest
 
     def _drain(self, trial: _Trial) -> None:
-        """Read everything a dead trial process left in the pipe (a flood can outlive its writer)."""
+        """Read what a dead trial process left in the pipe for this trial (a flood can outlive its writer)."""
         while True:
             self._read_pipe(trial)
-            if len(trial.pending) < _MAX_BATCH:  # the read stopped at the end, not at the batch limit
+            if trial.finished or len(trial.pending) < _MAX_BATCH:  # stopped at its end, not at the batch limit
                 return
             self._send_reports(trial)
 
@@ -464,34 +553,70 @@ class Agent:
 
     def _supervise(self, now: float) -> None:
         self._start_waiting()
-        trial = self.trial
-        if trial is None:
-            return
-        if trial.deadline is not None and now > trial.deadline and not trial.kill_reason:
-            self._kill(trial, f"timed out after {trial.deadline - trial.started:.1f}s")
-        if trial.sigkill_at is not None and now > trial.sigkill_at:
-            self._signal(trial, signal.SIGKILL)
-            trial.sigkill_at = None
-        self._read_pipe(trial)
-        if not trial.ended:
-            self._send_reports(trial)
-            return
-        if not trial.process.is_alive():
+        dones: list[Outgoing] = []
+        while self.trial is not None:
+            trial = self.trial
+            if trial.deadline is not None and now > trial.deadline and not trial.kill_reason:
+                if trial.cancel:
+                    self._kill(trial, trial.cancel, state=TrialState.CANCELLED)
+                else:
+                    self._kill(trial, f"timed out after {trial.deadline - trial.started:.1f}s")
+            if trial.sigkill_at is not None and now > trial.sigkill_at:
+                self._signal(trial, signal.SIGKILL)
+                trial.sigkill_at = None
+            self._read_pipe(trial)
+            if not trial.ended:
+                self._send_reports(trial)
+                break
+            dones.append(self._end(trial, now))
+        self._send_dones(dones)
+        self._start_waiting()  # a held trial starts now, not a loop turn later
+
+    def _end(self, trial: _Trial, now: float) -> Outgoing:
+        """The running trial ended: its DONE (kept until acknowledged), and the next one comes up."""
+        dead = not trial.process.is_alive()
+        if dead:
             trial.process.join()
             self._drain(trial)
+        went_down = dead and not (trial.finished and not trial.kill_reason)  # the process ended with this trial
+        if went_down or not trial.reused or (dead and not self._queued):
+            if not dead:  # fit is over; the process exits on its own, reaped later
+                self._exiting.append((trial.process, now + self.config.kill_grace))
             trial.conn.close()
             if self._reusable is not None and self._reusable[0] is trial.process:
                 self._reusable[1].close()
                 self._reusable = None
-        elif not trial.reused:  # fit is over; the process exits on its own, reaped later
-            trial.conn.close()
-            self._exiting.append((trial.process, now + self.config.kill_grace))
+            # what was queued behind it in the dead child never started: it goes to a new one, in order
+            for queued in reversed(self._queued):
+                if queued.cancel:
+                    state = TrialState.QUEUED if queued.give_back else TrialState.CANCELLED
+                    self._end_unstarted(queued.run, state, queued.cancel)  # type: ignore[arg-type]
+                else:
+                    self._waiting.appendleft(queued.run)  # type: ignore[arg-type]
+            self._queued.clear()
         reports, trial.pending = trial.pending, []
         items = self._numbered(reports, trial)
-        inline = self._ship_artifacts(trial)
-        self._reliable(MsgType.DONE, self._outcome(trial, now, items, inline), trial)
+        if trial.skipped and not trial.kill_reason:
+            state = TrialState.QUEUED if trial.give_back else TrialState.CANCELLED
+            done = Done(state.value, trial.cancel or "cancelled before it started")
+        else:
+            done = self._outcome(trial, now, items, self._ship_artifacts(trial))
+        trial.seq += 1
+        message = Outgoing(MsgType.DONE, done, trial.id, trial.attempt, trial.seq)
+        self._unacked[(trial.id, trial.attempt, trial.seq)] = message
+        self._sent_at[(trial.id, trial.attempt, trial.seq)] = now
         self.trial = None  # DONE tells the dispatcher we are free: no READY needed
-        self._start_waiting()  # a prefetched trial starts now, not a loop turn later
+        if self._queued:
+            self._begin(self._queued.popleft(), now)
+        return message
+
+    def _send_dones(self, dones: list[Outgoing]) -> None:
+        """The DONEs of one loop turn: alone, or together in one DONES message (each acknowledged on its own)."""
+        if len(dones) == 1:
+            self._raw_send(dones[0].frames(self.session))
+        elif dones:
+            batch = DoneBatch.of([(m.trial, m.attempt, m.seq, m.body) for m in dones])
+            self._send(MsgType.DONES, batch)
 
     def _outcome(self, trial: _Trial, now: float, reports: list[list[Any]], files: list[list[Any]]) -> Done:
         done = self._verdict(trial, now)
@@ -517,6 +642,10 @@ class Agent:
 
     def _kill(self, trial: _Trial, reason: str, *, state: TrialState = TrialState.FAILED, hard: bool = False) -> None:
         """SIGTERM the trial's process group now and SIGKILL it after the grace period."""
+        if not hard and not trial.kill_reason:
+            self._read_pipe(trial)
+            if trial.finished:  # it ended meanwhile: the process may already run the next one
+                return
         if not trial.kill_reason:
             trial.kill_reason, trial.kill_state = reason, state
             _log.info("stopping trial %s attempt %d: %s", trial.id, trial.attempt, reason)

@@ -15,6 +15,8 @@ from .config import DEFAULT_PRELOAD, WorkerConfig
 
 __all__ = ["add_worker_arguments", "run_worker", "main"]
 
+REUSE_PREFETCH = 8  # trials a --reuse-process worker holds by default: short trials, results batched
+
 
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--connect", required=True, help="dispatcher endpoint, e.g. tcp://head:5555")
@@ -47,12 +49,16 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--prefetch",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="take the next trial while one runs, so it starts the moment the first ends (and its large "
-        "arguments download meanwhile); on by default with --reuse-process. Not for long trials: a prefetched "
+        type=int,
+        nargs="?",
+        const=1,
+        metavar="N",
+        help="hold N more trials while one runs (N=1 without a number), so the next starts the moment one ends "
+        "and large arguments download meanwhile; with --reuse-process they queue in the child and their results "
+        f"travel together. Default {REUSE_PREFETCH} with --reuse-process, else 0. Not for long trials: a held "
         "trial waits for this worker even when another one is free",
     )
+    parser.add_argument("--no-prefetch", dest="prefetch", action="store_const", const=0, help="same as --prefetch 0")
     parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
 
 
@@ -80,7 +86,7 @@ def run_worker(args: argparse.Namespace) -> int:
             max_artifact_bytes=int(args.max_artifact_mb * (1 << 20)),
             preload=tuple(m.strip() for m in args.preload.split(",") if m.strip()),
             reuse_process=args.reuse_process,
-            prefetch=args.reuse_process if args.prefetch is None else args.prefetch,
+            prefetch=(REUSE_PREFETCH if args.reuse_process else 0) if args.prefetch is None else args.prefetch,
             blob_cache_bytes=int(args.blob_cache_gb * (1 << 30)),
             curve_server_key=args.curve_server_key,
         )

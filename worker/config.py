@@ -35,7 +35,7 @@ class WorkerConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     preload: tuple[str, ...] = field(default=DEFAULT_PRELOAD)
     reuse_process: bool = False  # run trials one after another in one long-lived child
-    prefetch: bool = False  # hold the next trial while one runs: no round trip between short trials
+    prefetch: int = 0  # trials held beyond the running one: no round trip between short trials
     blob_cache_bytes: int = 20 << 30  # local cache of large arguments, least recently used evicted
     curve_server_key: Path | None = None  # the dispatcher's public CurveZMQ certificate, when it uses Curve
 
@@ -49,6 +49,8 @@ class WorkerConfig:
             problems.append(f"liveness must be >= 1 (got {self.liveness})")
         if self.workers_per_host < 1:
             problems.append(f"workers_per_host must be >= 1 (got {self.workers_per_host})")
+        if not 0 <= self.prefetch <= 64:
+            problems.append(f"prefetch must be between 0 and 64 trials (got {self.prefetch})")
         if not 0 < self.reconnect_min <= self.reconnect_max:
             problems.append("need 0 < reconnect_min <= reconnect_max")
         if "://" not in self.connect:

@@ -4,6 +4,11 @@ It never touches the network. Messages to the agent are tuples on a one-way pipe
 ``("report", final, value)``, then exactly one of ``("error", type, message, traceback)``
 or ``("done",)``. Whatever else happens (a segfault, ``os._exit``, a SIGKILL) the agent
 sees through the process's exit status.
+
+With ``--reuse-process`` the agent queues several specs in the child's pipe and the child
+runs them in order, so the agent tells trials apart by order alone; a spec cancelled
+before it started (``("cancel", trial, attempt)`` on the same pipe) is answered with
+``("skipped",)`` in its place.
 """
 
 from __future__ import annotations
@@ -13,14 +18,19 @@ import os
 import signal
 import sys
 import traceback
+from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TrialSpec", "run_trial", "await_trial", "serve_trials", "warm_up", "MSG_REPORT", "MSG_ERROR", "MSG_DONE"]
+__all__ = [
+    "TrialSpec", "run_trial", "await_trial", "serve_trials", "warm_up",
+    "MSG_REPORT", "MSG_ERROR", "MSG_DONE", "MSG_SKIPPED", "MSG_CANCEL",
+]  # fmt: skip
 
-MSG_REPORT, MSG_ERROR, MSG_DONE = "report", "error", "done"
+MSG_REPORT, MSG_ERROR, MSG_DONE, MSG_SKIPPED = "report", "error", "done", "skipped"
+MSG_CANCEL = "cancel"  # agent -> --reuse-process child: drop this queued spec if it has not started
 
 
 def _preload() -> None:
@@ -72,16 +82,28 @@ def await_trial(specs: Connection, conn: Connection) -> None:
 
 
 def serve_trials(first: TrialSpec, specs: Connection, conn: Connection) -> None:
-    """``--reuse-process``: run trials one after another in this long-lived process."""
+    """``--reuse-process``: run queued trials one after another in this long-lived process."""
     _become_trial_process(first)
-    spec: TrialSpec | None = first
-    while spec is not None:
-        _redirect_output(spec.log_file)
-        _evaluate(spec, conn)
+    backlog: deque[TrialSpec] = deque([first])
+    cancelled: set[tuple[str, int]] = set()
+    while True:
         try:
-            spec = specs.recv()
+            while not backlog or specs.poll():  # take what the agent sent, without waiting when there is work
+                item = specs.recv()
+                if isinstance(item, TrialSpec):
+                    backlog.append(item)
+                else:
+                    cancelled.add((item[1], item[2]))
         except EOFError:
-            spec = None
+            return  # the agent stopped
+        spec = backlog.popleft()
+        if (spec.trial, spec.attempt) in cancelled:
+            cancelled.discard((spec.trial, spec.attempt))
+            conn.send((MSG_SKIPPED,))
+            continue
+        if spec is not first:
+            _redirect_output(spec.log_file)
+        _evaluate(spec, conn)
 
 
 def _become_trial_process(spec: TrialSpec) -> None:
@@ -97,20 +119,14 @@ def _become_trial_process(spec: TrialSpec) -> None:
 
 
 def _evaluate(spec: TrialSpec, conn: Connection) -> None:
-    # Imported here, after the fork, so the fork server only carries what it preloaded.
-    from retia.reporting import Reporter
-    from retia.serializer import load
-
-    class _PipeReporter(Reporter):
-        def _emit(self, final: bool, value: Any) -> None:
-            conn.send((MSG_REPORT, final, value))
+    from retia.serializer import load  # preloaded by the fork server: a dictionary lookup
 
     try:
         blob_dir = Path(spec.blob_dir) if spec.blob_dir else None
         evaluator = load(spec.evaluator, blob_dir=blob_dir)
         model = load(spec.model, blob_dir=blob_dir)
         print(f"[retia] trial {spec.trial} attempt {spec.attempt} pid {os.getpid()}: {evaluator!r}", flush=True)
-        evaluator.evaluate(model, output_dir=spec.output_dir, reporter=_PipeReporter())
+        evaluator.evaluate(model, output_dir=spec.output_dir, reporter=_pipe_reporter(conn))
     except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt are trial failures too
         text = traceback.format_exc()
         sys.stderr.write(text)
@@ -122,6 +138,28 @@ def _evaluate(spec: TrialSpec, conn: Connection) -> None:
     conn.send((MSG_DONE,))
 
 
+def _pipe_reporter(conn: Connection) -> Any:
+    """A Reporter that sends each metric to the agent as it comes."""
+    from retia.reporting import Reporter
+
+    global _PipeReporter
+    if _PipeReporter is None:
+
+        class _Reporter(Reporter):
+            def __init__(self, conn: Connection) -> None:
+                super().__init__()
+                self.conn = conn
+
+            def _emit(self, final: bool, value: Any) -> None:
+                self.conn.send((MSG_REPORT, final, value))
+
+        _PipeReporter = _Reporter
+    return _PipeReporter(conn)
+
+
+_PipeReporter: Any = None
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, SystemExit):
         return f"fit called sys.exit({exc.code!r})"
@@ -129,6 +167,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def _redirect_output(path: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)  # here, not in the agent: a skipped trial leaves none
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     sys.stdout.flush()
     sys.stderr.flush()

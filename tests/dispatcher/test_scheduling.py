@@ -33,12 +33,23 @@ def dispatcher(tmp_path: Path) -> Iterator[Dispatcher]:
     thread.join(timeout=10)
 
 
+_unread_runs: dict[int, list[Message]] = {}  # socket -> RUNs that came inside a RUNS message, not yet returned
+
+
 def _receive(sock: zmq.Socket, session: Session, wanted: MsgType, timeout_ms: int = 5000) -> Message | None:
-    """The next `wanted` message within `timeout_ms` in all; heartbeats in between do not extend the wait."""
+    """The next `wanted` message within `timeout_ms` in all; heartbeats in between do not extend the wait.
+
+    A RUNS message counts as the RUNs inside it, one per call."""
+    unread = _unread_runs.setdefault(id(sock), [])
+    if wanted is MsgType.RUN and unread:
+        return unread.pop(0)
     deadline = time.monotonic() + timeout_ms / 1000
     while (left := deadline - time.monotonic()) > 0 and sock.poll(int(left * 1000)):
         msg = session.parse(sock.recv_multipart())
         sock.send_multipart(session.frames(MsgType.HEARTBEAT))  # stay alive while we wait
+        if msg.type is MsgType.RUNS and wanted is MsgType.RUN:
+            unread += msg.body.messages()
+            return unread.pop(0)
         if msg.type is wanted:
             return msg
     return None
@@ -101,7 +112,7 @@ def test_a_repeated_done_is_stored_once_and_frees_nothing(dispatcher: Dispatcher
 
 
 def test_a_prefetching_worker_holds_exactly_one_more_trial(dispatcher: Dispatcher, worker: zmq.Socket) -> None:
-    session = _hello(worker, prefetch=1)
+    session = _hello(worker, prefetch=1)  # (the trials it is given at once come in one RUNS message)
     with connect(dispatcher.address, key=KEY) as client:
         a, b, c = (client.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting)) for _ in range(3))
         runs = [_receive(worker, session, MsgType.RUN) for _ in range(2)]
@@ -133,6 +144,29 @@ def test_a_prefetching_worker_that_leaves_gives_back_both_trials(dispatcher: Dis
                 done = Done(TrialState.SUCCEEDED.value, reports=[[1, True, value]])
                 other.send_multipart(second.frames(MsgType.DONE, done, trial=expected.id, attempt=2, seq=2))
             assert [a.result(timeout=10), b.result(timeout=10)] == [1.0, 2.0]
+
+
+def test_an_idle_worker_gets_back_a_trial_another_holds_unstarted(dispatcher: Dispatcher, worker: zmq.Socket) -> None:
+    session = _hello(worker, prefetch=2)
+    with connect(dispatcher.address, key=KEY) as client:
+        a, b, c = (client.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting)) for _ in range(3))
+        runs = [_receive(worker, session, MsgType.RUN) for _ in range(3)]
+        assert [r.header.trial for r in runs if r is not None] == [a.id, b.id, c.id]  # one runs, two wait there
+        with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as other:
+            other.setsockopt(zmq.IDENTITY, b"w2")
+            other.setsockopt(zmq.LINGER, 0)
+            other.connect(dispatcher.address)
+            second = _hello(other, "w2")
+            cancel = _receive(worker, session, MsgType.CANCEL)
+            assert cancel is not None and cancel.header.trial == c.id and cancel.body.give_back  # the last one
+            assert _receive(worker, session, MsgType.CANCEL, timeout_ms=500) is None  # one idle worker, one trial
+            given_back = Done(TrialState.QUEUED.value, cancel.body.reason)
+            worker.send_multipart(session.frames(MsgType.DONE, given_back, trial=c.id, attempt=1, seq=1))
+            run = _receive(other, second, MsgType.RUN)
+            assert run is not None and (run.header.trial, run.header.attempt) == (c.id, 1)  # no attempt spent
+            done = Done(TrialState.SUCCEEDED.value, reports=[[1, True, 3.0]])
+            other.send_multipart(second.frames(MsgType.DONE, done, trial=c.id, attempt=1, seq=2))
+            assert c.result(timeout=10) == 3.0 and c.attempt == 1
 
 
 def test_a_burst_of_events_reaches_a_client_in_bounded_batches_in_order(dispatcher: Dispatcher, worker: zmq.Socket) -> None:

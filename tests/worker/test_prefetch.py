@@ -1,7 +1,10 @@
-"""``retia worker --prefetch`` (on with --reuse-process): a worker holds the next trial while one runs."""
+"""``retia worker --prefetch N`` (8 with --reuse-process): a worker holds trials while one runs."""
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -10,7 +13,7 @@ import pytest
 
 from retia import FunctionalEvaluator
 from retia.dispatcher.cluster import local_cluster
-from retia.errors import TrialCancelledError
+from retia.errors import TrialCancelledError, TrialFailedError
 from retia.protocol import TrialState
 
 from ..clusters import FAST, journal_path, processes, worker_index
@@ -42,7 +45,8 @@ def test_a_held_trial_can_be_cancelled_and_the_slot_is_refilled(tmp_path: Path) 
 
 
 def test_killing_a_worker_that_holds_a_trial_loses_neither(tmp_path: Path) -> None:
-    with local_cluster(workers=2, home=tmp_path / "c", worker_args=["--reuse-process"], **FAST) as backend:  # type: ignore[arg-type]
+    args = ["--reuse-process", "--prefetch", "1"]
+    with local_cluster(workers=2, home=tmp_path / "c", worker_args=args, **FAST) as backend:  # type: ignore[arg-type]
         slow = FunctionalEvaluator(fits.counting, steps=8, delay=0.25)
         trials = [backend.submit(fits.DigitsMLP, slow) for _ in range(4)]  # two per worker: one runs, one waits
         next(trials[0].reports(timeout=60))
@@ -55,3 +59,62 @@ def test_killing_a_worker_that_holds_a_trial_loses_neither(tmp_path: Path) -> No
         with sqlite3.connect(journal_path(backend)) as db:
             finals = db.execute("SELECT trial, COUNT(*) FROM reports WHERE final = 1 GROUP BY trial").fetchall()
         assert sorted(n for _t, n in finals) == [1, 1, 1, 1]
+
+
+DEEP = ["--reuse-process", "--prefetch", "4"]  # up to four trials queue in the child behind the running one
+
+
+def _pid(home: Path, trial_id: str) -> int:
+    """The trial process's pid, from the first line of its trial.log."""
+    [log] = home.glob(f"worker-*/trials/{trial_id}-1/trial.log")
+    return int(re.search(r" pid (\d+)", log.read_text()).group(1))  # type: ignore[union-attr]
+
+
+def test_trials_queued_in_one_child_run_back_to_back_and_outlive_its_death(tmp_path: Path) -> None:
+    home = tmp_path / "c"
+    with local_cluster(workers=1, home=home, worker_args=DEEP, **FAST) as backend:  # type: ignore[arg-type]
+        quick = FunctionalEvaluator(fits.counting, steps=2)
+        first = [backend.submit(fits.DigitsMLP, quick) for _ in range(5)]
+        assert [t.result(timeout=60) for t in first] == [2.0] * 5
+        assert [t.intermediates for t in first] == [[0.0, 1.0]] * 5  # each report to its own trial
+        assert len({_pid(home, t.id) for t in first}) == 1
+
+        victim = backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting, steps=100, delay=0.1))
+        queued = [backend.submit(fits.DigitsMLP, quick) for _ in range(3)]
+        next(victim.reports(timeout=60))
+        _wait_for(lambda: all(t.state is TrialState.RUNNING for t in queued))  # given to the worker, not started
+        os.kill(_pid(home, victim.id), signal.SIGKILL)
+        with pytest.raises(TrialFailedError, match="SIGKILL"):
+            victim.result(timeout=60)
+        assert [t.result(timeout=60) for t in queued] == [2.0] * 3
+        assert [t.attempt for t in queued] == [1, 1, 1]  # they never started in the dead child: no attempt spent
+        assert len({_pid(home, t.id) for t in queued}) == 1 and _pid(home, queued[0].id) != _pid(home, victim.id)
+
+
+def test_a_trial_cancelled_in_the_childs_queue_is_skipped_without_a_restart(tmp_path: Path) -> None:
+    home = tmp_path / "c"
+    with local_cluster(workers=1, home=home, worker_args=DEEP, **FAST) as backend:  # type: ignore[arg-type]
+        running = backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting, steps=10, delay=0.1))
+        doomed, after = (backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting)) for _ in range(2))
+        next(running.reports(timeout=60))
+        _wait_for(lambda: doomed.state is TrialState.RUNNING)
+        doomed.cancel()
+        with pytest.raises(TrialCancelledError):
+            doomed.result(timeout=60)
+        assert running.result(timeout=60) == 10.0 and after.result(timeout=60) == 3.0
+        assert _pid(home, running.id) == _pid(home, after.id)  # skipped in the queue, nothing killed
+        assert not list(home.glob(f"worker-0/trials/{doomed.id}-*"))
+
+
+def test_a_worker_that_joins_late_gets_trials_another_holds_unstarted(tmp_path: Path) -> None:
+    with local_cluster(workers=1, home=tmp_path / "c", worker_args=DEEP, **FAST) as backend:  # type: ignore[arg-type]
+        slow = FunctionalEvaluator(fits.counting, steps=6, delay=0.5)
+        trials = [backend.submit(fits.DigitsMLP, slow) for _ in range(5)]  # all five go to the only worker
+        next(trials[0].reports(timeout=60))
+        processes(backend).start_worker(1)
+        assert [t.result(timeout=120) for t in trials] == [6.0] * 5
+        assert any(worker_index(backend, t.worker) == 1 for t in trials)  # given back, started there
+        assert [t.attempt for t in trials] == [1] * 5
+        with sqlite3.connect(journal_path(backend)) as db:
+            finals = db.execute("SELECT trial, COUNT(*) FROM reports WHERE final = 1 GROUP BY trial").fetchall()
+        assert sorted(n for _t, n in finals) == [1] * 5
