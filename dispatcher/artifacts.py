@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import re
 from pathlib import Path, PurePosixPath
 
 from retia.protocol import FileChunk
@@ -27,20 +29,24 @@ class ArtifactStore:
         return str(self.root / _safe_name(client) / _safe_name(trial))
 
     def write(self, client: str, trial: str, chunk: FileChunk) -> bool:
-        rel = PurePosixPath(chunk.path)
-        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+        parts = PurePosixPath(chunk.path).parts
+        if not parts or parts[0] == "/" or ".." in parts:
             _log.warning("refused artefact path %r for trial %s", chunk.path, trial)
             return False
-        target = self.trial_dir(client, trial).joinpath(*rel.parts)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        mode = "r+b" if chunk.offset and target.exists() else "wb"
+        target = os.path.join(self.trial_path(client, trial), *parts)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        mode = "r+b" if chunk.offset and os.path.exists(target) else "wb"
         with open(target, mode) as f:
             f.seek(chunk.offset)
             f.write(chunk.data)
         return True
 
 
-@functools.lru_cache(maxsize=1 << 16)
 def _safe_name(name: str) -> str:
+    if _SAFE.fullmatch(name):  # trial and client ids, in practice
+        return name
     cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     return cleaned.strip(".") or "_"
+
+
+_SAFE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*[A-Za-z0-9_-]|[A-Za-z0-9_-]")

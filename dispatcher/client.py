@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from retia.protocol import (
     StateChange,
     StatusReply,
     Submit,
+    SubmitBatch,
     TrialState,
 )
 from retia.reporting import Metric
@@ -56,6 +57,8 @@ _log = logging.getLogger(__name__)
 FIRST_COMPLETED = concurrent.futures.FIRST_COMPLETED
 ALL_COMPLETED = concurrent.futures.ALL_COMPLETED
 
+_SUBMITS_PER_MESSAGE = 256
+_SUBMIT_BYTES_PER_MESSAGE = 1 << 20
 ReportCallback = Callable[["Trial", Metric], None]
 DoneCallback = Callable[["Trial"], None]
 
@@ -211,25 +214,57 @@ class Backend:
         ``trial_id`` makes the submission idempotent: submitting an id the dispatcher already
         has (after a crash of this process, say) returns that trial instead of running it again.
         """
+        return self.submit_many(
+            [model], evaluator, archs=[arch], timeout=timeout, max_retries=max_retries, names=[name],
+            trial_ids=[trial_id],
+        )[0]  # fmt: skip
+
+    def submit_many(
+        self,
+        models: Sequence[Any],
+        evaluator: Evaluator,
+        *,
+        archs: Sequence[dict[str, Any] | None] | None = None,
+        timeout: float | None = None,
+        max_retries: int = 2,
+        names: Sequence[str] | None = None,
+        trial_ids: Sequence[str | None] | None = None,
+    ) -> list[Trial]:
+        """Queue several evaluations with one evaluator, serialized once (a strategy's batch of candidates).
+
+        ``archs``, ``names`` and ``trial_ids``, when given, have one entry per model, as ``submit`` takes them.
+        """
         if self._closed.is_set():
             raise RetiaError("this backend is closed; connect again")
         if not isinstance(evaluator, Evaluator):
             raise TypeError(f"evaluator must be a retia Evaluator, got {type(evaluator).__name__}")
-        payload_model = _model_recipe(model, arch)
-        blobs: dict[str, Blob] = {}
-        evaluator_bytes = dump(evaluator, name="evaluator", blobs=blobs)
-        model_bytes = dump(payload_model, name="model", blobs=blobs)
-        for blob in blobs.values():
-            self._upload(blob)
-        refs = [[b.digest, b.size] for b in blobs.values()]
-        body = Submit(evaluator_bytes, model_bytes, arch, timeout, max_retries, name, refs)
+        count = len(models)
+        archs, names, trial_ids = (
+            list(given) if given is not None else [default] * count
+            for given, default in ((archs, None), (names, ""), (trial_ids, None))
+        )  # fmt: skip
+        if not len(archs) == len(names) == len(trial_ids) == count:
+            raise ValueError(f"archs, names and trial_ids need one entry per model ({count})")
+        evaluator_blobs: dict[str, Blob] = {}
+        evaluator_bytes = dump(evaluator, name="evaluator", blobs=evaluator_blobs)
+        bodies = []
+        for model, arch, name in zip(models, archs, names):
+            blobs = dict(evaluator_blobs)
+            model_bytes = dump(_model_recipe(model, arch), name="model", blobs=blobs)
+            for blob in blobs.values():
+                self._upload(blob)  # once per backend
+            refs = [[b.digest, b.size] for b in blobs.values()]
+            bodies.append(Submit(evaluator_bytes, model_bytes, arch, timeout, max_retries, name, refs))
+        trials = []
         with self._cond:
-            trial_id = trial_id or uuid.uuid4().hex
-            trial = self.trials.get(trial_id) or Trial(self, trial_id, name, arch)
-            trial.name, trial.arch = name, arch
-            self.trials[trial.id] = trial
-        self._enqueue(MsgType.SUBMIT, body, trial.id)
-        return trial
+            for arch, name, trial_id in zip(archs, names, trial_ids):
+                trial_id = trial_id or uuid.uuid4().hex
+                trial = self.trials.get(trial_id) or Trial(self, trial_id, name, arch)
+                trial.name, trial.arch = name, arch
+                self.trials[trial.id] = trial
+                trials.append(trial)
+        self._enqueue_many([(MsgType.SUBMIT, body, trial.id) for body, trial in zip(bodies, trials)])
+        return trials
 
     def _upload(self, blob: Blob) -> None:
         """Send a blob to the dispatcher once per backend, in chunks, before the SUBMIT that needs it."""
@@ -276,9 +311,13 @@ class Backend:
             self._enqueue(MsgType.CANCEL, Cancel(reason), trial.id)
 
     def _enqueue(self, type: MsgType, body: Any, trial_id: str) -> None:
+        self._enqueue_many([(type, body, trial_id)])
+
+    def _enqueue_many(self, messages: list[tuple[MsgType, Any, str]]) -> None:
         with self._wake_lock:
-            self._seq += 1
-            self._outgoing.put(Outgoing(type, body, trial_id, 0, self._seq))
+            for type, body, trial_id in messages:
+                self._seq += 1
+                self._outgoing.put(Outgoing(type, body, trial_id, 0, self._seq))
         self._wake()
 
     def _wake(self) -> None:
@@ -340,14 +379,36 @@ class Backend:
         return sock
 
     def _send_outgoing(self, sock: zmq.Socket) -> None:
+        """What user threads queued, in order; consecutive SUBMITs go out together in SUBMITS messages."""
+        submits: list[Outgoing] = []
         while True:
             try:
                 message = self._outgoing.get_nowait()
             except queue.Empty:
-                return
+                break
             if message.seq:  # HELLOs carry no seq and need no acknowledgement
                 self._unacked[(message.trial, message.seq)] = message
-            _try_send(sock, message.frames(self._session))
+            if message.type is MsgType.SUBMIT and len(submits) < _SUBMITS_PER_MESSAGE:
+                submits.append(message)
+                continue
+            self._send_submits(sock, submits)
+            submits = [message] if message.type is MsgType.SUBMIT else []
+            if not submits:
+                _try_send(sock, message.frames(self._session))
+        self._send_submits(sock, submits)
+
+    def _send_submits(self, sock: zmq.Socket, submits: list[Outgoing]) -> None:
+        start, size = 0, 0
+        for i, message in enumerate(submits):  # at most about 1 MiB per message, well under the dispatcher's limit
+            size += len(message.body.evaluator) + len(message.body.model)
+            if i + 1 == len(submits) or size >= _SUBMIT_BYTES_PER_MESSAGE:
+                part = submits[start : i + 1]
+                if len(part) == 1:
+                    _try_send(sock, part[0].frames(self._session))
+                else:
+                    batch = SubmitBatch.of([(m.trial, m.seq, m.body) for m in part])
+                    _try_send(sock, self._session.frames(MsgType.SUBMITS, batch))
+                start, size = i + 1, 0
 
     def _read(self, sock: zmq.Socket) -> bool:
         heard = False

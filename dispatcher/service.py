@@ -21,6 +21,7 @@ import os
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import zmq
@@ -61,6 +62,7 @@ __all__ = ["Dispatcher"]
 
 _log = logging.getLogger(__name__)
 _BATCH = 512
+_TURN = 0.005  # a burst of SUBMITs must not hold back the RUNs and replies it could already send
 _MAX_PREFETCH = 64
 
 
@@ -118,6 +120,7 @@ class Dispatcher:
         self.idle: deque[bytes] = deque()
         self.prefetching: deque[bytes] = deque()  # busy workers with a free prefetch slot
         self._recalled: set[str] = set()  # held trials asked back for idle workers, not answered yet
+        self._payloads: dict[str, tuple[bytes, bytes]] = {}  # submitted, not yet sent: saves a journal read
         self._rebalance_due = False
         self._orphans: dict[str, float] = {}  # RUNNING at restart: trial -> adoption deadline
         self.outbox = Outbox(self.session, self._sock)
@@ -179,7 +182,11 @@ class Dispatcher:
     # ---- I/O ----
 
     def _read_batch(self) -> None:
+        """Up to _BATCH messages or _TURN seconds of work, whichever comes first: then dispatch and reply."""
+        deadline = time.monotonic() + _TURN
         for _ in range(_BATCH):
+            if time.monotonic() > deadline:
+                break
             try:
                 frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=True)
             except zmq.Again:
@@ -220,6 +227,8 @@ class Dispatcher:
             self._send(identity, MsgType.STATUS_REPLY, self.status())
         elif kind is MsgType.SUBMIT:
             self._on_submit(identity, msg)
+        elif kind is MsgType.SUBMITS:
+            self._each(identity, msg, self._on_submit)
         elif kind is MsgType.BLOB_PUT:
             self._on_blob_put(identity, msg)
         elif not self._touch(identity):
@@ -235,13 +244,7 @@ class Dispatcher:
         elif kind is MsgType.DONE:
             self._on_done(identity, msg)
         elif kind is MsgType.DONES:
-            try:
-                dones = msg.body.messages(msg.header.sender)
-            except (TypeError, ValueError) as exc:
-                self._drop(identity, ProtocolError(f"malformed DONES: {exc}"))
-                return
-            for done in dones:
-                self._on_done(identity, done)
+            self._each(identity, msg, self._on_done)
         elif kind is MsgType.FILE:
             self._on_file(identity, msg)
         elif kind is MsgType.BLOB_GET:
@@ -253,6 +256,16 @@ class Dispatcher:
             self._on_bye(identity)
         else:
             self._drop(identity, ProtocolError(f"unexpected {kind.name} sent to the dispatcher"))
+
+    def _each(self, identity: bytes, msg: Message, handler: Callable[[bytes, Message], None]) -> None:
+        """A batch (SUBMITS, DONES): each item handled as the message it stands for."""
+        try:
+            items = msg.body.messages(msg.header.sender)
+        except (TypeError, ValueError) as exc:
+            self._drop(identity, ProtocolError(f"malformed {msg.type.name}: {exc}"))
+            return
+        for item in items:
+            handler(identity, item)
 
     def _touch(self, identity: bytes) -> bool:
         expiry = time.monotonic() + self.config.expiry
@@ -314,6 +327,7 @@ class Dispatcher:
             blobs=[list(b) for b in sub.blobs],
         )  # fmt: skip
         if self.journal.add_trial(rec, sub.evaluator, sub.model):
+            self._payloads[trial_id] = (sub.evaluator, sub.model)
             self.trials[trial_id] = rec
             self.queue.append(trial_id)
             self._event_state(rec)
@@ -522,6 +536,7 @@ class Dispatcher:
         rec.state = state
         self.journal.update_trial(rec)
         self.journal.drop_payload(rec.id)
+        self._payloads.pop(rec.id, None)
         if rec.blobs:
             needed = {b[0] for r in self.trials.values() if not r.state.finished for b in r.blobs}
             self.blobs.evict(keep=needed)
@@ -558,7 +573,7 @@ class Dispatcher:
             rec = self.trials[self.queue.popleft()]
             worker.trials.append(rec.id)
             self._offer_slot(worker)
-            evaluator, model = self.journal.payload(rec.id)
+            evaluator, model = self._payloads.pop(rec.id, None) or self.journal.payload(rec.id)
             rec.state, rec.attempt, rec.worker, rec.reason = TrialState.RUNNING, rec.attempt + 1, worker.id, ""
             self.journal.update_trial(rec)
             self._event_state(rec)

@@ -62,6 +62,7 @@ _CHUNK = 1 << 20
 _INLINE = 64 << 10  # artefacts up to this much in all ride inside DONE instead of FILE messages
 _LOG_TAIL_LINES = 50
 _MAX_BATCH = 512
+_DONES_PER_MESSAGE = 8
 _SKIP_GRACE = 1.0  # seconds a cancelled trial queued in a --reuse-process child has to be skipped before a kill
 
 
@@ -411,9 +412,10 @@ class Agent:
         """Give a RUN to a process: the running trial's child queues it, or it starts now."""
         h, run = msg.header, msg.body
         digests = {digest for digest, _size in run.blobs}
-        for digest in digests:
-            self.blobs.touch(digest)
-        self.blobs.evict(keep=digests)
+        if digests:  # (a trial without blobs brings none in: nothing to evict)
+            for digest in digests:
+                self.blobs.touch(digest)
+            self.blobs.evict(keep=digests)
         out = self.config.trials_dir / f"{h.trial}-{h.attempt}"  # the trial process creates it
         log_file = out / "trial.log"
         spec = runner.TrialSpec(
@@ -569,6 +571,9 @@ class Agent:
                 self._send_reports(trial)
                 break
             dones.append(self._end(trial, now))
+            if len(dones) == _DONES_PER_MESSAGE:  # the dispatcher refills these slots while the child runs on
+                self._send_dones(dones)
+                dones = []
         self._send_dones(dones)
         self._start_waiting()  # a held trial starts now, not a loop turn later
 
