@@ -169,6 +169,26 @@ def test_an_idle_worker_gets_back_a_trial_another_holds_unstarted(dispatcher: Di
             assert c.result(timeout=10) == 3.0 and c.attempt == 1
 
 
+def test_submit_many_travels_as_one_message_and_each_trial_runs_once(dispatcher: Dispatcher, worker: zmq.Socket) -> None:
+    session = _hello(worker, prefetch=4)
+    with connect(dispatcher.address, key=KEY) as client:
+        evaluator = FunctionalEvaluator(fits.counting)
+        with pytest.raises(ValueError, match="one entry per model"):
+            client.submit_many([fits.DigitsMLP] * 2, evaluator, names=["only one"])
+        before = dispatcher.messages_handled
+        ids = [f"batch-{i}" for i in range(5)]
+        trials = client.submit_many([fits.DigitsMLP] * 5, evaluator, names=ids, trial_ids=ids)
+        runs = [_receive(worker, session, MsgType.RUN) for _ in range(5)]
+        assert [r.header.trial for r in runs if r is not None] == ids  # in order, to the one worker
+        assert dispatcher.messages_handled - before < 5  # one SUBMITS (and a heartbeat or two), not five SUBMITs
+        assert [t.name for t in trials] == ids
+        again = client.submit_many([fits.DigitsMLP] * 5, evaluator, trial_ids=ids)  # idempotent, as submit is
+        assert [t.id for t in again] == ids and _receive(worker, session, MsgType.RUN, timeout_ms=500) is None
+        for i, trial in enumerate(trials):
+            worker.send_multipart(_done(session, trial.id, [1, True, float(i)]))
+        assert [t.result(timeout=10) for t in trials] == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
 def test_a_burst_of_events_reaches_a_client_in_bounded_batches_in_order(dispatcher: Dispatcher, worker: zmq.Socket) -> None:
     session = _hello(worker)
     with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as client:
