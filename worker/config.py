@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,20 +59,20 @@ class WorkerConfig:
         if problems:
             raise ConfigError("invalid worker configuration: " + "; ".join(problems))
 
-    @property
+    @functools.cached_property  # (these are asked for every trial)
     def cuda_visible_devices(self) -> str:
         return "" if self.gpu == "none" else self.gpu
 
-    @property
+    @functools.cached_property  # os.cpu_count() reads /sys: once is enough
     def trial_threads(self) -> int:
         if self.threads > 0:
             return self.threads
         return max(1, (os.cpu_count() or 1) // self.workers_per_host)
 
-    @property
+    @functools.cached_property
     def trials_dir(self) -> Path:
         return self.home.expanduser() / "trials"
 
-    @property
+    @functools.cached_property
     def blobs_dir(self) -> Path:
         return self.home.expanduser() / "blobs"
