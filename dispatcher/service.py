@@ -62,7 +62,7 @@ __all__ = ["Dispatcher"]
 
 _log = logging.getLogger(__name__)
 _BATCH = 512
-_TURN = 0.005  # a burst of SUBMITs must not hold back the RUNs and replies it could already send
+_TURN = 0.005  # a burst of SUBMITs must not hold back the RUNs it could already send
 _MAX_PREFETCH = 64
 
 
@@ -182,10 +182,11 @@ class Dispatcher:
     # ---- I/O ----
 
     def _read_batch(self) -> None:
-        """Up to _BATCH messages or _TURN seconds of work, whichever comes first: then dispatch and reply."""
+        """Up to _BATCH messages, then dispatch and reply (one commit for all: a report flood needs big turns);
+        after _TURN seconds already, when queued trials wait for free workers."""
         deadline = time.monotonic() + _TURN
         for _ in range(_BATCH):
-            if time.monotonic() > deadline:
+            if self.queue and (self.idle or self.prefetching) and time.monotonic() > deadline:
                 break
             try:
                 frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=True)
@@ -329,8 +330,7 @@ class Dispatcher:
         if self.journal.add_trial(rec, sub.evaluator, sub.model):
             self._payloads[trial_id] = (sub.evaluator, sub.model)
             self.trials[trial_id] = rec
-            self.queue.append(trial_id)
-            self._event_state(rec)
+            self.queue.append(trial_id)  # no QUEUED event: the client's Trial starts out QUEUED
             _log.debug("trial %s (%s) QUEUED", trial_id, sub.name or "unnamed")
         self._ack(identity, msg)
 

@@ -16,7 +16,6 @@ back, and the DONEs of one loop turn go out in one DONES message.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import multiprocessing
 import os
@@ -24,10 +23,10 @@ import select
 import signal
 import socket
 import time
+import weakref
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 import zmq
@@ -72,8 +71,8 @@ class _Trial:
     attempt: int
     process: Any  # multiprocessing.Process from the forkserver context
     conn: Connection
-    output_dir: Path
-    log_file: Path
+    output_dir: str
+    log_file: str
     started: float
     deadline: float | None
     error: tuple[str, str, str] | None = None
@@ -103,7 +102,7 @@ class _Trial:
         """The trial ends with its last message (fit returned or raised) or with its process."""
         if self.finished and not self.kill_reason:
             return True
-        return not self.process.is_alive()
+        return not _alive(self.process)
 
 
 class Agent:
@@ -132,6 +131,7 @@ class Agent:
         self._sent_at: dict[tuple[str, int, int], float] = {}
         self._poller: tuple[Any, zmq.Poller] | None = None
         self.blobs = BlobStore(config.blobs_dir, config.blob_cache_bytes)
+        self._trials_dir = str(config.trials_dir)
         self.fetcher = BlobFetcher(self.blobs, lambda req: self._send(MsgType.BLOB_GET, req, trial=req.digest))
 
     # ---- lifecycle ----
@@ -377,7 +377,7 @@ class Agent:
         trial, reusable = self.trial, self._reusable
         return (
             trial is not None and trial.reused and not trial.kill_reason and reusable is not None
-            and reusable[0] is trial.process and trial.process.is_alive()
+            and reusable[0] is trial.process and _alive(trial.process)
         )  # fmt: skip
 
     def _cancel(self, trial_id: str, attempt: int, reason: str, give_back: bool = False) -> None:
@@ -416,10 +416,10 @@ class Agent:
             for digest in digests:
                 self.blobs.touch(digest)
             self.blobs.evict(keep=digests)
-        out = self.config.trials_dir / f"{h.trial}-{h.attempt}"  # the trial process creates it
-        log_file = out / "trial.log"
+        out = os.path.join(self._trials_dir, f"{h.trial}-{h.attempt}")  # the trial process creates it
+        log_file = os.path.join(out, "trial.log")
         spec = runner.TrialSpec(
-            h.trial, h.attempt, run.evaluator, run.model, str(out), str(log_file),
+            h.trial, h.attempt, run.evaluator, run.model, out, log_file,
             self.config.cuda_visible_devices, self.config.trial_threads, str(self.config.blobs_dir),
         )  # fmt: skip
         chosen = self._process_for(spec)
@@ -448,7 +448,7 @@ class Agent:
             reader.close()
             process.join()
             self._reusable = None
-        if self._spare is not None and self._spare[0].is_alive():
+        if self._spare is not None and _alive(self._spare[0]):
             process, specs, reader = self._spare
             self._spare = None
             specs.send(spec)
@@ -460,7 +460,7 @@ class Agent:
         """Into the --reuse-process child's queue; False when that child has died."""
         assert self._reusable is not None
         process, specs, _reader = self._reusable
-        if process.is_alive():
+        if _alive(process):
             try:
                 specs.send(spec)
                 return True
@@ -479,7 +479,7 @@ class Agent:
 
     def _start_spare(self) -> None:
         """Fork the next trial's process now, while its trial is not waiting: a RUN then starts at once."""
-        if self.config.reuse_process or (self._spare is not None and self._spare[0].is_alive()):
+        if self.config.reuse_process or (self._spare is not None and _alive(self._spare[0])):
             return
         if self._spare is not None:  # it died while waiting (killed from outside): replace it
             self._spare[0].join()
@@ -579,7 +579,7 @@ class Agent:
 
     def _end(self, trial: _Trial, now: float) -> Outgoing:
         """The running trial ended: its DONE (kept until acknowledged), and the next one comes up."""
-        dead = not trial.process.is_alive()
+        dead = not _alive(trial.process)
         if dead:
             trial.process.join()
             self._drain(trial)
@@ -624,26 +624,23 @@ class Agent:
             self._send(MsgType.DONES, batch)
 
     def _outcome(self, trial: _Trial, now: float, reports: list[list[Any]], files: list[list[Any]]) -> Done:
-        done = self._verdict(trial, now)
-        return dataclasses.replace(done, reports=reports, files=files)
-
-    @staticmethod
-    def _verdict(trial: _Trial, now: float) -> Done:
-        code = trial.process.exitcode
-        tail = _tail(trial.log_file)
+        """The attempt's DONE: the verdict, the last reports, the small artefacts and the log's tail."""
+        inline_log = [data for rel, data in files if rel == "trial.log" and len(data) < _INLINE]
+        tail = _tail_of(inline_log[0]) if inline_log else _tail(trial.log_file)
         duration = now - trial.started
         if trial.kill_reason:
-            return Done(trial.kill_state.value, trial.kill_reason, log_tail=tail, duration=duration)
+            return Done(trial.kill_state.value, trial.kill_reason, "", "", "", tail, duration, reports, files)
         if trial.error is not None:
             exc_type, message, tb = trial.error
-            return Done(TrialState.FAILED.value, f"{exc_type}: {message}", exc_type, message, tb, tail, duration)
-        if trial.returned and code in (0, None):  # None: a --reuse-process child lives on
-            return Done(TrialState.SUCCEEDED.value, "", log_tail=tail, duration=duration)
+            return Done(TrialState.FAILED.value, f"{exc_type}: {message}", exc_type, message, tb, tail, duration, reports, files)
+        code = None if _alive(trial.process) else trial.process.exitcode  # None: a --reuse-process child lives on
+        if trial.returned and code in (0, None):
+            return Done(TrialState.SUCCEEDED.value, "", "", "", "", tail, duration, reports, files)
         if code is not None and code < 0:
             reason = f"trial process killed by {signal.Signals(-code).name} before fit returned"
         else:
             reason = f"trial process exited with code {code} before fit returned"
-        return Done(TrialState.FAILED.value, reason, "TrialProcessDied", reason, "", tail, duration)
+        return Done(TrialState.FAILED.value, reason, "TrialProcessDied", reason, "", tail, duration, reports, files)
 
     def _kill(self, trial: _Trial, reason: str, *, state: TrialState = TrialState.FAILED, hard: bool = False) -> None:
         """SIGTERM the trial's process group now and SIGKILL it after the grace period."""
@@ -673,7 +670,9 @@ class Agent:
         """Send the trial's output files home, up to the per-trial cap: the first 64 KiB inside
         DONE (returned), the rest streamed in FILE chunks."""
         budget, inline, inline_bytes = trial.max_artifact_bytes, [], 0
-        for rel, path, size in _files(str(trial.output_dir)):
+        for rel, path, size in _files(trial.output_dir):
+            if rel == "trial.log" and not size:
+                continue  # the trial printed nothing: no file to bring home
             if size > budget:
                 _log.warning("artefact %s (%d bytes) exceeds the remaining cap of %d bytes; not sent", path, size, budget)
                 continue
@@ -699,6 +698,25 @@ class Agent:
         return inline
 
 
+_SENTINELS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def _alive(process: Any) -> bool:
+    """``process.is_alive()`` without a new selector per call: it is asked several times per trial.
+
+    The process's sentinel becomes readable when it ends; only then is the real check made."""
+    poller = _SENTINELS.get(process, ())
+    if poller == ():
+        poller = _SENTINELS[process] = select.poll()
+        poller.register(process.sentinel, select.POLLIN)
+    if poller is None:  # found dead before (the sentinel need not stay readable once its status was read)
+        return False
+    if not poller.poll(0) or process.is_alive():
+        return True
+    _SENTINELS[process] = None
+    return False
+
+
 def _files(root: str) -> list[tuple[str, str, int]]:
     """(path relative to root with "/", path, size) of every regular file under root, sorted.
 
@@ -721,12 +739,15 @@ def _files(root: str) -> list[tuple[str, str, int]]:
     return sorted(found)
 
 
-def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+def _tail(path: str, lines: int = _LOG_TAIL_LINES) -> str:
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - 64 * 1024))
-            text = f.read().decode("utf-8", "replace")
+            return _tail_of(f.read(), lines)
     except OSError:
         return ""
-    return "\n".join(text.splitlines()[-lines:])
+
+
+def _tail_of(data: bytes, lines: int = _LOG_TAIL_LINES) -> str:
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])

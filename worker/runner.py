@@ -125,7 +125,6 @@ def _evaluate(spec: TrialSpec, conn: Connection) -> None:
         blob_dir = Path(spec.blob_dir) if spec.blob_dir else None
         evaluator = load(spec.evaluator, blob_dir=blob_dir)
         model = load(spec.model, blob_dir=blob_dir)
-        print(f"[retia] trial {spec.trial} attempt {spec.attempt} pid {os.getpid()}: {evaluator!r}", flush=True)
         evaluator.evaluate(model, output_dir=spec.output_dir, reporter=_pipe_reporter(conn))
     except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt are trial failures too
         text = traceback.format_exc()

@@ -46,7 +46,13 @@ def train_digits(model_cls: Callable[[], nn.Module], train: Any, val: Any, epoch
     report_final_result({"default": acc, "epochs": float(epochs)})
 
 
+def announce() -> None:
+    """A first line in trial.log, with this trial process's pid (tests that kill it read it there)."""
+    print(f"fit pid {os.getpid()}", flush=True)
+
+
 def counting(model_cls: Any, steps: int = 3, delay: float = 0.0) -> None:
+    announce()
     for i in range(steps):
         report_intermediate_result(float(i))
         if delay:
@@ -55,11 +61,13 @@ def counting(model_cls: Any, steps: int = 3, delay: float = 0.0) -> None:
 
 
 def raising(model_cls: Any) -> None:
+    announce()
     report_intermediate_result(0.5)
     raise ValueError("the model diverged")
 
 
 def hanging(model_cls: Any) -> None:
+    announce()
     time.sleep(600)
 
 
@@ -72,6 +80,7 @@ def exiting(model_cls: Any, code: int = 3) -> None:
 
 
 def hard_exit(model_cls: Any) -> None:
+    announce()
     print("leaving without a final result", flush=True)
     os._exit(0)
 
@@ -106,6 +115,7 @@ def arch_score(model_cls: Any, steps: int = 4, delay: float = 0.0) -> None:
 
 def export_onnx(model_cls: Any) -> None:
     """The seed's example: write model.onnx into NNI_OUTPUT_DIR from inside fit."""
+    announce()
     from pathlib import Path
 
     model = model_cls().eval()
@@ -148,6 +158,7 @@ def writes_nested(model_cls: Any) -> None:
     """Files in subdirectories of the output directory, a link to one of them, and a larger one."""
     from pathlib import Path
 
+    announce()
     root = Path(os.environ["RETIA_OUTPUT_DIR"])
     (root / "logs" / "epoch-1").mkdir(parents=True)
     (root / "logs" / "epoch-1" / "metrics.csv").write_text("step,loss\n1,0.5\n")

@@ -44,4 +44,4 @@ def test_nested_output_files_come_home_with_their_paths(backend: Backend) -> Non
     assert (trial.output_dir / "logs" / "epoch-1" / "metrics.csv").read_text() == "step,loss\n1,0.5\n"
     assert (trial.output_dir / "best.txt").read_text() == "step,loss\n1,0.5\n"  # a link ships its file
     assert (trial.output_dir / "weights.bin").read_bytes() == bytes(range(256)) * 1024  # streamed in FILE chunks
-    assert "trial " + trial.id in (trial.output_dir / "trial.log").read_text()  # small: inside DONE
+    assert "fit pid " in (trial.output_dir / "trial.log").read_text()  # small: inside DONE
