@@ -507,21 +507,24 @@ class Dispatcher:
         self._lose_all(worker, f"worker lost: {worker.id} {why}")
 
     def _lose_all(self, worker: _Worker, reason: str) -> None:
-        """Its trials go back to the front of the queue in their order (the held one after the running one)."""
-        for trial_id in reversed(worker.trials):
-            rec = self.trials.get(trial_id)
+        """Its trials go back to the front of the queue in their order (the held ones after the running one)."""
+        for index in reversed(range(len(worker.trials))):
+            rec = self.trials.get(worker.trials[index])
             if rec is not None and rec.state is TrialState.RUNNING and rec.worker == worker.id:
-                self._lost(rec, reason)
+                self._lost(rec, reason, held=index > 0)
 
-    def _lost(self, rec: TrialRecord, reason: str) -> None:
-        """The attempt's worker is gone: re-queue as a new attempt, or fail when retries are spent."""
+    def _lost(self, rec: TrialRecord, reason: str, *, held: bool = False) -> None:
+        """The attempt's worker is gone: re-queue as a new attempt, or fail when retries are spent.
+
+        A trial the worker held behind the running one is re-queued whatever its attempt count:
+        it most likely never started, and it cannot have caused the loss."""
         rec.reason = reason
         if self.journal.has_final(rec.id, rec.attempt):  # its result is in: running it again would report twice
             rec.reason = f"{reason} after its final result was stored"
             self._finish(rec, TrialState.SUCCEEDED)
         elif rec.cancel_requested:
             self._finish(rec, TrialState.CANCELLED)
-        elif rec.attempt <= rec.max_retries:
+        elif held or rec.attempt <= rec.max_retries:
             rec.state, rec.worker = TrialState.QUEUED, ""
             self.journal.update_trial(rec, requeue=True)
             self.queue.appendleft(rec.id)

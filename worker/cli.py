@@ -15,7 +15,7 @@ from .config import DEFAULT_PRELOAD, WorkerConfig
 
 __all__ = ["add_worker_arguments", "run_worker", "main"]
 
-REUSE_PREFETCH = 8  # trials a --reuse-process worker holds by default: short trials, results batched
+REUSE_PREFETCH = 32  # trials a --reuse-process worker holds by default: short trials, results batched
 
 
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:

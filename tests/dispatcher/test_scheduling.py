@@ -12,6 +12,7 @@ import zmq
 
 from retia import FunctionalEvaluator
 from retia.dispatcher.client import connect
+from retia.errors import WorkerLostError
 from retia.dispatcher.config import DispatcherConfig
 from retia.dispatcher.service import Dispatcher
 from retia.protocol import Done, Hello, Message, MsgType, Ready, ReportBatch, Session, Submit, TrialState
@@ -187,6 +188,21 @@ def test_submit_many_travels_as_one_message_and_each_trial_runs_once(dispatcher:
         for i, trial in enumerate(trials):
             worker.send_multipart(_done(session, trial.id, [1, True, float(i)]))
         assert [t.result(timeout=10) for t in trials] == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_a_lost_workers_held_trials_do_not_spend_their_retries(dispatcher: Dispatcher, worker: zmq.Socket) -> None:
+    session = _hello(worker, prefetch=1)
+    with connect(dispatcher.address, key=KEY) as client:
+        running, held = (client.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting), max_retries=0) for _ in range(2))
+        assert all(_receive(worker, session, MsgType.RUN) is not None for _ in range(2))
+        worker.send_multipart(session.frames(MsgType.BYE))
+        with pytest.raises(WorkerLostError):  # it ran there, and it may not run again
+            running.result(timeout=10)
+        deadline = time.monotonic() + 10
+        while held.state is not TrialState.QUEUED:  # it only waited there: queued again
+            assert time.monotonic() < deadline, held
+            time.sleep(0.02)
+        assert held.attempt == 1 and not held.done()
 
 
 def test_a_burst_of_events_reaches_a_client_in_bounded_batches_in_order(dispatcher: Dispatcher, worker: zmq.Socket) -> None:

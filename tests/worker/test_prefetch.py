@@ -1,4 +1,4 @@
-"""``retia worker --prefetch N`` (8 with --reuse-process): a worker holds trials while one runs."""
+"""``retia worker --prefetch N`` (32 with --reuse-process): a worker holds trials while one runs."""
 
 from __future__ import annotations
 
