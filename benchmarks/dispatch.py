@@ -549,7 +549,7 @@ def build_table(results: list[ClusterResults], pool: tuple[Stats, Stats], spawn:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--trials", type=int, default=500, help="no-op trials submitted at once (default %(default)s)")
+    parser.add_argument("--trials", type=int, default=2000, help="no-op trials submitted at once (default %(default)s)")
     parser.add_argument("--sequential", type=int, default=100, help="no-op trials one at a time (default %(default)s)")
     parser.add_argument("--start-trials", type=int, default=50, help="torch-importing trials (default %(default)s)")
     parser.add_argument("--subprocess-runs", type=int, default=5, help="fresh `python -c` baseline runs (default %(default)s)")

@@ -624,23 +624,25 @@ class Agent:
             self._send(MsgType.DONES, batch)
 
     def _outcome(self, trial: _Trial, now: float, reports: list[list[Any]], files: list[list[Any]]) -> Done:
-        """The attempt's DONE: the verdict, the last reports, the small artefacts and the log's tail."""
-        inline_log = [data for rel, data in files if rel == "trial.log" and len(data) < _INLINE]
-        tail = _tail_of(inline_log[0]) if inline_log else _tail(trial.log_file)
+        """The attempt's DONE: the verdict, the last reports, the small artefacts, and for a failure the log's tail."""
         duration = now - trial.started
         if trial.kill_reason:
-            return Done(trial.kill_state.value, trial.kill_reason, "", "", "", tail, duration, reports, files)
-        if trial.error is not None:
+            state, reason, exc_type, message, tb = trial.kill_state.value, trial.kill_reason, "", "", ""
+        elif trial.error is not None:
             exc_type, message, tb = trial.error
-            return Done(TrialState.FAILED.value, f"{exc_type}: {message}", exc_type, message, tb, tail, duration, reports, files)
-        code = None if _alive(trial.process) else trial.process.exitcode  # None: a --reuse-process child lives on
-        if trial.returned and code in (0, None):
-            return Done(TrialState.SUCCEEDED.value, "", "", "", "", tail, duration, reports, files)
-        if code is not None and code < 0:
-            reason = f"trial process killed by {signal.Signals(-code).name} before fit returned"
+            state, reason = TrialState.FAILED.value, f"{exc_type}: {message}"
         else:
-            reason = f"trial process exited with code {code} before fit returned"
-        return Done(TrialState.FAILED.value, reason, "TrialProcessDied", reason, "", tail, duration, reports, files)
+            code = None if _alive(trial.process) else trial.process.exitcode  # None: a --reuse-process child lives on
+            if trial.returned and code in (0, None):
+                return Done(TrialState.SUCCEEDED.value, "", duration=duration, reports=reports, files=files)
+            if code is not None and code < 0:
+                reason = f"trial process killed by {signal.Signals(-code).name} before fit returned"
+            else:
+                reason = f"trial process exited with code {code} before fit returned"
+            state, exc_type, message, tb = TrialState.FAILED.value, "TrialProcessDied", reason, ""
+        inline_log = [data for rel, data in files if rel == "trial.log"]  # complete when it rode inline
+        tail = _tail_of(inline_log[0]) if inline_log else _tail(trial.log_file)
+        return Done(state, reason, exc_type, message, tb, tail, duration, reports, files)
 
     def _kill(self, trial: _Trial, reason: str, *, state: TrialState = TrialState.FAILED, hard: bool = False) -> None:
         """SIGTERM the trial's process group now and SIGKILL it after the grace period."""
