@@ -19,13 +19,10 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import select
 import signal
 import socket
 import time
-import weakref
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -53,56 +50,16 @@ from retia.protocol import (
 from . import runner
 from .config import WorkerConfig
 from .fetch import BlobFetcher
+from .trial import RunningTrial, alive, list_files, log_tail, tail_of
 
 __all__ = ["Agent"]
 
 _log = logging.getLogger(__name__)
 _CHUNK = 1 << 20
 _INLINE = 64 << 10  # artefacts up to this much in all ride inside DONE instead of FILE messages
-_LOG_TAIL_LINES = 50
 _MAX_BATCH = 512
 _DONES_PER_MESSAGE = 8
 _SKIP_GRACE = 1.0  # seconds a cancelled trial queued in a --reuse-process child has to be skipped before a kill
-
-
-@dataclass
-class _Trial:
-    id: str
-    attempt: int
-    process: Any  # multiprocessing.Process from the forkserver context
-    conn: Connection
-    output_dir: str
-    log_file: str
-    started: float
-    deadline: float | None
-    error: tuple[str, str, str] | None = None
-    returned: bool = False
-    kill_reason: str = ""
-    kill_state: TrialState = TrialState.FAILED
-    sigkill_at: float | None = None
-    max_artifact_bytes: int = 50 << 20
-    seq: int = 0
-    reused: bool = False  # runs in the long-lived --reuse-process child
-
-    pipe: Any = None  # a select.poll() on the pipe, to drain it without building selectors
-    pending: list[tuple[bool, Any]] = field(default_factory=list)  # reports read, not yet sent
-    run: Message | None = None  # its RUN: queued in a child that died first, it is launched again
-    timeout: float | None = None
-    skipped: bool = False  # cancelled in the child's queue before it started: it never ran
-    cancel: str = ""  # a cancellation that came while it waited in the child's queue
-    give_back: bool = False  # that cancellation only asks to return it unstarted
-
-    @property
-    def finished(self) -> bool:
-        """Its last message came: fit returned or raised, or it was skipped unstarted."""
-        return self.returned or self.error is not None or self.skipped
-
-    @property
-    def ended(self) -> bool:
-        """The trial ends with its last message (fit returned or raised) or with its process."""
-        if self.finished and not self.kill_reason:
-            return True
-        return not _alive(self.process)
 
 
 class Agent:
@@ -116,8 +73,8 @@ class Agent:
         self._mp.set_forkserver_preload([*config.preload, "retia.worker._frozen"])  # _frozen last
         self._ctx = zmq.Context()
         self._sock: zmq.Socket | None = None
-        self.trial: _Trial | None = None  # the one running
-        self._queued: deque[_Trial] = deque()  # --reuse-process: given to the child after it, not started
+        self.trial: RunningTrial | None = None  # the one running
+        self._queued: deque[RunningTrial] = deque()  # --reuse-process: given to the child after it, not started
         self._unacked: OrderedDict[tuple[str, int, int], Outgoing] = OrderedDict()
         self._stopping = False
         self._last_heard = time.monotonic()
@@ -226,7 +183,7 @@ class Agent:
         if self.trial is None and not self._waiting:
             self._send(MsgType.READY, Ready(self._last_run))
 
-    def _started(self) -> list[_Trial]:
+    def _started(self) -> list[RunningTrial]:
         """The running trial and those queued behind it in its child, in order."""
         return ([self.trial] if self.trial is not None else []) + list(self._queued)
 
@@ -252,7 +209,7 @@ class Agent:
         except zmq.Again:
             pass  # the dispatcher is unreachable; unacknowledged messages go again on reconnect
 
-    def _reliable(self, type: MsgType, body: Any, trial: _Trial, *, seq: int = 0) -> None:
+    def _reliable(self, type: MsgType, body: Any, trial: RunningTrial, *, seq: int = 0) -> None:
         """Send and keep until acknowledged; the message takes the next seq unless it names one."""
         if not seq:
             trial.seq += 1
@@ -377,7 +334,7 @@ class Agent:
         trial, reusable = self.trial, self._reusable
         return (
             trial is not None and trial.reused and not trial.kill_reason and reusable is not None
-            and reusable[0] is trial.process and _alive(trial.process)
+            and reusable[0] is trial.process and alive(trial.process)
         )  # fmt: skip
 
     def _cancel(self, trial_id: str, attempt: int, reason: str, give_back: bool = False) -> None:
@@ -427,7 +384,7 @@ class Agent:
             self._waiting.appendleft(msg)
             return
         process, reader = chosen
-        trial = _Trial(h.trial, h.attempt, process, reader, out, log_file, 0.0, None, run=msg, timeout=run.timeout)
+        trial = RunningTrial(h.trial, h.attempt, process, reader, out, log_file, 0.0, None, run=msg, timeout=run.timeout)
         trial.reused = self.config.reuse_process
         trial.max_artifact_bytes = min(run.max_artifact_bytes, self.config.max_artifact_bytes)
         if self.trial is None:
@@ -448,7 +405,7 @@ class Agent:
             reader.close()
             process.join()
             self._reusable = None
-        if self._spare is not None and _alive(self._spare[0]):
+        if self._spare is not None and alive(self._spare[0]):
             process, specs, reader = self._spare
             self._spare = None
             specs.send(spec)
@@ -460,7 +417,7 @@ class Agent:
         """Into the --reuse-process child's queue; False when that child has died."""
         assert self._reusable is not None
         process, specs, _reader = self._reusable
-        if _alive(process):
+        if alive(process):
             try:
                 specs.send(spec)
                 return True
@@ -468,7 +425,7 @@ class Agent:
                 pass
         return False
 
-    def _begin(self, trial: _Trial, now: float) -> None:
+    def _begin(self, trial: RunningTrial, now: float) -> None:
         """It is the running trial from now: its clock starts."""
         trial.started = now
         killed_unless_skipped = trial.cancel and not trial.give_back
@@ -479,7 +436,7 @@ class Agent:
 
     def _start_spare(self) -> None:
         """Fork the next trial's process now, while its trial is not waiting: a RUN then starts at once."""
-        if self.config.reuse_process or (self._spare is not None and _alive(self._spare[0])):
+        if self.config.reuse_process or (self._spare is not None and alive(self._spare[0])):
             return
         if self._spare is not None:  # it died while waiting (killed from outside): replace it
             self._spare[0].join()
@@ -509,35 +466,15 @@ class Agent:
             self._reusable = (process, spec_writer, reader)
         return process, reader
 
-    def _read_pipe(self, trial: _Trial) -> None:
-        """Drain what the trial process sent; reports wait in ``trial.pending`` for one message."""
-        if trial.pipe is None:
-            trial.pipe = select.poll()
-            trial.pipe.register(trial.conn.fileno(), select.POLLIN)
-        reports = trial.pending
-        try:
-            while len(reports) < _MAX_BATCH and not trial.finished and trial.pipe.poll(0):
-                item = trial.conn.recv()
-                if item[0] == runner.MSG_REPORT:
-                    reports.append((bool(item[1]), item[2]))
-                elif item[0] == runner.MSG_ERROR:
-                    trial.error = (item[1], item[2], item[3])
-                elif item[0] == runner.MSG_DONE:
-                    trial.returned = True
-                elif item[0] == runner.MSG_SKIPPED:
-                    trial.skipped = True
-        except (EOFError, OSError):
-            pass  # the process is gone; its exit status tells the rest
-
-    def _drain(self, trial: _Trial) -> None:
+    def _drain(self, trial: RunningTrial) -> None:
         """Read what a dead trial process left in the pipe for this trial (a flood can outlive its writer)."""
         while True:
-            self._read_pipe(trial)
+            trial.read_pipe(_MAX_BATCH)
             if trial.finished or len(trial.pending) < _MAX_BATCH:  # stopped at its end, not at the batch limit
                 return
             self._send_reports(trial)
 
-    def _send_reports(self, trial: _Trial) -> None:
+    def _send_reports(self, trial: RunningTrial) -> None:
         """The pending reports: one REPORT, or a burst in one message, one ACK, one journal transaction."""
         reports, trial.pending = trial.pending, []
         if len(reports) == 1:
@@ -547,7 +484,7 @@ class Agent:
             self._reliable(MsgType.REPORTS, ReportBatch(items), trial, seq=items[-1][0])
 
     @staticmethod
-    def _numbered(reports: list[tuple[bool, Any]], trial: _Trial) -> list[list[Any]]:
+    def _numbered(reports: list[tuple[bool, Any]], trial: RunningTrial) -> list[list[Any]]:
         """Give reports the next seqs."""
         first = trial.seq + 1
         trial.seq += len(reports)
@@ -566,7 +503,7 @@ class Agent:
             if trial.sigkill_at is not None and now > trial.sigkill_at:
                 self._signal(trial, signal.SIGKILL)
                 trial.sigkill_at = None
-            self._read_pipe(trial)
+            trial.read_pipe(_MAX_BATCH)
             if not trial.ended:
                 self._send_reports(trial)
                 break
@@ -577,9 +514,9 @@ class Agent:
         self._send_dones(dones)
         self._start_waiting()  # a held trial starts now, not a loop turn later
 
-    def _end(self, trial: _Trial, now: float) -> Outgoing:
+    def _end(self, trial: RunningTrial, now: float) -> Outgoing:
         """The running trial ended: its DONE (kept until acknowledged), and the next one comes up."""
-        dead = not _alive(trial.process)
+        dead = not alive(trial.process)
         if dead:
             trial.process.join()
             self._drain(trial)
@@ -623,7 +560,7 @@ class Agent:
             batch = DoneBatch.of([(m.trial, m.attempt, m.seq, m.body) for m in dones])
             self._send(MsgType.DONES, batch)
 
-    def _outcome(self, trial: _Trial, now: float, reports: list[list[Any]], files: list[list[Any]]) -> Done:
+    def _outcome(self, trial: RunningTrial, now: float, reports: list[list[Any]], files: list[list[Any]]) -> Done:
         """The attempt's DONE: the verdict, the last reports, the small artefacts, and for a failure the log's tail."""
         duration = now - trial.started
         if trial.kill_reason:
@@ -632,7 +569,7 @@ class Agent:
             exc_type, message, tb = trial.error
             state, reason = TrialState.FAILED.value, f"{exc_type}: {message}"
         else:
-            code = None if _alive(trial.process) else trial.process.exitcode  # None: a --reuse-process child lives on
+            code = None if alive(trial.process) else trial.process.exitcode  # None: a --reuse-process child lives on
             if trial.returned and code in (0, None):
                 return Done(TrialState.SUCCEEDED.value, "", duration=duration, reports=reports, files=files)
             if code is not None and code < 0:
@@ -641,13 +578,13 @@ class Agent:
                 reason = f"trial process exited with code {code} before fit returned"
             state, exc_type, message, tb = TrialState.FAILED.value, "TrialProcessDied", reason, ""
         inline_log = [data for rel, data in files if rel == "trial.log"]  # complete when it rode inline
-        tail = _tail_of(inline_log[0]) if inline_log else _tail(trial.log_file)
+        tail = tail_of(inline_log[0]) if inline_log else log_tail(trial.log_file)
         return Done(state, reason, exc_type, message, tb, tail, duration, reports, files)
 
-    def _kill(self, trial: _Trial, reason: str, *, state: TrialState = TrialState.FAILED, hard: bool = False) -> None:
+    def _kill(self, trial: RunningTrial, reason: str, *, state: TrialState = TrialState.FAILED, hard: bool = False) -> None:
         """SIGTERM the trial's process group now and SIGKILL it after the grace period."""
         if not hard and not trial.kill_reason:
-            self._read_pipe(trial)
+            trial.read_pipe(_MAX_BATCH)
             if trial.finished:  # it ended meanwhile: the process may already run the next one
                 return
         if not trial.kill_reason:
@@ -658,7 +595,7 @@ class Agent:
             trial.sigkill_at = time.monotonic() + self.config.kill_grace
 
     @staticmethod
-    def _signal(trial: _Trial, sig: signal.Signals) -> None:
+    def _signal(trial: RunningTrial, sig: signal.Signals) -> None:
         pid = trial.process.pid
         try:
             os.killpg(pid, sig)
@@ -668,11 +605,11 @@ class Agent:
             except ProcessLookupError:
                 pass
 
-    def _ship_artifacts(self, trial: _Trial) -> list[list[Any]]:
+    def _ship_artifacts(self, trial: RunningTrial) -> list[list[Any]]:
         """Send the trial's output files home, up to the per-trial cap: the first 64 KiB inside
         DONE (returned), the rest streamed in FILE chunks."""
         budget, inline, inline_bytes = trial.max_artifact_bytes, [], 0
-        for rel, path, size in _files(trial.output_dir):
+        for rel, path, size in list_files(trial.output_dir):
             if rel == "trial.log" and not size:
                 continue  # the trial printed nothing: no file to bring home
             if size > budget:
@@ -698,58 +635,3 @@ class Agent:
                     if last:
                         break
         return inline
-
-
-_SENTINELS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-
-
-def _alive(process: Any) -> bool:
-    """``process.is_alive()`` without a new selector per call: it is asked several times per trial.
-
-    The process's sentinel becomes readable when it ends; only then is the real check made."""
-    poller = _SENTINELS.get(process, ())
-    if poller == ():
-        poller = _SENTINELS[process] = select.poll()
-        poller.register(process.sentinel, select.POLLIN)
-    if poller is None:  # found dead before (the sentinel need not stay readable once its status was read)
-        return False
-    if not poller.poll(0) or process.is_alive():
-        return True
-    _SENTINELS[process] = None
-    return False
-
-
-def _files(root: str) -> list[tuple[str, str, int]]:
-    """(path relative to root with "/", path, size) of every regular file under root, sorted.
-
-    ``os.scandir`` rather than ``Path.rglob``: it runs for every trial, and rglob's path
-    objects were a measurable share of a short trial's cost (docs/benchmarks.md).
-    """
-    found: list[tuple[str, str, int]] = []
-    stack = [(root, "")]
-    while stack:
-        directory, prefix = stack.pop()
-        try:
-            entries = list(os.scandir(directory))
-        except OSError:
-            continue
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                stack.append((entry.path, f"{prefix}{entry.name}/"))
-            elif entry.is_file():  # a link to a file ships the file, as before
-                found.append((prefix + entry.name, entry.path, entry.stat().st_size))
-    return sorted(found)
-
-
-def _tail(path: str, lines: int = _LOG_TAIL_LINES) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 64 * 1024))
-            return _tail_of(f.read(), lines)
-    except OSError:
-        return ""
-
-
-def _tail_of(data: bytes, lines: int = _LOG_TAIL_LINES) -> str:
-    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])

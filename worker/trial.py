@@ -1,0 +1,141 @@
+"""The agent's side of one trial attempt: its process, its pipe, what it sent, and the files it leaves.
+
+These run for every trial, so they avoid what showed up in profiles: a selector per
+``Process.is_alive()``, pathlib objects per file.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import weakref
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+from retia.protocol import Message, TrialState
+
+from . import runner
+
+__all__ = ["LOG_TAIL_LINES", "RunningTrial", "alive", "list_files", "log_tail", "tail_of"]
+
+LOG_TAIL_LINES = 50
+
+
+@dataclass
+class RunningTrial:
+    """One attempt as the agent sees it: its process and pipe, what it sent, how it is to end."""
+
+    id: str
+    attempt: int
+    process: Any  # multiprocessing.Process from the forkserver context
+    conn: Connection
+    output_dir: str
+    log_file: str
+    started: float
+    deadline: float | None
+    error: tuple[str, str, str] | None = None
+    returned: bool = False
+    kill_reason: str = ""
+    kill_state: TrialState = TrialState.FAILED
+    sigkill_at: float | None = None
+    max_artifact_bytes: int = 50 << 20
+    seq: int = 0
+    reused: bool = False  # runs in the long-lived --reuse-process child
+
+    pipe: Any = None  # a select.poll() on the pipe, to drain it without building selectors
+    pending: list[tuple[bool, Any]] = field(default_factory=list)  # reports read, not yet sent
+    run: Message | None = None  # its RUN: queued in a child that died first, it is launched again
+    timeout: float | None = None
+    skipped: bool = False  # cancelled in the child's queue before it started: it never ran
+    cancel: str = ""  # a cancellation that came while it waited in the child's queue
+    give_back: bool = False  # that cancellation only asks to return it unstarted
+
+    @property
+    def finished(self) -> bool:
+        """Its last message came: fit returned or raised, or it was skipped unstarted."""
+        return self.returned or self.error is not None or self.skipped
+
+    @property
+    def ended(self) -> bool:
+        """The trial ends with its last message (fit returned or raised) or with its process."""
+        if self.finished and not self.kill_reason:
+            return True
+        return not alive(self.process)
+
+    def read_pipe(self, max_reports: int) -> None:
+        """Read what the trial process sent, up to its last message; reports wait in ``pending``."""
+        if self.pipe is None:
+            self.pipe = select.poll()
+            self.pipe.register(self.conn.fileno(), select.POLLIN)
+        reports = self.pending
+        try:
+            while len(reports) < max_reports and not self.finished and self.pipe.poll(0):
+                item = self.conn.recv()
+                if item[0] == runner.MSG_REPORT:
+                    reports.append((bool(item[1]), item[2]))
+                elif item[0] == runner.MSG_ERROR:
+                    self.error = (item[1], item[2], item[3])
+                elif item[0] == runner.MSG_DONE:
+                    self.returned = True
+                elif item[0] == runner.MSG_SKIPPED:
+                    self.skipped = True
+        except (EOFError, OSError):
+            pass  # the process is gone; its exit status tells the rest
+
+
+_SENTINELS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def alive(process: Any) -> bool:
+    """``process.is_alive()`` without a new selector per call: it is asked several times per trial.
+
+    The process's sentinel becomes readable when it ends; only then is the real check made."""
+    poller = _SENTINELS.get(process, ())
+    if poller == ():
+        poller = _SENTINELS[process] = select.poll()
+        poller.register(process.sentinel, select.POLLIN)
+    if poller is None:  # found dead before (the sentinel need not stay readable once its status was read)
+        return False
+    if not poller.poll(0) or process.is_alive():
+        return True
+    _SENTINELS[process] = None
+    return False
+
+
+def list_files(root: str) -> list[tuple[str, str, int]]:
+    """(path relative to root with "/", path, size) of every regular file under root, sorted.
+
+    ``os.scandir`` rather than ``Path.rglob``: it runs for every trial, and rglob's path
+    objects were a measurable share of a short trial's cost (docs/benchmarks.md).
+    """
+    found: list[tuple[str, str, int]] = []
+    stack = [(root, "")]
+    while stack:
+        directory, prefix = stack.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                stack.append((entry.path, f"{prefix}{entry.name}/"))
+            elif entry.is_file():  # a link to a file ships the file, as before
+                found.append((prefix + entry.name, entry.path, entry.stat().st_size))
+    return sorted(found)
+
+
+def log_tail(path: str, lines: int = LOG_TAIL_LINES) -> str:
+    """The last lines of a log file (at most its last 64 KiB are read)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 64 * 1024))
+            return tail_of(f.read(), lines)
+    except OSError:
+        return ""
+
+
+def tail_of(data: bytes, lines: int = LOG_TAIL_LINES) -> str:
+    """The last lines of a log's bytes, as text."""
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
