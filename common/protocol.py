@@ -16,7 +16,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
-from typing import Any, Union
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar, Union
 
 import msgpack
 
@@ -53,9 +54,11 @@ __all__ = [
     "StatusReply",
     "FileChunk",
     "BODY_TYPES",
+    "batches",
     "DEFAULT_MAX_MESSAGE_BYTES",
 ]
 
+T = TypeVar("T")
 VERSION = b"retia/1"
 DEFAULT_MAX_MESSAGE_BYTES = 8 << 20  # big data travels as chunked blobs, never inside one message
 
@@ -357,6 +360,16 @@ class Message:
     @property
     def type(self) -> MsgType:
         return self.header.type
+
+
+def batches(items: list[T], size: Callable[[T], int], max_items: int, max_bytes: int) -> Iterator[list[T]]:
+    """Consecutive runs of ``items`` for batch messages: at most ``max_items``, closed once ``max_bytes`` is reached."""
+    start, total = 0, 0
+    for i, item in enumerate(items):
+        total += size(item)
+        if i + 1 == len(items) or i + 1 - start == max_items or total >= max_bytes:
+            yield items[start : i + 1]
+            start, total = i + 1, 0
 
 
 def _to_wire(body: Any) -> list[Any]:

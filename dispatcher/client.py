@@ -46,6 +46,7 @@ from retia.protocol import (
     Submit,
     SubmitBatch,
     TrialState,
+    batches,
 )
 from retia.reporting import Metric
 from retia.serializer import dump
@@ -398,17 +399,15 @@ class Backend:
         self._send_submits(sock, submits)
 
     def _send_submits(self, sock: zmq.Socket, submits: list[Outgoing]) -> None:
-        start, size = 0, 0
-        for i, message in enumerate(submits):  # at most about 1 MiB per message, well under the dispatcher's limit
-            size += len(message.body.evaluator) + len(message.body.model)
-            if i + 1 == len(submits) or size >= _SUBMIT_BYTES_PER_MESSAGE:
-                part = submits[start : i + 1]
-                if len(part) == 1:
-                    _try_send(sock, part[0].frames(self._session))
-                else:
-                    batch = SubmitBatch.of([(m.trial, m.seq, m.body) for m in part])
-                    _try_send(sock, self._session.frames(MsgType.SUBMITS, batch))
-                start, size = i + 1, 0
+        def size(m: Outgoing) -> int:
+            return len(m.body.evaluator) + len(m.body.model)
+
+        for part in batches(submits, size, _SUBMITS_PER_MESSAGE, _SUBMIT_BYTES_PER_MESSAGE):  # well under the limit
+            if len(part) == 1:
+                _try_send(sock, part[0].frames(self._session))
+            else:
+                batch = SubmitBatch.of([(m.trial, m.seq, m.body) for m in part])
+                _try_send(sock, self._session.frames(MsgType.SUBMITS, batch))
 
     def _read(self, sock: zmq.Socket) -> bool:
         heard = False

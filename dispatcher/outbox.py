@@ -11,7 +11,7 @@ import logging
 
 import zmq
 
-from retia.protocol import Ack, AckBatch, EventBatch, Header, MsgType, Session
+from retia.protocol import Ack, AckBatch, EventBatch, Header, MsgType, Session, batches
 
 __all__ = ["Outbox"]
 
@@ -67,9 +67,5 @@ class Outbox:
             frames = self.session.frames_raw(MsgType(kind), body, trial=trial, attempt=attempt, seq=seq)  # type: ignore[arg-type]
             self._frames.append([identity, *frames])
             return
-        start, size = 0, 0
-        for i, event in enumerate(events):
-            size += len(event[4])  # type: ignore[arg-type]
-            if i + 1 == len(events) or i + 1 - start == _EVENTS_PER_MESSAGE or size >= _EVENT_BYTES_PER_MESSAGE:
-                self.send(identity, MsgType.EVENTS, EventBatch(events[start : i + 1]))
-                start, size = i + 1, 0
+        for part in batches(events, lambda e: len(e[4]), _EVENTS_PER_MESSAGE, _EVENT_BYTES_PER_MESSAGE):  # type: ignore[arg-type]
+            self.send(identity, MsgType.EVENTS, EventBatch(part))

@@ -22,7 +22,6 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import zmq
 
@@ -57,6 +56,7 @@ from .artifacts import ArtifactStore
 from .config import DispatcherConfig
 from .journal import Journal, TrialRecord
 from .outbox import Outbox
+from .peers import Client, Worker, pick_recalls
 
 __all__ = ["Dispatcher"]
 
@@ -64,31 +64,6 @@ _log = logging.getLogger(__name__)
 _BATCH = 512
 _TURN = 0.005  # a burst of SUBMITs must not hold back the RUNs it could already send
 _MAX_PREFETCH = 64
-
-
-@dataclass
-class _Worker:
-    id: str
-    identity: bytes
-    host: str
-    gpu: str
-    pid: int
-    expiry: float
-    since: float = field(default_factory=time.time)
-    slots: int = 1  # trials it takes at once: the one it runs and the ones it holds (--prefetch)
-    trials: list[str] = field(default_factory=list)  # given to it, in order: the first runs, the rest wait there
-
-    @property
-    def trial(self) -> str:
-        """The trial it runs ("" when idle)."""
-        return self.trials[0] if self.trials else ""
-
-
-@dataclass
-class _Client:
-    id: str
-    identity: bytes
-    expiry: float
 
 
 class Dispatcher:
@@ -113,8 +88,8 @@ class Dispatcher:
             _log.info("CurveZMQ on: peers need the public certificate %s", public)
         self._sock.bind(config.bind)
         self.address: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.workers: dict[bytes, _Worker] = {}
-        self.clients: dict[str, _Client] = {}
+        self.workers: dict[bytes, Worker] = {}
+        self.clients: dict[str, Client] = {}
         self.trials: dict[str, TrialRecord] = {}
         self.queue: deque[str] = deque()
         self.idle: deque[bytes] = deque()
@@ -284,7 +259,7 @@ class Dispatcher:
         expiry = time.monotonic() + self.config.expiry
         welcome = Welcome(self.config.heartbeat_interval, self.config.liveness, self.id)
         if hello.role == Role.CLIENT.value:
-            self.clients[hello.peer_id] = _Client(hello.peer_id, identity, expiry)
+            self.clients[hello.peer_id] = Client(hello.peer_id, identity, expiry)
             self._send(identity, MsgType.WELCOME, welcome)
             for event in self.journal.events_after(hello.peer_id, hello.last_event):
                 self.outbox.event(identity, event.kind, event.trial, event.attempt, event.seq, event.body)
@@ -295,7 +270,7 @@ class Dispatcher:
             return
         old = self.workers.get(identity)
         slots = 1 + min(max(0, int(hello.prefetch)), _MAX_PREFETCH)
-        worker = _Worker(hello.peer_id, identity, hello.host, hello.gpu, hello.pid, expiry, slots=slots)
+        worker = Worker(hello.peer_id, identity, hello.host, hello.gpu, hello.pid, expiry, slots=slots)
         if old is not None:
             worker.since, worker.trials = old.since, old.trials
         self.workers[identity] = worker
@@ -322,7 +297,7 @@ class Dispatcher:
             self._send(identity, MsgType.ACK, Ack(False, "a trial id is required"), seq=msg.header.seq)
             return
         if client_id not in self.clients:
-            self.clients[client_id] = _Client(client_id, identity, time.monotonic() + self.config.expiry)
+            self.clients[client_id] = Client(client_id, identity, time.monotonic() + self.config.expiry)
         rec = TrialRecord(
             trial_id, client_id, sub.name, TrialState.QUEUED, 0, max(0, sub.max_retries), sub.timeout, sub.arch,
             blobs=[list(b) for b in sub.blobs],
@@ -420,7 +395,7 @@ class Dispatcher:
             self._finish(rec, self._outcome(rec, done))
         self._ack(identity, msg)
 
-    def _became_idle(self, worker: _Worker) -> None:
+    def _became_idle(self, worker: Worker) -> None:
         if worker.identity not in self.idle:
             self.idle.append(worker.identity)
         self._rebalance_due = True
@@ -432,12 +407,7 @@ class Dispatcher:
             return
         holders = [w for w in self.workers.values() if len(w.trials) > 1]
         self._recalled &= {t for w in holders for t in w.trials[1:]}  # forget those answered or gone
-        for _ in range(len(self.idle) - len(self._recalled)):
-            candidates = [(len(w.trials), w, t) for w in holders for t in w.trials[1:] if t not in self._recalled]
-            if not candidates:
-                return
-            _n, donor, trial = max(reversed(candidates), key=lambda c: c[0])  # the last of the longest line
-            self._recalled.add(trial)
+        for donor, trial in pick_recalls(holders, self._recalled, len(self.idle) - len(self._recalled)):
             cancel = Cancel(f"given back to start on an idle worker, not after {donor.trial}", give_back=True)
             self._send(donor.identity, MsgType.CANCEL, cancel, trial=trial, attempt=self.trials[trial].attempt)
 
@@ -449,7 +419,7 @@ class Dispatcher:
         self._event_state(rec)
         _log.debug("trial %s given back unstarted: queued again", rec.id)
 
-    def _offer_slot(self, worker: _Worker) -> None:
+    def _offer_slot(self, worker: Worker) -> None:
         """Queue a busy worker's free slot; one entry per worker, so slots fill round-robin."""
         if len(worker.trials) < worker.slots and worker.identity not in self.prefetching:
             self.prefetching.append(worker.identity)
@@ -499,14 +469,14 @@ class Dispatcher:
 
     # ---- state changes ----
 
-    def _remove_worker(self, worker: _Worker, why: str) -> None:
+    def _remove_worker(self, worker: Worker, why: str) -> None:
         self.workers.pop(worker.identity, None)
         if worker.identity in self.idle:
             self.idle.remove(worker.identity)
         _log.log(logging.INFO if why == "left" else logging.WARNING, "worker %s %s", worker.id, why)
         self._lose_all(worker, f"worker lost: {worker.id} {why}")
 
-    def _lose_all(self, worker: _Worker, reason: str) -> None:
+    def _lose_all(self, worker: Worker, reason: str) -> None:
         """Its trials go back to the front of the queue in their order (the held ones after the running one)."""
         for index in reversed(range(len(worker.trials))):
             rec = self.trials.get(worker.trials[index])

@@ -50,7 +50,7 @@ from retia.protocol import (
 from . import runner
 from .config import WorkerConfig
 from .fetch import BlobFetcher
-from .trial import RunningTrial, alive, list_files, log_tail, tail_of
+from .trial import RunningTrial, alive, list_files
 
 __all__ = ["Agent"]
 
@@ -480,15 +480,8 @@ class Agent:
         if len(reports) == 1:
             self._reliable(MsgType.REPORT, Report(*reports[0]), trial)
         elif reports:  # the message takes its last report's seq, so report seqs stay contiguous
-            items = self._numbered(reports, trial)
+            items = trial.numbered(reports)
             self._reliable(MsgType.REPORTS, ReportBatch(items), trial, seq=items[-1][0])
-
-    @staticmethod
-    def _numbered(reports: list[tuple[bool, Any]], trial: RunningTrial) -> list[list[Any]]:
-        """Give reports the next seqs."""
-        first = trial.seq + 1
-        trial.seq += len(reports)
-        return [[first + i, final, value] for i, (final, value) in enumerate(reports)]
 
     def _supervise(self, now: float) -> None:
         self._start_waiting()
@@ -501,7 +494,7 @@ class Agent:
                 else:
                     self._kill(trial, f"timed out after {trial.deadline - trial.started:.1f}s")
             if trial.sigkill_at is not None and now > trial.sigkill_at:
-                self._signal(trial, signal.SIGKILL)
+                trial.send_signal(signal.SIGKILL)
                 trial.sigkill_at = None
             trial.read_pipe(_MAX_BATCH)
             if not trial.ended:
@@ -537,12 +530,12 @@ class Agent:
                     self._waiting.appendleft(queued.run)  # type: ignore[arg-type]
             self._queued.clear()
         reports, trial.pending = trial.pending, []
-        items = self._numbered(reports, trial)
+        items = trial.numbered(reports)
         if trial.skipped and not trial.kill_reason:
             state = TrialState.QUEUED if trial.give_back else TrialState.CANCELLED
             done = Done(state.value, trial.cancel or "cancelled before it started")
         else:
-            done = self._outcome(trial, now, items, self._ship_artifacts(trial))
+            done = trial.outcome(now, items, self._ship_artifacts(trial))
         trial.seq += 1
         message = Outgoing(MsgType.DONE, done, trial.id, trial.attempt, trial.seq)
         self._unacked[(trial.id, trial.attempt, trial.seq)] = message
@@ -560,27 +553,6 @@ class Agent:
             batch = DoneBatch.of([(m.trial, m.attempt, m.seq, m.body) for m in dones])
             self._send(MsgType.DONES, batch)
 
-    def _outcome(self, trial: RunningTrial, now: float, reports: list[list[Any]], files: list[list[Any]]) -> Done:
-        """The attempt's DONE: the verdict, the last reports, the small artefacts, and for a failure the log's tail."""
-        duration = now - trial.started
-        if trial.kill_reason:
-            state, reason, exc_type, message, tb = trial.kill_state.value, trial.kill_reason, "", "", ""
-        elif trial.error is not None:
-            exc_type, message, tb = trial.error
-            state, reason = TrialState.FAILED.value, f"{exc_type}: {message}"
-        else:
-            code = None if alive(trial.process) else trial.process.exitcode  # None: a --reuse-process child lives on
-            if trial.returned and code in (0, None):
-                return Done(TrialState.SUCCEEDED.value, "", duration=duration, reports=reports, files=files)
-            if code is not None and code < 0:
-                reason = f"trial process killed by {signal.Signals(-code).name} before fit returned"
-            else:
-                reason = f"trial process exited with code {code} before fit returned"
-            state, exc_type, message, tb = TrialState.FAILED.value, "TrialProcessDied", reason, ""
-        inline_log = [data for rel, data in files if rel == "trial.log"]  # complete when it rode inline
-        tail = tail_of(inline_log[0]) if inline_log else log_tail(trial.log_file)
-        return Done(state, reason, exc_type, message, tb, tail, duration, reports, files)
-
     def _kill(self, trial: RunningTrial, reason: str, *, state: TrialState = TrialState.FAILED, hard: bool = False) -> None:
         """SIGTERM the trial's process group now and SIGKILL it after the grace period."""
         if not hard and not trial.kill_reason:
@@ -590,20 +562,9 @@ class Agent:
         if not trial.kill_reason:
             trial.kill_reason, trial.kill_state = reason, state
             _log.info("stopping trial %s attempt %d: %s", trial.id, trial.attempt, reason)
-        self._signal(trial, signal.SIGKILL if hard else signal.SIGTERM)
+        trial.send_signal(signal.SIGKILL if hard else signal.SIGTERM)
         if not hard:
             trial.sigkill_at = time.monotonic() + self.config.kill_grace
-
-    @staticmethod
-    def _signal(trial: RunningTrial, sig: signal.Signals) -> None:
-        pid = trial.process.pid
-        try:
-            os.killpg(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            try:
-                os.kill(pid, sig)  # it may not have called setsid yet
-            except ProcessLookupError:
-                pass
 
     def _ship_artifacts(self, trial: RunningTrial) -> list[list[Any]]:
         """Send the trial's output files home, up to the per-trial cap: the first 64 KiB inside

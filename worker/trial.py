@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import weakref
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-from retia.protocol import Message, TrialState
+from retia.protocol import Done, Message, TrialState
 
 from . import runner
 
@@ -63,6 +64,12 @@ class RunningTrial:
             return True
         return not alive(self.process)
 
+    def numbered(self, reports: list[tuple[bool, Any]]) -> list[list[Any]]:
+        """Give reports the next seqs: [[seq, final, value], ...]."""
+        first = self.seq + 1
+        self.seq += len(reports)
+        return [[first + i, final, value] for i, (final, value) in enumerate(reports)]
+
     def read_pipe(self, max_reports: int) -> None:
         """Read what the trial process sent, up to its last message; reports wait in ``pending``."""
         if self.pipe is None:
@@ -82,6 +89,38 @@ class RunningTrial:
                     self.skipped = True
         except (EOFError, OSError):
             pass  # the process is gone; its exit status tells the rest
+
+    def outcome(self, now: float, reports: list[list[Any]], files: list[list[Any]]) -> Done:
+        """The attempt's DONE: the verdict, the last reports, the small artefacts, and for a failure the log's tail."""
+        duration = now - self.started
+        if self.kill_reason:
+            state, reason, exc_type, message, tb = self.kill_state.value, self.kill_reason, "", "", ""
+        elif self.error is not None:
+            exc_type, message, tb = self.error
+            state, reason = TrialState.FAILED.value, f"{exc_type}: {message}"
+        else:
+            code = None if alive(self.process) else self.process.exitcode  # None: a --reuse-process child lives on
+            if self.returned and code in (0, None):
+                return Done(TrialState.SUCCEEDED.value, "", duration=duration, reports=reports, files=files)
+            if code is not None and code < 0:
+                reason = f"trial process killed by {signal.Signals(-code).name} before fit returned"
+            else:
+                reason = f"trial process exited with code {code} before fit returned"
+            state, exc_type, message, tb = TrialState.FAILED.value, "TrialProcessDied", reason, ""
+        inline_log = [data for rel, data in files if rel == "self.log"]  # complete when it rode inline
+        tail = tail_of(inline_log[0]) if inline_log else log_tail(self.log_file)
+        return Done(state, reason, exc_type, message, tb, tail, duration, reports, files)
+
+    def send_signal(self, sig: signal.Signals) -> None:
+        """Signal its process group (or the process, before it called setsid)."""
+        pid = self.process.pid
+        try:
+            os.killpg(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            try:
+                os.kill(pid, sig)  # it may not have called setsid yet
+            except ProcessLookupError:
+                pass
 
 
 _SENTINELS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
