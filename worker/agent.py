@@ -89,6 +89,8 @@ class Agent:
         self._poller: tuple[Any, zmq.Poller] | None = None
         self.blobs = BlobStore(config.blobs_dir, config.blob_cache_bytes)
         self._trials_dir = str(config.trials_dir)
+        # --reuse-process: where the child runs each trial (runner.file_scratch); one per agent process
+        self._scratch = os.path.join(self._trials_dir, f".reused-{os.getpid()}") if config.reuse_process else ""
         self.fetcher = BlobFetcher(self.blobs, lambda req: self._send(MsgType.BLOB_GET, req, trial=req.digest))
 
     # ---- lifecycle ----
@@ -377,7 +379,7 @@ class Agent:
         log_file = os.path.join(out, "trial.log")
         spec = runner.TrialSpec(
             h.trial, h.attempt, run.evaluator, run.model, out, log_file,
-            self.config.cuda_visible_devices, self.config.trial_threads, str(self.config.blobs_dir),
+            self.config.cuda_visible_devices, self.config.trial_threads, str(self.config.blobs_dir), self._scratch,
         )  # fmt: skip
         chosen = self._process_for(spec)
         if chosen is None:  # the running trial's child died under it: this one waits for the next child
@@ -514,6 +516,8 @@ class Agent:
             trial.process.join()
             self._drain(trial)
         went_down = dead and not (trial.finished and not trial.kill_reason)  # the process ended with this trial
+        if went_down and trial.reused:
+            self._file_scratch(trial)
         if went_down or not trial.reused or (dead and not self._queued):
             if not dead:  # fit is over; the process exits on its own, reaped later
                 self._exiting.append((trial.process, now + self.config.kill_grace))
@@ -544,6 +548,13 @@ class Agent:
         if self._queued:
             self._begin(self._queued.popleft(), now)
         return message
+
+    def _file_scratch(self, trial: RunningTrial) -> None:
+        """The reused child died in this trial: what it left in the scratch directory is the trial's."""
+        try:
+            runner.file_scratch(self._scratch, trial.output_dir)
+        except OSError as exc:
+            _log.warning("files of trial %s attempt %d left in %s: %s", trial.id, trial.attempt, self._scratch, exc)
 
     def _send_dones(self, dones: list[Outgoing]) -> None:
         """The DONEs of one loop turn: alone, or together in one DONES message (each acknowledged on its own)."""

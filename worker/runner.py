@@ -8,7 +8,11 @@ sees through the process's exit status.
 With ``--reuse-process`` the agent queues several specs in the child's pipe and the child
 runs them in order, so the agent tells trials apart by order alone; a spec cancelled
 before it started (``("cancel", trial, attempt)`` on the same pipe) is answered with
-``("skipped",)`` in its place.
+``("skipped",)`` in its place. Such a child runs every trial in one scratch directory
+(its output directory, with ``trial.log`` for what it prints) and renames it to the
+trial's own directory before its last message, only if the trial left something there:
+a quiet trial creates no directory and no file (on this VM's ext4 they cost as much as
+the rest of a no-op trial). If the child dies mid-trial, the agent does the renaming.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "TrialSpec", "run_trial", "await_trial", "serve_trials", "warm_up",
+    "TrialSpec", "run_trial", "await_trial", "serve_trials", "warm_up", "scratch_log", "file_scratch",
     "MSG_REPORT", "MSG_ERROR", "MSG_DONE", "MSG_SKIPPED", "MSG_CANCEL",
 ]  # fmt: skip
 
@@ -56,6 +60,7 @@ class TrialSpec:
     cuda_visible_devices: str
     threads: int
     blob_dir: str = ""
+    scratch: str = ""  # --reuse-process: the trial runs here; renamed to output_dir if it left anything
 
 
 def warm_up() -> None:
@@ -65,7 +70,7 @@ def warm_up() -> None:
 def run_trial(spec: TrialSpec, conn: Connection) -> None:
     """Run one trial in this fresh process, then exit."""
     _become_trial_process(spec)
-    _evaluate(spec, conn)
+    conn.send(_evaluate(spec, spec.output_dir, conn))
     conn.close()
 
 
@@ -77,7 +82,7 @@ def await_trial(specs: Connection, conn: Connection) -> None:
         return  # the agent stopped (or died) before it needed us
     specs.close()
     _become_trial_process(spec)
-    _evaluate(spec, conn)
+    conn.send(_evaluate(spec, spec.output_dir, conn))
     conn.close()
 
 
@@ -101,16 +106,16 @@ def serve_trials(first: TrialSpec, specs: Connection, conn: Connection) -> None:
             cancelled.discard((spec.trial, spec.attempt))
             conn.send((MSG_SKIPPED,))
             continue
-        if spec is not first:
-            _redirect_output(spec.log_file)
-        _evaluate(spec, conn)
+        outcome = _evaluate(spec, spec.scratch, conn)
+        _file_scratch(spec)
+        conn.send(outcome)
 
 
 def _become_trial_process(spec: TrialSpec) -> None:
     os.setsid()  # own process group: the agent kills the trial and anything it spawned together
     _die_with_parent()
     os.environ["CUDA_VISIBLE_DEVICES"] = spec.cuda_visible_devices
-    _redirect_output(spec.log_file)
+    _redirect_output(scratch_log(spec.scratch) if spec.scratch else spec.log_file)
     if spec.threads > 0:
         os.environ["OMP_NUM_THREADS"] = str(spec.threads)
         torch = sys.modules.get("torch")
@@ -118,23 +123,61 @@ def _become_trial_process(spec: TrialSpec) -> None:
             torch.set_num_threads(spec.threads)
 
 
-def _evaluate(spec: TrialSpec, conn: Connection) -> None:
+def _evaluate(spec: TrialSpec, output_dir: str, conn: Connection) -> tuple[Any, ...]:
+    """Run fit (reports go out as they come); the trial's last message, to send once its files are in place."""
     from retia.serializer import load  # preloaded by the fork server: a dictionary lookup
 
     try:
         blob_dir = Path(spec.blob_dir) if spec.blob_dir else None
         evaluator = load(spec.evaluator, blob_dir=blob_dir)
         model = load(spec.model, blob_dir=blob_dir)
-        evaluator.evaluate(model, output_dir=spec.output_dir, reporter=_pipe_reporter(conn))
+        evaluator.evaluate(model, output_dir=output_dir, reporter=_pipe_reporter(conn))
     except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt are trial failures too
         text = traceback.format_exc()
         sys.stderr.write(text)
         sys.stderr.flush()
-        conn.send((MSG_ERROR, type(exc).__name__, _describe(exc), text))
-        return
+        return (MSG_ERROR, type(exc).__name__, _describe(exc), text)
     sys.stdout.flush()
     sys.stderr.flush()
-    conn.send((MSG_DONE,))
+    return (MSG_DONE,)
+
+
+def scratch_log(scratch: str) -> str:
+    return os.path.join(scratch, "trial.log")
+
+
+def file_scratch(scratch: str, output_dir: str) -> bool:
+    """Rename the scratch directory to the trial's own if the trial left anything in it.
+
+    True when the scratch is gone (renamed, or removed by fit itself) and must be made again."""
+    try:
+        entries = os.listdir(scratch)
+    except FileNotFoundError:
+        return True
+    if entries == ["trial.log"] and os.stat(scratch_log(scratch)).st_size == 0:
+        return False  # a quiet trial: no directory of its own, nothing to ship
+    if entries:
+        _relink(scratch)
+        os.rename(scratch, output_dir)
+    else:
+        os.rmdir(scratch)  # fit removed even the log
+    return True
+
+
+def _relink(scratch: str) -> None:
+    """Absolute links into the scratch directory become relative, so they survive its renaming."""
+    prefix = scratch + os.sep
+    for directory, dirs, files in os.walk(scratch):
+        for name in dirs + files:
+            path = os.path.join(directory, name)
+            if os.path.islink(path) and (target := os.readlink(path)).startswith(prefix):
+                os.unlink(path)
+                os.symlink(os.path.relpath(target, directory), path)
+
+
+def _file_scratch(spec: TrialSpec) -> None:
+    if file_scratch(spec.scratch, spec.output_dir):
+        _redirect_output(scratch_log(spec.scratch))  # the next trial gets a fresh scratch and log
 
 
 def _pipe_reporter(conn: Connection) -> Any:

@@ -60,6 +60,11 @@ def counting(model_cls: Any, steps: int = 3, delay: float = 0.0) -> None:
     report_final_result(float(steps))
 
 
+def quiet(model_cls: Any) -> None:
+    """Prints and writes nothing: with --reuse-process it leaves no directory on the worker."""
+    report_final_result(1.0)
+
+
 def raising(model_cls: Any) -> None:
     announce()
     report_intermediate_result(0.5)

@@ -67,6 +67,16 @@ DEEP = ["--reuse-process", "--prefetch", "4"]  # up to four trials queue in the 
 def _pid(home: Path, trial_id: str) -> int:
     """The trial process's pid, from the first line of its trial.log."""
     [log] = home.glob(f"worker-*/trials/{trial_id}-1/trial.log")
+    return _pid_in(log)
+
+
+def _running_pid(home: Path) -> int:
+    """The pid of the trial running now: a reused child runs it in its scratch directory until it ends."""
+    [log] = home.glob("worker-*/trials/.reused-*/trial.log")
+    return _pid_in(log)
+
+
+def _pid_in(log: Path) -> int:
     return int(re.search(r" pid (\d+)", log.read_text()).group(1))  # type: ignore[union-attr]
 
 
@@ -83,7 +93,7 @@ def test_trials_queued_in_one_child_run_back_to_back_and_outlive_its_death(tmp_p
         queued = [backend.submit(fits.DigitsMLP, quick) for _ in range(3)]
         next(victim.reports(timeout=60))
         _wait_for(lambda: all(t.state is TrialState.RUNNING for t in queued))  # given to the worker, not started
-        os.kill(_pid(home, victim.id), signal.SIGKILL)
+        os.kill(_running_pid(home), signal.SIGKILL)
         with pytest.raises(TrialFailedError, match="SIGKILL"):
             victim.result(timeout=60)
         assert [t.result(timeout=60) for t in queued] == [2.0] * 3

@@ -46,3 +46,20 @@ def test_trials_share_one_process_until_it_dies(tmp_path: Path) -> None:
         assert after.result(timeout=60) == 2.0
         pids = [_pid(home, t.id) for t in (first[0], crash, hung, after)]
         assert pids[0] == pids[1] and len(set(pids[1:])) == 3  # replaced after each death
+
+
+def test_a_quiet_trial_leaves_no_directory_and_one_that_writes_gets_its_own(tmp_path: Path) -> None:
+    home = tmp_path / "c"
+    with local_cluster(workers=1, home=home, worker_args=["--reuse-process"], **FAST) as backend:  # type: ignore[arg-type]
+        quiet = FunctionalEvaluator(fits.quiet)
+        trials = [backend.submit(fits.DigitsMLP, quiet) for _ in range(3)]
+        onnx = backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.export_onnx))  # written in the scratch
+        trials.append(backend.submit(fits.DigitsMLP, quiet))
+        assert [t.result(timeout=60) for t in trials] == [1.0] * 4 and onnx.result(timeout=120) == 1.0
+    on_worker = home / "worker-0" / "trials"
+    assert sorted(p.name for p in on_worker.iterdir() if not p.name.startswith(".")) == [f"{onnx.id}-1"]
+    assert (on_worker / f"{onnx.id}-1" / "model.onnx").stat().st_size > 0
+    assert onnx.output_dir is not None and (onnx.output_dir / "model.onnx").stat().st_size > 0
+    assert "fit pid " in (onnx.output_dir / "trial.log").read_text()
+    [scratch] = on_worker.glob(".reused-*")  # left ready for the next trial: an empty log, nothing else
+    assert [p.name for p in scratch.iterdir()] == ["trial.log"] and (scratch / "trial.log").stat().st_size == 0
