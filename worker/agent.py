@@ -50,7 +50,7 @@ from retia.protocol import (
 from . import runner
 from .config import WorkerConfig
 from .fetch import BlobFetcher
-from .trial import RunningTrial, alive, list_files
+from .trial import RunningTrial, SpecWriter, alive, list_files
 
 __all__ = ["Agent"]
 
@@ -59,6 +59,7 @@ _CHUNK = 1 << 20
 _INLINE = 64 << 10  # artefacts up to this much in all ride inside DONE instead of FILE messages
 _MAX_BATCH = 512
 _DONES_PER_MESSAGE = 8
+_CHILD_AHEAD = 8  # --reuse-process: trials queued in the child's pipe; the rest wait here, quick to cancel or give back
 _SKIP_GRACE = 1.0  # seconds a cancelled trial queued in a --reuse-process child has to be skipped before a kill
 
 
@@ -80,7 +81,7 @@ class Agent:
         self._last_heard = time.monotonic()
         self._backoff = config.reconnect_min
         self._reconnect_at: float | None = None
-        self._reusable: tuple[Any, Connection, Connection] | None = None  # process, specs out, messages in
+        self._reusable: tuple[Any, SpecWriter, Connection] | None = None  # process, specs out, messages in
         self._spare: tuple[Any, Connection, Connection] | None = None  # a fresh process forked ahead of time
         self._waiting: deque[Message] = deque()  # RUNs held, not given to a process: prefetched, or blobs coming
         self._last_run = ""
@@ -246,13 +247,16 @@ class Agent:
     def _poll(self, timeout: float) -> None:
         if self._sock is None:
             return
-        key = (self._sock, self.trial and self.trial.conn)
-        if self._poller is None or self._poller[0] != key:  # rebuilt only when the socket or the pipe changes
+        specs = self._reusable[1] if self._reusable is not None and self._reusable[1].pending else None
+        key = (self._sock, self.trial and self.trial.conn, specs)
+        if self._poller is None or self._poller[0] != key:  # rebuilt only when the socket or the pipes change
             poller = zmq.Poller()
             poller.register(self._sock, zmq.POLLIN)
             if self.trial is not None:
                 poller.register(self.trial.conn.fileno(), zmq.POLLIN)
                 poller.register(self.trial.process.sentinel, zmq.POLLIN)
+            if specs is not None:  # the child made room for what waits to be written
+                poller.register(specs.fd, zmq.POLLOUT)
             self._poller = (key, poller)
         ready = dict(self._poller[1].poll(timeout * 1000))
         if self._sock in ready:
@@ -336,7 +340,8 @@ class Agent:
         trial, reusable = self.trial, self._reusable
         return (
             trial is not None and trial.reused and not trial.kill_reason and reusable is not None
-            and reusable[0] is trial.process and alive(trial.process)
+            and reusable[0] is trial.process and len(self._queued) < _CHILD_AHEAD and not reusable[1].pending
+            and alive(trial.process)
         )  # fmt: skip
 
     def _cancel(self, trial_id: str, attempt: int, reason: str, give_back: bool = False) -> None:
@@ -465,7 +470,7 @@ class Agent:
         writer.close()
         if self.config.reuse_process:
             spec_reader.close()
-            self._reusable = (process, spec_writer, reader)
+            self._reusable = (process, SpecWriter(spec_writer), reader)
         return process, reader
 
     def _drain(self, trial: RunningTrial) -> None:
@@ -486,6 +491,11 @@ class Agent:
             self._reliable(MsgType.REPORTS, ReportBatch(items), trial, seq=items[-1][0])
 
     def _supervise(self, now: float) -> None:
+        if self._reusable is not None and self._reusable[1].pending:
+            try:
+                self._reusable[1].flush()
+            except OSError:
+                pass  # the child is gone: its exit is seen through its sentinel
         self._start_waiting()
         dones: list[Outgoing] = []
         while self.trial is not None:

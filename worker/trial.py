@@ -9,16 +9,19 @@ from __future__ import annotations
 import os
 import select
 import signal
+import struct
 import weakref
+from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from retia.protocol import Done, Message, TrialState
 
 from . import runner
 
-__all__ = ["LOG_TAIL_LINES", "RunningTrial", "alive", "list_files", "log_tail", "tail_of"]
+__all__ = ["LOG_TAIL_LINES", "RunningTrial", "SpecWriter", "alive", "list_files", "log_tail", "tail_of"]
 
 LOG_TAIL_LINES = 50
 
@@ -121,6 +124,47 @@ class RunningTrial:
                 os.kill(pid, sig)  # it may not have called setsid yet
             except ProcessLookupError:
                 pass
+
+
+class SpecWriter:
+    """The agent's end of a --reuse-process child's spec pipe, which never blocks the agent.
+
+    The child reads its pipe only between trials; a spec larger than what the pipe holds
+    (64 KiB on Linux) would stop the agent's loop until the running trial ended, heartbeats
+    and all. What the pipe cannot take yet waits here, written as the child makes room;
+    the framing is ``Connection.send``'s, so the child reads with ``Connection.recv``."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.fd = conn.fileno()
+        os.set_blocking(self.fd, False)
+        self._frames: deque[memoryview] = deque()
+
+    @property
+    def pending(self) -> bool:
+        """Some bytes wait for the child to read."""
+        return bool(self._frames)
+
+    def send(self, obj: Any) -> None:
+        """Queue ``obj`` and write as much as the pipe takes; raises OSError when the child is gone."""
+        data = ForkingPickler.dumps(obj)
+        self._frames.append(memoryview(struct.pack("!i", len(data)) + bytes(data)))
+        self.flush()
+
+    def flush(self) -> None:
+        while self._frames:
+            try:
+                written = os.write(self.fd, self._frames[0])
+            except BlockingIOError:
+                return
+            if written == len(self._frames[0]):
+                self._frames.popleft()
+            else:
+                self._frames[0] = self._frames[0][written:]
+
+    def close(self) -> None:
+        self._frames.clear()
+        self.conn.close()
 
 
 _SENTINELS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()

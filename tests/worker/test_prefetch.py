@@ -128,3 +128,21 @@ def test_a_worker_that_joins_late_gets_trials_another_holds_unstarted(tmp_path: 
         with sqlite3.connect(journal_path(backend)) as db:
             finals = db.execute("SELECT trial, COUNT(*) FROM reports WHERE final = 1 GROUP BY trial").fetchall()
         assert sorted(n for _t, n in finals) == [1] * 5
+
+
+def test_a_large_held_trial_never_blocks_the_worker_while_a_long_one_runs(tmp_path: Path) -> None:
+    """Specs bigger than a pipe's buffer (64 KiB) wait in the agent, not in a blocking write: the agent
+    keeps its heartbeats and answers a cancel while the child is busy with a long trial."""
+    home = tmp_path / "c"
+    with local_cluster(workers=1, home=home, worker_args=DEEP, **FAST) as backend:  # type: ignore[arg-type]
+        long = backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting, steps=12, delay=0.25))
+        next(long.reports(timeout=60))  # in fit now: the child reads no spec until it returns
+        bulky = FunctionalEvaluator(fits.uses, thing=os.urandom(200_000))  # under the blob threshold: inline
+        held = [backend.submit(fits.DigitsMLP, bulky) for _ in range(3)]
+        _wait_for(lambda: all(t.state is TrialState.RUNNING for t in held))
+        held[1].cancel()  # answered by the agent while the child still runs `long`
+        with pytest.raises(TrialCancelledError):
+            held[1].result(timeout=2.0)
+        assert long.state is TrialState.RUNNING
+        assert long.result(timeout=60) == 12.0 and [held[0].result(timeout=60), held[2].result(timeout=60)] == [1.0, 1.0]
+        assert [t.attempt for t in (long, *held)] == [1, 1, 1, 1]  # the worker was never declared lost
