@@ -8,7 +8,10 @@ each trial forked from a fork server that preloaded torch and Lightning):
     trials submitted at once (``backend.submit_many``: the evaluator is serialized once, as
     the pool's function is pickled once), and p50/p99 one at a time (``backend.submit``).
     The floor beside it is a ``ProcessPoolExecutor`` running the same cloudpickled function
-    in reused processes.
+    in reused processes. The all-at-once phase runs ``--rounds`` times per column, each time
+    right after the same phase on the pool, and each round's ratio of the two is reported:
+    a shared VM's speed drifts by 2-3x over minutes, so only paired rounds compare like with
+    like (the table shows the median round and the spread).
 (b) trial start latency: submit (wall clock) to the first line of a ``fit`` that imports
     torch and pytorch_lightning (free in a preloaded child). Beside it, what NNI and Syne
     Tune do per trial: a fresh ``python -c`` that imports both, then prints the time.
@@ -239,24 +242,44 @@ def pool_sequential(pool: concurrent.futures.Executor, blob: bytes, n: int) -> S
     return stats
 
 
-def measure_pool(workers: int, trials: int, sequential: int) -> tuple[Stats, Stats]:
-    blob = cloudpickle.dumps(noop_fit)
-    context = multiprocessing.get_context("fork")  # before any cluster thread exists
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-        for f in [pool.submit(_call_pickled, blob) for _ in range(4 * workers)]:  # start the processes
+class Pool:
+    """The floor: a ProcessPoolExecutor, forked before any cluster thread exists, kept for the whole run
+    so that its bulk phase can run right before each retia bulk phase (paired rounds)."""
+
+    def __init__(self, workers: int) -> None:
+        self.blob = cloudpickle.dumps(noop_fit)
+        context = multiprocessing.get_context("fork")
+        self.pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
+        for f in [self.pool.submit(_call_pickled, self.blob) for _ in range(4 * workers)]:  # start the processes
             f.result()
-        pids = list(pool._processes)  # type: ignore[attr-defined]
+        self.pids = list(self.pool._processes)  # type: ignore[attr-defined]
+        self.rounds: list[Stats] = []
+        self.cpu = [0.0, 0.0]  # seconds: this process, the pool's processes
 
-        def cpu() -> tuple[float, float]:
-            times = os.times()
-            return times.user + times.system, sum(_stat(pid)[1] for pid in pids)
+    def _cpu(self) -> tuple[float, float]:
+        times = os.times()
+        return times.user + times.system, sum(_stat(pid)[1] for pid in self.pids)
 
-        before = cpu()
-        bulk = pool_bulk(pool, blob, trials)
-        after = cpu()
-        parent, children = ((a - b) * 1000 / trials for a, b in zip(after, before))
-        bulk.note = f"{parent + children:.1f} ms = {parent:.1f} (parent) + {children:.1f} (pool processes)"
-        return bulk, pool_sequential(pool, blob, sequential)
+    def bulk(self, trials: int) -> Stats:
+        before = self._cpu()
+        stats = pool_bulk(self.pool, self.blob, trials)
+        after = self._cpu()
+        self.cpu = [c + a - b for c, a, b in zip(self.cpu, after, before)]
+        self.rounds.append(stats)
+        return stats
+
+    def summary(self) -> Stats:
+        """The median round, with the CPU per trial over all rounds."""
+        median = sorted(self.rounds, key=lambda r: r.rate or 0.0)[len(self.rounds) // 2]
+        parent, children = (c * 1000 / (len(self.rounds) * len(median.samples)) for c in self.cpu)
+        median.note = f"{parent + children:.1f} ms = {parent:.1f} (parent) + {children:.1f} (pool processes)"
+        return median
+
+    def sequential(self, n: int) -> Stats:
+        return pool_sequential(self.pool, self.blob, n)
+
+    def close(self) -> None:
+        self.pool.shutdown()
 
 
 # ---- (b) start latency ----
@@ -361,6 +384,9 @@ class CpuSplit:
         parts = (self.client, self.dispatcher, self.agents, self.trials)
         return f"{total * 1000:.1f} ms = " + " + ".join(f"{p * 1000:.1f}" for p in parts)
 
+    def __add__(self, other: CpuSplit) -> CpuSplit:
+        return CpuSplit(*(a + b for a, b in zip(vars(self).values(), vars(other).values())))
+
 
 class CpuMeter:
     """Snapshots the cluster's process tree; the difference of two snapshots, per trial."""
@@ -386,7 +412,8 @@ class CpuMeter:
 @dataclass
 class ClusterResults:
     label: str
-    bulk: Stats
+    bulk: Stats  # the median round
+    ratios: list[float]  # each round's throughput over the pool's in the same round, ascending
     sequential: Stats
     start: Stats
     report: Stats
@@ -413,7 +440,9 @@ def warm_up(backend: Backend, hub: EventHub, workers: int) -> None:
     countdown.wait(180)
 
 
-def measure_cluster(args: argparse.Namespace, worker_args: Sequence[str], log: Callable[[str], None]) -> ClusterResults:
+def measure_cluster(
+    args: argparse.Namespace, worker_args: Sequence[str], pool: Pool, log: Callable[[str], None]
+) -> ClusterResults:
     label = "retia" + (f" [{' '.join(worker_args)}]" if worker_args else "")
     started = time.perf_counter()
     with local_cluster(workers=args.workers, worker_args=worker_args) as backend:
@@ -424,11 +453,17 @@ def measure_cluster(args: argparse.Namespace, worker_args: Sequence[str], log: C
         log(f"{label}: {args.workers} workers ready in {startup:.1f}s; warming up")
         warm_up(backend, hub, args.workers)
         noop = retia.FunctionalEvaluator(noop_fit)
-        log(f"{label}: {args.trials} no-op trials at once")
         meter = CpuMeter(backend)
-        before = meter.snapshot()
-        bulk = retia_bulk(backend, hub, noop, args.trials)
-        cpu = CpuMeter.per_trial(before, meter.snapshot(), args.trials)
+        rounds, ratios, cpu = [], [], CpuSplit()
+        for i in range(args.rounds):  # the pool right before retia, each round: both see the same machine
+            log(f"{label}: round {i + 1}/{args.rounds}: {args.trials} no-op trials at once, pool then retia")
+            floor = pool.bulk(args.trials)
+            before = meter.snapshot()
+            rounds.append(retia_bulk(backend, hub, noop, args.trials))
+            cpu = cpu + CpuMeter.per_trial(before, meter.snapshot(), args.trials * args.rounds)
+            ratios.append((rounds[-1].rate or 0.0) / (floor.rate or float("inf")))
+        bulk = sorted(rounds, key=lambda r: r.rate or 0.0)[len(rounds) // 2]
+        bulk.lost = sum(r.lost for r in rounds)
         log(f"{label}: {args.sequential} no-op trials one at a time")
         sequential = retia_sequential(backend, hub, noop, args.sequential)
         log(f"{label}: {args.start_trials} torch-importing trials one at a time")
@@ -437,7 +472,7 @@ def measure_cluster(args: argparse.Namespace, worker_args: Sequence[str], log: C
         report = report_latency(backend, hub, args.reports, args.report_pause_every, args.report_pause_ms / 1000)
         log(f"{label}: {args.throughput_trials} trials x {args.throughput_reports} reports flat out")
         throughput = report_throughput(backend, hub, args.throughput_trials, args.throughput_reports)
-    return ClusterResults(label, bulk, sequential, start, report, throughput, startup, cpu)
+    return ClusterResults(label, bulk, sorted(ratios), sequential, start, report, throughput, startup, cpu)
 
 
 # ---- the table ----
@@ -454,6 +489,14 @@ def rate(stats: Stats, unit: str) -> str:
 def per_trial(stats: Stats, workers: int) -> float:
     """Seconds of one worker's time each trial costs, from the all-at-once throughput."""
     return workers / stats.rate if stats.rate else float("nan")
+
+
+def ratio_cell(result: ClusterResults) -> str:
+    ratios = result.ratios
+    text = f"{ratios[len(ratios) // 2]:.0%} ({ratios[0]:.0%}-{ratios[-1]:.0%})"
+    if "--reuse-process" in result.label:
+        text += " " + verdict(ratios[len(ratios) // 2], 0.25, False)
+    return text
 
 
 def verdict(value: float, target: float, below: bool) -> str:
@@ -485,7 +528,13 @@ def build_table(results: list[ClusterResults], pool: tuple[Stats, Stats], spawn:
         "",
     )
     row(f"  all {args.trials} at once: latency p99", [ms(r.bulk.p99) for r in results], ms(pool_bulk_.p99), "")
-    row(f"  all {args.trials} at once: throughput", [rate(r.bulk, "trials") for r in results], rate(pool_bulk_, "trials"), "")
+    row(f"  all {args.trials} at once: throughput (median round)", [rate(r.bulk, "trials") for r in results], rate(pool_bulk_, "trials"), "")
+    row(
+        f"  throughput / the pool's in the same round: median (min-max of {args.rounds})",
+        [ratio_cell(r) for r in results],
+        "100%",
+        ">= 25% with --reuse-process",
+    )
     row(
         f"  all at once: per-trial cost ({args.workers} workers / throughput)",
         [ms(per_trial(r.bulk, args.workers)) + " " + verdict(per_trial(r.bulk, args.workers), 0.030, True) for r in results],
@@ -560,6 +609,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--throughput-reports", type=int, default=20_000, help="reports per such trial (default %(default)s)")
     parser.add_argument("--workers", type=int, default=2, help="local workers (default %(default)s)")
     parser.add_argument(
+        "--rounds", type=int, default=3, help="bulk phases per column, each right after one of the pool (default %(default)s)"
+    )
+    parser.add_argument(
         "--worker-args",
         action="append",
         help="extra `retia worker` arguments, one retia column per use; write --worker-args=--reuse-process "
@@ -569,7 +621,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
     args = parser.parse_args(argv)
     if args.quick:
-        args.trials, args.sequential, args.start_trials, args.subprocess_runs = 20, 10, 5, 1
+        args.trials, args.sequential, args.start_trials, args.subprocess_runs, args.rounds = 20, 10, 5, 1, 1
         args.reports, args.throughput_trials, args.throughput_reports = 200, 2, 2000
     args.worker_args = [shlex.split(a) for a in (args.worker_args or [""])]
     return args
@@ -583,11 +635,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"[dim]{time.strftime('%H:%M:%S')} {text}[/dim]")
 
     log(f"{platform.node()} python {platform.python_version()}, {multiprocessing.cpu_count()} cores; floor first")
-    pool = measure_pool(args.workers, args.trials, args.sequential)
-    log(f"{args.subprocess_runs} fresh `python -c` runs importing torch + Lightning")
-    spawn = subprocess_start_latency(args.subprocess_runs)
-    results = [measure_cluster(args, worker_args, log) for worker_args in args.worker_args]
-    table = build_table(results, pool, spawn, args)
+    pool = Pool(args.workers)
+    try:
+        pool_sequential_ = pool.sequential(args.sequential)
+        log(f"{args.subprocess_runs} fresh `python -c` runs importing torch + Lightning")
+        spawn = subprocess_start_latency(args.subprocess_runs)
+        results = [measure_cluster(args, worker_args, pool, log) for worker_args in args.worker_args]
+    finally:
+        pool.close()
+    table = build_table(results, (pool.summary(), pool_sequential_), spawn, args)
     console.print(table)
     console.print(f"{datetime.datetime.now().isoformat(timespec='seconds')}  {' '.join(sys.argv)}")
     if args.markdown:

@@ -20,13 +20,14 @@ class ArtifactStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._root = str(root)
 
     def trial_dir(self, client: str, trial: str) -> Path:
         return Path(self.trial_path(client, trial))
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019 (one store per dispatcher) every STATE event names it
     def trial_path(self, client: str, trial: str) -> str:
-        return str(self.root / _safe_name(client) / _safe_name(trial))
+        return os.path.join(self._root, _safe_name(client), _safe_name(trial))
 
     def write(self, client: str, trial: str, chunk: FileChunk) -> bool:
         parts = PurePosixPath(chunk.path).parts

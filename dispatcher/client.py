@@ -441,55 +441,66 @@ class Backend:
             for message in list(self._unacked.values()):
                 self._outgoing.put(message)
         elif msg.type is MsgType.EVENTS:
+            events = []
             for kind, trial, attempt, seq, payload in msg.body.items:
                 try:
                     event = self._session.decode(kind, trial, attempt, seq, payload)
                 except RetiaError as exc:
                     _log.warning("dropped an event from the dispatcher: %s", exc)
                     continue
-                if event.type in (MsgType.REPORT, MsgType.STATE):
-                    self._handle(event)
-        elif msg.type in (MsgType.REPORT, MsgType.STATE):
-            if h.seq <= self.last_event:
-                return  # already applied (a replay after reconnect)
-            self.last_event = h.seq
-            self._apply(msg)
+                if event.type in (MsgType.REPORT, MsgType.STATE) and self._is_new(event):
+                    events.append(event)
+            self._apply(events)
+        elif msg.type in (MsgType.REPORT, MsgType.STATE) and self._is_new(msg):
+            self._apply([msg])
 
-    def _apply(self, msg: Message) -> None:
-        h = msg.header
+    def _is_new(self, event: Message) -> bool:
+        """Not applied yet (a replay after a reconnect repeats what came before)."""
+        if event.header.seq <= self.last_event:
+            return False
+        self.last_event = event.header.seq
+        return True
+
+    def _apply(self, events: list[Message]) -> None:
+        """Events in order, under one lock and one wake-up of the waiting threads; then the callbacks."""
         callbacks: list[Callable[[], None]] = []
         with self._cond:
-            trial = self.trials.get(h.trial)
-            if trial is None:  # a trial submitted by an earlier process with this client id
-                trial = self.trials[h.trial] = Trial(self, h.trial)
-            if msg.type is MsgType.REPORT:
-                value = msg.body.value
-                if msg.body.final:
-                    trial.final = value
-                else:
-                    trial.intermediates.append(value)
-                    trial._all_reports.append(value)
-                    callbacks += [lambda fn=fn: fn(trial, value) for fn in trial._report_callbacks]
-            else:
-                change: StateChange = msg.body
-                state = TrialState(change.state)
-                if state is TrialState.RUNNING and change.attempt != trial.attempt:
-                    trial.intermediates = []
-                trial.state, trial.attempt, trial.worker, trial.change = state, change.attempt, change.worker, change
-                if change.output_dir:
-                    trial.output_dir = Path(change.output_dir)
-                if state.finished:
-                    callbacks += [lambda fn=fn: fn(trial) for fn in trial._done_callbacks]
-                    trial._done_callbacks.clear()
+            for msg in events:
+                callbacks += self._apply_one(msg)
             self._cond.notify_all()
-        payload = msg.body
-        for listener in self._listeners:
-            callbacks.append(lambda fn=listener: fn(trial, msg.type, payload))
         for callback in callbacks:
             try:
                 callback()
             except Exception:  # a user's callback must not kill the I/O thread
                 _log.exception("trial callback failed")
+
+    def _apply_one(self, msg: Message) -> list[Callable[[], None]]:
+        h, callbacks = msg.header, []
+        trial = self.trials.get(h.trial)
+        if trial is None:  # a trial submitted by an earlier process with this client id
+            trial = self.trials[h.trial] = Trial(self, h.trial)
+        if msg.type is MsgType.REPORT:
+            value = msg.body.value
+            if msg.body.final:
+                trial.final = value
+            else:
+                trial.intermediates.append(value)
+                trial._all_reports.append(value)
+                callbacks += [lambda fn=fn: fn(trial, value) for fn in trial._report_callbacks]
+        else:
+            change: StateChange = msg.body
+            state = TrialState(change.state)
+            if state is TrialState.RUNNING and change.attempt != trial.attempt:
+                trial.intermediates = []
+            trial.state, trial.attempt, trial.worker, trial.change = state, change.attempt, change.worker, change
+            if change.output_dir and (trial.output_dir is None or str(trial.output_dir) != change.output_dir):
+                trial.output_dir = Path(change.output_dir)
+            if state.finished:
+                callbacks += [lambda fn=fn: fn(trial) for fn in trial._done_callbacks]
+                trial._done_callbacks.clear()
+        payload = msg.body
+        callbacks += [lambda fn=listener: fn(trial, msg.type, payload) for listener in self._listeners]
+        return callbacks
 
 
 def _try_send(sock: zmq.Socket, frames: list[bytes]) -> None:

@@ -515,7 +515,8 @@ class Dispatcher:
             self.blobs.evict(keep=needed)
         self._orphans.pop(rec.id, None)
         self._event_state(rec)
-        _log.info(
+        _log.log(  # a success is in the journal and the client's table; a log line each is noise at 1,000/s
+            logging.DEBUG if state is TrialState.SUCCEEDED else logging.INFO,
             "trial %s %s (attempt %d on %s)%s", rec.id, state.value, rec.attempt, rec.worker or "no worker",
             f": {rec.reason}" if rec.reason else "",
         )  # fmt: skip

@@ -65,6 +65,11 @@ def quiet(model_cls: Any) -> None:
     report_final_result(1.0)
 
 
+def scheduling_policy(model_cls: Any) -> None:
+    """Reports this trial process's scheduling policy (os.SCHED_*)."""
+    report_final_result(float(os.sched_getscheduler(0)))
+
+
 def raising(model_cls: Any) -> None:
     announce()
     report_intermediate_result(0.5)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -10,7 +12,7 @@ from retia import FunctionalEvaluator
 from retia.dispatcher.client import Backend
 from retia.dispatcher.cluster import local_cluster
 
-from ..clusters import FAST
+from ..clusters import FAST, processes
 from ..integration import fits
 
 pytestmark = pytest.mark.timeout(240)
@@ -45,3 +47,11 @@ def test_nested_output_files_come_home_with_their_paths(backend: Backend) -> Non
     assert (trial.output_dir / "best.txt").read_text() == "step,loss\n1,0.5\n"  # a link ships its file
     assert (trial.output_dir / "weights.bin").read_bytes() == bytes(range(256)) * 1024  # streamed in FILE chunks
     assert "fit pid " in (trial.output_dir / "trial.log").read_text()  # small: inside DONE
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SCHED_BATCH is Linux's")
+def test_the_agent_yields_the_cpu_to_its_trials_which_keep_the_normal_policy(backend: Backend) -> None:
+    policy = backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.scheduling_policy)).result(timeout=60)
+    assert policy == float(os.SCHED_OTHER)
+    [agent] = processes(backend).worker_procs
+    assert os.sched_getscheduler(agent.pid) == os.SCHED_BATCH  # its main thread, the one that runs the loop
