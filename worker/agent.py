@@ -10,7 +10,7 @@ signature. Reports, artefact chunks and DONE are kept until acknowledged and re-
 a reconnect (Paranoid Pirate: liveness counter, exponential back-off). DONE carries the
 reports read in the same loop turn and doubles as READY, so a short trial costs one
 message each way. With ``--prefetch N`` the agent holds up to N trials beyond the running
-one; with ``--reuse-process`` it queues them in the child at once, which runs them back to
+one; with ``--reuse-process`` it queues up to 8 of them in the child, which runs them back to
 back, and the DONEs of one loop turn go out in one DONES message.
 """
 
@@ -63,16 +63,16 @@ _CHILD_AHEAD = 8  # --reuse-process: trials queued in the child's pipe; the rest
 _SKIP_GRACE = 1.0  # seconds a cancelled trial queued in a --reuse-process child has to be skipped before a kill
 
 
-def _yield_to_trials() -> None:
-    """Woken by a trial's message or a heartbeat, the agent's loop does not preempt a running trial
-    on its CPU (SCHED_BATCH): the trial keeps its time slice and the agent reads what came in one
-    turn. On a 2-core machine this halves the messages a stream of short trials costs. Called once
-    the fork server runs: it, and the trials it forks, keep the normal policy. Elsewhere than Linux
-    a no-op."""
+def _set_policy(batch: bool) -> None:
+    """SCHED_BATCH while short trials queue in a --reuse-process child: woken by the running trial's
+    message, the agent does not preempt it, so it finishes and the agent reads its final report and
+    its "done" in one turn (half the messages on two busy cores). Otherwise the normal policy, so a
+    lone trial's reports go out at once. Only the agent's own thread: the fork server and its
+    trials keep the normal policy. Elsewhere than Linux a no-op."""
     try:
-        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+        os.sched_setscheduler(0, os.SCHED_BATCH if batch else os.SCHED_OTHER, os.sched_param(0))
     except (AttributeError, OSError) as exc:  # not Linux, or a sandbox that forbids it
-        _log.debug("agent keeps the default scheduling policy: %s", exc)
+        _log.debug("agent keeps its scheduling policy: %s", exc)
 
 
 class Agent:
@@ -100,6 +100,7 @@ class Agent:
         self._exiting: list[tuple[Any, float]] = []  # finished trial processes still exiting, with a deadline
         self._sent_at: dict[tuple[str, int, int], float] = {}
         self._poller: tuple[Any, zmq.Poller] | None = None
+        self._batch = False  # the loop runs SCHED_BATCH (trials queue in the reused child)
         self.blobs = BlobStore(config.blobs_dir, config.blob_cache_bytes)
         self._trials_dir = str(config.trials_dir)
         # --reuse-process: where the child runs each trial (runner.file_scratch); one per agent process
@@ -122,7 +123,6 @@ class Agent:
 
     def run(self) -> None:
         self.warm_up()
-        _yield_to_trials()
         self._start_spare()
         self._connect()
         next_beat = time.monotonic()
@@ -531,6 +531,9 @@ class Agent:
                 dones = []
         self._send_dones(dones)
         self._start_waiting()  # a held trial starts now, not a loop turn later
+        if self._batch != bool(self._queued):
+            self._batch = bool(self._queued)
+            _set_policy(self._batch)
 
     def _end(self, trial: RunningTrial, now: float) -> Outgoing:
         """The running trial ended: its DONE (kept until acknowledged), and the next one comes up."""

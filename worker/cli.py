@@ -45,7 +45,8 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         "--reuse-process",
         action="store_true",
         help="run trials one after another in one long-lived child (replaced if it dies); "
-        "for very short trials such as training-free NAS proxies",
+        "for very short trials such as training-free NAS proxies. Each runs in a scratch directory that "
+        "becomes trials/<id>-<attempt> when it ends, if it wrote or printed anything",
     )
     parser.add_argument(
         "--prefetch",
@@ -54,7 +55,7 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         const=1,
         metavar="N",
         help="hold N more trials while one runs (N=1 without a number), so the next starts the moment one ends "
-        "and large arguments download meanwhile; with --reuse-process they queue in the child and their results "
+        "and large arguments download meanwhile; with --reuse-process up to 8 queue in the child and their results "
         f"travel together. Default {REUSE_PREFETCH} with --reuse-process, else 0. Not for long trials: a held "
         "trial waits for this worker even when another one is free",
     )

@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import sqlite3
+import sys
 import time
 from pathlib import Path
 
@@ -146,3 +147,17 @@ def test_a_large_held_trial_never_blocks_the_worker_while_a_long_one_runs(tmp_pa
         assert long.state is TrialState.RUNNING
         assert long.result(timeout=60) == 12.0 and [held[0].result(timeout=60), held[2].result(timeout=60)] == [1.0, 1.0]
         assert [t.attempt for t in (long, *held)] == [1, 1, 1, 1]  # the worker was never declared lost
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SCHED_BATCH is Linux's")
+def test_the_agent_yields_to_the_child_only_while_trials_queue_in_it(tmp_path: Path) -> None:
+    with local_cluster(workers=1, home=tmp_path / "c", worker_args=DEEP, **FAST) as backend:  # type: ignore[arg-type]
+        [agent] = processes(backend).worker_procs
+        running = backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting, steps=12, delay=0.25))
+        next(running.reports(timeout=60))
+        assert os.sched_getscheduler(agent.pid) == os.SCHED_OTHER  # alone: its reports go out at once
+        queued = [backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.scheduling_policy)) for _ in range(2)]
+        _wait_for(lambda: os.sched_getscheduler(agent.pid) == os.SCHED_BATCH, timeout=2.0)
+        assert running.state is TrialState.RUNNING
+        assert [t.result(timeout=60) for t in queued] == [float(os.SCHED_OTHER)] * 2  # trials keep the normal policy
+        _wait_for(lambda: os.sched_getscheduler(agent.pid) == os.SCHED_OTHER, timeout=5.0)
