@@ -25,7 +25,7 @@ Numbers only, never assertions: the machine this runs on is usually shared and n
 Targets are printed beside the measured values. Every ``--worker-args`` given adds a retia
 column (for instance ``--worker-args= --worker-args=--reuse-process``).
 
-    .venv/bin/python benchmarks/dispatch.py [--trials 500] [--reports 2000] [--workers 2] [--quick]
+    .venv/bin/python benchmarks/dispatch.py [--trials 2000] [--rounds 3] [--reports 2000] [--workers 2] [--quick]
 """
 
 from __future__ import annotations
