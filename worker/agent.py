@@ -411,7 +411,6 @@ class Agent:
             self._begin(trial, time.monotonic())
         else:
             self._queued.append(trial)
-        self._start_spare()
 
     def _process_for(self, spec: runner.TrialSpec) -> tuple[Any, Connection] | None:
         """The --reuse-process child (the spec joins its queue), the spare, or a fresh fork."""
@@ -531,6 +530,8 @@ class Agent:
                 dones = []
         self._send_dones(dones)
         self._start_waiting()  # a held trial starts now, not a loop turn later
+        if self.trial is None and not self._waiting:
+            self._start_spare()  # forking blocks ~20 ms: while idle, not while a trial's reports come in
         if self._batch != bool(self._queued):
             self._batch = bool(self._queued)
             _set_policy(self._batch)
