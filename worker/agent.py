@@ -163,6 +163,8 @@ class Agent:
             if process.is_alive():
                 process.kill()
                 process.join()
+        if self._scratch:
+            runner.remove_quiet_scratch(self._scratch)
         self.fetcher.close()
         if self._sock is not None:
             self._send(MsgType.BYE)

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "TrialSpec", "run_trial", "await_trial", "serve_trials", "warm_up", "scratch_log", "file_scratch",
+    "TrialSpec", "run_trial", "await_trial", "serve_trials", "warm_up",
+    "scratch_log", "file_scratch", "remove_quiet_scratch",
     "MSG_REPORT", "MSG_ERROR", "MSG_DONE", "MSG_SKIPPED", "MSG_CANCEL",
 ]  # fmt: skip
 
@@ -154,7 +155,7 @@ def file_scratch(scratch: str, output_dir: str) -> bool:
         entries = os.listdir(scratch)
     except FileNotFoundError:
         return True
-    if entries == ["trial.log"] and os.stat(scratch_log(scratch)).st_size == 0:
+    if _quiet(scratch, entries):
         return False  # a quiet trial: no directory of its own, nothing to ship
     if entries:
         _relink(scratch)
@@ -162,6 +163,20 @@ def file_scratch(scratch: str, output_dir: str) -> bool:
     else:
         os.rmdir(scratch)  # fit removed even the log
     return True
+
+
+def remove_quiet_scratch(scratch: str) -> None:
+    """At a clean stop: the scratch directory goes if it holds only its empty log."""
+    try:
+        if _quiet(scratch, os.listdir(scratch)):
+            os.remove(scratch_log(scratch))
+            os.rmdir(scratch)
+    except OSError:
+        pass  # gone already, or the last trial left something: kept for a look
+
+
+def _quiet(scratch: str, entries: list[str]) -> bool:
+    return entries == ["trial.log"] and os.stat(scratch_log(scratch)).st_size == 0
 
 
 def _relink(scratch: str) -> None:

@@ -61,5 +61,4 @@ def test_a_quiet_trial_leaves_no_directory_and_one_that_writes_gets_its_own(tmp_
     assert (on_worker / f"{onnx.id}-1" / "model.onnx").stat().st_size > 0
     assert onnx.output_dir is not None and (onnx.output_dir / "model.onnx").stat().st_size > 0
     assert "fit pid " in (onnx.output_dir / "trial.log").read_text()
-    [scratch] = on_worker.glob(".reused-*")  # left ready for the next trial: an empty log, nothing else
-    assert [p.name for p in scratch.iterdir()] == ["trial.log"] and (scratch / "trial.log").stat().st_size == 0
+    assert not list(on_worker.glob(".reused-*"))  # the worker stopped cleanly: its empty scratch is gone
