@@ -54,7 +54,8 @@ from retia.protocol import MsgType, TrialState
 from retia.reporting import CollectingReporter, use_reporter
 from rich.console import Console
 from rich.table import Table
-from _tables import to_markdown  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _cpu import CpuMeter, CpuSplit, proc_stat  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _tables import to_markdown  # noqa: E402
 
 # ---- the fit functions (defined in __main__, so they travel cloudpickled, as a user's would) ----
 
@@ -258,7 +259,7 @@ class Pool:
 
     def _cpu(self) -> tuple[float, float]:
         times = os.times()
-        return times.user + times.system, sum(_stat(pid)[1] for pid in self.pids)
+        return times.user + times.system, sum(proc_stat(pid)[1] for pid in self.pids)
 
     def bulk(self, trials: int) -> Stats:
         before = self._cpu()
@@ -343,70 +344,6 @@ def report_throughput(backend: Backend, hub: EventHub, trials: int, n: int) -> S
 
 
 # ---- one cluster configuration ----
-
-
-# ---- CPU per trial, from /proc (Linux) ----
-
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _stat(pid: int) -> tuple[int, float]:
-    """(parent pid, CPU seconds of the process and its reaped children); (0, 0.0) once it is gone."""
-    try:
-        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0, 0.0
-    return int(fields[1]), sum(int(f) for f in fields[11:15]) / _TICK
-
-
-def _descendants(root: int) -> list[int]:
-    parents = {int(d): _stat(int(d))[0] for d in os.listdir("/proc") if d.isdigit()}
-    found, frontier = [], [root]
-    while frontier:
-        pid = frontier.pop()
-        children = [p for p, parent in parents.items() if parent == pid]
-        found += children
-        frontier += children
-    return found
-
-
-@dataclass
-class CpuSplit:
-    """CPU seconds per trial: this client process, the dispatcher, the agents, their trial processes."""
-
-    client: float = 0.0
-    dispatcher: float = 0.0
-    agents: float = 0.0
-    trials: float = 0.0
-
-    def cell(self) -> str:
-        total = self.client + self.dispatcher + self.agents + self.trials
-        parts = (self.client, self.dispatcher, self.agents, self.trials)
-        return f"{total * 1000:.1f} ms = " + " + ".join(f"{p * 1000:.1f}" for p in parts)
-
-    def __add__(self, other: CpuSplit) -> CpuSplit:
-        return CpuSplit(*(a + b for a, b in zip(vars(self).values(), vars(other).values())))
-
-
-class CpuMeter:
-    """Snapshots the cluster's process tree; the difference of two snapshots, per trial."""
-
-    def __init__(self, backend: Backend) -> None:
-        cluster = backend.cluster  # type: ignore[attr-defined]
-        self.dispatcher = cluster.dispatcher.pid
-        self.agents = [proc.pid for proc in cluster.worker_procs]
-
-    def snapshot(self) -> CpuSplit:
-        times = os.times()
-        trials = sum(_stat(pid)[1] for agent in self.agents for pid in _descendants(agent))
-        return CpuSplit(
-            times.user + times.system, _stat(self.dispatcher)[1], sum(_stat(pid)[1] for pid in self.agents), trials
-        )
-
-    @staticmethod
-    def per_trial(before: CpuSplit, after: CpuSplit, n: int) -> CpuSplit:
-        fields = ("client", "dispatcher", "agents", "trials")
-        return CpuSplit(*(max(0.0, getattr(after, f) - getattr(before, f)) / n for f in fields))
 
 
 @dataclass

@@ -34,7 +34,6 @@ from retia.errors import AuthenticationError, ProtocolError
 from retia.protocol import (
     Done,
     DoneBatch,
-    FileChunk,
     Hello,
     Message,
     MsgType,
@@ -50,7 +49,7 @@ from retia.protocol import (
 from . import runner
 from .config import WorkerConfig
 from .fetch import BlobFetcher
-from .trial import RunningTrial, SpecWriter, alive, list_files
+from .trial import RunningTrial, SpecWriter, alive, file_chunks, pick_artifacts, reap, set_policy
 
 __all__ = ["Agent"]
 
@@ -61,18 +60,6 @@ _MAX_BATCH = 512
 _DONES_PER_MESSAGE = 8
 _CHILD_AHEAD = 8  # --reuse-process: trials queued in the child's pipe; the rest wait here, quick to cancel or give back
 _SKIP_GRACE = 1.0  # seconds a cancelled trial queued in a --reuse-process child has to be skipped before a kill
-
-
-def _set_policy(batch: bool) -> None:
-    """SCHED_BATCH while short trials queue in a --reuse-process child: woken by the running trial's
-    message, the agent does not preempt it, so it finishes and the agent reads its final report and
-    its "done" in one turn (half the messages on two busy cores). Otherwise the normal policy, so a
-    lone trial's reports go out at once. Only the agent's own thread: the fork server and its
-    trials keep the normal policy. Elsewhere than Linux a no-op."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_BATCH if batch else os.SCHED_OTHER, os.sched_param(0))
-    except (AttributeError, OSError) as exc:  # not Linux, or a sandbox that forbids it
-        _log.debug("agent keeps its scheduling policy: %s", exc)
 
 
 class Agent:
@@ -134,7 +121,7 @@ class Agent:
                 if now >= next_beat:
                     self._send(MsgType.HEARTBEAT)
                     self._resend_stale(now)
-                    self._reap(now)
+                    reap(self._exiting, now)
                     next_beat = now + self.config.heartbeat_interval
                 self._check_liveness(now)
         finally:
@@ -244,18 +231,6 @@ class Agent:
             if now - self._sent_at.get(key, now) > window:
                 self._sent_at[key] = now
                 self._raw_send(message.frames(self.session))
-
-    def _reap(self, now: float) -> None:
-        for process, deadline in list(self._exiting):
-            if not process.is_alive():
-                process.join()
-                self._exiting.remove((process, deadline))
-            elif now > deadline:
-                _log.warning("trial process %d lingers after fit ended; killing it", process.pid)
-                try:
-                    os.killpg(process.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    process.kill()
 
     # ---- the loop's parts ----
 
@@ -536,7 +511,7 @@ class Agent:
             self._start_spare()  # forking blocks ~20 ms: while idle, not while a trial's reports come in
         if self._batch != bool(self._queued):
             self._batch = bool(self._queued)
-            _set_policy(self._batch)
+            set_policy(self._batch)
 
     def _end(self, trial: RunningTrial, now: float) -> Outgoing:
         """The running trial ended: its DONE (kept until acknowledged), and the next one comes up."""
@@ -609,30 +584,8 @@ class Agent:
     def _ship_artifacts(self, trial: RunningTrial) -> list[list[Any]]:
         """Send the trial's output files home, up to the per-trial cap: the first 64 KiB inside
         DONE (returned), the rest streamed in FILE chunks."""
-        budget, inline, inline_bytes = trial.max_artifact_bytes, [], 0
-        for rel, path, size in list_files(trial.output_dir):
-            if rel == "trial.log" and not size:
-                continue  # the trial printed nothing: no file to bring home
-            if size > budget:
-                _log.warning("artefact %s (%d bytes) exceeds the remaining cap of %d bytes; not sent", path, size, budget)
-                continue
-            budget -= size
-            if inline_bytes + size <= _INLINE:
-                try:
-                    with open(path, "rb") as f:
-                        inline.append([rel, f.read(_INLINE - inline_bytes)])  # as stat saw it, if it grew
-                except OSError as exc:
-                    _log.warning("artefact %s not sent: %s", path, exc)
-                    continue
-                inline_bytes += len(inline[-1][1])
-                continue
-            with open(path, "rb") as f:
-                offset = 0
-                while True:
-                    data = f.read(_CHUNK)
-                    last = len(data) < _CHUNK
-                    self._reliable(MsgType.FILE, FileChunk(rel, offset, data, last), trial)
-                    offset += len(data)
-                    if last:
-                        break
+        inline, streamed = pick_artifacts(trial.output_dir, trial.max_artifact_bytes, _INLINE)
+        for rel, path in streamed:
+            for chunk in file_chunks(rel, path, _CHUNK):
+                self._reliable(MsgType.FILE, chunk, trial)
         return inline

@@ -6,6 +6,7 @@ These run for every trial, so they avoid what showed up in profiles: a selector 
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import signal
@@ -14,16 +15,22 @@ import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from collections.abc import Iterator
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
-from retia.protocol import Done, Message, TrialState
+from retia.protocol import Done, FileChunk, Message, TrialState
 
 from . import runner
 
-__all__ = ["LOG_TAIL_LINES", "RunningTrial", "SpecWriter", "alive", "list_files", "log_tail", "tail_of"]
+__all__ = [
+    "LOG_TAIL_LINES", "RunningTrial", "SpecWriter", "alive", "file_chunks", "list_files", "log_tail",
+    "pick_artifacts", "reap", "set_policy", "tail_of",
+]  # fmt: skip
 
 LOG_TAIL_LINES = 50
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -206,6 +213,72 @@ def list_files(root: str) -> list[tuple[str, str, int]]:
             elif entry.is_file():  # a link to a file ships the file, as before
                 found.append((prefix + entry.name, entry.path, entry.stat().st_size))
     return sorted(found)
+
+
+def pick_artifacts(root: str, budget: int, inline_limit: int) -> tuple[list[list[Any]], list[tuple[str, str]]]:
+    """The files under ``root`` to send home within ``budget`` bytes: ``[[relative path, data]]`` read
+    now, up to ``inline_limit`` bytes in all (they ride inside DONE), and ``(relative path, path)``
+    of the rest, to stream. An empty ``trial.log`` stays behind."""
+    inline: list[list[Any]] = []
+    streamed: list[tuple[str, str]] = []
+    inline_bytes = 0
+    for rel, path, size in list_files(root):
+        if rel == "trial.log" and not size:
+            continue  # the trial printed nothing: no file to bring home
+        if size > budget:
+            _log.warning("artefact %s (%d bytes) exceeds the remaining cap of %d bytes; not sent", path, size, budget)
+            continue
+        budget -= size
+        if inline_bytes + size > inline_limit:
+            streamed.append((rel, path))
+            continue
+        try:
+            with open(path, "rb") as f:
+                inline.append([rel, f.read(inline_limit - inline_bytes)])  # as stat saw it, if it grew
+        except OSError as exc:
+            _log.warning("artefact %s not sent: %s", path, exc)
+            continue
+        inline_bytes += len(inline[-1][1])
+    return inline, streamed
+
+
+def file_chunks(rel: str, path: str, size: int) -> Iterator[FileChunk]:
+    """A file in FILE chunks of ``size`` bytes; the last one (maybe empty) says so."""
+    with open(path, "rb") as f:
+        offset = 0
+        while True:
+            data = f.read(size)
+            last = len(data) < size
+            yield FileChunk(rel, offset, data, last)
+            offset += len(data)
+            if last:
+                return
+
+
+def reap(exiting: list[tuple[Any, float]], now: float) -> None:
+    """Join trial processes that exited after fit ended; SIGKILL the group of one past its deadline."""
+    for process, deadline in list(exiting):
+        if not process.is_alive():
+            process.join()
+            exiting.remove((process, deadline))
+        elif now > deadline:
+            _log.warning("trial process %d lingers after fit ended; killing it", process.pid)
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                process.kill()
+
+
+def set_policy(batch: bool) -> None:
+    """SCHED_BATCH while short trials queue in a --reuse-process child: woken by the running trial's
+    message, the agent does not preempt it, so it finishes and the agent reads its final report and
+    its "done" in one turn (half the messages on two busy cores). Otherwise the normal policy, so a
+    lone trial's reports go out at once. Only the calling thread: the fork server and its trials
+    keep the normal policy. Elsewhere than Linux a no-op."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH if batch else os.SCHED_OTHER, os.sched_param(0))
+    except (AttributeError, OSError) as exc:  # not Linux, or a sandbox that forbids it
+        _log.debug("agent keeps its scheduling policy: %s", exc)
 
 
 def log_tail(path: str, lines: int = LOG_TAIL_LINES) -> str:
