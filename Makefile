@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.retia-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo clean
+.PHONY: setup test lint demo clean
 
 setup: $(STAMP)
 
@@ -19,11 +19,22 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-test: $(STAMP)
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# mypy maps files to modules by folder; the package's folders (common/ is `retia`) are linked
+# into build/typecheck/retia so it checks them under the names users import.
+TYPECHECK := build/typecheck
+lint: $(STAMP)
+	$(PY) -m ruff format --check .
+	$(PY) -m ruff check .
+	rm -rf $(TYPECHECK)/retia && mkdir -p $(TYPECHECK)/retia
+	for f in common/*; do ln -s "$(CURDIR)/$$f" $(TYPECHECK)/retia/; done
+	for d in client dispatcher worker; do ln -s "$(CURDIR)/$$d" $(TYPECHECK)/retia/$$d; done
+	cd $(TYPECHECK) && "$(CURDIR)/$(PY)" -m mypy --config-file "$(CURDIR)/pyproject.toml" -p retia
 
 demo: $(STAMP)
 	$(PY) examples/digits_nas.py
 
 clean:
-	rm -rf $(VENV) retia-runs .pytest_cache
+	rm -rf $(VENV) retia-runs .pytest_cache build .mypy_cache .ruff_cache

@@ -59,7 +59,10 @@ class CpuMeter:
         times = os.times()
         trials = sum(proc_stat(pid)[1] for agent in self.agents for pid in _descendants(agent))
         return CpuSplit(
-            times.user + times.system, proc_stat(self.dispatcher)[1], sum(proc_stat(pid)[1] for pid in self.agents), trials
+            times.user + times.system,
+            proc_stat(self.dispatcher)[1],
+            sum(proc_stat(pid)[1] for pid in self.agents),
+            trials,
         )
 
     @staticmethod

@@ -44,17 +44,18 @@ from pathlib import Path
 from typing import Any
 
 import cloudpickle
-import retia
 import torch
+from _tables import to_markdown
+from rich.console import Console
+from rich.table import Table
+
+import retia
 from retia.blobs import Blob, digest_of
-from retia.dispatcher.client import Backend, Trial
-from retia.dispatcher.cluster import local_cluster
+from retia.client.backend import Backend, Trial
+from retia.client.cluster import local_cluster
 from retia.protocol import MsgType, TrialState
 from retia.reporting import CollectingReporter, use_reporter
 from retia.serializer import dump
-from rich.console import Console
-from rich.table import Table
-from _tables import to_markdown  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 MiB = 1 << 20
 
@@ -67,7 +68,9 @@ def fit(model_cls: Any, data: torch.Tensor) -> None:
     t0 = time.perf_counter()
     total = float(data.sum())
     touch = time.perf_counter() - t0
-    retia.report_final_result({"default": total, "t_start": started, "touch_s": touch, "pid": float(os.getpid())})
+    retia.report_final_result(
+        {"default": total, "t_start": started, "touch_s": touch, "pid": float(os.getpid())}
+    )
 
 
 def noop_fit(model_cls: Any) -> None:
@@ -168,7 +171,9 @@ def run_pool(data: torch.Tensor, trials: int, workers: int) -> ModeResult:
                 future.add_done_callback(lambda f, i=index: done_at.__setitem__(i, time.perf_counter()))
                 futures.append(future)
                 inflight.add(future)
-            _done, inflight = concurrent.futures.wait(inflight, return_when=concurrent.futures.FIRST_COMPLETED)
+            _done, inflight = concurrent.futures.wait(
+                inflight, return_when=concurrent.futures.FIRST_COMPLETED
+            )
         total = max(done_at.values()) - started
     results = []
     for i, f in enumerate(futures):
@@ -279,7 +284,9 @@ def run_blobs(data: torch.Tensor, trials: int, workers: int, log: Callable[[str]
         verify_s = time.perf_counter() - v0
     results = []
     for t in submitted:
-        times = from_final(t.worker, recorder.done_at[t.id] - started, t.final, t.state is TrialState.SUCCEEDED)
+        times = from_final(
+            t.worker, recorder.done_at[t.id] - started, t.final, t.state is TrialState.SUCCEEDED
+        )
         times.running_at = recorder.running_at.get(t.id, float("nan"))
         results.append(times)
     extra = {
@@ -330,7 +337,9 @@ def size(n: float) -> str:
 
 
 def build_table(results: list[ModeResult], baseline: ModeResult, args: argparse.Namespace) -> Table:
-    table = Table(title=f"Blob benchmark: {args.trials} trials, {args.size_mb} MiB tensor, {args.workers} workers")
+    table = Table(
+        title=f"Blob benchmark: {args.trials} trials, {args.size_mb} MiB tensor, {args.workers} workers"
+    )
     for name in ("mode", "total time", "per-trial p50", "bytes moved", "time ratio", "bytes ratio"):
         table.add_column(name, justify="left" if name == "mode" else "right")
     for r in results:
@@ -356,7 +365,11 @@ def detail_table(results: list[ModeResult]) -> Table:
             table.add_row(r.label, name, value)
         touches = [t.touch_s for t in r.trials if t.ok]
         if touches and not any("reads the tensor" in k for k in r.extra):
-            table.add_row(r.label, "fit reads the tensor (data.sum()), p50", f"{statistics.median(touches) * 1000:.0f} ms")
+            table.add_row(
+                r.label,
+                "fit reads the tensor (data.sum()), p50",
+                f"{statistics.median(touches) * 1000:.0f} ms",
+            )
         table.add_section()
     return table
 
@@ -368,7 +381,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mb", type=int, default=200, help="tensor size in MiB (default %(default)s)")
     parser.add_argument("--trials", type=int, default=20, help="trials per mode (default %(default)s)")
-    parser.add_argument("--workers", type=int, default=2, help="workers / pool processes (default %(default)s)")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="workers / pool processes (default %(default)s)"
+    )
     parser.add_argument("--quick", action="store_true", help="20 MiB, 6 trials: a smoke run")
     parser.add_argument("--markdown", action="store_true", help="also print the tables as Markdown")
     args = parser.parse_args(argv)
@@ -387,7 +402,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     log(f"{platform.node()} python {platform.python_version()}, {multiprocessing.cpu_count()} cores")
     torch.set_num_threads(1)  # as in the trials, so the client's sum is computed the same way
     data = torch.randn(args.size_mb * MiB // 4, generator=torch.Generator().manual_seed(0))
-    log(f"baseline: {args.trials} trials, a fresh cloudpickle payload each, ProcessPoolExecutor({args.workers})")
+    log(
+        f"baseline: {args.trials} trials, a fresh cloudpickle payload each, ProcessPoolExecutor({args.workers})"
+    )
     baseline = run_pool(data, args.trials, args.workers)
     blobs = run_blobs(data, args.trials, args.workers, log)
     expected = float(data.sum())
@@ -400,7 +417,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     table, details = build_table(results, baseline, args), detail_table(results)
     console.print(table)
     console.print(details)
-    console.print(f"tensor sum {expected:.3f}; {datetime.datetime.now().isoformat(timespec='seconds')}  {' '.join(sys.argv)}")
+    console.print(
+        f"tensor sum {expected:.3f}; {datetime.datetime.now().isoformat(timespec='seconds')}  {' '.join(sys.argv)}"
+    )
     if args.markdown:
         print(to_markdown(table))
         print()

@@ -47,15 +47,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import cloudpickle
-import retia
-from retia.dispatcher.client import Backend, Trial
-from retia.dispatcher.cluster import local_cluster
-from retia.protocol import MsgType, TrialState
-from retia.reporting import CollectingReporter, use_reporter
+from _cpu import CpuMeter, CpuSplit, proc_stat
+from _tables import to_markdown
 from rich.console import Console
 from rich.table import Table
-from _cpu import CpuMeter, CpuSplit, proc_stat  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-from _tables import to_markdown  # noqa: E402
+
+import retia
+from retia.client.backend import Backend, Trial
+from retia.client.cluster import local_cluster
+from retia.protocol import MsgType, TrialState
+from retia.reporting import CollectingReporter, use_reporter
 
 # ---- the fit functions (defined in __main__, so they travel cloudpickled, as a user's would) ----
 
@@ -251,7 +252,9 @@ class Pool:
         self.blob = cloudpickle.dumps(noop_fit)
         context = multiprocessing.get_context("fork")
         self.pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
-        for f in [self.pool.submit(_call_pickled, self.blob) for _ in range(4 * workers)]:  # start the processes
+        for f in [
+            self.pool.submit(_call_pickled, self.blob) for _ in range(4 * workers)
+        ]:  # start the processes
             f.result()
         self.pids = list(self.pool._processes)  # type: ignore[attr-defined]
         self.rounds: list[Stats] = []
@@ -307,7 +310,9 @@ def subprocess_start_latency(n: int) -> Stats:
     stats = Stats()
     for _ in range(n):
         started = time.time()
-        out = subprocess.run([sys.executable, "-c", SUBPROCESS_CODE], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", SUBPROCESS_CODE], capture_output=True, text=True, check=True
+        )
         stats.samples.append(float(out.stdout.strip().splitlines()[-1]) - started)
     return stats
 
@@ -324,7 +329,10 @@ def report_latency(backend: Backend, hub: EventHub, n: int, pause_every: int, pa
     stats = Stats()
     countdown = Countdown(1)
     hub.submit(
-        backend, evaluator, _trial_done(countdown), on_report=lambda value: stats.samples.append(time.time() - value["t"])
+        backend,
+        evaluator,
+        _trial_done(countdown),
+        on_report=lambda value: stats.samples.append(time.time() - value["t"]),
     )
     countdown.wait(120 + n / 100)
     stats.lost = n - len(stats.samples)
@@ -337,10 +345,17 @@ def report_throughput(backend: Backend, hub: EventHub, trials: int, n: int) -> S
     arrivals: list[float] = []
     countdown = Countdown(trials)
     for _ in range(trials):
-        hub.submit(backend, evaluator, _trial_done(countdown), on_report=lambda _v: arrivals.append(time.perf_counter()))
+        hub.submit(
+            backend,
+            evaluator,
+            _trial_done(countdown),
+            on_report=lambda _v: arrivals.append(time.perf_counter()),
+        )
     countdown.wait(120 + trials * n / 200)
     span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else float("nan")
-    return Stats(rate=len(arrivals) / span, lost=trials * n - len(arrivals), note=f"{len(arrivals)} in {span:.2f}s")
+    return Stats(
+        rate=len(arrivals) / span, lost=trials * n - len(arrivals), note=f"{len(arrivals)} in {span:.2f}s"
+    )
 
 
 # ---- one cluster configuration ----
@@ -406,7 +421,9 @@ def measure_cluster(
         log(f"{label}: {args.start_trials} torch-importing trials one at a time")
         start = retia_start_latency(backend, hub, args.start_trials)
         log(f"{label}: one trial with {args.reports} reports")
-        report = report_latency(backend, hub, args.reports, args.report_pause_every, args.report_pause_ms / 1000)
+        report = report_latency(
+            backend, hub, args.reports, args.report_pause_every, args.report_pause_ms / 1000
+        )
         log(f"{label}: {args.throughput_trials} trials x {args.throughput_reports} reports flat out")
         throughput = report_throughput(backend, hub, args.throughput_trials, args.throughput_reports)
     return ClusterResults(label, bulk, sorted(ratios), sequential, start, report, throughput, startup, cpu)
@@ -445,7 +462,9 @@ def with_losses(text: str, stats: Stats, what: str) -> str:
     return text + (f" [red]({stats.lost} {what})[/red]" if stats.lost else "")
 
 
-def build_table(results: list[ClusterResults], pool: tuple[Stats, Stats], spawn: Stats, args: argparse.Namespace) -> Table:
+def build_table(
+    results: list[ClusterResults], pool: tuple[Stats, Stats], spawn: Stats, args: argparse.Namespace
+) -> Table:
     pool_bulk_, pool_seq = pool
     table = Table(title=f"Dispatch benchmark ({args.workers} workers)", show_lines=False)
     table.add_column("Measurement")
@@ -457,15 +476,24 @@ def build_table(results: list[ClusterResults], pool: tuple[Stats, Stats], spawn:
     def row(name: str, cells: list[str], baseline: str, target: str) -> None:
         table.add_row(name, *cells, baseline, target)
 
-    table.add_row(f"[bold](a) per-trial overhead, no-op trials[/bold] (baseline: ProcessPoolExecutor({args.workers}))")
+    table.add_row(
+        f"[bold](a) per-trial overhead, no-op trials[/bold] (baseline: ProcessPoolExecutor({args.workers}))"
+    )
     row(
         f"  all {args.trials} at once: latency p50 (includes queueing)",
         [with_losses(ms(r.bulk.p50), r.bulk, "failed") for r in results],
         ms(pool_bulk_.p50),
         "",
     )
-    row(f"  all {args.trials} at once: latency p99", [ms(r.bulk.p99) for r in results], ms(pool_bulk_.p99), "")
-    row(f"  all {args.trials} at once: throughput (median round)", [rate(r.bulk, "trials") for r in results], rate(pool_bulk_, "trials"), "")
+    row(
+        f"  all {args.trials} at once: latency p99", [ms(r.bulk.p99) for r in results], ms(pool_bulk_.p99), ""
+    )
+    row(
+        f"  all {args.trials} at once: throughput (median round)",
+        [rate(r.bulk, "trials") for r in results],
+        rate(pool_bulk_, "trials"),
+        "",
+    )
     row(
         f"  throughput / the pool's in the same round: median (min-max of {args.rounds})",
         [ratio_cell(r) for r in results],
@@ -474,7 +502,10 @@ def build_table(results: list[ClusterResults], pool: tuple[Stats, Stats], spawn:
     )
     row(
         f"  all at once: per-trial cost ({args.workers} workers / throughput)",
-        [ms(per_trial(r.bulk, args.workers)) + " " + verdict(per_trial(r.bulk, args.workers), 0.030, True) for r in results],
+        [
+            ms(per_trial(r.bulk, args.workers)) + " " + verdict(per_trial(r.bulk, args.workers), 0.030, True)
+            for r in results
+        ],
         ms(per_trial(pool_bulk_, args.workers)),
         "< 30 ms (Ray Tune ~140 ms, NNI ~17 s)",
     )
@@ -490,12 +521,22 @@ def build_table(results: list[ClusterResults], pool: tuple[Stats, Stats], spawn:
         ms(pool_seq.p50),
         "< 30 ms",
     )
-    row(f"  one at a time ({args.sequential}): latency p99", [ms(r.sequential.p99) for r in results], ms(pool_seq.p99), "")
+    row(
+        f"  one at a time ({args.sequential}): latency p99",
+        [ms(r.sequential.p99) for r in results],
+        ms(pool_seq.p99),
+        "",
+    )
     table.add_section()
-    table.add_row("[bold](b) trial start latency, fit imports torch + Lightning[/bold] (baseline: fresh `python -c` per trial)")
+    table.add_row(
+        "[bold](b) trial start latency, fit imports torch + Lightning[/bold] (baseline: fresh `python -c` per trial)"
+    )
     row(
         f"  submit -> first line of fit: p50 (retia n={args.start_trials}, baseline n={len(spawn.samples)})",
-        [with_losses(ms(r.start.p50), r.start, "failed") + " " + verdict(r.start.p50, 0.050, True) for r in results],
+        [
+            with_losses(ms(r.start.p50), r.start, "failed") + " " + verdict(r.start.p50, 0.050, True)
+            for r in results
+        ],
         ms(spawn.p50),
         "< 50 ms",
     )
@@ -535,18 +576,39 @@ def build_table(results: list[ClusterResults], pool: tuple[Stats, Stats], spawn:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--trials", type=int, default=2000, help="no-op trials submitted at once (default %(default)s)")
-    parser.add_argument("--sequential", type=int, default=100, help="no-op trials one at a time (default %(default)s)")
-    parser.add_argument("--start-trials", type=int, default=50, help="torch-importing trials (default %(default)s)")
-    parser.add_argument("--subprocess-runs", type=int, default=5, help="fresh `python -c` baseline runs (default %(default)s)")
-    parser.add_argument("--reports", type=int, default=2000, help="reports in the latency trial (default %(default)s)")
-    parser.add_argument("--report-pause-every", type=int, default=5, help="sleep after every N reports (default %(default)s)")
-    parser.add_argument("--report-pause-ms", type=float, default=5.0, help="that sleep, in ms (default %(default)s)")
-    parser.add_argument("--throughput-trials", type=int, default=3, help="trials reporting flat out (default %(default)s)")
-    parser.add_argument("--throughput-reports", type=int, default=20_000, help="reports per such trial (default %(default)s)")
+    parser.add_argument(
+        "--trials", type=int, default=2000, help="no-op trials submitted at once (default %(default)s)"
+    )
+    parser.add_argument(
+        "--sequential", type=int, default=100, help="no-op trials one at a time (default %(default)s)"
+    )
+    parser.add_argument(
+        "--start-trials", type=int, default=50, help="torch-importing trials (default %(default)s)"
+    )
+    parser.add_argument(
+        "--subprocess-runs", type=int, default=5, help="fresh `python -c` baseline runs (default %(default)s)"
+    )
+    parser.add_argument(
+        "--reports", type=int, default=2000, help="reports in the latency trial (default %(default)s)"
+    )
+    parser.add_argument(
+        "--report-pause-every", type=int, default=5, help="sleep after every N reports (default %(default)s)"
+    )
+    parser.add_argument(
+        "--report-pause-ms", type=float, default=5.0, help="that sleep, in ms (default %(default)s)"
+    )
+    parser.add_argument(
+        "--throughput-trials", type=int, default=3, help="trials reporting flat out (default %(default)s)"
+    )
+    parser.add_argument(
+        "--throughput-reports", type=int, default=20_000, help="reports per such trial (default %(default)s)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="local workers (default %(default)s)")
     parser.add_argument(
-        "--rounds", type=int, default=3, help="bulk phases per column, each right after one of the pool (default %(default)s)"
+        "--rounds",
+        type=int,
+        default=3,
+        help="bulk phases per column, each right after one of the pool (default %(default)s)",
     )
     parser.add_argument(
         "--worker-args",
@@ -554,7 +616,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="extra `retia worker` arguments, one retia column per use; write --worker-args=--reuse-process "
         '(with "=" when the value starts with a dash); --worker-args= is the default column',
     )
-    parser.add_argument("--quick", action="store_true", help="small counts, for a smoke test (under a minute)")
+    parser.add_argument(
+        "--quick", action="store_true", help="small counts, for a smoke test (under a minute)"
+    )
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
     args = parser.parse_args(argv)
     if args.quick:
@@ -571,7 +635,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(text: str) -> None:
         console.print(f"[dim]{time.strftime('%H:%M:%S')} {text}[/dim]")
 
-    log(f"{platform.node()} python {platform.python_version()}, {multiprocessing.cpu_count()} cores; floor first")
+    log(
+        f"{platform.node()} python {platform.python_version()}, {multiprocessing.cpu_count()} cores; floor first"
+    )
     pool = Pool(args.workers)
     try:
         pool_sequential_ = pool.sequential(args.sequential)

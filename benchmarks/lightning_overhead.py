@@ -19,8 +19,8 @@ import logging
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytorch_lightning
 import torch
@@ -32,7 +32,9 @@ from retia.datasets import DigitsDataset
 
 
 def make_model(hidden: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+    return nn.Sequential(
+        nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 10)
+    )
 
 
 def loaders(batch_size: int) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
@@ -133,10 +135,16 @@ def timed(fn: Callable[..., float], *args: int) -> tuple[float, float]:
     return time.perf_counter() - start, value
 
 
-CONTENDERS: dict[str, Callable[..., float]] = {"plain": plain_loop, "bare PL": bare_lightning, "retia": lightning_run}
+CONTENDERS: dict[str, Callable[..., float]] = {
+    "plain": plain_loop,
+    "bare PL": bare_lightning,
+    "retia": lightning_run,
+}
 
 
-def compare(epochs: int, batch_size: int, seed: int, hidden: int, repeats: int) -> dict[str, tuple[float, float]]:
+def compare(
+    epochs: int, batch_size: int, seed: int, hidden: int, repeats: int
+) -> dict[str, tuple[float, float]]:
     """Per contender: best-of-``repeats`` seconds and the last accuracy; runs interleaved."""
     run_args = (epochs, batch_size, seed, hidden)
     for fn in CONTENDERS.values():

@@ -50,10 +50,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import retia
 import zmq
+
+import retia
 from retia import FunctionalEvaluator
-from retia.dispatcher.client import Backend, Trial, connect, query_status
+from retia.client.backend import Backend, Trial, connect, query_status
 from retia.errors import AuthenticationError, ProtocolError
 from retia.keys import load_key
 from retia.protocol import Done, Hello, MsgType, Role, Session, TrialState
@@ -95,10 +96,23 @@ def start_dispatcher(home: Path, config: ScaleConfig) -> tuple[subprocess.Popen[
     ready = home / "dispatcher.address"
     profiler = ["-m", "cProfile", "-o", str(config.profile)] if config.profile else []
     cmd = [
-        sys.executable, *profiler, "-m", "retia.dispatcher", "--bind", "tcp://127.0.0.1:*", "--home", str(home),
-        "--ready-file", str(ready), "--heartbeat", str(config.heartbeat), "--liveness", str(config.liveness),
-        "--log-level", config.log_level,
-    ]  # fmt: skip
+        sys.executable,
+        *profiler,
+        "-m",
+        "retia.dispatcher",
+        "--bind",
+        "tcp://127.0.0.1:*",
+        "--home",
+        str(home),
+        "--ready-file",
+        str(ready),
+        "--heartbeat",
+        str(config.heartbeat),
+        "--liveness",
+        str(config.liveness),
+        "--log-level",
+        config.log_level,
+    ]
     if config.journal == "memory":
         cmd += ["--journal", ":memory:"]
     with open(home / "dispatcher.log", "ab") as log:
@@ -146,7 +160,9 @@ class SimResult:
 class Simulator:
     """``count`` simulated worker agents on one zmq.Poller loop, speaking the real protocol."""
 
-    def __init__(self, index: int, count: int, address: str, key: bytes, heartbeat: float, counters: Any) -> None:
+    def __init__(
+        self, index: int, count: int, address: str, key: bytes, heartbeat: float, counters: Any
+    ) -> None:
         self.index, self.heartbeat, self.counters = index, heartbeat, counters
         self.ctx = zmq.Context()
         self.poller = zmq.Poller()
@@ -163,7 +179,9 @@ class Simulator:
             self.workers[sock] = _SimWorker(worker_id, sock, Session(key, worker_id))
         # heartbeats staggered over one interval, sent round robin like each agent's own timer
         now = time.monotonic()
-        self.beats = collections.deque((now + heartbeat * i / count, w) for i, w in enumerate(self.workers.values()))
+        self.beats = collections.deque(
+            (now + heartbeat * i / count, w) for i, w in enumerate(self.workers.values())
+        )
 
     def send(self, worker: _SimWorker, type: MsgType, body: Any = None, **header: Any) -> None:
         worker.sock.send_multipart(worker.session.frames(type, body, **header), zmq.NOBLOCK)
@@ -219,14 +237,18 @@ class Simulator:
         if msg.type is MsgType.RUN:
             now = time.monotonic()
             self.result.latencies.append((worker.ready_at, now - worker.ready_at))
-            done = Done(TrialState.SUCCEEDED.value, reports=[[1, True, 0.0]])  # as a real worker: DONE is also READY
+            done = Done(
+                TrialState.SUCCEEDED.value, reports=[[1, True, 0.0]]
+            )  # as a real worker: DONE is also READY
             self.send(worker, MsgType.DONE, done, trial=h.trial, attempt=h.attempt, seq=2)
             worker.ready_at = time.monotonic()
         elif msg.type is MsgType.RESET:
             self.hello(worker)
 
 
-def _simulate(index: int, count: int, address: str, key: bytes, heartbeat: float, counters: Any, stop: Any, out: Any) -> None:
+def _simulate(
+    index: int, count: int, address: str, key: bytes, heartbeat: float, counters: Any, stop: Any, out: Any
+) -> None:
     sim = Simulator(index, count, address, key, heartbeat, counters)
     out.put((index, sim.run(stop)))
 
@@ -298,7 +320,11 @@ def run_scale(config: ScaleConfig) -> ScaleResult:
         shares = [len(range(i, config.workers, config.sim_procs)) for i in range(config.sim_procs)]
         key = load_key(home / "cluster.key")
         sims = [
-            mp.Process(target=_simulate, args=(i, n, address, key, config.heartbeat, counters, stop, out), daemon=True)
+            mp.Process(
+                target=_simulate,
+                args=(i, n, address, key, config.heartbeat, counters, stop, out),
+                daemon=True,
+            )
             for i, n in enumerate(shares)
         ]
         try:
@@ -325,7 +351,14 @@ def _wait_for_workers(address: str, key: bytes, count: int, timeout: float = 120
 
 
 def _measure(
-    config: ScaleConfig, pid: int, address: str, key: bytes, counters: Any, stop: Any, out: Any, sims: Sequence[Any]
+    config: ScaleConfig,
+    pid: int,
+    address: str,
+    key: bytes,
+    counters: Any,
+    stop: Any,
+    out: Any,
+    sims: Sequence[Any],
 ) -> ScaleResult:
     backend = connect(address, key=key, heartbeat_interval=config.heartbeat, liveness=config.liveness)
     try:
@@ -344,10 +377,17 @@ def _measure(
     client = 2 * config.trials + submitter.events + heartbeats  # SUBMIT + ACK each, events relayed
     latencies = sorted(lat for r in results for ready_at, lat in r.latencies if t0 <= ready_at <= t1)
     return ScaleResult(
-        config, t1 - t0, cpu1 - cpu0, rss,
-        sum(after[0::2]) - sum(before[0::2]), sum(after[1::2]) - sum(before[1::2]), client,
-        submitter.succeeded, latencies, results,
-    )  # fmt: skip
+        config,
+        t1 - t0,
+        cpu1 - cpu0,
+        rss,
+        sum(after[0::2]) - sum(before[0::2]),
+        sum(after[1::2]) - sum(before[1::2]),
+        client,
+        submitter.succeeded,
+        latencies,
+        results,
+    )
 
 
 # ---- the report ----
@@ -399,7 +439,9 @@ def print_report(r: ScaleResult, markdown: bool) -> None:
         table.add_row(*row)
     console.print(table)
     received = sum((s.received for s in r.sims), collections.Counter())
-    console.print("simulators received (whole run): " + ", ".join(f"{k} {v}" for k, v in received.most_common()))
+    console.print(
+        "simulators received (whole run): " + ", ".join(f"{k} {v}" for k, v in received.most_common())
+    )
     if markdown:
         from _tables import (
             to_markdown,  # benchmarks/ is on sys.path when run as a script
@@ -416,15 +458,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sim-procs", type=int, default=4, help="processes sharing the simulated workers")
     parser.add_argument("--journal", choices=("file", "memory"), default="file")
     parser.add_argument("--log-level", default="INFO", help="the dispatcher's logging level")
-    parser.add_argument("--profile", type=Path, help="run the dispatcher under cProfile; stats go to this file")
+    parser.add_argument(
+        "--profile", type=Path, help="run the dispatcher under cProfile; stats go to this file"
+    )
     parser.add_argument("--quick", action="store_true", help="50 workers, 2,000 trials")
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
     args = parser.parse_args(argv)
     workers, trials = (50, 2_000) if args.quick else (args.workers, args.trials)
     config = ScaleConfig(
-        workers=workers, trials=trials, in_flight=min(args.in_flight, trials), sim_procs=args.sim_procs,
-        journal=args.journal, log_level=args.log_level, profile=args.profile,
-    )  # fmt: skip
+        workers=workers,
+        trials=trials,
+        in_flight=min(args.in_flight, trials),
+        sim_procs=args.sim_procs,
+        journal=args.journal,
+        log_level=args.log_level,
+        profile=args.profile,
+    )
     result = run_scale(config)
     print_report(result, args.markdown)
     return 0 if result.succeeded == config.trials else 1

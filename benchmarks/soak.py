@@ -39,10 +39,11 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+
 import retia
 from retia import FunctionalEvaluator
-from retia.dispatcher.client import Backend, Trial
-from retia.dispatcher.cluster import LocalCluster, local_cluster
+from retia.client.backend import Backend, Trial
+from retia.client.cluster import LocalCluster, local_cluster
 from retia.errors import RetiaError
 from retia.protocol import MsgType, TrialState
 
@@ -122,10 +123,14 @@ class SoakResult:
         if self.wrong_final:
             out.append(f"{len(self.wrong_final)} wrong final value(s): {self.wrong_final[:3]}")
         if self.wrong_intermediates:
-            out.append(f"{len(self.wrong_intermediates)} wrong intermediate list(s): {self.wrong_intermediates[:3]}")
+            out.append(
+                f"{len(self.wrong_intermediates)} wrong intermediate list(s): {self.wrong_intermediates[:3]}"
+            )
         missing = self.trials - len(self.client_finals)
         if missing or self.duplicate_client_finals:
-            out.append(f"client final REPORT events: {missing} trial(s) without, {self.duplicate_client_finals} with more than one")
+            out.append(
+                f"client final REPORT events: {missing} trial(s) without, {self.duplicate_client_finals} with more than one"
+            )
         out += self.journal.get("problems", [])
         return out
 
@@ -212,7 +217,9 @@ def _count_final(result: SoakResult, trial: Trial, kind: MsgType, body: Any) -> 
         result.client_finals[trial.id] += 1  # the client's I/O thread is the only writer
 
 
-def _submit_and_check(backend: Backend, cluster: LocalCluster, config: SoakConfig, result: SoakResult) -> None:
+def _submit_and_check(
+    backend: Backend, cluster: LocalCluster, config: SoakConfig, result: SoakResult
+) -> None:
     """Keep ``in_flight`` trials submitted; check each one as it finishes."""
     finished: queue.SimpleQueue[tuple[Trial, int]] = queue.SimpleQueue()
     submitted = done = 0
@@ -231,7 +238,10 @@ def _submit_and_check(backend: Backend, cluster: LocalCluster, config: SoakConfi
             result.rss_kb[done] = rss_kb(cluster.dispatcher.pid)  # type: ignore[union-attr]
         if config.progress and (time.monotonic() - last_print > 10 or done == config.trials):
             last_print = time.monotonic()
-            print(f"  {done}/{config.trials} trials done, dispatcher RSS {rss_kb(cluster.dispatcher.pid) / 1024:.1f} MiB", flush=True)  # type: ignore[union-attr]
+            print(
+                f"  {done}/{config.trials} trials done, dispatcher RSS {rss_kb(cluster.dispatcher.pid) / 1024:.1f} MiB",
+                flush=True,
+            )  # type: ignore[union-attr]
 
 
 def _check_trial(trial: Trial, index: int, reports: int, result: SoakResult) -> None:
@@ -245,7 +255,9 @@ def _check_trial(trial: Trial, index: int, reports: int, result: SoakResult) -> 
         result.wrong_final.append(f"{trial.id}: {value!r} != {float(index)!r}")
     expected = expected_intermediates(index, reports)
     if trial.intermediates != expected:
-        result.wrong_intermediates.append(f"{trial.id} attempt {trial.attempt}: {trial.intermediates!r} != {expected!r}")
+        result.wrong_intermediates.append(
+            f"{trial.id} attempt {trial.attempt}: {trial.intermediates!r} != {expected!r}"
+        )
     result.client_intermediates += len(trial.intermediates)
     if trial.attempt > 1:
         result.attempts_over_one += 1
@@ -260,7 +272,9 @@ def check_journal(path: Path, trials: int, reports: int) -> dict[str, Any]:
         states = dict(db.execute("SELECT state, COUNT(*) FROM trials GROUP BY state").fetchall())
         names = {tid: int(name.rsplit("-", 1)[1]) for tid, name in db.execute("SELECT id, name FROM trials")}
         last_attempt = dict(db.execute("SELECT id, attempt FROM trials").fetchall())
-        rows = db.execute("SELECT trial, attempt, seq, final, value FROM reports ORDER BY trial, attempt, seq").fetchall()
+        rows = db.execute(
+            "SELECT trial, attempt, seq, final, value FROM reports ORDER BY trial, attempt, seq"
+        ).fetchall()
     problems: list[str] = []
     if states.get(TrialState.SUCCEEDED.value, 0) != trials:
         problems.append(f"journal states {states}, expected {trials} SUCCEEDED")
@@ -277,11 +291,19 @@ def check_journal(path: Path, trials: int, reports: int) -> dict[str, Any]:
             f"journal finals: {len(duplicated)} trial(s) with more than one (e.g. {_final_attempts(seqs, duplicated)}), "
             f"{len(without)} without"
         )
-    bad = [f"{t} attempt {a}" for (t, a), items in seqs.items() if not _attempt_ok(items, names[t], reports, a == last_attempt[t])]
+    bad = [
+        f"{t} attempt {a}"
+        for (t, a), items in seqs.items()
+        if not _attempt_ok(items, names[t], reports, a == last_attempt[t])
+    ]
     if bad:
-        problems.append(f"journal reports: {len(bad)} attempt(s) with missing, duplicated or wrong seqs, e.g. {bad[:3]}")
+        problems.append(
+            f"journal reports: {len(bad)} attempt(s) with missing, duplicated or wrong seqs, e.g. {bad[:3]}"
+        )
     intermediates = sum(1 for items in seqs.values() for _s, final, _v in items if not final)
-    finishing = sum(1 for (t, a), items in seqs.items() if a == last_attempt[t] for _s, final, _v in items if not final)
+    finishing = sum(
+        1 for (t, a), items in seqs.items() if a == last_attempt[t] for _s, final, _v in items if not final
+    )
     return {
         "states": states,
         "finals": sum(finals.values()),
@@ -304,7 +326,9 @@ def _attempt_ok(items: list[tuple[int, bool, float]], index: int, reports: int, 
     return len(items) == reports + 1 if finishing else len(items) <= reports + 1
 
 
-def _final_attempts(seqs: dict[tuple[str, int], list[tuple[int, bool, float]]], duplicated: dict[str, int]) -> str:
+def _final_attempts(
+    seqs: dict[tuple[str, int], list[tuple[int, bool, float]]], duplicated: dict[str, int]
+) -> str:
     """For the first duplicated trial: the attempts that stored a final report."""
     if not duplicated:
         return "-"
@@ -332,13 +356,27 @@ def print_report(config: SoakConfig, result: SoakResult) -> None:
     table.add_column("client", justify="right")
     table.add_column("journal", justify="right")
     table.add_column("expected", justify="right")
-    table.add_row("trials succeeded", str(result.succeeded), str(j.get("states", {}).get("SUCCEEDED", 0)), str(config.trials))
-    table.add_row("final results", str(sum(result.client_finals.values())), str(j.get("finals")), str(config.trials))
-    table.add_row("trials with >1 final", str(result.duplicate_client_finals), str(j.get("trials_with_duplicate_finals")), "0")
     table.add_row(
-        "intermediates (finishing attempts)", str(result.client_intermediates),
-        str(j.get("intermediates_of_finishing_attempts")), str(config.trials * config.reports),
-    )  # fmt: skip
+        "trials succeeded",
+        str(result.succeeded),
+        str(j.get("states", {}).get("SUCCEEDED", 0)),
+        str(config.trials),
+    )
+    table.add_row(
+        "final results", str(sum(result.client_finals.values())), str(j.get("finals")), str(config.trials)
+    )
+    table.add_row(
+        "trials with >1 final",
+        str(result.duplicate_client_finals),
+        str(j.get("trials_with_duplicate_finals")),
+        "0",
+    )
+    table.add_row(
+        "intermediates (finishing attempts)",
+        str(result.client_intermediates),
+        str(j.get("intermediates_of_finishing_attempts")),
+        str(config.trials * config.reports),
+    )
     table.add_row("intermediates (all attempts)", "-", str(j.get("intermediates")), ">= expected")
     table.add_row("trials with attempt > 1", str(result.attempts_over_one), "-", "-")
     table.add_row("worker kills", str(result.kills), "-", "-")
@@ -350,26 +388,39 @@ def print_report(config: SoakConfig, result: SoakResult) -> None:
             f"dispatcher RSS: {result.rss_kb[first] / 1024:.1f} MiB after {first} trials, "
             f"{result.rss_kb[marks[-1]] / 1024:.1f} MiB at the end ({marks[-1]}): ratio {result.rss_ratio:.2f} (target <= 1.5)"
         )
-        console.print("RSS timeline (trials: MiB): " + ", ".join(f"{m}: {result.rss_kb[m] / 1024:.1f}" for m in marks))
+        console.print(
+            "RSS timeline (trials: MiB): " + ", ".join(f"{m}: {result.rss_kb[m] / 1024:.1f}" for m in marks)
+        )
     console.print(f"elapsed {result.elapsed:.0f}s, {config.trials / max(result.elapsed, 1e-9):.1f} trials/s")
     problems = result.problems()
-    console.print("[green]no exactly-once violation[/green]" if not problems else "[red]PROBLEMS:[/red]\n  " + "\n  ".join(problems))
+    console.print(
+        "[green]no exactly-once violation[/green]"
+        if not problems
+        else "[red]PROBLEMS:[/red]\n  " + "\n  ".join(problems)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--kill-every", type=float, default=3.0, help="seconds between worker kills (0: none)")
+    parser.add_argument(
+        "--kill-every", type=float, default=3.0, help="seconds between worker kills (0: none)"
+    )
     parser.add_argument("--reports", type=int, default=3, help="intermediate reports per trial")
     parser.add_argument("--in-flight", type=int, default=400, help="trials submitted and not yet finished")
     parser.add_argument("--max-retries", type=int, default=10)
     parser.add_argument("--home", type=Path, help="keep the cluster's files (journal, logs) here")
     args = parser.parse_args(argv)
     config = SoakConfig(
-        trials=args.trials, workers=args.workers, kill_every=args.kill_every, reports=args.reports,
-        in_flight=args.in_flight, max_retries=args.max_retries, home=args.home,
-    )  # fmt: skip
+        trials=args.trials,
+        workers=args.workers,
+        kill_every=args.kill_every,
+        reports=args.reports,
+        in_flight=args.in_flight,
+        max_retries=args.max_retries,
+        home=args.home,
+    )
     result = run_soak(config)
     print_report(config, result)
     return 1 if result.problems() else 0

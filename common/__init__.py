@@ -26,9 +26,9 @@ from .serializer import dump, load
 from .trace import get_recipe, is_traced, trace
 
 if TYPE_CHECKING:
-    from .dispatcher.client import Backend, Trial, connect, wait
-    from .dispatcher.cluster import local_cluster
-    from .dispatcher.experiment import Experiment, RetiariiExperiment
+    from .client.backend import Backend, Trial, connect, wait
+    from .client.cluster import local_cluster
+    from .client.experiment import Experiment, RetiariiExperiment
     from .nn.space import fixed_arch, original_state_dict_hooks
 
 __version__ = "0.1.0"
@@ -65,13 +65,13 @@ __all__ = [
 ]
 
 _LAZY = {
-    "connect": "retia.dispatcher.client",
-    "wait": "retia.dispatcher.client",
-    "Backend": "retia.dispatcher.client",
-    "Trial": "retia.dispatcher.client",
-    "local_cluster": "retia.dispatcher.cluster",
-    "Experiment": "retia.dispatcher.experiment",
-    "RetiariiExperiment": "retia.dispatcher.experiment",
+    "connect": "retia.client.backend",
+    "wait": "retia.client.backend",
+    "Backend": "retia.client.backend",
+    "Trial": "retia.client.backend",
+    "local_cluster": "retia.client.cluster",
+    "Experiment": "retia.client.experiment",
+    "RetiariiExperiment": "retia.client.experiment",
     "fixed_arch": "retia.nn.space",
     "original_state_dict_hooks": "retia.nn.space",
 }

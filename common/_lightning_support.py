@@ -12,8 +12,9 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -48,7 +49,9 @@ def check_trainer_kwargs(kwargs: Mapping[str, Any]) -> None:
     """Refuse keyword arguments that ``pytorch_lightning.Trainer`` does not take, all at once."""
     unknown = sorted(set(kwargs) - _TRAINER_PARAMS)
     if unknown:
-        raise ConfigError(f"unknown Trainer option(s) {unknown}; see pytorch_lightning.Trainer for valid ones")
+        raise ConfigError(
+            f"unknown Trainer option(s) {unknown}; see pytorch_lightning.Trainer for valid ones"
+        )
 
 
 def trainer_options(kwargs: dict[str, Any], out: Path, *, evaluator_defaults: bool) -> dict[str, Any]:
@@ -137,7 +140,7 @@ def validation_metrics(trainer: pl.Trainer) -> dict[str, float]:
 def _validation_names(trainer: pl.Trainer) -> list[str] | None:
     """Names logged in the evaluation loop, read from Lightning's result collection (private API)."""
     try:
-        results = trainer._results  # noqa: SLF001 - the only record of which loop logged a metric
+        results = trainer._results
         if results is None:
             return None
         return list(dict.fromkeys(result.meta.name for result in results.values()))
@@ -185,7 +188,9 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> bool:
                 dynamic_shapes=({0: batch},),
             )
     except Exception as exc:  # an unexportable candidate must not lose its metric
-        _log.warning("ONNX export of %s to %s failed: %s: %s", type(model).__name__, path, type(exc).__name__, exc)
+        _log.warning(
+            "ONNX export of %s to %s failed: %s: %s", type(model).__name__, path, type(exc).__name__, exc
+        )
         return False
     finally:
         model.train(was_training)

@@ -9,21 +9,37 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = ["main", "build_parser"]
 
 # subcommand -> (module, add-arguments function, run function, one-line help)
 _COMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "dispatcher": ("retia.dispatcher.cli", "add_dispatcher_arguments", "run_dispatcher",
-                   "run the dispatcher on the head node (queue, journal, relaying reports)"),
-    "worker": ("retia.worker.cli", "add_worker_arguments", "run_worker",
-               "run a worker agent (one per GPU) connected to a dispatcher"),
-    "status": ("retia.dispatcher.cli", "add_status_arguments", "run_status",
-               "show a dispatcher's workers and trial counts"),
-    "report": ("retia.dispatcher.report", "add_report_arguments", "run_report",
-               "write a PNG and a Markdown summary of an experiment directory"),
-}  # fmt: skip
+    "dispatcher": (
+        "retia.dispatcher.cli",
+        "add_dispatcher_arguments",
+        "run_dispatcher",
+        "run the dispatcher on the head node (queue, journal, relaying reports)",
+    ),
+    "worker": (
+        "retia.worker.cli",
+        "add_worker_arguments",
+        "run_worker",
+        "run a worker agent (one per GPU) connected to a dispatcher",
+    ),
+    "status": (
+        "retia.client.cli",
+        "add_status_arguments",
+        "run_status",
+        "show a dispatcher's workers and trial counts",
+    ),
+    "report": (
+        "retia.client.report",
+        "add_report_arguments",
+        "run_report",
+        "write a PNG and a Markdown summary of an experiment directory",
+    ),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,7 +19,9 @@ __all__ = ["server_certificate", "secure_server", "secure_client"]
 def server_certificate(home: Path) -> tuple[Path, Path]:
     """``(public, secret)`` certificate files under ``<home>/curve``, created on first use."""
     if not zmq.has("curve"):
-        raise ConfigError("this pyzmq/libzmq has no CurveZMQ support; install a pyzmq wheel built with libsodium")
+        raise ConfigError(
+            "this pyzmq/libzmq has no CurveZMQ support; install a pyzmq wheel built with libsodium"
+        )
     directory = home / "curve"
     public, secret = directory / "dispatcher.key", directory / "dispatcher.key_secret"
     if not secret.exists():
@@ -43,7 +45,9 @@ def secure_client(sock: zmq.Socket, server_public_file: str | Path) -> None:
     try:
         server_public, _ = zmq.auth.load_certificate(str(server_public_file))
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read the dispatcher's public certificate {server_public_file}: {exc}") from exc
+        raise ConfigError(
+            f"cannot read the dispatcher's public certificate {server_public_file}: {exc}"
+        ) from exc
     public, secret = zmq.curve_keypair()
     sock.curve_publickey = public
     sock.curve_secretkey = secret

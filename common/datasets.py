@@ -30,7 +30,9 @@ def _split_indices(n: int, split: Split, val_fraction: float, seed: int) -> np.n
 class DigitsDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """scikit-learn's 1,797 8x8 handwritten digits; ``flatten=False`` gives 1x8x8 images."""
 
-    def __init__(self, split: Split = "train", val_fraction: float = 0.2, seed: int = 0, flatten: bool = True) -> None:
+    def __init__(
+        self, split: Split = "train", val_fraction: float = 0.2, seed: int = 0, flatten: bool = True
+    ) -> None:
         from sklearn.datasets import load_digits
 
         data = load_digits()

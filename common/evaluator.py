@@ -13,9 +13,10 @@ import os
 import time
 import types
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, ClassVar
 
 from .errors import PayloadTooLarge, SerializationError
 from .reporting import CollectingReporter, Metric, Reporter, use_reporter
@@ -45,7 +46,11 @@ class Evaluator:
     direction: ClassVar[str] = "maximize"
 
     def evaluate(
-        self, model: Any, *, output_dir: str | os.PathLike[str] | None = None, reporter: Reporter | None = None
+        self,
+        model: Any,
+        *,
+        output_dir: str | os.PathLike[str] | None = None,
+        reporter: Reporter | None = None,
     ) -> EvaluationResult:
         """Train and score one concrete model in this process.
 
@@ -87,9 +92,13 @@ class FunctionalEvaluator(Evaluator):
         try:
             self._record(fit, **kwargs)
         except PayloadTooLarge as exc:
-            raise PayloadTooLarge(f"FunctionalEvaluator argument is too large: {exc}", exc.path, exc.size) from exc
+            raise PayloadTooLarge(
+                f"FunctionalEvaluator argument is too large: {exc}", exc.path, exc.size
+            ) from exc
         except SerializationError as exc:
-            raise SerializationError(f"FunctionalEvaluator argument is not serializable: {exc}", exc.path) from exc
+            raise SerializationError(
+                f"FunctionalEvaluator argument is not serializable: {exc}", exc.path
+            ) from exc
 
     def _run(self, model_factory: Callable[[], Any]) -> None:
         self.function(model_factory, **self.arguments)

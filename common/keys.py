@@ -37,7 +37,9 @@ def load_key(path: Path) -> bytes:
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
-        raise ConfigError(f"key file {path} does not exist; copy it from the head node or set {KEY_ENV}") from None
+        raise ConfigError(
+            f"key file {path} does not exist; copy it from the head node or set {KEY_ENV}"
+        ) from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigError(
             f"key file {path} is accessible by group or others (mode {stat.S_IMODE(mode):04o}); "
@@ -49,7 +51,9 @@ def load_key(path: Path) -> bytes:
     return key
 
 
-def resolve_key(key: bytes | str | None = None, key_file: Path | str | None = None, *, create: bool = False) -> bytes:
+def resolve_key(
+    key: bytes | str | None = None, key_file: Path | str | None = None, *, create: bool = False
+) -> bytes:
     """The key from an argument, a file, ``$RETIA_KEY`` or the default file, in that order."""
     if key:
         return key.encode() if isinstance(key, str) else key

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence, Union
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -37,7 +38,7 @@ DataLoader = trace(_TorchDataLoader)
 Trainer = trace(pl.Trainer)
 """``pytorch_lightning.Trainer``, traced: the evaluator rebuilds a fresh one from it for every fit."""
 
-Loaders = Union[_TorchDataLoader, Sequence[_TorchDataLoader], None]
+Loaders = _TorchDataLoader | Sequence[_TorchDataLoader] | None
 
 
 class LightningModule(pl.LightningModule):
@@ -54,7 +55,9 @@ class LightningModule(pl.LightningModule):
         if not isinstance(model, nn.Module):
             model = model()
         if not isinstance(model, nn.Module):
-            raise ConfigError(f"set_model() needs a torch.nn.Module (or a callable returning one), got {type(model).__name__}")
+            raise ConfigError(
+                f"set_model() needs a torch.nn.Module (or a callable returning one), got {type(model).__name__}"
+            )
         self.model = model
 
 
@@ -98,14 +101,20 @@ class Lightning(Evaluator):
         trainer_kwargs: dict[str, Any],
     ) -> None:
         if not isinstance(module, LightningModule):
-            hint = " (subclass retia.lightning.LightningModule instead)" if isinstance(module, pl.LightningModule) else ""
+            hint = (
+                " (subclass retia.lightning.LightningModule instead)"
+                if isinstance(module, pl.LightningModule)
+                else ""
+            )
             raise ConfigError(
                 f"module must be a retia.lightning.LightningModule, whose set_model() receives the candidate; "
                 f"got {type(module).__name__}{hint}"
             )
         if datamodule is not None:
             if not isinstance(datamodule, pl.LightningDataModule):
-                raise ConfigError(f"datamodule must be a pytorch_lightning.LightningDataModule, got {type(datamodule).__name__}")
+                raise ConfigError(
+                    f"datamodule must be a pytorch_lightning.LightningDataModule, got {type(datamodule).__name__}"
+                )
             if train_dataloaders is not None or val_dataloaders is not None:
                 raise ConfigError("give either a datamodule or train/val dataloaders, not both")
         _check_loaders("train_dataloaders", train_dataloaders)
@@ -118,7 +127,9 @@ class Lightning(Evaluator):
                 "retia.lightning.DataLoader(...) (or a datamodule / module with val_dataloader())"
             )
         if not is_overridden("validation_step", module):
-            raise ConfigError(f"{type(module).__name__} has no validation_step(), so it cannot log a validation metric")
+            raise ConfigError(
+                f"{type(module).__name__} has no validation_step(), so it cannot log a validation metric"
+            )
         self.module = module
         self.train_dataloaders = train_dataloaders
         self.val_dataloaders = val_dataloaders

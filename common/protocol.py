@@ -14,10 +14,10 @@ import hashlib
 import hmac
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar
 
 import msgpack
 
@@ -169,7 +169,9 @@ class RunBatch:
     def messages(self, sender: str = "") -> list[Message]:
         """Each item as the RUN message it stands for."""
         return [
-            Message(Header(MsgType.RUN, str(t), int(a), 0, sender), Run(e, m, timeout, name, blobs=list(blobs)))
+            Message(
+                Header(MsgType.RUN, str(t), int(a), 0, sender), Run(e, m, timeout, name, blobs=list(blobs))
+            )
             for t, a, e, m, timeout, name, blobs in self.items
         ]
 
@@ -177,7 +179,7 @@ class RunBatch:
 @dataclass(frozen=True)
 class Report:
     final: bool
-    value: Union[float, dict[str, float]]
+    value: float | dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -196,8 +198,12 @@ class Done:
     traceback: str = ""
     log_tail: str = ""
     duration: float = 0.0
-    reports: list[list[Any]] = field(default_factory=list)  # [[seq, final, value], ...], stored before the outcome
-    files: list[list[Any]] = field(default_factory=list)  # [[relative path, bytes], ...]: small artefacts, inline
+    reports: list[list[Any]] = field(
+        default_factory=list
+    )  # [[seq, final, value], ...], stored before the outcome
+    files: list[list[Any]] = field(
+        default_factory=list
+    )  # [[relative path, bytes], ...]: small artefacts, inline
 
 
 @dataclass(frozen=True)
@@ -210,13 +216,18 @@ class DoneBatch:
 
     def messages(self, sender: str = "") -> list[Message]:
         """Each item as the DONE message it stands for."""
-        return [Message(Header(MsgType.DONE, str(t), int(a), int(s), sender), Done(*fields)) for t, a, s, fields in self.items]
+        return [
+            Message(Header(MsgType.DONE, str(t), int(a), int(s), sender), Done(*fields))
+            for t, a, s, fields in self.items
+        ]
 
 
 @dataclass(frozen=True)
 class Cancel:
     reason: str = "cancelled"
-    give_back: bool = False  # dispatcher -> worker: return it unstarted (DONE with state QUEUED); if it runs, run on
+    give_back: bool = (
+        False  # dispatcher -> worker: return it unstarted (DONE with state QUEUED); if it runs, run on
+    )
 
 
 @dataclass(frozen=True)
@@ -240,7 +251,10 @@ class SubmitBatch:
 
     def messages(self, sender: str = "") -> list[Message]:
         """Each item as the SUBMIT message it stands for."""
-        return [Message(Header(MsgType.SUBMIT, str(t), 0, int(s), sender), Submit(*fields)) for t, s, fields in self.items]
+        return [
+            Message(Header(MsgType.SUBMIT, str(t), 0, int(s), sender), Submit(*fields))
+            for t, s, fields in self.items
+        ]
 
 
 @dataclass(frozen=True)
@@ -376,7 +390,13 @@ def _to_wire(body: Any) -> list[Any]:
     if body is None:
         return []
     if isinstance(body, StatusReply):
-        return [body.dispatcher_id, [dataclasses.astuple(w) for w in body.workers], body.counts, body.uptime, body.bytes_sent]
+        return [
+            body.dispatcher_id,
+            [dataclasses.astuple(w) for w in body.workers],
+            body.counts,
+            body.uptime,
+            body.bytes_sent,
+        ]
     return [getattr(body, name) for name in _field_names(type(body))]
 
 
@@ -423,11 +443,15 @@ class Session:
         mac.update(payload)
         return mac.digest()
 
-    def frames(self, type: MsgType, body: Any = None, *, trial: str = "", attempt: int = 0, seq: int = 0) -> list[bytes]:
+    def frames(
+        self, type: MsgType, body: Any = None, *, trial: str = "", attempt: int = 0, seq: int = 0
+    ) -> list[bytes]:
         """Serialize and sign one message."""
         return self.frames_raw(type, self.pack_body(body), trial=trial, attempt=attempt, seq=seq)
 
-    def frames_raw(self, type: MsgType, payload: bytes, *, trial: str = "", attempt: int = 0, seq: int = 0) -> list[bytes]:
+    def frames_raw(
+        self, type: MsgType, payload: bytes, *, trial: str = "", attempt: int = 0, seq: int = 0
+    ) -> list[bytes]:
         """Sign an already-packed payload (the dispatcher relays report payloads untouched)."""
         header = msgpack.packb([int(type), trial, attempt, seq, self.sender, time.time()], use_bin_type=True)
         return [VERSION, self.sign(header, payload), header, payload]

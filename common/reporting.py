@@ -12,7 +12,8 @@ import contextvars
 import logging
 import math
 import numbers
-from typing import Any, Iterator, Union
+from collections.abc import Iterator
+from typing import Any
 
 from .errors import ReportError
 
@@ -29,7 +30,7 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-Metric = Union[float, dict[str, float]]
+Metric = float | dict[str, float]
 
 
 class Reporter:

@@ -11,6 +11,7 @@ signature was checked with the cluster key (the worker does; the dispatcher neve
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import importlib
 import importlib.metadata
@@ -19,10 +20,8 @@ import sys
 import types
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
-
-import contextvars
 from pathlib import Path
+from typing import Any
 
 import cloudpickle
 import msgpack
@@ -42,6 +41,8 @@ _rebuilding: contextvars.ContextVar[bool] = contextvars.ContextVar("retia_rebuil
 def rebuilding() -> bool:
     """True while :func:`load` rebuilds objects: what came from a payload was serializable already."""
     return _rebuilding.get()
+
+
 MiB = 1 << 20
 
 
@@ -65,7 +66,11 @@ class DumpOptions:
 
 
 def dump(
-    obj: Any, *, name: str | None = None, options: DumpOptions | None = None, blobs: dict[str, Blob] | None = None
+    obj: Any,
+    *,
+    name: str | None = None,
+    options: DumpOptions | None = None,
+    blobs: dict[str, Blob] | None = None,
 ) -> bytes:
     """Serialize ``obj`` to bytes; ``name`` is the root of argument paths in messages.
 
@@ -86,7 +91,9 @@ def load(data: bytes, *, blob_dir: Path | None = None) -> Any:
     except SerializationError:
         raise
     except Exception as exc:
-        raise SerializationError(f"cannot load payload ({len(data)} bytes): {type(exc).__name__}: {exc}") from exc
+        raise SerializationError(
+            f"cannot load payload ({len(data)} bytes): {type(exc).__name__}: {exc}"
+        ) from exc
     finally:
         _blob_dir.reset(token)
         _rebuilding.reset(rebuilding)
@@ -101,7 +108,11 @@ class _Encoder:
         self.blobs = blobs
 
     def encode(self, obj: Any, path: str) -> Any:
-        if self.blobs is not None and isinstance(obj, (bytes, bytearray)) and len(obj) >= self.options.blob_threshold:
+        if (
+            self.blobs is not None
+            and isinstance(obj, (bytes, bytearray))
+            and len(obj) >= self.options.blob_threshold
+        ):
             return self._blob(make_blob(obj))  # type: ignore[arg-type]
         if obj is None or isinstance(obj, (bool, str, bytes, float)):
             return obj
@@ -196,7 +207,9 @@ def _decode_ext(code: int, data: bytes) -> Any:
             return Recipe(target, tuple(args), kwargs).build()
         except Exception as exc:
             name = getattr(target, "__qualname__", repr(target))
-            raise SerializationError(f"rebuilding {name} from its recipe failed: {type(exc).__name__}: {exc}") from exc
+            raise SerializationError(
+                f"rebuilding {name} from its recipe failed: {type(exc).__name__}: {exc}"
+            ) from exc
     if code == _Ext.BLOB:
         digest, kind, size = inner
         blob_dir = _blob_dir.get()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["FrozenModel"]
 
@@ -11,7 +12,11 @@ class FrozenModel:
     """Builds ``space(*args, **kwargs)`` under ``fixed_arch(arch)``: the concrete model, on the worker."""
 
     def __init__(
-        self, space: Callable[..., Any], arch: dict[str, Any], args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+        self,
+        space: Callable[..., Any],
+        arch: dict[str, Any],
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
     ) -> None:
         self.space = space
         self.arch = arch

@@ -1,9 +1,8 @@
-"""``retia dispatcher`` and ``retia status``: the head node's commands."""
+"""``retia dispatcher``: the head node's command."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import signal
 import sys
@@ -14,24 +13,56 @@ from retia.keys import DEFAULT_HOME, KEY_ENV, resolve_key
 
 from .config import DispatcherConfig
 
-__all__ = ["add_dispatcher_arguments", "run_dispatcher", "add_status_arguments", "run_status", "main"]
+__all__ = ["add_dispatcher_arguments", "run_dispatcher", "main"]
 
 
 def add_dispatcher_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bind", default="tcp://0.0.0.0:5555", help="ZeroMQ endpoint to listen on (default %(default)s)")
-    parser.add_argument("--home", type=Path, default=DEFAULT_HOME, help="state directory: key, journal, artefacts (default %(default)s)")
-    parser.add_argument("--key-file", type=Path, help="cluster key file; created (mode 0600) if missing (default <home>/cluster.key)")
-    parser.add_argument("--journal", help="SQLite journal path, or :memory: for none (default <home>/journal.sqlite)")
-    parser.add_argument("--heartbeat", type=float, default=1.0, help="heartbeat interval in seconds (default %(default)s)")
-    parser.add_argument("--liveness", type=int, default=5, help="missed heartbeats before a peer is dead (default %(default)s)")
-    parser.add_argument("--max-message-mb", type=float, default=8.0, help="largest accepted message in MiB (default %(default)s)")
-    parser.add_argument("--blob-budget-gb", type=float, default=20.0, help="blob store size before eviction (default %(default)s)")
+    parser.add_argument(
+        "--bind", default="tcp://0.0.0.0:5555", help="ZeroMQ endpoint to listen on (default %(default)s)"
+    )
+    parser.add_argument(
+        "--home",
+        type=Path,
+        default=DEFAULT_HOME,
+        help="state directory: key, journal, artefacts (default %(default)s)",
+    )
+    parser.add_argument(
+        "--key-file",
+        type=Path,
+        help="cluster key file; created (mode 0600) if missing (default <home>/cluster.key)",
+    )
+    parser.add_argument(
+        "--journal", help="SQLite journal path, or :memory: for none (default <home>/journal.sqlite)"
+    )
+    parser.add_argument(
+        "--heartbeat", type=float, default=1.0, help="heartbeat interval in seconds (default %(default)s)"
+    )
+    parser.add_argument(
+        "--liveness",
+        type=int,
+        default=5,
+        help="missed heartbeats before a peer is dead (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-message-mb",
+        type=float,
+        default=8.0,
+        help="largest accepted message in MiB (default %(default)s)",
+    )
+    parser.add_argument(
+        "--blob-budget-gb",
+        type=float,
+        default=20.0,
+        help="blob store size before eviction (default %(default)s)",
+    )
     parser.add_argument(
         "--curve",
         action="store_true",
         help="encrypt the transport with CurveZMQ; peers then need <home>/curve/dispatcher.key (the public certificate)",
     )
-    parser.add_argument("--ready-file", type=Path, help="write the bound address here once listening (for scripts)")
+    parser.add_argument(
+        "--ready-file", type=Path, help="write the bound address here once listening (for scripts)"
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
 
 
@@ -70,46 +101,6 @@ def run_dispatcher(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_status_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("address", help="dispatcher endpoint, e.g. tcp://head:5555")
-    parser.add_argument("--key-file", type=Path, help=f"cluster key file (default ${KEY_ENV} or ~/.retia/cluster.key)")
-    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer (default %(default)s)")
-    parser.add_argument("--curve-server-key", type=Path, help="the dispatcher's public CurveZMQ certificate (with --curve)")
-
-
-def run_status(args: argparse.Namespace) -> int:
-    from .client import query_status
-
-    try:
-        status = query_status(
-            args.address, key=resolve_key(key_file=args.key_file), timeout=args.timeout, curve_server_key=args.curve_server_key
-        )
-    except RetiaError as exc:
-        print(f"retia status: {exc}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps({
-            "dispatcher": status.dispatcher_id,
-            "uptime": status.uptime,
-            "workers": [w.__dict__ for w in status.workers],
-            "trials": status.counts,
-        }, indent=2))  # fmt: skip
-        return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    table = Table(title=f"{status.dispatcher_id} — up {status.uptime:.0f}s")
-    for column in ("worker", "host", "gpu", "state", "trial", "uptime"):
-        table.add_column(column)
-    for w in status.workers:
-        table.add_row(w.worker_id, w.host, w.gpu, w.state, w.trial or "-", f"{w.uptime:.0f}s")
-    console.print(table)
-    console.print("trials: " + ", ".join(f"{state.lower()} {n}" for state, n in status.counts.items()))
-    return 0
-
-
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
@@ -119,6 +110,8 @@ def _setup_logging(level: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m retia.dispatcher", description="Run the retia dispatcher.")
+    parser = argparse.ArgumentParser(
+        prog="python -m retia.dispatcher", description="Run the retia dispatcher."
+    )
     add_dispatcher_arguments(parser)
     return run_dispatcher(parser.parse_args(argv))

@@ -173,10 +173,20 @@ class Journal:
         self._db.execute(
             _UPDATE_SQL,
             (
-                rec.state.value, rec.attempt, rec.worker, rec.reason, rec.exc_type, rec.message, rec.traceback,
-                rec.log_tail, int(rec.cancel_requested), rec.queue_seq, rec.updated, rec.id,
+                rec.state.value,
+                rec.attempt,
+                rec.worker,
+                rec.reason,
+                rec.exc_type,
+                rec.message,
+                rec.traceback,
+                rec.log_tail,
+                int(rec.cancel_requested),
+                rec.queue_seq,
+                rec.updated,
+                rec.id,
             ),
-        )  # fmt: skip
+        )
 
     def payload(self, trial_id: str) -> tuple[bytes, bytes]:
         row = self._db.execute("SELECT evaluator, model FROM payloads WHERE id = ?", (trial_id,)).fetchone()
@@ -197,7 +207,8 @@ class Journal:
     def add_report(self, trial: str, attempt: int, seq: int, final: bool, value: bytes) -> bool:
         """Store a report once; False if this (trial, attempt, seq) is already stored."""
         cur = self._db.execute(
-            "INSERT OR IGNORE INTO reports VALUES (?, ?, ?, ?, ?, ?)", (trial, attempt, seq, int(final), value, time.time())
+            "INSERT OR IGNORE INTO reports VALUES (?, ?, ?, ?, ?, ?)",
+            (trial, attempt, seq, int(final), value, time.time()),
         )
         return cur.rowcount == 1
 
@@ -233,10 +244,26 @@ class Journal:
     @staticmethod
     def _row(rec: TrialRecord) -> tuple[Any, ...]:
         return (
-            rec.id, rec.client, rec.name, rec.state.value, rec.attempt, rec.max_retries, rec.timeout,
-            json.dumps(rec.arch), rec.worker, rec.reason, rec.exc_type, rec.message, rec.traceback,
-            rec.log_tail, int(rec.cancel_requested), rec.queue_seq, rec.created, rec.updated, json.dumps(rec.blobs),
-        )  # fmt: skip
+            rec.id,
+            rec.client,
+            rec.name,
+            rec.state.value,
+            rec.attempt,
+            rec.max_retries,
+            rec.timeout,
+            json.dumps(rec.arch),
+            rec.worker,
+            rec.reason,
+            rec.exc_type,
+            rec.message,
+            rec.traceback,
+            rec.log_tail,
+            int(rec.cancel_requested),
+            rec.queue_seq,
+            rec.created,
+            rec.updated,
+            json.dumps(rec.blobs),
+        )
 
     @staticmethod
     def _record(row: tuple[Any, ...]) -> TrialRecord:

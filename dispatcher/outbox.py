@@ -27,7 +27,9 @@ class Outbox:
         self.bytes_sent = 0
         self._frames: list[list[bytes]] = []
         self._acks: dict[bytes, list[list[object]]] = {}  # peer -> [[trial, attempt, seq], ...]
-        self._events: dict[bytes, list[list[object]]] = {}  # client -> [[type, trial, attempt, seq, body], ...]
+        self._events: dict[
+            bytes, list[list[object]]
+        ] = {}  # client -> [[type, trial, attempt, seq, body], ...]
 
     def send(self, identity: bytes, type: MsgType, body: object = None, **header: object) -> None:
         self._frames.append([identity, *self.session.frames(type, body, **header)])  # type: ignore[arg-type]

@@ -25,10 +25,10 @@ from collections.abc import Callable
 
 import zmq
 
-from retia.curve import secure_server, server_certificate
-from retia.errors import AuthenticationError, ProtocolError
 from retia.blobs import CHUNK as BLOB_CHUNK
 from retia.blobs import BlobStore
+from retia.curve import secure_server, server_certificate
+from retia.errors import AuthenticationError, ProtocolError
 from retia.protocol import (
     Ack,
     BlobRequest,
@@ -118,8 +118,11 @@ class Dispatcher:
         if self.trials:
             _log.info(
                 "recovered %d trials from %s: %d queued, %d running (awaiting their workers)",
-                len(self.trials), self.config.journal_path, len(self.queue), len(self._orphans),
-            )  # fmt: skip
+                len(self.trials),
+                self.config.journal_path,
+                len(self.queue),
+                len(self._orphans),
+            )
 
     def stop(self) -> None:
         """Ask the loop to exit after its current turn (safe from a signal handler)."""
@@ -281,14 +284,24 @@ class Dispatcher:
             if ours and rec is not None and (rec.worker == worker.id or trial_id in self._orphans):
                 self._orphans.pop(trial_id, None)
                 rec.worker = worker.id
-                if trial_id not in worker.trials:  # in the worker's order: the running one, then those it holds
+                if (
+                    trial_id not in worker.trials
+                ):  # in the worker's order: the running one, then those it holds
                     worker.trials.append(trial_id)
                 self.journal.update_trial(rec)
                 _log.info("worker %s still runs trial %s attempt %d: adopted", worker.id, trial_id, attempt)
             else:
-                self._send(identity, MsgType.CANCEL, Cancel("this attempt was given up"), trial=trial_id, attempt=attempt)
+                self._send(
+                    identity,
+                    MsgType.CANCEL,
+                    Cancel("this attempt was given up"),
+                    trial=trial_id,
+                    attempt=attempt,
+                )
         if old is None:
-            _log.info("worker %s joined from %s (gpu %s, pid %d)", worker.id, worker.host, worker.gpu, worker.pid)
+            _log.info(
+                "worker %s joined from %s (gpu %s, pid %d)", worker.id, worker.host, worker.gpu, worker.pid
+            )
 
     def _on_submit(self, identity: bytes, msg: Message) -> None:
         sub: Submit = msg.body
@@ -299,9 +312,16 @@ class Dispatcher:
         if client_id not in self.clients:
             self.clients[client_id] = Client(client_id, identity, time.monotonic() + self.config.expiry)
         rec = TrialRecord(
-            trial_id, client_id, sub.name, TrialState.QUEUED, 0, max(0, sub.max_retries), sub.timeout, sub.arch,
+            trial_id,
+            client_id,
+            sub.name,
+            TrialState.QUEUED,
+            0,
+            max(0, sub.max_retries),
+            sub.timeout,
+            sub.arch,
             blobs=[list(b) for b in sub.blobs],
-        )  # fmt: skip
+        )
         if self.journal.add_trial(rec, sub.evaluator, sub.model):
             self._payloads[trial_id] = (sub.evaluator, sub.model)
             self.trials[trial_id] = rec
@@ -329,11 +349,18 @@ class Dispatcher:
             data = self.blobs.read(req.digest, req.offset, min(req.length, BLOB_CHUNK))
             size = self.blobs.size(req.digest)
         except (OSError, ValueError):
-            self._send(identity, MsgType.ACK, Ack(False, f"blob {req.digest[:12]} is not on the dispatcher"), trial=req.digest)
+            self._send(
+                identity,
+                MsgType.ACK,
+                Ack(False, f"blob {req.digest[:12]} is not on the dispatcher"),
+                trial=req.digest,
+            )
             return
         self.blobs.touch(req.digest)
         last = req.offset + len(data) >= size
-        self._send(identity, MsgType.BLOB_DATA, FileChunk(req.digest, req.offset, data, last), trial=req.digest)
+        self._send(
+            identity, MsgType.BLOB_DATA, FileChunk(req.digest, req.offset, data, last), trial=req.digest
+        )
 
     def _on_ready(self, identity: bytes, ready: Ready) -> None:
         worker = self.workers[identity]
@@ -347,18 +374,28 @@ class Dispatcher:
         """The trial a worker's message is about, if that attempt is still the live one."""
         worker = self.workers[identity]
         rec = self.trials.get(msg.header.trial)
-        if rec is None or rec.state is not TrialState.RUNNING or rec.attempt != msg.header.attempt or rec.worker != worker.id:
+        if (
+            rec is None
+            or rec.state is not TrialState.RUNNING
+            or rec.attempt != msg.header.attempt
+            or rec.worker != worker.id
+        ):
             _log.info(
                 "ignored %s for trial %s attempt %d from worker %s: not the live attempt",
-                msg.type.name, msg.header.trial, msg.header.attempt, worker.id,
-            )  # fmt: skip
+                msg.type.name,
+                msg.header.trial,
+                msg.header.attempt,
+                worker.id,
+            )
             return None
         return rec
 
     def _on_report(self, identity: bytes, msg: Message) -> None:
         h = msg.header
         rec = self._current(identity, msg)
-        if rec is not None and self.journal.add_report(h.trial, h.attempt, h.seq, msg.body.final, msg.payload):
+        if rec is not None and self.journal.add_report(
+            h.trial, h.attempt, h.seq, msg.body.final, msg.payload
+        ):
             self._event(rec, MsgType.REPORT, msg.payload)
         self._ack(identity, msg)
 
@@ -409,7 +446,9 @@ class Dispatcher:
         self._recalled &= {t for w in holders for t in w.trials[1:]}  # forget those answered or gone
         for donor, trial in pick_recalls(holders, self._recalled, len(self.idle) - len(self._recalled)):
             cancel = Cancel(f"given back to start on an idle worker, not after {donor.trial}", give_back=True)
-            self._send(donor.identity, MsgType.CANCEL, cancel, trial=trial, attempt=self.trials[trial].attempt)
+            self._send(
+                donor.identity, MsgType.CANCEL, cancel, trial=trial, attempt=self.trials[trial].attempt
+            )
 
     def _given_back(self, rec: TrialRecord) -> None:
         """A worker returned a held trial it never started: first in the queue again, the attempt not spent."""
@@ -489,7 +528,9 @@ class Dispatcher:
         A trial the worker held behind the running one is re-queued whatever its attempt count:
         it most likely never started, and it cannot have caused the loss."""
         rec.reason = reason
-        if self.journal.has_final(rec.id, rec.attempt):  # its result is in: running it again would report twice
+        if self.journal.has_final(
+            rec.id, rec.attempt
+        ):  # its result is in: running it again would report twice
             rec.reason = f"{reason} after its final result was stored"
             self._finish(rec, TrialState.SUCCEEDED)
         elif rec.cancel_requested:
@@ -517,15 +558,26 @@ class Dispatcher:
         self._event_state(rec)
         _log.log(  # a success is in the journal and the client's table; a log line each is noise at 1,000/s
             logging.DEBUG if state is TrialState.SUCCEEDED else logging.INFO,
-            "trial %s %s (attempt %d on %s)%s", rec.id, state.value, rec.attempt, rec.worker or "no worker",
+            "trial %s %s (attempt %d on %s)%s",
+            rec.id,
+            state.value,
+            rec.attempt,
+            rec.worker or "no worker",
             f": {rec.reason}" if rec.reason else "",
-        )  # fmt: skip
+        )
 
     def _event_state(self, rec: TrialRecord) -> None:
         change = StateChange(
-            rec.state.value, rec.attempt, rec.worker, rec.reason, rec.exc_type, rec.message, rec.traceback,
-            rec.log_tail, self.artifacts.trial_path(rec.client, rec.id),
-        )  # fmt: skip
+            rec.state.value,
+            rec.attempt,
+            rec.worker,
+            rec.reason,
+            rec.exc_type,
+            rec.message,
+            rec.traceback,
+            rec.log_tail,
+            self.artifacts.trial_path(rec.client, rec.id),
+        )
         self._event(rec, MsgType.STATE, self.session.pack_body(change))
 
     def _event(self, rec: TrialRecord, kind: MsgType, body: bytes) -> None:
@@ -548,10 +600,17 @@ class Dispatcher:
             worker.trials.append(rec.id)
             self._offer_slot(worker)
             evaluator, model = self._payloads.pop(rec.id, None) or self.journal.payload(rec.id)
-            rec.state, rec.attempt, rec.worker, rec.reason = TrialState.RUNNING, rec.attempt + 1, worker.id, ""
+            rec.state, rec.attempt, rec.worker, rec.reason = (
+                TrialState.RUNNING,
+                rec.attempt + 1,
+                worker.id,
+                "",
+            )
             self.journal.update_trial(rec)
             self._event_state(rec)
-            runs.setdefault(identity, []).append([rec.id, rec.attempt, evaluator, model, rec.timeout, rec.name, rec.blobs])
+            runs.setdefault(identity, []).append(
+                [rec.id, rec.attempt, evaluator, model, rec.timeout, rec.name, rec.blobs]
+            )
             _log.debug("trial %s RUNNING on %s (attempt %d)", rec.id, worker.id, rec.attempt)
         if self._rebalance_due:
             self._rebalance_due = False

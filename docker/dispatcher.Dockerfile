@@ -23,6 +23,7 @@ RUN pip install "pyzmq>=25" "msgpack>=1.0" "cloudpickle>=3.0" "rich>=13"
 # meant to run in this image).
 COPY pyproject.toml README.md /src/
 COPY common /src/common
+COPY client /src/client
 COPY dispatcher /src/dispatcher
 COPY worker /src/worker
 RUN pip install --no-deps /src \

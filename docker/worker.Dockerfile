@@ -35,6 +35,7 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" "${TORCH_SPEC}"
 # The project (its other dependencies come from PyPI).
 COPY pyproject.toml README.md /src/
 COPY common /src/common
+COPY client /src/client
 COPY dispatcher /src/dispatcher
 COPY worker /src/worker
 RUN pip install /src \

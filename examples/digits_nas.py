@@ -26,8 +26,8 @@ import retia
 import retia.lightning as pl
 import retia.nn as nn
 from retia import fixed_arch
+from retia.client.report import write_report
 from retia.datasets import DigitsDataset
-from retia.dispatcher.report import write_report
 from retia.strategy import TPE, GridSearch, Random, RegularizedEvolution
 
 
@@ -51,7 +51,9 @@ class DigitsSpace(nn.ModelSpace):
             )
             for i in range(2)
         )
-        self.skip = nn.InputChoice(2, label="skip")  # add the stem's output to the head's input, or the first block's
+        self.skip = nn.InputChoice(
+            2, label="skip"
+        )  # add the stem's output to the head's input, or the first block's
         self.dropout = nn.Dropout(nn.ValueChoice([0.0, 0.2], label="dropout"))
         self.head = nn.Linear(width, 10)
 
@@ -84,15 +86,25 @@ def classification(epochs: int, export_onnx: bool = False, **trainer_kwargs: obj
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=20, help="architectures to evaluate (default %(default)s)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--trials", type=int, default=20, help="architectures to evaluate (default %(default)s)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="local workers (default %(default)s)")
     parser.add_argument("--strategy", choices=sorted(STRATEGIES), default="evolution")
-    parser.add_argument("--epochs", type=int, default=4, help="training epochs per trial (default %(default)s)")
+    parser.add_argument(
+        "--epochs", type=int, default=4, help="training epochs per trial (default %(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("retia-experiments/digits-demo"), help="experiment directory")
+    parser.add_argument(
+        "--out", type=Path, default=Path("retia-experiments/digits-demo"), help="experiment directory"
+    )
     parser.add_argument("--address", help="use a running dispatcher instead of local workers")
-    parser.add_argument("--no-live", action="store_true", help="no live view (it is off anyway when not on a terminal)")
+    parser.add_argument(
+        "--no-live", action="store_true", help="no live view (it is off anyway when not on a terminal)"
+    )
     args = parser.parse_args()
     console = Console()
     logging.basicConfig(level=logging.WARNING)
@@ -105,7 +117,9 @@ def main() -> None:
         f"{args.strategy}, {args.workers} local workers, {args.epochs} epochs each"
     )
     started = time.monotonic()
-    exp = retia.Experiment(space, classification(args.epochs), STRATEGIES[args.strategy](args.seed), path=args.out)
+    exp = retia.Experiment(
+        space, classification(args.epochs), STRATEGIES[args.strategy](args.seed), path=args.out
+    )
     results = exp.run(
         max_trials=args.trials,
         concurrency=args.workers,
@@ -126,9 +140,9 @@ def main() -> None:
     png, summary = write_report(args.out)
     [best] = exp.export_top_models(top_k=1)
     console.print("retraining the best architecture and exporting it to ONNX ...")
-    final = classification(args.epochs, export_onnx=True, enable_progress_bar=False, enable_model_summary=False).evaluate(
-        _Frozen(best), output_dir=args.out / "best-model"
-    )
+    final = classification(
+        args.epochs, export_onnx=True, enable_progress_bar=False, enable_model_summary=False
+    ).evaluate(_Frozen(best), output_dir=args.out / "best-model")
     onnx_file = args.out / "best-model" / "model.onnx"
     console.print(f"best architecture: {best} (val_acc {final.final['default']:.4f} after retraining)")  # type: ignore[index]
     console.print(f"report:   {png}\nsummary:  {summary}\nmodel:    {onnx_file} (open it in Netron)")

@@ -68,7 +68,9 @@ def backend_for(args: argparse.Namespace) -> Iterator[retia.Backend]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=2)
@@ -94,9 +96,16 @@ def main() -> None:
         while asked < args.trials or running:
             while asked < args.trials and len(running) < args.concurrency:
                 ot = study.ask()
-                model = trace(MLP)(hidden=ot.suggest_categorical("hidden", [16, 32, 64, 128]), depth=ot.suggest_int("depth", 1, 3))
+                model = trace(MLP)(
+                    hidden=ot.suggest_categorical("hidden", [16, 32, 64, 128]),
+                    depth=ot.suggest_int("depth", 1, 3),
+                )
                 evaluator = FunctionalEvaluator(
-                    fit, lr=ot.suggest_float("lr", 1e-4, 3e-2, log=True), epochs=args.epochs, train=train, val=val
+                    fit,
+                    lr=ot.suggest_float("lr", 1e-4, 3e-2, log=True),
+                    epochs=args.epochs,
+                    train=train,
+                    val=val,
                 )
                 rt = backend.submit(model, evaluator, name=f"optuna-{ot.number}")
                 rt.add_report_callback(lambda t, value: events.put((t, value)))
@@ -124,7 +133,9 @@ def main() -> None:
             shown = f"{rt.final:.4f}" if rt.final is not None else "-"
             print(f"trial {ot.number:3d} {rt.state.value:9s} {shown:>7} {ot.params}")
 
-    print(f"\nbest accuracy {study.best_value:.4f} with {study.best_params} ({pruned} of {asked} trials pruned)")
+    print(
+        f"\nbest accuracy {study.best_value:.4f} with {study.best_params} ({pruned} of {asked} trials pruned)"
+    )
 
 
 if __name__ == "__main__":

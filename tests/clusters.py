@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from retia.dispatcher.client import Backend
-from retia.dispatcher.cluster import LocalCluster
+from retia.client.backend import Backend
+from retia.client.cluster import LocalCluster
 
 FAST = {"heartbeat_interval": 0.2, "liveness": 5}  # a peer is declared dead after 1 s of silence
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from retia.dispatcher.client import Backend
-from retia.dispatcher.cluster import local_cluster
+from retia.client.backend import Backend
+from retia.client.cluster import local_cluster
 
 from .clusters import FAST
 

@@ -58,8 +58,12 @@ _CHUNK = 1 << 20
 _INLINE = 64 << 10  # artefacts up to this much in all ride inside DONE instead of FILE messages
 _MAX_BATCH = 512
 _DONES_PER_MESSAGE = 8
-_CHILD_AHEAD = 8  # --reuse-process: trials queued in the child's pipe; the rest wait here, quick to cancel or give back
-_SKIP_GRACE = 1.0  # seconds a cancelled trial queued in a --reuse-process child has to be skipped before a kill
+_CHILD_AHEAD = (
+    8  # --reuse-process: trials queued in the child's pipe; the rest wait here, quick to cancel or give back
+)
+_SKIP_GRACE = (
+    1.0  # seconds a cancelled trial queued in a --reuse-process child has to be skipped before a kill
+)
 
 
 class Agent:
@@ -74,7 +78,9 @@ class Agent:
         self._ctx = zmq.Context()
         self._sock: zmq.Socket | None = None
         self.trial: RunningTrial | None = None  # the one running
-        self._queued: deque[RunningTrial] = deque()  # --reuse-process: given to the child after it, not started
+        self._queued: deque[RunningTrial] = (
+            deque()
+        )  # --reuse-process: given to the child after it, not started
         self._unacked: OrderedDict[tuple[str, int, int], Outgoing] = OrderedDict()
         self._stopping = False
         self._last_heard = time.monotonic()
@@ -82,7 +88,9 @@ class Agent:
         self._reconnect_at: float | None = None
         self._reusable: tuple[Any, SpecWriter, Connection] | None = None  # process, specs out, messages in
         self._spare: tuple[Any, Connection, Connection] | None = None  # a fresh process forked ahead of time
-        self._waiting: deque[Message] = deque()  # RUNs held, not given to a process: prefetched, or blobs coming
+        self._waiting: deque[Message] = (
+            deque()
+        )  # RUNs held, not given to a process: prefetched, or blobs coming
         self._last_run = ""
         self._exiting: list[tuple[Any, float]] = []  # finished trial processes still exiting, with a deadline
         self._sent_at: dict[tuple[str, int, int], float] = {}
@@ -91,8 +99,12 @@ class Agent:
         self.blobs = BlobStore(config.blobs_dir, config.blob_cache_bytes)
         self._trials_dir = str(config.trials_dir)
         # --reuse-process: where the child runs each trial (runner.file_scratch); one per agent process
-        self._scratch = os.path.join(self._trials_dir, f".reused-{os.getpid()}") if config.reuse_process else ""
-        self.fetcher = BlobFetcher(self.blobs, lambda req: self._send(MsgType.BLOB_GET, req, trial=req.digest))
+        self._scratch = (
+            os.path.join(self._trials_dir, f".reused-{os.getpid()}") if config.reuse_process else ""
+        )
+        self.fetcher = BlobFetcher(
+            self.blobs, lambda req: self._send(MsgType.BLOB_GET, req, trial=req.digest)
+        )
 
     # ---- lifecycle ----
 
@@ -102,7 +114,11 @@ class Agent:
         proc = self._mp.Process(target=runner.warm_up, name="retia-warmup")
         proc.start()
         proc.join()
-        _log.info("fork server ready in %.2fs (preloaded %s)", time.perf_counter() - started, ", ".join(self.config.preload))
+        _log.info(
+            "fork server ready in %.2fs (preloaded %s)",
+            time.perf_counter() - started,
+            ", ".join(self.config.preload),
+        )
 
     def stop(self) -> None:
         """Ask the loop to exit (safe from a signal handler)."""
@@ -178,9 +194,14 @@ class Agent:
         running = [[t.id, t.attempt] for t in self._started()]
         running += [[m.header.trial, m.header.attempt] for m in self._waiting]
         hello = Hello(
-            Role.WORKER.value, self.id, socket.gethostname(), os.getpid(), self.config.gpu, running,
+            Role.WORKER.value,
+            self.id,
+            socket.gethostname(),
+            os.getpid(),
+            self.config.gpu,
+            running,
             prefetch=int(self.config.prefetch),
-        )  # fmt: skip
+        )
         self._send(MsgType.HELLO, hello)
         for message in self._unacked.values():  # in order: reports, files, then DONE
             self._raw_send(message.frames(self.session))
@@ -303,7 +324,12 @@ class Agent:
         h, run = msg.header, msg.body
         if len(self._started()) + len(self._waiting) > self.config.prefetch:
             _log.error("RUN for %s while busy; refusing it", h.trial)
-            self._send(MsgType.DONE, Done(TrialState.FAILED.value, "worker was busy"), trial=h.trial, attempt=h.attempt)
+            self._send(
+                MsgType.DONE,
+                Done(TrialState.FAILED.value, "worker was busy"),
+                trial=h.trial,
+                attempt=h.attempt,
+            )
             return
         self._last_run = h.trial
         if run.blobs:
@@ -329,10 +355,15 @@ class Agent:
         """The running trial's --reuse-process child is healthy: more trials can queue in it."""
         trial, reusable = self.trial, self._reusable
         return (
-            trial is not None and trial.reused and not trial.kill_reason and reusable is not None
-            and reusable[0] is trial.process and len(self._queued) < _CHILD_AHEAD and not reusable[1].pending
+            trial is not None
+            and trial.reused
+            and not trial.kill_reason
+            and reusable is not None
+            and reusable[0] is trial.process
+            and len(self._queued) < _CHILD_AHEAD
+            and not reusable[1].pending
             and alive(trial.process)
-        )  # fmt: skip
+        )
 
     def _cancel(self, trial_id: str, attempt: int, reason: str, give_back: bool = False) -> None:
         """Stop a trial, or drop it unstarted; ``give_back``: only if unstarted, and it goes back to the queue."""
@@ -373,15 +404,25 @@ class Agent:
         out = os.path.join(self._trials_dir, f"{h.trial}-{h.attempt}")  # the trial process creates it
         log_file = os.path.join(out, "trial.log")
         spec = runner.TrialSpec(
-            h.trial, h.attempt, run.evaluator, run.model, out, log_file,
-            self.config.cuda_visible_devices, self.config.trial_threads, str(self.config.blobs_dir), self._scratch,
-        )  # fmt: skip
+            h.trial,
+            h.attempt,
+            run.evaluator,
+            run.model,
+            out,
+            log_file,
+            self.config.cuda_visible_devices,
+            self.config.trial_threads,
+            str(self.config.blobs_dir),
+            self._scratch,
+        )
         chosen = self._process_for(spec)
         if chosen is None:  # the running trial's child died under it: this one waits for the next child
             self._waiting.appendleft(msg)
             return
         process, reader = chosen
-        trial = RunningTrial(h.trial, h.attempt, process, reader, out, log_file, 0.0, None, run=msg, timeout=run.timeout)
+        trial = RunningTrial(
+            h.trial, h.attempt, process, reader, out, log_file, 0.0, None, run=msg, timeout=run.timeout
+        )
         trial.reused = self.config.reuse_process
         trial.max_artifact_bytes = min(run.max_artifact_bytes, self.config.max_artifact_bytes)
         if self.trial is None:
@@ -440,7 +481,9 @@ class Agent:
             self._spare[2].close()
         reader, writer = self._mp.Pipe(duplex=False)
         spec_reader, spec_writer = self._mp.Pipe(duplex=False)
-        process = self._mp.Process(target=runner.await_trial, args=(spec_reader, writer), name="retia-trial-spare")
+        process = self._mp.Process(
+            target=runner.await_trial, args=(spec_reader, writer), name="retia-trial-spare"
+        )
         process.start()
         writer.close()
         spec_reader.close()
@@ -466,7 +509,9 @@ class Agent:
         """Read what a dead trial process left in the pipe for this trial (a flood can outlive its writer)."""
         while True:
             trial.read_pipe(_MAX_BATCH)
-            if trial.finished or len(trial.pending) < _MAX_BATCH:  # stopped at its end, not at the batch limit
+            if (
+                trial.finished or len(trial.pending) < _MAX_BATCH
+            ):  # stopped at its end, not at the batch limit
                 return
             self._send_reports(trial)
 
@@ -519,7 +564,9 @@ class Agent:
         if dead:
             trial.process.join()
             self._drain(trial)
-        went_down = dead and not (trial.finished and not trial.kill_reason)  # the process ended with this trial
+        went_down = dead and not (
+            trial.finished and not trial.kill_reason
+        )  # the process ended with this trial
         if went_down and trial.reused:
             self._file_scratch(trial)
         if went_down or not trial.reused or (dead and not self._queued):
@@ -558,7 +605,9 @@ class Agent:
         try:
             runner.file_scratch(self._scratch, trial.output_dir)
         except OSError as exc:
-            _log.warning("files of trial %s attempt %d left in %s: %s", trial.id, trial.attempt, self._scratch, exc)
+            _log.warning(
+                "files of trial %s attempt %d left in %s: %s", trial.id, trial.attempt, self._scratch, exc
+            )
 
     def _send_dones(self, dones: list[Outgoing]) -> None:
         """The DONEs of one loop turn: alone, or together in one DONES message (each acknowledged on its own)."""
@@ -568,7 +617,9 @@ class Agent:
             batch = DoneBatch.of([(m.trial, m.attempt, m.seq, m.body) for m in dones])
             self._send(MsgType.DONES, batch)
 
-    def _kill(self, trial: RunningTrial, reason: str, *, state: TrialState = TrialState.FAILED, hard: bool = False) -> None:
+    def _kill(
+        self, trial: RunningTrial, reason: str, *, state: TrialState = TrialState.FAILED, hard: bool = False
+    ) -> None:
         """SIGTERM the trial's process group now and SIGKILL it after the grace period."""
         if not hard and not trial.kill_reason:
             trial.read_pipe(_MAX_BATCH)

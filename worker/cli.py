@@ -20,26 +20,63 @@ REUSE_PREFETCH = 32  # trials a --reuse-process worker holds by default: short t
 
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--connect", required=True, help="dispatcher endpoint, e.g. tcp://head:5555")
-    parser.add_argument("--gpu", default="none", help="CUDA device index this worker owns, or 'none' for CPU (default %(default)s)")
-    parser.add_argument("--key-file", type=Path, help=f"cluster key file (default ${KEY_ENV} or <home>/cluster.key)")
-    parser.add_argument("--home", type=Path, default=DEFAULT_HOME, help="where trial output directories live (default %(default)s)")
+    parser.add_argument(
+        "--gpu",
+        default="none",
+        help="CUDA device index this worker owns, or 'none' for CPU (default %(default)s)",
+    )
+    parser.add_argument(
+        "--key-file", type=Path, help=f"cluster key file (default ${KEY_ENV} or <home>/cluster.key)"
+    )
+    parser.add_argument(
+        "--home",
+        type=Path,
+        default=DEFAULT_HOME,
+        help="where trial output directories live (default %(default)s)",
+    )
     parser.add_argument("--name", default="", help="worker id shown in status (default host-gpuN-pid)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads per trial (default: cores / --workers-per-host)")
-    parser.add_argument("--workers-per-host", type=int, default=1, help="CPU workers sharing this machine's cores (default %(default)s)")
-    parser.add_argument("--heartbeat", type=float, default=1.0, help="heartbeat interval in seconds (default %(default)s)")
-    parser.add_argument("--liveness", type=int, default=5, help="missed heartbeats before reconnecting (default %(default)s)")
-    parser.add_argument("--kill-grace", type=float, default=3.0, help="seconds between SIGTERM and SIGKILL (default %(default)s)")
-    parser.add_argument("--max-artifact-mb", type=float, default=50.0, help="per-trial cap on files sent home (default %(default)s)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads per trial (default: cores / --workers-per-host)"
+    )
+    parser.add_argument(
+        "--workers-per-host",
+        type=int,
+        default=1,
+        help="CPU workers sharing this machine's cores (default %(default)s)",
+    )
+    parser.add_argument(
+        "--heartbeat", type=float, default=1.0, help="heartbeat interval in seconds (default %(default)s)"
+    )
+    parser.add_argument(
+        "--liveness", type=int, default=5, help="missed heartbeats before reconnecting (default %(default)s)"
+    )
+    parser.add_argument(
+        "--kill-grace",
+        type=float,
+        default=3.0,
+        help="seconds between SIGTERM and SIGKILL (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-artifact-mb",
+        type=float,
+        default=50.0,
+        help="per-trial cap on files sent home (default %(default)s)",
+    )
     parser.add_argument(
         "--preload",
         default=",".join(DEFAULT_PRELOAD),
         help="modules the fork server imports once, so trials start warm (default %(default)s)",
     )
     parser.add_argument(
-        "--blob-cache-gb", type=float, default=20.0, help="local cache for large arguments (default %(default)s)"
+        "--blob-cache-gb",
+        type=float,
+        default=20.0,
+        help="local cache for large arguments (default %(default)s)",
     )
     parser.add_argument(
-        "--curve-server-key", type=Path, help="the dispatcher's public CurveZMQ certificate (when it runs with --curve)"
+        "--curve-server-key",
+        type=Path,
+        help="the dispatcher's public CurveZMQ certificate (when it runs with --curve)",
     )
     parser.add_argument(
         "--reuse-process",
@@ -59,7 +96,9 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         f"travel together. Default {REUSE_PREFETCH} with --reuse-process, else 0. Not for long trials: a held "
         "trial waits for this worker even when another one is free",
     )
-    parser.add_argument("--no-prefetch", dest="prefetch", action="store_const", const=0, help="same as --prefetch 0")
+    parser.add_argument(
+        "--no-prefetch", dest="prefetch", action="store_const", const=0, help="same as --prefetch 0"
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
 
 
@@ -87,7 +126,9 @@ def run_worker(args: argparse.Namespace) -> int:
             max_artifact_bytes=int(args.max_artifact_mb * (1 << 20)),
             preload=tuple(m.strip() for m in args.preload.split(",") if m.strip()),
             reuse_process=args.reuse_process,
-            prefetch=(REUSE_PREFETCH if args.reuse_process else 0) if args.prefetch is None else args.prefetch,
+            prefetch=(REUSE_PREFETCH if args.reuse_process else 0)
+            if args.prefetch is None
+            else args.prefetch,
             blob_cache_bytes=int(args.blob_cache_gb * (1 << 30)),
             curve_server_key=args.curve_server_key,
         )
@@ -109,6 +150,8 @@ def _env_key() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m retia.worker", description="Run a retia worker agent (one per GPU).")
+    parser = argparse.ArgumentParser(
+        prog="python -m retia.worker", description="Run a retia worker agent (one per GPU)."
+    )
     add_worker_arguments(parser)
     return run_worker(parser.parse_args(argv))

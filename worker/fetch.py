@@ -38,7 +38,12 @@ class BlobFetcher:
     """Tracks the blobs this worker lacks; the agent feeds it BLOB_DATA and asks when all are here."""
 
     def __init__(
-        self, store: BlobStore, request: Callable[[BlobRequest], None], *, window: int = 8, max_failures: int = 3
+        self,
+        store: BlobStore,
+        request: Callable[[BlobRequest], None],
+        *,
+        window: int = 8,
+        max_failures: int = 3,
     ) -> None:
         self.store = store
         self._request = request
@@ -97,7 +102,12 @@ class BlobFetcher:
             _log.info("blob %s (%d bytes) fetched and verified", fetch.digest[:12], fetch.size)
             return
         fetch.failures += 1
-        _log.warning("blob %s failed verification (%d/%d); fetching it again", fetch.digest[:12], fetch.failures, self.max_failures)
+        _log.warning(
+            "blob %s failed verification (%d/%d); fetching it again",
+            fetch.digest[:12],
+            fetch.failures,
+            self.max_failures,
+        )
         if fetch.failures >= self.max_failures:
             self.give_up(fetch.digest, f"blob {fetch.digest[:12]} failed verification {fetch.failures} times")
             return

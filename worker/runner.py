@@ -29,10 +29,20 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "TrialSpec", "run_trial", "await_trial", "serve_trials", "warm_up",
-    "scratch_log", "file_scratch", "remove_quiet_scratch",
-    "MSG_REPORT", "MSG_ERROR", "MSG_DONE", "MSG_SKIPPED", "MSG_CANCEL",
-]  # fmt: skip
+    "TrialSpec",
+    "run_trial",
+    "await_trial",
+    "serve_trials",
+    "warm_up",
+    "scratch_log",
+    "file_scratch",
+    "remove_quiet_scratch",
+    "MSG_REPORT",
+    "MSG_ERROR",
+    "MSG_DONE",
+    "MSG_SKIPPED",
+    "MSG_CANCEL",
+]
 
 MSG_REPORT, MSG_ERROR, MSG_DONE, MSG_SKIPPED = "report", "error", "done", "skipped"
 MSG_CANCEL = "cancel"  # agent -> --reuse-process child: drop this queued spec if it has not started
@@ -133,7 +143,7 @@ def _evaluate(spec: TrialSpec, output_dir: str, conn: Connection) -> tuple[Any, 
         evaluator = load(spec.evaluator, blob_dir=blob_dir)
         model = load(spec.model, blob_dir=blob_dir)
         evaluator.evaluate(model, output_dir=output_dir, reporter=_pipe_reporter(conn))
-    except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt are trial failures too
+    except BaseException as exc:
         text = traceback.format_exc()
         sys.stderr.write(text)
         sys.stderr.flush()

@@ -13,9 +13,9 @@ import signal
 import struct
 import weakref
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from collections.abc import Iterator
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
@@ -24,9 +24,18 @@ from retia.protocol import Done, FileChunk, Message, TrialState
 from . import runner
 
 __all__ = [
-    "LOG_TAIL_LINES", "RunningTrial", "SpecWriter", "alive", "file_chunks", "list_files", "log_tail",
-    "pick_artifacts", "reap", "set_policy", "tail_of",
-]  # fmt: skip
+    "LOG_TAIL_LINES",
+    "RunningTrial",
+    "SpecWriter",
+    "alive",
+    "file_chunks",
+    "list_files",
+    "log_tail",
+    "pick_artifacts",
+    "reap",
+    "set_policy",
+    "tail_of",
+]
 
 LOG_TAIL_LINES = 50
 
@@ -109,7 +118,9 @@ class RunningTrial:
             exc_type, message, tb = self.error
             state, reason = TrialState.FAILED.value, f"{exc_type}: {message}"
         else:
-            code = None if alive(self.process) else self.process.exitcode  # None: a --reuse-process child lives on
+            code = (
+                None if alive(self.process) else self.process.exitcode
+            )  # None: a --reuse-process child lives on
             if self.returned and code in (0, None):
                 return Done(TrialState.SUCCEEDED.value, "", duration=duration, reports=reports, files=files)
             if code is not None and code < 0:
@@ -215,7 +226,9 @@ def list_files(root: str) -> list[tuple[str, str, int]]:
     return sorted(found)
 
 
-def pick_artifacts(root: str, budget: int, inline_limit: int) -> tuple[list[list[Any]], list[tuple[str, str]]]:
+def pick_artifacts(
+    root: str, budget: int, inline_limit: int
+) -> tuple[list[list[Any]], list[tuple[str, str]]]:
     """The files under ``root`` to send home within ``budget`` bytes: ``[[relative path, data]]`` read
     now, up to ``inline_limit`` bytes in all (they ride inside DONE), and ``(relative path, path)``
     of the rest, to stream. An empty ``trial.log`` stays behind."""
@@ -226,7 +239,9 @@ def pick_artifacts(root: str, budget: int, inline_limit: int) -> tuple[list[list
         if rel == "trial.log" and not size:
             continue  # the trial printed nothing: no file to bring home
         if size > budget:
-            _log.warning("artefact %s (%d bytes) exceeds the remaining cap of %d bytes; not sent", path, size, budget)
+            _log.warning(
+                "artefact %s (%d bytes) exceeds the remaining cap of %d bytes; not sent", path, size, budget
+            )
             continue
         budget -= size
         if inline_bytes + size > inline_limit:

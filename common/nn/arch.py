@@ -97,7 +97,9 @@ def load_arch(arch: ArchLike) -> Arch:
             raise InvalidArchitectureError(f"cannot read architecture JSON {str(path)!r}: {exc}") from exc
         arch = loaded
     if not isinstance(arch, Mapping):
-        raise InvalidArchitectureError(f"an architecture must be a dict {{label: choice}}, got {type(arch).__name__}")
+        raise InvalidArchitectureError(
+            f"an architecture must be a dict {{label: choice}}, got {type(arch).__name__}"
+        )
     bad = [k for k in arch if not isinstance(k, str)]
     if bad:
         raise InvalidArchitectureError(f"architecture labels must be strings, got {bad!r}")
@@ -107,7 +109,9 @@ def load_arch(arch: ArchLike) -> Arch:
 def validate_arch(search_space: Mapping[str, Sequence[Any]], arch: Mapping[str, Any]) -> None:
     """Raise InvalidArchitectureError listing every missing, unknown or invalid label of ``arch``."""
     if not isinstance(arch, Mapping):
-        raise InvalidArchitectureError(f"an architecture must be a dict {{label: choice}}, got {type(arch).__name__}")
+        raise InvalidArchitectureError(
+            f"an architecture must be a dict {{label: choice}}, got {type(arch).__name__}"
+        )
     problems = []
     for label, options in search_space.items():
         if label not in arch:
@@ -210,13 +214,19 @@ class _OpenSpace:
         frame = sys._getframe(1)
         while frame is not None:
             code = frame.f_code
-            if code.co_name == "__init__" and code.co_argcount and frame.f_locals.get(code.co_varnames[0]) is space:
+            if (
+                code.co_name == "__init__"
+                and code.co_argcount
+                and frame.f_locals.get(code.co_varnames[0]) is space
+            ):
                 return True
             frame = frame.f_back
         return False
 
 
-_OPEN: contextvars.ContextVar[tuple[_OpenSpace, ...]] = contextvars.ContextVar("retia_open_spaces", default=())
+_OPEN: contextvars.ContextVar[tuple[_OpenSpace, ...]] = contextvars.ContextVar(
+    "retia_open_spaces", default=()
+)
 
 
 def _open_spaces() -> tuple[_OpenSpace, ...]:

@@ -61,7 +61,9 @@ class LayerChoice(nn.Module):
         obj.__dict__["_retia_spec"] = spec
         return obj
 
-    def __init__(self, candidates: Sequence[nn.Module] | Mapping[str, nn.Module], *, label: str | None = None) -> None:
+    def __init__(
+        self, candidates: Sequence[nn.Module] | Mapping[str, nn.Module], *, label: str | None = None
+    ) -> None:
         spec: ChoiceSpec = self.__dict__.pop("_retia_spec")
         super().__init__()
         self.spec = spec
@@ -100,12 +102,16 @@ def _candidate_items(candidates: Any) -> list[tuple[str, nn.Module]]:
     elif isinstance(candidates, (Sequence, nn.ModuleList)) and not isinstance(candidates, (str, bytes)):
         items = [(str(i), m) for i, m in enumerate(candidates)]
     else:
-        raise TypeError(f"LayerChoice candidates must be a list or a dict of modules, got {type(candidates).__name__}")
+        raise TypeError(
+            f"LayerChoice candidates must be a list or a dict of modules, got {type(candidates).__name__}"
+        )
     if not items:
         raise ValueError("LayerChoice needs at least one candidate")
     for key, module in items:
         if not isinstance(key, str) or not key or "." in key:
-            raise ValueError(f"LayerChoice candidate names must be non-empty strings without '.', got {key!r}")
+            raise ValueError(
+                f"LayerChoice candidate names must be non-empty strings without '.', got {key!r}"
+            )
         if not isinstance(module, nn.Module):
             raise TypeError(f"LayerChoice candidate {key!r} is a {type(module).__name__}, not an nn.Module")
     return items

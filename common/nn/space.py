@@ -75,7 +75,9 @@ class ModelSpace(nn.Module):
         if frozen is None:
             _attach(self, Recipe(cls, args, kwargs))
         else:
-            _attach(self, Recipe(build_frozen, (), {"space": cls, "arch": frozen, "args": args, "kwargs": kwargs}))
+            _attach(
+                self, Recipe(build_frozen, (), {"space": cls, "arch": frozen, "args": args, "kwargs": kwargs})
+            )
         return self
 
     @property
@@ -86,7 +88,9 @@ class ModelSpace(nn.Module):
 
     def search_space(self) -> dict[str, list[Any]]:
         """``{label: [options]}`` for every choice, in construction order."""
-        return {label: [_copy_option(o) for o in spec.options] for label, spec in self._retia_space.specs.items()}
+        return {
+            label: [_copy_option(o) for o in spec.options] for label, spec in self._retia_space.specs.items()
+        }
 
     def random_sample(self, seed: int | None = None) -> Arch:
         """One architecture drawn uniformly (reproducible for a given ``seed``)."""
@@ -135,7 +139,9 @@ class ModelSpace(nn.Module):
                 module.activate(loaded[module.label])
 
 
-def build_frozen(space: type, arch: Arch, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+def build_frozen(
+    space: type, arch: Arch, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+) -> Any:
     """``space(*args, **kwargs)`` under ``fixed_arch(arch)``: the recipe of every frozen model."""
     with fixed_arch(arch, verbose=False):
         return space(*args, **(kwargs or {}))

@@ -6,9 +6,9 @@ import collections
 import logging
 import random
 
+from ..errors import ConfigError
 from .base import Arch, EarlyStop, Index, Strategy
 from .random_search import sample_unseen
-from ..errors import ConfigError
 
 __all__ = ["RegularizedEvolution"]
 

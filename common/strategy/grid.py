@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from .base import Arch, EarlyStop, SearchSpace, Strategy
 from ..errors import ConfigError
+from .base import Arch, EarlyStop, SearchSpace, Strategy
 
 __all__ = ["GridSearch"]
 
@@ -28,8 +28,10 @@ class GridSearch(Strategy):
         self._cursor = 0
         if self.shuffle:
             if self.codec.size > _MAX_SHUFFLED:
-                raise ConfigError(f"GridSearch(shuffle=True) supports at most {_MAX_SHUFFLED} architectures, "
-                                  f"this space has {self.codec.size}")
+                raise ConfigError(
+                    f"GridSearch(shuffle=True) supports at most {_MAX_SHUFFLED} architectures, "
+                    f"this space has {self.codec.size}"
+                )
             self._order = list(range(self.codec.size))
             random.Random(self.seed).shuffle(self._order)
 

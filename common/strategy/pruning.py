@@ -53,9 +53,11 @@ class OptunaPruner:
                 study.tell(self._sync(k, curve), float(curve[-1]))
                 del self._running[k]
             else:
-                study.add_trial(optuna.trial.create_trial(
-                    value=float(curve[-1]), intermediate_values={i: float(v) for i, v in enumerate(curve)}
-                ))
+                study.add_trial(
+                    optuna.trial.create_trial(
+                        value=float(curve[-1]), intermediate_values={i: float(v) for i, v in enumerate(curve)}
+                    )
+                )
         curve = history.get(key, ())
         if not curve or key in self._done:
             return False

@@ -3,8 +3,9 @@ recipes or pickles (the extension codes of the retia-dump/1 msgpack format)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import msgpack
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import collections
+import json
 import logging
 import os
 import threading
@@ -11,18 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import payload_inspect as pi
 import pytest
 import torch
-from torch.utils.data import DataLoader
-
-import retia
-from retia import EvaluationResult, FunctionalEvaluator
-from retia.datasets import DigitsDataset
-from retia.errors import PayloadTooLarge, ReportError, SerializationError
-from retia.reporting import CollectingReporter
-from retia.trace import get_recipe
-
-import payload_inspect as pi
 from fixtures_data import (
     MLP,
     Box,
@@ -34,6 +25,14 @@ from fixtures_data import (
     fit_reports,
     make_marked_mlp,
 )
+from torch.utils.data import DataLoader
+
+import retia
+from retia import EvaluationResult, FunctionalEvaluator
+from retia.datasets import DigitsDataset
+from retia.errors import PayloadTooLarge, ReportError, SerializationError
+from retia.reporting import CollectingReporter
+from retia.trace import get_recipe
 
 MiB = 1 << 20
 
@@ -226,7 +225,9 @@ def test_kwargs_are_recorded_as_a_recipe_and_the_evaluator_round_trips() -> None
 def test_unserializable_kwarg_fails_at_construction_with_its_path() -> None:
     lock = threading.Lock()
     loader = retia.trace(DataLoader)(retia.trace(Box)(value={"guard": lock}), batch_size=1)
-    with pytest.raises(SerializationError, match=r"FunctionalEvaluator\.dataloader\.dataset\.value\.guard") as info:
+    with pytest.raises(
+        SerializationError, match=r"FunctionalEvaluator\.dataloader\.dataset\.value\.guard"
+    ) as info:
         FunctionalEvaluator(fit_reports, values=[], finals=[], dataloader=loader)
     assert info.value.path == "FunctionalEvaluator.dataloader.dataset.value.guard"
     assert "lock" in str(info.value)
@@ -235,7 +236,9 @@ def test_unserializable_kwarg_fails_at_construction_with_its_path() -> None:
         FunctionalEvaluator(fit_reports, values=[], finals=[], stream=(i for i in range(3)))
 
 
-def test_oversized_kwarg_travels_as_a_blob_is_capped_inline_and_big_pickles_warn(caplog: pytest.LogCaptureFixture) -> None:
+def test_oversized_kwarg_travels_as_a_blob_is_capped_inline_and_big_pickles_warn(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     big = FunctionalEvaluator(fit_reports, dataset=retia.trace(Box)(value=np.zeros(65 * MiB, dtype=np.uint8)))
     blobs: dict[str, object] = {}
     assert len(retia.dump(big, blobs=blobs)) < 4096 and len(blobs) == 1  # on the wire: a blob, shipped once
@@ -244,7 +247,9 @@ def test_oversized_kwarg_travels_as_a_blob_is_capped_inline_and_big_pickles_warn
     assert info.value.size > 64 * MiB and info.value.path == "FunctionalEvaluator.dataset.value"
 
     caplog.set_level(logging.WARNING, logger="retia.serializer")
-    chunks = collections.deque(bytes([i % 256]) * 1024 for i in range(3 * 1024))  # no recipe, no array: pickled
+    chunks = collections.deque(
+        bytes([i % 256]) * 1024 for i in range(3 * 1024)
+    )  # no recipe, no array: pickled
     FunctionalEvaluator(fit_reports, dataset=retia.trace(Box)(value=chunks))
     messages = [r.getMessage() for r in caplog.records if r.name == "retia.serializer"]
     assert any("FunctionalEvaluator.dataset.value" in m and "3.0 MiB" in m for m in messages), messages

@@ -46,7 +46,9 @@ def test_import_retia_trace_dump_load_loads_no_torch(tmp_path: Path) -> None:
     assert out == []
 
 
-def test_dumping_and_running_a_functional_evaluator_with_a_plain_function_loads_no_torch(tmp_path: Path) -> None:
+def test_dumping_and_running_a_functional_evaluator_with_a_plain_function_loads_no_torch(
+    tmp_path: Path,
+) -> None:
     out = _run(
         f"""
         import json, sys

@@ -64,7 +64,14 @@ class AutoEncoder(pl.LightningModule):
 
 
 def test_public_names_and_import_retia_stays_light() -> None:
-    assert set(pl.__all__) == {"LightningModule", "Lightning", "Classification", "Regression", "DataLoader", "Trainer"}
+    assert set(pl.__all__) == {
+        "LightningModule",
+        "Lightning",
+        "Classification",
+        "Regression",
+        "DataLoader",
+        "Trainer",
+    }
     code = "import sys, retia; assert 'torch' not in sys.modules and 'pytorch_lightning' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
@@ -93,7 +100,9 @@ def test_autoencoder_example_reports_val_loss(tmp_path: Path, capfd: pytest.Capt
     assert result.final == result.intermediates[-1]
     assert set(result.final) == {"default", "val_loss"}  # type: ignore[arg-type]
     assert result.final["default"] == result.final["val_loss"] < result.intermediates[0]["val_loss"]  # type: ignore[index]
-    assert list((tmp_path / "run").glob("lightning_logs/version_0/*")), "Lightning's logs belong in the trial dir"
+    assert list((tmp_path / "run").glob("lightning_logs/version_0/*")), (
+        "Lightning's logs belong in the trial dir"
+    )
     out, err = capfd.readouterr()
     assert "GPU available" not in out + err and "%|" not in out + err  # no info lines, no progress bar
 
@@ -140,7 +149,10 @@ def test_regression_diabetes_beats_the_mean_and_counts_sparse_validation(tmp_pat
 
 def test_dumped_classification_is_small_and_trains_the_same(tmp_path: Path) -> None:
     evaluator = pl.Classification(
-        learning_rate=3e-3, train_dataloaders=digits("train"), val_dataloaders=digits("val", 256), max_epochs=2
+        learning_rate=3e-3,
+        train_dataloaders=digits("train"),
+        val_dataloaders=digits("val", 256),
+        max_epochs=2,
     )
     data = retia.dump(evaluator)
     assert len(data) < 8 * 1024  # recipes, no dataset
@@ -193,14 +205,22 @@ class NoValidation(pl.LightningModule):
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda: pl.Lightning(PlainModule(), val_dataloaders=digits("val")), "retia.lightning.LightningModule"),
-        (lambda: pl.Lightning(nn.Linear(2, 2), val_dataloaders=digits("val")), "retia.lightning.LightningModule"),
+        (
+            lambda: pl.Lightning(PlainModule(), val_dataloaders=digits("val")),
+            "retia.lightning.LightningModule",
+        ),
+        (
+            lambda: pl.Lightning(nn.Linear(2, 2), val_dataloaders=digits("val")),
+            "retia.lightning.LightningModule",
+        ),
         (
             lambda: pl.Classification(val_dataloaders=torch.utils.data.DataLoader(DigitsDataset("val"))),
             "retia.lightning.DataLoader",
         ),
         (
-            lambda: pl.Classification(train_dataloaders=digits("train"), val_dataloaders=[digits("val"), [1, 2]]),
+            lambda: pl.Classification(
+                train_dataloaders=digits("train"), val_dataloaders=[digits("val"), [1, 2]]
+            ),
             "retia.lightning.DataLoader",
         ),
         (lambda: pl.Classification(train_dataloaders=digits("train")), "no validation data"),
@@ -210,10 +230,15 @@ class NoValidation(pl.LightningModule):
             lambda: pl.Lightning(AutoEncoder(), pytorch_lightning.Trainer(), val_dataloaders=digits("val")),
             "retia.lightning.Trainer",
         ),
-        (lambda: pl.Classification(val_dataloaders=digits("val"), max_epoch=3), r"unknown Trainer option.*max_epoch"),
+        (
+            lambda: pl.Classification(val_dataloaders=digits("val"), max_epoch=3),
+            r"unknown Trainer option.*max_epoch",
+        ),
         (lambda: pl.Classification(val_dataloaders=digits("val"), num_classes=1), "num_classes"),
         (
-            lambda: pl.Classification(val_dataloaders=digits("val"), datamodule=pytorch_lightning.LightningDataModule()),
+            lambda: pl.Classification(
+                val_dataloaders=digits("val"), datamodule=pytorch_lightning.LightningDataModule()
+            ),
             "either a datamodule",
         ),
     ],
@@ -241,6 +266,8 @@ def test_no_validation_metric_logged_is_a_clear_error(tmp_path: Path) -> None:
         def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
             pass  # validates, but logs nothing
 
-    evaluator = pl.Lightning(SilentAutoEncoder(), pl.Trainer(max_epochs=1), val_dataloaders=digits("val", 256))
+    evaluator = pl.Lightning(
+        SilentAutoEncoder(), pl.Trainer(max_epochs=1), val_dataloaders=digits("val", 256)
+    )
     with pytest.raises(ConfigError, match="no validation metric was logged"):
         evaluator.evaluate(Encoder, output_dir=tmp_path / "run")

@@ -226,7 +226,10 @@ def test_input_choice_accepts_tuples_as_after_json() -> None:
 
 
 BAD_ARCHS = [
-    ({k: v for k, v in MLP_ARCH.items() if k != "block1"}, r"missing label 'block1'.*'relu', 'tanh', 'bottleneck'"),
+    (
+        {k: v for k, v in MLP_ARCH.items() if k != "block1"},
+        r"missing label 'block1'.*'relu', 'tanh', 'bottleneck'",
+    ),
     ({**MLP_ARCH, "block9": "relu"}, r"unknown label.*'block9'"),
     ({**MLP_ARCH, "width": 48}, r"'width' has value 48, not one of \[16, 32, 64\]"),
     ({**MLP_ARCH, "skip": True}, r"'skip' has value True, not one of \[0, 1\]"),
@@ -382,7 +385,9 @@ sys.stdout.buffer.write(retia.dump([space, arch, space.freeze(arch)]))
 def test_space_defined_in_main_travels_by_value(tmp_path: Path) -> None:
     script = tmp_path / "user_script.py"
     script.write_text(textwrap.dedent(MAIN_SCRIPT))
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, timeout=120, cwd=tmp_path, check=False)
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, timeout=120, cwd=tmp_path, check=False
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     space, arch, frozen = retia.load(proc.stdout)
     assert type(space).__name__ == "MainSpace"
@@ -397,8 +402,18 @@ def test_space_defined_in_main_travels_by_value(tmp_path: Path) -> None:
 
 
 def test_public_names() -> None:
-    assert {"ModelSpace", "LayerChoice", "InputChoice", "ValueChoice", "fixed_arch", "original_state_dict_hooks",
-            "validate_arch", "Linear", "Conv2d", "Module"} <= set(nn.__all__)
+    assert {
+        "ModelSpace",
+        "LayerChoice",
+        "InputChoice",
+        "ValueChoice",
+        "fixed_arch",
+        "original_state_dict_hooks",
+        "validate_arch",
+        "Linear",
+        "Conv2d",
+        "Module",
+    } <= set(nn.__all__)
     assert all(hasattr(nn, name) for name in nn.__all__)
     assert nn.Linear is torch.nn.Linear and nn.Hardtanh is torch.nn.Hardtanh
     assert retia.original_state_dict_hooks is nn.original_state_dict_hooks

@@ -29,7 +29,9 @@ def _torch_ready() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def flat_digits() -> tuple[DataLoader, DataLoader]:
     return (
-        DataLoader(DigitsDataset("train"), batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0)),
+        DataLoader(
+            DigitsDataset("train"), batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0)
+        ),
         DataLoader(DigitsDataset("val"), batch_size=256),
     )
 
@@ -100,7 +102,9 @@ def test_supernet_trained_with_random_paths_ports_to_the_fixed_model() -> None:
     with original_state_dict_hooks(model):
         model.load_state_dict(super_state)  # strict: every key maps, unchosen candidates are dropped
     assert torch.equal(model.blocks[1].weight, super_state["blocks.1.candidates.conv3x3.weight"])
-    assert torch.equal(model.blocks[0][1].running_mean, super_state["blocks.0.candidates.sepconv.1.running_mean"])
+    assert torch.equal(
+        model.blocks[0][1].running_mean, super_state["blocks.0.candidates.sepconv.1.running_mean"]
+    )
 
     x = torch.stack([data[i][0] for i in range(16)])
     supernet.activate(arch)
@@ -118,7 +122,9 @@ def test_supernet_trained_with_random_paths_ports_to_the_fixed_model() -> None:
     fresh = DigitsConvSpace()
     result = fresh.load_state_dict(saved, strict=False)
     assert not result.unexpected_keys
-    assert all(k.startswith(("blocks.0.candidates.conv", "blocks.1.candidates.conv5x5", "blocks.1.candidates.sep"))
-               for k in result.missing_keys)
+    assert all(
+        k.startswith(("blocks.0.candidates.conv", "blocks.1.candidates.conv5x5", "blocks.1.candidates.sep"))
+        for k in result.missing_keys
+    )
     # hooks are gone after the block
     assert "blocks.1.weight" in model.state_dict()

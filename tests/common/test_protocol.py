@@ -7,20 +7,36 @@ import pytest
 
 from retia.errors import AuthenticationError, ProtocolError
 from retia.protocol import (
-    VERSION, AckBatch, Done, EventBatch, Hello, MsgType, Report, Session, StateChange, StatusReply, TrialState,
+    VERSION,
+    AckBatch,
+    Done,
+    EventBatch,
+    Hello,
+    MsgType,
+    Report,
+    Session,
+    StateChange,
+    StatusReply,
+    TrialState,
     WorkerInfo,
-)  # fmt: skip
+)
 
 KEY = b"k" * 32
 
 
 def test_round_trip_keeps_header_and_body() -> None:
     session = Session(KEY, "w1")
-    frames = session.frames(MsgType.REPORT, Report(False, {"default": 0.5, "loss": 1.0}), trial="t", attempt=2, seq=7)
+    frames = session.frames(
+        MsgType.REPORT, Report(False, {"default": 0.5, "loss": 1.0}), trial="t", attempt=2, seq=7
+    )
     msg = Session(KEY, "dispatcher").parse(frames)
     assert (msg.type, msg.header.trial, msg.header.attempt, msg.header.seq, msg.header.sender) == (
-        MsgType.REPORT, "t", 2, 7, "w1",
-    )  # fmt: skip
+        MsgType.REPORT,
+        "t",
+        2,
+        7,
+        "w1",
+    )
     assert msg.body == Report(False, {"default": 0.5, "loss": 1.0})
     assert msg.payload == frames[3]
 
@@ -35,10 +51,16 @@ def test_nested_bodies_round_trip() -> None:
 def test_a_batch_of_events_decodes_item_by_item() -> None:
     session = Session(KEY, "d")
     report, state = Report(True, 0.5), StateChange(TrialState.SUCCEEDED.value, 1, "w")
-    items = [[int(MsgType.REPORT), "t", 1, 7, session.pack_body(report)], [int(MsgType.STATE), "t", 1, 8, session.pack_body(state)]]
+    items = [
+        [int(MsgType.REPORT), "t", 1, 7, session.pack_body(report)],
+        [int(MsgType.STATE), "t", 1, 8, session.pack_body(state)],
+    ]
     batch = Session(KEY, "c").parse(session.frames(MsgType.EVENTS, EventBatch(items))).body
     decoded = [Session.decode(*item) for item in batch.items]
-    assert [(m.type, m.header.seq, m.body) for m in decoded] == [(MsgType.REPORT, 7, report), (MsgType.STATE, 8, state)]
+    assert [(m.type, m.header.seq, m.body) for m in decoded] == [
+        (MsgType.REPORT, 7, report),
+        (MsgType.STATE, 8, state),
+    ]
     acks = AckBatch([["t", 1, 2], ["u", 0, 3]])
     assert Session(KEY, "c").parse(session.frames(MsgType.ACKS, acks)).body == acks
 

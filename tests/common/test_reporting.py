@@ -25,7 +25,10 @@ from retia.reporting import CollectingReporter, Reporter, default_value, use_rep
         (np.int64(7), 7.0),
         (torch.tensor(0.75), 0.75),
         ({"default": 0.9}, {"default": 0.9}),
-        ({"default": torch.tensor(1.5), "loss": 2, "acc": np.float64(0.1)}, {"default": 1.5, "loss": 2.0, "acc": 0.1}),
+        (
+            {"default": torch.tensor(1.5), "loss": 2, "acc": np.float64(0.1)},
+            {"default": 1.5, "loss": 2.0, "acc": 0.1},
+        ),
     ],
 )
 def test_valid_metrics_are_normalized_to_floats(value, expected) -> None:

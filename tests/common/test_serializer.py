@@ -16,8 +16,10 @@ from pathlib import Path
 
 import msgpack
 import numpy as np
+import payload_inspect as pi
 import pytest
 import torch
+from fixtures_data import Box, TensorFileDataset
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -28,9 +30,6 @@ from retia.datasets import DigitsDataset
 from retia.errors import PayloadTooLarge, RetiaError, SerializationError
 from retia.serializer import DumpOptions
 from retia.trace import Traced, get_recipe
-
-import payload_inspect as pi
-from fixtures_data import Box, TensorFileDataset
 
 MiB = 1 << 20
 
@@ -49,15 +48,19 @@ _scalars = (
 _keys = st.text(max_size=4) | _ints | st.tuples(_ints, st.text(max_size=2))
 _plain = st.recursive(
     _scalars,
-    lambda inner: st.lists(inner, max_size=4)
-    | st.tuples(inner, inner)
-    | st.dictionaries(st.text(max_size=4), inner, max_size=4)
-    | st.dictionaries(_keys, inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(max_size=4), inner, max_size=4)
+        | st.dictionaries(_keys, inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
 
-@settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(_plain)
 def test_plain_data_round_trips_exactly_and_is_never_pickled(value) -> None:
     data = retia.dump(value)
@@ -281,7 +284,7 @@ def test_bad_payloads_raise_serialization_error(data: bytes, match: str) -> None
 
 # --- user code travels by value, installed code by reference ----------------------------------
 
-_USER_MODULE = '''
+_USER_MODULE = """
 import json
 import retia
 
@@ -310,9 +313,9 @@ def fit(model_cls, scale, encode, n):
     for i in range(n):
         retia.report_intermediate_result(scale.apply(i))
     retia.report_final_result({"default": helper(model.size), "encoded": len(encode({"a": 1}))})
-'''
+"""
 
-_LOAD_AND_RUN = '''
+_LOAD_AND_RUN = """
 import importlib.util, json, sys
 import retia
 name = sys.argv[2]
@@ -321,7 +324,7 @@ payload = retia.load(open(sys.argv[1], "rb").read())
 result = payload["evaluator"].evaluate(payload["model"])
 print(json.dumps({"final": result.final, "intermediates": result.intermediates,
                   "module_imported": name in sys.modules, "torch": "torch" in sys.modules}))
-'''
+"""
 
 
 def _run_python(code: str, *args: str, cwd: Path) -> dict:
@@ -343,7 +346,9 @@ def test_user_module_travels_by_value_to_a_fresh_process(
     request.addfinalizer(lambda: sys.modules.pop(name, None))
     mod = importlib.import_module(name)
 
-    evaluator = retia.FunctionalEvaluator(mod.fit, scale=retia.trace(mod.Scale)(factor=2), encode=json.dumps, n=3)
+    evaluator = retia.FunctionalEvaluator(
+        mod.fit, scale=retia.trace(mod.Scale)(factor=2), encode=json.dumps, n=3
+    )
     data = retia.dump({"evaluator": evaluator, "model": mod.Model})
 
     # Installed code is named, the user's code is carried.
@@ -366,7 +371,7 @@ def test_user_module_travels_by_value_to_a_fresh_process(
     }
 
 
-_MAIN_SCRIPT = '''
+_MAIN_SCRIPT = """
 import sys
 import retia
 
@@ -383,14 +388,16 @@ def fit(model_cls, counter):
 evaluator = retia.FunctionalEvaluator(fit, counter=retia.trace(Counter)(start=40))
 with open(sys.argv[1], "wb") as f:
     f.write(retia.dump({"evaluator": evaluator, "model": lambda: [1, 2]}))
-'''
+"""
 
 
 def test_classes_from_main_and_lambdas_travel_by_value(tmp_path: Path) -> None:
     script = tmp_path / "experiment.py"
     script.write_text(textwrap.dedent(_MAIN_SCRIPT))
     payload = tmp_path / "payload.bin"
-    proc = subprocess.run([sys.executable, str(script), str(payload)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(payload)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     assert len(pi.pickles(payload.read_bytes())) == 3  # fit, Counter, the lambda
 

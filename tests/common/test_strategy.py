@@ -42,10 +42,20 @@ def _drive(s: Strategy, n: int, value=lambda arch: float(arch["a"])) -> list[dic
 
 
 def test_public_names_are_pinned() -> None:
-    assert sorted(strategy_pkg.__all__) == sorted([
-        "TPE", "Arch", "EarlyStop", "GridSearch", "MedianStop", "OptunaPruner", "Random",
-        "RegularizedEvolution", "SearchSpace", "Strategy",
-    ])
+    assert sorted(strategy_pkg.__all__) == sorted(
+        [
+            "TPE",
+            "Arch",
+            "EarlyStop",
+            "GridSearch",
+            "MedianStop",
+            "OptunaPruner",
+            "Random",
+            "RegularizedEvolution",
+            "SearchSpace",
+            "Strategy",
+        ]
+    )
 
 
 def test_import_needs_neither_torch_nor_optuna() -> None:
@@ -55,24 +65,30 @@ def test_import_needs_neither_torch_nor_optuna() -> None:
 
 
 @pytest.mark.parametrize("name", FACTORIES)
-@pytest.mark.parametrize("space, needle", [
-    ({}, "empty"),
-    ([("a", [1])], "dict"),
-    ({"a": [1, 2], "b": []}, "'b'"),
-    ({"a": "abc"}, "'a'"),
-])
+@pytest.mark.parametrize(
+    "space, needle",
+    [
+        ({}, "empty"),
+        ([("a", [1])], "dict"),
+        ({"a": [1, 2], "b": []}, "'b'"),
+        ({"a": "abc"}, "'a'"),
+    ],
+)
 def test_bad_search_space_raises_config_error(name: str, space, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
         FACTORIES[name](0).attach(space)
 
 
 @pytest.mark.parametrize("name", FACTORIES)
-@pytest.mark.parametrize("arch, label", [
-    ({"a": 1, "b": "x"}, "'c'"),
-    ({"a": 1, "b": "x", "c": [2], "z": 0}, "'z'"),
-    ({"a": 4, "b": "x", "c": [2]}, "'a'"),
-    ({"a": 1, "b": "x", "c": [3]}, "'c'"),
-])
+@pytest.mark.parametrize(
+    "arch, label",
+    [
+        ({"a": 1, "b": "x"}, "'c'"),
+        ({"a": 1, "b": "x", "c": [2], "z": 0}, "'z'"),
+        ({"a": 4, "b": "x", "c": [2]}, "'a'"),
+        ({"a": 1, "b": "x", "c": [3]}, "'c'"),
+    ],
+)
 def test_tell_with_a_misshapen_arch_names_the_label(name: str, arch: dict, label: str) -> None:
     s = _attached(name)
     with pytest.raises(InvalidArchitectureError, match=label):

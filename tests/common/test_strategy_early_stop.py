@@ -46,10 +46,14 @@ def _simulate(early_stop: EarlyStop | None, seed: int = 0) -> tuple[int, set[int
     return steps, stopped, qualities
 
 
-@pytest.mark.parametrize("rule", [
-    MedianStop(warmup_steps=2, min_trials=3),
-    OptunaPruner(__import__("optuna").pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)),
-], ids=["MedianStop", "OptunaPruner(MedianPruner)"])
+@pytest.mark.parametrize(
+    "rule",
+    [
+        MedianStop(warmup_steps=2, min_trials=3),
+        OptunaPruner(__import__("optuna").pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)),
+    ],
+    ids=["MedianStop", "OptunaPruner(MedianPruner)"],
+)
 def test_early_stop_cuts_bad_curves_and_never_the_best(rule: EarlyStop) -> None:
     full_steps, none_stopped, qualities = _simulate(None)
     assert none_stopped == set() and full_steps == N_TRIALS * STEPS

@@ -10,7 +10,8 @@ from retia.strategy import TPE, Random, RegularizedEvolution, Strategy
 LABELS = [f"l{i}" for i in range(6)]
 # 6 labels x 5 options (15,625 archs), mixing string, int and list options.
 SPACE = {
-    label: list(range(5)) if i % 2 else [f"op{j}" for j in range(4)] + [[1, 2]] for i, label in enumerate(LABELS)
+    label: list(range(5)) if i % 2 else [f"op{j}" for j in range(4)] + [[1, 2]]
+    for i, label in enumerate(LABELS)
 }
 _prefs = random.Random(1234)
 PREF = [[_prefs.uniform(0, 1) for _ in range(5)] for _ in LABELS]

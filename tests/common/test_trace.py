@@ -8,14 +8,13 @@ from multiprocessing.reduction import ForkingPickler
 
 import pytest
 import torch
+from fixtures_data import Box, TensorFileDataset, positional_only, star_args
 from torch import nn
 from torch.utils.data import DataLoader
 
 import retia
 from retia.datasets import DigitsDataset
 from retia.trace import Recipe, Traced, get_recipe, is_traced
-
-from fixtures_data import Box, TensorFileDataset, positional_only, star_args
 
 
 def test_trace_class_returns_traced_callable_that_builds_real_instances() -> None:

@@ -19,7 +19,6 @@ import yaml
 
 from retia.cli import build_parser
 
-
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 COMPOSE = DOCKER / "compose.yaml"
@@ -75,7 +74,9 @@ def compose_images() -> dict[str, Path]:
         build = service["build"]
         context = (COMPOSE.parent / build["context"]).resolve()
         dockerfile = context / build["dockerfile"]
-        assert (context / "pyproject.toml").is_file(), f"{name}: build context {context} is not the repository root"
+        assert (context / "pyproject.toml").is_file(), (
+            f"{name}: build context {context} is not the repository root"
+        )
         assert dockerfile.is_file(), f"{name}: {dockerfile} does not exist"
         image = service["image"].rsplit(":", 1)[0]
         assert images.setdefault(image, dockerfile) == dockerfile, f"image {image} built from two Dockerfiles"
@@ -136,7 +137,9 @@ def secret_mount(pod_spec: dict[str, Any], container: dict[str, Any], key_file: 
         if "secret" in volume and key_file.startswith(mount["mountPath"].rstrip("/") + "/"):
             relative = key_file[len(mount["mountPath"].rstrip("/")) + 1 :]
             items = volume["secret"].get("items")
-            assert items is None or relative in {i["path"] for i in items}, f"{key_file} is not among the secret's items"
+            assert items is None or relative in {i["path"] for i in items}, (
+                f"{key_file} is not among the secret's items"
+            )
             return volume["secret"]
     pytest.fail(f"--key-file {key_file} is not inside a mounted Secret volume")
 

@@ -19,22 +19,21 @@ import pytest
 from retia.errors import ConfigError
 from retia.keys import load_key
 
-
 from .files import (
-    K8S,
     DOCKER,
+    K8S,
     KEY_TARGET,
     PORT,
     ROOT,
     SUBCOMMAND_OF_IMAGE,
     child_env,
     cmd,
-    load_compose,
     compose_argv,
     compose_images,
     entrypoint,
     free_port,
     load_all,
+    load_compose,
     option,
     parse,
     replace_option,
@@ -43,7 +42,6 @@ from .files import (
     wait_for,
     write_key,
 )
-
 
 # ---------------------------------------------------------------- every YAML parses
 
@@ -78,7 +76,9 @@ def test_dockerfile_entrypoint_and_cmd_are_retia_commands(dockerfile: str) -> No
     for line in text.splitlines():
         if line.startswith("COPY"):
             for source in line.split()[1:-1]:
-                assert (ROOT / source).exists(), f"{dockerfile}: COPY {source}: no such path in the repository"
+                assert (ROOT / source).exists(), (
+                    f"{dockerfile}: COPY {source}: no such path in the repository"
+                )
     for needed in ("pyproject.toml", "README.md", "common", "dispatcher", "worker"):
         assert re.search(rf"^COPY .*\b{needed}\b", text, re.M), f"{dockerfile} does not copy {needed}"
     ignore = DOCKER / f"{dockerfile}.dockerignore"
@@ -90,7 +90,9 @@ def test_worker_image_installs_gpu_torch_before_the_project() -> None:
     text = (DOCKER / "worker.Dockerfile").read_text()
     assert re.search(r"^ARG TORCH_INDEX_URL=https://download\.pytorch\.org/whl/cu\d+$", text, re.M)
     assert re.search(r"^FROM \$\{CUDA_IMAGE\}$", text, re.M) and "ARG CUDA_IMAGE=nvidia/cuda:" in text
-    torch_at = re.search(r'^RUN pip install --index-url "\$\{TORCH_INDEX_URL\}" "\$\{TORCH_SPEC\}"$', text, re.M)
+    torch_at = re.search(
+        r'^RUN pip install --index-url "\$\{TORCH_INDEX_URL\}" "\$\{TORCH_SPEC\}"$', text, re.M
+    )
     project_at = re.search(r"^RUN pip install /src\b", text, re.M)
     assert torch_at and project_at and torch_at.start() < project_at.start()
 
@@ -100,7 +102,9 @@ def test_dispatcher_image_installs_exactly_the_dispatcher_imports(tmp_path: Path
     """The slim image's explicit pip list == the distributions the dispatcher side imports (+ their deps)."""
     text = (DOCKER / "dispatcher.Dockerfile").read_text()
     assert "pip install --no-deps /src" in text
-    installs = [m for m in re.findall(r"pip install ([^\n&\\]+)", text) if "/src" not in m and "--upgrade" not in m]
+    installs = [
+        m for m in re.findall(r"pip install ([^\n&\\]+)", text) if "/src" not in m and "--upgrade" not in m
+    ]
     assert not any("torch" in m or "lightning" in m for m in installs), installs
     assert len(installs) == 1, installs
     listed = {_norm(re.split(r"[<>=!~ ]", req.strip("\"'"))[0]) for req in shlex.split(installs[0])}
@@ -109,7 +113,7 @@ def test_dispatcher_image_installs_exactly_the_dispatcher_imports(tmp_path: Path
         """
         import importlib.metadata, json, sys
         at_startup = set(sys.modules)  # site hooks (e.g. setuptools' _distutils_hack), not retia's doing
-        import retia.cli, retia.dispatcher.service, retia.dispatcher.cli, retia.dispatcher.client
+        import retia.cli, retia.dispatcher.service, retia.dispatcher.cli, retia.client.backend
         import rich.console, rich.table          # run_status's table (imported lazily)
         retia.cli.build_parser()
         tops = {m.split(".")[0] for m in set(sys.modules) - at_startup} - set(sys.stdlib_module_names) - {"retia"}
@@ -117,11 +121,17 @@ def test_dispatcher_image_installs_exactly_the_dispatcher_imports(tmp_path: Path
         print(json.dumps(sorted({d for t in tops for d in dists.get(t, [])})))
         """
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=child_env())
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=child_env()
+    )
     assert out.returncode == 0, out.stderr
     imported = {_norm(d) for d in json.loads(out.stdout)}
-    assert listed <= imported, f"the dispatcher image installs {sorted(listed - imported)}, which it never imports"
-    assert imported <= _closure(listed), f"the dispatcher imports {sorted(imported - _closure(listed))}, not installed"
+    assert listed <= imported, (
+        f"the dispatcher image installs {sorted(listed - imported)}, which it never imports"
+    )
+    assert imported <= _closure(listed), (
+        f"the dispatcher imports {sorted(imported - _closure(listed))}, not installed"
+    )
 
 
 def _norm(name: str) -> str:
@@ -157,7 +167,9 @@ def test_dispatcher_side_imports_no_torch(tmp_path: Path, processes: list[subpro
         "heavy = sorted(m for m in ('torch', 'pytorch_lightning') if m in sys.modules)\n"
         "assert not heavy, heavy\n"
     )
-    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60, env=child_env())
+    out = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, timeout=60, env=child_env()
+    )
     assert out.returncode == 0, out.stderr
 
     # And a running dispatcher answering `retia status` with torch made unimportable.
@@ -172,17 +184,35 @@ def test_dispatcher_side_imports_no_torch(tmp_path: Path, processes: list[subpro
     ready = tmp_path / "ready"
     address = f"tcp://127.0.0.1:{free_port()}"
     dispatcher = subprocess.Popen(
-        [sys.executable, "-c", blocked, "dispatcher", "--bind", address, "--home", str(tmp_path / "home"),
-         "--key-file", str(key), "--ready-file", str(ready)],
-        env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            blocked,
+            "dispatcher",
+            "--bind",
+            address,
+            "--home",
+            str(tmp_path / "home"),
+            "--key-file",
+            str(key),
+            "--ready-file",
+            str(ready),
+        ],
+        env=child_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     processes.append(dispatcher)
     wait_for(ready, dispatcher, 30)
     for extra in ([], ["--json"]):
         status = subprocess.run(
             [sys.executable, "-c", blocked, "status", address, "--key-file", str(key), *extra],
-            capture_output=True, text=True, timeout=30, env=child_env(),
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=child_env(),
+        )
         assert status.returncode == 0, status.stderr
     assert stop(dispatcher) == 0, dispatcher.stderr.read() if dispatcher.stderr else ""
 
@@ -266,7 +296,9 @@ def test_compose_dispatcher_and_worker_commands_run_for_real(
     # the healthcheck command, pointed at the local key
     health = replace_option(services["dispatcher"]["healthcheck"]["test"][1:], "--key-file", str(key))
     health = [address if a.startswith("tcp://127.0.0.1:") else a for a in health]
-    out = subprocess.run(retia_exe() + health[1:], capture_output=True, text=True, timeout=30, env=child_env())
+    out = subprocess.run(
+        retia_exe() + health[1:], capture_output=True, text=True, timeout=30, env=child_env()
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["workers"] == []
 
@@ -282,12 +314,17 @@ def test_compose_dispatcher_and_worker_commands_run_for_real(
     deadline = time.monotonic() + 90
     workers: list[dict[str, Any]] = []
     while not workers:
-        assert worker.poll() is None, f"worker exited {worker.returncode}: {worker.stderr.read() if worker.stderr else ''}"
+        assert worker.poll() is None, (
+            f"worker exited {worker.returncode}: {worker.stderr.read() if worker.stderr else ''}"
+        )
         assert time.monotonic() < deadline, "the worker never showed up in retia status"
         out = subprocess.run(
             retia_exe() + ["status", address, "--key-file", str(key), "--json"],
-            capture_output=True, text=True, timeout=30, env=child_env(),
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=child_env(),
+        )
         assert out.returncode == 0, out.stderr
         workers = json.loads(out.stdout)["workers"]
         time.sleep(0.3)
@@ -296,8 +333,11 @@ def test_compose_dispatcher_and_worker_commands_run_for_real(
     # the plain (rich table) status as a person would type it
     out = subprocess.run(
         retia_exe() + ["status", address, "--key-file", str(key)],
-        capture_output=True, text=True, timeout=30, env=child_env(),
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=child_env(),
+    )
     assert out.returncode == 0 and "worker-0" in out.stdout, out.stderr
 
     assert stop(worker, timeout=30) == 0, worker.stderr.read() if worker.stderr else ""

@@ -18,7 +18,6 @@ import pytest
 from retia.errors import ConfigError
 from retia.keys import load_key
 
-
 from .files import (
     K8S,
     PORT,
@@ -35,7 +34,6 @@ from .files import (
     sbatch_retia_commands,
     secret_mount,
 )
-
 
 # ---------------------------------------------------------------- Kubernetes
 
@@ -146,7 +144,9 @@ def test_sbatch_worker_takes_its_own_gpu_from_slurm(tmp_path: Path) -> None:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SLURM_LOCALID": local_id}
         if visible:
             env["CUDA_VISIBLE_DEVICES"] = visible
-        out = subprocess.run(["bash", "-c", picker + '\necho "$gpu"'], capture_output=True, text=True, env=env, timeout=30)
+        out = subprocess.run(
+            ["bash", "-c", picker + '\necho "$gpu"'], capture_output=True, text=True, env=env, timeout=30
+        )
         assert out.stdout.strip() == expected, (visible, local_id, out.stdout, out.stderr)
 
 
@@ -177,7 +177,7 @@ exit $status
 
 _EXPERIMENT = r"""
 import argparse, json, sys, time
-from retia.dispatcher.client import query_status
+from retia.client.backend import query_status
 from retia.keys import resolve_key
 
 parser = argparse.ArgumentParser()
@@ -238,8 +238,12 @@ def test_sbatch_script_runs_end_to_end_with_a_fake_srun(tmp_path: Path) -> None:
     env.pop("CUDA_VISIBLE_DEVICES", None)
     job = subprocess.Popen(
         ["bash", str(SBATCH), str(experiment), "--workers", "1"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         output, _ = job.communicate(timeout=200)
     finally:

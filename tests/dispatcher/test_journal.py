@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from retia.protocol import MsgType, TrialState
 from retia.dispatcher.journal import Journal, TrialRecord
+from retia.protocol import MsgType, TrialState
 
 
 def _record(trial_id: str) -> TrialRecord:

@@ -11,10 +11,10 @@ import pytest
 import zmq
 
 from retia import FunctionalEvaluator
-from retia.dispatcher.client import connect
-from retia.errors import WorkerLostError
+from retia.client.backend import connect
 from retia.dispatcher.config import DispatcherConfig
 from retia.dispatcher.service import Dispatcher
+from retia.errors import WorkerLostError
 from retia.protocol import Done, Hello, Message, MsgType, Ready, ReportBatch, Session, Submit, TrialState
 
 from ..integration import fits
@@ -34,7 +34,9 @@ def dispatcher(tmp_path: Path) -> Iterator[Dispatcher]:
     thread.join(timeout=10)
 
 
-_unread_runs: dict[int, list[Message]] = {}  # socket -> RUNs that came inside a RUNS message, not yet returned
+_unread_runs: dict[
+    int, list[Message]
+] = {}  # socket -> RUNs that came inside a RUNS message, not yet returned
 
 
 def _receive(sock: zmq.Socket, session: Session, wanted: MsgType, timeout_ms: int = 5000) -> Message | None:
@@ -99,7 +101,9 @@ def test_a_repeated_done_is_stored_once_and_frees_nothing(dispatcher: Dispatcher
     session = _hello(worker)
     finals: list[str] = []
     with connect(dispatcher.address, key=KEY) as client:
-        client.add_listener(lambda trial, kind, body: finals.append(trial.id) if kind is MsgType.REPORT else None)
+        client.add_listener(
+            lambda trial, kind, body: finals.append(trial.id) if kind is MsgType.REPORT else None
+        )
         trials = [client.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting)) for _ in range(3)]
         assert _receive(worker, session, MsgType.RUN) is not None
         done = _done(session, trials[0].id, [1, True, 1.0])
@@ -112,7 +116,9 @@ def test_a_repeated_done_is_stored_once_and_frees_nothing(dispatcher: Dispatcher
         assert finals == [trials[0].id]
 
 
-def test_a_prefetching_worker_holds_exactly_one_more_trial(dispatcher: Dispatcher, worker: zmq.Socket) -> None:
+def test_a_prefetching_worker_holds_exactly_one_more_trial(
+    dispatcher: Dispatcher, worker: zmq.Socket
+) -> None:
     session = _hello(worker, prefetch=1)  # (the trials it is given at once come in one RUNS message)
     with connect(dispatcher.address, key=KEY) as client:
         a, b, c = (client.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting)) for _ in range(3))
@@ -128,7 +134,9 @@ def test_a_prefetching_worker_holds_exactly_one_more_trial(dispatcher: Dispatche
         assert [t.attempt for t in (a, b, c)] == [1, 1, 1]
 
 
-def test_a_prefetching_worker_that_leaves_gives_back_both_trials(dispatcher: Dispatcher, worker: zmq.Socket) -> None:
+def test_a_prefetching_worker_that_leaves_gives_back_both_trials(
+    dispatcher: Dispatcher, worker: zmq.Socket
+) -> None:
     session = _hello(worker, prefetch=1)
     with connect(dispatcher.address, key=KEY) as client:
         a, b = (client.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting)) for _ in range(2))
@@ -147,20 +155,30 @@ def test_a_prefetching_worker_that_leaves_gives_back_both_trials(dispatcher: Dis
             assert [a.result(timeout=10), b.result(timeout=10)] == [1.0, 2.0]
 
 
-def test_an_idle_worker_gets_back_a_trial_another_holds_unstarted(dispatcher: Dispatcher, worker: zmq.Socket) -> None:
+def test_an_idle_worker_gets_back_a_trial_another_holds_unstarted(
+    dispatcher: Dispatcher, worker: zmq.Socket
+) -> None:
     session = _hello(worker, prefetch=2)
     with connect(dispatcher.address, key=KEY) as client:
         a, b, c = (client.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting)) for _ in range(3))
         runs = [_receive(worker, session, MsgType.RUN) for _ in range(3)]
-        assert [r.header.trial for r in runs if r is not None] == [a.id, b.id, c.id]  # one runs, two wait there
+        assert [r.header.trial for r in runs if r is not None] == [
+            a.id,
+            b.id,
+            c.id,
+        ]  # one runs, two wait there
         with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as other:
             other.setsockopt(zmq.IDENTITY, b"w2")
             other.setsockopt(zmq.LINGER, 0)
             other.connect(dispatcher.address)
             second = _hello(other, "w2")
             cancel = _receive(worker, session, MsgType.CANCEL)
-            assert cancel is not None and cancel.header.trial == c.id and cancel.body.give_back  # the last one
-            assert _receive(worker, session, MsgType.CANCEL, timeout_ms=500) is None  # one idle worker, one trial
+            assert (
+                cancel is not None and cancel.header.trial == c.id and cancel.body.give_back
+            )  # the last one
+            assert (
+                _receive(worker, session, MsgType.CANCEL, timeout_ms=500) is None
+            )  # one idle worker, one trial
             given_back = Done(TrialState.QUEUED.value, cancel.body.reason)
             worker.send_multipart(session.frames(MsgType.DONE, given_back, trial=c.id, attempt=1, seq=1))
             run = _receive(other, second, MsgType.RUN)
@@ -170,7 +188,9 @@ def test_an_idle_worker_gets_back_a_trial_another_holds_unstarted(dispatcher: Di
             assert c.result(timeout=10) == 3.0 and c.attempt == 1
 
 
-def test_submit_many_travels_as_one_message_and_each_trial_runs_once(dispatcher: Dispatcher, worker: zmq.Socket) -> None:
+def test_submit_many_travels_as_one_message_and_each_trial_runs_once(
+    dispatcher: Dispatcher, worker: zmq.Socket
+) -> None:
     session = _hello(worker, prefetch=4)
     with connect(dispatcher.address, key=KEY) as client:
         evaluator = FunctionalEvaluator(fits.counting)
@@ -181,7 +201,9 @@ def test_submit_many_travels_as_one_message_and_each_trial_runs_once(dispatcher:
         trials = client.submit_many([fits.DigitsMLP] * 5, evaluator, names=ids, trial_ids=ids)
         runs = [_receive(worker, session, MsgType.RUN) for _ in range(5)]
         assert [r.header.trial for r in runs if r is not None] == ids  # in order, to the one worker
-        assert dispatcher.messages_handled - before < 5  # one SUBMITS (and a heartbeat or two), not five SUBMITs
+        assert (
+            dispatcher.messages_handled - before < 5
+        )  # one SUBMITS (and a heartbeat or two), not five SUBMITs
         assert [t.name for t in trials] == ids
         again = client.submit_many([fits.DigitsMLP] * 5, evaluator, trial_ids=ids)  # idempotent, as submit is
         assert [t.id for t in again] == ids and _receive(worker, session, MsgType.RUN, timeout_ms=500) is None
@@ -190,10 +212,14 @@ def test_submit_many_travels_as_one_message_and_each_trial_runs_once(dispatcher:
         assert [t.result(timeout=10) for t in trials] == [0.0, 1.0, 2.0, 3.0, 4.0]
 
 
-def test_a_lost_workers_held_trials_do_not_spend_their_retries(dispatcher: Dispatcher, worker: zmq.Socket) -> None:
+def test_a_lost_workers_held_trials_do_not_spend_their_retries(
+    dispatcher: Dispatcher, worker: zmq.Socket
+) -> None:
     session = _hello(worker, prefetch=1)
     with connect(dispatcher.address, key=KEY) as client:
-        running, held = (client.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting), max_retries=0) for _ in range(2))
+        running, held = (
+            client.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting), max_retries=0) for _ in range(2)
+        )
         assert all(_receive(worker, session, MsgType.RUN) is not None for _ in range(2))
         worker.send_multipart(session.frames(MsgType.BYE))
         with pytest.raises(WorkerLostError):  # it ran there, and it may not run again
@@ -205,7 +231,9 @@ def test_a_lost_workers_held_trials_do_not_spend_their_retries(dispatcher: Dispa
         assert held.attempt == 1 and not held.done()
 
 
-def test_a_burst_of_events_reaches_a_client_in_bounded_batches_in_order(dispatcher: Dispatcher, worker: zmq.Socket) -> None:
+def test_a_burst_of_events_reaches_a_client_in_bounded_batches_in_order(
+    dispatcher: Dispatcher, worker: zmq.Socket
+) -> None:
     session = _hello(worker)
     with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as client:
         client.setsockopt(zmq.IDENTITY, b"c1")
@@ -217,7 +245,9 @@ def test_a_burst_of_events_reaches_a_client_in_bounded_batches_in_order(dispatch
         assert _receive(worker, session, MsgType.RUN) is not None
         n = 3000
         items = [[i + 1, False, float(i)] for i in range(n)]
-        worker.send_multipart(session.frames(MsgType.REPORTS, ReportBatch(items), trial="t1", attempt=1, seq=n))
+        worker.send_multipart(
+            session.frames(MsgType.REPORTS, ReportBatch(items), trial="t1", attempt=1, seq=n)
+        )
         worker.send_multipart(_done(session, "t1", [n + 1, True, -1.0]))
         values: list[float] = []
         sizes: list[int] = []
@@ -228,7 +258,9 @@ def test_a_burst_of_events_reaches_a_client_in_bounded_batches_in_order(dispatch
             if not client.poll(1000):
                 continue
             msg = me.parse(client.recv_multipart())
-            events = [Session.decode(*item) for item in msg.body.items] if msg.type is MsgType.EVENTS else [msg]
+            events = (
+                [Session.decode(*item) for item in msg.body.items] if msg.type is MsgType.EVENTS else [msg]
+            )
             if msg.type is MsgType.EVENTS:
                 sizes.append(len(events))
             for event in events:

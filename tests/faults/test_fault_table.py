@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 
 from retia import FunctionalEvaluator
-from retia.dispatcher.client import Backend, connect
-from retia.dispatcher.cluster import local_cluster
+from retia.client.backend import Backend, connect
+from retia.client.cluster import local_cluster
 from retia.protocol import TrialState
 
-from ..integration import fits
 from ..clusters import FAST, journal_path, processes, worker_index
+from ..integration import fits
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -69,25 +69,61 @@ SLOW = {"steps": 6, "delay": 0.3}
 FAULTS = [
     Fault("fit raises", fits.raising, TrialState.FAILED, "ValueError: the model diverged", 1),
     Fault("fit calls sys.exit(3)", fits.exiting, TrialState.FAILED, "fit called sys.exit(3)", 1, {"code": 3}),
-    Fault("fit calls os._exit(0)", fits.hard_exit, TrialState.FAILED, "exited with code 0 before fit returned", 1),
+    Fault(
+        "fit calls os._exit(0)",
+        fits.hard_exit,
+        TrialState.FAILED,
+        "exited with code 0 before fit returned",
+        1,
+    ),
     Fault("fit segfaults", fits.segfault, TrialState.FAILED, "killed by SIGSEGV", 1),
     Fault("fit aborts", fits.aborting, TrialState.FAILED, "killed by SIGABRT", 1),
-    Fault("fit hangs past its timeout", fits.hanging, TrialState.FAILED, "timed out after 1.0s", 1, timeout=1.0),
-    Fault("evaluator fails to unpickle on the worker", fits.uses, TrialState.FAILED,
-          "SerializationError: unpickling an argument failed: RuntimeError: this object cannot be rebuilt here", 1,
-          {"thing": fits.BreaksOnLoad()}),
-    Fault("result is unserializable", fits.unserializable_result, TrialState.FAILED,
-          "ReportError: metric 'model' must be a finite number", 1),
-    Fault("worker SIGKILLed mid-trial", fits.counting, TrialState.SUCCEEDED, "", 2, SLOW, during=_kill_worker),
-    Fault("worker SIGSTOPped past liveness, then SIGCONTed", fits.counting, TrialState.SUCCEEDED, "", 2, SLOW,
-          during=_stop_worker_past_liveness),
-    Fault("dispatcher SIGKILLed and restarted", fits.counting, TrialState.SUCCEEDED, "", 1, SLOW,
-          during=_restart_dispatcher),
-]  # fmt: skip
+    Fault(
+        "fit hangs past its timeout", fits.hanging, TrialState.FAILED, "timed out after 1.0s", 1, timeout=1.0
+    ),
+    Fault(
+        "evaluator fails to unpickle on the worker",
+        fits.uses,
+        TrialState.FAILED,
+        "SerializationError: unpickling an argument failed: RuntimeError: this object cannot be rebuilt here",
+        1,
+        {"thing": fits.BreaksOnLoad()},
+    ),
+    Fault(
+        "result is unserializable",
+        fits.unserializable_result,
+        TrialState.FAILED,
+        "ReportError: metric 'model' must be a finite number",
+        1,
+    ),
+    Fault(
+        "worker SIGKILLed mid-trial", fits.counting, TrialState.SUCCEEDED, "", 2, SLOW, during=_kill_worker
+    ),
+    Fault(
+        "worker SIGSTOPped past liveness, then SIGCONTed",
+        fits.counting,
+        TrialState.SUCCEEDED,
+        "",
+        2,
+        SLOW,
+        during=_stop_worker_past_liveness,
+    ),
+    Fault(
+        "dispatcher SIGKILLed and restarted",
+        fits.counting,
+        TrialState.SUCCEEDED,
+        "",
+        1,
+        SLOW,
+        during=_restart_dispatcher,
+    ),
+]
 
 
 def _check(backend: Backend, fault: Fault) -> None:
-    trial = backend.submit(fits.DigitsMLP, FunctionalEvaluator(fault.fit, **fault.kwargs), timeout=fault.timeout)
+    trial = backend.submit(
+        fits.DigitsMLP, FunctionalEvaluator(fault.fit, **fault.kwargs), timeout=fault.timeout
+    )
     if fault.during is not None:
         next(trial.reports(timeout=60))
         fault.during(backend, trial)
@@ -103,7 +139,9 @@ def _check(backend: Backend, fault: Fault) -> None:
         assert trial.result() == float(SLOW["steps"])
         assert trial.intermediates == [float(i) for i in range(SLOW["steps"])]
     with sqlite3.connect(journal_path(backend)) as db:
-        finals = db.execute("SELECT attempt FROM reports WHERE trial = ? AND final = 1", (trial.id,)).fetchall()
+        finals = db.execute(
+            "SELECT attempt FROM reports WHERE trial = ? AND final = 1", (trial.id,)
+        ).fetchall()
     assert finals == ([(fault.attempts,)] if fault.state is TrialState.SUCCEEDED else [])
     after = backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting, steps=1))
     assert after.result(timeout=90) == 1.0, "the next trial did not run"
@@ -123,7 +161,7 @@ _CLIENT = """
 import sys, time
 sys.path.insert(0, {root!r})
 from retia import FunctionalEvaluator
-from retia.dispatcher.client import connect
+from retia.client.backend import connect
 from tests.integration import fits
 backend = connect({address!r}, key={key!r}, client_id="crashy-client")
 for _ in range(3):
@@ -135,7 +173,9 @@ import os; os._exit(1)
 
 def test_client_dies_and_a_new_process_reconnects_to_its_trials(cluster: Backend, tmp_path: Path) -> None:
     script = tmp_path / "client.py"
-    script.write_text(_CLIENT.format(root=str(Path(__file__).parents[2]), address=cluster.address, key=cluster.key))
+    script.write_text(
+        _CLIENT.format(root=str(Path(__file__).parents[2]), address=cluster.address, key=cluster.key)
+    )
     subprocess.run([sys.executable, str(script)], timeout=120, capture_output=True)
     with connect(cluster.address, key=cluster.key, client_id="crashy-client") as again:
         deadline = time.monotonic() + 60
@@ -145,7 +185,9 @@ def test_client_dies_and_a_new_process_reconnects_to_its_trials(cluster: Backend
         for trial in again.trials.values():
             assert trial.result() == 4.0
             assert trial.intermediates == [0.0, 1.0, 2.0, 3.0]  # every report, once, in order
-    assert cluster.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting, steps=1)).result(timeout=60) == 1.0
+    assert (
+        cluster.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting, steps=1)).result(timeout=60) == 1.0
+    )
 
 
 def test_late_reports_of_a_stopped_worker_are_ignored(tmp_path: Path) -> None:

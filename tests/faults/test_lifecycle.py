@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from retia import FunctionalEvaluator
-from retia.dispatcher.client import Backend
+from retia.client.backend import Backend
 from retia.errors import TrialFailedError
 from retia.protocol import TrialState
 
-from ..integration import fits
 from ..clusters import journal_path, processes, worker_index
+from ..integration import fits
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -55,7 +55,9 @@ def test_worker_killed_mid_trial_reruns_on_the_other_worker_once(fresh_cluster: 
     assert worker_index(fresh_cluster, trial.worker) != victim
     _wait_for(lambda: not _alive(child), timeout=10, what="the orphaned trial process to die")
     with sqlite3.connect(journal_path(fresh_cluster)) as db:
-        finals = db.execute("SELECT attempt FROM reports WHERE trial = ? AND final = 1", (trial.id,)).fetchall()
+        finals = db.execute(
+            "SELECT attempt FROM reports WHERE trial = ? AND final = 1", (trial.id,)
+        ).fetchall()
         state = db.execute("SELECT state, attempt FROM trials WHERE id = ?", (trial.id,)).fetchone()
     assert finals == [(2,)]
     assert state == ("SUCCEEDED", 2)
@@ -84,4 +86,6 @@ def test_cancel_a_running_and_a_queued_trial(cluster: Backend) -> None:
         _wait_for(trial.done, timeout=30, what="cancellation")
         assert trial.state is TrialState.CANCELLED
     assert queued.attempt == 0
-    assert cluster.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting, steps=1)).result(timeout=60) == 1.0
+    assert (
+        cluster.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting, steps=1)).result(timeout=60) == 1.0
+    )

@@ -6,7 +6,8 @@ import ctypes
 import os
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,7 +24,9 @@ class DigitsMLP(nn.Module):
         return self.net(x)
 
 
-def train_digits(model_cls: Callable[[], nn.Module], train: Any, val: Any, epochs: int = 2, seed: int = 0) -> None:
+def train_digits(
+    model_cls: Callable[[], nn.Module], train: Any, val: Any, epochs: int = 2, seed: int = 0
+) -> None:
     """A plain PyTorch loop on digits reporting validation accuracy per epoch and at the end."""
     torch.manual_seed(seed)
     model = model_cls()

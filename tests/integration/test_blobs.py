@@ -11,8 +11,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from retia import FunctionalEvaluator, dump, load, trace
 from retia.blobs import BlobStore, make_blob
-from retia.dispatcher.client import Backend, wait
-from retia.dispatcher.cluster import local_cluster
+from retia.client.backend import Backend, wait
+from retia.client.cluster import local_cluster
 from retia.errors import TrialFailedError
 
 from ..clusters import FAST, processes
@@ -42,8 +42,12 @@ def test_a_traced_tensor_dataset_works_across_the_wire(cluster: Backend) -> None
     y = torch.randint(0, 10, (4096,))
     loader = trace(DataLoader)(trace(TensorDataset)(x, y), batch_size=512)
     payload: dict[str, object] = {}
-    assert len(dump(loader, blobs=payload)) < 40_000 and len(payload) == 1  # x is a blob; y (32 KiB) stays inline
-    trial = cluster.submit(fits.DigitsMLP, FunctionalEvaluator(fits.train_digits, train=loader, val=loader, epochs=1))
+    assert (
+        len(dump(loader, blobs=payload)) < 40_000 and len(payload) == 1
+    )  # x is a blob; y (32 KiB) stays inline
+    trial = cluster.submit(
+        fits.DigitsMLP, FunctionalEvaluator(fits.train_digits, train=loader, val=loader, epochs=1)
+    )
     assert 0.0 <= trial.result(timeout=120)["default"] <= 1.0  # type: ignore[index]
 
 
@@ -51,7 +55,11 @@ def test_blob_values_round_trip_and_map_copy_on_write(tmp_path: Path) -> None:
     import numpy as np
 
     store = BlobStore(tmp_path)
-    values = {"array": np.arange(100_000, dtype=np.float64), "tensor": torch.arange(70_000), "buffer": b"x" * 300_000}
+    values = {
+        "array": np.arange(100_000, dtype=np.float64),
+        "tensor": torch.arange(70_000),
+        "buffer": b"x" * 300_000,
+    }
     blobs: dict[str, object] = {}
     data = dump(values, blobs=blobs)
     assert len(data) < 1024 and len(blobs) == 3
@@ -71,8 +79,12 @@ def test_a_corrupt_cached_blob_is_fetched_again(tmp_path: Path) -> None:
     with local_cluster(workers=1, home=tmp_path / "c", **FAST) as backend:  # type: ignore[arg-type]
         data = torch.randn(2 * MB // 4)
         evaluator = FunctionalEvaluator(fits.tensor_stats, data=data)
-        assert backend.submit(fits.DigitsMLP, evaluator).result(timeout=60) == pytest.approx(float(data[-1000:].sum()))
-        [cached] = [p for p in (processes(backend).home / "worker-0" / "blobs").glob("[0-9a-f]*") if not p.suffix]
+        assert backend.submit(fits.DigitsMLP, evaluator).result(timeout=60) == pytest.approx(
+            float(data[-1000:].sum())
+        )
+        [cached] = [
+            p for p in (processes(backend).home / "worker-0" / "blobs").glob("[0-9a-f]*") if not p.suffix
+        ]
         stat = cached.stat()
         with open(cached, "r+b") as f:  # silent corruption: same size, same mtime
             f.seek(stat.st_size // 2)
@@ -81,7 +93,9 @@ def test_a_corrupt_cached_blob_is_fetched_again(tmp_path: Path) -> None:
 
         os.utime(cached, ns=(stat.st_atime_ns, stat.st_mtime_ns))
         sent = backend.status().bytes_sent
-        assert backend.submit(fits.DigitsMLP, evaluator).result(timeout=60) == pytest.approx(float(data[-1000:].sum()))
+        assert backend.submit(fits.DigitsMLP, evaluator).result(timeout=60) == pytest.approx(
+            float(data[-1000:].sum())
+        )
         assert backend.status().bytes_sent - sent > 2 * MB  # fetched again
         log = (processes(backend).home / "logs" / "worker-0.log").read_text()
         assert "is corrupt; discarding it" in log
@@ -92,7 +106,9 @@ def test_a_blob_that_never_verifies_fails_the_trial_clearly(tmp_path: Path) -> N
         data = torch.randn(MB // 4)
         evaluator = FunctionalEvaluator(fits.tensor_stats, data=data)
         blobs_dir = processes(backend).home / "blobs"
-        first = backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.hanging), timeout=30)  # keeps the worker busy
+        first = backend.submit(
+            fits.DigitsMLP, FunctionalEvaluator(fits.hanging), timeout=30
+        )  # keeps the worker busy
         trial = backend.submit(fits.DigitsMLP, evaluator)
         deadline = time.monotonic() + 60
         while not (stored_blobs := [p for p in blobs_dir.glob("[0-9a-f]*") if not p.suffix]):
@@ -103,4 +119,7 @@ def test_a_blob_that_never_verifies_fails_the_trial_clearly(tmp_path: Path) -> N
         first.cancel()
         with pytest.raises(TrialFailedError, match="failed verification 3 times"):
             trial.result(timeout=90)
-        assert backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting, steps=1)).result(timeout=60) == 1.0
+        assert (
+            backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting, steps=1)).result(timeout=60)
+            == 1.0
+        )

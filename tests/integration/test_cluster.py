@@ -10,8 +10,8 @@ import time
 import pytest
 
 from retia import FunctionalEvaluator, trace
+from retia.client.backend import Backend, wait
 from retia.datasets import DigitsDataset
-from retia.dispatcher.client import Backend, wait
 from retia.errors import TrialFailedError
 from retia.protocol import TrialState
 
@@ -82,7 +82,9 @@ def test_status_command_shows_workers_and_counts_while_trials_run(cluster: Backe
     assert sorted(w["state"] for w in status["workers"]) == ["busy", "busy"]
     assert {w["trial"] for w in status["workers"]} == {t.id for t in busy}
     assert status["trials"]["RUNNING"] == 2
-    assert status["trials"]["SUCCEEDED"] == sum(t.state is TrialState.SUCCEEDED for t in cluster.trials.values())
+    assert status["trials"]["SUCCEEDED"] == sum(
+        t.state is TrialState.SUCCEEDED for t in cluster.trials.values()
+    )
     table = subprocess.run(status_cmd, capture_output=True, text=True, timeout=60, check=True).stdout
     assert "busy" in table and "running 2" in table
     for trial in busy:
@@ -111,6 +113,8 @@ def test_a_classification_trial_and_a_model_space_trial(cluster: Backend) -> Non
         assert isinstance(final, dict) and final["default"] == final["val_acc"] > 0.75  # it learns (unseeded)
         assert len(trial.intermediates) == 4 and trial.intermediates[-1] == final
     assert space_trial.arch == arch
-    assert space_trial.output_dir is not None and space_trial.output_dir.name == space_trial.id  # (it wrote no file)
+    assert (
+        space_trial.output_dir is not None and space_trial.output_dir.name == space_trial.id
+    )  # (it wrote no file)
     with pytest.raises(TypeError, match="needs arch="):
         cluster.submit(space, evaluator)

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from retia import FunctionalEvaluator
-from retia.dispatcher.client import Backend, wait
+from retia.client.backend import Backend, wait
 from retia.protocol import TrialState
 
-from . import fits
 from ..clusters import journal_path, processes
+from . import fits
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -36,7 +36,9 @@ def test_dispatcher_killed_and_restarted_mid_run_loses_and_duplicates_nothing(fr
         assert trial.result() == 4.0
         assert trial.intermediates == [0.0, 1.0, 2.0, 3.0]  # each once, in order
     with sqlite3.connect(journal_path(fresh_cluster)) as db:
-        finals = dict(db.execute("SELECT trial, COUNT(*) FROM reports WHERE final = 1 GROUP BY trial").fetchall())
+        finals = dict(
+            db.execute("SELECT trial, COUNT(*) FROM reports WHERE final = 1 GROUP BY trial").fetchall()
+        )
         states = dict(db.execute("SELECT state, COUNT(*) FROM trials GROUP BY state").fetchall())
         per_attempt = db.execute(
             "SELECT trial, attempt, COUNT(*) FROM reports WHERE final = 0 GROUP BY trial, attempt"

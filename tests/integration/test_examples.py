@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from retia.dispatcher.client import Backend
+from retia.client.backend import Backend
 
 from ..clusters import processes
 
@@ -19,10 +19,23 @@ pytestmark = pytest.mark.timeout(300)
 
 def test_optuna_study_drives_the_dispatcher_as_a_backend(cluster: Backend) -> None:
     out = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "optuna_backend.py"), "--trials", "6", "--epochs", "3",
-         "--address", cluster.address, "--key-file", str(processes(cluster).key_file)],
-        capture_output=True, text=True, timeout=280, check=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "examples" / "optuna_backend.py"),
+            "--trials",
+            "6",
+            "--epochs",
+            "3",
+            "--address",
+            cluster.address,
+            "--key-file",
+            str(processes(cluster).key_file),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=True,
+    )
     rows = re.findall(r"^trial +\d+ (SUCCEEDED|CANCELLED|FAILED)", out.stdout, re.MULTILINE)
     assert len(rows) == 6 and "FAILED" not in rows
     best = float(re.search(r"best accuracy ([0-9.]+)", out.stdout).group(1))  # type: ignore[union-attr]
@@ -32,9 +45,21 @@ def test_optuna_study_drives_the_dispatcher_as_a_backend(cluster: Backend) -> No
 def test_demo_runs_with_a_small_budget(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "digits_nas.py"), "--trials", "4", "--epochs", "1", "--out", str(out)],
-        capture_output=True, text=True, timeout=280, check=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "examples" / "digits_nas.py"),
+            "--trials",
+            "4",
+            "--epochs",
+            "1",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=True,
+    )
     assert "top architectures (4 trials" in proc.stdout
     assert (out / "report.png").stat().st_size > 10_000
     assert "| 1 |" in (out / "summary.md").read_text()

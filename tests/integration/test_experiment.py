@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from retia import Experiment, FunctionalEvaluator, trace
+from retia.client.backend import Backend
+from retia.client.report import write_report
 from retia.datasets import DigitsDataset
-from retia.dispatcher.client import Backend
-from retia.dispatcher.report import write_report
 from retia.errors import ConfigError
 from retia.nn import fixed_arch
 from retia.strategy import TPE, GridSearch, MedianStop, Random, RegularizedEvolution
@@ -35,7 +35,12 @@ def _digits_evaluator() -> FunctionalEvaluator:
 
 @pytest.mark.parametrize(
     "strategy",
-    [Random(seed=0), GridSearch(), RegularizedEvolution(population_size=3, sample_size=2, seed=0), TPE(seed=0, n_startup_trials=2)],
+    [
+        Random(seed=0),
+        GridSearch(),
+        RegularizedEvolution(population_size=3, sample_size=2, seed=0),
+        TPE(seed=0, n_startup_trials=2),
+    ],
     ids=["random", "grid", "evolution", "tpe"],
 )
 def test_each_strategy_searches_digits_and_exports_a_rebuildable_best(
@@ -49,6 +54,7 @@ def test_each_strategy_searches_digits_and_exports_a_rebuildable_best(
     [best] = exp.export_top_models(top_k=1)
     best_result = max(results, key=lambda r: r.score)  # type: ignore[arg-type, return-value]
     assert best == best_result.arch
+
     def build() -> DigitsMLPSpace:  # built inside fit, after its seed, as on the worker
         with fixed_arch(best):
             return DigitsMLPSpace()
@@ -65,7 +71,9 @@ def test_median_stop_cancels_losers_and_saves_epochs(cluster: Backend, tmp_path:
     evaluator = FunctionalEvaluator(fits.arch_score, steps=8, delay=0.15)
     epochs = {}
     for name, early_stop in (("plain", None), ("median", MedianStop(warmup_steps=2, min_trials=2))):
-        exp = Experiment(DigitsMLPSpace(), evaluator, Random(seed=3, early_stop=early_stop), path=tmp_path / name)
+        exp = Experiment(
+            DigitsMLPSpace(), evaluator, Random(seed=3, early_stop=early_stop), path=tmp_path / name
+        )
         results = exp.run(max_trials=10, concurrency=2, address=cluster.address, key=cluster.key, live=False)
         epochs[name] = sum(len(r.intermediates) for r in results)
         cancelled = [r for r in results if r.state == "CANCELLED"]
@@ -79,10 +87,15 @@ def test_median_stop_cancels_losers_and_saves_epochs(cluster: Backend, tmp_path:
 
 
 def test_report_writes_a_png_and_a_summary(cluster: Backend, tmp_path: Path) -> None:
-    exp = Experiment(DigitsMLPSpace(), FunctionalEvaluator(fits.arch_score, steps=3), Random(seed=1), path=tmp_path / "e")
+    exp = Experiment(
+        DigitsMLPSpace(), FunctionalEvaluator(fits.arch_score, steps=3), Random(seed=1), path=tmp_path / "e"
+    )
     results = exp.run(max_trials=4, concurrency=2, address=cluster.address, key=cluster.key, live=False)
     out = subprocess.run(
-        [sys.executable, "-m", "retia.cli", "report", str(tmp_path / "e")], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "retia.cli", "report", str(tmp_path / "e")],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "report.png" in out.stdout
     import matplotlib.image
@@ -125,7 +138,9 @@ def test_killed_experiment_resumes_without_losing_or_rerunning(tmp_path: Path) -
     path = tmp_path / "exp"
     script = tmp_path / "run.py"
     script.write_text(_RUNNER.format(root=str(Path(__file__).parents[2]), path=str(path)))
-    proc = subprocess.Popen([sys.executable, str(script), "start"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "start"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 180
     results_file = path / "trials.jsonl"
     while not (results_file.exists() and results_file.read_text().count('"event": "result"') >= 3):

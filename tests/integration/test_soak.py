@@ -17,14 +17,22 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(300)
 
 
-def test_killed_workers_lose_and_duplicate_no_final_and_no_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_killed_workers_lose_and_duplicate_no_final_and_no_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import soak  # benchmarks/soak.py
 
     config = soak.SoakConfig(
-        trials=300, workers=4, kill_every=1.5, max_kills=2, reports=3, in_flight=100, home=tmp_path / "cluster",
+        trials=300,
+        workers=4,
+        kill_every=1.5,
+        max_kills=2,
+        reports=3,
+        in_flight=100,
+        home=tmp_path / "cluster",
         progress=False,
-    )  # fmt: skip
+    )
     result = soak.run_soak(config)
 
     assert result.kills == 2
@@ -52,13 +60,15 @@ def test_a_final_result_stored_before_its_worker_dies_is_not_reported_twice(tmp_
     import sqlite3
 
     from retia import FunctionalEvaluator
-    from retia.dispatcher.cluster import local_cluster
+    from retia.client.cluster import local_cluster
 
     from ..clusters import FAST, processes, worker_index
 
     with local_cluster(workers=2, home=tmp_path / "c", **FAST) as backend:  # type: ignore[arg-type]
         finals: list[float] = []
-        backend.add_listener(lambda trial, kind, body: finals.append(body.value) if getattr(body, "final", False) else None)
+        backend.add_listener(
+            lambda trial, kind, body: finals.append(body.value) if getattr(body, "final", False) else None
+        )
         trial = backend.submit(dict, FunctionalEvaluator(final_then_linger, linger=2.0), max_retries=2)
         deadline = time.monotonic() + 60
         while trial.final is None:  # the final result has been stored and relayed
@@ -70,5 +80,7 @@ def test_a_final_result_stored_before_its_worker_dies_is_not_reported_twice(tmp_
         assert trial.result(timeout=60) == 1.0
         assert trial.attempt == 1 and "after its final result was stored" in trial.change.reason  # type: ignore[union-attr]
         with sqlite3.connect(processes(backend).home / "journal.sqlite") as db:
-            stored = db.execute("SELECT attempt FROM reports WHERE trial = ? AND final = 1", (trial.id,)).fetchall()
+            stored = db.execute(
+                "SELECT attempt FROM reports WHERE trial = ? AND final = 1", (trial.id,)
+            ).fetchall()
     assert stored == [(1,)] and finals == [1.0], f"finals stored for attempts {stored}, relayed {finals}"

@@ -24,13 +24,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from retia import FunctionalEvaluator
-from retia.dispatcher.client import Backend
-from retia.dispatcher.cluster import local_cluster
+from retia.client.backend import Backend
+from retia.client.cluster import local_cluster
 from retia.errors import AuthenticationError, ProtocolError
 from retia.protocol import VERSION, MsgType, Report, Session, Submit
 
-from ..integration import fits
 from ..clusters import FAST, processes
+from ..integration import fits
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -83,7 +83,9 @@ def _log(backend: Backend) -> str:
 
 def _evil_submit(session: Session, marker: Path, trial: str) -> list[bytes]:
     poisoned = pickle.dumps(_Marker(marker))
-    return session.frames(MsgType.SUBMIT, Submit(poisoned, poisoned, None, None, 0, "evil"), trial=trial, seq=1)
+    return session.frames(
+        MsgType.SUBMIT, Submit(poisoned, poisoned, None, None, 0, "evil"), trial=trial, seq=1
+    )
 
 
 def test_every_kind_of_bad_message_is_dropped_logged_and_never_decoded(target: Backend, marker: Path) -> None:
@@ -153,7 +155,10 @@ def test_fuzzed_frames_raise_only_protocol_or_authentication_errors(
     frames: list[bytes], signed_header: bytes, signed_payload: bytes, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     session = Session(b"k" * 32, "fuzz", max_message_bytes=4096)
-    for candidate in (frames, [VERSION, session.sign(signed_header, signed_payload), signed_header, signed_payload]):
+    for candidate in (
+        frames,
+        [VERSION, session.sign(signed_header, signed_payload), signed_header, signed_payload],
+    ):
         try:
             session.parse(candidate)
         except (ProtocolError, AuthenticationError):
@@ -176,10 +181,21 @@ def test_a_group_readable_key_file_is_refused_by_the_dispatcher(tmp_path: Path) 
     key.write_text("0123456789abcdef0123456789abcdef\n")
     os.chmod(key, 0o640)
     proc = subprocess.run(
-        [sys.executable, "-m", "retia.dispatcher", "--bind", "tcp://127.0.0.1:*", "--home", str(tmp_path),
-         "--key-file", str(key)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "retia.dispatcher",
+            "--bind",
+            "tcp://127.0.0.1:*",
+            "--home",
+            str(tmp_path),
+            "--key-file",
+            str(key),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "chmod 600" in proc.stderr and "group or others" in proc.stderr
 
@@ -191,7 +207,7 @@ def test_a_generated_key_file_is_private(tmp_path: Path) -> None:
 
 
 def test_with_curve_only_peers_holding_the_public_certificate_connect(tmp_path: Path) -> None:
-    from retia.dispatcher.client import connect
+    from retia.client.backend import connect
     from retia.errors import RetiaError
 
     with local_cluster(workers=1, home=tmp_path / "c", curve=True, **FAST) as backend:  # type: ignore[arg-type]

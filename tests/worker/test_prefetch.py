@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from retia import FunctionalEvaluator
-from retia.dispatcher.cluster import local_cluster
+from retia.client.cluster import local_cluster
 from retia.errors import TrialCancelledError, TrialFailedError
 from retia.protocol import TrialState
 
@@ -49,16 +49,22 @@ def test_killing_a_worker_that_holds_a_trial_loses_neither(tmp_path: Path) -> No
     args = ["--reuse-process", "--prefetch", "1"]
     with local_cluster(workers=2, home=tmp_path / "c", worker_args=args, **FAST) as backend:  # type: ignore[arg-type]
         slow = FunctionalEvaluator(fits.counting, steps=8, delay=0.25)
-        trials = [backend.submit(fits.DigitsMLP, slow) for _ in range(4)]  # two per worker: one runs, one waits
+        trials = [
+            backend.submit(fits.DigitsMLP, slow) for _ in range(4)
+        ]  # two per worker: one runs, one waits
         next(trials[0].reports(timeout=60))
         victim = worker_index(backend, trials[0].worker)
-        held = [t for t in trials if t.state is TrialState.RUNNING and worker_index(backend, t.worker) == victim]
+        held = [
+            t for t in trials if t.state is TrialState.RUNNING and worker_index(backend, t.worker) == victim
+        ]
         assert len(held) == 2
         processes(backend).worker_procs[victim].kill()  # SIGKILL the agent
         assert [t.result(timeout=120) for t in trials] == [8.0] * 4
         assert all(worker_index(backend, t.worker) != victim and t.attempt == 2 for t in held)
         with sqlite3.connect(journal_path(backend)) as db:
-            finals = db.execute("SELECT trial, COUNT(*) FROM reports WHERE final = 1 GROUP BY trial").fetchall()
+            finals = db.execute(
+                "SELECT trial, COUNT(*) FROM reports WHERE final = 1 GROUP BY trial"
+            ).fetchall()
         assert sorted(n for _t, n in finals) == [1, 1, 1, 1]
 
 
@@ -93,13 +99,21 @@ def test_trials_queued_in_one_child_run_back_to_back_and_outlive_its_death(tmp_p
         victim = backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting, steps=100, delay=0.1))
         queued = [backend.submit(fits.DigitsMLP, quick) for _ in range(3)]
         next(victim.reports(timeout=60))
-        _wait_for(lambda: all(t.state is TrialState.RUNNING for t in queued))  # given to the worker, not started
+        _wait_for(
+            lambda: all(t.state is TrialState.RUNNING for t in queued)
+        )  # given to the worker, not started
         os.kill(_running_pid(home), signal.SIGKILL)
         with pytest.raises(TrialFailedError, match="SIGKILL"):
             victim.result(timeout=60)
         assert [t.result(timeout=60) for t in queued] == [2.0] * 3
-        assert [t.attempt for t in queued] == [1, 1, 1]  # they never started in the dead child: no attempt spent
-        assert len({_pid(home, t.id) for t in queued}) == 1 and _pid(home, queued[0].id) != _pid(home, victim.id)
+        assert [t.attempt for t in queued] == [
+            1,
+            1,
+            1,
+        ]  # they never started in the dead child: no attempt spent
+        assert len({_pid(home, t.id) for t in queued}) == 1 and _pid(home, queued[0].id) != _pid(
+            home, victim.id
+        )
 
 
 def test_a_trial_cancelled_in_the_childs_queue_is_skipped_without_a_restart(tmp_path: Path) -> None:
@@ -127,7 +141,9 @@ def test_a_worker_that_joins_late_gets_trials_another_holds_unstarted(tmp_path: 
         assert any(worker_index(backend, t.worker) == 1 for t in trials)  # given back, started there
         assert [t.attempt for t in trials] == [1] * 5
         with sqlite3.connect(journal_path(backend)) as db:
-            finals = db.execute("SELECT trial, COUNT(*) FROM reports WHERE final = 1 GROUP BY trial").fetchall()
+            finals = db.execute(
+                "SELECT trial, COUNT(*) FROM reports WHERE final = 1 GROUP BY trial"
+            ).fetchall()
         assert sorted(n for _t, n in finals) == [1] * 5
 
 
@@ -145,7 +161,10 @@ def test_a_large_held_trial_never_blocks_the_worker_while_a_long_one_runs(tmp_pa
         with pytest.raises(TrialCancelledError):
             held[1].result(timeout=2.0)
         assert long.state is TrialState.RUNNING
-        assert long.result(timeout=60) == 12.0 and [held[0].result(timeout=60), held[2].result(timeout=60)] == [1.0, 1.0]
+        assert long.result(timeout=60) == 12.0 and [
+            held[0].result(timeout=60),
+            held[2].result(timeout=60),
+        ] == [1.0, 1.0]
         assert [t.attempt for t in (long, *held)] == [1, 1, 1, 1]  # the worker was never declared lost
 
 
@@ -156,8 +175,12 @@ def test_the_agent_yields_to_the_child_only_while_trials_queue_in_it(tmp_path: P
         running = backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting, steps=12, delay=0.25))
         next(running.reports(timeout=60))
         assert os.sched_getscheduler(agent.pid) == os.SCHED_OTHER  # alone: its reports go out at once
-        queued = [backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.scheduling_policy)) for _ in range(2)]
+        queued = [
+            backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.scheduling_policy)) for _ in range(2)
+        ]
         _wait_for(lambda: os.sched_getscheduler(agent.pid) == os.SCHED_BATCH, timeout=2.0)
         assert running.state is TrialState.RUNNING
-        assert [t.result(timeout=60) for t in queued] == [float(os.SCHED_OTHER)] * 2  # trials keep the normal policy
+        assert [t.result(timeout=60) for t in queued] == [
+            float(os.SCHED_OTHER)
+        ] * 2  # trials keep the normal policy
         _wait_for(lambda: os.sched_getscheduler(agent.pid) == os.SCHED_OTHER, timeout=5.0)

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from retia import FunctionalEvaluator
-from retia.dispatcher.cluster import local_cluster
+from retia.client.cluster import local_cluster
 from retia.errors import TrialFailedError
 
-from ..integration import fits
 from ..clusters import FAST
+from ..integration import fits
 
 pytestmark = pytest.mark.timeout(240)
 

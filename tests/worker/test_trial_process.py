@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from retia import FunctionalEvaluator
-from retia.dispatcher.client import Backend
-from retia.dispatcher.cluster import local_cluster
+from retia.client.backend import Backend
+from retia.client.cluster import local_cluster
 
 from ..clusters import FAST, processes
 from ..integration import fits
@@ -27,7 +27,9 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 def test_every_report_of_a_flood_arrives_once_in_order(backend: Backend) -> None:
     steps = 20_000  # far more than the pipe holds: the process exits long before the agent has read it all
-    trials = [backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting, steps=steps)) for _ in range(2)]
+    trials = [
+        backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting, steps=steps)) for _ in range(2)
+    ]
     for trial in trials:
         assert trial.result(timeout=120) == float(steps)
         assert trial.intermediates == [float(i) for i in range(steps)]
@@ -45,7 +47,9 @@ def test_nested_output_files_come_home_with_their_paths(backend: Backend) -> Non
     assert trial.result(timeout=60) == 1.0 and trial.output_dir is not None
     assert (trial.output_dir / "logs" / "epoch-1" / "metrics.csv").read_text() == "step,loss\n1,0.5\n"
     assert (trial.output_dir / "best.txt").read_text() == "step,loss\n1,0.5\n"  # a link ships its file
-    assert (trial.output_dir / "weights.bin").read_bytes() == bytes(range(256)) * 1024  # streamed in FILE chunks
+    assert (trial.output_dir / "weights.bin").read_bytes() == bytes(
+        range(256)
+    ) * 1024  # streamed in FILE chunks
     assert "fit pid " in (trial.output_dir / "trial.log").read_text()  # small: inside DONE
 
 

@@ -1,0 +1,628 @@
+"""The client side: ``connect(address)`` gives a :class:`Backend` to submit trials to a dispatcher.
+
+Data flow::
+
+    user threads --submit/cancel--> inproc queue --> I/O thread --SUBMIT/CANCEL--> dispatcher
+    user threads <--Trial state, reports, callbacks-- I/O thread <--REPORT/STATE (seq)-- dispatcher
+
+One background thread owns the ZeroMQ socket. Every event from the dispatcher carries a
+sequence number: the client applies each once, and after a reconnect asks for everything
+after the last one it saw, so no report is lost or applied twice.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from retia.blobs import Blob
+from retia.curve import secure_client
+from retia.errors import RemoteTraceback, RetiaError, TrialCancelledError, TrialFailedError, WorkerLostError
+from retia.evaluator import Evaluator, model_factory
+from retia.keys import resolve_key
+from retia.protocol import (
+    Cancel,
+    FileChunk,
+    Hello,
+    Message,
+    MsgType,
+    Outgoing,
+    Role,
+    Session,
+    StateChange,
+    StatusReply,
+    Submit,
+    SubmitBatch,
+    TrialState,
+    batches,
+)
+from retia.reporting import Metric
+from retia.serializer import dump
+from retia.trace import Recipe, get_recipe, trace
+
+__all__ = ["Backend", "Trial", "connect", "wait", "query_status", "FIRST_COMPLETED", "ALL_COMPLETED"]
+
+_log = logging.getLogger(__name__)
+FIRST_COMPLETED = concurrent.futures.FIRST_COMPLETED
+ALL_COMPLETED = concurrent.futures.ALL_COMPLETED
+
+_SUBMITS_PER_MESSAGE = 256
+_SUBMIT_BYTES_PER_MESSAGE = 1 << 20
+ReportCallback = Callable[["Trial", Metric], None]
+DoneCallback = Callable[["Trial"], None]
+
+
+class Trial:
+    """A submitted evaluation: its state, streamed reports and final result (like a Future)."""
+
+    def __init__(self, backend: Backend, trial_id: str, name: str = "", arch: Any = None) -> None:
+        self.id = trial_id
+        self.name = name
+        self.arch = arch
+        self.state = TrialState.QUEUED
+        self.attempt = 0
+        self.worker = ""
+        self.intermediates: list[Metric] = []  # of the current attempt
+        self.final: Metric | None = None
+        self.change: StateChange | None = None
+        self.output_dir: Path | None = None
+        self.submitted = time.monotonic()
+        self._backend = backend
+        self._all_reports: list[Metric] = []
+        self._report_callbacks: list[ReportCallback] = []
+        self._done_callbacks: list[DoneCallback] = []
+
+    def __repr__(self) -> str:
+        return f"Trial({self.id[:8]}, {self.state.value}, attempt={self.attempt})"
+
+    def done(self) -> bool:
+        return self.state.finished
+
+    def reports(self, timeout: float | None = None) -> Iterator[Metric]:
+        """Intermediate results as they arrive (a retried attempt's start again), until the trial ends."""
+        index = 0
+        cond = self._backend._cond
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with cond:
+                while index >= len(self._all_reports) and not self.done():
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise TimeoutError(f"no report from trial {self.id} within {timeout}s")
+                    cond.wait(remaining)
+                batch = self._all_reports[index:]
+                finished = self.done()
+            index += len(batch)
+            yield from batch
+            if finished and index >= len(self._all_reports):
+                return
+
+    def result(self, timeout: float | None = None) -> Metric | None:
+        """Block for the final result; raises TrialFailedError (remote traceback as cause) on failure."""
+        cond = self._backend._cond
+        with cond:
+            if not cond.wait_for(self.done, timeout):
+                raise TimeoutError(
+                    f"trial {self.id} did not finish within {timeout}s (state {self.state.value})"
+                )
+        error = self.exception()
+        if error is not None:
+            raise error
+        return self.final
+
+    def exception(self) -> RetiaError | None:
+        if self.state is TrialState.CANCELLED:
+            reason = self.change.reason if self.change else ""
+            return TrialCancelledError(f"trial {self.id} was cancelled{': ' + reason if reason else ''}")
+        if self.state is not TrialState.FAILED or self.change is None:
+            return None
+        c = self.change
+        cls = WorkerLostError if c.exc_type == "WorkerLostError" else TrialFailedError
+        text = f"trial {self.id} failed after {c.attempt} attempt(s): {c.reason or c.message}"
+        if c.log_tail:
+            text += "\n--- last lines of the trial log ---\n" + c.log_tail
+        error = cls(
+            text, trial_id=self.id, exc_type=c.exc_type, remote_traceback=c.traceback, log_tail=c.log_tail
+        )
+        if c.traceback:
+            error.__cause__ = RemoteTraceback(c.traceback)
+        return error
+
+    def cancel(self, reason: str = "cancelled by the client") -> None:
+        self._backend._cancel(self, reason)
+
+    def add_report_callback(self, fn: ReportCallback) -> None:
+        """``fn(trial, metric)`` on each intermediate report (those already here first), from the I/O thread."""
+        with self._backend._cond:
+            earlier = list(self._all_reports)
+            self._report_callbacks.append(fn)
+        for value in earlier:
+            fn(self, value)
+
+    def add_done_callback(self, fn: DoneCallback) -> None:
+        """``fn(trial)`` once the trial has finished (at once if it already has)."""
+        with self._backend._cond:
+            finished = self.done()
+            if not finished:
+                self._done_callbacks.append(fn)
+        if finished:
+            fn(self)
+
+
+class Backend:
+    """A connection to a dispatcher. Thread-safe; use as a context manager or call :meth:`close`."""
+
+    def __init__(
+        self,
+        address: str,
+        key: bytes,
+        *,
+        client_id: str | None = None,
+        heartbeat_interval: float = 1.0,
+        liveness: int = 5,
+        curve_server_key: str | Path | None = None,
+    ) -> None:
+        self.address = address
+        self.curve_server_key = curve_server_key
+        self.key = key
+        self.client_id = client_id or f"client-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.trials: dict[str, Trial] = {}
+        self.last_event = 0
+        self._session = Session(key, self.client_id)
+        self._interval = heartbeat_interval
+        self._liveness = liveness
+        self._cond = threading.Condition()
+        self._listeners: list[Callable[[Trial, MsgType, Any], None]] = []
+        self._outgoing: queue.SimpleQueue[Outgoing] = queue.SimpleQueue()
+        self._unacked: OrderedDict[tuple[str, int], Outgoing] = OrderedDict()
+        self._seq = 0
+        self._uploaded: set[str] = set()
+        self._ctx = zmq.Context()
+        self._wake_addr = f"inproc://retia-client-{id(self)}"
+        self._wake_pull = self._ctx.socket(zmq.PULL)
+        self._wake_pull.bind(self._wake_addr)
+        self._wake_push = self._ctx.socket(zmq.PUSH)
+        self._wake_push.connect(self._wake_addr)
+        self._wake_lock = threading.Lock()
+        self._closed = threading.Event()
+        self._welcomed = threading.Event()
+        self._thread = threading.Thread(target=self._io_loop, name="retia-client-io", daemon=True)
+        self._thread.start()
+
+    # ---- public API ----
+
+    def submit(
+        self,
+        model: Any,
+        evaluator: Evaluator,
+        *,
+        arch: dict[str, Any] | None = None,
+        timeout: float | None = None,
+        max_retries: int = 2,
+        name: str = "",
+        trial_id: str | None = None,
+    ) -> Trial:
+        """Queue one evaluation of ``model`` (a class, a factory, or a ModelSpace with ``arch``).
+
+        ``trial_id`` makes the submission idempotent: submitting an id the dispatcher already
+        has (after a crash of this process, say) returns that trial instead of running it again.
+        """
+        return self.submit_many(
+            [model],
+            evaluator,
+            archs=[arch],
+            timeout=timeout,
+            max_retries=max_retries,
+            names=[name],
+            trial_ids=[trial_id],
+        )[0]
+
+    def submit_many(
+        self,
+        models: Sequence[Any],
+        evaluator: Evaluator,
+        *,
+        archs: Sequence[dict[str, Any] | None] | None = None,
+        timeout: float | None = None,
+        max_retries: int = 2,
+        names: Sequence[str] | None = None,
+        trial_ids: Sequence[str | None] | None = None,
+    ) -> list[Trial]:
+        """Queue several evaluations with one evaluator, serialized once (a strategy's batch of candidates).
+
+        ``archs``, ``names`` and ``trial_ids``, when given, have one entry per model, as ``submit`` takes them.
+        """
+        if self._closed.is_set():
+            raise RetiaError("this backend is closed; connect again")
+        if not isinstance(evaluator, Evaluator):
+            raise TypeError(f"evaluator must be a retia Evaluator, got {type(evaluator).__name__}")
+        count = len(models)
+        archs, names, trial_ids = (
+            list(given) if given is not None else [default] * count
+            for given, default in ((archs, None), (names, ""), (trial_ids, None))
+        )
+        if not len(archs) == len(names) == len(trial_ids) == count:
+            raise ValueError(f"archs, names and trial_ids need one entry per model ({count})")
+        evaluator_blobs: dict[str, Blob] = {}
+        evaluator_bytes = dump(evaluator, name="evaluator", blobs=evaluator_blobs)
+        bodies = []
+        for model, arch, name in zip(models, archs, names):
+            blobs = dict(evaluator_blobs)
+            model_bytes = dump(_model_recipe(model, arch), name="model", blobs=blobs)
+            for blob in blobs.values():
+                self._upload(blob)  # once per backend
+            refs = [[b.digest, b.size] for b in blobs.values()]
+            bodies.append(Submit(evaluator_bytes, model_bytes, arch, timeout, max_retries, name, refs))
+        trials = []
+        with self._cond:
+            for arch, name, trial_id in zip(archs, names, trial_ids):
+                trial_id = trial_id or uuid.uuid4().hex
+                trial = self.trials.get(trial_id) or Trial(self, trial_id, name, arch)
+                trial.name, trial.arch = name, arch
+                self.trials[trial.id] = trial
+                trials.append(trial)
+        self._enqueue_many([(MsgType.SUBMIT, body, trial.id) for body, trial in zip(bodies, trials)])
+        return trials
+
+    def _upload(self, blob: Blob) -> None:
+        """Send a blob to the dispatcher once per backend, in chunks, before the SUBMIT that needs it."""
+        if blob.digest in self._uploaded:
+            return
+        self._uploaded.add(blob.digest)
+        pieces = list(blob.chunks())
+        for i, (offset, data) in enumerate(pieces):
+            self._enqueue(
+                MsgType.BLOB_PUT, FileChunk(blob.digest, offset, data, i == len(pieces) - 1), blob.digest
+            )
+        if not pieces:
+            self._enqueue(MsgType.BLOB_PUT, FileChunk(blob.digest, 0, b"", True), blob.digest)
+
+    def status(self, timeout: float = 5.0) -> StatusReply:
+        return query_status(
+            self.address, key=self.key, timeout=timeout, curve_server_key=self.curve_server_key
+        )
+
+    def add_listener(self, fn: Callable[[Trial, MsgType, Any], None]) -> None:
+        """``fn(trial, MsgType.REPORT|STATE, Report|StateChange)`` for every event, from the I/O thread."""
+        self._listeners.append(fn)
+
+    def wait_connected(self, timeout: float = 30.0) -> None:
+        if not self._welcomed.wait(timeout):
+            raise RetiaError(
+                f"no answer from a dispatcher at {self.address} within {timeout}s (is it running? same key?)"
+            )
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._wake()
+        self._thread.join(timeout=10)
+        self._wake_push.close(linger=0)
+        self._wake_pull.close(linger=0)
+        self._ctx.term()
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- internals shared with Trial ----
+
+    def _cancel(self, trial: Trial, reason: str) -> None:
+        if not trial.done():
+            self._enqueue(MsgType.CANCEL, Cancel(reason), trial.id)
+
+    def _enqueue(self, type: MsgType, body: Any, trial_id: str) -> None:
+        self._enqueue_many([(type, body, trial_id)])
+
+    def _enqueue_many(self, messages: list[tuple[MsgType, Any, str]]) -> None:
+        with self._wake_lock:
+            for type, body, trial_id in messages:
+                self._seq += 1
+                self._outgoing.put(Outgoing(type, body, trial_id, 0, self._seq))
+        self._wake()
+
+    def _wake(self) -> None:
+        with self._wake_lock:
+            try:
+                self._wake_push.send(b"", zmq.NOBLOCK)
+            except (zmq.Again, zmq.ZMQError):
+                pass
+
+    # ---- the I/O thread ----
+
+    def _io_loop(self) -> None:
+        sock = self._open()
+        last_heard = time.monotonic()
+        next_beat = time.monotonic()
+        backoff = 0.5
+        poller = zmq.Poller()
+        poller.register(self._wake_pull, zmq.POLLIN)
+        poller.register(sock, zmq.POLLIN)
+        try:
+            while not self._closed.is_set():
+                ready = dict(poller.poll(max(0, (next_beat - time.monotonic()) * 1000)))
+                if self._wake_pull in ready:
+                    while self._wake_pull.poll(0):
+                        self._wake_pull.recv()
+                self._send_outgoing(sock)
+                if sock in ready:
+                    if self._read(sock):
+                        last_heard, backoff = time.monotonic(), 0.5
+                now = time.monotonic()
+                if now >= next_beat:
+                    _try_send(sock, self._session.frames(MsgType.HEARTBEAT))
+                    next_beat = now + self._interval
+                if now - last_heard > self._interval * self._liveness + backoff:
+                    _log.warning(
+                        "dispatcher at %s silent for %.1fs; reconnecting", self.address, now - last_heard
+                    )
+                    poller.unregister(sock)
+                    sock.close(linger=0)
+                    sock = self._open()
+                    poller.register(sock, zmq.POLLIN)
+                    last_heard, backoff = now, min(backoff * 2, 32.0)
+        finally:
+            try:
+                sock.send_multipart(self._session.frames(MsgType.BYE), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+            sock.close(linger=100)
+
+    def _open(self) -> zmq.Socket:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, self.client_id.encode())
+        sock.setsockopt(zmq.LINGER, 0)
+        if self.curve_server_key is not None:
+            secure_client(sock, self.curve_server_key)
+        sock.connect(self.address)
+        hello = Hello(
+            Role.CLIENT.value, self.client_id, socket.gethostname(), os.getpid(), last_event=self.last_event
+        )
+        _try_send(sock, self._session.frames(MsgType.HELLO, hello))
+        for message in self._unacked.values():
+            _try_send(sock, message.frames(self._session))
+        return sock
+
+    def _send_outgoing(self, sock: zmq.Socket) -> None:
+        """What user threads queued, in order; consecutive SUBMITs go out together in SUBMITS messages."""
+        submits: list[Outgoing] = []
+        while True:
+            try:
+                message = self._outgoing.get_nowait()
+            except queue.Empty:
+                break
+            if message.seq:  # HELLOs carry no seq and need no acknowledgement
+                self._unacked[(message.trial, message.seq)] = message
+            if message.type is MsgType.SUBMIT and len(submits) < _SUBMITS_PER_MESSAGE:
+                submits.append(message)
+                continue
+            self._send_submits(sock, submits)
+            submits = [message] if message.type is MsgType.SUBMIT else []
+            if not submits:
+                _try_send(sock, message.frames(self._session))
+        self._send_submits(sock, submits)
+
+    def _send_submits(self, sock: zmq.Socket, submits: list[Outgoing]) -> None:
+        def size(m: Outgoing) -> int:
+            return len(m.body.evaluator) + len(m.body.model)
+
+        for part in batches(
+            submits, size, _SUBMITS_PER_MESSAGE, _SUBMIT_BYTES_PER_MESSAGE
+        ):  # well under the limit
+            if len(part) == 1:
+                _try_send(sock, part[0].frames(self._session))
+            else:
+                batch = SubmitBatch.of([(m.trial, m.seq, m.body) for m in part])
+                _try_send(sock, self._session.frames(MsgType.SUBMITS, batch))
+
+    def _read(self, sock: zmq.Socket) -> bool:
+        heard = False
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return heard
+            try:
+                msg = self._session.parse(frames)
+            except RetiaError as exc:
+                _log.warning("dropped message from the dispatcher: %s", exc)
+                continue
+            heard = True
+            self._handle(msg)
+
+    def _handle(self, msg: Message) -> None:
+        h = msg.header
+        if msg.type is MsgType.ACKS:
+            for trial, _attempt, seq in msg.body.items:
+                self._unacked.pop((trial, seq), None)
+        elif msg.type is MsgType.ACK:
+            self._unacked.pop((h.trial, h.seq), None)
+            if not msg.body.ok:
+                _log.error("the dispatcher refused a message about %s: %s", h.trial, msg.body.reason)
+        elif msg.type is MsgType.WELCOME:
+            self._welcomed.set()
+        elif (
+            msg.type is MsgType.RESET
+        ):  # the dispatcher restarted: introduce ourselves, re-send what it lacks
+            hello = Hello(
+                Role.CLIENT.value,
+                self.client_id,
+                socket.gethostname(),
+                os.getpid(),
+                last_event=self.last_event,
+            )
+            self._outgoing.put(Outgoing(MsgType.HELLO, hello))
+            for message in list(self._unacked.values()):
+                self._outgoing.put(message)
+        elif msg.type is MsgType.EVENTS:
+            events = []
+            for kind, trial, attempt, seq, payload in msg.body.items:
+                try:
+                    event = self._session.decode(kind, trial, attempt, seq, payload)
+                except RetiaError as exc:
+                    _log.warning("dropped an event from the dispatcher: %s", exc)
+                    continue
+                if event.type in (MsgType.REPORT, MsgType.STATE) and self._is_new(event):
+                    events.append(event)
+            self._apply(events)
+        elif msg.type in (MsgType.REPORT, MsgType.STATE) and self._is_new(msg):
+            self._apply([msg])
+
+    def _is_new(self, event: Message) -> bool:
+        """Not applied yet (a replay after a reconnect repeats what came before)."""
+        if event.header.seq <= self.last_event:
+            return False
+        self.last_event = event.header.seq
+        return True
+
+    def _apply(self, events: list[Message]) -> None:
+        """Events in order, under one lock and one wake-up of the waiting threads; then the callbacks."""
+        callbacks: list[Callable[[], None]] = []
+        with self._cond:
+            for msg in events:
+                callbacks += self._apply_one(msg)
+            self._cond.notify_all()
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # a user's callback must not kill the I/O thread
+                _log.exception("trial callback failed")
+
+    def _apply_one(self, msg: Message) -> list[Callable[[], None]]:
+        h, callbacks = msg.header, []
+        trial = self.trials.get(h.trial)
+        if trial is None:  # a trial submitted by an earlier process with this client id
+            trial = self.trials[h.trial] = Trial(self, h.trial)
+        if msg.type is MsgType.REPORT:
+            value = msg.body.value
+            if msg.body.final:
+                trial.final = value
+            else:
+                trial.intermediates.append(value)
+                trial._all_reports.append(value)
+                callbacks += [lambda fn=fn: fn(trial, value) for fn in trial._report_callbacks]
+        else:
+            change: StateChange = msg.body
+            state = TrialState(change.state)
+            if state is TrialState.RUNNING and change.attempt != trial.attempt:
+                trial.intermediates = []
+            trial.state, trial.attempt, trial.worker, trial.change = (
+                state,
+                change.attempt,
+                change.worker,
+                change,
+            )
+            if change.output_dir and (trial.output_dir is None or str(trial.output_dir) != change.output_dir):
+                trial.output_dir = Path(change.output_dir)
+            if state.finished:
+                callbacks += [lambda fn=fn: fn(trial) for fn in trial._done_callbacks]
+                trial._done_callbacks.clear()
+        payload = msg.body
+        callbacks += [lambda fn=listener: fn(trial, msg.type, payload) for listener in self._listeners]
+        return callbacks
+
+
+def _try_send(sock: zmq.Socket, frames: list[bytes]) -> None:
+    """Send without blocking; when the dispatcher is unreachable the message waits in ``_unacked``."""
+    try:
+        sock.send_multipart(frames, zmq.NOBLOCK)
+    except zmq.Again:
+        pass
+
+
+def connect(
+    address: str,
+    key: bytes | str | None = None,
+    key_file: str | Path | None = None,
+    *,
+    timeout: float = 30.0,
+    **kwargs: Any,
+) -> Backend:
+    """Connect to a running dispatcher; the key comes from ``key``, ``key_file``, ``$RETIA_KEY`` or ~/.retia."""
+    backend = Backend(address, resolve_key(key, key_file), **kwargs)
+    try:
+        backend.wait_connected(timeout)
+    except RetiaError:
+        backend.close()
+        raise
+    return backend
+
+
+def wait(
+    trials: Iterable[Trial], timeout: float | None = None, return_when: str = ALL_COMPLETED
+) -> tuple[set[Trial], set[Trial]]:
+    """Like ``concurrent.futures.wait``: (done, not_done) once the condition holds or time is up."""
+    pending = list(trials)
+    if not pending:
+        return set(), set()
+    cond = pending[0]._backend._cond
+    deadline = None if timeout is None else time.monotonic() + timeout
+
+    def ready() -> bool:
+        finished = sum(t.done() for t in pending)
+        return finished == len(pending) if return_when == ALL_COMPLETED else finished > 0
+
+    with cond:
+        while not ready():
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            cond.wait(remaining)
+        done = {t for t in pending if t.done()}
+    return done, set(pending) - done
+
+
+def query_status(
+    address: str, *, key: bytes, timeout: float = 5.0, curve_server_key: str | Path | None = None
+) -> StatusReply:
+    """One STATUS round trip on a short-lived socket."""
+    session = Session(key, f"status-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    if curve_server_key is not None:
+        secure_client(sock, curve_server_key)
+    try:
+        sock.connect(address)
+        sock.send_multipart(session.frames(MsgType.STATUS))
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            if not sock.poll(remaining * 1000):
+                break
+            msg = session.parse(sock.recv_multipart())
+            if msg.type is MsgType.STATUS_REPLY:
+                return msg.body  # type: ignore[no-any-return]
+        raise RetiaError(
+            f"no status from a dispatcher at {address} within {timeout}s (is it running? same key?)"
+        )
+    finally:
+        sock.close()
+
+
+def _model_recipe(model: Any, arch: dict[str, Any] | None) -> Any:
+    """What to ship for the model: the factory itself, or (space recipe, arch) for a ModelSpace."""
+    if arch is None:
+        if hasattr(model, "search_space") and not isinstance(model, type):
+            raise TypeError("a ModelSpace instance needs arch=: pass the architecture dict to evaluate")
+        return model_factory(model)
+    recipe = get_recipe(model) if not isinstance(model, type) else Recipe(model)
+    if recipe is None:
+        raise TypeError(f"arch= needs a ModelSpace instance or class, got {type(model).__name__}")
+    from retia.space_ref import FrozenModel
+
+    return trace(FrozenModel)(space=recipe.target, arch=arch, args=recipe.args, kwargs=recipe.kwargs)

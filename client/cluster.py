@@ -1,0 +1,254 @@
+"""``local_cluster``: a private dispatcher and N workers on this machine, over the real code path."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from retia.errors import RetiaError
+from retia.keys import create_key_file, load_key
+
+from .backend import Backend, connect
+
+__all__ = ["LocalCluster", "local_cluster", "detect_gpus"]
+
+_log = logging.getLogger(__name__)
+
+
+def detect_gpus() -> list[str]:
+    """GPU indices visible to this machine, without importing torch (``nvidia-smi -L``)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
+
+
+@dataclass
+class LocalCluster:
+    """The processes of a local cluster; tests use it to kill, stop and restart them for real."""
+
+    home: Path
+    workers: int
+    gpus: Sequence[str] = ()
+    heartbeat_interval: float = 1.0
+    liveness: int = 5
+    journal: str | None = None
+    worker_args: Sequence[str] = ()
+    dispatcher_args: Sequence[str] = ()
+    curve: bool = False
+    address: str = ""
+    dispatcher: subprocess.Popen[bytes] | None = None
+    worker_procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    _logs: list[IO[bytes]] = field(default_factory=list)
+
+    @property
+    def key_file(self) -> Path:
+        return self.home / "cluster.key"
+
+    @property
+    def curve_server_key(self) -> Path | None:
+        """The dispatcher's public CurveZMQ certificate, when the cluster encrypts its transport."""
+        return self.home / "curve" / "dispatcher.key" if self.curve else None
+
+    def start(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        if not self.key_file.exists():
+            create_key_file(self.key_file)
+        self.start_dispatcher()
+        for i in range(self.workers):
+            self.start_worker(i)
+
+    def start_dispatcher(self, bind: str | None = None) -> None:
+        """Start (or restart, on the same journal and address) the dispatcher process."""
+        ready = self.home / "dispatcher.address"
+        ready.unlink(missing_ok=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "retia.dispatcher",
+            "--bind",
+            bind or self.address or "tcp://127.0.0.1:*",
+            "--home",
+            str(self.home),
+            "--ready-file",
+            str(ready),
+            "--heartbeat",
+            str(self.heartbeat_interval),
+            "--liveness",
+            str(self.liveness),
+        ]
+        if self.journal:
+            cmd += ["--journal", self.journal]
+        if self.curve:
+            cmd += ["--curve"]
+        cmd += list(self.dispatcher_args)
+        self.dispatcher = self._spawn(cmd, "dispatcher")
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            if self.dispatcher.poll() is not None:
+                raise RetiaError(
+                    f"the dispatcher exited with code {self.dispatcher.returncode}; see {self.home}/logs"
+                )
+            if time.monotonic() > deadline:
+                raise RetiaError(f"the dispatcher did not start within 30s; see {self.home}/logs")
+            time.sleep(0.02)
+        self.address = ready.read_text().strip()
+
+    def start_worker(self, index: int) -> subprocess.Popen[bytes]:
+        gpu = self.gpus[index % len(self.gpus)] if self.gpus else "none"
+        cmd = [
+            sys.executable,
+            "-m",
+            "retia.worker",
+            "--connect",
+            self.address,
+            "--key-file",
+            str(self.key_file),
+            "--gpu",
+            gpu,
+            "--home",
+            str(self.home / f"worker-{index}"),
+            "--name",
+            f"local-{index}-{os.getpid()}-{time.monotonic_ns() % 10**6}",
+            "--workers-per-host",
+            str(1 if self.gpus else self.workers),
+            "--heartbeat",
+            str(self.heartbeat_interval),
+            "--liveness",
+            str(self.liveness),
+            *self.worker_args,
+        ]
+        if self.curve:
+            cmd += ["--curve-server-key", str(self.curve_server_key)]
+        proc = self._spawn(cmd, f"worker-{index}")
+        if index < len(self.worker_procs):
+            self.worker_procs[index] = proc
+        else:
+            self.worker_procs.append(proc)
+        return proc
+
+    def kill_dispatcher(self, sig: int = signal.SIGKILL) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.send_signal(sig)
+            self.dispatcher.wait(timeout=30)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        procs = [p for p in self.worker_procs if p.poll() is None]
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        _wait_all(procs, timeout)
+        if self.dispatcher is not None and self.dispatcher.poll() is None:
+            self.dispatcher.send_signal(signal.SIGTERM)
+            _wait_all([self.dispatcher], timeout)
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
+
+    def _spawn(self, cmd: list[str], name: str) -> subprocess.Popen[bytes]:
+        logs = self.home / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        log = open(logs / f"{name}.log", "ab")
+        self._logs.append(log)
+        env = {k: v for k, v in os.environ.items() if k != "RETIA_KEY"}
+        return subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            preexec_fn=_die_with_parent,
+        )
+
+
+def _die_with_parent() -> None:
+    """Local cluster processes go when the process that started them goes, even on SIGKILL (Linux)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
+def _wait_all(procs: Sequence[subprocess.Popen[bytes]], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _log.warning("process %d did not stop in time; killing it", proc.pid)
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def local_cluster(
+    workers: int | None = None,
+    *,
+    home: str | Path | None = None,
+    gpus: Sequence[str] | None = None,
+    heartbeat_interval: float = 1.0,
+    liveness: int = 5,
+    journal: str | None = None,
+    worker_args: Sequence[str] = (),
+    dispatcher_args: Sequence[str] = (),
+    client_id: str | None = None,
+    curve: bool = False,
+) -> Iterator[Backend]:
+    """Start a dispatcher and ``workers`` local workers (default: one per GPU, else 2); yield a Backend.
+
+    Everything started is stopped on exit. ``home`` keeps the key, journal, logs and artefacts
+    (a temporary directory, removed afterwards, when not given).
+    """
+    gpu_list = list(gpus) if gpus is not None else detect_gpus()
+    count = workers if workers is not None else (len(gpu_list) or 2)
+    if count < 1:
+        raise RetiaError(f"local_cluster needs at least one worker (got {count})")
+    tmp = None if home is not None else tempfile.mkdtemp(prefix="retia-cluster-")
+    cluster = LocalCluster(
+        Path(home or tmp).resolve(),  # type: ignore[arg-type]
+        count,
+        gpu_list,
+        heartbeat_interval,
+        liveness,
+        journal,
+        tuple(worker_args),
+        tuple(dispatcher_args),
+        curve,
+    )
+    backend: Backend | None = None
+    try:
+        cluster.start()
+        backend = connect(
+            cluster.address,
+            key=load_key(cluster.key_file),
+            client_id=client_id,
+            heartbeat_interval=heartbeat_interval,
+            liveness=liveness,
+            curve_server_key=cluster.curve_server_key,
+        )
+        backend.cluster = cluster  # type: ignore[attr-defined]
+        yield backend
+    finally:
+        if backend is not None:
+            backend.close()
+        cluster.stop()
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)

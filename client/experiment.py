@@ -1,0 +1,304 @@
+"""``Experiment``: the search loop joining a strategy to a backend (embedded or remote).
+
+Data flow::
+
+    strategy.ask --arch--> Backend.submit --> dispatcher --> workers
+    strategy.tell/report <-- event queue <-- Backend listener (I/O thread) <-- dispatcher
+
+The loop keeps ``concurrency`` trials in flight, writes every submission (before it is sent)
+and every result to the experiment directory, and can be resumed after a crash: trial ids
+are derived from the experiment id and the trial number, so nothing runs twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from retia.errors import ConfigError
+from retia.evaluator import Evaluator
+from retia.protocol import MsgType, StateChange, TrialState
+from retia.reporting import Metric, default_value
+from retia.serializer import dump, load
+
+from .backend import Backend, Trial, connect
+from .cluster import local_cluster
+from .live import LiveView
+from .record import ExperimentRecord, ExperimentSettings, TrialResult
+
+__all__ = ["Experiment", "RetiariiExperiment"]
+
+_log = logging.getLogger(__name__)
+_Event = tuple[Trial, MsgType, Any]
+
+
+class Experiment:
+    """Search ``model_space`` with ``strategy``, evaluating each architecture with ``evaluator``."""
+
+    def __init__(
+        self,
+        model_space: Any,
+        evaluator: Evaluator,
+        strategy: Any,
+        mutators: Any = None,
+        *,
+        path: str | Path | None = None,
+        direction: str | None = None,
+    ) -> None:
+        if mutators is not None:
+            raise ConfigError("mutators are not supported yet: declare choices inside the ModelSpace instead")
+        if not hasattr(model_space, "search_space"):
+            raise ConfigError(
+                f"model_space must be a retia.nn.ModelSpace instance, got {type(model_space).__name__}"
+            )
+        if not isinstance(evaluator, Evaluator):
+            raise ConfigError(f"evaluator must be a retia Evaluator, got {type(evaluator).__name__}")
+        direction = direction or evaluator.direction
+        if direction not in ("maximize", "minimize"):
+            raise ConfigError(f"direction must be 'maximize' or 'minimize', got {direction!r}")
+        self.model_space = model_space
+        self.evaluator = evaluator
+        self.strategy = strategy
+        self.direction = direction
+        self.id = f"exp-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        self.path = Path(path) if path is not None else Path("retia-experiments") / self.id
+        self.record = ExperimentRecord(self.path)
+        self._settings: ExperimentSettings | None = None
+        self._strategy_blob = dump(strategy, name="strategy") if strategy is not None else b""
+
+    # ---- after the fact ----
+
+    @classmethod
+    def load(cls, path: str | Path) -> Experiment:
+        """Open a finished (or crashed) experiment's directory: results, export, report, resume."""
+        record = ExperimentRecord(Path(path))
+        settings = record.settings()
+        exp = cls.__new__(cls)
+        exp.path, exp.record, exp._settings = Path(path), record, settings
+        exp.id, exp.direction = settings.experiment_id, settings.direction
+        exp.model_space = load(record.blob("space.bin"))
+        exp.evaluator = load(record.blob("evaluator.bin"))
+        exp._strategy_blob = record.blob("strategy.bin")
+        exp.strategy = load(exp._strategy_blob)
+        record.load()
+        return exp
+
+    @classmethod
+    def resume(cls, path: str | Path, **run_kwargs: Any) -> Experiment:
+        """Continue a crashed experiment: finished trials are kept, in-flight ones are re-attached."""
+        exp = cls.load(path)
+        exp.run(**run_kwargs)
+        return exp
+
+    @property
+    def results(self) -> list[TrialResult]:
+        return [self.record.results[k] for k in sorted(self.record.results)]
+
+    def export_top_models(self, top_k: int = 1, formatter: str = "dict") -> list[Any]:
+        """The best architectures (dicts for ``fixed_arch``), or built models with ``formatter='instance'``."""
+        if formatter not in ("dict", "instance"):
+            raise ConfigError(f"formatter must be 'dict' or 'instance', got {formatter!r}")
+        scored = [r for r in self.results if r.state == TrialState.SUCCEEDED.value and r.score is not None]
+        scored.sort(key=lambda r: r.score, reverse=self.direction == "maximize")  # type: ignore[arg-type, return-value]
+        best = [dict(r.arch) for r in scored[:top_k]]
+        if formatter == "instance":
+            return [self.model_space.freeze(arch) for arch in best]
+        return best
+
+    # ---- the loop ----
+
+    def run(
+        self,
+        max_trials: int = 20,
+        concurrency: int = 2,
+        max_duration: float | None = None,
+        address: str | None = None,
+        key: bytes | str | None = None,
+        workers: int | None = None,
+        timeout: float | None = None,
+        *,
+        max_retries: int = 2,
+        key_file: str | Path | None = None,
+        live: bool | None = None,
+    ) -> list[TrialResult]:
+        """Run until ``max_trials`` have finished, the strategy is exhausted, or ``max_duration`` passes."""
+        if max_trials < 1 or concurrency < 1:
+            raise ConfigError(f"max_trials and concurrency must be >= 1 (got {max_trials}, {concurrency})")
+        if self._settings is None:
+            self._settings = ExperimentSettings(
+                self.id, f"{self.id}-client", self.direction, max_trials, concurrency, address, time.time()
+            )
+            self.record.create(
+                self._settings,
+                {
+                    "space.bin": dump(self.model_space, name="model_space"),
+                    "evaluator.bin": dump(self.evaluator, name="evaluator"),
+                    "strategy.bin": self._strategy_blob,
+                },
+            )
+        else:
+            address = address or self._settings.address
+        with self._backend(address, key, key_file, workers) as backend:
+            return _Loop(
+                self, backend, max_trials, concurrency, max_duration, timeout, max_retries, live
+            ).run()
+
+    @contextlib.contextmanager
+    def _backend(
+        self, address: str | None, key: Any, key_file: Any, workers: int | None
+    ) -> Iterator[Backend]:
+        client_id = self._settings.client_id if self._settings else None
+        if address is not None:
+            backend = connect(address, key=key, key_file=key_file, client_id=client_id)
+            try:
+                yield backend
+            finally:
+                backend.close()
+            return
+        with local_cluster(workers, home=self.path / "cluster", client_id=client_id) as backend:
+            yield backend
+
+
+class _Loop:
+    """One run of the search loop; all strategy calls happen on this (the caller's) thread."""
+
+    def __init__(
+        self,
+        exp: Experiment,
+        backend: Backend,
+        max_trials: int,
+        concurrency: int,
+        max_duration: float | None,
+        timeout: float | None,
+        max_retries: int,
+        live: bool | None,
+    ) -> None:
+        self.exp, self.backend = exp, backend
+        self.max_trials, self.concurrency = max_trials, concurrency
+        self.deadline = None if max_duration is None else time.monotonic() + max_duration
+        self.timeout, self.max_retries = timeout, max_retries
+        self.sign = 1.0 if exp.direction == "maximize" else -1.0
+        self.events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
+        self.running: dict[str, int] = {}  # trial id -> key
+        self.steps: dict[int, int] = {}
+        self.view = LiveView(exp, backend, enabled=live)
+        self.exhausted = False
+
+    def run(self) -> list[TrialResult]:
+        strategy, record = self.exp.strategy, self.exp.record
+        strategy.attach(self.exp.model_space.search_space())
+        self.backend.add_listener(lambda trial, kind, payload: self.events.put((trial, kind, payload)))
+        for result in record.results.values():
+            if result.state in (
+                TrialState.SUCCEEDED.value,
+                TrialState.FAILED.value,
+                TrialState.CANCELLED.value,
+            ):
+                strategy.tell(result.key, result.arch, self._value(result.final))
+            else:
+                self._submit(result, resubmit=True)
+        with self.view:
+            while True:
+                self._fill()
+                if not self.running:
+                    break
+                self._drain()
+                if self.deadline is not None and time.monotonic() > self.deadline:
+                    self._stop_all("max_duration reached")
+                self.view.refresh()
+        return self.exp.results
+
+    def _fill(self) -> None:
+        record = self.exp.record
+        while (
+            not self.exhausted
+            and len(self.running) < self.concurrency
+            and len(record.results) < self.max_trials
+            and (self.deadline is None or time.monotonic() < self.deadline)
+        ):
+            key = len(record.results)
+            arch = self.exp.strategy.ask(key)
+            if arch is None:
+                self.exhausted = True
+                _log.info("the strategy is exhausted after %d trials", key)
+                return
+            result = TrialResult(key, f"{self.exp.id}-{key:06d}", dict(arch), submitted=time.time())
+            record.append_submit(result)  # written before it is sent: a crash cannot lose it
+            self._submit(result)
+
+    def _submit(self, result: TrialResult, *, resubmit: bool = False) -> None:
+        trial = self.backend.submit(
+            self.exp.model_space,
+            self.exp.evaluator,
+            arch=result.arch,
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+            name=f"#{result.key}",
+            trial_id=result.trial_id,
+        )
+        self.running[result.trial_id] = result.key
+        if resubmit:
+            _log.info("re-attached trial #%d (%s)", result.key, result.trial_id)
+            if trial.done():  # its events were replayed before the loop listened
+                self.events.put((trial, MsgType.STATE, trial.change))
+
+    def _drain(self) -> None:
+        try:
+            event = self.events.get(timeout=0.5)
+        except queue.Empty:
+            return
+        while True:
+            self._on_event(*event)
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                return
+
+    def _on_event(self, trial: Trial, kind: MsgType, payload: Any) -> None:
+        key = self.running.get(trial.id)
+        if key is None:
+            return
+        strategy = self.exp.strategy
+        if kind is MsgType.REPORT:
+            if payload.final:
+                return
+            self.steps[key] = self.steps.get(key, 0) + 1
+            strategy.report(key, self.steps[key], self.sign * default_value(payload.value))
+            running_keys = {k: t for t, k in self.running.items()}
+            for stop_key in strategy.to_stop(list(running_keys)):
+                if stop_key in running_keys:
+                    self.backend.trials[running_keys[stop_key]].cancel("stopped early by the strategy")
+            return
+        change: StateChange = payload
+        if change.state == TrialState.RUNNING.value and change.attempt > 1:
+            self.steps[key] = 0
+        if not TrialState(change.state).finished:
+            return
+        result = self.exp.record.results[key]
+        result.state, result.final, result.attempt = change.state, trial.final, change.attempt
+        result.intermediates = list(trial.intermediates)
+        result.reason = change.reason or change.message
+        result.finished = time.time()
+        result.output_dir = change.output_dir
+        self.exp.record.append_result(result)
+        del self.running[trial.id]
+        value = self._value(result.final) if change.state == TrialState.SUCCEEDED.value else None
+        strategy.tell(key, result.arch, value)
+        self.view.trial_finished(result)
+
+    def _value(self, final: Metric | None) -> float | None:
+        return None if final is None else self.sign * default_value(final)
+
+    def _stop_all(self, reason: str) -> None:
+        self.exhausted = True
+        for trial_id in list(self.running):
+            self.backend.trials[trial_id].cancel(reason)
+
+
+RetiariiExperiment = Experiment
