@@ -14,6 +14,9 @@ from retia.client.cluster import local_cluster
 
 from .clusters import FAST
 
+# The run must leave `git status` as it found it (tests/git_clean.py; --allow-dirty-tree lists only).
+pytest_plugins = ["tests.git_clean"]
+
 # Set by libraries on first import (scikit-learn sets the KMP ones), or by pytest itself.
 # torch sets TORCHINDUCTOR_CACHE_DIR when it builds its first optimizer.
 _ENV_SET_BY_OTHERS = {
