@@ -51,7 +51,7 @@ class CpuMeter:
     """Snapshots the cluster's process tree; the difference of two snapshots, per trial."""
 
     def __init__(self, backend: Any) -> None:
-        cluster = backend.cluster  # type: ignore[attr-defined]
+        cluster = backend.cluster
         self.dispatcher = cluster.dispatcher.pid
         self.agents = [proc.pid for proc in cluster.worker_procs]
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import datetime
+import functools
 import multiprocessing
 import os
 import platform
@@ -137,13 +138,18 @@ def _init_pool_worker(threads: int) -> None:
 
 def _run_payload(payload: bytes) -> Any:
     fn, data = cloudpickle.loads(payload)
-    with use_reporter(CollectingReporter()) as reporter:
+    collector = CollectingReporter()
+    with use_reporter(collector):
         fn(object, data=data)
-    return reporter.final_value  # type: ignore[attr-defined]
+    return collector.final_value
 
 
 def _run_noop(_: int) -> int:
     return os.getpid()
+
+
+def _stamp(done_at: dict[int, float], index: int, _future: concurrent.futures.Future[Any]) -> None:
+    done_at[index] = time.perf_counter()
 
 
 def run_pool(data: torch.Tensor, trials: int, workers: int) -> ModeResult:
@@ -168,7 +174,7 @@ def run_pool(data: torch.Tensor, trials: int, workers: int) -> ModeResult:
                 future = pool.submit(_run_payload, payload)
                 del payload
                 index = len(futures)
-                future.add_done_callback(lambda f, i=index: done_at.__setitem__(i, time.perf_counter()))
+                future.add_done_callback(functools.partial(_stamp, done_at, index))
                 futures.append(future)
                 inflight.add(future)
             _done, inflight = concurrent.futures.wait(
@@ -289,11 +295,12 @@ def run_blobs(data: torch.Tensor, trials: int, workers: int, log: Callable[[str]
         )
         times.running_at = recorder.running_at.get(t.id, float("nan"))
         results.append(times)
+    later_p50 = statistics.median(submit_s[1:] or submit_s)
     extra = {
         "FunctionalEvaluator(...) construction (dumps once to check)": f"{construct_s:.2f} s",
         "dump(evaluator) on the client (finds and hashes the tensor)": f"{dump_s:.2f} s",
         "first submit (dump + enqueue the upload)": f"{submit_s[0]:.2f} s",
-        "later submits, p50 (dump again; upload skipped)": f"{statistics.median(submit_s[1:] or submit_s):.2f} s",
+        "later submits, p50 (dump again; upload skipped)": f"{later_p50:.2f} s",
         f"all {trials} submits returned": f"{submitted_all:.2f} s",
         "blob verified and stored on the dispatcher (from the first submit)": f"{upload_s:.2f} s",
         "re-verifying the cached blob (digest_of, once per trial on the worker)": f"{verify_s:.2f} s",
@@ -403,7 +410,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(1)  # as in the trials, so the client's sum is computed the same way
     data = torch.randn(args.size_mb * MiB // 4, generator=torch.Generator().manual_seed(0))
     log(
-        f"baseline: {args.trials} trials, a fresh cloudpickle payload each, ProcessPoolExecutor({args.workers})"
+        f"baseline: {args.trials} trials, a fresh cloudpickle payload each, "
+        f"ProcessPoolExecutor({args.workers})"
     )
     baseline = run_pool(data, args.trials, args.workers)
     blobs = run_blobs(data, args.trials, args.workers, log)
@@ -417,9 +425,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     table, details = build_table(results, baseline, args), detail_table(results)
     console.print(table)
     console.print(details)
-    console.print(
-        f"tensor sum {expected:.3f}; {datetime.datetime.now().isoformat(timespec='seconds')}  {' '.join(sys.argv)}"
-    )
+    now = datetime.datetime.now().isoformat(timespec="seconds")
+    console.print(f"tensor sum {expected:.3f}; {now}  {' '.join(sys.argv)}")
     if args.markdown:
         print(to_markdown(table))
         print()

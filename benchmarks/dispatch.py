@@ -25,7 +25,8 @@ Numbers only, never assertions: the machine this runs on is usually shared and n
 Targets are printed beside the measured values. Every ``--worker-args`` given adds a retia
 column (for instance ``--worker-args= --worker-args=--reuse-process``).
 
-    .venv/bin/python benchmarks/dispatch.py [--trials 2000] [--rounds 3] [--reports 2000] [--workers 2] [--quick]
+    .venv/bin/python benchmarks/dispatch.py [--trials 2000] [--rounds 3] [--reports 2000] \
+        [--workers 2] [--quick]
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import datetime
+import functools
 import multiprocessing
 import os
 import platform
@@ -151,7 +153,7 @@ class EventHub:
     def submit_many(
         self, backend: Backend, evaluator: retia.FunctionalEvaluator, n: int, on_done: Callable[[Trial], None]
     ) -> list[Trial]:
-        """``n`` trials in one call: the evaluator is serialized once, as the pool's function is pickled once."""
+        """``n`` trials in one call: the evaluator is serialized once, as the pool pickles its function."""
         trial_ids = [uuid.uuid4().hex for _ in range(n)]
         for trial_id in trial_ids:
             self._done[trial_id] = on_done
@@ -189,7 +191,7 @@ def _trial_done(countdown: Countdown) -> Callable[[Trial], None]:
 
 
 def retia_bulk(backend: Backend, hub: EventHub, evaluator: retia.FunctionalEvaluator, n: int) -> Stats:
-    """Submit ``n`` no-op trials at once (``Backend.submit_many``); latency per trial and trials per second."""
+    """Submit ``n`` no-op trials at once (``Backend.submit_many``); latency per trial, trials per second."""
     countdown = Countdown(n)
     first = time.perf_counter()
     trials = hub.submit_many(backend, evaluator, n, _trial_done(countdown))
@@ -216,9 +218,14 @@ def retia_sequential(backend: Backend, hub: EventHub, evaluator: retia.Functiona
 
 def _call_pickled(blob: bytes) -> Any:
     fit = cloudpickle.loads(blob)
-    with use_reporter(CollectingReporter()) as reporter:
+    collector = CollectingReporter()
+    with use_reporter(collector):
         fit(object)
-    return reporter.final_value  # type: ignore[attr-defined]
+    return collector.final_value
+
+
+def _count_done(countdown: Countdown, key: str, future: concurrent.futures.Future[Any]) -> None:
+    countdown.done(key, future.exception() is None)
 
 
 def pool_bulk(pool: concurrent.futures.Executor, blob: bytes, n: int) -> Stats:
@@ -229,7 +236,7 @@ def pool_bulk(pool: concurrent.futures.Executor, blob: bytes, n: int) -> Stats:
         key = str(i)
         starts[key] = time.perf_counter()
         future = pool.submit(_call_pickled, blob)
-        future.add_done_callback(lambda f, key=key: countdown.done(key, f.exception() is None))
+        future.add_done_callback(functools.partial(_count_done, countdown, key))
     countdown.wait(60 + n)
     latencies = [countdown.ends[k] - starts[k] for k in starts]
     return Stats(latencies, rate=n / (max(countdown.ends.values()) - first), lost=len(countdown.failed))
@@ -256,7 +263,7 @@ class Pool:
             self.pool.submit(_call_pickled, self.blob) for _ in range(4 * workers)
         ]:  # start the processes
             f.result()
-        self.pids = list(self.pool._processes)  # type: ignore[attr-defined]
+        self.pids = list(self.pool._processes)
         self.rounds: list[Stats] = []
         self.cpu = [0.0, 0.0]  # seconds: this process, the pool's processes
 
@@ -529,7 +536,8 @@ def build_table(
     )
     table.add_section()
     table.add_row(
-        "[bold](b) trial start latency, fit imports torch + Lightning[/bold] (baseline: fresh `python -c` per trial)"
+        "[bold](b) trial start latency, fit imports torch + Lightning[/bold] "
+        "(baseline: fresh `python -c` per trial)"
     )
     row(
         f"  submit -> first line of fit: p50 (retia n={args.start_trials}, baseline n={len(spawn.samples)})",
@@ -544,7 +552,8 @@ def build_table(
     table.add_section()
     table.add_row("[bold](c) reports[/bold] (baseline: Ray Tune's published ceiling)")
     row(
-        f"  report -> client callback, {args.reports} reports ({args.report_pause_ms:g} ms sleep every {args.report_pause_every}): p50",
+        f"  report -> client callback, {args.reports} reports "
+        f"({args.report_pause_ms:g} ms sleep every {args.report_pause_every}): p50",
         [with_losses(ms(r.report.p50), r.report, "lost") for r in results],
         "",
         "",
@@ -636,7 +645,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"[dim]{time.strftime('%H:%M:%S')} {text}[/dim]")
 
     log(
-        f"{platform.node()} python {platform.python_version()}, {multiprocessing.cpu_count()} cores; floor first"
+        f"{platform.node()} python {platform.python_version()}, "
+        f"{multiprocessing.cpu_count()} cores; floor first"
     )
     pool = Pool(args.workers)
     try:

@@ -8,7 +8,8 @@ and the best of ``--repeats`` is compared (noise on a shared machine only ever a
 One row per ``BATCHxHIDDEN`` config: the ratio depends on how much work a step does, since
 Lightning's cost is per step (hooks, closures), not per FLOP.
 
-    .venv/bin/python benchmarks/lightning_overhead.py [--epochs 10] [--repeats 5] [--configs 32x128 ...] [--threads 0]
+    .venv/bin/python benchmarks/lightning_overhead.py [--epochs 10] [--repeats 5] \
+        [--configs 32x128 ...] [--threads 0]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning
 import torch
@@ -29,6 +31,7 @@ from torch import nn
 import retia
 import retia.lightning as pl
 from retia.datasets import DigitsDataset
+from retia.reporting import default_value
 
 
 def make_model(hidden: int) -> nn.Module:
@@ -37,7 +40,7 @@ def make_model(hidden: int) -> nn.Module:
     )
 
 
-def loaders(batch_size: int) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
+def loaders(batch_size: int) -> tuple[torch.utils.data.DataLoader[Any], torch.utils.data.DataLoader[Any]]:
     train = pl.DataLoader(retia.trace(DigitsDataset)("train"), batch_size=batch_size, shuffle=True)
     val = pl.DataLoader(retia.trace(DigitsDataset)("val"), batch_size=256)
     return train, val
@@ -85,7 +88,8 @@ class _BareModule(pytorch_lightning.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        return self.criterion(self.model(x), y)  # type: ignore[no-any-return]
+        loss: torch.Tensor = self.criterion(self.model(x), y)
+        return loss
 
     def on_validation_epoch_start(self) -> None:
         self._val = [0, 0]
@@ -126,7 +130,9 @@ def lightning_run(epochs: int, batch_size: int, seed: int, hidden: int) -> float
     evaluator = pl.Classification(train_dataloaders=train, val_dataloaders=val, max_epochs=epochs)
     with tempfile.TemporaryDirectory() as tmp:
         result = evaluator.evaluate(functools.partial(make_model, hidden), output_dir=Path(tmp) / "run")
-    return float(result.final["default"])  # type: ignore[index]
+    if result.final is None:
+        raise RuntimeError("Classification reported no final result")
+    return default_value(result.final)
 
 
 def timed(fn: Callable[..., float], *args: int) -> tuple[float, float]:
@@ -176,8 +182,8 @@ def main() -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
 
     print(
-        f"digits, MLP 64-H-H-10, Adam 1e-3, {args.epochs} epochs with validation after each, seed {args.seed}, "
-        f"best of {args.repeats}, torch threads {torch.get_num_threads()}"
+        f"digits, MLP 64-H-H-10, Adam 1e-3, {args.epochs} epochs with validation after each, "
+        f"seed {args.seed}, best of {args.repeats}, torch threads {torch.get_num_threads()}"
     )
     print(
         f"{'batch x H':<10}{'steps':>6}{'plain s':>9}{'bare PL s':>11}{'retia s':>9}"

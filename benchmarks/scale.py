@@ -144,7 +144,7 @@ def rss_mib(pid: int) -> float:
 @dataclass
 class _SimWorker:
     id: str
-    sock: zmq.Socket
+    sock: zmq.Socket[bytes]
     session: Session
     ready_at: float = 0.0
 
@@ -166,7 +166,7 @@ class Simulator:
         self.index, self.heartbeat, self.counters = index, heartbeat, counters
         self.ctx = zmq.Context()
         self.poller = zmq.Poller()
-        self.workers: dict[zmq.Socket, _SimWorker] = {}
+        self.workers: dict[zmq.Socket[bytes], _SimWorker] = {}
         self.result = SimResult()
         self._sent = self._received = 0
         for i in range(count):
@@ -408,8 +408,8 @@ def print_report(r: ScaleResult, markdown: bool) -> None:
     console.print(
         f"[bold]Scale benchmark[/bold] {datetime.date.today()} on {platform.node()} ({os.cpu_count()} cores, "
         f"load average {os.getloadavg()[0]:.1f}): {c.workers} simulated workers in {c.sim_procs} processes, "
-        f"{c.trials} no-op trials, {c.in_flight} in flight, journal {c.journal}, dispatcher log {c.log_level}, "
-        f"heartbeat {c.heartbeat}s"
+        f"{c.trials} no-op trials, {c.in_flight} in flight, journal {c.journal}, "
+        f"dispatcher log {c.log_level}, heartbeat {c.heartbeat}s"
     )
     lat = r.latencies
     table = Table(title="dispatcher under load")

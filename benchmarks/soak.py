@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import itertools
 import platform
 import queue
@@ -129,7 +130,8 @@ class SoakResult:
         missing = self.trials - len(self.client_finals)
         if missing or self.duplicate_client_finals:
             out.append(
-                f"client final REPORT events: {missing} trial(s) without, {self.duplicate_client_finals} with more than one"
+                f"client final REPORT events: {missing} trial(s) without, "
+                f"{self.duplicate_client_finals} with more than one"
             )
         out += self.journal.get("problems", [])
         return out
@@ -147,6 +149,11 @@ def rss_kb(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+def dispatcher_rss_kb(cluster: LocalCluster) -> int:
+    """Resident memory of the cluster's dispatcher in kB (0 if it is not running)."""
+    return 0 if cluster.dispatcher is None else rss_kb(cluster.dispatcher.pid)
 
 
 class Killer(threading.Thread):
@@ -180,8 +187,11 @@ class Killer(threading.Thread):
 
 def run_soak(config: SoakConfig) -> SoakResult:
     """Run the soak on a fresh local cluster; return the counts (the caller judges them)."""
-    tmp = None if config.home is not None else tempfile.TemporaryDirectory(prefix="retia-soak-")
-    home = config.home or Path(tmp.name)  # type: ignore[union-attr]
+    tmp: tempfile.TemporaryDirectory[str] | None = None
+    home = config.home
+    if home is None:
+        tmp = tempfile.TemporaryDirectory(prefix="retia-soak-")
+        home = Path(tmp.name)
     try:
         with local_cluster(
             workers=config.workers,
@@ -204,7 +214,7 @@ def run_soak(config: SoakConfig) -> SoakResult:
                     killer.stop()
                     result.kills = killer.kills
             result.elapsed = time.monotonic() - started
-            result.rss_kb[config.trials] = rss_kb(cluster.dispatcher.pid)  # type: ignore[union-attr]
+            result.rss_kb[config.trials] = dispatcher_rss_kb(cluster)
             result.journal = check_journal(cluster.home / "journal.sqlite", config.trials, config.reports)
             return result
     finally:
@@ -229,19 +239,21 @@ def _submit_and_check(
             index = submitted
             evaluator = FunctionalEvaluator(soak_fit, index=index, reports=config.reports)
             trial = backend.submit(TinyModel, evaluator, name=f"soak-{index}", max_retries=config.max_retries)
-            trial.add_done_callback(lambda t, i=index: finished.put((t, i)))
+            trial.add_done_callback(functools.partial(_put_finished, finished, index))
             submitted += 1
         trial, index = finished.get()
         _check_trial(trial, index, config.reports, result)
         done += 1
         if done % RSS_MARK == 0:
-            result.rss_kb[done] = rss_kb(cluster.dispatcher.pid)  # type: ignore[union-attr]
+            result.rss_kb[done] = dispatcher_rss_kb(cluster)
         if config.progress and (time.monotonic() - last_print > 10 or done == config.trials):
             last_print = time.monotonic()
-            print(
-                f"  {done}/{config.trials} trials done, dispatcher RSS {rss_kb(cluster.dispatcher.pid) / 1024:.1f} MiB",
-                flush=True,
-            )  # type: ignore[union-attr]
+            rss_mib = dispatcher_rss_kb(cluster) / 1024
+            print(f"  {done}/{config.trials} trials done, dispatcher RSS {rss_mib:.1f} MiB", flush=True)
+
+
+def _put_finished(finished: queue.SimpleQueue[tuple[Trial, int]], index: int, trial: Trial) -> None:
+    finished.put((trial, index))
 
 
 def _check_trial(trial: Trial, index: int, reports: int, result: SoakResult) -> None:
@@ -288,8 +300,8 @@ def check_journal(path: Path, trials: int, reports: int) -> dict[str, Any]:
     without = [t for t in names if finals[t] == 0]
     if duplicated or without:
         problems.append(
-            f"journal finals: {len(duplicated)} trial(s) with more than one (e.g. {_final_attempts(seqs, duplicated)}), "
-            f"{len(without)} without"
+            f"journal finals: {len(duplicated)} trial(s) with more than one "
+            f"(e.g. {_final_attempts(seqs, duplicated)}), {len(without)} without"
         )
     bad = [
         f"{t} attempt {a}"
@@ -347,8 +359,9 @@ def print_report(config: SoakConfig, result: SoakResult) -> None:
     console = Console()
     console.print(
         f"[bold]Soak[/bold] {datetime.date.today()} on {platform.node()} ({platform.machine()}, Python "
-        f"{platform.python_version()}): {config.trials} trials x {config.reports} reports, {config.workers} workers, "
-        f"a kill every {config.kill_every}s, {config.in_flight} in flight, worker args {' '.join(config.worker_args)}"
+        f"{platform.python_version()}): {config.trials} trials x {config.reports} reports, "
+        f"{config.workers} workers, a kill every {config.kill_every}s, {config.in_flight} in flight, "
+        f"worker args {' '.join(config.worker_args)}"
     )
     j = result.journal
     table = Table(title="exactly once")
@@ -386,7 +399,8 @@ def print_report(config: SoakConfig, result: SoakResult) -> None:
     if first is not None:
         console.print(
             f"dispatcher RSS: {result.rss_kb[first] / 1024:.1f} MiB after {first} trials, "
-            f"{result.rss_kb[marks[-1]] / 1024:.1f} MiB at the end ({marks[-1]}): ratio {result.rss_ratio:.2f} (target <= 1.5)"
+            f"{result.rss_kb[marks[-1]] / 1024:.1f} MiB at the end ({marks[-1]}): "
+            f"ratio {result.rss_ratio:.2f} (target <= 1.5)"
         )
         console.print(
             "RSS timeline (trials: MiB): " + ", ".join(f"{m}: {result.rss_kb[m] / 1024:.1f}" for m in marks)

@@ -221,9 +221,11 @@ def local_cluster(
     count = workers if workers is not None else (len(gpu_list) or 2)
     if count < 1:
         raise RetiaError(f"local_cluster needs at least one worker (got {count})")
-    tmp = None if home is not None else tempfile.mkdtemp(prefix="retia-cluster-")
+    tmp: str | None = None
+    if home is None:
+        home = tmp = tempfile.mkdtemp(prefix="retia-cluster-")
     cluster = LocalCluster(
-        Path(home or tmp).resolve(),  # type: ignore[arg-type]
+        Path(home).resolve(),
         count,
         gpu_list,
         heartbeat_interval,
@@ -244,6 +246,7 @@ def local_cluster(
             liveness=liveness,
             curve_server_key=cluster.curve_server_key,
         )
+        # Backend (client/backend.py) declares no `cluster` attribute; tests and benchmarks read it
         backend.cluster = cluster  # type: ignore[attr-defined]
         yield backend
     finally:

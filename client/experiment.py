@@ -30,7 +30,7 @@ from retia.serializer import dump, load
 from .backend import Backend, Trial, connect
 from .cluster import local_cluster
 from .live import LiveView
-from .record import ExperimentRecord, ExperimentSettings, TrialResult
+from .record import ExperimentRecord, ExperimentSettings, TrialResult, scored
 
 __all__ = ["Experiment", "RetiariiExperiment"]
 
@@ -101,12 +101,12 @@ class Experiment:
         return [self.record.results[k] for k in sorted(self.record.results)]
 
     def export_top_models(self, top_k: int = 1, formatter: str = "dict") -> list[Any]:
-        """The best architectures (dicts for ``fixed_arch``), or built models with ``formatter='instance'``."""
+        """The best architectures: dicts for ``fixed_arch``, or built models with ``formatter='instance'``."""
         if formatter not in ("dict", "instance"):
             raise ConfigError(f"formatter must be 'dict' or 'instance', got {formatter!r}")
-        scored = [r for r in self.results if r.state == TrialState.SUCCEEDED.value and r.score is not None]
-        scored.sort(key=lambda r: r.score, reverse=self.direction == "maximize")  # type: ignore[arg-type, return-value]
-        best = [dict(r.arch) for r in scored[:top_k]]
+        done = scored(self.results)
+        done.sort(key=lambda pair: pair[0], reverse=self.direction == "maximize")
+        best = [dict(r.arch) for _, r in done[:top_k]]
         if formatter == "instance":
             return [self.model_space.freeze(arch) for arch in best]
         return best

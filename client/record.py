@@ -11,15 +11,16 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from retia.errors import ConfigError
+from retia.protocol import TrialState
 from retia.reporting import Metric, default_value
 
-__all__ = ["TrialResult", "ExperimentSettings", "ExperimentRecord"]
+__all__ = ["TrialResult", "ExperimentSettings", "ExperimentRecord", "scored"]
 
 
 @dataclass
@@ -42,6 +43,16 @@ class TrialResult:
     def score(self) -> float | None:
         """The 'default' value of the final result, as reported (direction not applied)."""
         return None if self.final is None else default_value(self.final)
+
+
+def scored(results: Iterable[TrialResult]) -> list[tuple[float, TrialResult]]:
+    """``(score, result)`` for each succeeded trial with a score, in the order given."""
+    out = []
+    for r in results:
+        score = r.score
+        if r.state == TrialState.SUCCEEDED.value and score is not None:
+            out.append((score, r))
+    return out
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""``retia report PATH``: a PNG (final metric per trial, best so far, learning curves) and a Markdown summary."""
+"""``retia report PATH``: a PNG (final metric per trial, best so far, learning curves), a Markdown summary."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from retia.errors import RetiaError
 from retia.protocol import TrialState
 from retia.reporting import default_value
 
-from .record import ExperimentRecord, TrialResult
+from .record import ExperimentRecord, TrialResult, scored
 
 __all__ = ["write_report", "add_report_arguments", "run_report"]
 
@@ -37,14 +37,14 @@ def _plot(results: list[TrialResult], maximize: bool, out: Path, title: str) -> 
     import matplotlib.pyplot as plt
 
     fig, (ax_final, ax_curves) = plt.subplots(1, 2, figsize=(12, 4.5))
-    done = [r for r in results if r.state == TrialState.SUCCEEDED.value and r.score is not None]
-    keys = [r.key for r in done]
-    scores = [r.score for r in done]
+    done = scored(results)
+    keys = [r.key for _, r in done]
+    scores = [score for score, _ in done]
     ax_final.scatter(keys, scores, s=18, label="final metric", color="tab:blue")
-    best, running = [], None
+    pick = max if maximize else min
+    best: list[float] = []
     for score in scores:
-        running = score if running is None else (max if maximize else min)(running, score)  # type: ignore[type-var]
-        best.append(running)
+        best.append(pick(best[-1], score) if best else score)
     ax_final.step(keys, best, where="post", color="tab:orange", label="best so far")
     failed = [r.key for r in results if r.state in (TrialState.FAILED.value, TrialState.CANCELLED.value)]
     if failed and scores:
@@ -71,8 +71,8 @@ def _plot(results: list[TrialResult], maximize: bool, out: Path, title: str) -> 
 
 
 def _summary(results: list[TrialResult], maximize: bool, title: str, top_k: int) -> str:
-    done = [r for r in results if r.state == TrialState.SUCCEEDED.value and r.score is not None]
-    done.sort(key=lambda r: r.score, reverse=maximize)  # type: ignore[arg-type, return-value]
+    done = scored(results)
+    done.sort(key=lambda pair: pair[0], reverse=maximize)
     counts = {s.value: sum(r.state == s.value for r in results) for s in TrialState}
     lines = [
         f"# {title}",
@@ -83,10 +83,8 @@ def _summary(results: list[TrialResult], maximize: bool, title: str, top_k: int)
         "| rank | trial | metric | epochs | architecture |",
         "|---:|---:|---:|---:|---|",
     ]
-    for rank, r in enumerate(done[:top_k], 1):
-        lines.append(
-            f"| {rank} | {r.key} | {r.score:.4f} | {len(r.intermediates)} | `{json.dumps(r.arch)}` |"
-        )
+    for rank, (score, r) in enumerate(done[:top_k], 1):
+        lines.append(f"| {rank} | {r.key} | {score:.4f} | {len(r.intermediates)} | `{json.dumps(r.arch)}` |")
     failed = [r for r in results if r.state == TrialState.FAILED.value]
     if failed:
         lines += ["", "## Failed trials", ""] + [f"- trial {r.key}: {r.reason}" for r in failed]

@@ -19,13 +19,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CHUNK", "Blob", "BlobStore", "make_blob", "pickle_blob", "read_blob", "digest_of"]
+__all__ = [
+    "CHUNK",
+    "Blob",
+    "BlobStore",
+    "make_blob",
+    "bytes_blob",
+    "pickle_blob",
+    "read_blob",
+    "digest_of",
+]
 
 _log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 
 
-def _hasher() -> Any:
+def _hasher() -> hashlib.blake2b:
     return hashlib.blake2b(digest_size=32)
 
 
@@ -62,7 +71,7 @@ def _blob(kind: str, *parts: Any) -> Blob:
 def make_blob(value: Any) -> Blob | None:
     """A blob for a tensor, an array or a bytes buffer; None for anything else."""
     if isinstance(value, (bytes, bytearray)):
-        return _blob("bytes", value)
+        return bytes_blob(value)
     np = sys.modules.get("numpy")
     torch = sys.modules.get("torch")
     kind = "npy"
@@ -98,7 +107,11 @@ def _npy_blob(kind: str, value: Any, digest: str | None) -> Blob:
     parts = (header.getvalue(), array.reshape(-1).view(np.uint8) if array.size else b"")
     if digest is None:
         return _blob(kind, *parts)
-    return Blob(digest, kind, sum(len(memoryview(p).cast("B")) for p in parts), parts)
+    return Blob(digest, kind, len(parts[0]) + array.nbytes, parts)
+
+
+def bytes_blob(data: bytes | bytearray) -> Blob:
+    return _blob("bytes", data)
 
 
 def pickle_blob(data: bytes) -> Blob:

@@ -7,6 +7,7 @@ wire and lets only peers that hold the dispatcher's public certificate complete 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import zmq
 import zmq.auth
@@ -31,7 +32,7 @@ def server_certificate(home: Path) -> tuple[Path, Path]:
     return public, secret
 
 
-def secure_server(sock: zmq.Socket, secret_file: Path) -> None:
+def secure_server(sock: zmq.Socket[Any], secret_file: Path) -> None:
     public, secret = zmq.auth.load_certificate(str(secret_file))
     if secret is None:
         raise ConfigError(f"{secret_file} holds no secret key")
@@ -40,7 +41,7 @@ def secure_server(sock: zmq.Socket, secret_file: Path) -> None:
     sock.curve_server = True
 
 
-def secure_client(sock: zmq.Socket, server_public_file: str | Path) -> None:
+def secure_client(sock: zmq.Socket[Any], server_public_file: str | Path) -> None:
     """Encrypt this socket to the dispatcher whose public certificate is ``server_public_file``."""
     try:
         server_public, _ = zmq.auth.load_certificate(str(server_public_file))

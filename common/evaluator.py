@@ -61,9 +61,11 @@ class Evaluator:
         out = Path(os.path.abspath(output_dir if output_dir is not None else _fresh_run_dir()))
         if not out.is_dir():  # a worker's trial process created it already
             out.mkdir(parents=True, exist_ok=True)
-        collector = CollectingReporter() if reporter is None else None
+        collector: CollectingReporter | None = None
+        if reporter is None:
+            reporter = collector = CollectingReporter()
         start = time.perf_counter()
-        with _output_dir_env(out), use_reporter(reporter or collector):  # type: ignore[arg-type]
+        with _output_dir_env(out), use_reporter(reporter):
             self._run(factory)
         duration = time.perf_counter() - start
         if collector is None:
@@ -121,9 +123,10 @@ class _ReturnModel:
 def model_factory(model: Any) -> Callable[[], Any]:
     """Normalize a model class, factory or instance to a zero-argument callable."""
     if isinstance(model, (type, Traced, types.FunctionType, types.MethodType, functools.partial)):
-        return model  # type: ignore[no-any-return]
+        return model
     if callable(model) and not hasattr(model, "parameters"):
-        return model  # type: ignore[no-any-return]
+        factory: Callable[[], Any] = model
+        return factory
     return _ReturnModel(model)
 
 

@@ -38,7 +38,7 @@ DataLoader = trace(_TorchDataLoader)
 Trainer = trace(pl.Trainer)
 """``pytorch_lightning.Trainer``, traced: the evaluator rebuilds a fresh one from it for every fit."""
 
-Loaders = _TorchDataLoader | Sequence[_TorchDataLoader] | None
+Loaders = _TorchDataLoader[Any] | Sequence[_TorchDataLoader[Any]] | None
 
 
 class LightningModule(pl.LightningModule):
@@ -56,13 +56,14 @@ class LightningModule(pl.LightningModule):
             model = model()
         if not isinstance(model, nn.Module):
             raise ConfigError(
-                f"set_model() needs a torch.nn.Module (or a callable returning one), got {type(model).__name__}"
+                "set_model() needs a torch.nn.Module (or a callable returning one), "
+                f"got {type(model).__name__}"
             )
         self.model = model
 
 
 class Lightning(Evaluator):
-    """Evaluate with a user's :class:`LightningModule`, a traced :data:`Trainer` and traced :data:`DataLoader` s.
+    """Evaluate with a user's :class:`LightningModule`, a traced :data:`Trainer` and traced loaders.
 
     With no training data the model is only validated, and that validation is the final result.
     """
@@ -79,8 +80,9 @@ class Lightning(Evaluator):
     ) -> None:
         if trainer is not None and (not isinstance(trainer, pl.Trainer) or not is_traced(trainer)):
             raise ConfigError(
-                f"trainer must be built with retia.lightning.Trainer(...) (a traced pytorch_lightning.Trainer, "
-                f"rebuilt fresh for every fit), got {type(trainer).__name__}"
+                "trainer must be built with retia.lightning.Trainer(...) "
+                "(a traced pytorch_lightning.Trainer, rebuilt fresh for every fit), "
+                f"got {type(trainer).__name__}"
             )
         self.trainer = trainer
         self._setup(module, train_dataloaders, val_dataloaders, datamodule, {})
@@ -107,13 +109,14 @@ class Lightning(Evaluator):
                 else ""
             )
             raise ConfigError(
-                f"module must be a retia.lightning.LightningModule, whose set_model() receives the candidate; "
-                f"got {type(module).__name__}{hint}"
+                "module must be a retia.lightning.LightningModule, whose set_model() receives the "
+                f"candidate; got {type(module).__name__}{hint}"
             )
         if datamodule is not None:
             if not isinstance(datamodule, pl.LightningDataModule):
                 raise ConfigError(
-                    f"datamodule must be a pytorch_lightning.LightningDataModule, got {type(datamodule).__name__}"
+                    "datamodule must be a pytorch_lightning.LightningDataModule, "
+                    f"got {type(datamodule).__name__}"
                 )
             if train_dataloaders is not None or val_dataloaders is not None:
                 raise ConfigError("give either a datamodule or train/val dataloaders, not both")
@@ -152,7 +155,7 @@ class Lightning(Evaluator):
         report_final_result(support.last_metric(callback))
 
     def _build_trainer(self, out: Path, callback: pl.Callback) -> pl.Trainer:
-        """A fresh Trainer per fit (they are single-use), from the recipe, copied so callbacks are fresh too."""
+        """A fresh Trainer per fit (they are single-use), from a copy of the recipe: fresh callbacks too."""
         if self.trainer is not None:
             recipe = get_recipe(self.trainer)  # never None: __init__ accepts traced trainers only
             kwargs = load(dump(recipe.kwargs if recipe is not None else {}))
@@ -170,6 +173,7 @@ class _SupervisedModule(LightningModule):
     """A (x, y) supervised module: criterion, optimizer, one torchmetrics metric, optional ONNX export."""
 
     metric_name = ""
+    default_metric: str  # always set: f"val_{metric_name}"
 
     def __init__(
         self,
@@ -191,18 +195,19 @@ class _SupervisedModule(LightningModule):
         self._train_loss: list[Any] = [0.0, 0]  # loss sum, sample count of this epoch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)  # type: ignore[no-any-return]
+        out: torch.Tensor = self.model(x)
+        return out
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
         if self.export_onnx and self._example is None:
             self._example = x[:2].detach()
-        loss = self.criterion(self(x), y)
+        loss: torch.Tensor = self.criterion(self(x), y)
         # Summed in place (nn.Module.__setattr__ is slow) and logged once per epoch: a per-step
         # self.log costs about a millisecond on CPU, a small model's whole step (docs/benchmarks.md).
         self._train_loss[0] += loss.detach() * len(y)
         self._train_loss[1] += len(y)
-        return loss  # type: ignore[no-any-return]
+        return loss
 
     def on_train_epoch_start(self) -> None:
         self._train_loss[:] = [0.0, 0]
@@ -302,7 +307,7 @@ class Classification(_Supervised):
 
 
 class Regression(_Supervised):
-    """Train with ``criterion`` (MSE) and ``optimizer``; report validation MSE (``val_mse``) as ``'default'``."""
+    """Train with ``criterion`` (MSE) and ``optimizer``; report validation MSE (``val_mse``) as 'default'."""
 
     direction = "minimize"  # strategies then prefer a lower validation MSE
 
@@ -339,13 +344,14 @@ def _check_loaders(name: str, loaders: Loaders) -> None:
     for loader in _as_list(loaders):
         if not isinstance(loader, _TorchDataLoader) or not is_traced(loader):
             raise ConfigError(
-                f"{name} must be built with retia.lightning.DataLoader(...) (a traced torch DataLoader, so the "
-                f"evaluator ships its recipe and the worker rebuilds it), got an untraced {type(loader).__name__}"
+                f"{name} must be built with retia.lightning.DataLoader(...) (a traced torch DataLoader, "
+                "so the evaluator ships its recipe and the worker rebuilds it), "
+                f"got an untraced {type(loader).__name__}"
             )
         if not is_traced(loader.dataset):
             _log.warning(
-                "the dataset of %s (a %s) is not traced and will be pickled into the evaluator; build it with "
-                "retia.trace(%s)(...) so the worker re-creates it",
+                "the dataset of %s (a %s) is not traced and will be pickled into the evaluator; "
+                "build it with retia.trace(%s)(...) so the worker re-creates it",
                 name,
                 type(loader.dataset).__name__,
                 type(loader.dataset).__name__,

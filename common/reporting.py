@@ -107,7 +107,8 @@ def validate_metric(value: Any) -> Metric:
     if isinstance(value, dict):
         if "default" not in value:
             raise ReportError(
-                f"a metric dict needs a 'default' key (the value strategies compare); got keys {sorted(value, key=str)}"
+                "a metric dict needs a 'default' key (the value strategies compare); "
+                f"got keys {sorted(value, key=str)}"
             )
         out: dict[str, float] = {}
         for key, item in value.items():

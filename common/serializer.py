@@ -26,7 +26,7 @@ from typing import Any
 import cloudpickle
 import msgpack
 
-from .blobs import Blob, make_blob, pickle_blob, read_blob
+from .blobs import Blob, bytes_blob, make_blob, pickle_blob, read_blob
 from .errors import PayloadTooLarge, SerializationError
 from .trace import Recipe, Traced, get_recipe
 
@@ -77,9 +77,10 @@ def dump(
     With ``blobs`` (a dict to fill), large tensors, arrays, buffers and pickles are left out of
     the bytes as content-addressed references and collected there, to be shipped once.
     """
-    root = name or getattr(type(obj), "__name__", "object")
+    root = name or type(obj).__name__
     tree = _Encoder(options or DumpOptions(), blobs).encode(obj, root)
-    return msgpack.packb([_FORMAT, tree], use_bin_type=True)
+    data: bytes = msgpack.packb([_FORMAT, tree], use_bin_type=True)
+    return data
 
 
 def load(data: bytes, *, blob_dir: Path | None = None) -> Any:
@@ -113,7 +114,7 @@ class _Encoder:
             and isinstance(obj, (bytes, bytearray))
             and len(obj) >= self.options.blob_threshold
         ):
-            return self._blob(make_blob(obj))  # type: ignore[arg-type]
+            return self._blob(self.blobs, bytes_blob(obj))
         if obj is None or isinstance(obj, (bool, str, bytes, float)):
             return obj
         if isinstance(obj, int) and type(obj) is int and -(1 << 63) <= obj < (1 << 64):
@@ -147,20 +148,20 @@ class _Encoder:
         if self.blobs is not None:
             blob = make_blob(obj)
             if blob is not None and blob.size >= self.options.blob_threshold:
-                return self._blob(blob)
+                return self._blob(self.blobs, blob)
         data = self._pickle(obj, path)
         if self.blobs is not None and len(data) >= self.options.blob_threshold:
-            return self._blob(pickle_blob(data))
+            return self._blob(self.blobs, pickle_blob(data))
         return self._ext(_Ext.PICKLE, data)
 
-    def _blob(self, blob: Blob) -> msgpack.ExtType:
-        self.blobs[blob.digest] = blob  # type: ignore[index]  # only called while collecting
+    def _blob(self, blobs: dict[str, Blob], blob: Blob) -> msgpack.ExtType:
+        blobs[blob.digest] = blob
         return self._ext(_Ext.BLOB, [blob.digest, blob.kind, blob.size])
 
     def _pickle(self, obj: Any, path: str) -> bytes:
         _register_user_module(obj)
         try:
-            data = cloudpickle.dumps(obj)
+            data: bytes = cloudpickle.dumps(obj)
         except Exception as exc:
             raise SerializationError(
                 f"cannot serialize {path} (a {type(obj).__name__}): {exc}. Pass something that can be "
@@ -178,7 +179,8 @@ class _Encoder:
             )
         if size > self.options.warn_bytes:
             _log.warning(
-                "%s (a %s) was pickled: %.1f MiB%s. Consider retia.trace so it is rebuilt on the worker instead.",
+                "%s (a %s) was pickled: %.1f MiB%s. "
+                "Consider retia.trace so it is rebuilt on the worker instead.",
                 path,
                 type(obj).__name__,
                 size / MiB,

@@ -40,6 +40,7 @@ class Traced(Generic[T]):
     """A callable wrapper whose results carry their recipe; see :func:`trace`."""
 
     __slots__ = ("__wrapped__", "__dict__")
+    __wrapped__: Callable[..., T]
 
     def __init__(self, target: Callable[..., T]) -> None:
         if isinstance(target, Traced):
@@ -47,11 +48,13 @@ class Traced(Generic[T]):
         if not callable(target):
             raise TypeError(f"trace() needs a class or a function, got {type(target).__name__}")
         self.__wrapped__ = target
-        functools.update_wrapper(self, target, updated=())  # type: ignore[arg-type]
+        functools.update_wrapper(self, target, updated=())
 
     def __call__(self, *args: Any, **kwargs: Any) -> T:
         args, kwargs = _name_positionals(self.__wrapped__, args, kwargs)
-        return Recipe(self.__wrapped__, args, kwargs).build()
+        obj = self.__wrapped__(*args, **kwargs)  # as Recipe.build, keeping the type
+        _attach(obj, Recipe(self.__wrapped__, args, kwargs))
+        return obj
 
     def __repr__(self) -> str:
         return f"trace({_qualname(self.__wrapped__)})"

@@ -58,7 +58,8 @@ def add_dispatcher_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--curve",
         action="store_true",
-        help="encrypt the transport with CurveZMQ; peers then need <home>/curve/dispatcher.key (the public certificate)",
+        help="encrypt the transport with CurveZMQ; peers then need <home>/curve/dispatcher.key "
+        "(the public certificate)",
     )
     parser.add_argument(
         "--ready-file", type=Path, help="write the bound address here once listening (for scripts)"
@@ -93,7 +94,8 @@ def run_dispatcher(args: argparse.Namespace) -> int:
     print(
         f"retia dispatcher listening on {dispatcher.address}\n"
         f"  workers: retia worker --connect {dispatcher.address} --key-file {config.key_path} --gpu 0\n"
-        f"  (copy {config.key_path} to each worker with mode 0600, or export {KEY_ENV}=$(cat {config.key_path}))",
+        f"  (copy {config.key_path} to each worker with mode 0600, "
+        f"or export {KEY_ENV}=$(cat {config.key_path}))",
         file=sys.stderr,
         flush=True,
     )

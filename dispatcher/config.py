@@ -24,8 +24,8 @@ class DispatcherConfig:
     liveness: int = 5  # heartbeats missed before a peer is declared dead
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     ready_file: Path | None = None  # written with the bound address once listening
-    blob_budget_bytes: int = 20 << 30
-    curve: bool = False  # encrypt the transport with CurveZMQ (certificate in <home>/curve)  # blob store size; unneeded blobs are evicted, oldest first
+    blob_budget_bytes: int = 20 << 30  # blob store size; unneeded blobs are evicted, oldest first
+    curve: bool = False  # encrypt the transport with CurveZMQ (certificate in <home>/curve)
 
     def __post_init__(self) -> None:
         problems = []

@@ -16,7 +16,9 @@ import logging
 import shutil
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -28,7 +30,8 @@ import retia.nn as nn
 from retia import fixed_arch
 from retia.client.report import write_report
 from retia.datasets import DigitsDataset
-from retia.strategy import TPE, GridSearch, Random, RegularizedEvolution
+from retia.reporting import default_value
+from retia.strategy import TPE, GridSearch, Random, RegularizedEvolution, Strategy
 
 
 class DigitsSpace(nn.ModelSpace):
@@ -61,10 +64,11 @@ class DigitsSpace(nn.ModelSpace):
         stem = self.stem(x)
         first = self.blocks[0](stem)
         out = self.blocks[1](first)
-        return self.head(self.dropout(out + self.skip([stem, first])))
+        logits: torch.Tensor = self.head(self.dropout(out + self.skip([stem, first])))
+        return logits
 
 
-STRATEGIES = {
+STRATEGIES: dict[str, Callable[[int], Strategy]] = {
     "evolution": lambda seed: RegularizedEvolution(population_size=8, sample_size=4, seed=seed),
     "random": lambda seed: Random(seed=seed),
     "tpe": lambda seed: TPE(seed=seed, n_startup_trials=6),
@@ -72,7 +76,7 @@ STRATEGIES = {
 }
 
 
-def classification(epochs: int, export_onnx: bool = False, **trainer_kwargs: object) -> pl.Classification:
+def classification(epochs: int, export_onnx: bool = False, **trainer_kwargs: Any) -> pl.Classification:
     train = pl.DataLoader(retia.trace(DigitsDataset)("train"), batch_size=64, shuffle=True)
     val = pl.DataLoader(retia.trace(DigitsDataset)("val"), batch_size=512)
     return pl.Classification(
@@ -144,7 +148,8 @@ def main() -> None:
         args.epochs, export_onnx=True, enable_progress_bar=False, enable_model_summary=False
     ).evaluate(_Frozen(best), output_dir=args.out / "best-model")
     onnx_file = args.out / "best-model" / "model.onnx"
-    console.print(f"best architecture: {best} (val_acc {final.final['default']:.4f} after retraining)")  # type: ignore[index]
+    val_acc = default_value(final.final) if final.final is not None else float("nan")
+    console.print(f"best architecture: {best} (val_acc {val_acc:.4f} after retraining)")
     console.print(f"report:   {png}\nsummary:  {summary}\nmodel:    {onnx_file} (open it in Netron)")
     console.print(f"per trial: logs and files under {args.out / 'cluster' / 'artifacts'}")
 

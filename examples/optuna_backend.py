@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 import retia
 from retia import FunctionalEvaluator, report_final_result, report_intermediate_result, trace
 from retia.datasets import DigitsDataset
+from retia.reporting import default_value
 
 
 class MLP(nn.Module):
@@ -37,10 +38,11 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*layers, nn.Linear(width, 10))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        logits: torch.Tensor = self.net(x)
+        return logits
 
 
-def fit(model_cls: Any, lr: float, epochs: int, train: DataLoader, val: DataLoader) -> None:
+def fit(model_cls: Any, lr: float, epochs: int, train: DataLoader[Any], val: DataLoader[Any]) -> None:
     torch.manual_seed(0)
     model = model_cls()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -124,7 +126,7 @@ def main() -> None:
                 continue
             del running[rt.id]
             if rt.state is retia.TrialState.SUCCEEDED:
-                study.tell(ot, rt.final)
+                study.tell(ot, None if rt.final is None else default_value(rt.final))
             elif rt.state is retia.TrialState.CANCELLED:
                 study.tell(ot, state=optuna.trial.TrialState.PRUNED)
                 pruned += 1

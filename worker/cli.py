@@ -91,10 +91,10 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="?",
         const=1,
         metavar="N",
-        help="hold N more trials while one runs (N=1 without a number), so the next starts the moment one ends "
-        "and large arguments download meanwhile; with --reuse-process up to 8 queue in the child and their results "
-        f"travel together. Default {REUSE_PREFETCH} with --reuse-process, else 0. Not for long trials: a held "
-        "trial waits for this worker even when another one is free",
+        help="hold N more trials while one runs (N=1 without a number), so the next starts the moment "
+        "one ends and large arguments download meanwhile; with --reuse-process up to 8 queue in the "
+        f"child and their results travel together. Default {REUSE_PREFETCH} with --reuse-process, "
+        "else 0. Not for long trials: a held trial waits for this worker even when another one is free",
     )
     parser.add_argument(
         "--no-prefetch", dest="prefetch", action="store_const", const=0, help="same as --prefetch 0"

@@ -22,6 +22,7 @@ import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any, Union
 
 from ..errors import InvalidArchitectureError
@@ -175,7 +176,8 @@ def fixed_choice(spec: ChoiceSpec) -> Any:
         return MISSING
     if spec.label not in state.arch:
         raise InvalidArchitectureError(
-            f"invalid architecture: missing label {spec.label!r} ({spec.kind}; options: {list(spec.options)!r})"
+            f"invalid architecture: missing label {spec.label!r} "
+            f"({spec.kind}; options: {list(spec.options)!r})"
         )
     chosen = match_option(spec.options, state.arch[spec.label])
     if chosen is MISSING:
@@ -211,7 +213,7 @@ class _OpenSpace:
         space = self.ref()
         if space is None:
             return False
-        frame = sys._getframe(1)
+        frame: FrameType | None = sys._getframe(1)
         while frame is not None:
             code = frame.f_code
             if (

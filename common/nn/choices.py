@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -23,6 +23,7 @@ __all__ = ["LayerChoice", "InputChoice", "ValueChoice", "ChosenInputs", "REDUCTI
 
 _log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 REDUCTIONS = ("sum", "mean", "concat", "none")
 CHOSEN_ATTR = "_retia_chosen_from"  # on a module picked by a frozen LayerChoice: [(label, key), ...]
 
@@ -68,7 +69,7 @@ class LayerChoice(nn.Module):
         super().__init__()
         self.spec = spec
         self.label = spec.label
-        self.candidates = nn.ModuleDict(_candidate_items(candidates))
+        self.candidates = nn.ModuleDict(dict(_candidate_items(candidates)))
         self.active: Any = spec.default
 
     @property
@@ -234,31 +235,33 @@ class ValueChoice:
     with their first option as a plain value.
     """
 
+    spec: ChoiceSpec
     label: str
     options: list[Any]
 
-    def __new__(cls, values: Any = MISSING, *, label: str | None = None) -> Any:
+    # Typed as returning an option, which it does (the chosen one, or a holder that subclasses
+    # its type), so ``nn.Linear(64, ValueChoice([16, 32]))`` type-checks; mypy wants an instance.
+    def __new__(cls, values: Sequence[T] = MISSING, *, label: str | None = None) -> T:  # type: ignore[misc]
         if values is MISSING:
             raise TypeError("ValueChoice() needs a list of values")
         options = _check_values(values)
-        default = _supernet_default(options)
+        default: T = _supernet_default(options)
         spec = register_choice("valuechoice", label, options, default)
-        chosen = fixed_choice(spec)
+        chosen: T = fixed_choice(spec)
         if chosen is not MISSING:
             return chosen
         holder = _HOLDERS.get(type(default))
         if holder is None:
             _log.debug("ValueChoice %r: the supernet uses its first option %r as is", spec.label, default)
             return default
-        return _make_holder(holder, default, spec)
+        held: T = _make_holder(holder, default, spec)
+        return held
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        """Everything happens in ``__new__``."""
+    # No __init__: everything happens in __new__ (int/float/str.__init__ ignore the arguments).
 
     def __reduce__(self) -> tuple[Any, ...]:
-        spec: ChoiceSpec = self.spec  # type: ignore[attr-defined]
         base = type(self).__mro__[2]
-        return (_rebuild_holder, (type(self), base(self), spec))
+        return (_rebuild_holder, (type(self), base(self), self.spec))
 
     def __repr__(self) -> str:
         return f"ValueChoice({list(self.options)!r}, label={self.label!r})"
@@ -276,19 +279,24 @@ class _StrValueChoice(ValueChoice, str):
     __str__ = str.__str__
 
 
-_HOLDERS: dict[type, type] = {int: _IntValueChoice, float: _FloatValueChoice, str: _StrValueChoice}
+_HOLDERS: dict[type, type[ValueChoice]] = {
+    int: _IntValueChoice,
+    float: _FloatValueChoice,
+    str: _StrValueChoice,
+}
 
 
-def _make_holder(holder: type, value: Any, spec: ChoiceSpec) -> Any:
-    base = holder.__mro__[2]
-    obj = base.__new__(holder, value)
+def _make_holder(holder: type[ValueChoice], value: Any, spec: ChoiceSpec) -> Any:
+    """An instance of ``holder``: a ValueChoice, and an int, float or str equal to ``value``."""
+    base: Any = holder.__mro__[2]  # int, float or str, whose __new__ makes the holder hold value
+    obj: ValueChoice = base.__new__(holder, value)
     obj.spec = spec
     obj.label = spec.label
     obj.options = list(spec.options)
     return obj
 
 
-def _rebuild_holder(holder: type, value: Any, spec: ChoiceSpec) -> Any:
+def _rebuild_holder(holder: type[ValueChoice], value: Any, spec: ChoiceSpec) -> Any:
     return _make_holder(holder, value, spec)
 
 

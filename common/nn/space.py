@@ -17,7 +17,7 @@ import itertools
 import logging
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +64,8 @@ class ModelSpace(nn.Module):
     Built normally it is the supernet; built under :func:`fixed_arch` (or by :meth:`freeze`)
     it is the chosen concrete model, with no parameters of unchosen candidates.
     """
+
+    _retia_space: _SpaceInfo  # set in __new__, in the instance __dict__ (not a module attribute)
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         self = super().__new__(cls)
@@ -116,7 +118,8 @@ class ModelSpace(nn.Module):
     def freeze(self, arch: ArchLike) -> nn.Module:
         """The concrete model ``arch``: this space's class rebuilt with its arguments under ``fixed_arch``."""
         info = self._retia_space
-        return build_frozen(info.space_cls, self.validate(arch), info.args, info.kwargs)
+        model: nn.Module = build_frozen(info.space_cls, self.validate(arch), info.args, info.kwargs)
+        return model
 
     def activate(self, arch: ArchLike) -> None:
         """Select the single path of the supernet that the next forward passes use (as SPOS trains)."""
@@ -130,9 +133,10 @@ class ModelSpace(nn.Module):
         for label, spec in info.specs.items():
             if spec.kind == "valuechoice" and match_option([spec.default], loaded[label]) is MISSING:
                 raise NotImplementedError(
-                    f"activating {label!r}={loaded[label]!r} in the supernet is not supported yet: the supernet "
-                    f"is built with {label!r}={spec.default!r} (its largest option) and only that value can be "
-                    "active; build other values with fixed_arch or space.freeze(arch)"
+                    f"activating {label!r}={loaded[label]!r} in the supernet is not supported yet: "
+                    f"the supernet is built with {label!r}={spec.default!r} (its largest option) and "
+                    "only that value can be active; build other values with fixed_arch or "
+                    "space.freeze(arch)"
                 )
         for module in self.modules():
             if isinstance(module, (LayerChoice, InputChoice)) and module.label in loaded:
@@ -140,7 +144,7 @@ class ModelSpace(nn.Module):
 
 
 def build_frozen(
-    space: type, arch: Arch, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    space: Callable[..., Any], arch: Arch, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
 ) -> Any:
     """``space(*args, **kwargs)`` under ``fixed_arch(arch)``: the recipe of every frozen model."""
     with fixed_arch(arch, verbose=False):
@@ -198,7 +202,7 @@ def _key_map(model: nn.Module) -> _KeyMap:
 
 def _plain_state_keys(model: nn.Module) -> list[str]:
     """State-dict keys without running state-dict hooks (ours may be registered already)."""
-    keys = []
+    keys: list[str] = []
     for path, module in model.named_modules(remove_duplicate=False):
         destination: dict[str, Any] = {}
         module._save_to_state_dict(destination, f"{path}." if path else "", keep_vars=True)

@@ -182,8 +182,8 @@ class Strategy(abc.ABC):
         self._book.finals[key] = value
         self._observe(key, index, value)
 
-    def _observe(self, key: int, index: Index, value: float | None) -> None:
-        """Hook for subclasses: a validated final observation."""
+    def _observe(self, key: int, index: Index, value: float | None) -> None:  # noqa: B027 (optional hook)
+        """Hook for subclasses: a validated final observation (Random and GridSearch need none)."""
 
     def report(self, key: int, step: int, value: float) -> None:
         """Record an intermediate value of trial ``key`` at ``step`` (maximize)."""
