@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from retia.arch import Arch
 from retia.errors import ConfigError
 from retia.protocol import TrialState
 from retia.reporting import Metric, default_value
@@ -29,7 +30,7 @@ class TrialResult:
 
     key: int
     trial_id: str
-    arch: dict[str, Any]
+    arch: Arch
     state: str = "QUEUED"
     final: Metric | None = None
     intermediates: list[Metric] = field(default_factory=list)

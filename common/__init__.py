@@ -1,7 +1,8 @@
 """retia: distributed model evaluators for neural architecture search.
 
 Importing retia loads neither torch nor pytorch_lightning; the parts that need them
-(``retia.nn``, ``retia.lightning``, ``fixed_arch``, ...) load on first use (PEP 562).
+(``retia.nn``, ``retia.lightning``, ``original_state_dict_hooks``, ...) and the client side
+load on first use (PEP 562).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .arch import fixed_arch
 from .errors import (
     AuthenticationError,
     InvalidArchitectureError,
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
     from .client.backend import Backend, Trial, connect, wait
     from .client.cluster import local_cluster
     from .client.experiment import Experiment, RetiariiExperiment
-    from .nn.space import fixed_arch, original_state_dict_hooks
+    from .nn.space import original_state_dict_hooks
 
 __version__ = "0.1.0"
 
@@ -72,7 +74,6 @@ _LAZY = {
     "local_cluster": "retia.client.cluster",
     "Experiment": "retia.client.experiment",
     "RetiariiExperiment": "retia.client.experiment",
-    "fixed_arch": "retia.nn.space",
     "original_state_dict_hooks": "retia.nn.space",
 }
 

@@ -27,7 +27,7 @@ from rich.table import Table
 import retia
 import retia.lightning as pl
 import retia.nn as nn
-from retia import fixed_arch
+from retia.arch import FrozenModel
 from retia.client.report import write_report
 from retia.datasets import DigitsDataset
 from retia.reporting import default_value
@@ -146,23 +146,12 @@ def main() -> None:
     console.print("retraining the best architecture and exporting it to ONNX ...")
     final = classification(
         args.epochs, export_onnx=True, enable_progress_bar=False, enable_model_summary=False
-    ).evaluate(_Frozen(best), output_dir=args.out / "best-model")
+    ).evaluate(FrozenModel(DigitsSpace, best), output_dir=args.out / "best-model")  # built inside fit
     onnx_file = args.out / "best-model" / "model.onnx"
     val_acc = default_value(final.final) if final.final is not None else float("nan")
     console.print(f"best architecture: {best} (val_acc {val_acc:.4f} after retraining)")
     console.print(f"report:   {png}\nsummary:  {summary}\nmodel:    {onnx_file} (open it in Netron)")
     console.print(f"per trial: logs and files under {args.out / 'cluster' / 'artifacts'}")
-
-
-class _Frozen:
-    """Builds the chosen architecture (inside fit, after the evaluator seeded everything)."""
-
-    def __init__(self, arch: dict[str, object]) -> None:
-        self.arch = arch
-
-    def __call__(self) -> DigitsSpace:
-        with fixed_arch(self.arch):
-            return DigitsSpace()
 
 
 if __name__ == "__main__":

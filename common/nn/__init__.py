@@ -71,7 +71,7 @@ from torch.nn import (
     init,
 )
 
-from .arch import Arch, fixed_arch, validate_arch
+from ..arch import Arch, fixed_arch, validate_arch
 from .choices import ChosenInputs, InputChoice, LayerChoice, ValueChoice
 from .space import ModelSpace, original_state_dict_hooks
 

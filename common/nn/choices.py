@@ -16,8 +16,9 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from ..arch import MISSING, ChoiceSpec, fixed_choice, match_option
 from ..errors import InvalidArchitectureError
-from .arch import MISSING, ChoiceSpec, fixed_choice, match_option, register_choice
+from .registry import register_choice
 
 __all__ = ["LayerChoice", "InputChoice", "ValueChoice", "ChosenInputs", "REDUCTIONS"]
 

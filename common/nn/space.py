@@ -1,9 +1,10 @@
-"""ModelSpace, fixed_arch and original_state_dict_hooks: what strategies sample and workers rebuild.
+"""ModelSpace and original_state_dict_hooks: what strategies sample and workers rebuild.
 
 A ``ModelSpace`` subclass declares its choices in ``__init__``. ``__new__`` records the
 constructor arguments as a :class:`~retia.trace.Recipe`, so ``retia.dump(space)`` ships
 the space (by reference when importable, by value from ``__main__``) and
-``space.freeze(arch)`` rebuilds it anywhere under ``fixed_arch(arch)``::
+``space.freeze(arch)`` rebuilds it anywhere under ``fixed_arch(arch)``, with
+:func:`retia.arch.build_frozen`::
 
     space = MySpace(...)                 # supernet: every candidate present, weights shared
     arch = space.random_sample(seed=0)   # {label: choice}, plain JSON
@@ -17,28 +18,29 @@ import itertools
 import logging
 import math
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-from ..trace import Recipe, _attach, _name_positionals
-from .arch import (
+from ..arch import (
     MISSING,
     Arch,
     ArchLike,
     ChoiceSpec,
-    begin_space,
+    build_frozen,
+    canonical,
     current_fixed_arch,
-    fixed_arch,
     load_arch,
     match_option,
     validate_arch,
 )
+from ..trace import Recipe, _attach, _name_positionals
 from .choices import CHOSEN_ATTR, InputChoice, LayerChoice
+from .registry import begin_space
 
-__all__ = ["ModelSpace", "fixed_arch", "original_state_dict_hooks", "validate_arch", "build_frozen"]
+__all__ = ["ModelSpace", "original_state_dict_hooks"]
 
 _log = logging.getLogger(__name__)
 
@@ -52,10 +54,6 @@ class _SpaceInfo:
     kwargs: dict[str, Any]
     specs: dict[str, ChoiceSpec]
     frozen_arch: Arch | None
-
-
-def _copy_option(option: Any) -> Any:
-    return list(option) if isinstance(option, (list, tuple)) else option
 
 
 class ModelSpace(nn.Module):
@@ -91,19 +89,19 @@ class ModelSpace(nn.Module):
     def search_space(self) -> dict[str, list[Any]]:
         """``{label: [options]}`` for every choice, in construction order."""
         return {
-            label: [_copy_option(o) for o in spec.options] for label, spec in self._retia_space.specs.items()
+            label: [canonical(o) for o in spec.options] for label, spec in self._retia_space.specs.items()
         }
 
     def random_sample(self, seed: int | None = None) -> Arch:
         """One architecture drawn uniformly (reproducible for a given ``seed``)."""
         rng = random.Random(seed)
-        return {label: _copy_option(rng.choice(options)) for label, options in self.search_space().items()}
+        return {label: canonical(rng.choice(options)) for label, options in self.search_space().items()}
 
     def grid(self) -> Iterator[Arch]:
         """Every architecture, in a stable order (the last label varies fastest)."""
         space = self.search_space()
         for combo in itertools.product(*space.values()):
-            yield {label: _copy_option(value) for label, value in zip(space, combo)}
+            yield {label: canonical(value) for label, value in zip(space, combo)}
 
     def size(self) -> int:
         """The number of architectures: the product of the option counts."""
@@ -141,14 +139,6 @@ class ModelSpace(nn.Module):
         for module in self.modules():
             if isinstance(module, (LayerChoice, InputChoice)) and module.label in loaded:
                 module.activate(loaded[module.label])
-
-
-def build_frozen(
-    space: Callable[..., Any], arch: Arch, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
-) -> Any:
-    """``space(*args, **kwargs)`` under ``fixed_arch(arch)``: the recipe of every frozen model."""
-    with fixed_arch(arch, verbose=False):
-        return space(*args, **(kwargs or {}))
 
 
 # ---------------------------------------------------------------------------- state dicts

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .base import Arch, EarlyStop, MedianStop, SearchSpace, Strategy
+from ..arch import Arch, SearchSpace
+from .base import EarlyStop, MedianStop, Strategy
 from .evolution import RegularizedEvolution
 from .grid import GridSearch
 from .pruning import OptunaPruner

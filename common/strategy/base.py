@@ -18,22 +18,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from ..errors import ConfigError, InvalidArchitectureError
+from ..arch import Arch, SearchSpace, arch_indices, canonical
+from ..errors import ConfigError
 
-__all__ = ["Arch", "EarlyStop", "MedianStop", "SearchSpace", "SpaceCodec", "Strategy"]
+__all__ = ["EarlyStop", "MedianStop", "SpaceCodec", "Strategy"]
 
 _log = logging.getLogger(__name__)
 
-Arch = dict[str, Any]
-SearchSpace = Mapping[str, Sequence[Any]]
 Index = tuple[int, ...]
-
-
-def _canon(value: Any) -> Any:
-    """Tuples become lists (as after a JSON round trip), so options compare by value."""
-    if isinstance(value, (list, tuple)):
-        return [_canon(v) for v in value]
-    return value
 
 
 class SpaceCodec:
@@ -56,32 +48,18 @@ class SpaceCodec:
             if len(options) == 0:
                 raise ConfigError(f"label {label!r} has an empty option list")
             self.labels.append(label)
-            self.options.append([_canon(o) for o in options])
+            self.options.append([canonical(o) for o in options])
+        self.space = dict(zip(self.labels, self.options))
         self.size = math.prod(len(o) for o in self.options)
 
     def encode(self, arch: Mapping[str, Any]) -> Index:
-        """Option indices of ``arch``; InvalidArchitectureError naming the first bad label."""
-        if not isinstance(arch, Mapping):
-            raise InvalidArchitectureError(f"architecture must be a dict, got {type(arch).__name__}")
-        extra = sorted(set(arch) - set(self.labels), key=str)
-        if extra:
-            raise InvalidArchitectureError(f"unknown label {extra[0]!r}; valid labels: {self.labels}")
-        index = []
-        for label, options in zip(self.labels, self.options):
-            if label not in arch:
-                raise InvalidArchitectureError(f"architecture lacks label {label!r}; options: {options}")
-            value = _canon(arch[label])
-            try:
-                index.append(options.index(value))
-            except ValueError:
-                raise InvalidArchitectureError(
-                    f"label {label!r} has value {arch[label]!r}, not one of {options}"
-                ) from None
-        return tuple(index)
+        """Option indices of ``arch``; InvalidArchitectureError naming every bad label (as retia.nn does)."""
+        indices = arch_indices(self.space, arch)
+        return tuple(indices[label] for label in self.labels)
 
     def decode(self, index: Index) -> Arch:
-        """The architecture dict of a tuple of option indices."""
-        return {label: _canon(opts[i]) for label, opts, i in zip(self.labels, self.options, index)}
+        """The architecture dict of a tuple of option indices (fresh lists, never the codec's own)."""
+        return {label: canonical(opts[i]) for label, opts, i in zip(self.labels, self.options, index)}
 
     def rank(self, index: Index) -> int:
         """Position of ``index`` in grid order (last label varies fastest)."""

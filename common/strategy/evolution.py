@@ -6,8 +6,9 @@ import collections
 import logging
 import random
 
+from ..arch import Arch
 from ..errors import ConfigError
-from .base import Arch, EarlyStop, Index, Strategy
+from .base import EarlyStop, Index, Strategy
 from .random_search import sample_unseen
 
 __all__ = ["RegularizedEvolution"]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import random
 
+from ..arch import Arch, SearchSpace
 from ..errors import ConfigError
-from .base import Arch, EarlyStop, SearchSpace, Strategy
+from .base import EarlyStop, Strategy
 
 __all__ = ["GridSearch"]
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import random
 
-from .base import Arch, EarlyStop, Index, SpaceCodec, Strategy
+from ..arch import Arch
+from .base import EarlyStop, Index, SpaceCodec, Strategy
 
 __all__ = ["Random", "sample_unseen"]
 

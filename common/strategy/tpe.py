@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .base import Arch, EarlyStop, Index, SearchSpace, Strategy
+from ..arch import Arch, SearchSpace
+from .base import EarlyStop, Index, Strategy
 
 __all__ = ["TPE"]
 

@@ -1,13 +1,16 @@
-"""Architectures, their validation, and the context that choices consult while a space is built.
+"""Architectures: the ``{label: choice}`` dict, its canonical form and validation, and models built from one.
 
-Two context variables carry the state (no mutable globals):
+An architecture is plain JSON, each label of a model space mapped to the option chosen for it.
+Model spaces (``retia.nn``), search strategies (``retia.strategy``) and the client all go
+through this module, which imports no torch:
 
-* the fixed architecture set by :func:`fixed_arch`: when present, every choice returns its
-  chosen value instead of a supernet module;
-* the stack of model spaces being constructed: a choice registers its label and options
-  with every open space, so ``space.search_space()`` knows all of them, value choices
-  included. A space is open while its ``__init__`` runs (checked on the frame stack), so
-  no ``__init__`` is wrapped and nested spaces share one label namespace.
+* :func:`canonical`, :func:`option_index`: options compare by value as after a JSON round trip
+  (tuples are lists), and ``True`` is not ``1``;
+* :func:`validate_arch`, :func:`arch_indices`: every missing, unknown or invalid label at once;
+* :func:`fixed_arch`: the context in which a model space builds one concrete model (a context
+  variable, not a mutable global; its choices ask :func:`fixed_choice`);
+* :func:`build_frozen` and :class:`FrozenModel`: the one way to turn (space, architecture) into
+  a model, now or, shipped as a recipe, later on a worker.
 """
 
 from __future__ import annotations
@@ -17,22 +20,36 @@ import contextvars
 import json
 import logging
 import os
-import sys
-import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
-from typing import Any, Union
+from typing import Any, TypeVar, Union
 
-from ..errors import InvalidArchitectureError
+from .errors import InvalidArchitectureError
 
-__all__ = ["Arch", "ChoiceSpec", "fixed_arch", "load_arch", "validate_arch", "current_fixed_arch"]
+__all__ = [
+    "Arch",
+    "ArchLike",
+    "SearchSpace",
+    "ChoiceSpec",
+    "canonical",
+    "option_index",
+    "match_option",
+    "load_arch",
+    "arch_indices",
+    "validate_arch",
+    "fixed_arch",
+    "current_fixed_arch",
+    "build_frozen",
+    "FrozenModel",
+]
 
 _log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Arch = dict[str, Any]
 ArchLike = Union[Mapping[str, Any], str, "os.PathLike[str]"]
+SearchSpace = Mapping[str, Sequence[Any]]
 
 
 @dataclass(frozen=True)
@@ -56,10 +73,10 @@ MISSING: Any = _Missing()
 # ---------------------------------------------------------------------------- comparison
 
 
-def _canon(value: Any) -> Any:
-    """Tuples become lists (as after a JSON round trip), so options compare by value."""
+def canonical(value: Any) -> Any:
+    """``value`` as after a JSON round trip: tuples become lists (new ones), so options compare by value."""
     if isinstance(value, (list, tuple)):
-        return [_canon(v) for v in value]
+        return [canonical(v) for v in value]
     return value
 
 
@@ -76,13 +93,19 @@ def _same(a: Any, b: Any) -> bool:
         return False
 
 
+def option_index(options: Sequence[Any], value: Any) -> int | None:
+    """The position of the option equal to ``value`` (lists and tuples compare alike), or None."""
+    canon = canonical(value)
+    for i, option in enumerate(options):
+        if _same(canonical(option), canon):
+            return i
+    return None
+
+
 def match_option(options: Sequence[Any], value: Any) -> Any:
     """The option equal to ``value`` (lists and tuples compare alike), or MISSING."""
-    canon = _canon(value)
-    for option in options:
-        if _same(_canon(option), canon):
-            return option
-    return MISSING
+    i = option_index(options, value)
+    return MISSING if i is None else options[i]
 
 
 # ---------------------------------------------------------------------------- validation
@@ -107,23 +130,34 @@ def load_arch(arch: ArchLike) -> Arch:
     return dict(arch)
 
 
-def validate_arch(search_space: Mapping[str, Sequence[Any]], arch: Mapping[str, Any]) -> None:
-    """Raise InvalidArchitectureError listing every missing, unknown or invalid label of ``arch``."""
+def arch_indices(search_space: SearchSpace, arch: Mapping[str, Any]) -> dict[str, int]:
+    """Each label's option index; InvalidArchitectureError listing every problem of ``arch`` at once."""
     if not isinstance(arch, Mapping):
         raise InvalidArchitectureError(
             f"an architecture must be a dict {{label: choice}}, got {type(arch).__name__}"
         )
     problems = []
+    indices: dict[str, int] = {}
     for label, options in search_space.items():
         if label not in arch:
             problems.append(f"missing label {label!r} (options: {list(options)!r})")
-        elif match_option(options, arch[label]) is MISSING:
+            continue
+        index = option_index(options, arch[label])
+        if index is None:
             problems.append(f"label {label!r} has value {arch[label]!r}, not one of {list(options)!r}")
+        else:
+            indices[label] = index
     unknown = [label for label in arch if label not in search_space]
     if unknown:
         problems.append(f"unknown label(s) {unknown!r} (valid labels: {list(search_space)!r})")
     if problems:
         raise InvalidArchitectureError("invalid architecture: " + "; ".join(problems))
+    return indices
+
+
+def validate_arch(search_space: SearchSpace, arch: Mapping[str, Any]) -> None:
+    """Raise InvalidArchitectureError listing every missing, unknown or invalid label of ``arch``."""
+    arch_indices(search_space, arch)
 
 
 # ---------------------------------------------------------------------------- fixed_arch
@@ -189,93 +223,50 @@ def fixed_choice(spec: ChoiceSpec) -> Any:
     return chosen
 
 
-# ---------------------------------------------------------------------------- space builds
-
-
-@dataclass
-class _Build:
-    """Label namespace shared by a space and every space nested in it."""
-
-    counter: int = 0
-    labels: set[str] = field(default_factory=set)
-
-
-class _OpenSpace:
-    """A model space whose ``__init__`` is running; choices created now register with it."""
-
-    def __init__(self, space: Any, build: _Build, specs: dict[str, ChoiceSpec]) -> None:
-        self.ref = weakref.ref(space)
-        self.build = build
-        self.specs = specs
-
-    def is_open(self) -> bool:
-        """True while a frame of an ``__init__`` (the space's own, a base's, a decorated one) runs on it."""
-        space = self.ref()
-        if space is None:
-            return False
-        frame: FrameType | None = sys._getframe(1)
-        while frame is not None:
-            code = frame.f_code
-            if (
-                code.co_name == "__init__"
-                and code.co_argcount
-                and frame.f_locals.get(code.co_varnames[0]) is space
-            ):
-                return True
-            frame = frame.f_back
-        return False
-
-
-_OPEN: contextvars.ContextVar[tuple[_OpenSpace, ...]] = contextvars.ContextVar(
-    "retia_open_spaces", default=()
-)
-
-
-def _open_spaces() -> tuple[_OpenSpace, ...]:
-    stack = _OPEN.get()
-    n = len(stack)
-    while n and not stack[n - 1].is_open():
-        n -= 1
-    if n != len(stack):
-        stack = stack[:n]
-        _OPEN.set(stack)
-    return stack
-
-
-def begin_space(space: Any) -> dict[str, ChoiceSpec]:
-    """Open ``space`` for registration (called from ``ModelSpace.__new__``); returns its spec dict."""
-    stack = _open_spaces()
-    build = stack[-1].build if stack else _Build()
-    specs: dict[str, ChoiceSpec] = {}
-    _OPEN.set(stack + (_OpenSpace(space, build, specs),))
+def note_space_built() -> None:
+    """Count a model space built in the current :func:`fixed_arch` block: its unused labels then raise."""
     state = _FIXED.get()
     if state is not None:
         state.spaces_built += 1
-    return specs
 
 
-def register_choice(kind: str, label: str | None, options: Sequence[Any], default: Any) -> ChoiceSpec:
-    """Resolve the label (auto-generated in construction order if None) and record the choice."""
-    stack = _open_spaces()
-    build = stack[-1].build if stack else None
-    if label is None:
-        if build is None:
-            raise ValueError(f"a {kind} created outside a ModelSpace's __init__ needs an explicit label")
-        while True:
-            build.counter += 1
-            label = f"{kind}_{build.counter}"
-            if label not in build.labels:
-                break
-    elif not isinstance(label, str) or not label:
-        raise ValueError(f"a choice label must be a non-empty string, got {label!r}")
-    spec = ChoiceSpec(label, kind, tuple(options), default)
-    if build is not None:
-        if label in build.labels:
-            raise ValueError(
-                f"duplicate choice label {label!r}: labels must be unique within a model space "
-                "(to reuse one decision, create the choice once and use the object in several places)"
-            )
-        build.labels.add(label)
-        for entry in stack:
-            entry.specs[label] = spec
-    return spec
+# ---------------------------------------------------------------------------- (space, arch) -> model
+
+
+def build_frozen(
+    space: Callable[..., T], arch: Arch, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+) -> T:
+    """``space(*args, **kwargs)`` under ``fixed_arch(arch)``: the concrete model ``arch`` of a space.
+
+    The recipe of every frozen model (``space.freeze(arch)``, or a space built in a
+    ``fixed_arch`` block), so a dumped one is rebuilt the same way.
+    """
+    with fixed_arch(arch, verbose=False):
+        return space(*args, **(kwargs or {}))
+
+
+class FrozenModel:
+    """A space, its arguments and an architecture; calling it builds the concrete model.
+
+    The zero-argument model factory the client ships for ``submit(space, ..., arch=...)``
+    (traced, so it travels as a recipe): the worker builds the model inside fit, after
+    the evaluator has seeded everything, with :func:`build_frozen`.
+    """
+
+    def __init__(
+        self,
+        space: Callable[..., Any],
+        arch: Arch,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.space = space
+        self.arch = arch
+        self.args = tuple(args)
+        self.kwargs = dict(kwargs or {})
+
+    def __call__(self) -> Any:
+        return build_frozen(self.space, self.arch, self.args, self.kwargs)
+
+    def __repr__(self) -> str:
+        return f"FrozenModel({getattr(self.space, '__qualname__', self.space)}, {self.arch})"
