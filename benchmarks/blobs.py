@@ -54,7 +54,7 @@ import retia
 from retia.blobs import Blob, digest_of
 from retia.client.backend import Backend, Trial
 from retia.client.cluster import local_cluster
-from retia.protocol import MsgType, TrialState
+from retia.protocol import Event, TrialState
 from retia.reporting import CollectingReporter, use_reporter
 from retia.serializer import dump
 
@@ -201,10 +201,10 @@ class Recorder:
         self.done_at: dict[str, float] = {}
         self._cond = threading.Condition()
 
-    def __call__(self, trial: Trial, kind: MsgType, body: Any) -> None:
-        if kind is not MsgType.STATE:
+    def __call__(self, trial: Trial, event: Event) -> None:
+        if event.state is None:
             return
-        state = TrialState(body.state)
+        state = event.state.state
         with self._cond:
             if state is TrialState.RUNNING:
                 self.running_at.setdefault(trial.id, time.time())

@@ -57,7 +57,7 @@ from rich.table import Table
 import retia
 from retia.client.backend import Backend, Trial
 from retia.client.cluster import local_cluster
-from retia.protocol import MsgType, TrialState
+from retia.protocol import Event, TrialState
 from retia.reporting import CollectingReporter, use_reporter
 
 # ---- the fit functions (defined in __main__, so they travel cloudpickled, as a user's would) ----
@@ -126,16 +126,16 @@ class EventHub:
         self._done: dict[str, Callable[[Trial], None]] = {}
         self._report: dict[str, Callable[[Any], None]] = {}
 
-    def __call__(self, trial: Trial, kind: MsgType, body: Any) -> None:
-        if kind is MsgType.STATE and TrialState(body.state).finished:
+    def __call__(self, trial: Trial, event: Event) -> None:
+        if event.state is not None and event.state.state.finished:
             on_done = self._done.pop(trial.id, None)
             self._report.pop(trial.id, None)
             if on_done is not None:
                 on_done(trial)
-        elif kind is MsgType.REPORT and not body.final:
+        elif event.report is not None and not event.report.final:
             on_report = self._report.get(trial.id)
             if on_report is not None:
-                on_report(body.value)
+                on_report(event.report.metric)
 
     def submit(
         self,

@@ -57,7 +57,18 @@ from retia import FunctionalEvaluator
 from retia.client.backend import Backend, Trial, connect, query_status
 from retia.errors import AuthenticationError, ProtocolError
 from retia.keys import load_key
-from retia.protocol import Done, Hello, MsgType, Role, Session, TrialState
+from retia.protocol import (
+    Done,
+    DoneBatch,
+    Event,
+    Hello,
+    MsgType,
+    Report,
+    Role,
+    Session,
+    TrialState,
+    pack_metric,
+)
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -189,7 +200,7 @@ class Simulator:
         self.result.sent[type.name] += 1
 
     def hello(self, worker: _SimWorker) -> None:
-        hello = Hello(Role.WORKER.value, worker.id, socket.gethostname(), os.getpid(), "none", [])
+        hello = Hello(Role.WORKER, worker.id, socket.gethostname(), os.getpid(), "none", [])
         self.send(worker, MsgType.HELLO, hello)
         self.ready(worker)
 
@@ -233,15 +244,14 @@ class Simulator:
             self._handle(worker, msg)
 
     def _handle(self, worker: _SimWorker, msg: Any) -> None:
-        h = msg.header
-        if msg.type is MsgType.RUN:
-            now = time.monotonic()
-            self.result.latencies.append((worker.ready_at, now - worker.ready_at))
-            done = Done(
-                TrialState.SUCCEEDED.value, reports=[[1, True, 0.0]]
-            )  # as a real worker: DONE is also READY
-            self.send(worker, MsgType.DONE, done, trial=h.trial, attempt=h.attempt, seq=2)
-            worker.ready_at = time.monotonic()
+        if msg.type is MsgType.RUNS:
+            for run in msg.body.items:
+                now = time.monotonic()
+                self.result.latencies.append((worker.ready_at, now - worker.ready_at))
+                final = Report(run.trial, run.attempt, 1, True, pack_metric(0.0))
+                done = Done(run.trial, run.attempt, 2, TrialState.SUCCEEDED, reports=[final])
+                self.send(worker, MsgType.DONES, DoneBatch([done]))  # as a real worker: DONE is also READY
+                worker.ready_at = time.monotonic()
         elif msg.type is MsgType.RESET:
             self.hello(worker)
 
@@ -269,7 +279,7 @@ class Submitter:
         self._lock = threading.Lock()
         backend.add_listener(self._on_event)
 
-    def _on_event(self, trial: Trial, kind: MsgType, body: Any) -> None:
+    def _on_event(self, trial: Trial, event: Event) -> None:
         self.events += 1  # only the client's I/O thread calls this
 
     def _on_done(self, trial: Trial) -> None:

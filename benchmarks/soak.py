@@ -46,7 +46,7 @@ from retia import FunctionalEvaluator
 from retia.client.backend import Backend, Trial
 from retia.client.cluster import LocalCluster, local_cluster
 from retia.errors import RetiaError
-from retia.protocol import MsgType, TrialState
+from retia.protocol import Event, TrialState
 
 WORKER_ARGS = ("--reuse-process", "--preload", "retia.worker.runner,retia.serializer")
 RSS_MARK = 1000  # trials finished when the reference RSS is taken
@@ -202,7 +202,7 @@ def run_soak(config: SoakConfig) -> SoakResult:
         ) as backend:
             cluster: LocalCluster = backend.cluster  # type: ignore[attr-defined]
             result = SoakResult(trials=config.trials)
-            backend.add_listener(lambda trial, kind, body: _count_final(result, trial, kind, body))
+            backend.add_listener(lambda trial, event: _count_final(result, trial, event))
             killer = Killer(cluster, config.kill_every, config.max_kills) if config.kill_every > 0 else None
             started = time.monotonic()
             if killer is not None:
@@ -222,8 +222,8 @@ def run_soak(config: SoakConfig) -> SoakResult:
             tmp.cleanup()
 
 
-def _count_final(result: SoakResult, trial: Trial, kind: MsgType, body: Any) -> None:
-    if kind is MsgType.REPORT and body.final:
+def _count_final(result: SoakResult, trial: Trial, event: Event) -> None:
+    if event.report is not None and event.report.final:
         result.client_finals[trial.id] += 1  # the client's I/O thread is the only writer
 
 
@@ -293,7 +293,7 @@ def check_journal(path: Path, trials: int, reports: int) -> dict[str, Any]:
     finals: Counter[str] = Counter()
     seqs: dict[tuple[str, int], list[tuple[int, bool, float]]] = {}
     for trial, attempt, seq, final, value in rows:
-        _is_final, reported = msgpack.unpackb(value, raw=False)
+        reported = msgpack.unpackb(value, raw=False)  # the metric, as the trial packed it
         seqs.setdefault((trial, attempt), []).append((seq, bool(final), reported))
         finals[trial] += bool(final)
     duplicated = {t: n for t, n in finals.items() if n > 1}

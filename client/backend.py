@@ -13,6 +13,8 @@ after the last one it saw, so no report is lost or applied twice.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
+import functools
 import logging
 import os
 import queue
@@ -20,7 +22,6 @@ import socket
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,11 +30,15 @@ import zmq
 
 from retia.blobs import Blob
 from retia.curve import secure_client
-from retia.errors import RemoteTraceback, RetiaError, TrialCancelledError, TrialFailedError, WorkerLostError
+from retia.errors import ProtocolError, RetiaError, TrialCancelledError, error_for
 from retia.evaluator import Evaluator, model_factory
+from retia.failure import Failure, FailureKind
 from retia.keys import resolve_key
+from retia.peer import Peer, PeerTiming
 from retia.protocol import (
+    BlobRef,
     Cancel,
+    Event,
     FileChunk,
     Hello,
     Message,
@@ -44,13 +49,14 @@ from retia.protocol import (
     StateChange,
     StatusReply,
     Submit,
-    SubmitBatch,
     TrialState,
-    batches,
+    unpack_metric,
 )
 from retia.reporting import Metric
 from retia.serializer import dump
 from retia.trace import Recipe, get_recipe, trace
+
+from .config import ClientConfig
 
 __all__ = ["Backend", "Trial", "connect", "wait", "query_status", "FIRST_COMPLETED", "ALL_COMPLETED"]
 
@@ -58,7 +64,6 @@ _log = logging.getLogger(__name__)
 FIRST_COMPLETED = concurrent.futures.FIRST_COMPLETED
 ALL_COMPLETED = concurrent.futures.ALL_COMPLETED
 
-_SUBMITS_PER_MESSAGE = 256
 _SUBMIT_BYTES_PER_MESSAGE = 1 << 20
 ReportCallback = Callable[["Trial", Metric], None]
 DoneCallback = Callable[["Trial"], None]
@@ -129,22 +134,17 @@ class Trial:
         if self.state is not TrialState.FAILED or self.change is None:
             return None
         c = self.change
-        cls = WorkerLostError if c.exc_type == "WorkerLostError" else TrialFailedError
-        text = f"trial {self.id} failed after {c.attempt} attempt(s): {c.reason or c.message}"
-        if c.log_tail:
-            text += "\n--- last lines of the trial log ---\n" + c.log_tail
-        error = cls(
-            text, trial_id=self.id, exc_type=c.exc_type, remote_traceback=c.traceback, log_tail=c.log_tail
-        )
-        if c.traceback:
-            error.__cause__ = RemoteTraceback(c.traceback)
-        return error
+        failure = c.failure or Failure(FailureKind.RAISED, c.reason)
+        text = f"trial {self.id} failed after {c.attempt} attempt(s): {c.reason or failure.message}"
+        if failure.log_tail:
+            text += "\n--- last lines of the trial log ---\n" + failure.log_tail
+        return error_for(failure, text, trial_id=self.id)
 
     def cancel(self, reason: str = "cancelled by the client") -> None:
         self._backend._cancel(self, reason)
 
     def add_report_callback(self, fn: ReportCallback) -> None:
-        """``fn(trial, metric)`` on each intermediate report (those already here first), from the I/O thread."""
+        """``fn(trial, metric)`` on each intermediate report (earlier ones first), from the I/O thread."""
         with self._backend._cond:
             earlier = list(self._all_reports)
             self._report_callbacks.append(fn)
@@ -174,19 +174,22 @@ class Backend:
         liveness: int = 5,
         curve_server_key: str | Path | None = None,
     ) -> None:
+        self.config = ClientConfig(
+            address,
+            client_id or f"client-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+            PeerTiming(heartbeat_interval, liveness, reconnect_min=0.5),
+            curve_server_key,
+        )
         self.address = address
         self.curve_server_key = curve_server_key
         self.key = key
-        self.client_id = client_id or f"client-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.client_id = self.config.client_id
         self.trials: dict[str, Trial] = {}
         self.last_event = 0
         self._session = Session(key, self.client_id)
-        self._interval = heartbeat_interval
-        self._liveness = liveness
         self._cond = threading.Condition()
-        self._listeners: list[Callable[[Trial, MsgType, Any], None]] = []
+        self._listeners: list[Callable[[Trial, Event], None]] = []
         self._outgoing: queue.SimpleQueue[Outgoing] = queue.SimpleQueue()
-        self._unacked: OrderedDict[tuple[str, int], Outgoing] = OrderedDict()
         self._seq = 0
         self._uploaded: set[str] = set()
         self._ctx = zmq.Context()
@@ -242,38 +245,39 @@ class Backend:
     ) -> list[Trial]:
         """Queue several evaluations with one evaluator, serialized once (a strategy's batch of candidates).
 
-        ``archs``, ``names`` and ``trial_ids``, when given, have one entry per model, as ``submit`` takes them.
+        ``archs``, ``names`` and ``trial_ids``, when given, have one entry per model (as ``submit``).
         """
         if self._closed.is_set():
             raise RetiaError("this backend is closed; connect again")
         if not isinstance(evaluator, Evaluator):
             raise TypeError(f"evaluator must be a retia Evaluator, got {type(evaluator).__name__}")
         count = len(models)
-        archs, names, trial_ids = (
-            list(given) if given is not None else [default] * count
-            for given, default in ((archs, None), (names, ""), (trial_ids, None))
-        )
-        if not len(archs) == len(names) == len(trial_ids) == count:
+        arch_list: list[dict[str, Any] | None] = list(archs) if archs is not None else [None] * count
+        name_list: list[str] = list(names) if names is not None else [""] * count
+        id_list: list[str | None] = list(trial_ids) if trial_ids is not None else [None] * count
+        if not len(arch_list) == len(name_list) == len(id_list) == count:
             raise ValueError(f"archs, names and trial_ids need one entry per model ({count})")
         evaluator_blobs: dict[str, Blob] = {}
         evaluator_bytes = dump(evaluator, name="evaluator", blobs=evaluator_blobs)
+        ids = [trial_id or uuid.uuid4().hex for trial_id in id_list]
         bodies = []
-        for model, arch, name in zip(models, archs, names):
+        for model, arch, name, trial_id in zip(models, arch_list, name_list, ids):
             blobs = dict(evaluator_blobs)
             model_bytes = dump(_model_recipe(model, arch), name="model", blobs=blobs)
             for blob in blobs.values():
                 self._upload(blob)  # once per backend
-            refs = [[b.digest, b.size] for b in blobs.values()]
-            bodies.append(Submit(evaluator_bytes, model_bytes, arch, timeout, max_retries, name, refs))
+            refs = [BlobRef(b.digest, b.size) for b in blobs.values()]
+            bodies.append(
+                Submit(trial_id, 0, evaluator_bytes, model_bytes, arch, timeout, max_retries, name, refs)
+            )
         trials = []
         with self._cond:
-            for arch, name, trial_id in zip(archs, names, trial_ids):
-                trial_id = trial_id or uuid.uuid4().hex
+            for arch, name, trial_id in zip(arch_list, name_list, ids):
                 trial = self.trials.get(trial_id) or Trial(self, trial_id, name, arch)
                 trial.name, trial.arch = name, arch
                 self.trials[trial.id] = trial
                 trials.append(trial)
-        self._enqueue_many([(MsgType.SUBMIT, body, trial.id) for body, trial in zip(bodies, trials)])
+        self._enqueue_many([(MsgType.SUBMITS, body, body.trial) for body in bodies])
         return trials
 
     def _upload(self, blob: Blob) -> None:
@@ -283,9 +287,8 @@ class Backend:
         self._uploaded.add(blob.digest)
         pieces = list(blob.chunks())
         for i, (offset, data) in enumerate(pieces):
-            self._enqueue(
-                MsgType.BLOB_PUT, FileChunk(blob.digest, offset, data, i == len(pieces) - 1), blob.digest
-            )
+            chunk = FileChunk(blob.digest, offset, bytes(data), i == len(pieces) - 1)
+            self._enqueue(MsgType.BLOB_PUT, chunk, blob.digest)
         if not pieces:
             self._enqueue(MsgType.BLOB_PUT, FileChunk(blob.digest, 0, b"", True), blob.digest)
 
@@ -294,8 +297,8 @@ class Backend:
             self.address, key=self.key, timeout=timeout, curve_server_key=self.curve_server_key
         )
 
-    def add_listener(self, fn: Callable[[Trial, MsgType, Any], None]) -> None:
-        """``fn(trial, MsgType.REPORT|STATE, Report|StateChange)`` for every event, from the I/O thread."""
+    def add_listener(self, fn: Callable[[Trial, Event], None]) -> None:
+        """``fn(trial, event)`` for every event (a report or a state change), from the I/O thread."""
         self._listeners.append(fn)
 
     def wait_connected(self, timeout: float = 30.0) -> None:
@@ -333,6 +336,8 @@ class Backend:
         with self._wake_lock:
             for type, body, trial_id in messages:
                 self._seq += 1
+                if type is MsgType.SUBMITS:
+                    body = dataclasses.replace(body, seq=self._seq)
                 self._outgoing.put(Outgoing(type, body, trial_id, 0, self._seq))
         self._wake()
 
@@ -346,156 +351,86 @@ class Backend:
     # ---- the I/O thread ----
 
     def _io_loop(self) -> None:
-        sock = self._open()
-        last_heard = time.monotonic()
-        next_beat = time.monotonic()
-        backoff = 0.5
+        peer = Peer(
+            self._ctx,
+            self.address,
+            self._session,
+            self._hello,
+            timing=self.config.timing,
+            curve_server_key=self.curve_server_key,
+            max_bytes=_SUBMIT_BYTES_PER_MESSAGE,
+        )
+        peer.connect()
         poller = zmq.Poller()
         poller.register(self._wake_pull, zmq.POLLIN)
-        poller.register(sock, zmq.POLLIN)
+        registered = peer.sock
+        poller.register(registered, zmq.POLLIN)
         try:
             while not self._closed.is_set():
-                ready = dict(poller.poll(max(0, (next_beat - time.monotonic()) * 1000)))
+                if peer.sock is not registered:  # reconnected: a new socket
+                    poller.unregister(registered)
+                    registered = peer.sock
+                    poller.register(registered, zmq.POLLIN)
+                timeout_ms = max(0, int((peer.next_deadline() - time.monotonic()) * 1000))
+                ready = dict(poller.poll(timeout_ms))
                 if self._wake_pull in ready:
                     while self._wake_pull.poll(0):
                         self._wake_pull.recv()
-                self._send_outgoing(sock)
-                if sock in ready:
-                    if self._read(sock):
-                        last_heard, backoff = time.monotonic(), 0.5
-                now = time.monotonic()
-                if now >= next_beat:
-                    _try_send(sock, self._session.frames(MsgType.HEARTBEAT))
-                    next_beat = now + self._interval
-                if now - last_heard > self._interval * self._liveness + backoff:
-                    _log.warning(
-                        "dispatcher at %s silent for %.1fs; reconnecting", self.address, now - last_heard
-                    )
-                    poller.unregister(sock)
-                    sock.close(linger=0)
-                    sock = self._open()
-                    poller.register(sock, zmq.POLLIN)
-                    last_heard, backoff = now, min(backoff * 2, 32.0)
+                self._send_outgoing(peer)
+                if registered in ready:
+                    for msg in peer.receive():
+                        self._handle(peer, msg)
+                peer.tick(time.monotonic())
         finally:
-            try:
-                sock.send_multipart(self._session.frames(MsgType.BYE), zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
-            sock.close(linger=100)
+            peer.close(linger_ms=100)
 
-    def _open(self) -> zmq.Socket:
-        sock = self._ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.IDENTITY, self.client_id.encode())
-        sock.setsockopt(zmq.LINGER, 0)
-        if self.curve_server_key is not None:
-            secure_client(sock, self.curve_server_key)
-        sock.connect(self.address)
-        hello = Hello(
-            Role.CLIENT.value, self.client_id, socket.gethostname(), os.getpid(), last_event=self.last_event
+    def _hello(self) -> Hello:
+        return Hello(
+            Role.CLIENT, self.client_id, socket.gethostname(), os.getpid(), last_event=self.last_event
         )
-        _try_send(sock, self._session.frames(MsgType.HELLO, hello))
-        for message in self._unacked.values():
-            _try_send(sock, message.frames(self._session))
-        return sock
 
-    def _send_outgoing(self, sock: zmq.Socket) -> None:
-        """What user threads queued, in order; consecutive SUBMITs go out together in SUBMITS messages."""
-        submits: list[Outgoing] = []
+    def _send_outgoing(self, peer: Peer) -> None:
+        """What user threads queued, in order, kept until acknowledged."""
+        messages: list[Outgoing] = []
         while True:
             try:
-                message = self._outgoing.get_nowait()
+                messages.append(self._outgoing.get_nowait())
             except queue.Empty:
                 break
-            if message.seq:  # HELLOs carry no seq and need no acknowledgement
-                self._unacked[(message.trial, message.seq)] = message
-            if message.type is MsgType.SUBMIT and len(submits) < _SUBMITS_PER_MESSAGE:
-                submits.append(message)
-                continue
-            self._send_submits(sock, submits)
-            submits = [message] if message.type is MsgType.SUBMIT else []
-            if not submits:
-                _try_send(sock, message.frames(self._session))
-        self._send_submits(sock, submits)
+        if messages:
+            peer.keep(messages)
 
-    def _send_submits(self, sock: zmq.Socket, submits: list[Outgoing]) -> None:
-        def size(m: Outgoing) -> int:
-            return len(m.body.evaluator) + len(m.body.model)
-
-        for part in batches(
-            submits, size, _SUBMITS_PER_MESSAGE, _SUBMIT_BYTES_PER_MESSAGE
-        ):  # well under the limit
-            if len(part) == 1:
-                _try_send(sock, part[0].frames(self._session))
-            else:
-                batch = SubmitBatch.of([(m.trial, m.seq, m.body) for m in part])
-                _try_send(sock, self._session.frames(MsgType.SUBMITS, batch))
-
-    def _read(self, sock: zmq.Socket) -> bool:
-        heard = False
-        while True:
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return heard
-            try:
-                msg = self._session.parse(frames)
-            except RetiaError as exc:
-                _log.warning("dropped message from the dispatcher: %s", exc)
-                continue
-            heard = True
-            self._handle(msg)
-
-    def _handle(self, msg: Message) -> None:
-        h = msg.header
+    def _handle(self, peer: Peer, msg: Message) -> None:
         if msg.type is MsgType.ACKS:
-            for trial, _attempt, seq in msg.body.items:
-                self._unacked.pop((trial, seq), None)
-        elif msg.type is MsgType.ACK:
-            self._unacked.pop((h.trial, h.seq), None)
-            if not msg.body.ok:
-                _log.error("the dispatcher refused a message about %s: %s", h.trial, msg.body.reason)
+            for ack in msg.body.items:
+                if not ack.ok:
+                    _log.error("the dispatcher refused a message about %s: %s", ack.trial, ack.reason)
         elif msg.type is MsgType.WELCOME:
             self._welcomed.set()
-        elif (
-            msg.type is MsgType.RESET
-        ):  # the dispatcher restarted: introduce ourselves, re-send what it lacks
-            hello = Hello(
-                Role.CLIENT.value,
-                self.client_id,
-                socket.gethostname(),
-                os.getpid(),
-                last_event=self.last_event,
-            )
-            self._outgoing.put(Outgoing(MsgType.HELLO, hello))
-            for message in list(self._unacked.values()):
-                self._outgoing.put(message)
+        elif msg.type is MsgType.RESET:  # the dispatcher restarted: say HELLO, re-send what it lacks
+            peer.say_hello()
         elif msg.type is MsgType.EVENTS:
-            events = []
-            for kind, trial, attempt, seq, payload in msg.body.items:
-                try:
-                    event = self._session.decode(kind, trial, attempt, seq, payload)
-                except RetiaError as exc:
-                    _log.warning("dropped an event from the dispatcher: %s", exc)
-                    continue
-                if event.type in (MsgType.REPORT, MsgType.STATE) and self._is_new(event):
-                    events.append(event)
-            self._apply(events)
-        elif msg.type in (MsgType.REPORT, MsgType.STATE) and self._is_new(msg):
-            self._apply([msg])
+            self._apply([event for event in msg.body.items if self._is_new(event)])
 
-    def _is_new(self, event: Message) -> bool:
-        """Not applied yet (a replay after a reconnect repeats what came before)."""
-        if event.header.seq <= self.last_event:
+    def _is_new(self, event: Event) -> bool:
+        """Not applied yet (a replay after a reconnect repeats what came before), and a real metric."""
+        if event.seq <= self.last_event:
             return False
-        self.last_event = event.header.seq
+        self.last_event = event.seq
+        if event.report is not None:
+            try:
+                unpack_metric(event.report.value)
+            except ProtocolError as exc:
+                _log.warning("dropped a report of trial %s: %s", event.report.trial, exc)
+                return False
         return True
 
-    def _apply(self, events: list[Message]) -> None:
+    def _apply(self, events: list[Event]) -> None:
         """Events in order, under one lock and one wake-up of the waiting threads; then the callbacks."""
         callbacks: list[Callable[[], None]] = []
         with self._cond:
-            for msg in events:
-                callbacks += self._apply_one(msg)
+            for event in events:
+                callbacks += self._apply_one(event)
             self._cond.notify_all()
         for callback in callbacks:
             try:
@@ -503,22 +438,23 @@ class Backend:
             except Exception:  # a user's callback must not kill the I/O thread
                 _log.exception("trial callback failed")
 
-    def _apply_one(self, msg: Message) -> list[Callable[[], None]]:
-        h, callbacks = msg.header, []
-        trial = self.trials.get(h.trial)
+    def _apply_one(self, event: Event) -> list[Callable[[], None]]:
+        callbacks: list[Callable[[], None]] = []
+        trial_id = event.trial
+        trial = self.trials.get(trial_id)
         if trial is None:  # a trial submitted by an earlier process with this client id
-            trial = self.trials[h.trial] = Trial(self, h.trial)
-        if msg.type is MsgType.REPORT:
-            value = msg.body.value
-            if msg.body.final:
+            trial = self.trials[trial_id] = Trial(self, trial_id)
+        if event.report is not None:
+            value = event.report.metric
+            if event.report.final:
                 trial.final = value
             else:
                 trial.intermediates.append(value)
                 trial._all_reports.append(value)
-                callbacks += [lambda fn=fn: fn(trial, value) for fn in trial._report_callbacks]
-        else:
-            change: StateChange = msg.body
-            state = TrialState(change.state)
+                callbacks += [functools.partial(fn, trial, value) for fn in trial._report_callbacks]
+        elif event.state is not None:
+            change: StateChange = event.state
+            state = change.state
             if state is TrialState.RUNNING and change.attempt != trial.attempt:
                 trial.intermediates = []
             trial.state, trial.attempt, trial.worker, trial.change = (
@@ -530,19 +466,10 @@ class Backend:
             if change.output_dir and (trial.output_dir is None or str(trial.output_dir) != change.output_dir):
                 trial.output_dir = Path(change.output_dir)
             if state.finished:
-                callbacks += [lambda fn=fn: fn(trial) for fn in trial._done_callbacks]
+                callbacks += [functools.partial(fn, trial) for fn in trial._done_callbacks]
                 trial._done_callbacks.clear()
-        payload = msg.body
-        callbacks += [lambda fn=listener: fn(trial, msg.type, payload) for listener in self._listeners]
+        callbacks += [functools.partial(fn, trial, event) for fn in self._listeners]
         return callbacks
-
-
-def _try_send(sock: zmq.Socket, frames: list[bytes]) -> None:
-    """Send without blocking; when the dispatcher is unreachable the message waits in ``_unacked``."""
-    try:
-        sock.send_multipart(frames, zmq.NOBLOCK)
-    except zmq.Again:
-        pass
 
 
 def connect(
@@ -553,7 +480,7 @@ def connect(
     timeout: float = 30.0,
     **kwargs: Any,
 ) -> Backend:
-    """Connect to a running dispatcher; the key comes from ``key``, ``key_file``, ``$RETIA_KEY`` or ~/.retia."""
+    """Connect to a running dispatcher; the key is ``key``, ``key_file``, ``$RETIA_KEY`` or ~/.retia's."""
     backend = Backend(address, resolve_key(key, key_file), **kwargs)
     try:
         backend.wait_connected(timeout)
@@ -592,7 +519,7 @@ def query_status(
 ) -> StatusReply:
     """One STATUS round trip on a short-lived socket."""
     session = Session(key, f"status-{os.getpid()}-{uuid.uuid4().hex[:6]}")
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     if curve_server_key is not None:
@@ -602,7 +529,7 @@ def query_status(
         sock.send_multipart(session.frames(MsgType.STATUS))
         deadline = time.monotonic() + timeout
         while (remaining := deadline - time.monotonic()) > 0:
-            if not sock.poll(remaining * 1000):
+            if not sock.poll(int(remaining * 1000)):
                 break
             msg = session.parse(sock.recv_multipart())
             if msg.type is MsgType.STATUS_REPLY:
@@ -623,6 +550,6 @@ def _model_recipe(model: Any, arch: dict[str, Any] | None) -> Any:
     recipe = get_recipe(model) if not isinstance(model, type) else Recipe(model)
     if recipe is None:
         raise TypeError(f"arch= needs a ModelSpace instance or class, got {type(model).__name__}")
-    from retia.space_ref import FrozenModel
+    from retia.arch import FrozenModel
 
     return trace(FrozenModel)(space=recipe.target, arch=arch, args=recipe.args, kwargs=recipe.kwargs)

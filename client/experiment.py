@@ -23,7 +23,7 @@ from typing import Any
 
 from retia.errors import ConfigError
 from retia.evaluator import Evaluator
-from retia.protocol import MsgType, StateChange, TrialState
+from retia.protocol import Event, TrialState
 from retia.reporting import Metric, default_value
 from retia.serializer import dump, load
 
@@ -35,7 +35,7 @@ from .record import ExperimentRecord, ExperimentSettings, TrialResult, scored
 __all__ = ["Experiment", "RetiariiExperiment"]
 
 _log = logging.getLogger(__name__)
-_Event = tuple[Trial, MsgType, Any]
+_Event = tuple[Trial, Event]
 
 
 class Experiment:
@@ -193,7 +193,7 @@ class _Loop:
     def run(self) -> list[TrialResult]:
         strategy, record = self.exp.strategy, self.exp.record
         strategy.attach(self.exp.model_space.search_space())
-        self.backend.add_listener(lambda trial, kind, payload: self.events.put((trial, kind, payload)))
+        self.backend.add_listener(lambda trial, event: self.events.put((trial, event)))
         for result in record.results.values():
             if result.state in (
                 TrialState.SUCCEEDED.value,
@@ -245,8 +245,8 @@ class _Loop:
         self.running[result.trial_id] = result.key
         if resubmit:
             _log.info("re-attached trial #%d (%s)", result.key, result.trial_id)
-            if trial.done():  # its events were replayed before the loop listened
-                self.events.put((trial, MsgType.STATE, trial.change))
+            if trial.done() and trial.change is not None:  # its events were replayed before the loop listened
+                self.events.put((trial, Event(0, state=trial.change)))
 
     def _drain(self) -> None:
         try:
@@ -260,35 +260,37 @@ class _Loop:
             except queue.Empty:
                 return
 
-    def _on_event(self, trial: Trial, kind: MsgType, payload: Any) -> None:
+    def _on_event(self, trial: Trial, event: Event) -> None:
         key = self.running.get(trial.id)
         if key is None:
             return
         strategy = self.exp.strategy
-        if kind is MsgType.REPORT:
-            if payload.final:
+        if event.report is not None:
+            if event.report.final:
                 return
             self.steps[key] = self.steps.get(key, 0) + 1
-            strategy.report(key, self.steps[key], self.sign * default_value(payload.value))
+            strategy.report(key, self.steps[key], self.sign * default_value(event.report.metric))
             running_keys = {k: t for t, k in self.running.items()}
             for stop_key in strategy.to_stop(list(running_keys)):
                 if stop_key in running_keys:
                     self.backend.trials[running_keys[stop_key]].cancel("stopped early by the strategy")
             return
-        change: StateChange = payload
-        if change.state == TrialState.RUNNING.value and change.attempt > 1:
+        change = event.state
+        if change is None:
+            return
+        if change.state is TrialState.RUNNING and change.attempt > 1:
             self.steps[key] = 0
-        if not TrialState(change.state).finished:
+        if not change.state.finished:
             return
         result = self.exp.record.results[key]
-        result.state, result.final, result.attempt = change.state, trial.final, change.attempt
+        result.state, result.final, result.attempt = change.state.value, trial.final, change.attempt
         result.intermediates = list(trial.intermediates)
-        result.reason = change.reason or change.message
+        result.reason = change.reason or (change.failure.message if change.failure else "")
         result.finished = time.time()
         result.output_dir = change.output_dir
         self.exp.record.append_result(result)
         del self.running[trial.id]
-        value = self._value(result.final) if change.state == TrialState.SUCCEEDED.value else None
+        value = self._value(result.final) if change.state is TrialState.SUCCEEDED else None
         strategy.tell(key, result.arch, value)
         self.view.trial_finished(result)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .failure import Failure, FailureKind
+
 __all__ = [
     "RetiaError",
     "ConfigError",
@@ -12,8 +14,12 @@ __all__ = [
     "ProtocolError",
     "TrialFailedError",
     "TrialCancelledError",
+    "TrialTimeoutError",
+    "TrialProcessDiedError",
+    "BlobUnavailableError",
     "WorkerLostError",
     "InvalidArchitectureError",
+    "TrialStateError",
 ]
 
 
@@ -58,7 +64,7 @@ class InvalidArchitectureError(RetiaError, ValueError):
 
 
 class TrialFailedError(RetiaError):
-    """A trial ended in FAILED; carries the remote exception type, message and log tail."""
+    """A trial ended in FAILED; carries its :class:`~retia.failure.Failure` (type, traceback, log tail)."""
 
     def __init__(
         self,
@@ -68,20 +74,55 @@ class TrialFailedError(RetiaError):
         exc_type: str = "",
         remote_traceback: str = "",
         log_tail: str = "",
+        failure: Failure | None = None,
     ) -> None:
         super().__init__(message)
         self.trial_id = trial_id
-        self.exc_type = exc_type
-        self.remote_traceback = remote_traceback
-        self.log_tail = log_tail
+        self.failure = failure
+        self.exc_type = exc_type or (failure.exc_type if failure else "")
+        self.remote_traceback = remote_traceback or (failure.traceback if failure else "")
+        self.log_tail = log_tail or (failure.log_tail if failure else "")
+
+
+class TrialStateError(RetiaError):
+    """A trial was asked to move between states its lifecycle does not join (a stale or bad message)."""
 
 
 class TrialCancelledError(RetiaError):
     """The trial was cancelled before it produced a final result."""
 
 
+class TrialTimeoutError(TrialFailedError):
+    """The trial ran past its timeout; the worker stopped it."""
+
+
+class TrialProcessDiedError(TrialFailedError):
+    """The trial process ended before fit returned: a crash, ``os._exit`` or a signal (see ``failure``)."""
+
+
+class BlobUnavailableError(TrialFailedError):
+    """A large argument of the trial could not be fetched or verified on its worker."""
+
+
 class WorkerLostError(TrialFailedError):
     """The worker running a trial died or stopped heartbeating too many times."""
+
+
+_ERROR_OF_KIND: dict[FailureKind, type[TrialFailedError]] = {
+    FailureKind.TIMEOUT: TrialTimeoutError,
+    FailureKind.PROCESS_DIED: TrialProcessDiedError,
+    FailureKind.BLOB: BlobUnavailableError,
+    FailureKind.WORKER_LOST: WorkerLostError,
+}
+
+
+def error_for(failure: Failure, message: str, *, trial_id: str = "") -> TrialFailedError:
+    """The error class a failure of this kind raises, built from the record (its traceback as cause)."""
+    cls = _ERROR_OF_KIND.get(failure.kind, TrialFailedError)
+    error = cls(message, trial_id=trial_id, failure=failure)
+    if failure.traceback:
+        error.__cause__ = RemoteTraceback(failure.traceback)
+    return error
 
 
 class RemoteTraceback(Exception):

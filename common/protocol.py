@@ -1,27 +1,43 @@
-"""The wire protocol: ``[b"retia/1", signature, header, payload]``, HMAC-signed msgpack.
+"""The wire protocol: ``[b"retia/2", signature, header, payload]``, HMAC-signed msgpack.
 
 The signature is HMAC-SHA256 over header and payload with the cluster key, checked with
 ``hmac.compare_digest`` before a single byte is decoded (as jupyter_client's Session does).
-User objects travel inside bodies as opaque ``retia.dump`` bytes: the dispatcher forwards
-them and never loads them.
+Every body is a dataclass below, decoded by :mod:`retia.codec`, which checks each field;
+a message that does not fit is refused with a ``ProtocolError`` naming the field.
+
+Control messages (HELLO, CANCEL, FILE, ...) carry one body. Data travels only as batches of
+typed items, one kind per message type, so each kind has one sender and one receiver:
+
+    SUBMITS  client -> dispatcher   list[Submit]   acknowledged item by item
+    RUNS     dispatcher -> worker   list[Run]
+    REPORTS  worker -> dispatcher   list[Report]   acknowledged by its last item
+    DONES    worker -> dispatcher   list[Done]     acknowledged item by item
+    ACKS     dispatcher -> sender   list[Ack]
+    EVENTS   dispatcher -> client   list[Event]    each with its event seq
+
+User objects travel inside bodies as opaque ``retia.dump`` bytes, a metric as the msgpack
+bytes the trial packed: the dispatcher stores and relays them and never loads them.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import hashlib
 import hmac
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgpack
 
+from . import codec
+from .codec import Bounds, Json, NonNegative
 from .errors import AuthenticationError, ProtocolError
+from .failure import Failure, FailureKind
+from .reporting import Metric, validate_metric
 
 __all__ = [
     "VERSION",
@@ -32,64 +48,71 @@ __all__ = [
     "Message",
     "Outgoing",
     "Session",
-    "Hello",
-    "Ready",
-    "Welcome",
     "Empty",
+    "Hello",
+    "Welcome",
+    "Ready",
+    "Cancel",
+    "TrialAttempt",
+    "BlobRef",
+    "FileChunk",
+    "BlobRequest",
+    "WorkerInfo",
+    "StatusReply",
+    "Submit",
     "Run",
     "Report",
-    "ReportBatch",
+    "InlineFile",
+    "Done",
+    "Ack",
+    "StateChange",
+    "Event",
+    "SubmitBatch",
     "RunBatch",
+    "ReportBatch",
     "DoneBatch",
     "AckBatch",
     "EventBatch",
-    "Done",
-    "Cancel",
-    "Submit",
-    "SubmitBatch",
-    "Ack",
-    "BlobRequest",
-    "StateChange",
-    "WorkerInfo",
-    "StatusReply",
-    "FileChunk",
+    "Failure",
+    "FailureKind",
     "BODY_TYPES",
     "batches",
+    "kept_frames",
+    "pack_metric",
+    "unpack_metric",
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "MAX_PREFETCH",
 ]
 
 T = TypeVar("T")
-VERSION = b"retia/1"
+VERSION = b"retia/2"
 DEFAULT_MAX_MESSAGE_BYTES = 8 << 20  # big data travels as chunked blobs, never inside one message
+MAX_PREFETCH = 64  # trials a worker may hold beyond the one it runs
+_CHUNK_LIMIT = 8 << 20  # the most bytes a BLOB_GET may ask for (the dispatcher sends at most 1 MiB)
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 class MsgType(IntEnum):
     HELLO = 1  # peer -> dispatcher: who I am (worker or client), what I still run / have seen
     WELCOME = 2  # dispatcher -> peer: heartbeat settings
     READY = 3  # worker -> dispatcher: idle, send me a trial
-    RUN = 4  # dispatcher -> worker: run this trial attempt
-    REPORT = 5  # worker -> dispatcher (seq = report seq); dispatcher -> client (seq = event seq)
-    DONE = 6  # worker -> dispatcher: the attempt ended
     HEARTBEAT = 7  # both ways
-    CANCEL = 8  # client -> dispatcher -> worker
-    SUBMIT = 9  # client -> dispatcher: a new trial
-    ACK = 10  # dispatcher -> sender: stored (SUBMIT, REPORT, DONE, FILE)
-    STATE = 11  # dispatcher -> client (seq = event seq): a trial changed state
+    CANCEL = 8  # client -> dispatcher -> worker (header: trial, attempt)
     STATUS = 12  # anyone -> dispatcher: what are you doing
     STATUS_REPLY = 13
     SHUTDOWN = 14  # dispatcher -> worker: exit
     BYE = 15  # peer -> dispatcher: leaving on purpose
     RESET = 16  # dispatcher -> unknown peer: say HELLO again
-    FILE = 17  # worker -> dispatcher: a chunk of a trial artefact
+    FILE = 17  # worker -> dispatcher: a chunk of a trial artefact (header: trial, attempt, seq)
     BLOB_PUT = 18  # client -> dispatcher: a chunk of a blob (path = digest)
     BLOB_GET = 19  # worker -> dispatcher: send me this range of a blob
     BLOB_DATA = 20  # dispatcher -> worker: a chunk of a blob (path = digest)
-    REPORTS = 21  # worker -> dispatcher: several reports of one attempt (header seq = the last one)
-    ACKS = 22  # dispatcher -> sender: the acknowledgements one batch produced, in one message
-    EVENTS = 23  # dispatcher -> client: the REPORT and STATE events one batch produced, in order
-    RUNS = 24  # dispatcher -> worker: several RUNs in one message (a worker that holds trials, --prefetch)
-    DONES = 25  # worker -> dispatcher: several DONEs in one message, each acknowledged on its own
-    SUBMITS = 26  # client -> dispatcher: several SUBMITs in one message, each acknowledged on its own
+    REPORTS = 21  # worker -> dispatcher: reports, in order
+    ACKS = 22  # dispatcher -> sender: what one loop turn stored (or refused)
+    EVENTS = 23  # dispatcher -> client: report and state events, in event order
+    RUNS = 24  # dispatcher -> worker: trial attempts to run (or hold, with --prefetch)
+    DONES = 25  # worker -> dispatcher: attempts that ended
+    SUBMITS = 26  # client -> dispatcher: new trials
 
 
 class Role(str, Enum):
@@ -109,40 +132,46 @@ class TrialState(str, Enum):
         return self in (TrialState.SUCCEEDED, TrialState.FAILED, TrialState.CANCELLED)
 
 
+Seq = NonNegative
+Attempt = NonNegative
+Seconds = Annotated[float, Bounds(0.0, None)]
+
+
 @dataclass(frozen=True)
 class Header:
     type: MsgType
     trial: str = ""
-    attempt: int = 0
-    seq: int = 0
+    attempt: Attempt = 0
+    seq: Seq = 0
     sender: str = ""
     time: float = 0.0
 
 
-# ---- bodies: each a dataclass sent as a msgpack array of its fields, in order ----
+# ---- control bodies ----
 
 
 @dataclass(frozen=True)
 class Empty:
-    """Body of READY, HEARTBEAT, SHUTDOWN, BYE, RESET, STATUS."""
+    """Body of READY-less commands: HEARTBEAT, SHUTDOWN, BYE, RESET, STATUS."""
+
+
+@dataclass(frozen=True)
+class TrialAttempt:
+    trial: str
+    attempt: Attempt
 
 
 @dataclass(frozen=True)
 class Hello:
-    role: str
+    role: Role
     peer_id: str
     host: str = ""
-    pid: int = 0
+    pid: NonNegative = 0
     gpu: str = ""
-    running: list[list[Any]] = field(default_factory=list)  # [[trial, attempt], ...] still running
-    last_event: int = 0  # clients: highest event seq already received
+    running: list[TrialAttempt] = field(default_factory=list)  # workers: still running or held, in order
+    last_event: Seq = 0  # clients: highest event seq already received
     version: str = ""
-    prefetch: int = 0  # workers: how many trials it holds beyond the one it runs
-
-
-@dataclass(frozen=True)
-class Ready:
-    last_run: str = ""  # the last trial this worker was given: a READY sent before a RUN arrived is stale
+    prefetch: Annotated[int, Bounds(0, MAX_PREFETCH)] = 0  # workers: trials held beyond the running one
 
 
 @dataclass(frozen=True)
@@ -153,73 +182,8 @@ class Welcome:
 
 
 @dataclass(frozen=True)
-class Run:
-    evaluator: bytes
-    model: bytes
-    timeout: float | None = None
-    name: str = ""
-    max_artifact_bytes: int = 50 << 20
-    blobs: list[list[Any]] = field(default_factory=list)  # [[digest, size], ...] the payload references
-
-
-@dataclass(frozen=True)
-class RunBatch:
-    items: list[list[Any]]  # [[trial, attempt, evaluator, model, timeout, name, blobs], ...] in order
-
-    def messages(self, sender: str = "") -> list[Message]:
-        """Each item as the RUN message it stands for."""
-        return [
-            Message(
-                Header(MsgType.RUN, str(t), int(a), 0, sender), Run(e, m, timeout, name, blobs=list(blobs))
-            )
-            for t, a, e, m, timeout, name, blobs in self.items
-        ]
-
-
-@dataclass(frozen=True)
-class Report:
-    final: bool
-    value: float | dict[str, float]
-
-
-@dataclass(frozen=True)
-class ReportBatch:
-    items: list[list[Any]]  # [[seq, final, value], ...] in order
-
-
-@dataclass(frozen=True)
-class Done:
-    """The attempt ended. It also says the worker is free, and carries the reports still unsent."""
-
-    state: str
-    reason: str = ""
-    exc_type: str = ""
-    message: str = ""
-    traceback: str = ""
-    log_tail: str = ""
-    duration: float = 0.0
-    reports: list[list[Any]] = field(
-        default_factory=list
-    )  # [[seq, final, value], ...], stored before the outcome
-    files: list[list[Any]] = field(
-        default_factory=list
-    )  # [[relative path, bytes], ...]: small artefacts, inline
-
-
-@dataclass(frozen=True)
-class DoneBatch:
-    items: list[list[Any]]  # [[trial, attempt, seq, [Done fields...]], ...]
-
-    @classmethod
-    def of(cls, dones: list[tuple[str, int, int, Done]]) -> DoneBatch:
-        return cls([[trial, attempt, seq, _to_wire(done)] for trial, attempt, seq, done in dones])
-
-    def messages(self, sender: str = "") -> list[Message]:
-        """Each item as the DONE message it stands for."""
-        return [
-            Message(Header(MsgType.DONE, str(t), int(a), int(s), sender), Done(*fields))
-            for t, a, s, fields in self.items
-        ]
+class Ready:
+    last_run: str = ""  # the last trial this worker was given: a READY sent before a RUN arrived is stale
 
 
 @dataclass(frozen=True)
@@ -231,66 +195,33 @@ class Cancel:
 
 
 @dataclass(frozen=True)
-class Submit:
-    evaluator: bytes
-    model: bytes
-    arch: Any = None  # JSON-able architecture dict, kept for bookkeeping only
-    timeout: float | None = None
-    max_retries: int = 2
-    name: str = ""
-    blobs: list[list[Any]] = field(default_factory=list)  # [[digest, size], ...], uploaded before
+class BlobRef:
+    """A large argument a payload references, stored by content."""
+
+    digest: str
+    size: NonNegative
+
+    def check(self) -> str:
+        return (
+            ""
+            if _DIGEST.fullmatch(self.digest)
+            else f"blob digest {self.digest[:80]!r} is not a sha256 hex digest"
+        )
 
 
 @dataclass(frozen=True)
-class SubmitBatch:
-    items: list[list[Any]]  # [[trial, seq, [Submit fields...]], ...]
-
-    @classmethod
-    def of(cls, submits: list[tuple[str, int, Submit]]) -> SubmitBatch:
-        return cls([[trial, seq, _to_wire(sub)] for trial, seq, sub in submits])
-
-    def messages(self, sender: str = "") -> list[Message]:
-        """Each item as the SUBMIT message it stands for."""
-        return [
-            Message(Header(MsgType.SUBMIT, str(t), 0, int(s), sender), Submit(*fields))
-            for t, s, fields in self.items
-        ]
+class FileChunk:
+    path: str  # relative to the trial's output directory (FILE), or a blob digest (BLOB_PUT, BLOB_DATA)
+    offset: NonNegative
+    data: bytes
+    last: bool
 
 
 @dataclass(frozen=True)
 class BlobRequest:
     digest: str
-    offset: int
-    length: int
-
-
-@dataclass(frozen=True)
-class Ack:
-    ok: bool = True
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class AckBatch:
-    items: list[list[Any]]  # [[trial, attempt, seq], ...]: each stored, as a positive ACK would say
-
-
-@dataclass(frozen=True)
-class EventBatch:
-    items: list[list[Any]]  # [[type, trial, attempt, event seq, packed body], ...] in event order
-
-
-@dataclass(frozen=True)
-class StateChange:
-    state: str
-    attempt: int
-    worker: str = ""
-    reason: str = ""
-    exc_type: str = ""
-    message: str = ""
-    traceback: str = ""
-    log_tail: str = ""
-    output_dir: str = ""
+    offset: NonNegative
+    length: Annotated[int, Bounds(1, _CHUNK_LIMIT)]
 
 
 @dataclass(frozen=True)
@@ -313,26 +244,167 @@ class StatusReply:
     bytes_sent: int = 0
 
 
+# ---- data items, each travelling in a batch ----
+
+
 @dataclass(frozen=True)
-class FileChunk:
-    path: str  # relative to the trial's output directory
-    offset: int
+class Submit:
+    """A new trial (client -> dispatcher); ``seq`` is the client's, for the acknowledgement."""
+
+    trial: str
+    seq: Seq
+    evaluator: bytes
+    model: bytes
+    arch: Json = None  # JSON-able architecture dict, kept for bookkeeping only
+    timeout: Seconds | None = None
+    max_retries: Annotated[int, Bounds(0, 1000)] = 2
+    name: str = ""
+    blobs: list[BlobRef] = field(default_factory=list)  # uploaded before
+
+    def check(self) -> str:
+        return "" if self.trial else "a trial id is required"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One attempt of a trial for a worker to run (dispatcher -> worker)."""
+
+    trial: str
+    attempt: Attempt
+    evaluator: bytes
+    model: bytes
+    timeout: Seconds | None = None
+    name: str = ""
+    max_artifact_bytes: NonNegative = 50 << 20
+    blobs: list[BlobRef] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Report:
+    """One ``report_*_result`` of an attempt; ``value`` is the metric as the trial packed it."""
+
+    trial: str
+    attempt: Attempt
+    seq: Seq
+    final: bool
+    value: bytes
+
+    @property
+    def metric(self) -> Metric:
+        return unpack_metric(self.value)
+
+
+@dataclass(frozen=True)
+class InlineFile:
+    """A small artefact riding inside its DONE."""
+
+    path: str
     data: bytes
-    last: bool
+
+
+@dataclass(frozen=True)
+class Done:
+    """The attempt ended. It also says the worker is free, and carries the reports still unsent.
+
+    ``state`` QUEUED means given back unstarted; FAILED comes with its ``failure``."""
+
+    trial: str
+    attempt: Attempt
+    seq: Seq
+    state: TrialState
+    reason: str = ""
+    failure: Failure | None = None
+    duration: Seconds = 0.0
+    reports: list[Report] = field(default_factory=list)  # stored before the outcome
+    files: list[InlineFile] = field(default_factory=list)
+
+    def check(self) -> str:
+        if self.state is TrialState.RUNNING:
+            return "a DONE cannot leave its trial RUNNING"
+        if self.state is TrialState.FAILED and self.failure is None:
+            return "a FAILED DONE needs its failure"
+        return ""
+
+
+@dataclass(frozen=True)
+class Ack:
+    """A stored (or, with ``ok`` False, refused) message, named by its sender's key."""
+
+    trial: str
+    attempt: Attempt
+    seq: Seq
+    ok: bool = True
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class StateChange:
+    trial: str
+    attempt: Attempt
+    state: TrialState
+    worker: str = ""
+    reason: str = ""
+    failure: Failure | None = None
+    output_dir: str = ""
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something a client must hear, in order: a relayed report or a state change."""
+
+    seq: Seq
+    report: Report | None = None
+    state: StateChange | None = None
+
+    def check(self) -> str:
+        return (
+            "" if (self.report is None) != (self.state is None) else "an event is a report or a state change"
+        )
+
+    @property
+    def trial(self) -> str:
+        return self.report.trial if self.report is not None else self.state.trial if self.state else ""
+
+
+@dataclass(frozen=True)
+class SubmitBatch:
+    items: list[Submit]
+
+
+@dataclass(frozen=True)
+class RunBatch:
+    items: list[Run]
+
+
+@dataclass(frozen=True)
+class ReportBatch:
+    items: list[Report]
+
+    def check(self) -> str:
+        return "" if self.items else "an empty REPORTS"
+
+
+@dataclass(frozen=True)
+class DoneBatch:
+    items: list[Done]
+
+
+@dataclass(frozen=True)
+class AckBatch:
+    items: list[Ack]
+
+
+@dataclass(frozen=True)
+class EventBatch:
+    items: list[Event]
 
 
 BODY_TYPES: dict[MsgType, type] = {
     MsgType.HELLO: Hello,
     MsgType.WELCOME: Welcome,
     MsgType.READY: Ready,
-    MsgType.RUN: Run,
-    MsgType.REPORT: Report,
-    MsgType.DONE: Done,
     MsgType.HEARTBEAT: Empty,
     MsgType.CANCEL: Cancel,
-    MsgType.SUBMIT: Submit,
-    MsgType.ACK: Ack,
-    MsgType.STATE: StateChange,
     MsgType.STATUS: Empty,
     MsgType.STATUS_REPLY: StatusReply,
     MsgType.SHUTDOWN: Empty,
@@ -351,6 +423,20 @@ BODY_TYPES: dict[MsgType, type] = {
 }
 
 
+def pack_metric(value: Metric) -> bytes:
+    """A validated metric as the bytes a Report carries."""
+    data: bytes = msgpack.packb(value, use_bin_type=True)
+    return data
+
+
+def unpack_metric(data: bytes) -> Metric:
+    """A Report's bytes as a metric (a number, or a dict of numbers); ProtocolError when they are not one."""
+    try:
+        return validate_metric(msgpack.unpackb(data, raw=False))
+    except Exception as exc:  # whatever the bytes hold, it is not a metric
+        raise ProtocolError(f"a report that is not a metric: {type(exc).__name__}: {exc}") from exc
+
+
 @dataclass(frozen=True)
 class Outgoing:
     """A message kept until acknowledged; signed afresh on every send, so a re-send is no replay."""
@@ -361,6 +447,10 @@ class Outgoing:
     attempt: int = 0
     seq: int = 0
 
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.trial, self.attempt, self.seq)
+
     def frames(self, session: Session) -> list[bytes]:
         return session.frames(self.type, self.body, trial=self.trial, attempt=self.attempt, seq=self.seq)
 
@@ -369,51 +459,54 @@ class Outgoing:
 class Message:
     header: Header
     body: Any
-    payload: bytes = b""  # the packed body, for relaying without re-encoding
 
     @property
     def type(self) -> MsgType:
         return self.header.type
 
 
+_ITEM_BATCHES: dict[MsgType, Callable[[list[Any]], Any]] = {
+    MsgType.SUBMITS: SubmitBatch,
+    MsgType.DONES: DoneBatch,
+}
+
+
+def _item_bytes(item: Any) -> int:
+    if isinstance(item, Submit):
+        return len(item.evaluator) + len(item.model)
+    if isinstance(item, Done):
+        return sum(len(f.data) for f in item.files) + sum(len(r.value) for r in item.reports) + 256
+    return 256
+
+
+def kept_frames(
+    session: Session, messages: list[Outgoing], *, max_items: int = 256, max_bytes: int = 1 << 20
+) -> Iterator[list[bytes]]:
+    """The frames of messages kept for acknowledgement, in order. A kept SUBMITS or DONES holds one
+    item; consecutive ones travel together, at most ``max_items`` or about ``max_bytes`` a message."""
+    run: list[Outgoing] = []
+    for i, message in enumerate(messages):
+        if message.type in _ITEM_BATCHES:
+            run.append(message)
+            following = messages[i + 1] if i + 1 < len(messages) else None
+            if following is not None and following.type is message.type:
+                continue
+            make = _ITEM_BATCHES[message.type]
+            for part in batches(run, lambda m: _item_bytes(m.body), max_items, max_bytes):
+                yield session.frames(message.type, make([m.body for m in part]))
+            run = []
+        else:
+            yield message.frames(session)
+
+
 def batches(items: list[T], size: Callable[[T], int], max_items: int, max_bytes: int) -> Iterator[list[T]]:
-    """Consecutive runs of ``items`` for batch messages: at most ``max_items``, closed once ``max_bytes`` is reached."""
+    """Consecutive runs of ``items`` for batch messages: at most ``max_items``, or ``max_bytes`` reached."""
     start, total = 0, 0
     for i, item in enumerate(items):
         total += size(item)
         if i + 1 == len(items) or i + 1 - start == max_items or total >= max_bytes:
             yield items[start : i + 1]
             start, total = i + 1, 0
-
-
-def _to_wire(body: Any) -> list[Any]:
-    if body is None:
-        return []
-    if isinstance(body, StatusReply):
-        return [
-            body.dispatcher_id,
-            [dataclasses.astuple(w) for w in body.workers],
-            body.counts,
-            body.uptime,
-            body.bytes_sent,
-        ]
-    return [getattr(body, name) for name in _field_names(type(body))]
-
-
-@functools.cache
-def _field_names(cls: type) -> tuple[str, ...]:
-    """A body's fields in wire order (``dataclasses.fields`` is too slow for every message)."""
-    return tuple(f.name for f in dataclasses.fields(cls))
-
-
-def _from_wire(cls: type, values: list[Any]) -> Any:
-    if cls is StatusReply:
-        dispatcher_id, workers, counts, uptime, bytes_sent = values
-        return StatusReply(dispatcher_id, [WorkerInfo(*w) for w in workers], counts, uptime, bytes_sent)
-    return cls(*values)
-
-
-_DECODE_ERRORS = (ValueError, TypeError, KeyError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError)
 
 
 class Session:
@@ -447,18 +540,9 @@ class Session:
         self, type: MsgType, body: Any = None, *, trial: str = "", attempt: int = 0, seq: int = 0
     ) -> list[bytes]:
         """Serialize and sign one message."""
-        return self.frames_raw(type, self.pack_body(body), trial=trial, attempt=attempt, seq=seq)
-
-    def frames_raw(
-        self, type: MsgType, payload: bytes, *, trial: str = "", attempt: int = 0, seq: int = 0
-    ) -> list[bytes]:
-        """Sign an already-packed payload (the dispatcher relays report payloads untouched)."""
+        payload = codec.pack(body)
         header = msgpack.packb([int(type), trial, attempt, seq, self.sender, time.time()], use_bin_type=True)
         return [VERSION, self.sign(header, payload), header, payload]
-
-    @staticmethod
-    def pack_body(body: Any) -> bytes:
-        return msgpack.packb(_to_wire(body), use_bin_type=True)
 
     def parse(self, frames: list[bytes]) -> Message:
         """Check and decode; raises ProtocolError or AuthenticationError without decoding bad input."""
@@ -475,24 +559,10 @@ class Session:
         if self._reject_replays:
             self._remember(bytes(signature))
         try:
-            type_, trial, attempt, seq, sender, sent = msgpack.unpackb(header, raw=False)
-        except _DECODE_ERRORS as exc:
-            raise ProtocolError(f"undecodable message: {type(exc).__name__}: {exc}") from exc
-        return self.decode(type_, trial, attempt, seq, bytes(payload), sender, sent)
-
-    @staticmethod
-    def decode(
-        type_: int, trial: str, attempt: int, seq: int, payload: bytes, sender: str = "", sent: float = 0.0
-    ) -> Message:
-        """Decode one message whose bytes were already checked (also each item of an EVENTS batch)."""
-        try:
-            msg_type = MsgType(type_)
-            values = msgpack.unpackb(payload, raw=False, strict_map_key=False)
-            body = _from_wire(BODY_TYPES[msg_type], values)
-            header = Header(msg_type, str(trial), int(attempt), int(seq), str(sender), float(sent))
-            return Message(header, body, payload)
-        except _DECODE_ERRORS as exc:
-            raise ProtocolError(f"undecodable message: {type(exc).__name__}: {exc}") from exc
+            head = codec.unpack(Header, header)
+            return Message(head, codec.unpack(BODY_TYPES[head.type], payload))
+        except ProtocolError as exc:
+            raise ProtocolError(f"undecodable message: {exc}") from None
 
     def _remember(self, signature: bytes) -> None:
         """Refuse a signature seen before (as jupyter_client's digest history does)."""

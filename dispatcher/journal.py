@@ -1,5 +1,8 @@
 """The dispatcher's store: trials, reports and client events in SQLite (WAL).
 
+A client's events are its trials' reports (each stored once, numbered as an event) and their
+state changes, in one sequence a reconnecting client replays from where it stopped.
+
 Every state change and report is written here before it is acknowledged, so a dispatcher
 killed with SIGKILL and restarted on the same file loses nothing. ``":memory:"`` gives the
 same store without durability. Writes are grouped: the loop calls :meth:`Journal.commit`
@@ -20,42 +23,53 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retia.protocol import TrialState
+from retia import codec
+from retia.failure import Failure
+from retia.protocol import BlobRef, Event, Report, StateChange, TrialState
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["TrialRecord", "Event", "Journal"]
+__all__ = ["TrialRecord", "Journal"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS trials (
     id TEXT PRIMARY KEY, client TEXT NOT NULL, name TEXT NOT NULL, state TEXT NOT NULL,
     attempt INTEGER NOT NULL, max_retries INTEGER NOT NULL, timeout REAL, arch TEXT,
-    worker TEXT NOT NULL DEFAULT '', reason TEXT NOT NULL DEFAULT '', exc_type TEXT NOT NULL DEFAULT '',
-    message TEXT NOT NULL DEFAULT '', traceback TEXT NOT NULL DEFAULT '', log_tail TEXT NOT NULL DEFAULT '',
+    worker TEXT NOT NULL DEFAULT '', reason TEXT NOT NULL DEFAULT '', failure BLOB,
     cancel_requested INTEGER NOT NULL DEFAULT 0, queue_seq INTEGER NOT NULL,
     created REAL NOT NULL, updated REAL NOT NULL, blobs TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE IF NOT EXISTS payloads (id TEXT PRIMARY KEY, evaluator BLOB NOT NULL, model BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS reports (
     trial TEXT NOT NULL, attempt INTEGER NOT NULL, seq INTEGER NOT NULL, final INTEGER NOT NULL,
-    value BLOB NOT NULL, time REAL NOT NULL, PRIMARY KEY (trial, attempt, seq)
+    value BLOB NOT NULL, time REAL NOT NULL, client TEXT NOT NULL, event INTEGER NOT NULL,
+    PRIMARY KEY (trial, attempt, seq)
 );
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, client TEXT NOT NULL, trial TEXT NOT NULL,
-    attempt INTEGER NOT NULL, kind INTEGER NOT NULL, body BLOB NOT NULL
+CREATE INDEX IF NOT EXISTS reports_by_client ON reports (client, event);
+CREATE TABLE IF NOT EXISTS states (
+    seq INTEGER PRIMARY KEY, client TEXT NOT NULL, trial TEXT NOT NULL, attempt INTEGER NOT NULL,
+    body BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS events_by_client ON events (client, seq);
+CREATE INDEX IF NOT EXISTS states_by_client ON states (client, seq);
 """
 
 _TRIAL_COLUMNS = (
-    "id, client, name, state, attempt, max_retries, timeout, arch, worker, reason, exc_type, message, "
-    "traceback, log_tail, cancel_requested, queue_seq, created, updated, blobs"
+    "id, client, name, state, attempt, max_retries, timeout, arch, worker, reason, failure, "
+    "cancel_requested, queue_seq, created, updated, blobs"
 )
 
 _UPDATE_SQL = (  # what changes after a SUBMIT; the rest (arch, blobs, ...) is written once
-    "UPDATE trials SET state = ?, attempt = ?, worker = ?, reason = ?, exc_type = ?, message = ?, traceback = ?, "
-    "log_tail = ?, cancel_requested = ?, queue_seq = ?, updated = ? WHERE id = ?"
+    "UPDATE trials SET state = ?, attempt = ?, worker = ?, reason = ?, failure = ?, "
+    "cancel_requested = ?, queue_seq = ?, updated = ? WHERE id = ?"
 )
+
+# A client's events in order: its reports (each stored once, in reports) and its state changes.
+_EVENTS_AFTER_SQL = """
+SELECT event, trial, attempt, seq, final, value FROM reports WHERE client = ? AND event > ?
+UNION ALL
+SELECT seq, trial, attempt, -1, 0, body FROM states WHERE client = ? AND seq > ?
+ORDER BY 1
+"""
 
 
 @dataclass
@@ -72,27 +86,12 @@ class TrialRecord:
     arch: Any
     worker: str = ""
     reason: str = ""
-    exc_type: str = ""
-    message: str = ""
-    traceback: str = ""
-    log_tail: str = ""
+    failure: Failure | None = None
     cancel_requested: bool = False
     queue_seq: int = 0
     created: float = 0.0
     updated: float = 0.0
-    blobs: list[list[Any]] = field(default_factory=list)  # [[digest, size], ...]
-
-
-@dataclass(frozen=True)
-class Event:
-    """Something a client must hear about, in order: a relayed report or a state change."""
-
-    seq: int
-    client: str
-    trial: str
-    attempt: int
-    kind: int  # a protocol MsgType (REPORT or STATE)
-    body: bytes  # the msgpack payload, as sent
+    blobs: list[BlobRef] = field(default_factory=list)
 
 
 class _Checkpointer(threading.Thread):
@@ -133,6 +132,10 @@ class Journal:
         self._db.executescript(_SCHEMA)
         self._db.commit()
         self._queue_seq = self._db.execute("SELECT COALESCE(MAX(queue_seq), 0) FROM trials").fetchone()[0]
+        self._event_seq: int = self._db.execute(
+            "SELECT MAX(COALESCE((SELECT MAX(event) FROM reports), 0), "
+            "COALESCE((SELECT MAX(seq) FROM states), 0))"
+        ).fetchone()[0]
         if self.path != ":memory:":
             # The thread checkpoints; the loop does it itself only when the thread falls behind a busy
             # writer (a checkpoint overtaken by new commits cannot restart the WAL): 64 MiB by default.
@@ -158,7 +161,7 @@ class Journal:
         rec.queue_seq = self._queue_seq
         rec.created = rec.updated = time.time()
         cur = self._db.execute(
-            f"INSERT OR IGNORE INTO trials ({_TRIAL_COLUMNS}) VALUES ({', '.join('?' * 19)})", self._row(rec)
+            f"INSERT OR IGNORE INTO trials ({_TRIAL_COLUMNS}) VALUES ({', '.join('?' * 16)})", self._row(rec)
         )
         if cur.rowcount == 0:
             return False
@@ -170,6 +173,7 @@ class Journal:
             self._queue_seq += 1
             rec.queue_seq = self._queue_seq
         rec.updated = time.time()
+        failure = None if rec.failure is None else codec.pack(rec.failure)
         self._db.execute(
             _UPDATE_SQL,
             (
@@ -177,10 +181,7 @@ class Journal:
                 rec.attempt,
                 rec.worker,
                 rec.reason,
-                rec.exc_type,
-                rec.message,
-                rec.traceback,
-                rec.log_tail,
+                failure,
                 int(rec.cancel_requested),
                 rec.queue_seq,
                 rec.updated,
@@ -204,13 +205,36 @@ class Journal:
 
     # ---- reports and events ----
 
-    def add_report(self, trial: str, attempt: int, seq: int, final: bool, value: bytes) -> bool:
-        """Store a report once; False if this (trial, attempt, seq) is already stored."""
+    def add_report(self, client: str, report: Report) -> int:
+        """Store a report once, as an event of ``client``; its event seq, or 0 if it was stored before."""
         cur = self._db.execute(
-            "INSERT OR IGNORE INTO reports VALUES (?, ?, ?, ?, ?, ?)",
-            (trial, attempt, seq, int(final), value, time.time()),
+            "INSERT OR IGNORE INTO reports VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                report.trial,
+                report.attempt,
+                report.seq,
+                int(report.final),
+                report.value,
+                time.time(),
+                client,
+                self._event_seq + 1,
+            ),
         )
-        return cur.rowcount == 1
+        if cur.rowcount != 1:
+            return 0
+        self._event_seq += 1
+        seq: int = self._event_seq
+        return seq
+
+    def add_state(self, client: str, change: StateChange) -> int:
+        """Store a state change as the next event of ``client``; its event seq."""
+        self._event_seq += 1
+        self._db.execute(
+            "INSERT INTO states VALUES (?, ?, ?, ?, ?)",
+            (self._event_seq, client, change.trial, change.attempt, codec.pack(change)),
+        )
+        seq: int = self._event_seq
+        return seq
 
     def has_final(self, trial: str, attempt: int) -> bool:
         row = self._db.execute(
@@ -218,26 +242,20 @@ class Journal:
         ).fetchone()
         return row is not None
 
-    def reports(self, trial: str) -> list[tuple[int, int, bool, bytes]]:
+    def reports(self, trial: str) -> list[Report]:
         rows = self._db.execute(
             "SELECT attempt, seq, final, value FROM reports WHERE trial = ? ORDER BY attempt, seq", (trial,)
         ).fetchall()
-        return [(a, s, bool(f), bytes(v)) for a, s, f, v in rows]
-
-    def add_event(self, client: str, trial: str, attempt: int, kind: int, body: bytes) -> int:
-        cur = self._db.execute(
-            "INSERT INTO events (client, trial, attempt, kind, body) VALUES (?, ?, ?, ?, ?)",
-            (client, trial, attempt, kind, body),
-        )
-        return int(cur.lastrowid or 0)
+        return [Report(trial, a, s, bool(f), bytes(v)) for a, s, f, v in rows]
 
     def events_after(self, client: str, seq: int) -> Iterator[Event]:
-        cur = self._db.execute(
-            "SELECT seq, client, trial, attempt, kind, body FROM events WHERE client = ? AND seq > ? ORDER BY seq",
-            (client, seq),
-        )
-        for row in cur:
-            yield Event(row[0], row[1], row[2], row[3], row[4], bytes(row[5]))
+        """The events of ``client`` after ``seq``, in order (a reconnecting client asks for them)."""
+        cur = self._db.execute(_EVENTS_AFTER_SQL, (client, seq, client, seq))
+        for event, trial, attempt, report_seq, final, body in cur:
+            if report_seq >= 0:
+                yield Event(event, report=Report(trial, attempt, report_seq, bool(final), bytes(body)))
+            else:
+                yield Event(event, state=codec.unpack(StateChange, bytes(body)))
 
     # ---- rows ----
 
@@ -254,22 +272,35 @@ class Journal:
             json.dumps(rec.arch),
             rec.worker,
             rec.reason,
-            rec.exc_type,
-            rec.message,
-            rec.traceback,
-            rec.log_tail,
+            None if rec.failure is None else codec.pack(rec.failure),
             int(rec.cancel_requested),
             rec.queue_seq,
             rec.created,
             rec.updated,
-            json.dumps(rec.blobs),
+            json.dumps([[b.digest, b.size] for b in rec.blobs]),
         )
 
     @staticmethod
     def _record(row: tuple[Any, ...]) -> TrialRecord:
-        values = list(row)
-        values[3] = TrialState(values[3])
-        values[7] = json.loads(values[7]) if values[7] else None
-        values[14] = bool(values[14])
-        values[18] = json.loads(values[18])
-        return TrialRecord(*values)
+        (id_, client, name, state, attempt, retries, timeout, arch, worker, reason, failure, cancel) = row[
+            :12
+        ]
+        queue_seq, created, updated, blobs = row[12:]
+        return TrialRecord(
+            id_,
+            client,
+            name,
+            TrialState(state),
+            attempt,
+            retries,
+            timeout,
+            json.loads(arch) if arch else None,
+            worker,
+            reason,
+            None if failure is None else codec.unpack(Failure, bytes(failure)),
+            bool(cancel),
+            queue_seq,
+            created,
+            updated,
+            [BlobRef(digest, size) for digest, size in json.loads(blobs)],
+        )

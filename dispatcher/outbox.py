@@ -11,7 +11,7 @@ import logging
 
 import zmq
 
-from retia.protocol import Ack, AckBatch, EventBatch, Header, MsgType, Session, batches
+from retia.protocol import Ack, AckBatch, Event, EventBatch, MsgType, Session, batches
 
 __all__ = ["Outbox"]
 
@@ -20,39 +20,45 @@ _EVENTS_PER_MESSAGE = 1024
 _EVENT_BYTES_PER_MESSAGE = 1 << 20  # well under any peer's message size limit
 
 
+def _event_bytes(event: Event) -> int:
+    if event.report is not None:
+        return len(event.report.value) + 64
+    failure = event.state.failure if event.state is not None else None
+    if failure is None:
+        return 256
+    return 256 + len(failure.reason) + len(failure.message) + len(failure.traceback) + len(failure.log_tail)
+
+
 class Outbox:
-    def __init__(self, session: Session, sock: zmq.Socket) -> None:
+    def __init__(self, session: Session, sock: zmq.Socket[bytes]) -> None:
         self.session = session
         self.sock = sock
         self.bytes_sent = 0
         self._frames: list[list[bytes]] = []
-        self._acks: dict[bytes, list[list[object]]] = {}  # peer -> [[trial, attempt, seq], ...]
-        self._events: dict[
-            bytes, list[list[object]]
-        ] = {}  # client -> [[type, trial, attempt, seq, body], ...]
+        self._acks: dict[bytes, list[Ack]] = {}
+        self._events: dict[bytes, list[Event]] = {}
 
-    def send(self, identity: bytes, type: MsgType, body: object = None, **header: object) -> None:
-        self._frames.append([identity, *self.session.frames(type, body, **header)])  # type: ignore[arg-type]
+    def send(
+        self, identity: bytes, type: MsgType, body: object = None, *, trial: str = "", attempt: int = 0
+    ) -> None:
+        self._frames.append([identity, *self.session.frames(type, body, trial=trial, attempt=attempt)])
 
-    def ack(self, identity: bytes, header: Header) -> None:
-        """A positive acknowledgement of a stored message."""
-        self._acks.setdefault(identity, []).append([header.trial, header.attempt, header.seq])
+    def ack(self, identity: bytes, ack: Ack) -> None:
+        """An acknowledgement (or a refusal) of one of the peer's messages, sent after the commit."""
+        self._acks.setdefault(identity, []).append(ack)
 
-    def event(self, identity: bytes, kind: int, trial: str, attempt: int, seq: int, body: bytes) -> None:
-        """A REPORT or STATE event for a client, relayed as its packed body."""
-        self._events.setdefault(identity, []).append([kind, trial, attempt, seq, body])
+    def event(self, identity: bytes, event: Event) -> None:
+        """A report or state event for a client."""
+        self._events.setdefault(identity, []).append(event)
 
     def flush(self) -> None:
         """Send everything queued; the caller has committed the journal."""
         for identity, acks in self._acks.items():
-            if len(acks) == 1:
-                trial, attempt, seq = acks[0]
-                self.send(identity, MsgType.ACK, Ack(), trial=trial, attempt=attempt, seq=seq)
-            else:
-                self.send(identity, MsgType.ACKS, AckBatch(acks))
+            self.send(identity, MsgType.ACKS, AckBatch(acks))
         self._acks.clear()
         for identity, events in self._events.items():
-            self._queue_events(identity, events)
+            for part in batches(events, _event_bytes, _EVENTS_PER_MESSAGE, _EVENT_BYTES_PER_MESSAGE):
+                self.send(identity, MsgType.EVENTS, EventBatch(part))
         self._events.clear()
         for frames in self._frames:
             try:
@@ -61,13 +67,3 @@ class Outbox:
             except zmq.Again:
                 _log.warning("send queue full for peer %r; message dropped (it will be re-sent)", frames[0])
         self._frames.clear()
-
-    def _queue_events(self, identity: bytes, events: list[list[object]]) -> None:
-        """Events to one client, in order: alone as REPORT/STATE, or several to an EVENTS message."""
-        if len(events) == 1:
-            kind, trial, attempt, seq, body = events[0]
-            frames = self.session.frames_raw(MsgType(kind), body, trial=trial, attempt=attempt, seq=seq)  # type: ignore[arg-type]
-            self._frames.append([identity, *frames])
-            return
-        for part in batches(events, lambda e: len(e[4]), _EVENTS_PER_MESSAGE, _EVENT_BYTES_PER_MESSAGE):  # type: ignore[arg-type]
-            self.send(identity, MsgType.EVENTS, EventBatch(part))

@@ -22,6 +22,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import TypeVar
 
 import zmq
 
@@ -29,11 +30,13 @@ from retia.blobs import CHUNK as BLOB_CHUNK
 from retia.blobs import BlobStore
 from retia.curve import secure_server, server_certificate
 from retia.errors import AuthenticationError, ProtocolError
+from retia.failure import Failure, FailureKind
 from retia.protocol import (
     Ack,
     BlobRequest,
     Cancel,
     Done,
+    Event,
     FileChunk,
     Hello,
     Message,
@@ -43,7 +46,6 @@ from retia.protocol import (
     Role,
     Run,
     RunBatch,
-    Session,
     StateChange,
     StatusReply,
     Submit,
@@ -51,6 +53,7 @@ from retia.protocol import (
     Welcome,
     WorkerInfo,
 )
+from retia.protocol import Session as WireSession
 
 from .artifacts import ArtifactStore
 from .config import DispatcherConfig
@@ -63,7 +66,7 @@ __all__ = ["Dispatcher"]
 _log = logging.getLogger(__name__)
 _BATCH = 512
 _TURN = 0.005  # a burst of SUBMITs must not hold back the RUNs it could already send
-_MAX_PREFETCH = 64
+P = TypeVar("P", bytes, Worker, Client)  # who sent a message: a routing id (before HELLO), a worker, a client
 
 
 class Dispatcher:
@@ -72,7 +75,9 @@ class Dispatcher:
     def __init__(self, config: DispatcherConfig, key: bytes) -> None:
         self.config = config
         self.id = f"dispatcher-{socket.gethostname()}-{os.getpid()}"
-        self.session = Session(key, self.id, max_message_bytes=config.max_message_bytes, reject_replays=True)
+        self.session = WireSession(
+            key, self.id, max_message_bytes=config.max_message_bytes, reject_replays=True
+        )
         self.journal = Journal(config.journal_path)
         self.artifacts = ArtifactStore(config.artifacts_dir)
         self.blobs = BlobStore(config.home_dir / "blobs", config.blob_budget_bytes)
@@ -90,6 +95,7 @@ class Dispatcher:
         self.address: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.workers: dict[bytes, Worker] = {}
         self.clients: dict[str, Client] = {}
+        self._client_at: dict[bytes, Client] = {}  # the same clients, by routing id
         self.trials: dict[str, TrialRecord] = {}
         self.queue: deque[str] = deque()
         self.idle: deque[bytes] = deque()
@@ -103,6 +109,27 @@ class Dispatcher:
         self._stopping = False
         self._started = time.monotonic()
         self.messages_handled = 0
+        # Who may send what: a peer that has not said HELLO may only say HELLO or ask for STATUS.
+        self._open: dict[MsgType, Callable[[bytes, Message], None]] = {
+            MsgType.HELLO: self._on_hello,
+            MsgType.STATUS: self._on_status,
+        }
+        self._from_worker: dict[MsgType, Callable[[Worker, Message], None]] = {
+            MsgType.HEARTBEAT: _nothing,
+            MsgType.READY: self._on_ready,
+            MsgType.REPORTS: self._on_reports,
+            MsgType.DONES: self._on_dones,
+            MsgType.FILE: self._on_file,
+            MsgType.BLOB_GET: self._on_blob_get,
+            MsgType.BYE: self._on_worker_bye,
+        }
+        self._from_client: dict[MsgType, Callable[[Client, Message], None]] = {
+            MsgType.HEARTBEAT: _nothing,
+            MsgType.SUBMITS: self._on_submits,
+            MsgType.BLOB_PUT: self._on_blob_put,
+            MsgType.CANCEL: self._on_client_cancel,
+            MsgType.BYE: self._on_client_bye,
+        }
         self._recover()
 
     # ---- lifecycle ----
@@ -140,7 +167,7 @@ class Dispatcher:
         try:
             while not self._stopping:
                 wait_ms = max(0.0, next_beat - time.monotonic()) * 1000
-                if poller.poll(min(wait_ms, 200)):
+                if poller.poll(int(min(wait_ms, 200))):
                     self._read_batch()
                 now = time.monotonic()
                 if now >= next_beat:
@@ -160,8 +187,8 @@ class Dispatcher:
     # ---- I/O ----
 
     def _read_batch(self) -> None:
-        """Up to _BATCH messages, then dispatch and reply (one commit for all: a report flood needs big turns);
-        after _TURN seconds already, when queued trials wait for free workers."""
+        """Up to _BATCH messages, then dispatch and reply (one commit for all: a report flood needs
+        big turns); after _TURN seconds already, when queued trials wait for free workers."""
         deadline = time.monotonic() + _TURN
         for _ in range(_BATCH):
             if self.queue and (self.idle or self.prefetching) and time.monotonic() > deadline:
@@ -185,11 +212,10 @@ class Dispatcher:
         if count <= 20 or count % 1000 == 0:  # a flood from one peer must not flood the log
             _log.warning("dropped message from peer %r (%d so far): %s", identity, count, exc)
 
-    def _send(self, identity: bytes, type: MsgType, body: object = None, **header: object) -> None:
-        self.outbox.send(identity, type, body, **header)
-
-    def _ack(self, identity: bytes, msg: Message) -> None:
-        self.outbox.ack(identity, msg.header)
+    def _send(
+        self, identity: bytes, type: MsgType, body: object = None, *, trial: str = "", attempt: int = 0
+    ) -> None:
+        self.outbox.send(identity, type, body, trial=trial, attempt=attempt)
 
     def _flush(self) -> None:
         """Send what the loop turn produced, once the journal holds it."""
@@ -199,86 +225,73 @@ class Dispatcher:
     # ---- message handling ----
 
     def _handle(self, identity: bytes, msg: Message) -> None:
+        """One message, by the table of its sender's role; an unknown peer is asked to say HELLO."""
         kind = msg.type
-        if kind is MsgType.HELLO:
-            self._on_hello(identity, msg.body)
-        elif kind is MsgType.STATUS:
-            self._send(identity, MsgType.STATUS_REPLY, self.status())
-        elif kind is MsgType.SUBMIT:
-            self._on_submit(identity, msg)
-        elif kind is MsgType.SUBMITS:
-            self._each(identity, msg, self._on_submit)
-        elif kind is MsgType.BLOB_PUT:
-            self._on_blob_put(identity, msg)
-        elif not self._touch(identity):
-            self._send(identity, MsgType.RESET)  # we do not know it (restarted, or it was declared dead)
-        elif kind is MsgType.HEARTBEAT:
-            pass
-        elif kind is MsgType.READY:
-            self._on_ready(identity, msg.body)
-        elif kind is MsgType.REPORT:
-            self._on_report(identity, msg)
-        elif kind is MsgType.REPORTS:
-            self._on_reports(identity, msg)
-        elif kind is MsgType.DONE:
-            self._on_done(identity, msg)
-        elif kind is MsgType.DONES:
-            self._each(identity, msg, self._on_done)
-        elif kind is MsgType.FILE:
-            self._on_file(identity, msg)
-        elif kind is MsgType.BLOB_GET:
-            self._on_blob_get(identity, msg.body)
-        elif kind is MsgType.CANCEL:
-            self._on_cancel(msg.header.trial, msg.body.reason)
-            self._ack(identity, msg)
-        elif kind is MsgType.BYE:
-            self._on_bye(identity)
-        else:
-            self._drop(identity, ProtocolError(f"unexpected {kind.name} sent to the dispatcher"))
-
-    def _each(self, identity: bytes, msg: Message, handler: Callable[[bytes, Message], None]) -> None:
-        """A batch (SUBMITS, DONES): each item handled as the message it stands for."""
-        try:
-            items = msg.body.messages(msg.header.sender)
-        except (TypeError, ValueError) as exc:
-            self._drop(identity, ProtocolError(f"malformed {msg.type.name}: {exc}"))
+        opener = self._open.get(kind)
+        if opener is not None:
+            self._guarded(opener, identity, identity, msg)
             return
-        for item in items:
-            handler(identity, item)
-
-    def _touch(self, identity: bytes) -> bool:
         expiry = time.monotonic() + self.config.expiry
         worker = self.workers.get(identity)
         if worker is not None:
             worker.expiry = expiry
-            return True
-        for client in self.clients.values():
-            if client.identity == identity:
-                client.expiry = expiry
-                return True
-        return False
+            self._route(self._from_worker, worker, identity, msg, "a worker")
+            return
+        client = self._client_at.get(identity)
+        if client is not None:
+            client.expiry = expiry
+            self._route(self._from_client, client, identity, msg, "a client")
+            return
+        self._send(identity, MsgType.RESET)  # we do not know it (restarted, or it was declared dead)
 
-    def _on_hello(self, identity: bytes, hello: Hello) -> None:
+    def _route(
+        self,
+        table: dict[MsgType, Callable[[P, Message], None]],
+        peer: P,
+        identity: bytes,
+        msg: Message,
+        role: str,
+    ) -> None:
+        handler = table.get(msg.type)
+        if handler is None:
+            self._drop(identity, ProtocolError(f"{msg.type.name} is not a message {role} may send"))
+            return
+        self._guarded(handler, peer, identity, msg)
+
+    def _guarded(self, handler: Callable[[P, Message], None], peer: P, identity: bytes, msg: Message) -> None:
+        """A handler that fails refuses its one message; the dispatcher keeps serving."""
+        try:
+            handler(peer, msg)
+        except Exception:  # one bad message must not stop the cluster
+            _log.exception("failed to handle %s from peer %r; message dropped", msg.type.name, identity)
+
+    def _on_status(self, identity: bytes, msg: Message) -> None:
+        self._send(identity, MsgType.STATUS_REPLY, self.status())
+
+    def _on_hello(self, identity: bytes, msg: Message) -> None:
+        hello: Hello = msg.body
         expiry = time.monotonic() + self.config.expiry
         welcome = Welcome(self.config.heartbeat_interval, self.config.liveness, self.id)
-        if hello.role == Role.CLIENT.value:
-            self.clients[hello.peer_id] = Client(hello.peer_id, identity, expiry)
+        if hello.role is Role.CLIENT:
+            old = self.clients.get(hello.peer_id)
+            if old is not None:
+                self._client_at.pop(old.identity, None)
+            client = self.clients[hello.peer_id] = Client(hello.peer_id, identity, expiry)
+            self._client_at[identity] = client
             self._send(identity, MsgType.WELCOME, welcome)
             for event in self.journal.events_after(hello.peer_id, hello.last_event):
-                self.outbox.event(identity, event.kind, event.trial, event.attempt, event.seq, event.body)
+                self.outbox.event(identity, event)
             _log.info("client %s connected (replaying events after %d)", hello.peer_id, hello.last_event)
             return
-        if hello.role != Role.WORKER.value:
-            self._drop(identity, ProtocolError(f"unknown role {hello.role!r}"))
-            return
-        old = self.workers.get(identity)
-        slots = 1 + min(max(0, int(hello.prefetch)), _MAX_PREFETCH)
+        old_worker = self.workers.get(identity)
+        slots = 1 + hello.prefetch
         worker = Worker(hello.peer_id, identity, hello.host, hello.gpu, hello.pid, expiry, slots=slots)
-        if old is not None:
-            worker.since, worker.trials = old.since, old.trials
+        if old_worker is not None:
+            worker.since, worker.trials = old_worker.since, old_worker.trials
         self.workers[identity] = worker
         self._send(identity, MsgType.WELCOME, welcome)
-        for trial_id, attempt in hello.running:
+        for running in hello.running:
+            trial_id, attempt = running.trial, running.attempt
             rec = self.trials.get(trial_id)
             ours = rec is not None and rec.state is TrialState.RUNNING and rec.attempt == attempt
             if ours and rec is not None and (rec.worker == worker.id or trial_id in self._orphans):
@@ -291,45 +304,38 @@ class Dispatcher:
                 self.journal.update_trial(rec)
                 _log.info("worker %s still runs trial %s attempt %d: adopted", worker.id, trial_id, attempt)
             else:
-                self._send(
-                    identity,
-                    MsgType.CANCEL,
-                    Cancel("this attempt was given up"),
-                    trial=trial_id,
-                    attempt=attempt,
-                )
-        if old is None:
+                cancel = Cancel("this attempt was given up")
+                self._send(identity, MsgType.CANCEL, cancel, trial=trial_id, attempt=attempt)
+        if old_worker is None:
             _log.info(
                 "worker %s joined from %s (gpu %s, pid %d)", worker.id, worker.host, worker.gpu, worker.pid
             )
 
-    def _on_submit(self, identity: bytes, msg: Message) -> None:
-        sub: Submit = msg.body
-        trial_id, client_id = msg.header.trial, msg.header.sender
-        if not trial_id:
-            self._send(identity, MsgType.ACK, Ack(False, "a trial id is required"), seq=msg.header.seq)
-            return
-        if client_id not in self.clients:
-            self.clients[client_id] = Client(client_id, identity, time.monotonic() + self.config.expiry)
+    def _on_submits(self, client: Client, msg: Message) -> None:
+        """New trials, each acknowledged on its own (a re-sent one is acknowledged, not queued twice)."""
+        for sub in msg.body.items:
+            self._submit(client, sub)
+
+    def _submit(self, client: Client, sub: Submit) -> None:
         rec = TrialRecord(
-            trial_id,
-            client_id,
+            sub.trial,
+            client.id,
             sub.name,
             TrialState.QUEUED,
             0,
-            max(0, sub.max_retries),
+            sub.max_retries,
             sub.timeout,
             sub.arch,
-            blobs=[list(b) for b in sub.blobs],
+            blobs=list(sub.blobs),
         )
         if self.journal.add_trial(rec, sub.evaluator, sub.model):
-            self._payloads[trial_id] = (sub.evaluator, sub.model)
-            self.trials[trial_id] = rec
-            self.queue.append(trial_id)  # no QUEUED event: the client's Trial starts out QUEUED
-            _log.debug("trial %s (%s) QUEUED", trial_id, sub.name or "unnamed")
-        self._ack(identity, msg)
+            self._payloads[sub.trial] = (sub.evaluator, sub.model)
+            self.trials[sub.trial] = rec
+            self.queue.append(sub.trial)  # no QUEUED event: the client's Trial starts out QUEUED
+            _log.debug("trial %s (%s) QUEUED", sub.trial, sub.name or "unnamed")
+        self.outbox.ack(client.identity, Ack(sub.trial, 0, sub.seq))
 
-    def _on_blob_put(self, identity: bytes, msg: Message) -> None:
+    def _on_blob_put(self, client: Client, msg: Message) -> None:
         """A chunk of a client's blob; the last one is verified against the digest before it is kept."""
         chunk: FileChunk = msg.body
         ok, reason = True, ""
@@ -338,99 +344,94 @@ class Dispatcher:
                 self.blobs.write(chunk.path, chunk.offset, chunk.data)
                 if chunk.last and not self.blobs.finish(chunk.path):
                     ok, reason = False, f"blob {chunk.path[:12]} did not match its digest; send it again"
-                    _log.warning("%s (from %r)", reason, identity)
+                    _log.warning("%s (from client %s)", reason, client.id)
         except ValueError as exc:
             ok, reason = False, str(exc)
-        self._send(identity, MsgType.ACK, Ack(ok, reason), trial=msg.header.trial, seq=msg.header.seq)
+        self.outbox.ack(client.identity, Ack(msg.header.trial, 0, msg.header.seq, ok, reason))
 
-    def _on_blob_get(self, identity: bytes, req: BlobRequest) -> None:
+    def _on_blob_get(self, worker: Worker, msg: Message) -> None:
         """Stream one range of a blob from disk: workers pull what they lack, a window at a time."""
+        req: BlobRequest = msg.body
         try:
             data = self.blobs.read(req.digest, req.offset, min(req.length, BLOB_CHUNK))
             size = self.blobs.size(req.digest)
         except (OSError, ValueError):
-            self._send(
-                identity,
-                MsgType.ACK,
-                Ack(False, f"blob {req.digest[:12]} is not on the dispatcher"),
-                trial=req.digest,
-            )
+            missing = Ack(req.digest, 0, 0, False, f"blob {req.digest[:12]} is not on the dispatcher")
+            self.outbox.ack(worker.identity, missing)
             return
         self.blobs.touch(req.digest)
         last = req.offset + len(data) >= size
-        self._send(
-            identity, MsgType.BLOB_DATA, FileChunk(req.digest, req.offset, data, last), trial=req.digest
-        )
+        chunk = FileChunk(req.digest, req.offset, data, last)
+        self._send(worker.identity, MsgType.BLOB_DATA, chunk, trial=req.digest)
 
-    def _on_ready(self, identity: bytes, ready: Ready) -> None:
-        worker = self.workers[identity]
+    def _on_ready(self, worker: Worker, msg: Message) -> None:
+        ready: Ready = msg.body
         if worker.trials and ready.last_run != worker.trials[-1]:
             return  # sent before our last RUN reached it (a HELLO repeated after RESETs): it is busy now
         self._lose_all(worker, f"worker {worker.id} became ready without finishing it")
         worker.trials = []
         self._became_idle(worker)
 
-    def _current(self, identity: bytes, msg: Message) -> TrialRecord | None:
+    def _current(self, worker: Worker, trial: str, attempt: int, what: str) -> TrialRecord | None:
         """The trial a worker's message is about, if that attempt is still the live one."""
-        worker = self.workers[identity]
-        rec = self.trials.get(msg.header.trial)
+        rec = self.trials.get(trial)
         if (
             rec is None
             or rec.state is not TrialState.RUNNING
-            or rec.attempt != msg.header.attempt
+            or rec.attempt != attempt
             or rec.worker != worker.id
         ):
             _log.info(
                 "ignored %s for trial %s attempt %d from worker %s: not the live attempt",
-                msg.type.name,
-                msg.header.trial,
-                msg.header.attempt,
+                what,
+                trial,
+                attempt,
                 worker.id,
             )
             return None
         return rec
 
-    def _on_report(self, identity: bytes, msg: Message) -> None:
-        h = msg.header
-        rec = self._current(identity, msg)
-        if rec is not None and self.journal.add_report(
-            h.trial, h.attempt, h.seq, msg.body.final, msg.payload
-        ):
-            self._event(rec, MsgType.REPORT, msg.payload)
-        self._ack(identity, msg)
+    def _on_reports(self, worker: Worker, msg: Message) -> None:
+        """Reports, each stored once and relayed to its client as an event; acknowledged by the last one."""
+        reports: list[Report] = msg.body.items
+        rec: TrialRecord | None = None
+        for report in reports:
+            if rec is None or (rec.id, rec.attempt) != (report.trial, report.attempt):
+                rec = self._current(worker, report.trial, report.attempt, "REPORTS")
+            if rec is not None:
+                self._store_report(rec, report)
+        last = reports[-1]
+        self.outbox.ack(worker.identity, Ack(last.trial, last.attempt, last.seq))
 
-    def _on_reports(self, identity: bytes, msg: Message) -> None:
-        """A burst of reports: each stored once and relayed to the client as its own event."""
-        rec = self._current(identity, msg)
-        if rec is not None:
-            self._store_reports(rec, msg.body.items)
-        self._ack(identity, msg)
+    def _store_report(self, rec: TrialRecord, report: Report) -> None:
+        seq = self.journal.add_report(rec.client, report)
+        if seq:
+            self._event(rec, Event(seq, report=report))
 
-    def _store_reports(self, rec: TrialRecord, items: list[list[object]]) -> None:
-        for seq, final, value in items:
-            body = self.session.pack_body(Report(bool(final), value))  # type: ignore[arg-type]
-            if self.journal.add_report(rec.id, rec.attempt, int(seq), bool(final), body):  # type: ignore[call-overload]
-                self._event(rec, MsgType.REPORT, body)
+    def _on_dones(self, worker: Worker, msg: Message) -> None:
+        for done in msg.body.items:
+            self._done(worker, done)
+            self.outbox.ack(worker.identity, Ack(done.trial, done.attempt, done.seq))
 
-    def _on_done(self, identity: bytes, msg: Message) -> None:
+    def _done(self, worker: Worker, done: Done) -> None:
         """The attempt ended (its last reports ride along) and the worker is free for the next RUN."""
-        h, done = msg.header, msg.body
-        rec = self._current(identity, msg)
-        worker = self.workers[identity]
-        if h.trial in worker.trials and (rec is None or rec.attempt == h.attempt):
-            worker.trials.remove(h.trial)  # the next one it holds, if any, starts now
+        rec = self._current(worker, done.trial, done.attempt, "DONE")
+        if done.trial in worker.trials and (rec is None or rec.attempt == done.attempt):
+            worker.trials.remove(done.trial)  # the next one it holds, if any, starts now
             if not worker.trials:
                 self._became_idle(worker)
             else:
                 self._offer_slot(worker)
-        if rec is not None and done.state == TrialState.QUEUED.value:
+        if rec is None:
+            return
+        if done.state is TrialState.QUEUED:
             self._given_back(rec)
-        elif rec is not None:
-            self._store_reports(rec, done.reports)
-            for path, data in done.files:  # before the final state goes out: the client finds them there
-                self.artifacts.write(rec.client, rec.id, FileChunk(str(path), 0, bytes(data), True))
-            self._finish(rec, self._outcome(rec, done))
-        self._ack(identity, msg)
+            return
+        for report in done.reports:
+            self._store_report(rec, report)
+        for inline in done.files:  # before the final state goes out: the client finds them there
+            self.artifacts.write(rec.client, rec.id, FileChunk(inline.path, 0, inline.data, True))
+        self._finish(rec, self._outcome(rec, done))
 
     def _became_idle(self, worker: Worker) -> None:
         if worker.identity not in self.idle:
@@ -451,7 +452,7 @@ class Dispatcher:
             )
 
     def _given_back(self, rec: TrialRecord) -> None:
-        """A worker returned a held trial it never started: first in the queue again, the attempt not spent."""
+        """A worker returned a held trial it never started: first in the queue again, no attempt spent."""
         rec.state, rec.worker, rec.attempt = TrialState.QUEUED, "", rec.attempt - 1
         self.journal.update_trial(rec, requeue=True)
         self.queue.appendleft(rec.id)
@@ -465,25 +466,27 @@ class Dispatcher:
 
     @staticmethod
     def _outcome(rec: TrialRecord, done: Done) -> TrialState:
-        state = TrialState(done.state)
+        state = done.state
         if rec.cancel_requested and state is not TrialState.SUCCEEDED:
             state = TrialState.CANCELLED
-        rec.reason, rec.exc_type, rec.message = done.reason, done.exc_type, done.message
-        rec.traceback, rec.log_tail = done.traceback, done.log_tail
+        rec.reason = done.reason or (done.failure.reason if done.failure else "")
+        rec.failure = done.failure
         return state
 
-    def _on_file(self, identity: bytes, msg: Message) -> None:
+    def _on_file(self, worker: Worker, msg: Message) -> None:
         h = msg.header
         rec = self.trials.get(h.trial)
         ok = rec is not None and rec.attempt == h.attempt
         if rec is not None and ok:
             self.artifacts.write(rec.client, rec.id, msg.body)
-        if ok:
-            self._ack(identity, msg)
-        else:
-            self._send(identity, MsgType.ACK, Ack(False), trial=h.trial, attempt=h.attempt, seq=h.seq)
+        self.outbox.ack(worker.identity, Ack(h.trial, h.attempt, h.seq, ok))
 
-    def _on_cancel(self, trial_id: str, reason: str) -> None:
+    def _on_client_cancel(self, client: Client, msg: Message) -> None:
+        h = msg.header
+        self._cancel(h.trial, msg.body.reason)
+        self.outbox.ack(client.identity, Ack(h.trial, h.attempt, h.seq))
+
+    def _cancel(self, trial_id: str, reason: str) -> None:
         rec = self.trials.get(trial_id)
         if rec is None or rec.state.finished:
             return
@@ -498,13 +501,15 @@ class Dispatcher:
             if worker.id == rec.worker:
                 self._send(worker.identity, MsgType.CANCEL, Cancel(reason), trial=rec.id, attempt=rec.attempt)
 
-    def _on_bye(self, identity: bytes) -> None:
-        worker = self.workers.get(identity)
-        if worker is not None:
-            self._remove_worker(worker, "left")
-        for client in list(self.clients.values()):
-            if client.identity == identity:
-                del self.clients[client.id]
+    def _on_worker_bye(self, worker: Worker, msg: Message) -> None:
+        self._remove_worker(worker, "left")
+
+    def _on_client_bye(self, client: Client, msg: Message) -> None:
+        self._forget_client(client)
+
+    def _forget_client(self, client: Client) -> None:
+        self.clients.pop(client.id, None)
+        self._client_at.pop(client.identity, None)
 
     # ---- state changes ----
 
@@ -516,7 +521,7 @@ class Dispatcher:
         self._lose_all(worker, f"worker lost: {worker.id} {why}")
 
     def _lose_all(self, worker: Worker, reason: str) -> None:
-        """Its trials go back to the front of the queue in their order (the held ones after the running one)."""
+        """Its trials go back to the front of the queue in their order (held ones after the running one)."""
         for index in reversed(range(len(worker.trials))):
             rec = self.trials.get(worker.trials[index])
             if rec is not None and rec.state is TrialState.RUNNING and rec.worker == worker.id:
@@ -542,8 +547,8 @@ class Dispatcher:
             self._event_state(rec)
             _log.warning("trial %s attempt %d lost (%s): re-queued", rec.id, rec.attempt, reason)
         else:
-            rec.exc_type = "WorkerLostError"
             rec.reason = f"{reason} (after {rec.attempt} attempts)"
+            rec.failure = Failure(FailureKind.WORKER_LOST, rec.reason, "WorkerLostError", rec.reason)
             self._finish(rec, TrialState.FAILED)
 
     def _finish(self, rec: TrialRecord, state: TrialState) -> None:
@@ -552,7 +557,7 @@ class Dispatcher:
         self.journal.drop_payload(rec.id)
         self._payloads.pop(rec.id, None)
         if rec.blobs:
-            needed = {b[0] for r in self.trials.values() if not r.state.finished for b in r.blobs}
+            needed = {b.digest for r in self.trials.values() if not r.state.finished for b in r.blobs}
             self.blobs.evict(keep=needed)
         self._orphans.pop(rec.id, None)
         self._event_state(rec)
@@ -567,30 +572,20 @@ class Dispatcher:
         )
 
     def _event_state(self, rec: TrialRecord) -> None:
-        change = StateChange(
-            rec.state.value,
-            rec.attempt,
-            rec.worker,
-            rec.reason,
-            rec.exc_type,
-            rec.message,
-            rec.traceback,
-            rec.log_tail,
-            self.artifacts.trial_path(rec.client, rec.id),
-        )
-        self._event(rec, MsgType.STATE, self.session.pack_body(change))
+        output_dir = self.artifacts.trial_path(rec.client, rec.id)
+        change = StateChange(rec.id, rec.attempt, rec.state, rec.worker, rec.reason, rec.failure, output_dir)
+        self._event(rec, Event(self.journal.add_state(rec.client, change), state=change))
 
-    def _event(self, rec: TrialRecord, kind: MsgType, body: bytes) -> None:
-        seq = self.journal.add_event(rec.client, rec.id, rec.attempt, int(kind), body)
+    def _event(self, rec: TrialRecord, event: Event) -> None:
         client = self.clients.get(rec.client)
         if client is not None:
-            self.outbox.event(client.identity, int(kind), rec.id, rec.attempt, seq, body)
+            self.outbox.event(client.identity, event)
 
     def _dispatch(self) -> None:
         """Queued trials to idle workers first, then round-robin to the free slots of busy ones.
 
         A worker given several trials in one turn gets them in one RUNS message."""
-        runs: dict[bytes, list[list[object]]] = {}
+        runs: dict[bytes, list[Run]] = {}
         while self.queue and (self.idle or self.prefetching):
             identity = (self.idle or self.prefetching).popleft()
             worker = self.workers.get(identity)
@@ -599,29 +594,20 @@ class Dispatcher:
             rec = self.trials[self.queue.popleft()]
             worker.trials.append(rec.id)
             self._offer_slot(worker)
-            evaluator, model = self._payloads.pop(rec.id, None) or self.journal.payload(rec.id)
-            rec.state, rec.attempt, rec.worker, rec.reason = (
-                TrialState.RUNNING,
-                rec.attempt + 1,
-                worker.id,
-                "",
-            )
+            payload = self._payloads.pop(rec.id, None)
+            evaluator, model = payload if payload is not None else self.journal.payload(rec.id)
+            rec.state, rec.attempt, rec.worker = TrialState.RUNNING, rec.attempt + 1, worker.id
+            rec.reason, rec.failure = "", None
             self.journal.update_trial(rec)
             self._event_state(rec)
-            runs.setdefault(identity, []).append(
-                [rec.id, rec.attempt, evaluator, model, rec.timeout, rec.name, rec.blobs]
-            )
+            run = Run(rec.id, rec.attempt, evaluator, model, rec.timeout, rec.name, blobs=rec.blobs)
+            runs.setdefault(identity, []).append(run)
             _log.debug("trial %s RUNNING on %s (attempt %d)", rec.id, worker.id, rec.attempt)
         if self._rebalance_due:
             self._rebalance_due = False
             self._rebalance()
         for identity, items in runs.items():
-            if len(items) == 1:
-                trial, attempt, evaluator, model, timeout, name, blobs = items[0]
-                run = Run(evaluator, model, timeout, name, blobs=blobs)  # type: ignore[arg-type]
-                self._send(identity, MsgType.RUN, run, trial=trial, attempt=attempt)  # type: ignore[arg-type]
-            else:
-                self._send(identity, MsgType.RUNS, RunBatch(items))
+            self._send(identity, MsgType.RUNS, RunBatch(items))
 
     def _beat(self, now: float) -> None:
         for worker in list(self.workers.values()):
@@ -631,7 +617,7 @@ class Dispatcher:
                 self._send(worker.identity, MsgType.HEARTBEAT)
         for client in list(self.clients.values()):
             if client.expiry < now:
-                del self.clients[client.id]
+                self._forget_client(client)
                 _log.info("client %s went silent; its events wait in the journal", client.id)
             else:
                 self._send(client.identity, MsgType.HEARTBEAT)
@@ -654,3 +640,7 @@ class Dispatcher:
             for w in self.workers.values()
         ]
         return StatusReply(self.id, workers, counts, time.monotonic() - self._started, self.outbox.bytes_sent)
+
+
+def _nothing(peer: object, msg: Message) -> None:
+    """A heartbeat: receiving it was the point."""

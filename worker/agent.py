@@ -22,27 +22,29 @@ import os
 import signal
 import socket
 import time
-from collections import OrderedDict, deque
+from collections import deque
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
 import zmq
 
 from retia.blobs import BlobStore
-from retia.curve import secure_client
-from retia.errors import AuthenticationError, ProtocolError
+from retia.failure import Failure, FailureKind
+from retia.peer import Peer, PeerTiming
 from retia.protocol import (
     Done,
-    DoneBatch,
     Hello,
+    InlineFile,
     Message,
     MsgType,
     Outgoing,
     Ready,
-    Report,
     ReportBatch,
     Role,
+    Run,
     Session,
+    TrialAttempt,
     TrialState,
 )
 
@@ -73,27 +75,32 @@ class Agent:
         self.config = config
         self.id = config.name or f"{socket.gethostname()}-gpu{config.gpu}-{os.getpid()}"
         self.session = Session(key, self.id, max_message_bytes=config.max_message_bytes)
+        timing = PeerTiming(
+            config.heartbeat_interval, config.liveness, config.reconnect_min, config.reconnect_max
+        )
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.peer = Peer(
+            self._ctx,
+            config.connect,
+            self.session,
+            self._hello,
+            timing=timing,
+            curve_server_key=config.curve_server_key,
+            after_hello=self._after_hello,
+            max_items=_DONES_PER_MESSAGE,
+        )
         self._mp = multiprocessing.get_context("forkserver")
         self._mp.set_forkserver_preload([*config.preload, "retia.worker._frozen"])  # _frozen last
-        self._ctx = zmq.Context()
-        self._sock: zmq.Socket | None = None
         self.trial: RunningTrial | None = None  # the one running
         self._queued: deque[RunningTrial] = (
             deque()
         )  # --reuse-process: given to the child after it, not started
-        self._unacked: OrderedDict[tuple[str, int, int], Outgoing] = OrderedDict()
         self._stopping = False
-        self._last_heard = time.monotonic()
-        self._backoff = config.reconnect_min
-        self._reconnect_at: float | None = None
         self._reusable: tuple[Any, SpecWriter, Connection] | None = None  # process, specs out, messages in
         self._spare: tuple[Any, Connection, Connection] | None = None  # a fresh process forked ahead of time
-        self._waiting: deque[Message] = (
-            deque()
-        )  # RUNs held, not given to a process: prefetched, or blobs coming
+        self._waiting: deque[Run] = deque()  # held, not given to a process: prefetched, or blobs coming
         self._last_run = ""
         self._exiting: list[tuple[Any, float]] = []  # finished trial processes still exiting, with a deadline
-        self._sent_at: dict[tuple[str, int, int], float] = {}
         self._poller: tuple[Any, zmq.Poller] | None = None
         self._batch = False  # the loop runs SCHED_BATCH (trials queue in the reused child)
         self.blobs = BlobStore(config.blobs_dir, config.blob_cache_bytes)
@@ -103,7 +110,7 @@ class Agent:
             os.path.join(self._trials_dir, f".reused-{os.getpid()}") if config.reuse_process else ""
         )
         self.fetcher = BlobFetcher(
-            self.blobs, lambda req: self._send(MsgType.BLOB_GET, req, trial=req.digest)
+            self.blobs, lambda req: self.peer.send(MsgType.BLOB_GET, req, trial=req.digest)
         )
 
     # ---- lifecycle ----
@@ -127,19 +134,17 @@ class Agent:
     def run(self) -> None:
         self.warm_up()
         self._start_spare()
-        self._connect()
-        next_beat = time.monotonic()
+        self.peer.connect()
+        next_reap = time.monotonic()
         try:
             while not self._stopping:
-                self._poll(max(0.0, min(next_beat - time.monotonic(), 0.2)))
+                self._poll(max(0.0, min(self.peer.next_deadline() - time.monotonic(), 0.2)))
                 now = time.monotonic()
                 self._supervise(now)
-                if now >= next_beat:
-                    self._send(MsgType.HEARTBEAT)
-                    self._resend_stale(now)
+                if now >= next_reap:
                     reap(self._exiting, now)
-                    next_beat = now + self.config.heartbeat_interval
-                self._check_liveness(now)
+                    next_reap = now + self.config.heartbeat_interval
+                self.peer.tick(now)
         finally:
             self._shutdown()
 
@@ -160,8 +165,8 @@ class Agent:
                 process.kill()
                 process.join()
         if self._reusable is not None:
-            process, specs, _messages = self._reusable
-            specs.close()  # the child's recv() sees EOF and it exits
+            process, spec_writer, _messages = self._reusable
+            spec_writer.close()  # the child's recv() sees EOF and it exits
             process.join(timeout=5)
             if process.is_alive():
                 process.kill()
@@ -169,32 +174,17 @@ class Agent:
         if self._scratch:
             runner.remove_quiet_scratch(self._scratch)
         self.fetcher.close()
-        if self._sock is not None:
-            self._send(MsgType.BYE)
-            self._sock.close(linger=500)
+        self.peer.close(linger_ms=500)
         self._ctx.term()
         _log.info("worker %s stopped", self.id)
 
     # ---- connection (Paranoid Pirate) ----
 
-    def _connect(self) -> None:
-        if self._sock is not None:
-            self._sock.close(linger=0)
-        sock = self._ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.IDENTITY, self.id.encode())
-        sock.setsockopt(zmq.LINGER, 0)
-        if self.config.curve_server_key is not None:
-            secure_client(sock, self.config.curve_server_key)
-        sock.connect(self.config.connect)
-        self._sock = sock
-        self._last_heard = time.monotonic()
-        self._hello()
-
-    def _hello(self) -> None:
-        running = [[t.id, t.attempt] for t in self._started()]
-        running += [[m.header.trial, m.header.attempt] for m in self._waiting]
+    def _hello(self) -> Hello:
+        running = [TrialAttempt(t.id, t.attempt) for t in self._started()]
+        running += [TrialAttempt(run.trial, run.attempt) for run in self._waiting]
         hello = Hello(
-            Role.WORKER.value,
+            Role.WORKER,
             self.id,
             socket.gethostname(),
             os.getpid(),
@@ -202,151 +192,87 @@ class Agent:
             running,
             prefetch=int(self.config.prefetch),
         )
-        self._send(MsgType.HELLO, hello)
-        for message in self._unacked.values():  # in order: reports, files, then DONE
-            self._raw_send(message.frames(self.session))
+        return hello
+
+    def _after_hello(self) -> None:
+        """Once HELLO (and what is unacknowledged) went out: ask again for blobs, and say READY if idle."""
         self.fetcher.resume()
         if self.trial is None and not self._waiting:
-            self._send(MsgType.READY, Ready(self._last_run))
+            self.peer.send(MsgType.READY, Ready(self._last_run))
 
     def _started(self) -> list[RunningTrial]:
         """The running trial and those queued behind it in its child, in order."""
         return ([self.trial] if self.trial is not None else []) + list(self._queued)
-
-    def _check_liveness(self, now: float) -> None:
-        silent = now - self._last_heard
-        if self._reconnect_at is None and silent > self.config.heartbeat_interval * self.config.liveness:
-            _log.warning("dispatcher silent for %.1fs; reconnecting in %.1fs", silent, self._backoff)
-            self._reconnect_at = now + self._backoff
-        if self._reconnect_at is not None and now >= self._reconnect_at:
-            self._reconnect_at = None
-            self._last_heard = now
-            self._backoff = min(self._backoff * 2, self.config.reconnect_max)
-            self._connect()
-
-    def _send(self, type: MsgType, body: Any = None, **header: Any) -> None:
-        self._raw_send(self.session.frames(type, body, **header))
-
-    def _raw_send(self, frames: list[bytes]) -> None:
-        if self._sock is None:
-            return
-        try:
-            self._sock.send_multipart(frames, zmq.NOBLOCK)
-        except zmq.Again:
-            pass  # the dispatcher is unreachable; unacknowledged messages go again on reconnect
 
     def _reliable(self, type: MsgType, body: Any, trial: RunningTrial, *, seq: int = 0) -> None:
         """Send and keep until acknowledged; the message takes the next seq unless it names one."""
         if not seq:
             trial.seq += 1
             seq = trial.seq
-        message = Outgoing(type, body, trial.id, trial.attempt, seq)
-        self._unacked[(trial.id, trial.attempt, seq)] = message
-        self._sent_at[(trial.id, trial.attempt, seq)] = time.monotonic()
-        self._raw_send(message.frames(self.session))
-
-    def _resend_stale(self, now: float) -> None:
-        """Re-send what stayed unacknowledged for a liveness window (a send dropped under load)."""
-        window = self.config.heartbeat_interval * self.config.liveness
-        for key, message in list(self._unacked.items())[:256]:
-            if now - self._sent_at.get(key, now) > window:
-                self._sent_at[key] = now
-                self._raw_send(message.frames(self.session))
+        self.peer.keep([Outgoing(type, body, trial.id, trial.attempt, seq)])
 
     # ---- the loop's parts ----
 
     def _poll(self, timeout: float) -> None:
-        if self._sock is None:
+        sock = self.peer.sock
+        if sock is None:
             return
         specs = self._reusable[1] if self._reusable is not None and self._reusable[1].pending else None
-        key = (self._sock, self.trial and self.trial.conn, specs)
+        key = (sock, self.trial and self.trial.conn, specs)
         if self._poller is None or self._poller[0] != key:  # rebuilt only when the socket or the pipes change
             poller = zmq.Poller()
-            poller.register(self._sock, zmq.POLLIN)
+            poller.register(sock, zmq.POLLIN)
             if self.trial is not None:
                 poller.register(self.trial.conn.fileno(), zmq.POLLIN)
                 poller.register(self.trial.process.sentinel, zmq.POLLIN)
             if specs is not None:  # the child made room for what waits to be written
                 poller.register(specs.fd, zmq.POLLOUT)
             self._poller = (key, poller)
-        ready = dict(self._poller[1].poll(timeout * 1000))
-        if self._sock in ready:
-            self._read_socket()
-
-    def _read_socket(self) -> None:
-        while self._sock is not None:
-            try:
-                frames = self._sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                msg = self.session.parse(frames)
-            except (ProtocolError, AuthenticationError) as exc:
-                _log.warning("dropped message from the dispatcher: %s", exc)
-                continue
-            self._last_heard = time.monotonic()
-            self._backoff = self.config.reconnect_min
-            self._handle(msg)
+        ready = dict(self._poller[1].poll(int(timeout * 1000)))
+        if sock in ready:
+            for msg in self.peer.receive():
+                self._handle(msg)
 
     def _handle(self, msg: Message) -> None:
         h = msg.header
-        if msg.type is MsgType.RUN:
-            self._start(msg)
-        elif msg.type is MsgType.RUNS:
-            try:
-                runs = msg.body.messages(h.sender)
-            except (TypeError, ValueError) as exc:
-                _log.warning("dropped a malformed RUNS from the dispatcher: %s", exc)
-                return
-            for run in runs:
+        if msg.type is MsgType.RUNS:
+            for run in msg.body.items:
                 self._start(run)
         elif msg.type is MsgType.BLOB_DATA:
             self.fetcher.on_data(msg.body)
         elif msg.type is MsgType.ACKS:
-            for trial, attempt, seq in msg.body.items:
-                self._unacked.pop((trial, attempt, seq), None)
-                self._sent_at.pop((trial, attempt, seq), None)
-        elif msg.type is MsgType.ACK:
-            self._unacked.pop((h.trial, h.attempt, h.seq), None)
-            self._sent_at.pop((h.trial, h.attempt, h.seq), None)
-            if not msg.body.ok:
-                self.fetcher.give_up(h.trial, msg.body.reason)
+            for ack in msg.body.items:  # (the peer dropped what they acknowledge)
+                if not ack.ok:
+                    self.fetcher.give_up(ack.trial, ack.reason)
         elif msg.type is MsgType.CANCEL:
             self._cancel(h.trial, h.attempt, msg.body.reason, msg.body.give_back)
         elif msg.type is MsgType.RESET:
-            self._hello()
+            self.peer.say_hello()
         elif msg.type is MsgType.SHUTDOWN:
             self.stop()
         elif msg.type not in (MsgType.HEARTBEAT, MsgType.WELCOME):
             _log.warning("unexpected %s from the dispatcher", msg.type.name)
 
-    def _start(self, msg: Message) -> None:
-        h, run = msg.header, msg.body
+    def _start(self, run: Run) -> None:
         if len(self._started()) + len(self._waiting) > self.config.prefetch:
-            _log.error("RUN for %s while busy; refusing it", h.trial)
-            self._send(
-                MsgType.DONE,
-                Done(TrialState.FAILED.value, "worker was busy"),
-                trial=h.trial,
-                attempt=h.attempt,
-            )
+            _log.error("RUN for %s while busy; refusing it", run.trial)
+            self._end_unstarted(run, TrialState.FAILED, "worker was busy", FailureKind.STOPPED)
             return
-        self._last_run = h.trial
+        self._last_run = run.trial
         if run.blobs:
             self.fetcher.need(run.blobs)
-        self._waiting.append(msg)
+        self._waiting.append(run)
         self._start_waiting()
 
     def _start_waiting(self) -> None:
-        """Hand held RUNs to a process, in order: to a free agent, or into the queue of its --reuse-process child."""
+        """Hand held runs to a process, in order: a free one, or the queue of its --reuse-process child."""
         while self._waiting:
-            msg = self._waiting[0]
-            blobs = msg.body.blobs
-            failed = [self.fetcher.failed[d] for d, _size in blobs if d in self.fetcher.failed]
+            run = self._waiting[0]
+            failed = [self.fetcher.failed[b.digest] for b in run.blobs if b.digest in self.fetcher.failed]
             if failed:
                 self._waiting.popleft()
-                self._end_unstarted(msg, TrialState.FAILED, "; ".join(failed))
-            elif not self.fetcher.ready(blobs) or not (self.trial is None or self._child_takes_more()):
+                self._end_unstarted(run, TrialState.FAILED, "; ".join(failed), FailureKind.BLOB)
+            elif not self.fetcher.ready(run.blobs) or not (self.trial is None or self._child_takes_more()):
                 return
             else:
                 self._launch(self._waiting.popleft())
@@ -366,7 +292,7 @@ class Agent:
         )
 
     def _cancel(self, trial_id: str, attempt: int, reason: str, give_back: bool = False) -> None:
-        """Stop a trial, or drop it unstarted; ``give_back``: only if unstarted, and it goes back to the queue."""
+        """Stop a trial, or drop it unstarted; ``give_back``: only if unstarted, back to the queue."""
         key = (trial_id, attempt)
         if self.trial is not None and (self.trial.id, self.trial.attempt) == key:
             if not give_back:
@@ -379,33 +305,33 @@ class Agent:
                 if self._reusable is not None:
                     self._send_spec((runner.MSG_CANCEL, trial_id, attempt))
                 return
-        for msg in self._waiting:
-            if (msg.header.trial, msg.header.attempt) == key:
-                self._waiting.remove(msg)
-                self._end_unstarted(msg, TrialState.QUEUED if give_back else TrialState.CANCELLED, reason)
+        for run in self._waiting:
+            if (run.trial, run.attempt) == key:
+                self._waiting.remove(run)
+                self._end_unstarted(run, TrialState.QUEUED if give_back else TrialState.CANCELLED, reason)
                 return
 
-    def _end_unstarted(self, msg: Message, state: TrialState, reason: str) -> None:
+    def _end_unstarted(
+        self, run: Run, state: TrialState, reason: str, kind: FailureKind = FailureKind.STOPPED
+    ) -> None:
         """DONE for a trial that never got a process (its blobs failed, or it was cancelled first)."""
-        h = msg.header
-        done = Done(state.value, reason, "BlobError" if state is TrialState.FAILED else "", reason)
-        message = Outgoing(MsgType.DONE, done, h.trial, h.attempt, 1)
-        self._unacked[(h.trial, h.attempt, 1)] = message
-        self._raw_send(message.frames(self.session))
+        failure = Failure(kind, reason, message=reason) if state is TrialState.FAILED else None
+        done = Done(run.trial, run.attempt, 1, state, reason, failure)
+        message = Outgoing(MsgType.DONES, done, run.trial, run.attempt, 1)
+        self.peer.keep([message])
 
-    def _launch(self, msg: Message) -> None:
+    def _launch(self, run: Run) -> None:
         """Give a RUN to a process: the running trial's child queues it, or it starts now."""
-        h, run = msg.header, msg.body
-        digests = {digest for digest, _size in run.blobs}
+        digests = {blob.digest for blob in run.blobs}
         if digests:  # (a trial without blobs brings none in: nothing to evict)
             for digest in digests:
                 self.blobs.touch(digest)
             self.blobs.evict(keep=digests)
-        out = os.path.join(self._trials_dir, f"{h.trial}-{h.attempt}")  # the trial process creates it
+        out = os.path.join(self._trials_dir, f"{run.trial}-{run.attempt}")  # the trial process creates it
         log_file = os.path.join(out, "trial.log")
         spec = runner.TrialSpec(
-            h.trial,
-            h.attempt,
+            run.trial,
+            run.attempt,
             run.evaluator,
             run.model,
             out,
@@ -417,11 +343,11 @@ class Agent:
         )
         chosen = self._process_for(spec)
         if chosen is None:  # the running trial's child died under it: this one waits for the next child
-            self._waiting.appendleft(msg)
+            self._waiting.appendleft(run)
             return
         process, reader = chosen
         trial = RunningTrial(
-            h.trial, h.attempt, process, reader, out, log_file, 0.0, None, run=msg, timeout=run.timeout
+            run.trial, run.attempt, process, reader, out, log_file, 0.0, None, run=run, timeout=run.timeout
         )
         trial.reused = self.config.reuse_process
         trial.max_artifact_bytes = min(run.max_artifact_bytes, self.config.max_artifact_bytes)
@@ -443,10 +369,10 @@ class Agent:
             process.join()
             self._reusable = None
         if self._spare is not None and alive(self._spare[0]):
-            process, specs, reader = self._spare
+            process, spare_specs, reader = self._spare
             self._spare = None
-            specs.send(spec)
-            specs.close()
+            spare_specs.send(spec)
+            spare_specs.close()
             return process, reader
         return self._spawn(spec)
 
@@ -492,6 +418,8 @@ class Agent:
     def _spawn(self, spec: runner.TrialSpec) -> tuple[Any, Connection]:
         """Fork a trial process from the fork server (a long-lived one with --reuse-process)."""
         reader, writer = self._mp.Pipe(duplex=False)
+        target: Callable[..., None]
+        args: tuple[Any, ...]
         if self.config.reuse_process:
             spec_reader, spec_writer = self._mp.Pipe(duplex=False)
             target, args = runner.serve_trials, (spec, spec_reader, writer)
@@ -516,13 +444,11 @@ class Agent:
             self._send_reports(trial)
 
     def _send_reports(self, trial: RunningTrial) -> None:
-        """The pending reports: one REPORT, or a burst in one message, one ACK, one journal transaction."""
+        """The pending reports in one message: one ACK (for the last), one journal transaction."""
         reports, trial.pending = trial.pending, []
-        if len(reports) == 1:
-            self._reliable(MsgType.REPORT, Report(*reports[0]), trial)
-        elif reports:  # the message takes its last report's seq, so report seqs stay contiguous
+        if reports:  # kept under its last report's seq, so report seqs stay contiguous
             items = trial.numbered(reports)
-            self._reliable(MsgType.REPORTS, ReportBatch(items), trial, seq=items[-1][0])
+            self._reliable(MsgType.REPORTS, ReportBatch(items), trial, seq=items[-1].seq)
 
     def _supervise(self, now: float) -> None:
         if self._reusable is not None and self._reusable[1].pending:
@@ -538,6 +464,7 @@ class Agent:
                 if trial.cancel:
                     self._kill(trial, trial.cancel, state=TrialState.CANCELLED)
                 else:
+                    trial.timed_out = True
                     self._kill(trial, f"timed out after {trial.deadline - trial.started:.1f}s")
             if trial.sigkill_at is not None and now > trial.sigkill_at:
                 trial.send_signal(signal.SIGKILL)
@@ -578,23 +505,25 @@ class Agent:
                 self._reusable = None
             # what was queued behind it in the dead child never started: it goes to a new one, in order
             for queued in reversed(self._queued):
+                assert queued.run is not None  # every trial the agent launched keeps its RUN
                 if queued.cancel:
                     state = TrialState.QUEUED if queued.give_back else TrialState.CANCELLED
-                    self._end_unstarted(queued.run, state, queued.cancel)  # type: ignore[arg-type]
+                    self._end_unstarted(queued.run, state, queued.cancel)
                 else:
-                    self._waiting.appendleft(queued.run)  # type: ignore[arg-type]
+                    self._waiting.appendleft(queued.run)
             self._queued.clear()
         reports, trial.pending = trial.pending, []
         items = trial.numbered(reports)
         if trial.skipped and not trial.kill_reason:
             state = TrialState.QUEUED if trial.give_back else TrialState.CANCELLED
-            done = Done(state.value, trial.cancel or "cancelled before it started")
+            done = Done(
+                trial.id, trial.attempt, trial.seq + 1, state, trial.cancel or "cancelled before it started"
+            )
         else:
-            done = trial.outcome(now, items, self._ship_artifacts(trial))
+            files = self._ship_artifacts(trial)  # FILE chunks take seqs before the DONE's
+            done = trial.outcome(now, trial.seq + 1, items, files)
         trial.seq += 1
-        message = Outgoing(MsgType.DONE, done, trial.id, trial.attempt, trial.seq)
-        self._unacked[(trial.id, trial.attempt, trial.seq)] = message
-        self._sent_at[(trial.id, trial.attempt, trial.seq)] = now
+        message = Outgoing(MsgType.DONES, done, trial.id, trial.attempt, trial.seq)
         self.trial = None  # DONE tells the dispatcher we are free: no READY needed
         if self._queued:
             self._begin(self._queued.popleft(), now)
@@ -610,12 +539,9 @@ class Agent:
             )
 
     def _send_dones(self, dones: list[Outgoing]) -> None:
-        """The DONEs of one loop turn: alone, or together in one DONES message (each acknowledged on its own)."""
-        if len(dones) == 1:
-            self._raw_send(dones[0].frames(self.session))
-        elif dones:
-            batch = DoneBatch.of([(m.trial, m.attempt, m.seq, m.body) for m in dones])
-            self._send(MsgType.DONES, batch)
+        """The DONEs of one loop turn, together in one DONES message (each acknowledged on its own)."""
+        if dones:
+            self.peer.keep(dones)
 
     def _kill(
         self, trial: RunningTrial, reason: str, *, state: TrialState = TrialState.FAILED, hard: bool = False
@@ -632,7 +558,7 @@ class Agent:
         if not hard:
             trial.sigkill_at = time.monotonic() + self.config.kill_grace
 
-    def _ship_artifacts(self, trial: RunningTrial) -> list[list[Any]]:
+    def _ship_artifacts(self, trial: RunningTrial) -> list[InlineFile]:
         """Send the trial's output files home, up to the per-trial cap: the first 64 KiB inside
         DONE (returned), the rest streamed in FILE chunks."""
         inline, streamed = pick_artifacts(trial.output_dir, trial.max_artifact_bytes, _INLINE)

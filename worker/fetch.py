@@ -11,10 +11,9 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 from retia.blobs import CHUNK, BlobStore
-from retia.protocol import BlobRequest, FileChunk
+from retia.protocol import BlobRef, BlobRequest, FileChunk
 
 __all__ = ["BlobFetcher"]
 
@@ -56,9 +55,10 @@ class BlobFetcher:
         self._verifier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retia-blob-verify")
         self._verifying: dict[str, tuple[Future[bool], int]] = {}
 
-    def need(self, blobs: list[list[Any]]) -> None:
+    def need(self, blobs: list[BlobRef]) -> None:
         """Check cached blobs (in a thread) and fetch every one in ``[[digest, size], ...]`` not intact."""
-        for digest, size in blobs:
+        for blob in blobs:
+            digest, size = blob.digest, blob.size
             if digest in self.fetching or digest in self._verifying:
                 continue
             self.failed.pop(digest, None)
@@ -75,9 +75,9 @@ class BlobFetcher:
                 if not future.result():
                     self._fetch(digest, size)
 
-    def ready(self, blobs: list[list[Any]]) -> bool:
+    def ready(self, blobs: list[BlobRef]) -> bool:
         self.poll()
-        return not any(digest in self.fetching or digest in self._verifying for digest, _size in blobs)
+        return not any(b.digest in self.fetching or b.digest in self._verifying for b in blobs)
 
     def close(self) -> None:
         self._verifier.shutdown(wait=True, cancel_futures=True)

@@ -135,7 +135,7 @@ def _become_trial_process(spec: TrialSpec) -> None:
 
 
 def _evaluate(spec: TrialSpec, output_dir: str, conn: Connection) -> tuple[Any, ...]:
-    """Run fit (reports go out as they come); the trial's last message, to send once its files are in place."""
+    """Run fit (reports go out as they come); the trial's last message, sent once its files are in place."""
     from retia.serializer import load  # preloaded by the fork server: a dictionary lookup
 
     try:
@@ -207,6 +207,7 @@ def _file_scratch(spec: TrialSpec) -> None:
 
 def _pipe_reporter(conn: Connection) -> Any:
     """A Reporter that sends each metric to the agent as it comes."""
+    from retia.protocol import pack_metric
     from retia.reporting import Reporter
 
     global _PipeReporter
@@ -218,7 +219,7 @@ def _pipe_reporter(conn: Connection) -> Any:
                 self.conn = conn
 
             def _emit(self, final: bool, value: Any) -> None:
-                self.conn.send((MSG_REPORT, final, value))
+                self.conn.send((MSG_REPORT, final, pack_metric(value)))  # packed once, relayed as it is
 
         _PipeReporter = _Reporter
     return _PipeReporter(conn)

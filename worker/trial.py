@@ -6,6 +6,7 @@ These run for every trial, so they avoid what showed up in profiles: a selector 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import select
@@ -19,7 +20,8 @@ from multiprocessing.connection import Connection
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
-from retia.protocol import Done, FileChunk, Message, TrialState
+from retia.failure import Failure, FailureKind
+from retia.protocol import Done, FileChunk, InlineFile, Report, Run, TrialState
 
 from . import runner
 
@@ -58,14 +60,17 @@ class RunningTrial:
     returned: bool = False
     kill_reason: str = ""
     kill_state: TrialState = TrialState.FAILED
+    timed_out: bool = False  # the kill was for its timeout
     sigkill_at: float | None = None
     max_artifact_bytes: int = 50 << 20
     seq: int = 0
     reused: bool = False  # runs in the long-lived --reuse-process child
 
     pipe: Any = None  # a select.poll() on the pipe, to drain it without building selectors
-    pending: list[tuple[bool, Any]] = field(default_factory=list)  # reports read, not yet sent
-    run: Message | None = None  # its RUN: queued in a child that died first, it is launched again
+    pending: list[tuple[bool, bytes]] = field(
+        default_factory=list
+    )  # reports read (final, metric), not yet sent
+    run: Run | None = None  # queued in a child that died first, it is launched again
     timeout: float | None = None
     skipped: bool = False  # cancelled in the child's queue before it started: it never ran
     cancel: str = ""  # a cancellation that came while it waited in the child's queue
@@ -83,11 +88,13 @@ class RunningTrial:
             return True
         return not alive(self.process)
 
-    def numbered(self, reports: list[tuple[bool, Any]]) -> list[list[Any]]:
-        """Give reports the next seqs: [[seq, final, value], ...]."""
+    def numbered(self, reports: list[tuple[bool, bytes]]) -> list[Report]:
+        """The reports as wire items with the next seqs."""
         first = self.seq + 1
         self.seq += len(reports)
-        return [[first + i, final, value] for i, (final, value) in enumerate(reports)]
+        return [
+            Report(self.id, self.attempt, first + i, final, value) for i, (final, value) in enumerate(reports)
+        ]
 
     def read_pipe(self, max_reports: int) -> None:
         """Read what the trial process sent, up to its last message; reports wait in ``pending``."""
@@ -109,28 +116,45 @@ class RunningTrial:
         except (EOFError, OSError):
             pass  # the process is gone; its exit status tells the rest
 
-    def outcome(self, now: float, reports: list[list[Any]], files: list[list[Any]]) -> Done:
-        """The attempt's DONE: the verdict, the last reports, the small artefacts, and for a failure the log's tail."""
+    def outcome(self, now: float, seq: int, reports: list[Report], files: list[InlineFile]) -> Done:
+        """The attempt's DONE: verdict, last reports, small artefacts, and for a failure the log's tail."""
         duration = now - self.started
         if self.kill_reason:
-            state, reason, exc_type, message, tb = self.kill_state.value, self.kill_reason, "", "", ""
+            state, reason = self.kill_state, self.kill_reason
+            kind = FailureKind.TIMEOUT if self.timed_out else FailureKind.STOPPED
+            failure = Failure(kind, reason) if state is TrialState.FAILED else None
         elif self.error is not None:
             exc_type, message, tb = self.error
-            state, reason = TrialState.FAILED.value, f"{exc_type}: {message}"
+            state, reason = TrialState.FAILED, f"{exc_type}: {message}"
+            failure = Failure(FailureKind.RAISED, reason, exc_type, message, tb)
         else:
             code = (
                 None if alive(self.process) else self.process.exitcode
             )  # None: a --reuse-process child lives on
             if self.returned and code in (0, None):
-                return Done(TrialState.SUCCEEDED.value, "", duration=duration, reports=reports, files=files)
+                return Done(
+                    self.id, self.attempt, seq, TrialState.SUCCEEDED, "", None, duration, reports, files
+                )
+            signal_name = ""
             if code is not None and code < 0:
-                reason = f"trial process killed by {signal.Signals(-code).name} before fit returned"
+                signal_name = signal.Signals(-code).name
+                reason = f"trial process killed by {signal_name} before fit returned"
             else:
                 reason = f"trial process exited with code {code} before fit returned"
-            state, exc_type, message, tb = TrialState.FAILED.value, "TrialProcessDied", reason, ""
-        inline_log = [data for rel, data in files if rel == "self.log"]  # complete when it rode inline
-        tail = tail_of(inline_log[0]) if inline_log else log_tail(self.log_file)
-        return Done(state, reason, exc_type, message, tb, tail, duration, reports, files)
+            state = TrialState.FAILED
+            failure = Failure(
+                FailureKind.PROCESS_DIED,
+                reason,
+                "TrialProcessDiedError",
+                reason,
+                exit_code=code,
+                signal=signal_name,
+            )
+        if failure is not None:
+            inline_log = [f.data for f in files if f.path == "trial.log"]  # complete when it rode inline
+            tail = tail_of(inline_log[0]) if inline_log else log_tail(self.log_file)
+            failure = dataclasses.replace(failure, log_tail=tail)
+        return Done(self.id, self.attempt, seq, state, reason, failure, duration, reports, files)
 
     def send_signal(self, sig: signal.Signals) -> None:
         """Signal its process group (or the process, before it called setsid)."""
@@ -228,11 +252,11 @@ def list_files(root: str) -> list[tuple[str, str, int]]:
 
 def pick_artifacts(
     root: str, budget: int, inline_limit: int
-) -> tuple[list[list[Any]], list[tuple[str, str]]]:
-    """The files under ``root`` to send home within ``budget`` bytes: ``[[relative path, data]]`` read
+) -> tuple[list[InlineFile], list[tuple[str, str]]]:
+    """The files under ``root`` to send home within ``budget`` bytes: the small ones read
     now, up to ``inline_limit`` bytes in all (they ride inside DONE), and ``(relative path, path)``
     of the rest, to stream. An empty ``trial.log`` stays behind."""
-    inline: list[list[Any]] = []
+    inline: list[InlineFile] = []
     streamed: list[tuple[str, str]] = []
     inline_bytes = 0
     for rel, path, size in list_files(root):
@@ -249,11 +273,13 @@ def pick_artifacts(
             continue
         try:
             with open(path, "rb") as f:
-                inline.append([rel, f.read(inline_limit - inline_bytes)])  # as stat saw it, if it grew
+                inline.append(
+                    InlineFile(rel, f.read(inline_limit - inline_bytes))
+                )  # as stat saw it, if it grew
         except OSError as exc:
             _log.warning("artefact %s not sent: %s", path, exc)
             continue
-        inline_bytes += len(inline[-1][1])
+        inline_bytes += len(inline[-1].data)
     return inline, streamed
 
 

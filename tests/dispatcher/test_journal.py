@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from retia.dispatcher.journal import Journal, TrialRecord
-from retia.protocol import MsgType, TrialState
+from retia.protocol import Report, StateChange, TrialState
 
 
 def _record(trial_id: str) -> TrialRecord:
@@ -32,22 +32,45 @@ def test_trials_survive_reopen_and_resubmits_are_ignored(tmp_path: Path) -> None
 
 def test_reports_are_stored_once_per_trial_attempt_seq(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j.sqlite")
-    assert journal.add_report("t", 1, 1, False, b"a")
-    assert not journal.add_report("t", 1, 1, False, b"a")  # a re-send after reconnect
-    assert journal.add_report("t", 2, 1, False, b"b")  # the same seq of a new attempt is new
-    assert [(a, s) for a, s, _f, _v in journal.reports("t")] == [(1, 1), (2, 1)]
+    assert journal.add_report("c", Report("t", 1, 1, False, b"a"))
+    assert not journal.add_report("c", Report("t", 1, 1, False, b"a"))  # a re-send after reconnect
+    assert journal.add_report("c", Report("t", 2, 1, False, b"b"))  # the same seq of a new attempt is new
+    assert [(r.attempt, r.seq) for r in journal.reports("t")] == [(1, 1), (2, 1)]
     journal.close()
 
 
 def test_events_replay_in_order_per_client(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j.sqlite")
-    seqs = [journal.add_event("a", "t", 1, int(MsgType.REPORT), bytes([i])) for i in range(5)]
-    journal.add_event("b", "u", 1, int(MsgType.STATE), b"x")
+    seqs = [journal.add_report("a", Report("t", 1, i, False, bytes([i]))) for i in range(4)]
+    seqs.append(journal.add_state("a", StateChange("t", 1, TrialState.SUCCEEDED)))
+    journal.add_state("b", StateChange("u", 1, TrialState.RUNNING))
     assert seqs == sorted(seqs)
     replay = list(journal.events_after("a", seqs[1]))
-    assert [e.body for e in replay] == [b"\x02", b"\x03", b"\x04"]
-    assert all(e.client == "a" for e in replay)
+    assert [e.report.value for e in replay if e.report] == [b"\x02", b"\x03"]
+    assert [e.state.state for e in replay if e.state] == [TrialState.SUCCEEDED]
+    assert all(e.trial == "t" for e in replay)  # client b's event is not among them
     journal.close()
+
+
+def test_a_report_is_stored_once_and_replayed_from_there(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite")
+    journal.add_report("a", Report("t", 1, 1, True, b"\xcb" + bytes(8)))
+    db = journal._db
+    assert db.execute("SELECT COUNT(*) FROM reports").fetchone()[0] == 1
+    assert db.execute("SELECT COUNT(*) FROM states").fetchone()[0] == 0
+    [event] = journal.events_after("a", 0)
+    assert event.report == Report("t", 1, 1, True, b"\xcb" + bytes(8))
+    journal.close()
+
+
+def test_event_seqs_go_on_after_a_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    journal = Journal(path)
+    first = journal.add_report("a", Report("t", 1, 1, False, b"x"))
+    journal.close()
+    reopened = Journal(path)
+    assert reopened.add_state("a", StateChange("t", 1, TrialState.SUCCEEDED)) == first + 1
+    reopened.close()
 
 
 def _write_rounds(journal: Journal, rounds: int, after_round=lambda n: None) -> int:  # type: ignore[no-untyped-def]
@@ -55,7 +78,7 @@ def _write_rounds(journal: Journal, rounds: int, after_round=lambda n: None) -> 
     body = b"x" * 4096
     for n in range(rounds):
         for i in range(1000):
-            journal.add_event("a", "t", 1, int(MsgType.REPORT), body)
+            journal.add_report("a", Report("t", n, i, False, body))
             if i % 100 == 99:
                 journal.commit()
         after_round(n)

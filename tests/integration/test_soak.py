@@ -26,7 +26,7 @@ def test_killed_workers_lose_and_duplicate_no_final_and_no_report(
     config = soak.SoakConfig(
         trials=300,
         workers=4,
-        kill_every=1.5,
+        kill_every=0.5,  # both kills early: 300 reused-process trials take only a few seconds
         max_kills=2,
         reports=3,
         in_flight=100,
@@ -67,7 +67,9 @@ def test_a_final_result_stored_before_its_worker_dies_is_not_reported_twice(tmp_
     with local_cluster(workers=2, home=tmp_path / "c", **FAST) as backend:  # type: ignore[arg-type]
         finals: list[float] = []
         backend.add_listener(
-            lambda trial, kind, body: finals.append(body.value) if getattr(body, "final", False) else None
+            lambda trial, event: (
+                finals.append(event.report.metric) if event.report and event.report.final else None
+            )
         )
         trial = backend.submit(dict, FunctionalEvaluator(final_then_linger, linger=2.0), max_retries=2)
         deadline = time.monotonic() + 60

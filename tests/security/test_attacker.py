@@ -27,7 +27,18 @@ from retia import FunctionalEvaluator
 from retia.client.backend import Backend
 from retia.client.cluster import local_cluster
 from retia.errors import AuthenticationError, ProtocolError
-from retia.protocol import VERSION, MsgType, Report, Session, Submit
+from retia.protocol import (
+    VERSION,
+    Hello,
+    MsgType,
+    Report,
+    ReportBatch,
+    Role,
+    Session,
+    Submit,
+    SubmitBatch,
+    pack_metric,
+)
 
 from ..clusters import FAST, processes
 from ..integration import fits
@@ -84,7 +95,7 @@ def _log(backend: Backend) -> str:
 def _evil_submit(session: Session, marker: Path, trial: str) -> list[bytes]:
     poisoned = pickle.dumps(_Marker(marker))
     return session.frames(
-        MsgType.SUBMIT, Submit(poisoned, poisoned, None, None, 0, "evil"), trial=trial, seq=1
+        MsgType.SUBMITS, SubmitBatch([Submit(trial, 1, poisoned, poisoned, None, None, 0, "evil")])
     )
 
 
@@ -106,7 +117,7 @@ def test_every_kind_of_bad_message_is_dropped_logged_and_never_decoded(target: B
         header = msgpack.packb([99, "", 0, 0, "mallory", 0.0])
         payload = pickle.dumps(_Marker(marker))
         sock.send_multipart([VERSION, good.sign(header, payload), header, payload])  # signed, unknown type
-        big = good.frames(MsgType.REPORT, Report(True, 1.0))
+        big = good.frames(MsgType.REPORTS, ReportBatch([Report("t", 1, 1, True, pack_metric(1.0))]))
         big[3] = b"\x00" * (100 << 20)  # a 100 MB frame
         sock.send_multipart(big)
 
@@ -132,11 +143,14 @@ def test_a_replayed_message_is_refused(target: Backend) -> None:
 
 def test_the_dispatcher_never_unpickles_even_signed_payloads(target: Backend, marker: Path) -> None:
     with _attacker(target.address, b"insider") as sock:
-        sock.send_multipart(_evil_submit(Session(target.key, "insider"), marker, "signed-evil"))
+        insider = Session(target.key, "insider")
+        sock.send_multipart(insider.frames(MsgType.HELLO, Hello(Role.CLIENT, "insider")))
+        sock.send_multipart(_evil_submit(insider, marker, "signed-evil"))
         replies = []
         while sock.poll(2_000):
             replies.append(Session(target.key, "x").parse(sock.recv_multipart()))
-        assert (MsgType.ACK, "signed-evil") in {(m.type, m.header.trial) for m in replies}  # stored, opaque
+        acked = {ack.trial for m in replies if m.type is MsgType.ACKS for ack in m.body.items}
+        assert "signed-evil" in acked  # stored, opaque
     # The worker runs it: raw pickle is not a retia payload, so retia.load refuses it unread.
     deadline = time.monotonic() + 60
     while "signed-evil FAILED" not in _log(target):
@@ -169,7 +183,7 @@ def test_pickles_inside_signed_payloads_are_not_loaded_by_the_decoder(marker: Pa
     session = Session(b"k" * 32, "w")
     poisoned = pickle.dumps(_Marker(marker))
     for body in (msgpack.packb([poisoned, True]), poisoned, msgpack.packb(msgpack.ExtType(4, poisoned))):
-        header = msgpack.packb([int(MsgType.REPORT), "t", 1, 1, "w", 0.0])
+        header = msgpack.packb([int(MsgType.REPORTS), "t", 1, 1, "w", 0.0])
         try:
             session.parse([VERSION, session.sign(header, body), header, body])
         except ProtocolError:
