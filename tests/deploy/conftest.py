@@ -17,4 +17,5 @@ def processes() -> Iterator[list[subprocess.Popen[Any]]]:
     for proc in reversed(started):
         if proc.poll() is None:
             proc.kill()
-        proc.wait()
+        with proc:  # waits, and closes the pipes a test did not (an unclosed one is a ResourceWarning)
+            pass
