@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-__all__ = ["Client", "Worker", "pick_recalls"]
+__all__ = ["Client", "Worker"]
 
 
 @dataclass
@@ -33,18 +33,3 @@ class Client:
     id: str
     identity: bytes
     expiry: float
-
-
-def pick_recalls(holders: list[Worker], recalled: set[str], count: int) -> list[tuple[Worker, str]]:
-    """Up to ``count`` held trials to ask back for idle workers, each the last one of the longest line.
-
-    ``recalled`` (trials already asked for) is updated with the picks."""
-    picks: list[tuple[Worker, str]] = []
-    for _ in range(count):
-        candidates = [(len(w.trials), w, t) for w in holders for t in w.trials[1:] if t not in recalled]
-        if not candidates:
-            break
-        _n, donor, trial = max(reversed(candidates), key=lambda c: c[0])
-        recalled.add(trial)
-        picks.append((donor, trial))
-    return picks

@@ -20,7 +20,6 @@ import logging
 import os
 import socket
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -30,7 +29,6 @@ from retia.blobs import CHUNK as BLOB_CHUNK
 from retia.blobs import BlobStore
 from retia.curve import secure_server, server_certificate
 from retia.errors import AuthenticationError, ProtocolError
-from retia.failure import Failure, FailureKind
 from retia.protocol import (
     Ack,
     BlobRequest,
@@ -55,11 +53,13 @@ from retia.protocol import (
 )
 from retia.protocol import Session as WireSession
 
+from . import lifecycle
 from .artifacts import ArtifactStore
 from .config import DispatcherConfig
 from .journal import Journal, TrialRecord
 from .outbox import Outbox
-from .peers import Client, Worker, pick_recalls
+from .peers import Client, Worker
+from .scheduler import Scheduler
 
 __all__ = ["Dispatcher"]
 
@@ -97,12 +97,8 @@ class Dispatcher:
         self.clients: dict[str, Client] = {}
         self._client_at: dict[bytes, Client] = {}  # the same clients, by routing id
         self.trials: dict[str, TrialRecord] = {}
-        self.queue: deque[str] = deque()
-        self.idle: deque[bytes] = deque()
-        self.prefetching: deque[bytes] = deque()  # busy workers with a free prefetch slot
-        self._recalled: set[str] = set()  # held trials asked back for idle workers, not answered yet
+        self.scheduler = Scheduler()
         self._payloads: dict[str, tuple[bytes, bytes]] = {}  # submitted, not yet sent: saves a journal read
-        self._rebalance_due = False
         self._orphans: dict[str, float] = {}  # RUNNING at restart: trial -> adoption deadline
         self.outbox = Outbox(self.session, self._sock)
         self._dropped: dict[bytes, int] = {}
@@ -139,7 +135,7 @@ class Dispatcher:
         for rec in self.journal.trials():
             self.trials[rec.id] = rec
             if rec.state is TrialState.QUEUED:
-                self.queue.append(rec.id)
+                self.scheduler.enqueue(rec.id)
             elif rec.state is TrialState.RUNNING:
                 self._orphans[rec.id] = deadline
         if self.trials:
@@ -147,7 +143,7 @@ class Dispatcher:
                 "recovered %d trials from %s: %d queued, %d running (awaiting their workers)",
                 len(self.trials),
                 self.config.journal_path,
-                len(self.queue),
+                len(self.scheduler.queue),
                 len(self._orphans),
             )
 
@@ -191,7 +187,7 @@ class Dispatcher:
         big turns); after _TURN seconds already, when queued trials wait for free workers."""
         deadline = time.monotonic() + _TURN
         for _ in range(_BATCH):
-            if self.queue and (self.idle or self.prefetching) and time.monotonic() > deadline:
+            if self.scheduler.can_place and time.monotonic() > deadline:
                 break
             try:
                 frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=True)
@@ -331,7 +327,7 @@ class Dispatcher:
         if self.journal.add_trial(rec, sub.evaluator, sub.model):
             self._payloads[sub.trial] = (sub.evaluator, sub.model)
             self.trials[sub.trial] = rec
-            self.queue.append(sub.trial)  # no QUEUED event: the client's Trial starts out QUEUED
+            self.scheduler.enqueue(sub.trial)  # no QUEUED event: the client's Trial starts out QUEUED
             _log.debug("trial %s (%s) QUEUED", sub.trial, sub.name or "unnamed")
         self.outbox.ack(client.identity, Ack(sub.trial, 0, sub.seq))
 
@@ -370,7 +366,7 @@ class Dispatcher:
             return  # sent before our last RUN reached it (a HELLO repeated after RESETs): it is busy now
         self._lose_all(worker, f"worker {worker.id} became ready without finishing it")
         worker.trials = []
-        self._became_idle(worker)
+        self.scheduler.became_idle(worker)
 
     def _current(self, worker: Worker, trial: str, attempt: int, what: str) -> TrialRecord | None:
         """The trial a worker's message is about, if that attempt is still the live one."""
@@ -418,10 +414,7 @@ class Dispatcher:
         rec = self._current(worker, done.trial, done.attempt, "DONE")
         if done.trial in worker.trials and (rec is None or rec.attempt == done.attempt):
             worker.trials.remove(done.trial)  # the next one it holds, if any, starts now
-            if not worker.trials:
-                self._became_idle(worker)
-            else:
-                self._offer_slot(worker)
+            self.scheduler.worker_done(worker)
         if rec is None:
             return
         if done.state is TrialState.QUEUED:
@@ -431,47 +424,15 @@ class Dispatcher:
             self._store_report(rec, report)
         for inline in done.files:  # before the final state goes out: the client finds them there
             self.artifacts.write(rec.client, rec.id, FileChunk(inline.path, 0, inline.data, True))
-        self._finish(rec, self._outcome(rec, done))
-
-    def _became_idle(self, worker: Worker) -> None:
-        if worker.identity not in self.idle:
-            self.idle.append(worker.identity)
-        self._rebalance_due = True
-
-    def _rebalance(self) -> None:
-        """Idle workers and an empty queue while busy ones hold trials they have not started: ask for
-        some back (CANCEL with give_back; a worker that started one already runs it on)."""
-        if self.queue or not self.idle:
-            return
-        holders = [w for w in self.workers.values() if len(w.trials) > 1]
-        self._recalled &= {t for w in holders for t in w.trials[1:]}  # forget those answered or gone
-        for donor, trial in pick_recalls(holders, self._recalled, len(self.idle) - len(self._recalled)):
-            cancel = Cancel(f"given back to start on an idle worker, not after {donor.trial}", give_back=True)
-            self._send(
-                donor.identity, MsgType.CANCEL, cancel, trial=trial, attempt=self.trials[trial].attempt
-            )
+        self._finish(rec, lifecycle.finished(rec, done))
 
     def _given_back(self, rec: TrialRecord) -> None:
         """A worker returned a held trial it never started: first in the queue again, no attempt spent."""
-        rec.state, rec.worker, rec.attempt = TrialState.QUEUED, "", rec.attempt - 1
+        lifecycle.given_back(rec)
         self.journal.update_trial(rec, requeue=True)
-        self.queue.appendleft(rec.id)
+        self.scheduler.enqueue(rec.id, front=True)
         self._event_state(rec)
         _log.debug("trial %s given back unstarted: queued again", rec.id)
-
-    def _offer_slot(self, worker: Worker) -> None:
-        """Queue a busy worker's free slot; one entry per worker, so slots fill round-robin."""
-        if len(worker.trials) < worker.slots and worker.identity not in self.prefetching:
-            self.prefetching.append(worker.identity)
-
-    @staticmethod
-    def _outcome(rec: TrialRecord, done: Done) -> TrialState:
-        state = done.state
-        if rec.cancel_requested and state is not TrialState.SUCCEEDED:
-            state = TrialState.CANCELLED
-        rec.reason = done.reason or (done.failure.reason if done.failure else "")
-        rec.failure = done.failure
-        return state
 
     def _on_file(self, worker: Worker, msg: Message) -> None:
         h = msg.header
@@ -490,10 +451,10 @@ class Dispatcher:
         rec = self.trials.get(trial_id)
         if rec is None or rec.state.finished:
             return
-        rec.cancel_requested = True
-        rec.reason = reason
-        if rec.state is TrialState.QUEUED:
-            self.queue.remove(trial_id)
+        was_queued = rec.state is TrialState.QUEUED
+        if lifecycle.cancel(rec, reason) is TrialState.CANCELLED:
+            if was_queued:
+                self.scheduler.dequeue(trial_id)
             self._finish(rec, TrialState.CANCELLED)
             return
         self.journal.update_trial(rec)
@@ -515,8 +476,7 @@ class Dispatcher:
 
     def _remove_worker(self, worker: Worker, why: str) -> None:
         self.workers.pop(worker.identity, None)
-        if worker.identity in self.idle:
-            self.idle.remove(worker.identity)
+        self.scheduler.forget(worker)
         _log.log(logging.INFO if why == "left" else logging.WARNING, "worker %s %s", worker.id, why)
         self._lose_all(worker, f"worker lost: {worker.id} {why}")
 
@@ -528,31 +488,19 @@ class Dispatcher:
                 self._lost(rec, reason, held=index > 0)
 
     def _lost(self, rec: TrialRecord, reason: str, *, held: bool = False) -> None:
-        """The attempt's worker is gone: re-queue as a new attempt, or fail when retries are spent.
-
-        A trial the worker held behind the running one is re-queued whatever its attempt count:
-        it most likely never started, and it cannot have caused the loss."""
-        rec.reason = reason
-        if self.journal.has_final(
-            rec.id, rec.attempt
-        ):  # its result is in: running it again would report twice
-            rec.reason = f"{reason} after its final result was stored"
-            self._finish(rec, TrialState.SUCCEEDED)
-        elif rec.cancel_requested:
-            self._finish(rec, TrialState.CANCELLED)
-        elif held or rec.attempt <= rec.max_retries:
-            rec.state, rec.worker = TrialState.QUEUED, ""
+        """The attempt's worker is gone: queued again as a new attempt, or ended (lifecycle.lost)."""
+        final_stored = self.journal.has_final(rec.id, rec.attempt)
+        state = lifecycle.lost(rec, reason, held=held, final_stored=final_stored)
+        if state is TrialState.QUEUED:
             self.journal.update_trial(rec, requeue=True)
-            self.queue.appendleft(rec.id)
+            self.scheduler.enqueue(rec.id, front=True)
             self._event_state(rec)
             _log.warning("trial %s attempt %d lost (%s): re-queued", rec.id, rec.attempt, reason)
         else:
-            rec.reason = f"{reason} (after {rec.attempt} attempts)"
-            rec.failure = Failure(FailureKind.WORKER_LOST, rec.reason, "WorkerLostError", rec.reason)
-            self._finish(rec, TrialState.FAILED)
+            self._finish(rec, state)
 
     def _finish(self, rec: TrialRecord, state: TrialState) -> None:
-        rec.state = state
+        """The trial has ended in ``state``: journaled, its payload dropped, its client told."""
         self.journal.update_trial(rec)
         self.journal.drop_payload(rec.id)
         self._payloads.pop(rec.id, None)
@@ -586,26 +534,21 @@ class Dispatcher:
 
         A worker given several trials in one turn gets them in one RUNS message."""
         runs: dict[bytes, list[Run]] = {}
-        while self.queue and (self.idle or self.prefetching):
-            identity = (self.idle or self.prefetching).popleft()
-            worker = self.workers.get(identity)
-            if worker is None or len(worker.trials) >= worker.slots:
-                continue
-            rec = self.trials[self.queue.popleft()]
-            worker.trials.append(rec.id)
-            self._offer_slot(worker)
+        for worker, trial_id in self.scheduler.placements(self.workers):
+            rec = self.trials[trial_id]
             payload = self._payloads.pop(rec.id, None)
             evaluator, model = payload if payload is not None else self.journal.payload(rec.id)
-            rec.state, rec.attempt, rec.worker = TrialState.RUNNING, rec.attempt + 1, worker.id
-            rec.reason, rec.failure = "", None
+            lifecycle.start(rec, worker.id)
             self.journal.update_trial(rec)
             self._event_state(rec)
             run = Run(rec.id, rec.attempt, evaluator, model, rec.timeout, rec.name, blobs=rec.blobs)
-            runs.setdefault(identity, []).append(run)
+            runs.setdefault(worker.identity, []).append(run)
             _log.debug("trial %s RUNNING on %s (attempt %d)", rec.id, worker.id, rec.attempt)
-        if self._rebalance_due:
-            self._rebalance_due = False
-            self._rebalance()
+        for donor, trial in self.scheduler.recalls(self.workers):
+            cancel = Cancel(f"given back to start on an idle worker, not after {donor.trial}", give_back=True)
+            self._send(
+                donor.identity, MsgType.CANCEL, cancel, trial=trial, attempt=self.trials[trial].attempt
+            )
         for identity, items in runs.items():
             self._send(identity, MsgType.RUNS, RunBatch(items))
 

@@ -1,0 +1,98 @@
+"""The scheduler's rules on plain worker records: no sockets, no journal."""
+
+from __future__ import annotations
+
+from retia.dispatcher.peers import Worker
+from retia.dispatcher.scheduler import Scheduler
+
+
+def _worker(name: str, slots: int = 1) -> Worker:
+    return Worker(name, name.encode(), "host", "none", 1, expiry=0.0, slots=slots)
+
+
+def _pool(*workers: Worker) -> dict[bytes, Worker]:
+    return {w.identity: w for w in workers}
+
+
+def test_queued_trials_go_to_idle_workers_in_the_order_they_became_idle() -> None:
+    a, b = _worker("a"), _worker("b")
+    scheduler = Scheduler()
+    for worker in (b, a):
+        scheduler.became_idle(worker)
+    for trial in ("t1", "t2", "t3"):
+        scheduler.enqueue(trial)
+    placed = scheduler.placements(_pool(a, b))
+    assert [(w.id, t) for w, t in placed] == [("b", "t1"), ("a", "t2")]
+    assert list(scheduler.queue) == ["t3"] and not scheduler.can_place  # both full: slots 1
+    assert (a.trials, b.trials) == (["t2"], ["t1"])
+
+
+def test_a_worker_that_holds_trials_fills_its_slots_round_robin_after_the_idle_ones() -> None:
+    holder, other = _worker("holder", slots=3), _worker("other", slots=2)
+    scheduler = Scheduler()
+    scheduler.became_idle(holder)
+    scheduler.became_idle(other)
+    for i in range(6):
+        scheduler.enqueue(f"t{i}")
+    placed = [(w.id, t) for w, t in scheduler.placements(_pool(holder, other))]
+    assert placed == [("holder", "t0"), ("other", "t1"), ("holder", "t2"), ("other", "t3"), ("holder", "t4")]
+    assert list(scheduler.queue) == ["t5"]
+
+
+def test_a_trial_that_ran_already_keeps_its_turn_and_a_cancelled_one_leaves() -> None:
+    scheduler = Scheduler()
+    for trial in ("t1", "t2", "t3"):
+        scheduler.enqueue(trial)
+    scheduler.enqueue("lost", front=True)
+    scheduler.dequeue("t2")
+    assert list(scheduler.queue) == ["lost", "t1", "t3"]
+
+
+def test_a_gone_worker_is_never_given_a_trial() -> None:
+    gone, here = _worker("gone"), _worker("here")
+    scheduler = Scheduler()
+    scheduler.became_idle(gone)
+    scheduler.became_idle(here)
+    scheduler.forget(gone)
+    scheduler.enqueue("t1")
+    assert [(w.id, t) for w, t in scheduler.placements(_pool(here))] == [("here", "t1")]
+    stale = Scheduler()
+    stale.became_idle(gone)  # still listed, but no longer among the workers
+    stale.enqueue("t1")
+    assert stale.placements(_pool(here)) == [] and list(stale.queue) == ["t1"]
+
+
+def test_a_finished_trial_frees_its_workers_slot_or_makes_it_idle() -> None:
+    worker = _worker("w", slots=2)
+    scheduler = Scheduler()
+    scheduler.became_idle(worker)
+    for trial in ("t1", "t2", "t3"):
+        scheduler.enqueue(trial)
+    assert [t for _w, t in scheduler.placements(_pool(worker))] == ["t1", "t2"]
+    worker.trials.remove("t1")
+    scheduler.worker_done(worker)
+    assert [t for _w, t in scheduler.placements(_pool(worker))] == ["t3"]
+    worker.trials.clear()
+    scheduler.worker_done(worker)
+    assert list(scheduler.idle) == [b"w"]
+
+
+def test_idle_workers_ask_back_the_last_trial_of_the_longest_line_once() -> None:
+    long, short, idle = _worker("long", slots=4), _worker("short", slots=4), _worker("idle")
+    long.trials, short.trials = ["a1", "a2", "a3"], ["b1", "b2"]
+    scheduler = Scheduler()
+    scheduler.became_idle(idle)
+    workers = _pool(long, short, idle)
+    assert [(w.id, t) for w, t in scheduler.recalls(workers)] == [("long", "a3")]
+    assert scheduler.recalls(workers) == []  # asked once per change in who idles
+    scheduler.became_idle(idle)
+    assert scheduler.recalls(workers) == []  # a3 is still asked for: no second pick for one idle worker
+
+
+def test_nothing_is_asked_back_while_trials_are_queued() -> None:
+    holder, idle = _worker("holder", slots=3), _worker("idle")
+    holder.trials = ["a1", "a2"]
+    scheduler = Scheduler()
+    scheduler.became_idle(idle)
+    scheduler.enqueue("waiting")
+    assert scheduler.recalls(_pool(holder, idle)) == []
