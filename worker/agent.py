@@ -48,7 +48,7 @@ from retia.protocol import (
     TrialState,
 )
 
-from . import runner
+from . import pipe, runner
 from .config import WorkerConfig
 from .fetch import BlobFetcher
 from .trial import RunningTrial, SpecWriter, alive, file_chunks, pick_artifacts, reap, set_policy
@@ -303,7 +303,7 @@ class Agent:
                 # the child skips it; if it started meanwhile, a cancelled one is killed when it comes up
                 queued.cancel, queued.give_back = reason, give_back
                 if self._reusable is not None:
-                    self._send_spec((runner.MSG_CANCEL, trial_id, attempt))
+                    self._send_spec(pipe.SkipTrial(trial_id, attempt))
                 return
         for run in self._waiting:
             if (run.trial, run.attempt) == key:
@@ -376,7 +376,7 @@ class Agent:
             return process, reader
         return self._spawn(spec)
 
-    def _send_spec(self, spec: runner.TrialSpec | tuple[str, str, int]) -> bool:
+    def _send_spec(self, spec: runner.TrialSpec | pipe.SkipTrial) -> bool:
         """Into the --reuse-process child's queue; False when that child has died."""
         assert self._reusable is not None
         process, specs, _reader = self._reusable

@@ -1,14 +1,14 @@
 """The trial process: forked from the preloaded fork server, runs one evaluation, reports over a pipe.
 
-It never touches the network. Messages to the agent are tuples on a one-way pipe:
-``("report", final, value)``, then exactly one of ``("error", type, message, traceback)``
-or ``("done",)``. Whatever else happens (a segfault, ``os._exit``, a SIGKILL) the agent
-sees through the process's exit status.
+It never touches the network. It tells the agent what happens in :mod:`retia.worker.pipe`
+messages on a one-way pipe: reports, then exactly one of "raised" or "returned". Whatever
+else happens (a segfault, ``os._exit``, a SIGKILL) the agent sees through the process's exit
+status.
 
 With ``--reuse-process`` the agent queues several specs in the child's pipe and the child
 runs them in order, so the agent tells trials apart by order alone; a spec cancelled
-before it started (``("cancel", trial, attempt)`` on the same pipe) is answered with
-``("skipped",)`` in its place. Such a child runs every trial in one scratch directory
+before it started (a ``SkipTrial`` on the same pipe) is answered with ``TrialSkipped`` in
+its place. Such a child runs every trial in one scratch directory
 (its output directory, with ``trial.log`` for what it prints) and renames it to the
 trial's own directory before its last message, only if the trial left something there:
 a quiet trial creates no directory and no file (on this VM's ext4 they cost as much as
@@ -28,6 +28,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from . import pipe
+
 __all__ = [
     "TrialSpec",
     "run_trial",
@@ -37,15 +39,8 @@ __all__ = [
     "scratch_log",
     "file_scratch",
     "remove_quiet_scratch",
-    "MSG_REPORT",
-    "MSG_ERROR",
-    "MSG_DONE",
-    "MSG_SKIPPED",
-    "MSG_CANCEL",
 ]
 
-MSG_REPORT, MSG_ERROR, MSG_DONE, MSG_SKIPPED = "report", "error", "done", "skipped"
-MSG_CANCEL = "cancel"  # agent -> --reuse-process child: drop this queued spec if it has not started
 
 
 def _preload() -> None:
@@ -81,7 +76,7 @@ def warm_up() -> None:
 def run_trial(spec: TrialSpec, conn: Connection) -> None:
     """Run one trial in this fresh process, then exit."""
     _become_trial_process(spec)
-    conn.send(_evaluate(spec, spec.output_dir, conn))
+    pipe.send(conn, _evaluate(spec, spec.output_dir, conn))
     conn.close()
 
 
@@ -93,7 +88,7 @@ def await_trial(specs: Connection, conn: Connection) -> None:
         return  # the agent stopped (or died) before it needed us
     specs.close()
     _become_trial_process(spec)
-    conn.send(_evaluate(spec, spec.output_dir, conn))
+    pipe.send(conn, _evaluate(spec, spec.output_dir, conn))
     conn.close()
 
 
@@ -108,18 +103,18 @@ def serve_trials(first: TrialSpec, specs: Connection, conn: Connection) -> None:
                 item = specs.recv()
                 if isinstance(item, TrialSpec):
                     backlog.append(item)
-                else:
-                    cancelled.add((item[1], item[2]))
+                elif isinstance(item, pipe.SkipTrial):
+                    cancelled.add((item.trial, item.attempt))
         except EOFError:
             return  # the agent stopped
         spec = backlog.popleft()
         if (spec.trial, spec.attempt) in cancelled:
             cancelled.discard((spec.trial, spec.attempt))
-            conn.send((MSG_SKIPPED,))
+            pipe.send(conn, pipe.TrialSkipped())
             continue
         outcome = _evaluate(spec, spec.scratch, conn)
         _file_scratch(spec)
-        conn.send(outcome)
+        pipe.send(conn, outcome)
 
 
 def _become_trial_process(spec: TrialSpec) -> None:
@@ -134,7 +129,7 @@ def _become_trial_process(spec: TrialSpec) -> None:
             torch.set_num_threads(spec.threads)
 
 
-def _evaluate(spec: TrialSpec, output_dir: str, conn: Connection) -> tuple[Any, ...]:
+def _evaluate(spec: TrialSpec, output_dir: str, conn: Connection) -> pipe.TrialRaised | pipe.TrialReturned:
     """Run fit (reports go out as they come); the trial's last message, sent once its files are in place."""
     from retia.serializer import load  # preloaded by the fork server: a dictionary lookup
 
@@ -147,10 +142,10 @@ def _evaluate(spec: TrialSpec, output_dir: str, conn: Connection) -> tuple[Any, 
         text = traceback.format_exc()
         sys.stderr.write(text)
         sys.stderr.flush()
-        return (MSG_ERROR, type(exc).__name__, _describe(exc), text)
+        return pipe.TrialRaised(type(exc).__name__, _describe(exc), text)
     sys.stdout.flush()
     sys.stderr.flush()
-    return (MSG_DONE,)
+    return pipe.TrialReturned()
 
 
 def scratch_log(scratch: str) -> str:
@@ -219,7 +214,7 @@ def _pipe_reporter(conn: Connection) -> Any:
                 self.conn = conn
 
             def _emit(self, final: bool, value: Any) -> None:
-                self.conn.send((MSG_REPORT, final, pack_metric(value)))  # packed once, relayed as it is
+                pipe.send(self.conn, pipe.TrialReport(final, pack_metric(value)))  # packed once, here
 
         _PipeReporter = _Reporter
     return _PipeReporter(conn)

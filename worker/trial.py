@@ -20,10 +20,11 @@ from multiprocessing.connection import Connection
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
+from retia.errors import ProtocolError
 from retia.failure import Failure, FailureKind
 from retia.protocol import Done, FileChunk, InlineFile, Report, Run, TrialState
 
-from . import runner
+from . import pipe
 
 __all__ = [
     "LOG_TAIL_LINES",
@@ -104,15 +105,18 @@ class RunningTrial:
         reports = self.pending
         try:
             while len(reports) < max_reports and not self.finished and self.pipe.poll(0):
-                item = self.conn.recv()
-                if item[0] == runner.MSG_REPORT:
-                    reports.append((bool(item[1]), item[2]))
-                elif item[0] == runner.MSG_ERROR:
-                    self.error = (item[1], item[2], item[3])
-                elif item[0] == runner.MSG_DONE:
+                message = pipe.receive(self.conn)
+                if isinstance(message, pipe.TrialReport):
+                    reports.append((message.final, message.value))
+                elif isinstance(message, pipe.TrialRaised):
+                    self.error = (message.exc_type, message.message, message.traceback)
+                elif isinstance(message, pipe.TrialReturned):
                     self.returned = True
-                elif item[0] == runner.MSG_SKIPPED:
+                else:
                     self.skipped = True
+        except ProtocolError as exc:  # the trial wrote its pipe itself: it fails, and its process goes
+            self.error = ("ProtocolError", f"the trial wrote garbage to its report pipe: {exc}", "")
+            self.send_signal(signal.SIGKILL)
         except (EOFError, OSError):
             pass  # the process is gone; its exit status tells the rest
 
