@@ -2,12 +2,45 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from retia.client.backend import Backend
-from retia.client.cluster import LocalCluster
+from retia.client.cluster import LocalCluster, local_cluster
 
-FAST = {"heartbeat_interval": 0.2, "liveness": 5}  # a peer is declared dead after 1 s of silence
+HEARTBEAT_INTERVAL = 0.2
+LIVENESS = 5  # with HEARTBEAT_INTERVAL: a peer is declared dead after 1 s of silence
+
+# The same settings as keyword arguments, for tests that still splat them into local_cluster
+# (tests/security/test_attacker.py); fast_cluster() passes them with their types.
+FAST = {"heartbeat_interval": HEARTBEAT_INTERVAL, "liveness": LIVENESS}
+
+
+def fast_cluster(
+    workers: int = 2,
+    *,
+    home: str | Path,
+    gpus: Sequence[str] | None = None,
+    journal: str | None = None,
+    worker_args: Sequence[str] = (),
+    dispatcher_args: Sequence[str] = (),
+    client_id: str | None = None,
+    curve: bool = False,
+) -> AbstractContextManager[Backend]:
+    """``local_cluster`` with the fast heartbeats of the tests (a lost peer is noticed within 1 s)."""
+    return local_cluster(
+        workers,
+        home=home,
+        gpus=gpus,
+        heartbeat_interval=HEARTBEAT_INTERVAL,
+        liveness=LIVENESS,
+        journal=journal,
+        worker_args=worker_args,
+        dispatcher_args=dispatcher_args,
+        client_id=client_id,
+        curve=curve,
+    )
 
 
 def processes(backend: Backend) -> LocalCluster:

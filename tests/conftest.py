@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from retia.client.backend import Backend
-from retia.client.cluster import local_cluster
 
-from .clusters import FAST
+from .clusters import fast_cluster
 
 # The run must leave `git status` as it found it (tests/git_clean.py; --allow-dirty-tree lists only).
 pytest_plugins = ["tests.git_clean"]
@@ -73,12 +72,12 @@ def _no_leaks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
     """Two CPU workers shared by a test module (do not kill its processes: use fresh_cluster)."""
-    with local_cluster(workers=2, home=tmp_path_factory.mktemp("cluster"), **FAST) as backend:  # type: ignore[arg-type]
+    with fast_cluster(workers=2, home=tmp_path_factory.mktemp("cluster")) as backend:
         yield backend
 
 
 @pytest.fixture
 def fresh_cluster(tmp_path: Path) -> Iterator[Backend]:
     """A private two-worker cluster for tests that kill, stop or restart its processes."""
-    with local_cluster(workers=2, home=tmp_path / "cluster", **FAST) as backend:  # type: ignore[arg-type]
+    with fast_cluster(workers=2, home=tmp_path / "cluster") as backend:
         yield backend

@@ -20,10 +20,9 @@ import pytest
 
 from retia import FunctionalEvaluator
 from retia.client.backend import Backend, connect
-from retia.client.cluster import local_cluster
 from retia.protocol import TrialState
 
-from ..clusters import FAST, journal_path, processes, worker_index
+from ..clusters import fast_cluster, journal_path, processes, worker_index
 from ..integration import fits
 
 pytestmark = pytest.mark.timeout(300)
@@ -191,7 +190,7 @@ def test_client_dies_and_a_new_process_reconnects_to_its_trials(cluster: Backend
 
 
 def test_late_reports_of_a_stopped_worker_are_ignored(tmp_path: Path) -> None:
-    with local_cluster(workers=2, home=tmp_path / "c", **FAST) as backend:  # type: ignore[arg-type]
+    with fast_cluster(workers=2, home=tmp_path / "c") as backend:
         trial = backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting, steps=6, delay=0.3))
         next(trial.reports(timeout=60))
         _stop_worker_past_liveness(backend, trial)

@@ -12,10 +12,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from retia import FunctionalEvaluator, dump, load, trace
 from retia.blobs import BlobStore, make_blob
 from retia.client.backend import Backend, wait
-from retia.client.cluster import local_cluster
 from retia.errors import TrialFailedError
 
-from ..clusters import FAST, processes
+from ..clusters import fast_cluster, processes
 from . import fits
 
 pytestmark = pytest.mark.timeout(300)
@@ -76,7 +75,7 @@ def test_blob_values_round_trip_and_map_copy_on_write(tmp_path: Path) -> None:
 
 
 def test_a_corrupt_cached_blob_is_fetched_again(tmp_path: Path) -> None:
-    with local_cluster(workers=1, home=tmp_path / "c", **FAST) as backend:  # type: ignore[arg-type]
+    with fast_cluster(workers=1, home=tmp_path / "c") as backend:
         data = torch.randn(2 * MB // 4)
         evaluator = FunctionalEvaluator(fits.tensor_stats, data=data)
         assert backend.submit(fits.DigitsMLP, evaluator).result(timeout=60) == pytest.approx(
@@ -102,7 +101,7 @@ def test_a_corrupt_cached_blob_is_fetched_again(tmp_path: Path) -> None:
 
 
 def test_a_blob_that_never_verifies_fails_the_trial_clearly(tmp_path: Path) -> None:
-    with local_cluster(workers=1, home=tmp_path / "c", **FAST) as backend:  # type: ignore[arg-type]
+    with fast_cluster(workers=1, home=tmp_path / "c") as backend:
         data = torch.randn(MB // 4)
         evaluator = FunctionalEvaluator(fits.tensor_stats, data=data)
         blobs_dir = processes(backend).home / "blobs"

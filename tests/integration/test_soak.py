@@ -60,11 +60,10 @@ def test_a_final_result_stored_before_its_worker_dies_is_not_reported_twice(tmp_
     import sqlite3
 
     from retia import FunctionalEvaluator
-    from retia.client.cluster import local_cluster
 
-    from ..clusters import FAST, processes, worker_index
+    from ..clusters import fast_cluster, processes, worker_index
 
-    with local_cluster(workers=2, home=tmp_path / "c", **FAST) as backend:  # type: ignore[arg-type]
+    with fast_cluster(workers=2, home=tmp_path / "c") as backend:
         finals: list[float] = []
         backend.add_listener(
             lambda trial, event: (

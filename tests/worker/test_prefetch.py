@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 
 from retia import FunctionalEvaluator
-from retia.client.cluster import local_cluster
 from retia.errors import TrialCancelledError, TrialFailedError
 from retia.protocol import TrialState
 
-from ..clusters import FAST, journal_path, processes, worker_index
+from ..clusters import fast_cluster, journal_path, processes, worker_index
 from ..integration import fits
 
 pytestmark = pytest.mark.timeout(240)
@@ -31,7 +30,7 @@ def _wait_for(predicate, timeout: float = 60.0) -> None:  # type: ignore[no-unty
 
 
 def test_a_held_trial_can_be_cancelled_and_the_slot_is_refilled(tmp_path: Path) -> None:
-    with local_cluster(workers=1, home=tmp_path / "c", worker_args=["--reuse-process"], **FAST) as backend:  # type: ignore[arg-type]
+    with fast_cluster(workers=1, home=tmp_path / "c", worker_args=["--reuse-process"]) as backend:
         running = backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting, steps=20, delay=0.1))
         held = backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting))
         next(running.reports(timeout=60))
@@ -47,7 +46,7 @@ def test_a_held_trial_can_be_cancelled_and_the_slot_is_refilled(tmp_path: Path) 
 
 def test_killing_a_worker_that_holds_a_trial_loses_neither(tmp_path: Path) -> None:
     args = ["--reuse-process", "--prefetch", "1"]
-    with local_cluster(workers=2, home=tmp_path / "c", worker_args=args, **FAST) as backend:  # type: ignore[arg-type]
+    with fast_cluster(workers=2, home=tmp_path / "c", worker_args=args) as backend:
         slow = FunctionalEvaluator(fits.counting, steps=8, delay=0.25)
         trials = [
             backend.submit(fits.DigitsMLP, slow) for _ in range(4)
@@ -89,7 +88,7 @@ def _pid_in(log: Path) -> int:
 
 def test_trials_queued_in_one_child_run_back_to_back_and_outlive_its_death(tmp_path: Path) -> None:
     home = tmp_path / "c"
-    with local_cluster(workers=1, home=home, worker_args=DEEP, **FAST) as backend:  # type: ignore[arg-type]
+    with fast_cluster(workers=1, home=home, worker_args=DEEP) as backend:
         quick = FunctionalEvaluator(fits.counting, steps=2)
         first = [backend.submit(fits.DigitsMLP, quick) for _ in range(5)]
         assert [t.result(timeout=60) for t in first] == [2.0] * 5
@@ -118,7 +117,7 @@ def test_trials_queued_in_one_child_run_back_to_back_and_outlive_its_death(tmp_p
 
 def test_a_trial_cancelled_in_the_childs_queue_is_skipped_without_a_restart(tmp_path: Path) -> None:
     home = tmp_path / "c"
-    with local_cluster(workers=1, home=home, worker_args=DEEP, **FAST) as backend:  # type: ignore[arg-type]
+    with fast_cluster(workers=1, home=home, worker_args=DEEP) as backend:
         running = backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting, steps=10, delay=0.1))
         doomed, after = (backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting)) for _ in range(2))
         next(running.reports(timeout=60))
@@ -132,7 +131,7 @@ def test_a_trial_cancelled_in_the_childs_queue_is_skipped_without_a_restart(tmp_
 
 
 def test_a_worker_that_joins_late_gets_trials_another_holds_unstarted(tmp_path: Path) -> None:
-    with local_cluster(workers=1, home=tmp_path / "c", worker_args=DEEP, **FAST) as backend:  # type: ignore[arg-type]
+    with fast_cluster(workers=1, home=tmp_path / "c", worker_args=DEEP) as backend:
         slow = FunctionalEvaluator(fits.counting, steps=6, delay=0.5)
         trials = [backend.submit(fits.DigitsMLP, slow) for _ in range(5)]  # all five go to the only worker
         next(trials[0].reports(timeout=60))
@@ -151,7 +150,7 @@ def test_a_large_held_trial_never_blocks_the_worker_while_a_long_one_runs(tmp_pa
     """Specs bigger than a pipe's buffer (64 KiB) wait in the agent, not in a blocking write: the agent
     keeps its heartbeats and answers a cancel while the child is busy with a long trial."""
     home = tmp_path / "c"
-    with local_cluster(workers=1, home=home, worker_args=DEEP, **FAST) as backend:  # type: ignore[arg-type]
+    with fast_cluster(workers=1, home=home, worker_args=DEEP) as backend:
         long = backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting, steps=12, delay=0.25))
         next(long.reports(timeout=60))  # in fit now: the child reads no spec until it returns
         bulky = FunctionalEvaluator(fits.uses, thing=os.urandom(200_000))  # under the blob threshold: inline
@@ -170,7 +169,7 @@ def test_a_large_held_trial_never_blocks_the_worker_while_a_long_one_runs(tmp_pa
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SCHED_BATCH is Linux's")
 def test_the_agent_yields_to_the_child_only_while_trials_queue_in_it(tmp_path: Path) -> None:
-    with local_cluster(workers=1, home=tmp_path / "c", worker_args=DEEP, **FAST) as backend:  # type: ignore[arg-type]
+    with fast_cluster(workers=1, home=tmp_path / "c", worker_args=DEEP) as backend:
         [agent] = processes(backend).worker_procs
         running = backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting, steps=12, delay=0.25))
         next(running.reports(timeout=60))

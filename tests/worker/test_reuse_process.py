@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 
 from retia import FunctionalEvaluator
-from retia.client.cluster import local_cluster
 from retia.errors import TrialFailedError
 
-from ..clusters import FAST
+from ..clusters import fast_cluster
 from ..integration import fits
 
 pytestmark = pytest.mark.timeout(240)
@@ -24,7 +23,7 @@ def _pid(home: Path, trial_id: str) -> int:
 
 def test_trials_share_one_process_until_it_dies(tmp_path: Path) -> None:
     home = tmp_path / "c"
-    with local_cluster(workers=1, home=home, worker_args=["--reuse-process"], **FAST) as backend:  # type: ignore[arg-type]
+    with fast_cluster(workers=1, home=home, worker_args=["--reuse-process"]) as backend:
         ok = FunctionalEvaluator(fits.counting, steps=2)
         first = [backend.submit(fits.DigitsMLP, ok) for _ in range(4)]
         assert [t.result(timeout=60) for t in first] == [2.0] * 4
@@ -50,7 +49,7 @@ def test_trials_share_one_process_until_it_dies(tmp_path: Path) -> None:
 
 def test_a_quiet_trial_leaves_no_directory_and_one_that_writes_gets_its_own(tmp_path: Path) -> None:
     home = tmp_path / "c"
-    with local_cluster(workers=1, home=home, worker_args=["--reuse-process"], **FAST) as backend:  # type: ignore[arg-type]
+    with fast_cluster(workers=1, home=home, worker_args=["--reuse-process"]) as backend:
         quiet = FunctionalEvaluator(fits.quiet)
         trials = [backend.submit(fits.DigitsMLP, quiet) for _ in range(3)]
         onnx = backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.export_onnx))  # written in the scratch

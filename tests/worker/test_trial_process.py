@@ -1,4 +1,4 @@
-"""The trial process itself, fresh or reused: a report flood outliving it, and what it shares with the fork server."""
+"""The trial process, fresh or reused: a report flood outliving it, what it shares with the fork server."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import pytest
 
 from retia import FunctionalEvaluator
 from retia.client.backend import Backend
-from retia.client.cluster import local_cluster
 
-from ..clusters import FAST, processes
+from ..clusters import fast_cluster, processes
 from ..integration import fits
 
 pytestmark = pytest.mark.timeout(240)
@@ -21,7 +20,7 @@ pytestmark = pytest.mark.timeout(240)
 @pytest.fixture(scope="module", params=[[], ["--reuse-process"]], ids=["fresh process", "reused process"])
 def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
     home = tmp_path_factory.mktemp("cluster")
-    with local_cluster(workers=1, home=home, worker_args=request.param, **FAST) as backend:  # type: ignore[arg-type]
+    with fast_cluster(workers=1, home=home, worker_args=request.param) as backend:
         yield backend
 
 
