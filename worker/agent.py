@@ -23,8 +23,6 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
-from multiprocessing.connection import Connection
 from typing import Any
 
 import zmq
@@ -48,10 +46,11 @@ from retia.protocol import (
     TrialState,
 )
 
-from . import pipe, runner
+from . import runner
 from .config import WorkerConfig
 from .fetch import BlobFetcher
-from .trial import RunningTrial, SpecWriter, alive, file_chunks, pick_artifacts, reap, set_policy
+from .processes import Exiting, ReusedChild, reap, strategy_for
+from .trial import RunningTrial, alive, file_chunks, pick_artifacts, set_policy
 
 __all__ = ["Agent"]
 
@@ -60,9 +59,6 @@ _CHUNK = 1 << 20
 _INLINE = 64 << 10  # artefacts up to this much in all ride inside DONE instead of FILE messages
 _MAX_BATCH = 512
 _DONES_PER_MESSAGE = 8
-_CHILD_AHEAD = (
-    8  # --reuse-process: trials queued in the child's pipe; the rest wait here, quick to cancel or give back
-)
 _SKIP_GRACE = (
     1.0  # seconds a cancelled trial queued in a --reuse-process child has to be skipped before a kill
 )
@@ -96,19 +92,14 @@ class Agent:
             deque()
         )  # --reuse-process: given to the child after it, not started
         self._stopping = False
-        self._reusable: tuple[Any, SpecWriter, Connection] | None = None  # process, specs out, messages in
-        self._spare: tuple[Any, Connection, Connection] | None = None  # a fresh process forked ahead of time
         self._waiting: deque[Run] = deque()  # held, not given to a process: prefetched, or blobs coming
         self._last_run = ""
-        self._exiting: list[tuple[Any, float]] = []  # finished trial processes still exiting, with a deadline
+        self._exiting: list[Exiting] = []  # trial processes that finished their trial, still exiting
         self._poller: tuple[Any, zmq.Poller] | None = None
         self._batch = False  # the loop runs SCHED_BATCH (trials queue in the reused child)
         self.blobs = BlobStore(config.blobs_dir, config.blob_cache_bytes)
         self._trials_dir = str(config.trials_dir)
-        # --reuse-process: where the child runs each trial (runner.file_scratch); one per agent process
-        self._scratch = (
-            os.path.join(self._trials_dir, f".reused-{os.getpid()}") if config.reuse_process else ""
-        )
+        self.processes = strategy_for(self._mp, config.reuse_process, self._trials_dir)
         self.fetcher = BlobFetcher(
             self.blobs, lambda req: self.peer.send(MsgType.BLOB_GET, req, trial=req.digest)
         )
@@ -133,7 +124,7 @@ class Agent:
 
     def run(self) -> None:
         self.warm_up()
-        self._start_spare()
+        self.processes.idle()
         self.peer.connect()
         next_reap = time.monotonic()
         try:
@@ -154,25 +145,9 @@ class Agent:
             self.trial.process.join(timeout=5)
             self.trial = None
             self._queued.clear()
-        for process, _deadline in self._exiting:
-            process.join(timeout=5)
-        if self._spare is not None:
-            process, specs, messages = self._spare
-            specs.close()  # it sees EOF and exits
-            messages.close()
-            process.join(timeout=5)
-            if process.is_alive():
-                process.kill()
-                process.join()
-        if self._reusable is not None:
-            process, spec_writer, _messages = self._reusable
-            spec_writer.close()  # the child's recv() sees EOF and it exits
-            process.join(timeout=5)
-            if process.is_alive():
-                process.kill()
-                process.join()
-        if self._scratch:
-            runner.remove_quiet_scratch(self._scratch)
+        for exiting in self._exiting:
+            exiting.process.join(timeout=5)
+        self.processes.shutdown()
         self.fetcher.close()
         self.peer.close(linger_ms=500)
         self._ctx.term()
@@ -217,16 +192,16 @@ class Agent:
         sock = self.peer.sock
         if sock is None:
             return
-        specs = self._reusable[1] if self._reusable is not None and self._reusable[1].pending else None
-        key = (sock, self.trial and self.trial.conn, specs)
+        waiting_fd = self.processes.waiting_fd()
+        key = (sock, self.trial and self.trial.conn, waiting_fd)
         if self._poller is None or self._poller[0] != key:  # rebuilt only when the socket or the pipes change
             poller = zmq.Poller()
             poller.register(sock, zmq.POLLIN)
             if self.trial is not None:
                 poller.register(self.trial.conn.fileno(), zmq.POLLIN)
                 poller.register(self.trial.process.sentinel, zmq.POLLIN)
-            if specs is not None:  # the child made room for what waits to be written
-                poller.register(specs.fd, zmq.POLLOUT)
+            if waiting_fd is not None:  # the child made room for what waits to be written
+                poller.register(waiting_fd, zmq.POLLOUT)
             self._poller = (key, poller)
         ready = dict(self._poller[1].poll(int(timeout * 1000)))
         if sock in ready:
@@ -272,23 +247,18 @@ class Agent:
             if failed:
                 self._waiting.popleft()
                 self._end_unstarted(run, TrialState.FAILED, "; ".join(failed), FailureKind.BLOB)
-            elif not self.fetcher.ready(run.blobs) or not (self.trial is None or self._child_takes_more()):
+            elif not self.fetcher.ready(run.blobs) or not (self.trial is None or self._running_takes_more()):
                 return
             else:
                 self._launch(self._waiting.popleft())
 
-    def _child_takes_more(self) -> bool:
-        """The running trial's --reuse-process child is healthy: more trials can queue in it."""
-        trial, reusable = self.trial, self._reusable
+    def _running_takes_more(self) -> bool:
+        """The running trial's process can queue more trials (a healthy --reuse-process child)."""
+        trial = self.trial
         return (
             trial is not None
-            and trial.reused
             and not trial.kill_reason
-            and reusable is not None
-            and reusable[0] is trial.process
-            and len(self._queued) < _CHILD_AHEAD
-            and not reusable[1].pending
-            and alive(trial.process)
+            and self.processes.takes_more(trial.process, len(self._queued))
         )
 
     def _cancel(self, trial_id: str, attempt: int, reason: str, give_back: bool = False) -> None:
@@ -302,8 +272,7 @@ class Agent:
             if (queued.id, queued.attempt) == key and not queued.cancel:
                 # the child skips it; if it started meanwhile, a cancelled one is killed when it comes up
                 queued.cancel, queued.give_back = reason, give_back
-                if self._reusable is not None:
-                    self._send_spec(pipe.SkipTrial(trial_id, attempt))
+                self.processes.skip(trial_id, attempt)
                 return
         for run in self._waiting:
             if (run.trial, run.attempt) == key:
@@ -339,54 +308,30 @@ class Agent:
             self.config.cuda_visible_devices,
             self.config.trial_threads,
             str(self.config.blobs_dir),
-            self._scratch,
+            self.processes.scratch,
         )
-        chosen = self._process_for(spec)
-        if chosen is None:  # the running trial's child died under it: this one waits for the next child
+        launched = self.processes.launch(spec, busy=self.trial is not None)
+        if launched is None:  # the running trial's child died under it: this one waits for the next child
             self._waiting.appendleft(run)
             return
-        process, reader = chosen
         trial = RunningTrial(
-            run.trial, run.attempt, process, reader, out, log_file, 0.0, None, run=run, timeout=run.timeout
+            run.trial,
+            run.attempt,
+            launched.process,
+            launched.messages,
+            out,
+            log_file,
+            0.0,
+            None,
+            run=run,
+            timeout=run.timeout,
         )
-        trial.reused = self.config.reuse_process
+        trial.reused = self.processes.reused
         trial.max_artifact_bytes = min(run.max_artifact_bytes, self.config.max_artifact_bytes)
         if self.trial is None:
             self._begin(trial, time.monotonic())
         else:
             self._queued.append(trial)
-
-    def _process_for(self, spec: runner.TrialSpec) -> tuple[Any, Connection] | None:
-        """The --reuse-process child (the spec joins its queue), the spare, or a fresh fork."""
-        if self._reusable is not None:
-            process, specs, reader = self._reusable
-            if self._send_spec(spec):
-                return process, reader
-            if self.trial is not None:
-                return None
-            specs.close()  # it died while idle (killed from outside): replace it
-            reader.close()
-            process.join()
-            self._reusable = None
-        if self._spare is not None and alive(self._spare[0]):
-            process, spare_specs, reader = self._spare
-            self._spare = None
-            spare_specs.send(spec)
-            spare_specs.close()
-            return process, reader
-        return self._spawn(spec)
-
-    def _send_spec(self, spec: runner.TrialSpec | pipe.SkipTrial) -> bool:
-        """Into the --reuse-process child's queue; False when that child has died."""
-        assert self._reusable is not None
-        process, specs, _reader = self._reusable
-        if alive(process):
-            try:
-                specs.send(spec)
-                return True
-            except OSError:
-                pass
-        return False
 
     def _begin(self, trial: RunningTrial, now: float) -> None:
         """It is the running trial from now: its clock starts."""
@@ -396,42 +341,6 @@ class Agent:
         trial.deadline = now + limit if limit else None
         self.trial = trial
         _log.debug("trial %s attempt %d started (pid %d)", trial.id, trial.attempt, trial.process.pid)
-
-    def _start_spare(self) -> None:
-        """Fork the next trial's process now, while its trial is not waiting: a RUN then starts at once."""
-        if self.config.reuse_process or (self._spare is not None and alive(self._spare[0])):
-            return
-        if self._spare is not None:  # it died while waiting (killed from outside): replace it
-            self._spare[0].join()
-            self._spare[1].close()
-            self._spare[2].close()
-        reader, writer = self._mp.Pipe(duplex=False)
-        spec_reader, spec_writer = self._mp.Pipe(duplex=False)
-        process = self._mp.Process(
-            target=runner.await_trial, args=(spec_reader, writer), name="retia-trial-spare"
-        )
-        process.start()
-        writer.close()
-        spec_reader.close()
-        self._spare = (process, spec_writer, reader)
-
-    def _spawn(self, spec: runner.TrialSpec) -> tuple[Any, Connection]:
-        """Fork a trial process from the fork server (a long-lived one with --reuse-process)."""
-        reader, writer = self._mp.Pipe(duplex=False)
-        target: Callable[..., None]
-        args: tuple[Any, ...]
-        if self.config.reuse_process:
-            spec_reader, spec_writer = self._mp.Pipe(duplex=False)
-            target, args = runner.serve_trials, (spec, spec_reader, writer)
-        else:
-            target, args = runner.run_trial, (spec, writer)
-        process = self._mp.Process(target=target, args=args, name=f"retia-trial-{spec.trial}")
-        process.start()
-        writer.close()
-        if self.config.reuse_process:
-            spec_reader.close()
-            self._reusable = (process, SpecWriter(spec_writer), reader)
-        return process, reader
 
     def _drain(self, trial: RunningTrial) -> None:
         """Read what a dead trial process left in the pipe for this trial (a flood can outlive its writer)."""
@@ -451,11 +360,7 @@ class Agent:
             self._reliable(MsgType.REPORTS, ReportBatch(items), trial, seq=items[-1].seq)
 
     def _supervise(self, now: float) -> None:
-        if self._reusable is not None and self._reusable[1].pending:
-            try:
-                self._reusable[1].flush()
-            except OSError:
-                pass  # the child is gone: its exit is seen through its sentinel
+        self.processes.flush()
         self._start_waiting()
         dones: list[Outgoing] = []
         while self.trial is not None:
@@ -480,7 +385,7 @@ class Agent:
         self._send_dones(dones)
         self._start_waiting()  # a held trial starts now, not a loop turn later
         if self.trial is None and not self._waiting:
-            self._start_spare()  # forking blocks ~20 ms: while idle, not while a trial's reports come in
+            self.processes.idle()  # forking blocks ~20 ms: while idle, not while a trial's reports come in
         if self._batch != bool(self._queued):
             self._batch = bool(self._queued)
             set_policy(self._batch)
@@ -494,15 +399,13 @@ class Agent:
         went_down = dead and not (
             trial.finished and not trial.kill_reason
         )  # the process ended with this trial
-        if went_down and trial.reused:
-            self._file_scratch(trial)
+        if went_down and isinstance(self.processes, ReusedChild):
+            self.processes.file_scratch(trial.output_dir, lambda: f"trial {trial.id} attempt {trial.attempt}")
         if went_down or not trial.reused or (dead and not self._queued):
             if not dead:  # fit is over; the process exits on its own, reaped later
-                self._exiting.append((trial.process, now + self.config.kill_grace))
+                self._exiting.append(Exiting(trial.process, now + self.config.kill_grace))
             trial.conn.close()
-            if self._reusable is not None and self._reusable[0] is trial.process:
-                self._reusable[1].close()
-                self._reusable = None
+            self.processes.retire(trial.process)
             # what was queued behind it in the dead child never started: it goes to a new one, in order
             for queued in reversed(self._queued):
                 assert queued.run is not None  # every trial the agent launched keeps its RUN
@@ -528,15 +431,6 @@ class Agent:
         if self._queued:
             self._begin(self._queued.popleft(), now)
         return message
-
-    def _file_scratch(self, trial: RunningTrial) -> None:
-        """The reused child died in this trial: what it left in the scratch directory is the trial's."""
-        try:
-            runner.file_scratch(self._scratch, trial.output_dir)
-        except OSError as exc:
-            _log.warning(
-                "files of trial %s attempt %d left in %s: %s", trial.id, trial.attempt, self._scratch, exc
-            )
 
     def _send_dones(self, dones: list[Outgoing]) -> None:
         """The DONEs of one loop turn, together in one DONES message (each acknowledged on its own)."""

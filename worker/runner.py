@@ -11,8 +11,8 @@ before it started (a ``SkipTrial`` on the same pipe) is answered with ``TrialSki
 its place. Such a child runs every trial in one scratch directory
 (its output directory, with ``trial.log`` for what it prints) and renames it to the
 trial's own directory before its last message, only if the trial left something there:
-a quiet trial creates no directory and no file (on this VM's ext4 they cost as much as
-the rest of a no-op trial). If the child dies mid-trial, the agent does the renaming.
+a quiet trial creates no directory and no file (creating them costs as much as the rest of a
+no-op trial: docs/benchmarks.md). If the child dies mid-trial, the agent does the renaming.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ __all__ = [
     "file_scratch",
     "remove_quiet_scratch",
 ]
-
 
 
 def _preload() -> None:

@@ -1,7 +1,7 @@
 """The agent's side of one trial attempt: its process, its pipe, what it sent, and the files it leaves.
 
-These run for every trial, so they avoid what showed up in profiles: a selector per
-``Process.is_alive()``, pathlib objects per file.
+These run for every trial, so they avoid a selector per ``Process.is_alive()`` and pathlib
+objects per file (both were a measurable share of a short trial: docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ __all__ = [
     "list_files",
     "log_tail",
     "pick_artifacts",
-    "reap",
     "set_policy",
     "tail_of",
 ]
@@ -298,20 +297,6 @@ def file_chunks(rel: str, path: str, size: int) -> Iterator[FileChunk]:
             offset += len(data)
             if last:
                 return
-
-
-def reap(exiting: list[tuple[Any, float]], now: float) -> None:
-    """Join trial processes that exited after fit ended; SIGKILL the group of one past its deadline."""
-    for process, deadline in list(exiting):
-        if not process.is_alive():
-            process.join()
-            exiting.remove((process, deadline))
-        elif now > deadline:
-            _log.warning("trial process %d lingers after fit ended; killing it", process.pid)
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                process.kill()
 
 
 def set_policy(batch: bool) -> None:
