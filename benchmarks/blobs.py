@@ -263,7 +263,8 @@ def run_blobs(data: torch.Tensor, trials: int, workers: int, log: Callable[[str]
     construct_s = time.perf_counter() - t0
     blob, dump_s = client_blob(evaluator)
     with local_cluster(workers=workers) as backend:
-        home: Path = backend.cluster.home  # type: ignore[attr-defined]
+        assert backend.cluster is not None  # local_cluster set it
+        home: Path = backend.cluster.home
         recorder = Recorder()
         backend.add_listener(recorder)
         wait_for_workers(backend, workers)

@@ -185,6 +185,13 @@ class Killer(threading.Thread):
 # ---- the run ----
 
 
+def _started(backend: Backend) -> LocalCluster:
+    """The processes local_cluster started for ``backend``."""
+    if backend.cluster is None:
+        raise RuntimeError("the soak needs a backend from local_cluster")
+    return backend.cluster
+
+
 def run_soak(config: SoakConfig) -> SoakResult:
     """Run the soak on a fresh local cluster; return the counts (the caller judges them)."""
     tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -200,7 +207,7 @@ def run_soak(config: SoakConfig) -> SoakResult:
             liveness=config.liveness,
             worker_args=config.worker_args,
         ) as backend:
-            cluster: LocalCluster = backend.cluster  # type: ignore[attr-defined]
+            cluster = _started(backend)
             result = SoakResult(trials=config.trials)
             backend.add_listener(lambda trial, event: _count_final(result, trial, event))
             killer = Killer(cluster, config.kill_every, config.max_kills) if config.kill_every > 0 else None

@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -57,6 +57,9 @@ from retia.serializer import dump
 from retia.trace import Recipe, get_recipe, trace
 
 from .config import ClientConfig
+
+if TYPE_CHECKING:
+    from .cluster import LocalCluster
 
 __all__ = ["Backend", "Trial", "connect", "wait", "query_status", "FIRST_COMPLETED", "ALL_COMPLETED"]
 
@@ -185,6 +188,7 @@ class Backend:
         self.key = key
         self.client_id = self.config.client_id
         self.trials: dict[str, Trial] = {}
+        self.cluster: LocalCluster | None = None  # the processes local_cluster started for this backend
         self.last_event = 0
         self._session = Session(key, self.client_id)
         self._cond = threading.Condition()

@@ -247,7 +247,7 @@ def local_cluster(
             curve_server_key=cluster.curve_server_key,
         )
         # Backend (client/backend.py) declares no `cluster` attribute; tests and benchmarks read it
-        backend.cluster = cluster  # type: ignore[attr-defined]
+        backend.cluster = cluster
         yield backend
     finally:
         if backend is not None:

@@ -12,10 +12,6 @@ from retia.client.cluster import LocalCluster, local_cluster
 HEARTBEAT_INTERVAL = 0.2
 LIVENESS = 5  # with HEARTBEAT_INTERVAL: a peer is declared dead after 1 s of silence
 
-# The same settings as keyword arguments, for tests that still splat them into local_cluster
-# (tests/security/test_attacker.py); fast_cluster() passes them with their types.
-FAST = {"heartbeat_interval": HEARTBEAT_INTERVAL, "liveness": LIVENESS}
-
 
 def fast_cluster(
     workers: int = 2,
@@ -44,7 +40,10 @@ def fast_cluster(
 
 
 def processes(backend: Backend) -> LocalCluster:
-    return backend.cluster  # type: ignore[attr-defined, no-any-return]
+    """The processes ``local_cluster`` started for this backend."""
+    if backend.cluster is None:
+        raise AssertionError("this backend was not made by local_cluster")
+    return backend.cluster
 
 
 def worker_index(backend: Backend, worker_id: str) -> int:

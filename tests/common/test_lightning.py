@@ -93,7 +93,7 @@ def test_autoencoder_example_reports_val_loss(tmp_path: Path, capfd: pytest.Capt
         val_dataloaders=digits("val", 256),
     )
     evaluator = retia.load(retia.dump(evaluator))  # the module travels by value, the loaders as recipes
-    capfd.readouterr()  # building the user's Trainer (twice, with the load) may say hello: that is the user's call
+    capfd.readouterr()  # building the user's Trainer (twice, with the load) may print: the user's call
     result = evaluator.evaluate(Encoder, output_dir=tmp_path / "run")
 
     assert len(result.intermediates) == 3  # one per validation epoch, none for the sanity check

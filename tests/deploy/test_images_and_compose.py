@@ -1,4 +1,4 @@
-"""docker/: every YAML parses, the images run retia commands, the dispatcher side is torch-free, Compose runs for real."""
+"""docker/: every YAML parses, the images run retia commands, the dispatcher is torch-free, Compose runs."""
 
 from __future__ import annotations
 
@@ -116,7 +116,8 @@ def test_dispatcher_image_installs_exactly_the_dispatcher_imports(tmp_path: Path
         import retia.cli, retia.dispatcher.service, retia.dispatcher.cli, retia.client.backend
         import rich.console, rich.table          # run_status's table (imported lazily)
         retia.cli.build_parser()
-        tops = {m.split(".")[0] for m in set(sys.modules) - at_startup} - set(sys.stdlib_module_names) - {"retia"}
+        tops = {m.split(".")[0] for m in set(sys.modules) - at_startup}
+        tops -= set(sys.stdlib_module_names) | {"retia"}
         dists = importlib.metadata.packages_distributions()
         print(json.dumps(sorted({d for t in tops for d in dists.get(t, [])})))
         """
@@ -302,7 +303,7 @@ def test_compose_dispatcher_and_worker_commands_run_for_real(
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["workers"] == []
 
-    # worker-0's exact command, connected to it (CPU machine: --gpu 0 only sets the trials' CUDA_VISIBLE_DEVICES)
+    # worker-0's exact command, connected to it (on a CPU machine --gpu 0 only sets CUDA_VISIBLE_DEVICES)
     wargv = compose_argv(services["worker-0"])
     wargv = replace_option(wargv, "--connect", address)
     wargv = replace_option(wargv, "--key-file", str(key))

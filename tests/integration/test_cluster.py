@@ -15,6 +15,7 @@ from retia.datasets import DigitsDataset
 from retia.errors import TrialFailedError
 from retia.protocol import TrialState
 
+from ..clusters import processes
 from . import fits
 
 pytestmark = pytest.mark.timeout(240)
@@ -75,7 +76,7 @@ def test_status_command_shows_workers_and_counts_while_trials_run(cluster: Backe
     while not all(t.state is TrialState.RUNNING for t in busy):
         assert time.monotonic() < deadline, "the trials never started"
         time.sleep(0.05)
-    key_file = str(cluster.cluster.key_file)  # type: ignore[attr-defined]
+    key_file = str(processes(cluster).key_file)
     status_cmd = [sys.executable, "-m", "retia.cli", "status", cluster.address, "--key-file", key_file]
     out = subprocess.run([*status_cmd, "--json"], capture_output=True, text=True, timeout=60, check=True)
     status = json.loads(out.stdout)

@@ -127,7 +127,8 @@ from tests.common.spaces import DigitsMLPSpace
 from tests.integration import fits
 
 if sys.argv[1] == "start":
-    exp = Experiment(DigitsMLPSpace(), FunctionalEvaluator(fits.arch_score, steps=3, delay=0.3), Random(seed=7), path={path!r})
+    evaluator = FunctionalEvaluator(fits.arch_score, steps=3, delay=0.3)
+    exp = Experiment(DigitsMLPSpace(), evaluator, Random(seed=7), path={path!r})
     exp.run(max_trials=8, concurrency=2, workers=2, live=False)
 else:
     Experiment.resume({path!r}, max_trials=8, concurrency=2, workers=2, live=False)

@@ -25,7 +25,6 @@ from hypothesis import strategies as st
 
 from retia import FunctionalEvaluator
 from retia.client.backend import Backend
-from retia.client.cluster import local_cluster
 from retia.errors import AuthenticationError, ProtocolError
 from retia.protocol import (
     VERSION,
@@ -40,7 +39,7 @@ from retia.protocol import (
     pack_metric,
 )
 
-from ..clusters import FAST, processes
+from ..clusters import fast_cluster, processes
 from ..integration import fits
 
 pytestmark = pytest.mark.timeout(240)
@@ -58,7 +57,7 @@ class _Marker:
 
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
-    with local_cluster(workers=1, home=tmp_path_factory.mktemp("attacked"), **FAST) as backend:  # type: ignore[arg-type]
+    with fast_cluster(workers=1, home=tmp_path_factory.mktemp("attacked")) as backend:
         yield backend
 
 
@@ -215,7 +214,7 @@ def test_a_group_readable_key_file_is_refused_by_the_dispatcher(tmp_path: Path) 
 
 
 def test_a_generated_key_file_is_private(tmp_path: Path) -> None:
-    with local_cluster(workers=1, home=tmp_path / "c", **FAST) as backend:  # type: ignore[arg-type]
+    with fast_cluster(workers=1, home=tmp_path / "c") as backend:
         key_file = processes(backend).key_file
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
 
@@ -224,7 +223,7 @@ def test_with_curve_only_peers_holding_the_public_certificate_connect(tmp_path: 
     from retia.client.backend import connect
     from retia.errors import RetiaError
 
-    with local_cluster(workers=1, home=tmp_path / "c", curve=True, **FAST) as backend:  # type: ignore[arg-type]
+    with fast_cluster(workers=1, home=tmp_path / "c", curve=True) as backend:
         _still_serves(backend)  # workers and this client hold the certificate: trials run encrypted
         with pytest.raises(RetiaError, match="no answer from a dispatcher"):
             connect(backend.address, key=backend.key, timeout=3)  # right HMAC key, no Curve certificate
