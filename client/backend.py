@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from retia.blobs import Blob
-from retia.curve import secure_client
+from retia.encryption import secure_client
 from retia.errors import ProtocolError, RetiaError, TrialCancelledError, error_for
 from retia.evaluator import Evaluator, model_factory
 from retia.failure import Failure, FailureKind

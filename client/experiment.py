@@ -30,7 +30,7 @@ from retia.serializer import dump, load
 from .backend import Backend, Trial, connect
 from .cluster import local_cluster
 from .live import LiveView
-from .record import ExperimentRecord, ExperimentSettings, TrialResult, scored
+from .results import ExperimentRecord, ExperimentSettings, TrialResult, scored
 
 __all__ = ["Experiment", "RetiariiExperiment"]
 

@@ -14,7 +14,7 @@ from rich.table import Table
 from retia.errors import RetiaError
 from retia.protocol import StatusReply, TrialState
 
-from .record import TrialResult
+from .results import TrialResult
 
 if TYPE_CHECKING:
     from .backend import Backend

@@ -34,7 +34,7 @@ _COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "show a dispatcher's workers and trial counts",
     ),
     "report": (
-        "retia.client.report",
+        "retia.client.summary",
         "add_report_arguments",
         "run_report",
         "write a PNG and a Markdown summary of an experiment directory",

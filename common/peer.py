@@ -24,7 +24,7 @@ from typing import Any
 
 import zmq
 
-from .curve import secure_client
+from .encryption import secure_client
 from .errors import ConfigError, RetiaError
 from .protocol import Ack, Hello, Message, MsgType, Outgoing, Session, kept_frames
 

@@ -27,7 +27,7 @@ import zmq
 
 from retia.blobs import CHUNK as BLOB_CHUNK
 from retia.blobs import BlobStore
-from retia.curve import secure_server, server_certificate
+from retia.encryption import secure_server, server_certificate
 from retia.errors import AuthenticationError, ProtocolError
 from retia.protocol import (
     Ack,

@@ -28,7 +28,7 @@ import retia
 import retia.lightning as pl
 import retia.nn as nn
 from retia.arch import FrozenModel
-from retia.client.report import write_report
+from retia.client.summary import write_report
 from retia.datasets import DigitsDataset
 from retia.reporting import default_value
 from retia.strategy import TPE, GridSearch, Random, RegularizedEvolution, Strategy

@@ -86,13 +86,13 @@ class Agent:
             max_items=_DONES_PER_MESSAGE,
         )
         self._mp = multiprocessing.get_context("forkserver")
-        self._mp.set_forkserver_preload([*config.preload, "retia.worker._frozen"])  # _frozen last
+        self._mp.set_forkserver_preload([*config.preload, "retia.worker.gc_freeze"])  # gc_freeze last
         self.trial: RunningTrial | None = None  # the one running
         self._queued: deque[RunningTrial] = (
             deque()
         )  # --reuse-process: given to the child after it, not started
         self._stopping = False
-        self._waiting: deque[Run] = deque()  # held, not given to a process: prefetched, or blobs coming
+        self._held: deque[Run] = deque()  # held, not given to a process: prefetched, or blobs coming
         self._last_run = ""
         self._exiting: list[Exiting] = []  # trial processes that finished their trial, still exiting
         self._poller: tuple[Any, zmq.Poller] | None = None
@@ -157,7 +157,7 @@ class Agent:
 
     def _hello(self) -> Hello:
         running = [TrialAttempt(t.id, t.attempt) for t in self._started()]
-        running += [TrialAttempt(run.trial, run.attempt) for run in self._waiting]
+        running += [TrialAttempt(run.trial, run.attempt) for run in self._held]
         hello = Hello(
             Role.WORKER,
             self.id,
@@ -172,7 +172,7 @@ class Agent:
     def _after_hello(self) -> None:
         """Once HELLO (and what is unacknowledged) went out: ask again for blobs, and say READY if idle."""
         self.fetcher.resume()
-        if self.trial is None and not self._waiting:
+        if self.trial is None and not self._held:
             self.peer.send(MsgType.READY, Ready(self._last_run))
 
     def _started(self) -> list[RunningTrial]:
@@ -212,7 +212,7 @@ class Agent:
         h = msg.header
         if msg.type is MsgType.RUNS:
             for run in msg.body.items:
-                self._start(run)
+                self._accept(run)
         elif msg.type is MsgType.BLOB_DATA:
             self.fetcher.on_data(msg.body)
         elif msg.type is MsgType.ACKS:
@@ -228,29 +228,29 @@ class Agent:
         elif msg.type not in (MsgType.HEARTBEAT, MsgType.WELCOME):
             _log.warning("unexpected %s from the dispatcher", msg.type.name)
 
-    def _start(self, run: Run) -> None:
-        if len(self._started()) + len(self._waiting) > self.config.prefetch:
+    def _accept(self, run: Run) -> None:
+        if len(self._started()) + len(self._held) > self.config.prefetch:
             _log.error("RUN for %s while busy; refusing it", run.trial)
             self._end_unstarted(run, TrialState.FAILED, "worker was busy", FailureKind.STOPPED)
             return
         self._last_run = run.trial
         if run.blobs:
             self.fetcher.need(run.blobs)
-        self._waiting.append(run)
-        self._start_waiting()
+        self._held.append(run)
+        self._launch_held()
 
-    def _start_waiting(self) -> None:
+    def _launch_held(self) -> None:
         """Hand held runs to a process, in order: a free one, or the queue of its --reuse-process child."""
-        while self._waiting:
-            run = self._waiting[0]
+        while self._held:
+            run = self._held[0]
             failed = [self.fetcher.failed[b.digest] for b in run.blobs if b.digest in self.fetcher.failed]
             if failed:
-                self._waiting.popleft()
+                self._held.popleft()
                 self._end_unstarted(run, TrialState.FAILED, "; ".join(failed), FailureKind.BLOB)
             elif not self.fetcher.ready(run.blobs) or not (self.trial is None or self._running_takes_more()):
                 return
             else:
-                self._launch(self._waiting.popleft())
+                self._launch(self._held.popleft())
 
     def _running_takes_more(self) -> bool:
         """The running trial's process can queue more trials (a healthy --reuse-process child)."""
@@ -274,9 +274,9 @@ class Agent:
                 queued.cancel, queued.give_back = reason, give_back
                 self.processes.skip(trial_id, attempt)
                 return
-        for run in self._waiting:
+        for run in self._held:
             if (run.trial, run.attempt) == key:
-                self._waiting.remove(run)
+                self._held.remove(run)
                 self._end_unstarted(run, TrialState.QUEUED if give_back else TrialState.CANCELLED, reason)
                 return
 
@@ -312,7 +312,7 @@ class Agent:
         )
         launched = self.processes.launch(spec, busy=self.trial is not None)
         if launched is None:  # the running trial's child died under it: this one waits for the next child
-            self._waiting.appendleft(run)
+            self._held.appendleft(run)
             return
         trial = RunningTrial(
             run.trial,
@@ -329,11 +329,11 @@ class Agent:
         trial.reused = self.processes.reused
         trial.max_artifact_bytes = min(run.max_artifact_bytes, self.config.max_artifact_bytes)
         if self.trial is None:
-            self._begin(trial, time.monotonic())
+            self._make_current(trial, time.monotonic())
         else:
             self._queued.append(trial)
 
-    def _begin(self, trial: RunningTrial, now: float) -> None:
+    def _make_current(self, trial: RunningTrial, now: float) -> None:
         """It is the running trial from now: its clock starts."""
         trial.started = now
         killed_unless_skipped = trial.cancel and not trial.give_back
@@ -361,7 +361,7 @@ class Agent:
 
     def _supervise(self, now: float) -> None:
         self.processes.flush()
-        self._start_waiting()
+        self._launch_held()
         dones: list[Outgoing] = []
         while self.trial is not None:
             trial = self.trial
@@ -383,8 +383,8 @@ class Agent:
                 self._send_dones(dones)
                 dones = []
         self._send_dones(dones)
-        self._start_waiting()  # a held trial starts now, not a loop turn later
-        if self.trial is None and not self._waiting:
+        self._launch_held()  # a held trial starts now, not a loop turn later
+        if self.trial is None and not self._held:
             self.processes.idle()  # forking blocks ~20 ms: while idle, not while a trial's reports come in
         if self._batch != bool(self._queued):
             self._batch = bool(self._queued)
@@ -413,7 +413,7 @@ class Agent:
                     state = TrialState.QUEUED if queued.give_back else TrialState.CANCELLED
                     self._end_unstarted(queued.run, state, queued.cancel)
                 else:
-                    self._waiting.appendleft(queued.run)
+                    self._held.appendleft(queued.run)
             self._queued.clear()
         reports, trial.pending = trial.pending, []
         items = trial.numbered(reports)
@@ -429,7 +429,7 @@ class Agent:
         message = Outgoing(MsgType.DONES, done, trial.id, trial.attempt, trial.seq)
         self.trial = None  # DONE tells the dispatcher we are free: no READY needed
         if self._queued:
-            self._begin(self._queued.popleft(), now)
+            self._make_current(self._queued.popleft(), now)
         return message
 
     def _send_dones(self, dones: list[Outgoing]) -> None:

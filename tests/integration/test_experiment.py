@@ -13,7 +13,7 @@ import pytest
 
 from retia import Experiment, FunctionalEvaluator, trace
 from retia.client.backend import Backend
-from retia.client.report import write_report
+from retia.client.summary import write_report
 from retia.datasets import DigitsDataset
 from retia.errors import ConfigError
 from retia.nn import fixed_arch

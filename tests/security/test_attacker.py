@@ -228,7 +228,7 @@ def test_with_curve_only_peers_holding_the_public_certificate_connect(tmp_path: 
         with pytest.raises(RetiaError, match="no answer from a dispatcher"):
             connect(backend.address, key=backend.key, timeout=3)  # right HMAC key, no Curve certificate
         stranger = Path(tmp_path / "other")
-        from retia.curve import server_certificate
+        from retia.encryption import server_certificate
 
         wrong_public, _ = server_certificate(stranger)  # someone else's dispatcher certificate
         with pytest.raises(RetiaError, match="no answer from a dispatcher"):

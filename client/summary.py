@@ -11,7 +11,7 @@ from retia.errors import RetiaError
 from retia.protocol import TrialState
 from retia.reporting import default_value
 
-from .record import ExperimentRecord, TrialResult, scored
+from .results import ExperimentRecord, TrialResult, scored
 
 __all__ = ["write_report", "add_report_arguments", "run_report"]
 
