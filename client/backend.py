@@ -2,12 +2,12 @@
 
 Data flow::
 
-    user threads --submit/cancel--> inproc queue --> I/O thread --SUBMIT/CANCEL--> dispatcher
-    user threads <--Trial state, reports, callbacks-- I/O thread <--REPORT/STATE (seq)-- dispatcher
+    user threads --submit/cancel--> inproc queue --> I/O thread --SUBMITS/CANCEL--> dispatcher
+    user threads <--Trial state, reports, callbacks-- I/O thread <--EVENTS (seq)----- dispatcher
 
-One background thread owns the ZeroMQ socket. Every event from the dispatcher carries a
-sequence number: the client applies each once, and after a reconnect asks for everything
-after the last one it saw, so no report is lost or applied twice.
+One background thread owns the connection (a :class:`~retia.peer.Peer`). Every event from
+the dispatcher carries a sequence number: the client applies each once, and after a reconnect
+asks for everything after the last one it saw, so no report is lost or applied twice.
 """
 
 from __future__ import annotations

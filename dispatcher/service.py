@@ -1,17 +1,19 @@
-"""The dispatcher: one ROUTER socket, a FIFO of trials, idle workers, and the journal.
+"""The dispatcher: one ROUTER socket, the handlers per role, and the journal behind them.
 
 Data flow (one thread, one loop)::
 
-    client --SUBMIT/CANCEL-->  +------------+  --RUN/CANCEL-->  worker agent
-    client <--EVENTS/ACKS----  | dispatcher |  <--REPORT/DONE-- worker agent
-                               +-----+------+
-                                     | every change, before its ACK
-                                  journal (SQLite, WAL)
+    client --SUBMITS/CANCEL-->  +------------+  --RUNS/CANCEL-->   worker agent
+    client <--EVENTS/ACKS-----  | dispatcher |  <--REPORTS/DONES-- worker agent
+                                +-----+------+
+                                      | every change, before its ACK
+                                   journal (SQLite, WAL)
 
-Each loop turn reads a batch of messages, applies them to the in-memory state and the
-journal, commits once, then sends the queued replies: one ACKS message per peer and one
-EVENTS message per client for the whole batch, then RUNs. User payloads are opaque bytes
-here: the dispatcher never loads them.
+Each loop turn reads a batch of messages and hands each to the table of its sender's role
+(a peer that has not said HELLO may only say HELLO or ask for STATUS); the handlers change the
+in-memory state and the journal, with the trial's moves decided by ``lifecycle`` and the
+placements by ``Scheduler``. Then the turn commits once and sends what it produced: one ACKS
+message per peer, EVENTS per client, then RUNS. User payloads are opaque bytes here: the
+dispatcher never loads them.
 """
 
 from __future__ import annotations

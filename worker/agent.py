@@ -1,16 +1,16 @@
-"""The worker agent: owns the socket and the heartbeats, supervises one trial process at a time.
+"""The worker agent: owns the connection, supervises one trial process at a time.
 
 Data flow::
 
-    dispatcher --RUN/CANCEL/HEARTBEAT--> agent --fork (preloaded server)--> trial process
-    dispatcher <--REPORTS/FILE/DONE----- agent <--pipe: report/error/done--- trial process
+    dispatcher --RUNS/CANCEL/HEARTBEAT--> agent --process strategy--> trial process
+    dispatcher <--REPORTS/FILE/DONES----- agent <--pipe messages----- trial process
 
-The agent never loads a payload: the trial process does, after the agent checked the
-signature. Reports, artefact chunks and DONE are kept until acknowledged and re-sent after
-a reconnect (Paranoid Pirate: liveness counter, exponential back-off). DONE carries the
-reports read in the same loop turn and doubles as READY, so a short trial costs one
-message each way. With ``--prefetch N`` the agent holds up to N trials beyond the running
-one; with ``--reuse-process`` it queues up to 8 of them in the child, which runs them back to
+The agent never loads a payload: the trial process does. Its connection is a
+:class:`~retia.peer.Peer`, which keeps reports, artefact chunks and DONEs until acknowledged
+and re-sends them after a reconnect. A DONE carries the reports read in the same loop turn
+and doubles as READY, so a short trial costs one message each way. With ``--prefetch N`` the
+agent holds up to N trials beyond the running one; with ``--reuse-process`` (see
+:mod:`retia.worker.processes`) up to 8 of them queue in the child, which runs them back to
 back, and the DONEs of one loop turn go out in one DONES message.
 """
 
