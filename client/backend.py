@@ -50,7 +50,6 @@ from retia.protocol import (
     StatusReply,
     Submit,
     TrialState,
-    unpack_metric,
 )
 from retia.reporting import Metric
 from retia.serializer import dump
@@ -423,7 +422,7 @@ class Backend:
         self.last_event = event.seq
         if event.report is not None:
             try:
-                unpack_metric(event.report.value)
+                event.report.metric  # noqa: B018 - unpacked (and checked) once, here
             except ProtocolError as exc:
                 _log.warning("dropped a report of trial %s: %s", event.report.trial, exc)
                 return False
@@ -536,8 +535,8 @@ def query_status(
             if not sock.poll(int(remaining * 1000)):
                 break
             msg = session.parse(sock.recv_multipart())
-            if msg.type is MsgType.STATUS_REPLY:
-                return msg.body  # type: ignore[no-any-return]
+            if isinstance(msg.body, StatusReply):
+                return msg.body
         raise RetiaError(
             f"no status from a dispatcher at {address} within {timeout}s (is it running? same key?)"
         )

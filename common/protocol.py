@@ -21,6 +21,7 @@ bytes the trial packed: the dispatcher stores and relays them and never loads th
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -279,9 +280,12 @@ class Run:
     blobs: list[BlobRef] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
+@dataclass(eq=True)
 class Report:
-    """One ``report_*_result`` of an attempt; ``value`` is the metric as the trial packed it."""
+    """One ``report_*_result`` of an attempt; ``value`` is the metric as the trial packed it.
+
+    Not frozen, as Event is not: one is built per report on every hop, and a frozen
+    dataclass's ``__init__`` costs three times as much (docs/benchmarks.md). Treat as read-only."""
 
     trial: str
     attempt: Attempt
@@ -289,8 +293,9 @@ class Report:
     final: bool
     value: bytes
 
-    @property
+    @functools.cached_property
     def metric(self) -> Metric:
+        """The metric (unpacked once; ProtocolError when the bytes are not one)."""
         return unpack_metric(self.value)
 
 
@@ -348,7 +353,7 @@ class StateChange:
     output_dir: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(eq=True)
 class Event:
     """Something a client must hear, in order: a relayed report or a state change."""
 

@@ -36,9 +36,11 @@ __all__ = [
 MAX_MESSAGE_BYTES = 16 << 20  # a report or a traceback; anything larger is refused
 
 
-@dataclass(frozen=True)
+@dataclass
 class TrialReport:
-    """One ``report_*_result``; the metric is packed once here and relayed as these bytes."""
+    """One ``report_*_result``; the metric is packed once here and relayed as these bytes.
+
+    Not frozen: one per report, and a frozen ``__init__`` costs three times as much."""
 
     final: bool
     value: bytes
@@ -88,11 +90,12 @@ _KIND_OF: dict[type, _Kind] = {
     TrialSkipped: _Kind.SKIPPED,
 }
 _CLASS_OF: dict[int, type] = {int(kind): cls for cls, kind in _KIND_OF.items()}
+_REPORT = int(_Kind.REPORT)
 
 
 def send(conn: Connection, message: TrialMessage) -> None:
     """Write one message to the trial's pipe."""
-    conn.send_bytes(msgpack.packb([int(_KIND_OF[type(message)]), codec.encode(message)], use_bin_type=True))
+    conn.send_bytes(msgpack.packb([_KIND_OF[type(message)], codec.encode(message)], use_bin_type=True))
 
 
 def receive(conn: Connection) -> TrialMessage:
@@ -107,7 +110,11 @@ def receive(conn: Connection) -> TrialMessage:
         kind, fields = msgpack.unpackb(data, raw=False)
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise ProtocolError(f"the trial wrote something that is not a message: {exc}") from exc
-    cls: Any = _CLASS_OF.get(kind) if isinstance(kind, int) else None
+    if kind == _REPORT and type(fields) is list and len(fields) == 2:  # the hot path: codec's checks, inline
+        final, value = fields
+        if type(final) is bool and type(value) is bytes:
+            return TrialReport(final, value)
+    cls: Any = _CLASS_OF.get(kind) if type(kind) is int else None
     if cls is None:
         raise ProtocolError(f"the trial wrote a message of unknown kind {kind!r}")
     message: TrialMessage = codec.decode(cls, fields)

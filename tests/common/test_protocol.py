@@ -6,6 +6,8 @@ from typing import Any
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from retia.errors import AuthenticationError, ProtocolError
 from retia.failure import Failure, FailureKind
@@ -253,3 +255,42 @@ def test_metrics_round_trip_through_their_bytes() -> None:
 def test_signing_cannot_be_turned_off() -> None:
     with pytest.raises(AuthenticationError):
         Session(b"", "w")
+
+
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    st.floats(allow_nan=True),
+    st.text(max_size=8),
+    st.binary(max_size=8),
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(values=st.lists(st.one_of(_scalars, st.lists(_scalars, max_size=5)), min_size=0, max_size=7))
+def test_a_report_decodes_only_when_every_field_has_its_type(values: list[Any]) -> None:
+    from retia import codec
+
+    try:
+        report = codec.decode(Report, values)
+    except ProtocolError:
+        return
+    assert type(report.trial) is str and type(report.final) is bool and type(report.value) is bytes
+    assert type(report.attempt) is int and type(report.seq) is int and report.attempt >= 0 and report.seq >= 0
+    assert codec.encode(report) == values
+
+
+@settings(max_examples=1000, deadline=None)
+@given(seq=st.one_of(_scalars), report=st.one_of(_scalars, st.lists(_scalars, max_size=6)), state=_scalars)
+def test_an_event_is_a_report_or_a_state_change_never_both_nor_neither(
+    seq: Any, report: Any, state: Any
+) -> None:
+    from retia import codec
+
+    try:
+        event = codec.decode(Event, [seq, report, state])
+    except ProtocolError:
+        return
+    assert (event.report is None) != (event.state is None)
+    assert type(event.seq) is int and event.seq >= 0
