@@ -56,7 +56,7 @@ class RunningTrial:
     log_file: str
     started: float
     deadline: float | None
-    error: tuple[str, str, str] | None = None
+    error: pipe.TrialRaised | None = None  # fit raised (or the trial broke its pipe)
     returned: bool = False
     kill_reason: str = ""
     kill_state: TrialState = TrialState.FAILED
@@ -67,9 +67,7 @@ class RunningTrial:
     reused: bool = False  # runs in the long-lived --reuse-process child
 
     pipe: Any = None  # a select.poll() on the pipe, to drain it without building selectors
-    pending: list[tuple[bool, bytes]] = field(
-        default_factory=list
-    )  # reports read (final, metric), not yet sent
+    pending: list[pipe.TrialReport] = field(default_factory=list)  # reports read, not yet sent
     run: Run | None = None  # queued in a child that died first, it is launched again
     timeout: float | None = None
     skipped: bool = False  # cancelled in the child's queue before it started: it never ran
@@ -88,13 +86,11 @@ class RunningTrial:
             return True
         return not alive(self.process)
 
-    def numbered(self, reports: list[tuple[bool, bytes]]) -> list[Report]:
+    def numbered(self, reports: list[pipe.TrialReport]) -> list[Report]:
         """The reports as wire items with the next seqs."""
         first = self.seq + 1
         self.seq += len(reports)
-        return [
-            Report(self.id, self.attempt, first + i, final, value) for i, (final, value) in enumerate(reports)
-        ]
+        return [Report(self.id, self.attempt, first + i, r.final, r.value) for i, r in enumerate(reports)]
 
     def read_pipe(self, max_reports: int) -> None:
         """Read what the trial process sent, up to its last message; reports wait in ``pending``."""
@@ -106,15 +102,17 @@ class RunningTrial:
             while len(reports) < max_reports and not self.finished and self.pipe.poll(0):
                 message = pipe.receive(self.conn)
                 if isinstance(message, pipe.TrialReport):
-                    reports.append((message.final, message.value))
+                    reports.append(message)
                 elif isinstance(message, pipe.TrialRaised):
-                    self.error = (message.exc_type, message.message, message.traceback)
+                    self.error = message
                 elif isinstance(message, pipe.TrialReturned):
                     self.returned = True
                 else:
                     self.skipped = True
         except ProtocolError as exc:  # the trial wrote its pipe itself: it fails, and its process goes
-            self.error = ("ProtocolError", f"the trial wrote garbage to its report pipe: {exc}", "")
+            self.error = pipe.TrialRaised(
+                "ProtocolError", f"the trial wrote garbage to its report pipe: {exc}", ""
+            )
             self.send_signal(signal.SIGKILL)
         except (EOFError, OSError):
             pass  # the process is gone; its exit status tells the rest
@@ -127,7 +125,7 @@ class RunningTrial:
             kind = FailureKind.TIMEOUT if self.timed_out else FailureKind.STOPPED
             failure = Failure(kind, reason) if state is TrialState.FAILED else None
         elif self.error is not None:
-            exc_type, message, tb = self.error
+            exc_type, message, tb = self.error.exc_type, self.error.message, self.error.traceback
             state, reason = TrialState.FAILED, f"{exc_type}: {message}"
             failure = Failure(FailureKind.RAISED, reason, exc_type, message, tb)
         else:
