@@ -16,6 +16,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import logging
+import math
 import os
 import queue
 import socket
@@ -28,9 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from retia import codec
 from retia.blobs import Blob
 from retia.encryption import secure_client
-from retia.errors import ProtocolError, RetiaError, TrialCancelledError, error_for
+from retia.errors import ConfigError, ProtocolError, RetiaError, TrialCancelledError, error_for
 from retia.evaluator import Evaluator, model_factory
 from retia.failure import Failure, FailureKind
 from retia.keys import resolve_key
@@ -254,6 +256,7 @@ class Backend:
             raise RetiaError("this backend is closed; connect again")
         if not isinstance(evaluator, Evaluator):
             raise TypeError(f"evaluator must be a retia Evaluator, got {type(evaluator).__name__}")
+        _check_limits(timeout, max_retries)
         count = len(models)
         arch_list: list[dict[str, Any] | None] = list(archs) if archs is not None else [None] * count
         name_list: list[str] = list(names) if names is not None else [""] * count
@@ -263,6 +266,8 @@ class Backend:
         evaluator_blobs: dict[str, Blob] = {}
         evaluator_bytes = dump(evaluator, name="evaluator", blobs=evaluator_blobs)
         ids = [trial_id or uuid.uuid4().hex for trial_id in id_list]
+        for arch in arch_list:
+            _check_arch(arch)
         bodies = []
         for model, arch, name, trial_id in zip(models, arch_list, name_list, ids):
             blobs = dict(evaluator_blobs)
@@ -542,6 +547,26 @@ def query_status(
         )
     finally:
         sock.close()
+
+
+def _check_limits(timeout: Any, max_retries: Any) -> None:
+    """What the dispatcher would refuse, refused here with the reason (a refused SUBMITS is never stored)."""
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf
+    ):
+        raise ConfigError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or not 0 <= max_retries <= 1000:
+        raise ConfigError(f"max_retries must be an integer from 0 to 1000, got {max_retries!r}")
+
+
+def _check_arch(arch: Any) -> None:
+    """An architecture travels as JSON-able data (it is kept for bookkeeping and shown in results)."""
+    try:
+        codec.check_json(arch)
+    except ProtocolError:
+        raise TypeError(
+            f"arch must be a JSON-able dict (str keys; numbers, strings, bools, lists), got {arch!r:.200}"
+        ) from None
 
 
 def _model_recipe(model: Any, arch: dict[str, Any] | None) -> Any:

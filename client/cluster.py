@@ -246,7 +246,6 @@ def local_cluster(
             liveness=liveness,
             curve_server_key=cluster.curve_server_key,
         )
-        # Backend (client/backend.py) declares no `cluster` attribute; tests and benchmarks read it
         backend.cluster = cluster
         yield backend
     finally:

@@ -25,7 +25,7 @@ import msgpack
 
 from .errors import ProtocolError
 
-__all__ = ["Bounds", "NonNegative", "Json", "pack", "unpack", "encode", "decode", "MAX_SEQ"]
+__all__ = ["Bounds", "NonNegative", "Json", "pack", "unpack", "encode", "decode", "check_json", "MAX_SEQ"]
 
 T = TypeVar("T")
 MAX_SEQ = (1 << 63) - 1
@@ -81,6 +81,14 @@ def decode(cls: type[T], values: Any) -> T:
     except _Misfit as exc:
         raise ProtocolError(f"{cls.__name__}{''.join(exc.where)}: {exc.reason}") from None
     return result
+
+
+def check_json(value: Any) -> None:
+    """ProtocolError unless ``value`` is JSON-able data, as a ``Json`` field must be."""
+    try:
+        _decode_json(value)
+    except _Misfit as exc:
+        raise ProtocolError(exc.reason) from None
 
 
 # ---- encoders ----

@@ -112,6 +112,9 @@ class Peer:
     def say_hello(self) -> None:
         """Introduce ourselves (again, after a RESET) and re-send what the dispatcher may lack, in order."""
         self.send(MsgType.HELLO, self._hello())
+        now = time.monotonic()
+        for key in self._kept:
+            self._sent_at[key] = now  # sent just now: not stale again for a liveness window
         self._send_kept(list(self._kept.values()))
         if self._after_hello is not None:
             self._after_hello()
@@ -132,17 +135,13 @@ class Peer:
         """Send once, without keeping it (heartbeats, HELLO, requests that are asked again anyway)."""
         self._send_frames(self.session.frames(type, body, trial=trial, attempt=attempt, seq=seq))
 
-    def keep(self, messages: list[Outgoing], now: float | None = None) -> None:
+    def keep(self, messages: list[Outgoing]) -> None:
         """Send and keep until acknowledged; consecutive SUBMITS or DONES items travel together."""
-        sent = time.monotonic() if now is None else now
+        sent = time.monotonic()
         for message in messages:
             self._kept[message.key] = message
             self._sent_at[message.key] = sent
         self._send_kept(messages)
-
-    @property
-    def unacknowledged(self) -> int:
-        return len(self._kept)
 
     def _send_kept(self, messages: list[Outgoing]) -> None:
         for frames in kept_frames(

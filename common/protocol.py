@@ -37,7 +37,7 @@ import msgpack
 from . import codec
 from .codec import Bounds, Json, NonNegative
 from .errors import AuthenticationError, ProtocolError
-from .failure import Failure, FailureKind
+from .failure import Failure
 from .reporting import Metric, validate_metric
 
 __all__ = [
@@ -74,8 +74,6 @@ __all__ = [
     "DoneBatch",
     "AckBatch",
     "EventBatch",
-    "Failure",
-    "FailureKind",
     "BODY_TYPES",
     "batches",
     "kept_frames",
@@ -171,7 +169,6 @@ class Hello:
     gpu: str = ""
     running: list[TrialAttempt] = field(default_factory=list)  # workers: still running or held, in order
     last_event: Seq = 0  # clients: highest event seq already received
-    version: str = ""
     prefetch: Annotated[int, Bounds(0, MAX_PREFETCH)] = 0  # workers: trials held beyond the running one
 
 
@@ -206,7 +203,7 @@ class BlobRef:
         return (
             ""
             if _DIGEST.fullmatch(self.digest)
-            else f"blob digest {self.digest[:80]!r} is not a sha256 hex digest"
+            else f"blob digest {self.digest[:80]!r} is not 64 hex digits (BLAKE2b-256)"
         )
 
 
@@ -457,7 +454,10 @@ class Outgoing:
         return (self.trial, self.attempt, self.seq)
 
     def frames(self, session: Session) -> list[bytes]:
-        return session.frames(self.type, self.body, trial=self.trial, attempt=self.attempt, seq=self.seq)
+        """This message alone (a kept SUBMITS or DONES item travels as a batch of one)."""
+        make = _ITEM_BATCHES.get(self.type)
+        body = make([self.body]) if make is not None else self.body
+        return session.frames(self.type, body, trial=self.trial, attempt=self.attempt, seq=self.seq)
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,6 @@ class ArtifactStore:
         self.root = root
         self._root = str(root)
 
-    def trial_dir(self, client: str, trial: str) -> Path:
-        return Path(self.trial_path(client, trial))
-
     @functools.lru_cache(maxsize=4096)  # noqa: B019 (one store per dispatcher) every STATE event names it
     def trial_path(self, client: str, trial: str) -> str:
         return os.path.join(self._root, _safe_name(client), _safe_name(trial))

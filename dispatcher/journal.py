@@ -24,13 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from retia import codec
+from retia.errors import ConfigError
 from retia.failure import Failure
 from retia.protocol import BlobRef, Event, Report, StateChange, TrialState
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["TrialRecord", "Journal"]
+__all__ = ["TrialRecord", "Journal", "SCHEMA_VERSION"]
 
+SCHEMA_VERSION = 2  # PRAGMA user_version; 0 (unset) was the first schema, before the retia/2 protocol
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS trials (
     id TEXT PRIMARY KEY, client TEXT NOT NULL, name TEXT NOT NULL, state TEXT NOT NULL,
@@ -129,7 +131,9 @@ class Journal:
         self._db = sqlite3.connect(self.path, isolation_level="DEFERRED", check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._check_version()
         self._db.executescript(_SCHEMA)
+        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._db.commit()
         self._queue_seq = self._db.execute("SELECT COALESCE(MAX(queue_seq), 0) FROM trials").fetchone()[0]
         self._event_seq: int = self._db.execute(
@@ -142,6 +146,19 @@ class Journal:
             self._db.execute(f"PRAGMA wal_autocheckpoint={int(backstop_pages)}")
             self._checkpointer = _Checkpointer(self.path, checkpoint_interval)
             self._checkpointer.start()
+
+    def _check_version(self) -> None:
+        """A journal written by another schema is refused, never half read."""
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        has_tables = self._db.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+        if has_tables and version != SCHEMA_VERSION:
+            self._db.close()
+            written_by = f"schema {version}" if version else "retia 0.1 before the retia/2 protocol"
+            raise ConfigError(
+                f"the journal {self.path} was written by {written_by}; this dispatcher reads schema "
+                f"{SCHEMA_VERSION}. Finish that cluster's trials with the retia that wrote it, or start "
+                "this one on a new journal (--journal PATH, or move the old file away)"
+            )
 
     def close(self) -> None:
         self._db.commit()

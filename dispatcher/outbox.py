@@ -51,6 +51,10 @@ class Outbox:
         """A report or state event for a client."""
         self._events.setdefault(identity, []).append(event)
 
+    def drop_events(self, identity: bytes) -> None:
+        """Forget the events queued for a client this turn (it is about to get them in a replay)."""
+        self._events.pop(identity, None)
+
     def flush(self) -> None:
         """Send everything queued; the caller has committed the journal."""
         for identity, acks in self._acks.items():

@@ -11,13 +11,14 @@ Data flow (one thread, one loop)::
 Each loop turn reads a batch of messages and hands each to the table of its sender's role
 (a peer that has not said HELLO may only say HELLO or ask for STATUS); the handlers change the
 in-memory state and the journal, with the trial's moves decided by ``lifecycle`` and the
-placements by ``Scheduler``. Then the turn commits once and sends what it produced: one ACKS
-message per peer, EVENTS per client, then RUNS. User payloads are opaque bytes here: the
-dispatcher never loads them.
+placements by ``Scheduler``. Then the turn commits once and sends what it produced: the
+replies it queued (WELCOME, RUNS, CANCEL, ...), then one ACKS message per peer, then EVENTS per
+client. User payloads are opaque bytes here: the dispatcher never loads them.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -169,9 +170,9 @@ class Dispatcher:
                     self._read_batch()
                 now = time.monotonic()
                 if now >= next_beat:
-                    self._beat(now)
+                    self._guard_turn(self._beat, now)
                     next_beat = now + self.config.heartbeat_interval
-                self._dispatch()
+                self._guard_turn(self._dispatch)
                 self._flush()
         finally:
             self.close()
@@ -263,6 +264,13 @@ class Dispatcher:
         except Exception:  # one bad message must not stop the cluster
             _log.exception("failed to handle %s from peer %r; message dropped", msg.type.name, identity)
 
+    def _guard_turn(self, step: Callable[..., None], *args: object) -> None:
+        """The loop's own steps (placing trials, expiring peers) log a failure and the loop goes on."""
+        try:
+            step(*args)
+        except Exception:
+            _log.exception("the dispatcher's %s step failed; serving on", step.__name__.strip("_"))
+
     def _on_status(self, identity: bytes, msg: Message) -> None:
         self._send(identity, MsgType.STATUS_REPLY, self.status())
 
@@ -274,9 +282,11 @@ class Dispatcher:
             old = self.clients.get(hello.peer_id)
             if old is not None:
                 self._client_at.pop(old.identity, None)
+                self.outbox.drop_events(old.identity)
             client = self.clients[hello.peer_id] = Client(hello.peer_id, identity, expiry)
             self._client_at[identity] = client
             self._send(identity, MsgType.WELCOME, welcome)
+            self.outbox.drop_events(identity)  # this turn's are in the journal: the replay has them, in order
             for event in self.journal.events_after(hello.peer_id, hello.last_event):
                 self.outbox.event(identity, event)
             _log.info("client %s connected (replaying events after %d)", hello.peer_id, hello.last_event)
@@ -312,7 +322,8 @@ class Dispatcher:
     def _on_submits(self, client: Client, msg: Message) -> None:
         """New trials, each acknowledged on its own (a re-sent one is acknowledged, not queued twice)."""
         for sub in msg.body.items:
-            self._submit(client, sub)
+            ack = Ack(sub.trial, 0, sub.seq)
+            self.outbox.ack(client.identity, self._stored(ack, functools.partial(self._submit, client, sub)))
 
     def _submit(self, client: Client, sub: Submit) -> None:
         rec = TrialRecord(
@@ -331,7 +342,6 @@ class Dispatcher:
             self.trials[sub.trial] = rec
             self.scheduler.enqueue(sub.trial)  # no QUEUED event: the client's Trial starts out QUEUED
             _log.debug("trial %s (%s) QUEUED", sub.trial, sub.name or "unnamed")
-        self.outbox.ack(client.identity, Ack(sub.trial, 0, sub.seq))
 
     def _on_blob_put(self, client: Client, msg: Message) -> None:
         """A chunk of a client's blob; the last one is verified against the digest before it is kept."""
@@ -392,14 +402,21 @@ class Dispatcher:
     def _on_reports(self, worker: Worker, msg: Message) -> None:
         """Reports, each stored once and relayed to its client as an event; acknowledged by the last one."""
         reports: list[Report] = msg.body.items
+        last = reports[-1]
+        self.outbox.ack(
+            worker.identity,
+            self._stored(
+                Ack(last.trial, last.attempt, last.seq), lambda: self._store_reports(worker, reports)
+            ),
+        )
+
+    def _store_reports(self, worker: Worker, reports: list[Report]) -> None:
         rec: TrialRecord | None = None
         for report in reports:
             if rec is None or (rec.id, rec.attempt) != (report.trial, report.attempt):
                 rec = self._current(worker, report.trial, report.attempt, "REPORTS")
             if rec is not None:
                 self._store_report(rec, report)
-        last = reports[-1]
-        self.outbox.ack(worker.identity, Ack(last.trial, last.attempt, last.seq))
 
     def _store_report(self, rec: TrialRecord, report: Report) -> None:
         seq = self.journal.add_report(rec.client, report)
@@ -408,8 +425,18 @@ class Dispatcher:
 
     def _on_dones(self, worker: Worker, msg: Message) -> None:
         for done in msg.body.items:
-            self._done(worker, done)
-            self.outbox.ack(worker.identity, Ack(done.trial, done.attempt, done.seq))
+            ack = Ack(done.trial, done.attempt, done.seq)
+            self.outbox.ack(worker.identity, self._stored(ack, functools.partial(self._done, worker, done)))
+
+    def _stored(self, ack: Ack, store: Callable[[], None]) -> Ack:
+        """``ack`` once ``store()`` ran; if it raised, a refusal that says why (the sender drops it,
+        rather than re-sending what fails the same way), and the dispatcher goes on."""
+        try:
+            store()
+        except Exception as exc:
+            _log.exception("could not handle the item %s/%d/%d; refused", ack.trial, ack.attempt, ack.seq)
+            return Ack(ack.trial, ack.attempt, ack.seq, False, f"the dispatcher failed on it: {exc!r:.300}")
+        return ack
 
     def _done(self, worker: Worker, done: Done) -> None:
         """The attempt ended (its last reports ride along) and the worker is free for the next RUN."""

@@ -49,7 +49,7 @@ from retia.protocol import (
 from . import runner
 from .config import WorkerConfig
 from .fetch import BlobFetcher
-from .processes import Exiting, ReusedChild, reap, strategy_for
+from .processes import Exiting, reap, strategy_for
 from .trial import RunningTrial, alive, file_chunks, pick_artifacts, set_policy
 
 __all__ = ["Agent"]
@@ -315,16 +315,7 @@ class Agent:
             self._held.appendleft(run)
             return
         trial = RunningTrial(
-            run.trial,
-            run.attempt,
-            launched.process,
-            launched.messages,
-            out,
-            log_file,
-            0.0,
-            None,
-            run=run,
-            timeout=run.timeout,
+            run.trial, run.attempt, launched.process, launched.messages, out, log_file, run, run.timeout
         )
         trial.reused = self.processes.reused
         trial.max_artifact_bytes = min(run.max_artifact_bytes, self.config.max_artifact_bytes)
@@ -399,7 +390,7 @@ class Agent:
         went_down = dead and not (
             trial.finished and not trial.kill_reason
         )  # the process ended with this trial
-        if went_down and isinstance(self.processes, ReusedChild):
+        if went_down:
             self.processes.file_scratch(trial.output_dir, lambda: f"trial {trial.id} attempt {trial.attempt}")
         if went_down or not trial.reused or (dead and not self._queued):
             if not dead:  # fit is over; the process exits on its own, reaped later
@@ -408,7 +399,6 @@ class Agent:
             self.processes.retire(trial.process)
             # what was queued behind it in the dead child never started: it goes to a new one, in order
             for queued in reversed(self._queued):
-                assert queued.run is not None  # every trial the agent launched keeps its RUN
                 if queued.cancel:
                     state = TrialState.QUEUED if queued.give_back else TrialState.CANCELLED
                     self._end_unstarted(queued.run, state, queued.cancel)

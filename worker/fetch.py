@@ -56,16 +56,16 @@ class BlobFetcher:
         self._verifying: dict[str, tuple[Future[bool], int]] = {}
 
     def need(self, blobs: list[BlobRef]) -> None:
-        """Check cached blobs (in a thread) and fetch every one in ``[[digest, size], ...]`` not intact."""
+        """Check cached blobs (in a thread) and fetch every one of ``blobs`` not here intact."""
         for blob in blobs:
-            digest, size = blob.digest, blob.size
+            digest = blob.digest
             if digest in self.fetching or digest in self._verifying:
                 continue
             self.failed.pop(digest, None)
             if self.store.has(digest):
-                self._verifying[digest] = (self._verifier.submit(self.store.valid, digest), int(size))
+                self._verifying[digest] = (self._verifier.submit(self.store.valid, digest), blob.size)
             else:
-                self._fetch(digest, int(size))
+                self._fetch(digest, blob.size)
 
     def poll(self) -> None:
         """Collect finished verifications: a corrupt cached copy is fetched again."""

@@ -15,15 +15,18 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import struct
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
+from multiprocessing.reduction import ForkingPickler
 from typing import Any, Protocol
 
 from . import pipe, runner
-from .trial import SpecWriter, alive
+from .trial import alive
 
 __all__ = [
     "Launched",
@@ -38,6 +41,47 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 CHILD_AHEAD = 8  # --reuse-process: trials queued in the child's pipe; the rest wait in the agent
+
+
+class SpecWriter:
+    """The agent's end of a --reuse-process child's spec pipe, which never blocks the agent.
+
+    The child reads its pipe only between trials; a spec larger than what the pipe holds
+    (64 KiB on Linux) would stop the agent's loop until the running trial ended, heartbeats
+    and all. What the pipe cannot take yet waits here, written as the child makes room;
+    the framing is ``Connection.send``'s, so the child reads with ``Connection.recv``."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.fd = conn.fileno()
+        os.set_blocking(self.fd, False)
+        self._frames: deque[memoryview] = deque()
+
+    @property
+    def pending(self) -> bool:
+        """Some bytes wait for the child to read."""
+        return bool(self._frames)
+
+    def send(self, obj: Any) -> None:
+        """Queue ``obj`` and write as much as the pipe takes; raises OSError when the child is gone."""
+        data = ForkingPickler.dumps(obj)
+        self._frames.append(memoryview(struct.pack("!i", len(data)) + bytes(data)))
+        self.flush()
+
+    def flush(self) -> None:
+        while self._frames:
+            try:
+                written = os.write(self.fd, self._frames[0])
+            except BlockingIOError:
+                return
+            if written == len(self._frames[0]):
+                self._frames.popleft()
+            else:
+                self._frames[0] = self._frames[0][written:]
+
+    def close(self) -> None:
+        self._frames.clear()
+        self.conn.close()
 
 
 @dataclass
@@ -102,6 +146,9 @@ class ProcessStrategy(Protocol):
     def shutdown(self) -> None:
         """Stop every process this strategy started (the running trial's is the agent's)."""
 
+    def file_scratch(self, output_dir: str, describe: Callable[[], str]) -> None:
+        """The process died in a trial: what it left in a shared scratch directory is that trial's."""
+
 
 class FreshProcesses:
     """A new process per trial; the next one forked while idle."""
@@ -159,6 +206,9 @@ class FreshProcesses:
         writer.close()
         spec_reader.close()
         self._spare = _Spare(process, spec_writer, reader)
+
+    def file_scratch(self, output_dir: str, describe: Callable[[], str]) -> None:
+        """A fresh process writes straight into its trial's own directory."""
 
     def shutdown(self) -> None:
         if self._spare is not None:
@@ -261,7 +311,7 @@ class ReusedChild:
             return False
 
 
-def strategy_for(mp: ForkServerContext, reuse_process: bool, trials_dir: str) -> FreshProcesses | ReusedChild:
+def strategy_for(mp: ForkServerContext, reuse_process: bool, trials_dir: str) -> ProcessStrategy:
     """The strategy a worker's settings ask for; a reused child's scratch is one per agent process."""
     if reuse_process:
         return ReusedChild(mp, os.path.join(trials_dir, f".reused-{os.getpid()}"))

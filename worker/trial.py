@@ -11,13 +11,11 @@ import logging
 import os
 import select
 import signal
-import struct
 import weakref
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from multiprocessing.reduction import ForkingPickler
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 from retia.errors import ProtocolError
@@ -29,7 +27,6 @@ from . import pipe
 __all__ = [
     "LOG_TAIL_LINES",
     "RunningTrial",
-    "SpecWriter",
     "alive",
     "file_chunks",
     "list_files",
@@ -50,12 +47,14 @@ class RunningTrial:
 
     id: str
     attempt: int
-    process: Any  # multiprocessing.Process from the forkserver context
+    process: BaseProcess
     conn: Connection
     output_dir: str
     log_file: str
-    started: float
-    deadline: float | None
+    run: Run  # kept: queued in a child that died first, it is launched again
+    timeout: float | None = None
+    started: float = 0.0
+    deadline: float | None = None
     error: pipe.TrialRaised | None = None  # fit raised (or the trial broke its pipe)
     returned: bool = False
     kill_reason: str = ""
@@ -66,10 +65,8 @@ class RunningTrial:
     seq: int = 0
     reused: bool = False  # runs in the long-lived --reuse-process child
 
-    pipe: Any = None  # a select.poll() on the pipe, to drain it without building selectors
+    readable: Any = None  # a select.poll() on the pipe, to drain it without building selectors
     pending: list[pipe.TrialReport] = field(default_factory=list)  # reports read, not yet sent
-    run: Run | None = None  # queued in a child that died first, it is launched again
-    timeout: float | None = None
     skipped: bool = False  # cancelled in the child's queue before it started: it never ran
     cancel: str = ""  # a cancellation that came while it waited in the child's queue
     give_back: bool = False  # that cancellation only asks to return it unstarted
@@ -94,12 +91,12 @@ class RunningTrial:
 
     def read_pipe(self, max_reports: int) -> None:
         """Read what the trial process sent, up to its last message; reports wait in ``pending``."""
-        if self.pipe is None:
-            self.pipe = select.poll()
-            self.pipe.register(self.conn.fileno(), select.POLLIN)
+        if self.readable is None:
+            self.readable = select.poll()
+            self.readable.register(self.conn.fileno(), select.POLLIN)
         reports = self.pending
         try:
-            while len(reports) < max_reports and not self.finished and self.pipe.poll(0):
+            while len(reports) < max_reports and not self.finished and self.readable.poll(0):
                 message = pipe.receive(self.conn)
                 if isinstance(message, pipe.TrialReport):
                     reports.append(message)
@@ -138,7 +135,7 @@ class RunningTrial:
                 )
             signal_name = ""
             if code is not None and code < 0:
-                signal_name = signal.Signals(-code).name
+                signal_name = _signal_name(-code)
                 reason = f"trial process killed by {signal_name} before fit returned"
             else:
                 reason = f"trial process exited with code {code} before fit returned"
@@ -160,6 +157,8 @@ class RunningTrial:
     def send_signal(self, sig: signal.Signals) -> None:
         """Signal its process group (or the process, before it called setsid)."""
         pid = self.process.pid
+        if pid is None:  # never started
+            return
         try:
             os.killpg(pid, sig)
         except (ProcessLookupError, PermissionError):
@@ -167,47 +166,6 @@ class RunningTrial:
                 os.kill(pid, sig)  # it may not have called setsid yet
             except ProcessLookupError:
                 pass
-
-
-class SpecWriter:
-    """The agent's end of a --reuse-process child's spec pipe, which never blocks the agent.
-
-    The child reads its pipe only between trials; a spec larger than what the pipe holds
-    (64 KiB on Linux) would stop the agent's loop until the running trial ended, heartbeats
-    and all. What the pipe cannot take yet waits here, written as the child makes room;
-    the framing is ``Connection.send``'s, so the child reads with ``Connection.recv``."""
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-        self.fd = conn.fileno()
-        os.set_blocking(self.fd, False)
-        self._frames: deque[memoryview] = deque()
-
-    @property
-    def pending(self) -> bool:
-        """Some bytes wait for the child to read."""
-        return bool(self._frames)
-
-    def send(self, obj: Any) -> None:
-        """Queue ``obj`` and write as much as the pipe takes; raises OSError when the child is gone."""
-        data = ForkingPickler.dumps(obj)
-        self._frames.append(memoryview(struct.pack("!i", len(data)) + bytes(data)))
-        self.flush()
-
-    def flush(self) -> None:
-        while self._frames:
-            try:
-                written = os.write(self.fd, self._frames[0])
-            except BlockingIOError:
-                return
-            if written == len(self._frames[0]):
-                self._frames.popleft()
-            else:
-                self._frames[0] = self._frames[0][written:]
-
-    def close(self) -> None:
-        self._frames.clear()
-        self.conn.close()
 
 
 _SENTINELS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
@@ -227,6 +185,14 @@ def alive(process: Any) -> bool:
         return True
     _SENTINELS[process] = None
     return False
+
+
+def _signal_name(number: int) -> str:
+    """SIGKILL for 9; a real-time signal has no name in ``signal.Signals``."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def list_files(root: str) -> list[tuple[str, str, int]]:

@@ -172,9 +172,9 @@ _HELLO = [int(MsgType.HELLO), "", 0, 0, "w", 0.0]
         (_REPORTS, [[["t", 1, 1.5, True, b"\xcb"]]], r"items\[0\]\.seq: expected an integer"),
         (_REPORTS, [[]], "an empty REPORTS"),
         (_REPORTS, {"items": []}, "ReportBatch: expected an array of ReportBatch fields"),
-        (_HELLO, ["worker", "w", "", 0, "", [["t", 1]], 0, "", "8"], r"Hello\.prefetch: expected an integer"),
-        (_HELLO, ["worker", "w", "", 0, "", [["t", 1]], 0, "", 65], r"Hello\.prefetch: 65 is out of range"),
-        (_HELLO, ["worker", "w", "", 0, "", [["t"]], 0, "", 0], r"Hello\.running\[0\]: TrialAttempt has 2"),
+        (_HELLO, ["worker", "w", "", 0, "", [["t", 1]], 0, "8"], r"Hello\.prefetch: expected an integer"),
+        (_HELLO, ["worker", "w", "", 0, "", [["t", 1]], 0, 65], r"Hello\.prefetch: 65 is out of range"),
+        (_HELLO, ["worker", "w", "", 0, "", [["t"]], 0, 0], r"Hello\.running\[0\]: TrialAttempt has 2"),
         (_HELLO, ["admin", "w"], r"Hello\.role: 'admin' is not a Role"),
         (_HELLO, ["client", "w", "", 0, "", [], -3], r"Hello\.last_event: -3 is out of range"),
         (
@@ -190,7 +190,7 @@ _HELLO = [int(MsgType.HELLO), "", 0, 0, "w", 0.0]
         (
             [int(MsgType.SUBMITS), "", 0, 0, "c", 0.0],
             [[["t", 1, b"e", b"m", None, None, 2, "", [["not-a-digest", 3]]]]],
-            r"items\[0\]\.blobs\[0\]: blob digest 'not-a-digest' is not a sha256 hex digest",
+            r"items\[0\]\.blobs\[0\]: blob digest 'not-a-digest' is not 64 hex digits",
         ),
         (
             [int(MsgType.SUBMITS), "", 0, 0, "c", 0.0],

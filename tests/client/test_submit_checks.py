@@ -1,0 +1,56 @@
+"""What the dispatcher would refuse is refused by submit itself, on the caller's thread, with the reason."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from retia import FunctionalEvaluator
+from retia.client.backend import Backend
+from retia.errors import ConfigError
+
+from ..integration import fits
+
+
+@pytest.fixture
+def backend() -> Iterator[Backend]:
+    """A backend whose dispatcher never answers: the checks must not need one."""
+    client = Backend("tcp://127.0.0.1:9", b"k" * 32)
+    yield client
+    client.close()
+
+
+@pytest.mark.parametrize(
+    ("option", "match"),
+    [
+        ({"max_retries": "2"}, "max_retries must be an integer from 0 to 1000, got '2'"),
+        ({"max_retries": -1}, "got -1"),
+        ({"max_retries": 5000}, "got 5000"),
+        ({"max_retries": True}, "got True"),
+        ({"timeout": "600"}, "timeout must be a positive number of seconds or None, got '600'"),
+        ({"timeout": -1.0}, "got -1.0"),
+        ({"timeout": float("inf")}, "got inf"),
+        ({"timeout": 0}, "got 0"),
+    ],
+)
+def test_a_bad_limit_is_refused_before_anything_is_queued(
+    backend: Backend, option: dict[str, Any], match: str
+) -> None:
+    with pytest.raises(ConfigError, match=match):
+        backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting), **option)
+    assert backend.trials == {}
+
+
+@pytest.mark.parametrize("arch", [{"width": np.int64(8)}, {"width": b"8"}, {"width": {1, 2}}])
+def test_an_architecture_that_is_not_json_is_refused(backend: Backend, arch: dict[str, Any]) -> None:
+    with pytest.raises(TypeError, match="arch must be a JSON-able dict"):
+        backend.submit_many([fits.DigitsMLP], FunctionalEvaluator(fits.counting), archs=[arch])
+    assert backend.trials == {}
+
+
+def test_good_limits_pass(backend: Backend) -> None:
+    trial = backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting), timeout=1.5, max_retries=0)
+    assert trial.id in backend.trials
