@@ -24,14 +24,18 @@ test: lint
 
 # mypy maps files to modules by folder; the package's folders (common/ is `retia`) are linked
 # into build/typecheck/retia so it checks them under the names users import.
+# tests/ is checked as `tests`; sys_path/ has tests/common's files, top-level as pytest imports them.
 TYPECHECK := build/typecheck
 lint: $(STAMP)
 	$(PY) -m ruff format --check .
 	$(PY) -m ruff check .
-	rm -rf $(TYPECHECK)/retia && mkdir -p $(TYPECHECK)/retia
+	rm -rf $(TYPECHECK)/retia $(TYPECHECK)/tests $(TYPECHECK)/sys_path
+	mkdir -p $(TYPECHECK)/retia $(TYPECHECK)/sys_path
 	for f in common/*; do ln -s "$(CURDIR)/$$f" $(TYPECHECK)/retia/; done
 	for d in client dispatcher worker; do ln -s "$(CURDIR)/$$d" $(TYPECHECK)/retia/$$d; done
-	cd $(TYPECHECK) && "$(CURDIR)/$(PY)" -m mypy --config-file "$(CURDIR)/pyproject.toml" -p retia
+	ln -s "$(CURDIR)/tests" $(TYPECHECK)/tests
+	for f in tests/common/*.py; do ln -s "$(CURDIR)/$$f" $(TYPECHECK)/sys_path/; done
+	cd $(TYPECHECK) && MYPYPATH=sys_path "$(CURDIR)/$(PY)" -m mypy --config-file "$(CURDIR)/pyproject.toml" -p retia -p tests
 
 demo: $(STAMP)
 	$(PY) examples/digits_nas.py

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -20,12 +20,12 @@ from torch.utils.data import DataLoader, Dataset
 import retia
 
 
-class TensorFileDataset(Dataset):
+class TensorFileDataset(Dataset[tuple[torch.Tensor, int]]):
     """Reads a tensor saved with ``torch.save`` when built: the recipe ships the path, not the data."""
 
     def __init__(self, path: str, num_classes: int = 10) -> None:
         self.path = path
-        self.data = torch.load(path)
+        self.data: torch.Tensor = torch.load(path)
         self.num_classes = num_classes
 
     def __len__(self) -> int:
@@ -61,7 +61,8 @@ class MLP(nn.Module):
         self.net = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        out: torch.Tensor = self.net(x)
+        return out
 
 
 def make_marked_mlp() -> MLP:
@@ -71,7 +72,7 @@ def make_marked_mlp() -> MLP:
     return model
 
 
-def accuracy(model: nn.Module, loader: DataLoader) -> float:
+def accuracy(model: nn.Module, loader: DataLoader[Any]) -> float:
     model.eval()
     correct = total = 0
     with torch.no_grad():
@@ -82,7 +83,10 @@ def accuracy(model: nn.Module, loader: DataLoader) -> float:
 
 
 def fit_digits(
-    model_cls: Callable[[], nn.Module], dataloader: DataLoader, val_dataloader: DataLoader, epochs: int = 5
+    model_cls: Callable[[], nn.Module],
+    dataloader: DataLoader[Any],
+    val_dataloader: DataLoader[Any],
+    epochs: int = 5,
 ) -> None:
     """Seed example (a): train, report validation accuracy per epoch, then the final one."""
     threads = torch.get_num_threads()
@@ -140,12 +144,12 @@ def fit_fails(model_cls: Callable[[], Any]) -> None:
 
 
 def fit_reports(
-    model_cls: Callable[[], Any], values: list[Any], finals: list[Any], loader: DataLoader | None = None
+    model_cls: Callable[[], Any], values: list[Any], finals: list[Any], loader: DataLoader[Any] | None = None
 ) -> None:
     """Reports the given values as they are (good or bad); then the loader's dataset size, if any."""
     for value in values:
         retia.report_intermediate_result(value)
     if loader is not None:
-        retia.report_intermediate_result(len(loader.dataset))
+        retia.report_intermediate_result(len(cast(Sized, loader.dataset)))
     for value in finals:
         retia.report_final_result(value)

@@ -36,7 +36,8 @@ class DigitsMLPSpace(nn.ModelSpace):
         for block in self.blocks:
             h = block(h)
             first = h if first is None else first
-        return self.head(h + self.skip([x, first]))
+        out: torch.Tensor = self.head(h + self.skip([x, first]))
+        return out
 
 
 class DigitsConvSpace(nn.ModelSpace):
@@ -68,7 +69,8 @@ class DigitsConvSpace(nn.ModelSpace):
         feats = [self.stem(x)]
         for block in self.blocks:
             feats.append(torch.relu(block(feats[-1])))
-        return self.head(self.skip(feats))
+        out: torch.Tensor = self.head(self.skip(feats))
+        return out
 
 
 class TinySpace(nn.ModelSpace):
@@ -84,4 +86,5 @@ class TinySpace(nn.ModelSpace):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc(x)
-        return self.out(self.pick([h, self.act(h)]))
+        out: torch.Tensor = self.out(self.pick([h, self.act(h)]))
+        return out

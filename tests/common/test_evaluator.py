@@ -7,7 +7,9 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Sized
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import onnxruntime as ort
@@ -29,6 +31,7 @@ from torch.utils.data import DataLoader
 
 import retia
 from retia import EvaluationResult, FunctionalEvaluator
+from retia.blobs import Blob
 from retia.datasets import DigitsDataset
 from retia.errors import PayloadTooLarge, ReportError, SerializationError
 from retia.reporting import CollectingReporter
@@ -37,7 +40,7 @@ from retia.trace import get_recipe
 MiB = 1 << 20
 
 
-def _digits_loader(split: str, shuffle: bool) -> DataLoader:
+def _digits_loader(split: str, shuffle: bool) -> DataLoader[tuple[torch.Tensor, torch.Tensor]]:
     return retia.trace(DataLoader)(retia.trace(DigitsDataset)(split=split), batch_size=64, shuffle=shuffle)
 
 
@@ -60,9 +63,10 @@ def test_seed_a_fit_with_traced_dataloader_learns_digits() -> None:
     result = shipped.evaluate(MLP)
     assert isinstance(result, EvaluationResult)
     assert isinstance(result.final, float) and result.final > 0.85, result
-    assert [m["epoch"] for m in result.intermediates] == [0.0, 1.0, 2.0, 3.0]
-    assert result.intermediates[-1]["default"] == result.final
-    assert result.intermediates[-1]["default"] > result.intermediates[0]["default"] - 0.05
+    intermediates = cast(list[dict[str, float]], result.intermediates)  # fit_digits reports dicts
+    assert [m["epoch"] for m in intermediates] == [0.0, 1.0, 2.0, 3.0]
+    assert intermediates[-1]["default"] == result.final
+    assert intermediates[-1]["default"] > intermediates[0]["default"] - 0.05
     assert result.duration > 0
 
 
@@ -92,18 +96,19 @@ def test_seed_b_fit_exports_onnx_into_nni_output_dir() -> None:
 )
 def test_seed_c_evaluate_a_class_or_a_callable(model, marker: float) -> None:
     result = FunctionalEvaluator(fit_marker).evaluate(model)
-    assert result.final["default"] == marker
+    assert cast(dict[str, float], result.final)["default"] == marker  # fit_marker reports a dict
 
 
 def test_seed_c_evaluate_an_instance_uses_that_very_instance() -> None:
     model = MLP()
     model.marker = 7.0
     with torch.no_grad():
-        torch.nn.init.constant_(model.net[2].bias, 0.25)
+        torch.nn.init.constant_(cast(torch.nn.Linear, model.net[2]).bias, 0.25)
         expected = float(model(torch.ones(1, 64)).sum())
     result = FunctionalEvaluator(fit_marker).evaluate(model)
-    assert result.final["default"] == 7.0
-    assert result.final["output"] == pytest.approx(expected)
+    final = cast(dict[str, float], result.final)  # fit_marker reports a dict
+    assert final["default"] == 7.0
+    assert final["output"] == pytest.approx(expected)
 
 
 # --- results --------------------------------------------------------------------------------------
@@ -211,7 +216,7 @@ def test_kwargs_are_recorded_as_a_recipe_and_the_evaluator_round_trips() -> None
     loader = _digits_loader("val", shuffle=False)
     evaluator = FunctionalEvaluator(fit_reports, values=[1, 2], finals=(3,), loader=loader)
     recipe = get_recipe(evaluator)
-    assert recipe.target is FunctionalEvaluator and recipe.args == ()
+    assert recipe is not None and recipe.target is FunctionalEvaluator and recipe.args == ()
     assert recipe.kwargs == {"fit": fit_reports, "values": [1, 2], "finals": (3,), "loader": loader}
     assert "fit_reports" in repr(evaluator) and "loader" in repr(evaluator)
 
@@ -219,7 +224,7 @@ def test_kwargs_are_recorded_as_a_recipe_and_the_evaluator_round_trips() -> None
     assert loaded.arguments["values"] == [1, 2] and loaded.arguments["finals"] == (3,)
     assert type(loaded.arguments["loader"]) is DataLoader
     assert get_recipe(loaded.arguments["loader"].dataset) == get_recipe(loader.dataset)
-    assert loaded.evaluate(MLP).intermediates == [1.0, 2.0, float(len(loader.dataset))]
+    assert loaded.evaluate(MLP).intermediates == [1.0, 2.0, float(len(cast(Sized, loader.dataset)))]
 
 
 def test_unserializable_kwarg_fails_at_construction_with_its_path() -> None:
@@ -240,7 +245,7 @@ def test_oversized_kwarg_travels_as_a_blob_is_capped_inline_and_big_pickles_warn
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     big = FunctionalEvaluator(fit_reports, dataset=retia.trace(Box)(value=np.zeros(65 * MiB, dtype=np.uint8)))
-    blobs: dict[str, object] = {}
+    blobs: dict[str, Blob] = {}
     assert len(retia.dump(big, blobs=blobs)) < 4096 and len(blobs) == 1  # on the wire: a blob, shipped once
     with pytest.raises(PayloadTooLarge, match=r"FunctionalEvaluator\.dataset\.value.*MiB") as info:
         retia.dump(big)  # inline, without a blob store: capped
@@ -257,7 +262,7 @@ def test_oversized_kwarg_travels_as_a_blob_is_capped_inline_and_big_pickles_warn
 
 def test_fit_must_be_callable() -> None:
     with pytest.raises(TypeError, match="callable fit"):
-        FunctionalEvaluator("not a function")
+        FunctionalEvaluator("not a function")  # type: ignore[arg-type]  # on purpose
 
 
 def test_fit_by_reference_when_importable_by_value_when_not() -> None:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,7 @@ import retia.errors as errors
 HEAVY = ("torch", "pytorch_lightning", "lightning")
 
 
-def _run(code: str, cwd: Path) -> dict:
+def _run(code: str, cwd: Path) -> Any:  # the JSON the code prints last
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, capture_output=True, text=True, timeout=60
     )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import pytest
 import pytorch_lightning
@@ -20,7 +22,9 @@ from retia.errors import ConfigError
 pytestmark = pytest.mark.timeout(120)
 
 
-def digits(split: str, batch_size: int = 32) -> torch.utils.data.DataLoader:
+def digits(
+    split: str, batch_size: int = 32
+) -> torch.utils.data.DataLoader[tuple[torch.Tensor, torch.Tensor]]:
     return pl.DataLoader(retia.trace(DigitsDataset)(split), batch_size=batch_size, shuffle=split == "train")
 
 
@@ -36,7 +40,8 @@ class Encoder(nn.Module):
         self.layers = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)  # type: ignore[no-any-return]
+        out: torch.Tensor = self.layers(x)
+        return out
 
 
 class AutoEncoder(pl.LightningModule):
@@ -47,7 +52,8 @@ class AutoEncoder(pl.LightningModule):
         self.decoder = nn.Sequential(nn.Linear(3, 64), nn.ReLU(), nn.Linear(64, 64))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)  # type: ignore[no-any-return]
+        out: torch.Tensor = self.model(x)
+        return out
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, _ = batch
@@ -81,7 +87,7 @@ def test_set_model_instantiates_a_class() -> None:
     module.set_model(Encoder)
     assert isinstance(module.model, Encoder)
     with pytest.raises(ConfigError, match="torch.nn.Module"):
-        module.set_model(lambda: "not a model")
+        module.set_model(lambda: "not a model")  # type: ignore[arg-type, return-value]  # on purpose
 
 
 @pytest.mark.filterwarnings("ignore:.*tensorboardX.*")  # the user's own Trainer(), built by the test
@@ -98,8 +104,8 @@ def test_autoencoder_example_reports_val_loss(tmp_path: Path, capfd: pytest.Capt
 
     assert len(result.intermediates) == 3  # one per validation epoch, none for the sanity check
     assert result.final == result.intermediates[-1]
-    assert set(result.final) == {"default", "val_loss"}  # type: ignore[arg-type]
-    assert result.final["default"] == result.final["val_loss"] < result.intermediates[0]["val_loss"]  # type: ignore[index]
+    assert set(result.final) == {"default", "val_loss"}
+    assert result.final["default"] == result.final["val_loss"] < result.intermediates[0]["val_loss"]
     assert list((tmp_path / "run").glob("lightning_logs/version_0/*")), (
         "Lightning's logs belong in the trial dir"
     )
@@ -121,8 +127,9 @@ def test_classification_digits_accuracy_and_one_report_per_validation(
 
     assert len(result.intermediates) == 10
     assert result.final == result.intermediates[-1]
-    assert set(result.final) == {"default", "val_loss", "val_acc"}  # type: ignore[arg-type]
-    assert result.final["default"] == result.final["val_acc"] >= 0.93  # type: ignore[index]
+    final = cast(dict[str, float], result.final)  # the logged metrics
+    assert set(final) == {"default", "val_loss", "val_acc"}
+    assert final["default"] == final["val_acc"] >= 0.93
     header = next((tmp_path / "run").glob("lightning_logs/version_0/metrics.csv")).read_text().splitlines()[0]
     assert {"train_loss", "val_loss", "val_acc"} <= set(header.split(","))
     assert not list((tmp_path / "run").rglob("*.ckpt"))  # no checkpoints unless asked for
@@ -143,8 +150,9 @@ def test_regression_diabetes_beats_the_mean_and_counts_sparse_validation(tmp_pat
     baseline = F.mse_loss(torch.full_like(val_set.y, float(train_set.y.mean())), val_set.y).item()
     assert len(result.intermediates) == 4  # validated after epochs 5, 10, 15, 20
     assert result.final == result.intermediates[-1]
-    assert set(result.final) == {"default", "val_loss", "val_mse"}  # type: ignore[arg-type]
-    assert result.final["default"] == result.final["val_mse"] < 0.8 * baseline  # type: ignore[index]
+    final = cast(dict[str, float], result.final)  # the logged metrics
+    assert set(final) == {"default", "val_loss", "val_mse"}
+    assert final["default"] == final["val_mse"] < 0.8 * baseline
 
 
 def test_dumped_classification_is_small_and_trains_the_same(tmp_path: Path) -> None:
@@ -164,7 +172,7 @@ def test_dumped_classification_is_small_and_trains_the_same(tmp_path: Path) -> N
         torch.manual_seed(0)
         finals.append(ev.evaluate(mlp, output_dir=tmp_path / f"run{n}").final)
     assert finals[0] == finals[1] == finals[2]
-    assert finals[0]["default"] > 0.8  # type: ignore[index]
+    assert cast(dict[str, float], finals[0])["default"] > 0.8  # the logged metrics
 
 
 def test_without_training_data_validates_only(tmp_path: Path) -> None:
@@ -172,8 +180,9 @@ def test_without_training_data_validates_only(tmp_path: Path) -> None:
     torch.manual_seed(0)
     result = evaluator.evaluate(mlp, output_dir=tmp_path / "run")
     assert result.intermediates == []
-    assert set(result.final) == {"default", "val_loss", "val_acc"}  # type: ignore[arg-type]
-    assert 0.0 <= result.final["default"] < 0.5  # type: ignore[index]  # an untrained model
+    final = cast(dict[str, float], result.final)  # the logged metrics
+    assert set(final) == {"default", "val_loss", "val_acc"}
+    assert 0.0 <= final["default"] < 0.5  # an untrained model
 
 
 def test_export_onnx_writes_a_model_that_onnxruntime_agrees_with(tmp_path: Path) -> None:
@@ -206,11 +215,11 @@ class NoValidation(pl.LightningModule):
     ("make", "message"),
     [
         (
-            lambda: pl.Lightning(PlainModule(), val_dataloaders=digits("val")),
+            lambda: pl.Lightning(PlainModule(), val_dataloaders=digits("val")),  # type: ignore[arg-type]  # on purpose
             "retia.lightning.LightningModule",
         ),
         (
-            lambda: pl.Lightning(nn.Linear(2, 2), val_dataloaders=digits("val")),
+            lambda: pl.Lightning(nn.Linear(2, 2), val_dataloaders=digits("val")),  # type: ignore[arg-type]  # on purpose
             "retia.lightning.LightningModule",
         ),
         (
@@ -219,7 +228,8 @@ class NoValidation(pl.LightningModule):
         ),
         (
             lambda: pl.Classification(
-                train_dataloaders=digits("train"), val_dataloaders=[digits("val"), [1, 2]]
+                train_dataloaders=digits("train"),
+                val_dataloaders=[digits("val"), [1, 2]],  # type: ignore[list-item]  # on purpose
             ),
             "retia.lightning.DataLoader",
         ),
@@ -256,9 +266,9 @@ class NoValidation(pl.LightningModule):
         "datamodule-and-loaders",
     ],
 )
-def test_clear_errors(make: object, message: str) -> None:
+def test_clear_errors(make: Callable[[], object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        make()  # type: ignore[operator]
+        make()
 
 
 def test_no_validation_metric_logged_is_a_clear_error(tmp_path: Path) -> None:

@@ -11,7 +11,9 @@ import subprocess
 import sys
 import textwrap
 import types
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, ParamSpec, TypeVar, cast
 
 import payload_inspect
 import pytest
@@ -88,9 +90,13 @@ def test_nested_model_spaces_share_one_label_namespace() -> None:
     assert list(outer.inner.search_space()) == ["valuechoice_1", "layerchoice_2", "inputchoice_3"]
 
 
-def _passthrough(fn):  # type: ignore[no-untyped-def]
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _passthrough(fn: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         return fn(*args, **kwargs)
 
     return wrapper
@@ -135,16 +141,16 @@ def test_choice_outside_a_space_needs_a_label() -> None:
     ("make", "error"),
     [
         (lambda: LayerChoice([], label="x"), ValueError),
-        (lambda: LayerChoice([nn.ReLU(), 3], label="x"), TypeError),
+        (lambda: LayerChoice([nn.ReLU(), 3], label="x"), TypeError),  # type: ignore[list-item]  # on purpose
         (lambda: LayerChoice({"a.b": nn.ReLU()}, label="x"), ValueError),
         (lambda: InputChoice(2, n_chosen=3, label="x"), ValueError),
         (lambda: InputChoice(2, reduction="max", label="x"), ValueError),
         (lambda: ValueChoice([], label="x"), ValueError),
         (lambda: ValueChoice([1, 1], label="x"), ValueError),
-        (lambda: ValueChoice(5, label="x"), TypeError),
+        (lambda: ValueChoice(5, label="x"), TypeError),  # type: ignore[arg-type]  # on purpose: not a list
     ],
 )
-def test_bad_choice_definitions_raise(make, error) -> None:  # type: ignore[no-untyped-def]
+def test_bad_choice_definitions_raise(make: Callable[[], object], error: type[Exception]) -> None:
     with pytest.raises(error):
         make()
 
@@ -183,9 +189,10 @@ def test_fixed_arch_builds_exactly_the_chosen_model() -> None:
         model = DigitsMLPSpace()
     assert isinstance(model, DigitsMLPSpace)
     assert _choice_modules(model) == []
-    assert type(model.stem[0].out_features) is int and model.stem[0].out_features == 32
-    assert isinstance(model.blocks[0][1], torch.nn.Tanh)
-    assert len(model.blocks[1]) == 3  # bottleneck
+    first = cast(torch.nn.Linear, model.stem[0])
+    assert type(first.out_features) is int and first.out_features == 32
+    assert isinstance(cast(torch.nn.Sequential, model.blocks[0])[1], torch.nn.Tanh)
+    assert len(cast(torch.nn.Sequential, model.blocks[1])) == 3  # bottleneck
     assert isinstance(model.skip, ChosenInputs) and model.skip.chosen == 1
     assert model.frozen_arch == MLP_ARCH
     assert model.search_space() == DigitsMLPSpace().search_space()
@@ -220,8 +227,9 @@ def test_fixed_arch_from_dict_json_file_and_freeze_are_identical(tmp_path: Path)
 def test_input_choice_accepts_tuples_as_after_json() -> None:
     arch = {"channels": 4, "sep0_act": 1, "op0": "sepconv", "sep1_act": 0, "op1": "conv3x3", "skip": (0, 2)}
     model = DigitsConvSpace().freeze(arch)
-    assert model.skip.chosen == [0, 2] and model.skip.reduction == "sum"
-    assert isinstance(model.blocks[0][2], torch.nn.Tanh)
+    skip = cast(ChosenInputs, model.skip)
+    assert skip.chosen == [0, 2] and skip.reduction == "sum"
+    assert isinstance(cast(Any, model.blocks)[0][2], torch.nn.Tanh)
     assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
 
 
@@ -238,7 +246,7 @@ BAD_ARCHS = [
 
 
 @pytest.mark.parametrize(("arch", "message"), BAD_ARCHS)
-def test_invalid_architectures_raise_with_the_valid_options(arch: dict, message: str) -> None:
+def test_invalid_architectures_raise_with_the_valid_options(arch: dict[str, Any], message: str) -> None:
     space = DigitsMLPSpace()
     with pytest.raises(InvalidArchitectureError, match=message):
         validate_arch(space.search_space(), arch)
@@ -261,7 +269,7 @@ def test_validate_arch_reports_every_problem_at_once() -> None:
 
 def test_fixed_arch_rejects_non_dicts_and_unreadable_files(tmp_path: Path) -> None:
     with pytest.raises(InvalidArchitectureError, match="must be a dict"):
-        with fixed_arch([1, 2]):  # type: ignore[arg-type]
+        with fixed_arch([1, 2]):  # type: ignore[arg-type]  # on purpose: not a dict
             pass
     with pytest.raises(InvalidArchitectureError, match="cannot read"):
         with fixed_arch(tmp_path / "nope.json"):
@@ -297,7 +305,7 @@ def test_activate_selects_a_single_path() -> None:
     arch = {"channels": 8, "sep0_act": 1, "op0": "conv5x5", "sep1_act": 0, "op1": "sepconv", "skip": [1, 2]}
     space.activate(arch)
     assert space.blocks[0].active == "conv5x5" and space.blocks[1].active == "sepconv"
-    assert space.blocks[0].candidates["sepconv"][2].active == 1
+    assert cast(Any, space.blocks)[0].candidates["sepconv"][2].active == 1
     assert space.skip.active == [1, 2]
     assert space(torch.randn(2, 1, 8, 8)).shape == (2, 10)
 
@@ -308,7 +316,7 @@ def test_activating_a_smaller_value_choice_is_not_supported_yet() -> None:
     with pytest.raises(NotImplementedError, match="not supported yet"):
         space.activate(arch)
     with pytest.raises(RuntimeError, match="built under fixed_arch"):
-        space.freeze(arch).activate(arch)
+        cast(nn.ModelSpace, space.freeze(arch)).activate(arch)
 
 
 # ---------------------------------------------------------------------------- serialization
@@ -330,7 +338,7 @@ def test_supernet_deepcopies_and_pickles() -> None:
     space = DigitsConvSpace()
     for clone in (copy.deepcopy(space), pickle.loads(pickle.dumps(space))):
         assert clone.search_space() == space.search_space()
-        width = clone.stem[0].out_channels
+        width = cast(torch.nn.Conv2d, clone.stem[0]).out_channels
         assert isinstance(width, ValueChoice) and width.label == "channels" and width == 8
         clone.activate({**clone.random_sample(seed=3), "channels": 8})
         assert clone(torch.randn(1, 1, 8, 8)).shape == (1, 10)

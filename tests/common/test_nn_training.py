@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any, cast
 
 import pytest
 import torch
@@ -11,7 +12,9 @@ from spaces import DigitsConvSpace, DigitsMLPSpace
 from torch.utils.data import DataLoader
 
 from retia.datasets import DigitsDataset
-from retia.nn import InputChoice, LayerChoice, fixed_arch, original_state_dict_hooks
+from retia.nn import Arch, InputChoice, LayerChoice, ModelSpace, fixed_arch, original_state_dict_hooks
+
+DigitsLoader = DataLoader[tuple[torch.Tensor, torch.Tensor]]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -27,7 +30,7 @@ def _torch_ready() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def flat_digits() -> tuple[DataLoader, DataLoader]:
+def flat_digits() -> tuple[DigitsLoader, DigitsLoader]:
     return (
         DataLoader(
             DigitsDataset("train"), batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0)
@@ -36,7 +39,7 @@ def flat_digits() -> tuple[DataLoader, DataLoader]:
     )
 
 
-def _accuracy(model: torch.nn.Module, loader: DataLoader) -> float:
+def _accuracy(model: torch.nn.Module, loader: DigitsLoader) -> float:
     model.eval()
     correct = total = 0
     with torch.no_grad():
@@ -46,8 +49,8 @@ def _accuracy(model: torch.nn.Module, loader: DataLoader) -> float:
     return correct / total
 
 
-def _distinct_samples(space, n: int) -> list[dict]:  # type: ignore[no-untyped-def]
-    seen: dict[str, dict] = {}
+def _distinct_samples(space: ModelSpace, n: int) -> list[Arch]:
+    seen: dict[str, Arch] = {}
     seed = 0
     while len(seen) < n:
         arch = space.random_sample(seed=seed)
@@ -56,7 +59,9 @@ def _distinct_samples(space, n: int) -> list[dict]:  # type: ignore[no-untyped-d
     return list(seen.values())
 
 
-def test_sampled_architectures_build_train_one_epoch_and_differ(flat_digits) -> None:  # type: ignore[no-untyped-def]
+def test_sampled_architectures_build_train_one_epoch_and_differ(
+    flat_digits: tuple[DigitsLoader, DigitsLoader],
+) -> None:
     train, val = flat_digits
     space = DigitsMLPSpace()
     param_counts = set()
@@ -101,9 +106,11 @@ def test_supernet_trained_with_random_paths_ports_to_the_fixed_model() -> None:
     assert "blocks.1.weight" in model.state_dict()
     with original_state_dict_hooks(model):
         model.load_state_dict(super_state)  # strict: every key maps, unchosen candidates are dropped
-    assert torch.equal(model.blocks[1].weight, super_state["blocks.1.candidates.conv3x3.weight"])
     assert torch.equal(
-        model.blocks[0][1].running_mean, super_state["blocks.0.candidates.sepconv.1.running_mean"]
+        cast(torch.nn.Conv2d, model.blocks[1]).weight, super_state["blocks.1.candidates.conv3x3.weight"]
+    )
+    assert torch.equal(
+        cast(Any, model.blocks)[0][1].running_mean, super_state["blocks.0.candidates.sepconv.1.running_mean"]
     )
 
     x = torch.stack([data[i][0] for i in range(16)])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import threading
+from typing import cast
 
 import numpy as np
 import pytest
@@ -82,7 +83,8 @@ def test_reports_go_to_the_current_reporter_in_order() -> None:
         for i in range(5):
             retia.report_intermediate_result({"default": i / 10, "epoch": i})
         retia.report_final_result(0.4)
-    assert [m["epoch"] for m in reporter.intermediates] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    intermediates = cast(list[dict[str, float]], reporter.intermediates)  # dicts, as reported above
+    assert [m["epoch"] for m in intermediates] == [0.0, 1.0, 2.0, 3.0, 4.0]
     assert reporter.intermediates[2] == {"default": 0.2, "epoch": 2.0}
     assert reporter.final_value == 0.4
 

@@ -13,6 +13,7 @@ import textwrap
 import threading
 import uuid
 from pathlib import Path
+from typing import Any, cast
 
 import msgpack
 import numpy as np
@@ -125,7 +126,8 @@ def test_nested_traced_objects_round_trip_as_recipes() -> None:
     assert type(loaded) is DataLoader and loaded is not loader
     assert loaded.batch_size == 50
     assert type(loaded.dataset) is DigitsDataset and loaded.dataset is not loader.dataset
-    assert get_recipe(loaded).kwargs["batch_size"] == 50
+    recipe = get_recipe(loaded)
+    assert recipe is not None and recipe.kwargs["batch_size"] == 50
     assert get_recipe(loaded.dataset) == get_recipe(loader.dataset)
     for (x1, y1), (x2, y2) in zip(loaded, loader, strict=True):
         assert torch.equal(x1, x2) and torch.equal(y1, y2)
@@ -144,7 +146,8 @@ def test_traced_objects_inside_containers_and_traced_arguments() -> None:
     assert type(relu) is nn.ReLU and get_recipe(relu) is not None
     inner = loaded["box"].value
     assert type(inner) is Box and inner.value == (1, "two") and inner.label == "inner"
-    assert get_recipe(loaded["box"]).kwargs["value"] is inner  # the recipe points at the rebuilt argument
+    recipe = get_recipe(loaded["box"])
+    assert recipe is not None and recipe.kwargs["value"] is inner  # the recipe points at the rebuilt argument
     seq = loaded["seq"]
     assert [type(m) for m in seq] == [nn.Linear, nn.Sigmoid]
     assert seq(torch.zeros(4, 3)).shape == (4, 1)
@@ -155,7 +158,8 @@ def test_traced_callable_round_trips_as_traced() -> None:
     assert pi.codes(data) == [pi.TRACED, pi.REF]
     loaded = retia.load(data)
     assert isinstance(loaded, Traced) and loaded.__wrapped__ is nn.Linear
-    assert get_recipe(loaded(1, 2)).kwargs == {"in_features": 1, "out_features": 2}
+    recipe = get_recipe(loaded(1, 2))
+    assert recipe is not None and recipe.kwargs == {"in_features": 1, "out_features": 2}
 
 
 def test_dataloader_over_a_50mb_file_dataset_dumps_small_and_rebuilds_identically(tmp_path: Path) -> None:
@@ -169,7 +173,8 @@ def test_dataloader_over_a_50mb_file_dataset_dumps_small_and_rebuilds_identicall
 
     loaded = retia.load(data)
     assert type(loaded.dataset) is TensorFileDataset and loaded.dataset is not loader.dataset
-    assert loaded.dataset.data.data_ptr() != loader.dataset.data.data_ptr()  # re-read, not shared
+    original = cast(TensorFileDataset, loader.dataset)
+    assert loaded.dataset.data.data_ptr() != original.data.data_ptr()  # re-read, not shared
     batches = 0
     for (x1, y1), (x2, y2) in zip(loaded, loader, strict=True):
         assert torch.equal(x1, x2) and torch.equal(y1, y2)
@@ -327,12 +332,13 @@ print(json.dumps({"final": result.final, "intermediates": result.intermediates,
 """
 
 
-def _run_python(code: str, *args: str, cwd: Path) -> dict:
+def _run_python(code: str, *args: str, cwd: Path) -> dict[str, Any]:
     proc = subprocess.run(
         [sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
 
 
 def test_user_module_travels_by_value_to_a_fresh_process(

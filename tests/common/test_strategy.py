@@ -5,14 +5,25 @@ from __future__ import annotations
 import itertools
 import subprocess
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 import retia.strategy as strategy_pkg
 from retia.errors import ConfigError, InvalidArchitectureError
-from retia.strategy import TPE, GridSearch, MedianStop, Random, RegularizedEvolution, Strategy
+from retia.strategy import (
+    TPE,
+    Arch,
+    GridSearch,
+    MedianStop,
+    Random,
+    RegularizedEvolution,
+    SearchSpace,
+    Strategy,
+)
 
-SPACE = {"a": [1, 2, 3], "b": ["x", "y"], "c": [[0, 1], [2]]}
+SPACE: dict[str, list[Any]] = {"a": [1, 2, 3], "b": ["x", "y"], "c": [[0, 1], [2]]}
 SIZE = 12
 ALL = [dict(zip(SPACE, combo)) for combo in itertools.product(*SPACE.values())]
 
@@ -24,13 +35,15 @@ FACTORIES = {
 }
 
 
-def _attached(name: str, seed: int = 0, space: dict = SPACE) -> Strategy:
+def _attached(name: str, seed: int = 0, space: SearchSpace = SPACE) -> Strategy:
     s = FACTORIES[name](seed)
     s.attach(space)
     return s
 
 
-def _drive(s: Strategy, n: int, value=lambda arch: float(arch["a"])) -> list[dict]:
+def _drive(
+    s: Strategy, n: int, value: Callable[[Arch], float | None] = lambda arch: float(arch["a"])
+) -> list[Arch]:
     archs = []
     for key in range(n):
         arch = s.ask(key)
@@ -39,6 +52,13 @@ def _drive(s: Strategy, n: int, value=lambda arch: float(arch["a"])) -> list[dic
         archs.append(arch)
         s.tell(key, arch, value(arch))
     return archs
+
+
+def _ask(s: Strategy, key: int) -> Arch:
+    """``s.ask(key)`` where the test expects an architecture (the strategy is not exhausted)."""
+    arch = s.ask(key)
+    assert arch is not None
+    return arch
 
 
 def test_public_names_are_pinned() -> None:
@@ -89,7 +109,7 @@ def test_bad_search_space_raises_config_error(name: str, space, needle: str) -> 
         ({"a": 1, "b": "x", "c": [3]}, "'c'"),
     ],
 )
-def test_tell_with_a_misshapen_arch_names_the_label(name: str, arch: dict, label: str) -> None:
+def test_tell_with_a_misshapen_arch_names_the_label(name: str, arch: dict[str, Any], label: str) -> None:
     s = _attached(name)
     with pytest.raises(InvalidArchitectureError, match=label):
         s.tell(0, arch, 1.0)
@@ -127,7 +147,7 @@ def test_random_never_repeats_and_respects_replayed_archs() -> None:
 def test_random_in_a_huge_space_stays_cheap() -> None:
     s = Random(seed=0)
     s.attach({f"l{i}": list(range(10)) for i in range(30)})
-    archs = [s.ask(k) for k in range(200)]
+    archs = [_ask(s, k) for k in range(200)]
     assert len({tuple(a.values()) for a in archs}) == 200 and not s.exhausted
 
 
@@ -157,14 +177,14 @@ def test_grid_shuffle_is_a_seeded_permutation_and_replay_skips() -> None:
 BIG = {f"l{i}": list(range(5)) for i in range(6)}
 
 
-def _differ(x: dict, y: dict) -> int:
+def _differ(x: Arch, y: Arch) -> int:
     return sum(x[k] != y[k] for k in x)
 
 
 def test_evolution_starts_random_while_the_population_is_being_evaluated() -> None:
     s = RegularizedEvolution(population_size=8, sample_size=3, seed=0)
     s.attach(BIG)
-    pending = [s.ask(k) for k in range(20)]  # concurrency: nothing told yet
+    pending = [_ask(s, k) for k in range(20)]  # concurrency: nothing told yet
     assert len({repr(a) for a in pending}) == 20
     for k, arch in enumerate(pending[:7]):
         s.tell(k, arch, 1.0)
@@ -176,11 +196,11 @@ def test_evolution_children_mutate_exactly_one_label_of_a_member() -> None:
     s = RegularizedEvolution(population_size=6, sample_size=3, seed=1)
     s.attach(BIG)
     for k in range(6):
-        arch = s.ask(k)
+        arch = _ask(s, k)
         s.tell(k, arch, float(sum(arch.values())))
     for k in range(6, 60):
         population = [a for a, _ in s.population]
-        child = s.ask(k)
+        child = _ask(s, k)
         assert any(_differ(child, p) == 1 for p in population)
         s.tell(k, child, float(sum(child.values())))
 
@@ -190,7 +210,7 @@ def test_evolution_population_ages_fifo_and_skips_failures() -> None:
     s.attach(BIG)
     told = []
     for k in range(30):
-        arch = s.ask(k)
+        arch = _ask(s, k)
         value = None if k % 4 == 3 else float(k)
         s.tell(k, arch, value)
         if value is not None:
@@ -205,7 +225,7 @@ def test_evolution_mutation_prob_changes_at_least_one_label() -> None:
     diffs = []
     for k in range(40):
         population = [a for a, _ in s.population]
-        arch = s.ask(k)
+        arch = _ask(s, k)
         if len(population) == 4:
             diffs.append(min(_differ(arch, p) for p in population))
         s.tell(k, arch, float(arch["l0"]))
@@ -222,7 +242,11 @@ def test_evolution_rejects_bad_sizes() -> None:
 def test_tpe_proposes_valid_archs_and_records_failures_and_replays() -> None:
     from optuna.trial import TrialState
 
-    space = {"op": ["conv3", "conv5", "pool"], "width": [16, 32, 64], "inputs": [[0], [1], [0, 1]]}
+    space: SearchSpace = {
+        "op": ["conv3", "conv5", "pool"],
+        "width": [16, 32, 64],
+        "inputs": [[0], [1], [0, 1]],
+    }
     s = TPE(seed=0, n_startup_trials=4)
     s.attach(space)
     replayed = {"op": "pool", "width": 64, "inputs": [0, 1]}
@@ -244,7 +268,7 @@ def test_tpe_proposes_valid_archs_and_records_failures_and_replays() -> None:
 def test_tpe_handles_concurrent_asks_and_tells_out_of_order() -> None:
     s = TPE(seed=1, n_startup_trials=2)
     s.attach(BIG)
-    pending = {k: s.ask(k) for k in range(6)}
+    pending = {k: _ask(s, k) for k in range(6)}
     for k in (3, 0, 5, 1, 4, 2):
         s.tell(k, pending[k], float(pending[k]["l0"]))
     assert len(s.study.trials) >= 6 and s.ask(6) is not None

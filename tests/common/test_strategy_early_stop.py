@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
+from typing import Any
 
 import pytest
 
@@ -28,7 +29,9 @@ def _simulate(early_stop: EarlyStop | None, seed: int = 0) -> tuple[int, set[int
     noise = random.Random(seed + 1)
     s = Random(seed=0, early_stop=early_stop)
     s.attach({"a": list(range(10)), "b": list(range(10))})
-    queue, running, stopped, steps = list(range(N_TRIALS)), {}, set(), 0
+    queue, steps = list(range(N_TRIALS)), 0
+    running: dict[int, list[Any]] = {}  # key -> [arch, steps run]
+    stopped: set[int] = set()
     while queue or running:
         while queue and len(running) < CONCURRENCY:
             key = queue.pop(0)
@@ -58,11 +61,11 @@ def test_early_stop_cuts_bad_curves_and_never_the_best(rule: EarlyStop) -> None:
     full_steps, none_stopped, qualities = _simulate(None)
     assert none_stopped == set() and full_steps == N_TRIALS * STEPS
     steps, stopped, _ = _simulate(rule)
-    best = max(qualities, key=qualities.get)
+    best = max(qualities, key=qualities.__getitem__)
     assert best not in stopped
     completed = set(qualities) - stopped
     assert statistics.mean(qualities[k] for k in stopped) < statistics.mean(qualities[k] for k in completed)
-    bottom_half = sorted(qualities, key=qualities.get)[: N_TRIALS // 2]
+    bottom_half = sorted(qualities, key=qualities.__getitem__)[: N_TRIALS // 2]
     assert sum(k in stopped for k in bottom_half) >= 0.75 * len(bottom_half)
     assert steps < 0.7 * full_steps  # 201 of 480 here
 
@@ -84,6 +87,7 @@ def test_to_stop_names_a_trial_once() -> None:
     s = Random(seed=0, early_stop=MedianStop(warmup_steps=0, min_trials=1))
     s.attach({"a": [0, 1, 2]})
     arch = s.ask(0)
+    assert arch is not None
     s.report(0, 0, 1.0)
     s.tell(0, arch, 1.0)
     s.ask(1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import statistics
 
-from retia.strategy import TPE, Random, RegularizedEvolution, Strategy
+from retia.strategy import TPE, Arch, Random, RegularizedEvolution, Strategy
 
 LABELS = [f"l{i}" for i in range(6)]
 # 6 labels x 5 options (15,625 archs), mixing string, int and list options.
@@ -19,7 +19,7 @@ BUDGET = 30
 SEEDS = [0, 1, 2, 3, 4]
 
 
-def score(arch: dict, noise: random.Random) -> float:
+def score(arch: Arch, noise: random.Random) -> float:
     """Known function of the arch: per-label preferences + two interaction terms + small noise."""
     idx = [SPACE[label].index(arch[label]) for label in LABELS]
     s = sum(PREF[i][j] for i, j in enumerate(idx))

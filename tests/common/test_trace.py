@@ -21,7 +21,8 @@ def test_trace_class_returns_traced_callable_that_builds_real_instances() -> Non
     traced = retia.trace(nn.Linear)
     assert isinstance(traced, Traced)
     assert callable(traced)
-    assert traced.__name__ == "Linear" and traced.__wrapped__ is nn.Linear
+    # Traced does not declare the __name__ that functools.update_wrapper copies onto it
+    assert traced.__name__ == "Linear" and traced.__wrapped__ is nn.Linear  # type: ignore[attr-defined]
 
     layer = traced(3, 5, bias=False)
     assert type(layer) is nn.Linear
@@ -98,7 +99,9 @@ def test_traced_dataloader_iterates_like_an_untraced_one() -> None:
 
 def test_rebuilding_from_recipe_gives_an_equal_traced_object() -> None:
     dataset = retia.trace(DigitsDataset, split="val", seed=3)
-    rebuilt = get_recipe(dataset).build()
+    recipe = get_recipe(dataset)
+    assert recipe is not None
+    rebuilt = recipe.build()
     assert rebuilt is not dataset
     assert torch.equal(rebuilt.x, dataset.x) and torch.equal(rebuilt.y, dataset.y)
     assert get_recipe(rebuilt) == get_recipe(dataset)
@@ -110,7 +113,7 @@ def test_trace_of_traced_does_not_double_wrap_and_rejects_non_callables() -> Non
     assert twice.__wrapped__ is Box and twice == once and hash(twice) == hash(once)
     assert repr(twice).startswith("trace(") and "Box" in repr(twice)
     with pytest.raises(TypeError, match="class or a function"):
-        retia.trace(42)
+        retia.trace(42)  # type: ignore[call-overload]  # on purpose: not callable
 
 
 def test_is_traced_and_get_recipe_on_untraced_things() -> None:

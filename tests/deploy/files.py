@@ -50,7 +50,7 @@ def entrypoint(dockerfile: Path) -> list[str]:
     """The exec-form ENTRYPOINT, from `retia` on (a leading init such as tini is dropped)."""
     lines = [line for line in dockerfile.read_text().splitlines() if line.startswith("ENTRYPOINT")]
     assert len(lines) == 1, f"{dockerfile.name}: expected one ENTRYPOINT"
-    entry = json.loads(lines[0].split(None, 1)[1])
+    entry: list[str] = json.loads(lines[0].split(None, 1)[1])
     assert "retia" in entry, f"{dockerfile.name}: ENTRYPOINT does not run retia: {entry}"
     return entry[entry.index("retia") :]
 
@@ -58,13 +58,15 @@ def entrypoint(dockerfile: Path) -> list[str]:
 def cmd(dockerfile: Path) -> list[str]:
     lines = [line for line in dockerfile.read_text().splitlines() if line.startswith("CMD")]
     assert len(lines) == 1, f"{dockerfile.name}: expected one CMD"
-    return json.loads(lines[0].split(None, 1)[1])
+    command: list[str] = json.loads(lines[0].split(None, 1)[1])
+    return command
 
 
 def load_compose() -> dict[str, Any]:
     docs = load_all(COMPOSE)
     assert len(docs) == 1
-    return docs[0]
+    compose: dict[str, Any] = docs[0]
+    return compose
 
 
 def compose_images() -> dict[str, Path]:
@@ -140,7 +142,8 @@ def secret_mount(pod_spec: dict[str, Any], container: dict[str, Any], key_file: 
             assert items is None or relative in {i["path"] for i in items}, (
                 f"{key_file} is not among the secret's items"
             )
-            return volume["secret"]
+            secret: dict[str, Any] = volume["secret"]
+            return secret
     pytest.fail(f"--key-file {key_file} is not inside a mounted Secret volume")
 
 
@@ -232,5 +235,5 @@ def stop(proc: subprocess.Popen[Any], timeout: float = 20) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-            pytest.fail(f"{proc.args} ignored SIGTERM for {timeout}s")
+            pytest.fail(f"{proc.args!s} ignored SIGTERM for {timeout}s")
     return int(proc.returncode)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from retia.dispatcher.journal import Journal, TrialRecord
@@ -73,7 +74,9 @@ def test_event_seqs_go_on_after_a_reopen(tmp_path: Path) -> None:
     reopened.close()
 
 
-def _write_rounds(journal: Journal, rounds: int, after_round=lambda n: None) -> int:  # type: ignore[no-untyped-def]
+def _write_rounds(
+    journal: Journal, rounds: int, after_round: Callable[[int], object] = lambda n: None
+) -> int:
     """``rounds`` x 1000 events of 4 KiB, committed every 100; returns the bytes of one round."""
     body = b"x" * 4096
     for n in range(rounds):

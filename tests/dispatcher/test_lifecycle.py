@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from retia.dispatcher import lifecycle
@@ -23,7 +25,8 @@ def test_a_start_is_a_new_attempt_without_the_last_ones_failure() -> None:
     rec = _record()
     rec.failure, rec.reason = Failure(FailureKind.RAISED, "old"), "old"
     assert lifecycle.start(rec, "w1") is TrialState.RUNNING
-    assert (rec.attempt, rec.worker, rec.reason, rec.failure) == (1, "w1", "", None)
+    # mypy keeps rec.failure narrowed to the Failure set above: it cannot see start() clear it
+    assert (rec.attempt, rec.worker, rec.reason, rec.failure) == (1, "w1", "", None)  # type: ignore[comparison-overlap]
 
 
 def test_a_lost_attempt_is_retried_until_its_retries_are_spent() -> None:
@@ -95,10 +98,10 @@ def test_a_given_back_trial_keeps_its_attempt() -> None:
         lambda rec: lifecycle.lost(rec, "gone", held=False, final_stored=False),
     ],
 )
-def test_moves_the_lifecycle_does_not_join_are_refused(move: object) -> None:
+def test_moves_the_lifecycle_does_not_join_are_refused(move: Callable[[TrialRecord], object]) -> None:
     rec = _record()
     with pytest.raises(TrialStateError, match="cannot go from QUEUED"):
-        move(rec)  # type: ignore[operator]
+        move(rec)
     done = _record()
     lifecycle.start(done, "w1")
     lifecycle.finished(done, _done(TrialState.SUCCEEDED))

@@ -54,7 +54,7 @@ def dispatcher(tmp_path: Path) -> Iterator[Dispatcher]:
 _unread_runs: dict[int, list[Run]] = {}  # socket -> runs that came in a RUNS message, not yet returned
 
 
-def _receive(sock: zmq.Socket, session: Session, wanted: MsgType, timeout_ms: int = 5000) -> Any:
+def _receive(sock: zmq.Socket[bytes], session: Session, wanted: MsgType, timeout_ms: int = 5000) -> Any:
     """The next `wanted` message within `timeout_ms` in all; heartbeats in between do not extend the wait.
 
     For RUNS, each call returns one Run of the messages that came."""
@@ -74,7 +74,7 @@ def _receive(sock: zmq.Socket, session: Session, wanted: MsgType, timeout_ms: in
 
 
 @pytest.fixture
-def worker(dispatcher: Dispatcher) -> Iterator[zmq.Socket]:
+def worker(dispatcher: Dispatcher) -> Iterator[zmq.Socket[bytes]]:
     """A hand-driven worker socket, so the test decides exactly when READY and DONE arrive."""
     with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as sock:
         sock.setsockopt(zmq.IDENTITY, b"w1")
@@ -83,7 +83,7 @@ def worker(dispatcher: Dispatcher) -> Iterator[zmq.Socket]:
         yield sock
 
 
-def _hello(worker: zmq.Socket, name: str = "w1", prefetch: int = 0) -> Session:
+def _hello(worker: zmq.Socket[bytes], name: str = "w1", prefetch: int = 0) -> Session:
     session = Session(KEY, name)
     worker.send_multipart(session.frames(MsgType.HELLO, Hello(Role.WORKER, name, prefetch=prefetch)))
     worker.send_multipart(session.frames(MsgType.READY, Ready("")))
@@ -97,7 +97,9 @@ def _done(session: Session, trial: str, *reports: tuple[int, bool, float], attem
     return session.frames(MsgType.DONES, DoneBatch([done]))
 
 
-def test_a_stale_ready_does_not_take_a_running_trial_away(dispatcher: Dispatcher, worker: zmq.Socket) -> None:
+def test_a_stale_ready_does_not_take_a_running_trial_away(
+    dispatcher: Dispatcher, worker: zmq.Socket[bytes]
+) -> None:
     session = _hello(worker)
     with connect(dispatcher.address, key=KEY) as client:
         first = client.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting))
@@ -113,7 +115,9 @@ def test_a_stale_ready_does_not_take_a_running_trial_away(dispatcher: Dispatcher
         assert first.result(timeout=10) == 0.5 and first.intermediates == [0.25] and first.attempt == 1
 
 
-def test_a_repeated_done_is_stored_once_and_frees_nothing(dispatcher: Dispatcher, worker: zmq.Socket) -> None:
+def test_a_repeated_done_is_stored_once_and_frees_nothing(
+    dispatcher: Dispatcher, worker: zmq.Socket[bytes]
+) -> None:
     session = _hello(worker)
     finals: list[str] = []
     with connect(dispatcher.address, key=KEY) as client:
@@ -133,7 +137,7 @@ def test_a_repeated_done_is_stored_once_and_frees_nothing(dispatcher: Dispatcher
 
 
 def test_a_prefetching_worker_holds_exactly_one_more_trial(
-    dispatcher: Dispatcher, worker: zmq.Socket
+    dispatcher: Dispatcher, worker: zmq.Socket[bytes]
 ) -> None:
     session = _hello(worker, prefetch=1)  # (the trials it is given at once come in one RUNS message)
     with connect(dispatcher.address, key=KEY) as client:
@@ -151,7 +155,7 @@ def test_a_prefetching_worker_holds_exactly_one_more_trial(
 
 
 def test_a_prefetching_worker_that_leaves_gives_back_both_trials(
-    dispatcher: Dispatcher, worker: zmq.Socket
+    dispatcher: Dispatcher, worker: zmq.Socket[bytes]
 ) -> None:
     session = _hello(worker, prefetch=1)
     with connect(dispatcher.address, key=KEY) as client:
@@ -171,7 +175,7 @@ def test_a_prefetching_worker_that_leaves_gives_back_both_trials(
 
 
 def test_an_idle_worker_gets_back_a_trial_another_holds_unstarted(
-    dispatcher: Dispatcher, worker: zmq.Socket
+    dispatcher: Dispatcher, worker: zmq.Socket[bytes]
 ) -> None:
     session = _hello(worker, prefetch=2)
     with connect(dispatcher.address, key=KEY) as client:
@@ -203,7 +207,7 @@ def test_an_idle_worker_gets_back_a_trial_another_holds_unstarted(
 
 
 def test_submit_many_travels_as_one_message_and_each_trial_runs_once(
-    dispatcher: Dispatcher, worker: zmq.Socket
+    dispatcher: Dispatcher, worker: zmq.Socket[bytes]
 ) -> None:
     session = _hello(worker, prefetch=4)
     with connect(dispatcher.address, key=KEY) as client:
@@ -229,7 +233,7 @@ def test_submit_many_travels_as_one_message_and_each_trial_runs_once(
 
 
 def test_a_lost_workers_held_trials_do_not_spend_their_retries(
-    dispatcher: Dispatcher, worker: zmq.Socket
+    dispatcher: Dispatcher, worker: zmq.Socket[bytes]
 ) -> None:
     session = _hello(worker, prefetch=1)
     with connect(dispatcher.address, key=KEY) as client:
@@ -248,7 +252,7 @@ def test_a_lost_workers_held_trials_do_not_spend_their_retries(
 
 
 def test_a_burst_of_events_reaches_a_client_in_bounded_batches_in_order(
-    dispatcher: Dispatcher, worker: zmq.Socket
+    dispatcher: Dispatcher, worker: zmq.Socket[bytes]
 ) -> None:
     session = _hello(worker)
     with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as client:

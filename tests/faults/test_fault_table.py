@@ -64,7 +64,7 @@ class Fault:
         return self.during is not None
 
 
-SLOW = {"steps": 6, "delay": 0.3}
+SLOW: dict[str, Any] = {"steps": 6, "delay": 0.3}
 FAULTS = [
     Fault("fit raises", fits.raising, TrialState.FAILED, "ValueError: the model diverged", 1),
     Fault("fit calls sys.exit(3)", fits.exiting, TrialState.FAILED, "fit called sys.exit(3)", 1, {"code": 3}),

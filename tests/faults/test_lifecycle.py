@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from ..integration import fits
 pytestmark = pytest.mark.timeout(240)
 
 
-def _wait_for(predicate, timeout: float = 60.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+def _wait_for(predicate: Callable[[], object], timeout: float = 60.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -31,7 +32,9 @@ def _wait_for(predicate, timeout: float = 60.0, what: str = "condition") -> None
 def _trial_pid(backend: Backend, trial_id: str, index: int, attempt: int) -> int:
     log = processes(backend).home / f"worker-{index}" / "trials" / f"{trial_id}-{attempt}" / "trial.log"
     _wait_for(lambda: log.exists() and " pid " in log.read_text(), what="the trial log")
-    return int(re.search(r" pid (\d+)", log.read_text()).group(1))  # type: ignore[union-attr]
+    match = re.search(r" pid (\d+)", log.read_text())
+    assert match is not None
+    return int(match.group(1))
 
 
 def _alive(pid: int) -> bool:

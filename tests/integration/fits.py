@@ -21,7 +21,8 @@ class DigitsMLP(nn.Module):
         self.net = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        out: torch.Tensor = self.net(x)
+        return out
 
 
 def train_digits(
@@ -103,7 +104,7 @@ def segfault(model_cls: Any) -> None:
 
 
 # A known function of the architecture of tests/common/spaces.py's DigitsMLPSpace.
-PREFERENCE = {
+PREFERENCE: dict[str, dict[Any, float]] = {
     "width": {16: 0.0, 32: 0.3, 64: 0.6},
     "block0": {"relu": 0.4, "tanh": 0.2, "bottleneck": 0.0},
     "block1": {"relu": 0.0, "tanh": 0.4, "bottleneck": 0.2},

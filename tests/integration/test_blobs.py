@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from retia import FunctionalEvaluator, dump, load, trace
-from retia.blobs import BlobStore, make_blob
+from retia.blobs import Blob, BlobStore, make_blob
 from retia.client.backend import Backend, wait
 from retia.errors import TrialFailedError
 
@@ -40,32 +41,32 @@ def test_a_traced_tensor_dataset_works_across_the_wire(cluster: Backend) -> None
     x = torch.randn(4096, 64)  # 1 MiB: a blob
     y = torch.randint(0, 10, (4096,))
     loader = trace(DataLoader)(trace(TensorDataset)(x, y), batch_size=512)
-    payload: dict[str, object] = {}
+    payload: dict[str, Blob] = {}
     assert (
         len(dump(loader, blobs=payload)) < 40_000 and len(payload) == 1
     )  # x is a blob; y (32 KiB) stays inline
     trial = cluster.submit(
         fits.DigitsMLP, FunctionalEvaluator(fits.train_digits, train=loader, val=loader, epochs=1)
     )
-    assert 0.0 <= trial.result(timeout=120)["default"] <= 1.0  # type: ignore[index]
+    assert 0.0 <= cast(dict[str, float], trial.result(timeout=120))["default"] <= 1.0  # train_digits: a dict
 
 
 def test_blob_values_round_trip_and_map_copy_on_write(tmp_path: Path) -> None:
     import numpy as np
 
     store = BlobStore(tmp_path)
-    values = {
+    values: dict[str, Any] = {
         "array": np.arange(100_000, dtype=np.float64),
         "tensor": torch.arange(70_000),
         "buffer": b"x" * 300_000,
     }
-    blobs: dict[str, object] = {}
+    blobs: dict[str, Blob] = {}
     data = dump(values, blobs=blobs)
     assert len(data) < 1024 and len(blobs) == 3
     for blob in blobs.values():
-        for offset, piece in blob.chunks():  # type: ignore[attr-defined]
-            store.write(blob.digest, offset, bytes(piece))  # type: ignore[attr-defined]
-        assert store.finish(blob.digest)  # type: ignore[attr-defined]
+        for offset, piece in blob.chunks():
+            store.write(blob.digest, offset, bytes(piece))
+        assert store.finish(blob.digest)
     back = load(data, blob_dir=tmp_path)
     assert np.array_equal(back["array"], values["array"]) and torch.equal(back["tensor"], values["tensor"])
     assert back["buffer"] == values["buffer"]

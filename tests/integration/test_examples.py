@@ -38,7 +38,9 @@ def test_optuna_study_drives_the_dispatcher_as_a_backend(cluster: Backend) -> No
     )
     rows = re.findall(r"^trial +\d+ (SUCCEEDED|CANCELLED|FAILED)", out.stdout, re.MULTILINE)
     assert len(rows) == 6 and "FAILED" not in rows
-    best = float(re.search(r"best accuracy ([0-9.]+)", out.stdout).group(1))  # type: ignore[union-attr]
+    match = re.search(r"best accuracy ([0-9.]+)", out.stdout)
+    assert match is not None
+    best = float(match.group(1))
     assert best > 0.8
 
 

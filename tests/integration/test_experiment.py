@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -52,16 +53,16 @@ def test_each_strategy_searches_digits_and_exports_a_rebuildable_best(
     assert len(results) == 5 and all(r.state == "SUCCEEDED" for r in results)
     assert len({r.trial_id for r in results}) == 5
     [best] = exp.export_top_models(top_k=1)
-    best_result = max(results, key=lambda r: r.score)  # type: ignore[arg-type, return-value]
+    best_result = max(results, key=lambda r: cast(float, r.score))  # all succeeded: all scored
     assert best == best_result.arch
 
     def build() -> DigitsMLPSpace:  # built inside fit, after its seed, as on the worker
         with fixed_arch(best):
             return DigitsMLPSpace()
 
-    again = evaluator.evaluate(build).final
+    again = cast(dict[str, float], evaluator.evaluate(build).final)  # train_digits reports a dict
     model = build()
-    assert abs(again["default"] - best_result.score) <= 1 / 360  # type: ignore[index, operator]
+    assert best_result.score is not None and abs(again["default"] - best_result.score) <= 1 / 360
     assert Experiment.load(tmp_path / "exp").export_top_models(top_k=1) == [best]
     [instance] = Experiment.load(tmp_path / "exp").export_top_models(formatter="instance")
     assert sum(p.numel() for p in instance.parameters()) == sum(p.numel() for p in model.parameters())
@@ -103,7 +104,7 @@ def test_report_writes_a_png_and_a_summary(cluster: Backend, tmp_path: Path) -> 
     image = matplotlib.image.imread(tmp_path / "e" / "report.png")
     assert image.shape[0] > 300 and image.shape[1] > 600
     summary = (tmp_path / "e" / "summary.md").read_text()
-    best = max(results, key=lambda r: r.score)  # type: ignore[arg-type, return-value]
+    best = max(results, key=lambda r: cast(float, r.score))  # all succeeded: all scored
     assert f"| 1 | {best.key} | {best.score:.4f} |" in summary
     assert write_report(tmp_path / "e")[0].exists()
 
@@ -142,15 +143,16 @@ def test_killed_experiment_resumes_without_losing_or_rerunning(tmp_path: Path) -
     proc = subprocess.Popen(
         [sys.executable, str(script), "start"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
+    assert proc.stderr is not None
     deadline = time.monotonic() + 180
     results_file = path / "trials.jsonl"
     while not (results_file.exists() and results_file.read_text().count('"event": "result"') >= 3):
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         assert time.monotonic() < deadline, "the experiment made no progress"
         time.sleep(0.1)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    proc.stderr.close()  # type: ignore[union-attr]
+    proc.stderr.close()
     before = Experiment.load(path).results
     finished_before = {r.key: r for r in before if r.state == "SUCCEEDED"}
     assert len(finished_before) >= 3

@@ -60,11 +60,12 @@ def test_a_final_result_stored_before_its_worker_dies_is_not_reported_twice(tmp_
     import sqlite3
 
     from retia import FunctionalEvaluator
+    from retia.reporting import Metric
 
     from ..clusters import fast_cluster, processes, worker_index
 
     with fast_cluster(workers=2, home=tmp_path / "c") as backend:
-        finals: list[float] = []
+        finals: list[Metric] = []
         backend.add_listener(
             lambda trial, event: (
                 finals.append(event.report.metric) if event.report and event.report.final else None
@@ -79,7 +80,11 @@ def test_a_final_result_stored_before_its_worker_dies_is_not_reported_twice(tmp_
         processes(backend).worker_procs[worker_index(backend, first_worker)].kill()
         processes(backend).worker_procs[worker_index(backend, first_worker)].wait()
         assert trial.result(timeout=60) == 1.0
-        assert trial.attempt == 1 and "after its final result was stored" in trial.change.reason  # type: ignore[union-attr]
+        assert (
+            trial.attempt == 1
+            and trial.change is not None
+            and "after its final result was stored" in trial.change.reason
+        )
         with sqlite3.connect(processes(backend).home / "journal.sqlite") as db:
             stored = db.execute(
                 "SELECT attempt FROM reports WHERE trial = ? AND final = 1", (trial.id,)

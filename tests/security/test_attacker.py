@@ -69,7 +69,7 @@ def marker(tmp_path: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def _attacker(address: str, identity: bytes = b"mallory") -> Iterator[zmq.Socket]:
+def _attacker(address: str, identity: bytes = b"mallory") -> Iterator[zmq.Socket[bytes]]:
     """A raw DEALER on its own context, closed even when the test fails."""
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)

@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from ..integration import fits
 pytestmark = pytest.mark.timeout(240)
 
 
-def _wait_for(predicate, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+def _wait_for(predicate: Callable[[], object], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
@@ -83,7 +84,9 @@ def _running_pid(home: Path) -> int:
 
 
 def _pid_in(log: Path) -> int:
-    return int(re.search(r" pid (\d+)", log.read_text()).group(1))  # type: ignore[union-attr]
+    match = re.search(r" pid (\d+)", log.read_text())
+    assert match is not None
+    return int(match.group(1))
 
 
 def test_trials_queued_in_one_child_run_back_to_back_and_outlive_its_death(tmp_path: Path) -> None:

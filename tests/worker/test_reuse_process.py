@@ -18,7 +18,9 @@ pytestmark = pytest.mark.timeout(240)
 
 def _pid(home: Path, trial_id: str) -> int:
     [log] = home.glob(f"worker-0/trials/{trial_id}-1/trial.log")
-    return int(re.search(r" pid (\d+)", log.read_text()).group(1))  # type: ignore[union-attr]
+    match = re.search(r" pid (\d+)", log.read_text())
+    assert match is not None
+    return int(match.group(1))
 
 
 def test_trials_share_one_process_until_it_dies(tmp_path: Path) -> None:
