@@ -10,7 +10,7 @@ import zmq
 from retia import FunctionalEvaluator
 from retia.client.backend import connect
 from retia.dispatcher.service import Dispatcher
-from retia.protocol import Done, DoneBatch, InlineFile, MsgType, Report, TrialState, pack_metric
+from retia.protocol import Ack, Done, DoneBatch, InlineFile, MsgType, Report, Run, TrialState, pack_metric
 
 from ..integration import fits
 from .test_scheduling import KEY, _hello, _receive, dispatcher, worker
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def test_a_done_whose_files_cannot_be_written_is_refused_and_the_next_trial_runs(
-    dispatcher: Dispatcher, worker: zmq.Socket
+    dispatcher: Dispatcher, worker: zmq.Socket[bytes]
 ) -> None:
     session = _hello(worker)
     with connect(dispatcher.address, key=KEY) as client:
@@ -37,7 +37,8 @@ def test_a_done_whose_files_cannot_be_written_is_refused_and_the_next_trial_runs
             broken.id, 1, 2, TrialState.SUCCEEDED, reports=[final], files=[InlineFile("out.txt", b"x")]
         )
         worker.send_multipart(session.frames(MsgType.DONES, DoneBatch([done])))
-        refusals, runs = [], []
+        refusals: list[Ack] = []
+        runs: list[Run] = []
         deadline = time.monotonic() + 10
         while not (refusals and runs) and time.monotonic() < deadline:  # RUNS go out before ACKS
             if worker.poll(200):
