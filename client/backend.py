@@ -465,12 +465,8 @@ class Backend:
             state = change.state
             if state is TrialState.RUNNING and change.attempt != trial.attempt:
                 trial.intermediates = []
-            trial.state, trial.attempt, trial.worker, trial.change = (
-                state,
-                change.attempt,
-                change.worker,
-                change,
-            )
+            trial.state, trial.attempt = state, change.attempt
+            trial.worker, trial.change = change.worker, change
             if change.output_dir and (trial.output_dir is None or str(trial.output_dir) != change.output_dir):
                 trial.output_dir = Path(change.output_dir)
             if state.finished:

@@ -187,9 +187,8 @@ class Ready:
 @dataclass(frozen=True)
 class Cancel:
     reason: str = "cancelled"
-    give_back: bool = (
-        False  # dispatcher -> worker: return it unstarted (DONE with state QUEUED); if it runs, run on
-    )
+    # dispatcher -> worker: return it unstarted (DONE with state QUEUED); if it runs, run on
+    give_back: bool = False
 
 
 @dataclass(frozen=True)

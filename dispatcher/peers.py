@@ -18,9 +18,8 @@ class Worker:
     expiry: float
     since: float = field(default_factory=time.time)
     slots: int = 1  # trials it takes at once: the one it runs and the ones it holds (--prefetch)
-    trials: list[str] = field(
-        default_factory=list
-    )  # given to it, in order: the first runs, the rest wait there
+    # given to it, in order: the first runs, the rest wait there
+    trials: list[str] = field(default_factory=list)
 
     @property
     def trial(self) -> str:

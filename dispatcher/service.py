@@ -305,9 +305,8 @@ class Dispatcher:
             if ours and rec is not None and (rec.worker == worker.id or trial_id in self._orphans):
                 self._orphans.pop(trial_id, None)
                 rec.worker = worker.id
-                if (
-                    trial_id not in worker.trials
-                ):  # in the worker's order: the running one, then those it holds
+                # in the worker's order: the running one, then those it holds
+                if trial_id not in worker.trials:
                     worker.trials.append(trial_id)
                 self.journal.update_trial(rec)
                 _log.info("worker %s still runs trial %s attempt %d: adopted", worker.id, trial_id, attempt)

@@ -59,9 +59,8 @@ _CHUNK = 1 << 20
 _INLINE = 64 << 10  # artefacts up to this much in all ride inside DONE instead of FILE messages
 _MAX_BATCH = 512
 _DONES_PER_MESSAGE = 8
-_SKIP_GRACE = (
-    1.0  # seconds a cancelled trial queued in a --reuse-process child has to be skipped before a kill
-)
+# seconds a cancelled trial queued in a --reuse-process child has to be skipped before a kill
+_SKIP_GRACE = 1.0
 
 
 class Agent:
@@ -88,9 +87,8 @@ class Agent:
         self._mp = multiprocessing.get_context("forkserver")
         self._mp.set_forkserver_preload([*config.preload, "retia.worker.gc_freeze"])  # gc_freeze last
         self.trial: RunningTrial | None = None  # the one running
-        self._queued: deque[RunningTrial] = (
-            deque()
-        )  # --reuse-process: given to the child after it, not started
+        # --reuse-process: given to the child after the running one, not started
+        self._queued: deque[RunningTrial] = deque()
         self._stopping = False
         self._held: deque[Run] = deque()  # held, not given to a process: prefetched, or blobs coming
         self._last_run = ""
@@ -337,9 +335,8 @@ class Agent:
         """Read what a dead trial process left in the pipe for this trial (a flood can outlive its writer)."""
         while True:
             trial.read_pipe(_MAX_BATCH)
-            if (
-                trial.finished or len(trial.pending) < _MAX_BATCH
-            ):  # stopped at its end, not at the batch limit
+            # stopped at its end, not at the batch limit
+            if trial.finished or len(trial.pending) < _MAX_BATCH:
                 return
             self._send_reports(trial)
 
@@ -387,9 +384,8 @@ class Agent:
         if dead:
             trial.process.join()
             self._drain(trial)
-        went_down = dead and not (
-            trial.finished and not trial.kill_reason
-        )  # the process ended with this trial
+        # the process ended with this trial (not after it, as a fresh one does)
+        went_down = dead and not (trial.finished and not trial.kill_reason)
         if went_down:
             self.processes.file_scratch(trial.output_dir, lambda: f"trial {trial.id} attempt {trial.attempt}")
         if went_down or not trial.reused or (dead and not self._queued):

@@ -126,9 +126,8 @@ class RunningTrial:
             state, reason = TrialState.FAILED, f"{exc_type}: {message}"
             failure = Failure(FailureKind.RAISED, reason, exc_type, message, tb)
         else:
-            code = (
-                None if alive(self.process) else self.process.exitcode
-            )  # None: a --reuse-process child lives on
+            # None: a --reuse-process child lives on
+            code = None if alive(self.process) else self.process.exitcode
             if self.returned and code in (0, None):
                 return Done(
                     self.id, self.attempt, seq, TrialState.SUCCEEDED, "", None, duration, reports, files
@@ -240,9 +239,8 @@ def pick_artifacts(
             continue
         try:
             with open(path, "rb") as f:
-                inline.append(
-                    InlineFile(rel, f.read(inline_limit - inline_bytes))
-                )  # as stat saw it, if it grew
+                # at most what stat saw, if it grew since
+                inline.append(InlineFile(rel, f.read(inline_limit - inline_bytes)))
         except OSError as exc:
             _log.warning("artefact %s not sent: %s", path, exc)
             continue
