@@ -41,6 +41,8 @@ class Traced(Generic[T]):
 
     __slots__ = ("__wrapped__", "__dict__")
     __wrapped__: Callable[..., T]
+    __name__: str  # these two are copied from the target by functools.update_wrapper
+    __qualname__: str
 
     def __init__(self, target: Callable[..., T]) -> None:
         if isinstance(target, Traced):

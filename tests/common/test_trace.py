@@ -21,8 +21,7 @@ def test_trace_class_returns_traced_callable_that_builds_real_instances() -> Non
     traced = retia.trace(nn.Linear)
     assert isinstance(traced, Traced)
     assert callable(traced)
-    # Traced does not declare the __name__ that functools.update_wrapper copies onto it
-    assert traced.__name__ == "Linear" and traced.__wrapped__ is nn.Linear  # type: ignore[attr-defined]
+    assert traced.__name__ == "Linear" and traced.__wrapped__ is nn.Linear
 
     layer = traced(3, 5, bias=False)
     assert type(layer) is nn.Linear
