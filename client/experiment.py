@@ -195,11 +195,7 @@ class _Loop:
         strategy.attach(self.exp.model_space.search_space())
         self.backend.add_listener(lambda trial, event: self.events.put((trial, event)))
         for result in record.results.values():
-            if result.state in (
-                TrialState.SUCCEEDED.value,
-                TrialState.FAILED.value,
-                TrialState.CANCELLED.value,
-            ):
+            if TrialState(result.state).finished:
                 strategy.tell(result.key, result.arch, self._value(result.final))
             else:
                 self._submit(result, resubmit=True)

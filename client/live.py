@@ -14,7 +14,7 @@ from rich.table import Table
 from retia.errors import RetiaError
 from retia.protocol import StatusReply, TrialState
 
-from .results import TrialResult
+from .results import TrialResult, scored
 
 if TYPE_CHECKING:
     from .backend import Backend
@@ -73,9 +73,9 @@ class LiveView:
         counts = {state.value: 0 for state in TrialState}
         for r in results:
             counts[r.state if r.state in counts else TrialState.RUNNING.value] += 1
-        scored = [r for r in results if r.score is not None and r.state == TrialState.SUCCEEDED.value]
+        candidates = scored(results)
         pick = max if self.experiment.direction == "maximize" else min
-        best = pick(scored, key=lambda r: r.score) if scored else None
+        best = pick(candidates, key=lambda pair: pair[0])[1] if candidates else None
         elapsed = time.monotonic() - self.started
         rate = (
             f"{60 * self._finished_here / elapsed:.1f} trials/min"

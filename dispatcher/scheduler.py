@@ -14,10 +14,19 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from .peers import Worker
 
-__all__ = ["Scheduler", "pick_recalls"]
+__all__ = ["Scheduler", "Assignment"]
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """A trial and a worker: to run or hold it (a placement), or to give it back (a recall)."""
+
+    worker: Worker
+    trial: str
 
 
 class Scheduler:
@@ -72,9 +81,9 @@ class Scheduler:
 
     # ---- decisions ----
 
-    def placements(self, workers: Mapping[bytes, Worker]) -> list[tuple[Worker, str]]:
+    def placements(self, workers: Mapping[bytes, Worker]) -> list[Assignment]:
         """Queued trials for workers with room, in order; each trial is added to its worker's list."""
-        placed: list[tuple[Worker, str]] = []
+        placed: list[Assignment] = []
         while self.queue and (self.idle or self.free_slots):
             identity = (self.idle or self.free_slots).popleft()
             worker = workers.get(identity)
@@ -83,10 +92,10 @@ class Scheduler:
             trial = self.queue.popleft()
             worker.trials.append(trial)
             self.freed_slot(worker)
-            placed.append((worker, trial))
+            placed.append(Assignment(worker, trial))
         return placed
 
-    def recalls(self, workers: Mapping[bytes, Worker]) -> list[tuple[Worker, str]]:
+    def recalls(self, workers: Mapping[bytes, Worker]) -> list[Assignment]:
         """Held, unstarted trials to ask back for idle workers (once per change in who idles)."""
         if not self._rebalance_due:
             return []
@@ -95,19 +104,19 @@ class Scheduler:
             return []
         holders = [w for w in workers.values() if len(w.trials) > 1]
         self._recalled &= {t for w in holders for t in w.trials[1:]}  # forget those answered or gone
-        return pick_recalls(holders, self._recalled, len(self.idle) - len(self._recalled))
+        return _pick_recalls(holders, self._recalled, len(self.idle) - len(self._recalled))
 
 
-def pick_recalls(holders: list[Worker], recalled: set[str], count: int) -> list[tuple[Worker, str]]:
+def _pick_recalls(holders: list[Worker], recalled: set[str], count: int) -> list[Assignment]:
     """Up to ``count`` held trials to ask back for idle workers, each the last one of the longest line.
 
     ``recalled`` (trials already asked for) is updated with the picks."""
-    picks: list[tuple[Worker, str]] = []
+    picks: list[Assignment] = []
     for _ in range(count):
         candidates = [(len(w.trials), w, t) for w in holders for t in w.trials[1:] if t not in recalled]
         if not candidates:
             break
         _n, donor, trial = max(reversed(candidates), key=lambda c: c[0])
         recalled.add(trial)
-        picks.append((donor, trial))
+        picks.append(Assignment(donor, trial))
     return picks

@@ -562,8 +562,8 @@ class Dispatcher:
 
         A worker given several trials in one turn gets them in one RUNS message."""
         runs: dict[bytes, list[Run]] = {}
-        for worker, trial_id in self.scheduler.placements(self.workers):
-            rec = self.trials[trial_id]
+        for placed in self.scheduler.placements(self.workers):
+            worker, rec = placed.worker, self.trials[placed.trial]
             payload = self._payloads.pop(rec.id, None)
             evaluator, model = payload if payload is not None else self.journal.payload(rec.id)
             lifecycle.start(rec, worker.id)
@@ -572,7 +572,8 @@ class Dispatcher:
             run = Run(rec.id, rec.attempt, evaluator, model, rec.timeout, rec.name, blobs=rec.blobs)
             runs.setdefault(worker.identity, []).append(run)
             _log.debug("trial %s RUNNING on %s (attempt %d)", rec.id, worker.id, rec.attempt)
-        for donor, trial in self.scheduler.recalls(self.workers):
+        for recall in self.scheduler.recalls(self.workers):
+            donor, trial = recall.worker, recall.trial
             cancel = Cancel(f"given back to start on an idle worker, not after {donor.trial}", give_back=True)
             self._send(
                 donor.identity, MsgType.CANCEL, cancel, trial=trial, attempt=self.trials[trial].attempt

@@ -29,7 +29,7 @@ import zmq
 
 from retia.blobs import BlobStore
 from retia.failure import Failure, FailureKind
-from retia.peer import Peer, PeerTiming
+from retia.peer import Peer
 from retia.protocol import (
     Done,
     Hello,
@@ -70,16 +70,13 @@ class Agent:
         self.config = config
         self.id = config.name or f"{socket.gethostname()}-gpu{config.gpu}-{os.getpid()}"
         self.session = Session(key, self.id, max_message_bytes=config.max_message_bytes)
-        timing = PeerTiming(
-            config.heartbeat_interval, config.liveness, config.reconnect_min, config.reconnect_max
-        )
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.peer = Peer(
             self._ctx,
             config.connect,
             self.session,
             self._hello,
-            timing=timing,
+            timing=config.timing,
             curve_server_key=config.curve_server_key,
             after_hello=self._after_hello,
             max_items=_DONES_PER_MESSAGE,

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from retia.errors import ConfigError
 from retia.keys import DEFAULT_HOME
-from retia.protocol import DEFAULT_MAX_MESSAGE_BYTES
+from retia.peer import PeerTiming
+from retia.protocol import DEFAULT_MAX_MESSAGE_BYTES, MAX_PREFETCH
 
 __all__ = ["WorkerConfig", "DEFAULT_PRELOAD"]
 
@@ -44,20 +45,23 @@ class WorkerConfig:
         problems = []
         if self.gpu != "none" and not all(part.strip().isdigit() for part in self.gpu.split(",")):
             problems.append(f"gpu must be a device index like 0 (or 0,1) or 'none' (got {self.gpu!r})")
-        if self.heartbeat_interval <= 0:
-            problems.append(f"heartbeat_interval must be > 0 (got {self.heartbeat_interval})")
-        if self.liveness < 1:
-            problems.append(f"liveness must be >= 1 (got {self.liveness})")
         if self.workers_per_host < 1:
             problems.append(f"workers_per_host must be >= 1 (got {self.workers_per_host})")
-        if not 0 <= self.prefetch <= 64:
-            problems.append(f"prefetch must be between 0 and 64 trials (got {self.prefetch})")
-        if not 0 < self.reconnect_min <= self.reconnect_max:
-            problems.append("need 0 < reconnect_min <= reconnect_max")
+        if not 0 <= self.prefetch <= MAX_PREFETCH:
+            problems.append(f"prefetch must be between 0 and {MAX_PREFETCH} trials (got {self.prefetch})")
+        try:
+            self.timing  # noqa: B018 - checks heartbeat, liveness and the reconnect back-off
+        except ConfigError as exc:
+            problems.append(str(exc).removeprefix("invalid connection timing: "))
         if "://" not in self.connect:
             problems.append(f"connect must be a ZeroMQ endpoint like tcp://head:5555 (got {self.connect!r})")
         if problems:
             raise ConfigError("invalid worker configuration: " + "; ".join(problems))
+
+    @property
+    def timing(self) -> PeerTiming:
+        """Heartbeats, liveness and back-off, as the connection takes them."""
+        return PeerTiming(self.heartbeat_interval, self.liveness, self.reconnect_min, self.reconnect_max)
 
     @functools.cached_property  # (these are asked for every trial)
     def cuda_visible_devices(self) -> str:

@@ -36,7 +36,6 @@ __all__ = [
     "await_trial",
     "serve_trials",
     "warm_up",
-    "scratch_log",
     "file_scratch",
     "remove_quiet_scratch",
 ]
@@ -120,7 +119,7 @@ def _become_trial_process(spec: TrialSpec) -> None:
     os.setsid()  # own process group: the agent kills the trial and anything it spawned together
     _die_with_parent()
     os.environ["CUDA_VISIBLE_DEVICES"] = spec.cuda_visible_devices
-    _redirect_output(scratch_log(spec.scratch) if spec.scratch else spec.log_file)
+    _redirect_output(_scratch_log(spec.scratch) if spec.scratch else spec.log_file)
     if spec.threads > 0:
         os.environ["OMP_NUM_THREADS"] = str(spec.threads)
         torch = sys.modules.get("torch")
@@ -147,7 +146,7 @@ def _evaluate(spec: TrialSpec, output_dir: str, conn: Connection) -> pipe.TrialR
     return pipe.TrialReturned()
 
 
-def scratch_log(scratch: str) -> str:
+def _scratch_log(scratch: str) -> str:
     return os.path.join(scratch, "trial.log")
 
 
@@ -173,14 +172,14 @@ def remove_quiet_scratch(scratch: str) -> None:
     """At a clean stop: the scratch directory goes if it holds only its empty log."""
     try:
         if _quiet(scratch, os.listdir(scratch)):
-            os.remove(scratch_log(scratch))
+            os.remove(_scratch_log(scratch))
             os.rmdir(scratch)
     except OSError:
         pass  # gone already, or the last trial left something: kept for a look
 
 
 def _quiet(scratch: str, entries: list[str]) -> bool:
-    return entries == ["trial.log"] and os.stat(scratch_log(scratch)).st_size == 0
+    return entries == ["trial.log"] and os.stat(_scratch_log(scratch)).st_size == 0
 
 
 def _relink(scratch: str) -> None:
@@ -196,7 +195,7 @@ def _relink(scratch: str) -> None:
 
 def _file_scratch(spec: TrialSpec) -> None:
     if file_scratch(spec.scratch, spec.output_dir):
-        _redirect_output(scratch_log(spec.scratch))  # the next trial gets a fresh scratch and log
+        _redirect_output(_scratch_log(spec.scratch))  # the next trial gets a fresh scratch and log
 
 
 def _pipe_reporter(conn: Connection) -> Any:

@@ -25,18 +25,15 @@ from retia.protocol import Done, FileChunk, InlineFile, Report, Run, TrialState
 from . import pipe
 
 __all__ = [
-    "LOG_TAIL_LINES",
     "RunningTrial",
     "alive",
     "file_chunks",
-    "list_files",
     "log_tail",
     "pick_artifacts",
     "set_policy",
-    "tail_of",
 ]
 
-LOG_TAIL_LINES = 50
+_LOG_TAIL_LINES = 50
 
 _log = logging.getLogger(__name__)
 
@@ -149,7 +146,7 @@ class RunningTrial:
             )
         if failure is not None:
             inline_log = [f.data for f in files if f.path == "trial.log"]  # complete when it rode inline
-            tail = tail_of(inline_log[0]) if inline_log else log_tail(self.log_file)
+            tail = _tail_of(inline_log[0]) if inline_log else log_tail(self.log_file)
             failure = dataclasses.replace(failure, log_tail=tail)
         return Done(self.id, self.attempt, seq, state, reason, failure, duration, reports, files)
 
@@ -194,7 +191,7 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def list_files(root: str) -> list[tuple[str, str, int]]:
+def _list_files(root: str) -> list[tuple[str, str, int]]:
     """(path relative to root with "/", path, size) of every regular file under root, sorted.
 
     ``os.scandir`` rather than ``Path.rglob``: it runs for every trial, and rglob's path
@@ -225,7 +222,7 @@ def pick_artifacts(
     inline: list[InlineFile] = []
     streamed: list[tuple[str, str]] = []
     inline_bytes = 0
-    for rel, path, size in list_files(root):
+    for rel, path, size in _list_files(root):
         if rel == "trial.log" and not size:
             continue  # the trial printed nothing: no file to bring home
         if size > budget:
@@ -273,17 +270,17 @@ def set_policy(batch: bool) -> None:
         _log.debug("agent keeps its scheduling policy: %s", exc)
 
 
-def log_tail(path: str, lines: int = LOG_TAIL_LINES) -> str:
+def log_tail(path: str, lines: int = _LOG_TAIL_LINES) -> str:
     """The last lines of a log file (at most its last 64 KiB are read)."""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - 64 * 1024))
-            return tail_of(f.read(), lines)
+            return _tail_of(f.read(), lines)
     except OSError:
         return ""
 
 
-def tail_of(data: bytes, lines: int = LOG_TAIL_LINES) -> str:
+def _tail_of(data: bytes, lines: int = _LOG_TAIL_LINES) -> str:
     """The last lines of a log's bytes, as text."""
     return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from retia.dispatcher.peers import Worker
-from retia.dispatcher.scheduler import Scheduler
+from retia.dispatcher.scheduler import Assignment, Scheduler
 
 
 def _worker(name: str, slots: int = 1) -> Worker:
     return Worker(name, name.encode(), "host", "none", 1, expiry=0.0, slots=slots)
+
+
+def _pairs(assignments: list[Assignment]) -> list[tuple[Worker, str]]:
+    return [(a.worker, a.trial) for a in assignments]
 
 
 def _pool(*workers: Worker) -> dict[bytes, Worker]:
@@ -22,7 +26,7 @@ def test_queued_trials_go_to_idle_workers_in_the_order_they_became_idle() -> Non
     for trial in ("t1", "t2", "t3"):
         scheduler.enqueue(trial)
     placed = scheduler.placements(_pool(a, b))
-    assert [(w.id, t) for w, t in placed] == [("b", "t1"), ("a", "t2")]
+    assert [(w.id, t) for w, t in _pairs(placed)] == [("b", "t1"), ("a", "t2")]
     assert list(scheduler.queue) == ["t3"] and not scheduler.can_place  # both full: slots 1
     assert (a.trials, b.trials) == (["t2"], ["t1"])
 
@@ -34,7 +38,7 @@ def test_a_worker_that_holds_trials_fills_its_slots_round_robin_after_the_idle_o
     scheduler.became_idle(other)
     for i in range(6):
         scheduler.enqueue(f"t{i}")
-    placed = [(w.id, t) for w, t in scheduler.placements(_pool(holder, other))]
+    placed = [(w.id, t) for w, t in _pairs(scheduler.placements(_pool(holder, other)))]
     assert placed == [("holder", "t0"), ("other", "t1"), ("holder", "t2"), ("other", "t3"), ("holder", "t4")]
     assert list(scheduler.queue) == ["t5"]
 
@@ -55,7 +59,7 @@ def test_a_gone_worker_is_never_given_a_trial() -> None:
     scheduler.became_idle(here)
     scheduler.forget(gone)
     scheduler.enqueue("t1")
-    assert [(w.id, t) for w, t in scheduler.placements(_pool(here))] == [("here", "t1")]
+    assert [(w.id, t) for w, t in _pairs(scheduler.placements(_pool(here)))] == [("here", "t1")]
     stale = Scheduler()
     stale.became_idle(gone)  # still listed, but no longer among the workers
     stale.enqueue("t1")
@@ -68,10 +72,10 @@ def test_a_finished_trial_frees_its_workers_slot_or_makes_it_idle() -> None:
     scheduler.became_idle(worker)
     for trial in ("t1", "t2", "t3"):
         scheduler.enqueue(trial)
-    assert [t for _w, t in scheduler.placements(_pool(worker))] == ["t1", "t2"]
+    assert [t for _w, t in _pairs(scheduler.placements(_pool(worker)))] == ["t1", "t2"]
     worker.trials.remove("t1")
     scheduler.worker_done(worker)
-    assert [t for _w, t in scheduler.placements(_pool(worker))] == ["t3"]
+    assert [t for _w, t in _pairs(scheduler.placements(_pool(worker)))] == ["t3"]
     worker.trials.clear()
     scheduler.worker_done(worker)
     assert list(scheduler.idle) == [b"w"]
@@ -83,7 +87,7 @@ def test_idle_workers_ask_back_the_last_trial_of_the_longest_line_once() -> None
     scheduler = Scheduler()
     scheduler.became_idle(idle)
     workers = _pool(long, short, idle)
-    assert [(w.id, t) for w, t in scheduler.recalls(workers)] == [("long", "a3")]
+    assert [(w.id, t) for w, t in _pairs(scheduler.recalls(workers))] == [("long", "a3")]
     assert scheduler.recalls(workers) == []  # asked once per change in who idles
     scheduler.became_idle(idle)
     assert scheduler.recalls(workers) == []  # a3 is still asked for: no second pick for one idle worker
