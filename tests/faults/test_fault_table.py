@@ -77,6 +77,7 @@ FAULTS = [
     ),
     Fault("fit segfaults", fits.segfault, TrialState.FAILED, "killed by SIGSEGV", 1),
     Fault("fit aborts", fits.aborting, TrialState.FAILED, "killed by SIGABRT", 1),
+    Fault("fit dies of a real-time signal", fits.realtime_signal, TrialState.FAILED, "killed by signal ", 1),
     Fault(
         "fit hangs past its timeout", fits.hanging, TrialState.FAILED, "timed out after 1.0s", 1, timeout=1.0
     ),

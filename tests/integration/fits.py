@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -101,6 +102,11 @@ def hard_exit(model_cls: Any) -> None:
 
 def segfault(model_cls: Any) -> None:
     ctypes.string_at(0)
+
+
+def realtime_signal(model_cls: Any) -> None:
+    """Die of a real-time signal, which has no name in ``signal.Signals``."""
+    os.kill(os.getpid(), signal.SIGRTMIN + 2)
 
 
 # A known function of the architecture of tests/common/spaces.py's DigitsMLPSpace.
