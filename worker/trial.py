@@ -11,6 +11,7 @@ import logging
 import os
 import select
 import signal
+import urllib.parse
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -209,8 +210,21 @@ def _list_files(root: str) -> list[tuple[str, str, int]]:
             if entry.is_dir(follow_symlinks=False):
                 stack.append((entry.path, f"{prefix}{entry.name}/"))
             elif entry.is_file():  # a link to a file ships the file, as before
-                found.append((prefix + entry.name, entry.path, entry.stat().st_size))
+                found.append((_wire_name(prefix + entry.name), entry.path, entry.stat().st_size))
     return sorted(found)
+
+
+def _wire_name(rel: str) -> str:
+    """The name a file travels under: itself, or, when it is not UTF-8 (a name of raw bytes, which
+    Python keeps as surrogates and msgpack cannot pack), its bytes percent-encoded: lossless, and
+    ``urllib.parse.unquote_to_bytes`` gives the original back."""
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        escaped = urllib.parse.quote(os.fsencode(rel), safe="/")
+        _log.warning("artefact %r is not a UTF-8 name; shipped as %s", rel, escaped)
+        return escaped
+    return rel
 
 
 def pick_artifacts(
