@@ -210,7 +210,6 @@ def _build_decoder(cls: type) -> _Decoder:
     total = len(fields)
     check = getattr(cls, "check", None)
     name = cls.__name__
-    construct = _constructor(cls, names)
 
     def decode_obj(values: Any) -> Any:
         if type(values) is not list:
@@ -218,7 +217,7 @@ def _build_decoder(cls: type) -> _Decoder:
         if not required <= len(values) <= total:
             raise _Misfit(f"{name} has {required} to {total} fields, got {len(values)}")
         try:
-            obj = construct([dec(value) for dec, value in zip(decoders, values)])
+            obj = cls(*[dec(value) for dec, value in zip(decoders, values)])
         except _Misfit as exc:
             for field_name, dec, value in zip(names, decoders, values):
                 try:
@@ -278,25 +277,6 @@ def _fast_decoder(
     exec("\n".join(lines), env)  # code built from this module's own templates, no outside text
     fast: _Decoder = env["decode_fast"]
     return fast
-
-
-def _constructor(cls: type, names: list[str]) -> Callable[[list[Any]], Any]:
-    """Build an instance from checked field values. A frozen dataclass's ``__init__`` sets each
-    field through ``object.__setattr__`` (a third of a message's decoding time); when all fields
-    came and the class has no ``__post_init__``, they go into its ``__dict__`` at once."""
-    if hasattr(cls, "__post_init__") or hasattr(cls, "__slots__"):
-        return lambda args: cls(*args)
-    total = len(names)
-    new = object.__new__
-
-    def construct(args: list[Any]) -> Any:
-        if len(args) < total:
-            return cls(*args)  # the defaults (a default_factory among them) fill the rest
-        obj: Any = new(cls)
-        obj.__dict__.update(zip(names, args))
-        return obj
-
-    return construct
 
 
 def _value_decoder(tp: Any) -> _Decoder:

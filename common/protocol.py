@@ -77,6 +77,7 @@ __all__ = [
     "BODY_TYPES",
     "batches",
     "kept_frames",
+    "item_bytes",
     "pack_metric",
     "unpack_metric",
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -475,12 +476,24 @@ _ITEM_BATCHES: dict[MsgType, Callable[[list[Any]], Any]] = {
 }
 
 
-def _item_bytes(item: Any) -> int:
+def item_bytes(item: Any) -> int:
+    """About how many bytes a batch item takes on the wire (to close batches well under the limit)."""
     if isinstance(item, Submit):
         return len(item.evaluator) + len(item.model)
     if isinstance(item, Done):
-        return sum(len(f.data) for f in item.files) + sum(len(r.value) for r in item.reports) + 256
+        files = sum(len(f.data) for f in item.files) + sum(len(r.value) for r in item.reports)
+        return 256 + files + _failure_bytes(item.failure)
+    if isinstance(item, Event):
+        if item.report is not None:
+            return 64 + len(item.report.value)
+        return 256 + _failure_bytes(item.state.failure if item.state is not None else None)
     return 256
+
+
+def _failure_bytes(failure: Failure | None) -> int:
+    if failure is None:
+        return 0
+    return len(failure.reason) + len(failure.message) + len(failure.traceback) + len(failure.log_tail)
 
 
 def kept_frames(
@@ -496,7 +509,7 @@ def kept_frames(
             if following is not None and following.type is message.type:
                 continue
             make = _ITEM_BATCHES[message.type]
-            for part in batches(run, lambda m: _item_bytes(m.body), max_items, max_bytes):
+            for part in batches(run, lambda m: item_bytes(m.body), max_items, max_bytes):
                 yield session.frames(message.type, make([m.body for m in part]))
             run = []
         else:

@@ -11,22 +11,13 @@ import logging
 
 import zmq
 
-from retia.protocol import Ack, AckBatch, Event, EventBatch, MsgType, Session, batches
+from retia.protocol import Ack, AckBatch, Event, EventBatch, MsgType, Session, batches, item_bytes
 
 __all__ = ["Outbox"]
 
 _log = logging.getLogger(__name__)
 _EVENTS_PER_MESSAGE = 1024
 _EVENT_BYTES_PER_MESSAGE = 1 << 20  # well under any peer's message size limit
-
-
-def _event_bytes(event: Event) -> int:
-    if event.report is not None:
-        return len(event.report.value) + 64
-    failure = event.state.failure if event.state is not None else None
-    if failure is None:
-        return 256
-    return 256 + len(failure.reason) + len(failure.message) + len(failure.traceback) + len(failure.log_tail)
 
 
 class Outbox:
@@ -61,7 +52,7 @@ class Outbox:
             self.send(identity, MsgType.ACKS, AckBatch(acks))
         self._acks.clear()
         for identity, events in self._events.items():
-            for part in batches(events, _event_bytes, _EVENTS_PER_MESSAGE, _EVENT_BYTES_PER_MESSAGE):
+            for part in batches(events, item_bytes, _EVENTS_PER_MESSAGE, _EVENT_BYTES_PER_MESSAGE):
                 self.send(identity, MsgType.EVENTS, EventBatch(part))
         self._events.clear()
         for frames in self._frames:

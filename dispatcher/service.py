@@ -170,9 +170,9 @@ class Dispatcher:
                     self._read_batch()
                 now = time.monotonic()
                 if now >= next_beat:
-                    self._guard_turn(self._beat, now)
+                    self._guarded("expiring peers", self._beat, now)
                     next_beat = now + self.config.heartbeat_interval
-                self._guard_turn(self._dispatch)
+                self._guarded("placing trials", self._dispatch)
                 self._flush()
         finally:
             self.close()
@@ -228,7 +228,7 @@ class Dispatcher:
         kind = msg.type
         opener = self._open.get(kind)
         if opener is not None:
-            self._guarded(opener, identity, identity, msg)
+            self._guarded(f"{kind.name} from peer {identity!r}", opener, identity, msg)
             return
         expiry = time.monotonic() + self.config.expiry
         worker = self.workers.get(identity)
@@ -255,21 +255,16 @@ class Dispatcher:
         if handler is None:
             self._drop(identity, ProtocolError(f"{msg.type.name} is not a message {role} may send"))
             return
-        self._guarded(handler, peer, identity, msg)
+        self._guarded(f"{msg.type.name} from peer {identity!r}", handler, peer, msg)
 
-    def _guarded(self, handler: Callable[[P, Message], None], peer: P, identity: bytes, msg: Message) -> None:
-        """A handler that fails refuses its one message; the dispatcher keeps serving."""
-        try:
-            handler(peer, msg)
-        except Exception:  # one bad message must not stop the cluster
-            _log.exception("failed to handle %s from peer %r; message dropped", msg.type.name, identity)
-
-    def _guard_turn(self, step: Callable[..., None], *args: object) -> None:
-        """The loop's own steps (placing trials, expiring peers) log a failure and the loop goes on."""
+    @staticmethod
+    def _guarded(what: str, step: Callable[..., None], *args: object) -> None:
+        """A handler or a step of the loop that fails is logged and given up; the dispatcher serves on
+        (one bad message must not stop the cluster)."""
         try:
             step(*args)
         except Exception:
-            _log.exception("the dispatcher's %s step failed; serving on", step.__name__.strip("_"))
+            _log.exception("failed: %s; dropped, serving on", what)
 
     def _on_status(self, identity: bytes, msg: Message) -> None:
         self._send(identity, MsgType.STATUS_REPLY, self.status())

@@ -90,7 +90,6 @@ _KIND_OF: dict[type, _Kind] = {
     TrialSkipped: _Kind.SKIPPED,
 }
 _CLASS_OF: dict[int, type] = {int(kind): cls for cls, kind in _KIND_OF.items()}
-_REPORT = int(_Kind.REPORT)
 
 
 def send(conn: Connection, message: TrialMessage) -> None:
@@ -110,10 +109,6 @@ def receive(conn: Connection) -> TrialMessage:
         kind, fields = msgpack.unpackb(data, raw=False)
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise ProtocolError(f"the trial wrote something that is not a message: {exc}") from exc
-    if kind == _REPORT and type(fields) is list and len(fields) == 2:  # the hot path: codec's checks, inline
-        final, value = fields
-        if type(final) is bool and type(value) is bytes:
-            return TrialReport(final, value)
     cls: Any = _CLASS_OF.get(kind) if type(kind) is int else None
     if cls is None:
         raise ProtocolError(f"the trial wrote a message of unknown kind {kind!r}")
