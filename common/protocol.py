@@ -171,6 +171,8 @@ class Hello:
     running: list[TrialAttempt] = field(default_factory=list)  # workers: still running or held, in order
     last_event: Seq = 0  # clients: highest event seq already received
     prefetch: Annotated[int, Bounds(0, MAX_PREFETCH)] = 0  # workers: trials held beyond the running one
+    # the largest message this peer accepts: the dispatcher sizes what it sends to fit
+    max_message_bytes: Annotated[int, Bounds(1024, None)] = DEFAULT_MAX_MESSAGE_BYTES
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,7 @@ class Welcome:
     heartbeat_interval: float
     liveness: int
     dispatcher_id: str
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # the largest message the dispatcher accepts
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ class Worker:
     pid: int
     expiry: float
     since: float = field(default_factory=time.time)
+    max_message_bytes: int = 8 << 20  # the largest message it accepts (from its HELLO)
     slots: int = 1  # trials it takes at once: the one it runs and the ones it holds (--prefetch)
     # given to it, in order: the first runs, the rest wait there
     trials: list[str] = field(default_factory=list)

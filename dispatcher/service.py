@@ -272,7 +272,9 @@ class Dispatcher:
     def _on_hello(self, identity: bytes, msg: Message) -> None:
         hello: Hello = msg.body
         expiry = time.monotonic() + self.config.expiry
-        welcome = Welcome(self.config.heartbeat_interval, self.config.liveness, self.id)
+        welcome = Welcome(
+            self.config.heartbeat_interval, self.config.liveness, self.id, self.config.max_message_bytes
+        )
         if hello.role is Role.CLIENT:
             old = self.clients.get(hello.peer_id)
             if old is not None:
@@ -288,7 +290,16 @@ class Dispatcher:
             return
         old_worker = self.workers.get(identity)
         slots = 1 + hello.prefetch
-        worker = Worker(hello.peer_id, identity, hello.host, hello.gpu, hello.pid, expiry, slots=slots)
+        worker = Worker(
+            hello.peer_id,
+            identity,
+            hello.host,
+            hello.gpu,
+            hello.pid,
+            expiry,
+            max_message_bytes=hello.max_message_bytes,
+            slots=slots,
+        )
         if old_worker is not None:
             worker.since, worker.trials = old_worker.since, old_worker.trials
         self.workers[identity] = worker

@@ -161,6 +161,7 @@ class Agent:
             self.config.gpu,
             running,
             prefetch=int(self.config.prefetch),
+            max_message_bytes=self.config.max_message_bytes,
         )
         return hello
 
