@@ -191,6 +191,7 @@ class Backend:
         self.trials: dict[str, Trial] = {}
         self.cluster: LocalCluster | None = None  # the processes local_cluster started for this backend
         self.last_event = 0
+        self._resyncing = False  # a HELLO asking for lost events went out, its WELCOME not back yet
         self._session = Session(key, self.client_id)
         self._cond = threading.Condition()
         self._listeners: list[Callable[[Trial, Event], None]] = []
@@ -414,15 +415,24 @@ class Backend:
                 if not ack.ok:
                     _log.error("the dispatcher refused a message about %s: %s", ack.trial, ack.reason)
         elif msg.type is MsgType.WELCOME:
+            self._resyncing = False  # the replay of what we lack follows, in order
             self._welcomed.set()
         elif msg.type is MsgType.RESET:  # the dispatcher restarted: say HELLO, re-send what it lacks
             peer.say_hello()
         elif msg.type is MsgType.EVENTS:
-            self._apply([event for event in msg.body.items if self._is_new(event)])
+            self._apply([event for event in msg.body.items if self._is_new(peer, event)])
+        elif msg.type is MsgType.HEARTBEAT and msg.body.last_event > self.last_event:
+            self._resync(peer, f"the dispatcher sent events up to {msg.body.last_event}")
 
-    def _is_new(self, event: Event) -> bool:
-        """Not applied yet (a replay after a reconnect repeats what came before), and a real metric."""
+    def _is_new(self, peer: Peer, event: Event) -> bool:
+        """The next event (a replay after a reconnect repeats what came before), and a real metric.
+
+        Events are numbered 1, 2, 3, ... per client: one after a gap means some were lost on the
+        way (a full send queue), so they are asked for again, in order, from the journal."""
         if event.seq <= self.last_event:
+            return False
+        if event.seq > self.last_event + 1:
+            self._resync(peer, f"event {event.seq} came after {self.last_event}")
             return False
         self.last_event = event.seq
         if event.report is not None:
@@ -432,6 +442,13 @@ class Backend:
                 _log.warning("dropped a report of trial %s: %s", event.report.trial, exc)
                 return False
         return True
+
+    def _resync(self, peer: Peer, why: str) -> None:
+        """Say HELLO again with the last event applied: the dispatcher replays the rest in order."""
+        if not self._resyncing:
+            self._resyncing = True
+            _log.warning("events lost on the way (%s); asking for them again", why)
+            peer.say_hello()
 
     def _apply(self, events: list[Event]) -> None:
         """Events in order, under one lock and one wake-up of the waiting threads; then the callbacks."""

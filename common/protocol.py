@@ -50,6 +50,7 @@ __all__ = [
     "Outgoing",
     "Session",
     "Empty",
+    "Heartbeat",
     "Hello",
     "Welcome",
     "Ready",
@@ -152,7 +153,15 @@ class Header:
 
 @dataclass(frozen=True)
 class Empty:
-    """Body of READY-less commands: HEARTBEAT, SHUTDOWN, BYE, RESET, STATUS."""
+    """Body of commands that carry nothing: SHUTDOWN, BYE, RESET, STATUS."""
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Both ways; to a client it also says the last of its events sent before it, so a client
+    whose last events were lost (and that hears of no later one) still sees the gap."""
+
+    last_event: Seq = 0
 
 
 @dataclass(frozen=True)
@@ -408,7 +417,7 @@ BODY_TYPES: dict[MsgType, type] = {
     MsgType.HELLO: Hello,
     MsgType.WELCOME: Welcome,
     MsgType.READY: Ready,
-    MsgType.HEARTBEAT: Empty,
+    MsgType.HEARTBEAT: Heartbeat,
     MsgType.CANCEL: Cancel,
     MsgType.STATUS: Empty,
     MsgType.STATUS_REPLY: StatusReply,

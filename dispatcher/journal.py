@@ -1,7 +1,8 @@
 """The dispatcher's store: trials, reports and client events in SQLite (WAL).
 
 A client's events are its trials' reports (each stored once, numbered as an event) and their
-state changes, in one sequence a reconnecting client replays from where it stopped.
+state changes, in one sequence per client (1, 2, 3, ...: a gap is a lost event) that a
+reconnecting client replays from where it stopped.
 
 Every state change and report is written here before it is acknowledged, so a dispatcher
 killed with SIGKILL and restarted on the same file loses nothing. ``":memory:"`` gives the
@@ -32,7 +33,9 @@ _log = logging.getLogger(__name__)
 
 __all__ = ["TrialRecord", "Journal", "SCHEMA_VERSION"]
 
-SCHEMA_VERSION = 2  # PRAGMA user_version; 0 (unset) was the first schema, before the retia/2 protocol
+# PRAGMA user_version; 0 (unset) was the first schema, before the retia/2 protocol; 2 numbered all
+# clients' events in one sequence, 3 numbers each client's own (a client sees a gap as its own loss)
+SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS trials (
     id TEXT PRIMARY KEY, client TEXT NOT NULL, name TEXT NOT NULL, state TEXT NOT NULL,
@@ -49,16 +52,22 @@ CREATE TABLE IF NOT EXISTS reports (
 );
 CREATE INDEX IF NOT EXISTS reports_by_client ON reports (client, event);
 CREATE TABLE IF NOT EXISTS states (
-    seq INTEGER PRIMARY KEY, client TEXT NOT NULL, trial TEXT NOT NULL, attempt INTEGER NOT NULL,
-    body BLOB NOT NULL
+    client TEXT NOT NULL, seq INTEGER NOT NULL, trial TEXT NOT NULL, attempt INTEGER NOT NULL,
+    body BLOB NOT NULL, PRIMARY KEY (client, seq)
 );
-CREATE INDEX IF NOT EXISTS states_by_client ON states (client, seq);
 """
 
 _TRIAL_COLUMNS = (
     "id, client, name, state, attempt, max_retries, timeout, arch, worker, reason, failure, "
     "cancel_requested, queue_seq, created, updated, blobs"
 )
+
+_LAST_EVENTS_SQL = """
+SELECT client, MAX(last) FROM (
+    SELECT client, MAX(event) AS last FROM reports GROUP BY client
+    UNION ALL SELECT client, MAX(seq) FROM states GROUP BY client
+) GROUP BY client
+"""
 
 _UPDATE_SQL = (  # what changes after a SUBMIT; the rest (arch, blobs, ...) is written once
     "UPDATE trials SET state = ?, attempt = ?, worker = ?, reason = ?, failure = ?, "
@@ -136,10 +145,9 @@ class Journal:
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._db.commit()
         self._queue_seq = self._db.execute("SELECT COALESCE(MAX(queue_seq), 0) FROM trials").fetchone()[0]
-        self._event_seq: int = self._db.execute(
-            "SELECT MAX(COALESCE((SELECT MAX(event) FROM reports), 0), "
-            "COALESCE((SELECT MAX(seq) FROM states), 0))"
-        ).fetchone()[0]
+        self._event_seq: dict[str, int] = {}  # per client: the last event numbered
+        for client, last in self._db.execute(_LAST_EVENTS_SQL):
+            self._event_seq[client] = last
         if self.path != ":memory:":
             # The thread checkpoints; the loop does it itself only when the thread falls behind a busy
             # writer (a checkpoint overtaken by new commits cannot restart the WAL): 64 MiB by default.
@@ -224,6 +232,7 @@ class Journal:
 
     def add_report(self, client: str, report: Report) -> int:
         """Store a report once, as an event of ``client``; its event seq, or 0 if it was stored before."""
+        seq = self._event_seq.get(client, 0) + 1
         cur = self._db.execute(
             "INSERT OR IGNORE INTO reports VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -234,23 +243,22 @@ class Journal:
                 report.value,
                 time.time(),
                 client,
-                self._event_seq + 1,
+                seq,
             ),
         )
         if cur.rowcount != 1:
             return 0
-        self._event_seq += 1
-        seq: int = self._event_seq
+        self._event_seq[client] = seq
         return seq
 
     def add_state(self, client: str, change: StateChange) -> int:
         """Store a state change as the next event of ``client``; its event seq."""
-        self._event_seq += 1
+        seq = self._event_seq.get(client, 0) + 1
         self._db.execute(
             "INSERT INTO states VALUES (?, ?, ?, ?, ?)",
-            (self._event_seq, client, change.trial, change.attempt, codec.pack(change)),
+            (client, seq, change.trial, change.attempt, codec.pack(change)),
         )
-        seq: int = self._event_seq
+        self._event_seq[client] = seq
         return seq
 
     def has_final(self, trial: str, attempt: int) -> bool:

@@ -28,6 +28,9 @@ class Outbox:
         self._frames: list[list[bytes]] = []
         self._acks: dict[bytes, list[Ack]] = {}
         self._events: dict[bytes, list[Event]] = {}
+        # per client: the last event handed to the socket (its heartbeats say it: a client that
+        # has less lost some, and asks for them again)
+        self.events_through: dict[bytes, int] = {}
 
     def send(
         self, identity: bytes, type: MsgType, body: object = None, *, trial: str = "", attempt: int = 0
@@ -42,9 +45,10 @@ class Outbox:
         """A report or state event for a client."""
         self._events.setdefault(identity, []).append(event)
 
-    def drop_events(self, identity: bytes) -> None:
-        """Forget the events queued for a client this turn (it is about to get them in a replay)."""
+    def forget(self, identity: bytes) -> None:
+        """Forget what was queued and sent to a client: it left, or said HELLO and gets a replay."""
         self._events.pop(identity, None)
+        self.events_through.pop(identity, None)
 
     def flush(self) -> None:
         """Send everything queued; the caller has committed the journal."""
@@ -54,11 +58,12 @@ class Outbox:
         for identity, events in self._events.items():
             for part in batches(events, item_bytes, _EVENTS_PER_MESSAGE, _EVENT_BYTES_PER_MESSAGE):
                 self.send(identity, MsgType.EVENTS, EventBatch(part))
+            self.events_through[identity] = events[-1].seq  # sent or lost below: its heartbeat tells
         self._events.clear()
         for frames in self._frames:
             try:
                 self.sock.send_multipart(frames, zmq.NOBLOCK)
                 self.bytes_sent += sum(len(f) for f in frames)
-            except zmq.Again:
-                _log.warning("send queue full for peer %r; message dropped (it will be re-sent)", frames[0])
+            except zmq.Again:  # acks and events are asked again (re-send, heartbeat), replies re-requested
+                _log.warning("send queue full for peer %r; a message was dropped", frames[0])
         self._frames.clear()

@@ -39,6 +39,7 @@ from retia.protocol import (
     Done,
     Event,
     FileChunk,
+    Heartbeat,
     Hello,
     Message,
     MsgType,
@@ -279,11 +280,13 @@ class Dispatcher:
             old = self.clients.get(hello.peer_id)
             if old is not None:
                 self._client_at.pop(old.identity, None)
-                self.outbox.drop_events(old.identity)
+                self.outbox.forget(old.identity)
             client = self.clients[hello.peer_id] = Client(hello.peer_id, identity, expiry)
             self._client_at[identity] = client
             self._send(identity, MsgType.WELCOME, welcome)
-            self.outbox.drop_events(identity)  # this turn's are in the journal: the replay has them, in order
+            self.outbox.forget(
+                identity
+            )  # this turn's events are in the journal: the replay has them, in order
             for event in self.journal.events_after(hello.peer_id, hello.last_event):
                 self.outbox.event(identity, event)
             _log.info("client %s connected (replaying events after %d)", hello.peer_id, hello.last_event)
@@ -505,6 +508,7 @@ class Dispatcher:
     def _forget_client(self, client: Client) -> None:
         self.clients.pop(client.id, None)
         self._client_at.pop(client.identity, None)
+        self.outbox.forget(client.identity)
 
     # ---- state changes ----
 
@@ -598,7 +602,8 @@ class Dispatcher:
                 self._forget_client(client)
                 _log.info("client %s went silent; its events wait in the journal", client.id)
             else:
-                self._send(client.identity, MsgType.HEARTBEAT)
+                last_event = self.outbox.events_through.get(client.identity, 0)
+                self._send(client.identity, MsgType.HEARTBEAT, Heartbeat(last_event))
         for trial_id, deadline in list(self._orphans.items()):
             if deadline < now:
                 del self._orphans[trial_id]

@@ -1,0 +1,113 @@
+"""A TCP proxy on 127.0.0.1 that can cut the line: a real network fault between a peer and the dispatcher."""
+
+from __future__ import annotations
+
+import select
+import socket
+import struct
+import threading
+import time
+from types import TracebackType
+
+
+class CuttableProxy:
+    """Forwards connections on a free port to ``upstream`` (``tcp://host:port``) until :meth:`cut`.
+
+    A cut resets every connection (RST: what was in flight is lost) and refuses new ones for a
+    while, as a switch that reboots would; ZeroMQ then reconnects on its own."""
+
+    def __init__(self, upstream: str) -> None:
+        host, port = upstream.removeprefix("tcp://").rsplit(":", 1)
+        self._upstream = (host, int(port))
+        self._lock = threading.Lock()
+        self._conns: list[socket.socket] = []
+        self._stopped = threading.Event()
+        self._listener = self._listen(0)
+        self.port = self._listener.getsockname()[1]
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self._threads = [threading.Thread(target=self._accept_loop, daemon=True)]
+        self._threads[0].start()
+
+    def _listen(self, port: int) -> socket.socket:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen(16)
+        listener.settimeout(0.05)
+        return listener
+
+    def _accept_loop(self) -> None:
+        while not self._stopped.is_set():
+            with self._lock:
+                listener = self._listener
+            if listener is None:
+                time.sleep(0.02)
+                continue
+            try:
+                down, _ = listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            try:
+                up = socket.create_connection(self._upstream, timeout=2)
+            except OSError:
+                down.close()
+                continue
+            with self._lock:
+                self._conns += [down, up]
+            pump = threading.Thread(target=self._pump, args=(down, up), daemon=True)
+            pump.start()
+            self._threads.append(pump)
+
+    def _pump(self, a: socket.socket, b: socket.socket) -> None:
+        peers = {a: b, b: a}
+        try:
+            while not self._stopped.is_set():
+                readable, _, _ = select.select([a, b], [], [], 0.05)
+                for sock in readable:
+                    data = sock.recv(1 << 16)
+                    if not data:
+                        return
+                    peers[sock].sendall(data)
+        except OSError:
+            return
+        finally:
+            _reset(a)
+            _reset(b)
+
+    def cut(self, seconds: float) -> None:
+        """Reset every connection now and refuse new ones for ``seconds``."""
+        with self._lock:
+            listener, self._listener = self._listener, None
+            conns, self._conns = self._conns, []
+        if listener is not None:
+            listener.close()
+        for conn in conns:
+            _reset(conn)
+        time.sleep(seconds)
+        with self._lock:
+            self._listener = self._listen(self.port)
+
+    def close(self) -> None:
+        self._stopped.set()
+        for thread in self._threads:
+            thread.join(timeout=2)
+        with self._lock:
+            if self._listener is not None:
+                self._listener.close()
+            for conn in self._conns:
+                _reset(conn)
+
+    def __enter__(self) -> CuttableProxy:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with an RST (linger 0): unsent bytes are discarded, as on a broken line."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+    except OSError:
+        pass
