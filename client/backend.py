@@ -418,7 +418,7 @@ class Backend:
             self._resyncing = False  # the replay of what we lack follows, in order
             self._welcomed.set()
         elif msg.type is MsgType.RESET:  # the dispatcher restarted: say HELLO, re-send what it lacks
-            peer.say_hello()
+            peer.reset(msg.body)
         elif msg.type is MsgType.EVENTS:
             self._apply([event for event in msg.body.items if self._is_new(peer, event)])
         elif msg.type is MsgType.HEARTBEAT and msg.body.last_event > self.last_event:

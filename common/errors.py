@@ -17,6 +17,7 @@ __all__ = [
     "TrialTimeoutError",
     "TrialProcessDiedError",
     "BlobUnavailableError",
+    "ReportsLostError",
     "WorkerLostError",
     "InvalidArchitectureError",
     "TrialStateError",
@@ -104,6 +105,10 @@ class BlobUnavailableError(TrialFailedError):
     """A large argument of the trial could not be fetched or verified on its worker."""
 
 
+class ReportsLostError(TrialFailedError):
+    """Reports the attempt sent never reached the dispatcher (its DONE says how many there were)."""
+
+
 class WorkerLostError(TrialFailedError):
     """The worker running a trial died or stopped heartbeating too many times."""
 
@@ -113,6 +118,7 @@ _ERROR_OF_KIND: dict[FailureKind, type[TrialFailedError]] = {
     FailureKind.PROCESS_DIED: TrialProcessDiedError,
     FailureKind.BLOB: BlobUnavailableError,
     FailureKind.WORKER_LOST: WorkerLostError,
+    FailureKind.REPORTS_LOST: ReportsLostError,
 }
 
 

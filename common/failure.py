@@ -17,6 +17,7 @@ class FailureKind(str, Enum):
     WORKER_LOST = "worker_lost"  # its worker died or went silent, and the retries were spent
     BLOB = "blob"  # a large argument could not be fetched or verified on the worker
     STOPPED = "stopped"  # the worker stopped it (shutting down, or too busy to take it)
+    REPORTS_LOST = "reports_lost"  # reports the attempt sent never reached the dispatcher
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,16 @@ Data flow::
 The peer owns one DEALER socket: it says HELLO on every (re)connect, heartbeats, declares the
 dispatcher lost after ``liveness`` silent intervals and reconnects with exponential back-off,
 and keeps every message sent with :meth:`Peer.keep` until an ACK names it, re-sending it after
-a reconnect, a RESET, or a liveness window without an answer. Nothing here blocks: a send the
-socket cannot take now goes again later.
+a reconnect, a RESET, or a liveness window without an answer. Kept messages go out through
+one ordered queue, as fast as the socket takes them: a re-send after a RESET sends each once
+(another RESET meanwhile does not start it over), and what the socket cannot take yet waits
+there, never dropped; its length (:attr:`Peer.backlog`) tells the owner to stop producing.
+Nothing here blocks.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections import OrderedDict
@@ -26,12 +30,13 @@ import zmq
 
 from .encryption import secure_client
 from .errors import ConfigError, RetiaError
-from .protocol import Ack, Hello, Message, MsgType, Outgoing, Session, kept_frames
+from .protocol import Ack, Hello, Message, MsgType, Outgoing, Reset, Session, kept_frames
 
 __all__ = ["PeerTiming", "Peer"]
 
 _log = logging.getLogger(__name__)
 _RESEND_PER_BEAT = 256  # stale messages re-sent per heartbeat, so a long backlog does not stall a turn
+_PUMP_PER_CALL = 1024  # kept messages handed to the socket per call, so a long re-send does not stall a turn
 
 
 @dataclass(frozen=True)
@@ -87,11 +92,13 @@ class Peer:
         self._max_bytes = max_bytes
         self.sock: zmq.Socket[bytes] | None = None
         self._kept: OrderedDict[tuple[str, int, int], Outgoing] = OrderedDict()
+        self._unsent: OrderedDict[tuple[str, int, int], None] = OrderedDict()  # kept, to go out, in order
         self._sent_at: dict[tuple[str, int, int], float] = {}
         self._last_heard = time.monotonic()
         self._next_beat = time.monotonic()
         self._backoff = timing.reconnect_min
         self._reconnect_at: float | None = None
+        self._hello_sent = 0.0  # time.time() of the last HELLO, as its header says
 
     # ---- the connection ----
 
@@ -110,14 +117,21 @@ class Peer:
         self.say_hello()
 
     def say_hello(self) -> None:
-        """Introduce ourselves (again, after a RESET) and re-send what the dispatcher may lack, in order."""
+        """Introduce ourselves (again, after a RESET) and re-send what the dispatcher may lack, in order,
+        each once: a re-send still under way starts over from the oldest, it is not added to."""
+        self._hello_sent = time.time()
         self.send(MsgType.HELLO, self._hello())
-        now = time.monotonic()
-        for key in self._kept:
-            self._sent_at[key] = now  # sent just now: not stale again for a liveness window
-        self._send_kept(list(self._kept.values()))
+        self._unsent = OrderedDict.fromkeys(self._kept)
+        self.pump()
         if self._after_hello is not None:
             self._after_hello()
+
+    def reset(self, reset: Reset) -> None:
+        """The dispatcher does not know us (it restarted, or gave us up): HELLO again, unless the RESET
+        answers a message sent before our last HELLO (which it has, or is about to get): a burst of
+        RESETs makes one HELLO and one re-send."""
+        if reset.sent >= self._hello_sent or not reset.sent:
+            self.say_hello()
 
     def close(self, linger_ms: int = 0) -> None:
         """Say BYE and close the socket."""
@@ -137,17 +151,37 @@ class Peer:
 
     def keep(self, messages: list[Outgoing]) -> None:
         """Send and keep until acknowledged; consecutive SUBMITS or DONES items travel together."""
-        sent = time.monotonic()
         for message in messages:
             self._kept[message.key] = message
-            self._sent_at[message.key] = sent
-        self._send_kept(messages)
+            self._unsent[message.key] = None
+        self.pump()
 
-    def _send_kept(self, messages: list[Outgoing]) -> None:
-        for frames in kept_frames(
-            self.session, messages, max_items=self._max_items, max_bytes=self._max_bytes
-        ):
-            self._send_frames(frames)
+    @property
+    def backlog(self) -> int:
+        """Kept messages the socket has not taken yet (its queue is full, or a re-send is under way)."""
+        return len(self._unsent)
+
+    def pump(self) -> None:
+        """Hand what waits to the socket, in order, while it takes it (a bounded number per call)."""
+        budget = _PUMP_PER_CALL
+        while self._unsent and self.sock is not None and budget > 0:
+            keys = list(itertools.islice(self._unsent, min(budget, self._max_items)))
+            budget -= len(keys)
+            for key in keys:
+                if key not in self._kept:  # acknowledged meanwhile
+                    del self._unsent[key]
+            messages = [self._kept[key] for key in keys if key in self._kept]
+            now = time.monotonic()
+            for carried, frames in kept_frames(
+                self.session, messages, max_items=self._max_items, max_bytes=self._max_bytes
+            ):
+                try:
+                    self.sock.send_multipart(frames, zmq.NOBLOCK)
+                except zmq.Again:
+                    return  # the queue to the dispatcher is full: the rest waits, in order
+                for message in carried:
+                    self._sent_at[message.key] = now
+                    del self._unsent[message.key]
 
     def _send_frames(self, frames: list[bytes]) -> None:
         if self.sock is None:
@@ -155,7 +189,7 @@ class Peer:
         try:
             self.sock.send_multipart(frames, zmq.NOBLOCK)
         except zmq.Again:
-            pass  # the dispatcher is unreachable: what is kept goes again on reconnect
+            pass  # heartbeats, HELLO and requests are sent again anyway
 
     # ---- receiving ----
 
@@ -186,6 +220,7 @@ class Peer:
         for ack in acks:
             key = (ack.trial, ack.attempt, ack.seq)
             self._kept.pop(key, None)
+            self._unsent.pop(key, None)
             self._sent_at.pop(key, None)
 
     # ---- time ----
@@ -196,6 +231,7 @@ class Peer:
             self.send(MsgType.HEARTBEAT)
             self._resend_stale(now)
             self._next_beat = now + self.timing.heartbeat_interval
+        self.pump()
         silent = now - self._last_heard
         if self._reconnect_at is None and silent > self.timing.silence:
             _log.warning(
@@ -217,10 +253,12 @@ class Peer:
         return self._next_beat
 
     def _resend_stale(self, now: float) -> None:
-        """Re-send what stayed unacknowledged for a liveness window (a send dropped under load)."""
-        stale = []
-        for key, message in list(self._kept.items())[:_RESEND_PER_BEAT]:
-            if now - self._sent_at.get(key, now) > self.timing.silence:
-                self._sent_at[key] = now
-                stale.append(message)
-        self._send_kept(stale)
+        """Queue again, in order, what stayed unacknowledged for a liveness window since it went out
+        (lost on the way, or not stored yet because something before it was)."""
+        stale = set()
+        for key in itertools.islice(self._kept, _RESEND_PER_BEAT):
+            sent = self._sent_at.get(key)
+            if sent is not None and now - sent > self.timing.silence and key not in self._unsent:
+                stale.add(key)
+        if stale:
+            self._unsent = OrderedDict.fromkeys(k for k in self._kept if k in stale or k in self._unsent)

@@ -51,6 +51,7 @@ __all__ = [
     "Session",
     "Empty",
     "Heartbeat",
+    "Reset",
     "Hello",
     "Welcome",
     "Ready",
@@ -153,7 +154,7 @@ class Header:
 
 @dataclass(frozen=True)
 class Empty:
-    """Body of commands that carry nothing: SHUTDOWN, BYE, RESET, STATUS."""
+    """Body of commands that carry nothing: SHUTDOWN, BYE, STATUS."""
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,14 @@ class Heartbeat:
     whose last events were lost (and that hears of no later one) still sees the gap."""
 
     last_event: Seq = 0
+
+
+@dataclass(frozen=True)
+class Reset:
+    """ "Say HELLO again", answering a message from a peer the dispatcher does not know; ``sent`` is
+    that message's header time, so a peer can tell a RESET for what it sent before its last HELLO."""
+
+    sent: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -331,6 +340,8 @@ class Done:
     duration: Seconds = 0.0
     reports: list[Report] = field(default_factory=list)  # stored before the outcome
     files: list[InlineFile] = field(default_factory=list)
+    # how many reports the attempt sent in all (seqs 1..N): it is finished only once all are stored
+    report_count: NonNegative = 0
 
     def check(self) -> str:
         if self.state is TrialState.RUNNING:
@@ -423,7 +434,7 @@ BODY_TYPES: dict[MsgType, type] = {
     MsgType.STATUS_REPLY: StatusReply,
     MsgType.SHUTDOWN: Empty,
     MsgType.BYE: Empty,
-    MsgType.RESET: Empty,
+    MsgType.RESET: Reset,
     MsgType.FILE: FileChunk,
     MsgType.BLOB_PUT: FileChunk,
     MsgType.BLOB_GET: BlobRequest,
@@ -490,8 +501,10 @@ _ITEM_BATCHES: dict[MsgType, Callable[[list[Any]], Any]] = {
 
 def item_bytes(item: Any) -> int:
     """About how many bytes a batch item takes on the wire (to close batches well under the limit)."""
-    if isinstance(item, Submit):
-        return len(item.evaluator) + len(item.model)
+    if isinstance(item, Report):
+        return 64 + len(item.value)
+    if isinstance(item, (Submit, Run)):
+        return 256 + len(item.evaluator) + len(item.model)
     if isinstance(item, Done):
         files = sum(len(f.data) for f in item.files) + sum(len(r.value) for r in item.reports)
         return 256 + files + _failure_bytes(item.failure)
@@ -510,9 +523,10 @@ def _failure_bytes(failure: Failure | None) -> int:
 
 def kept_frames(
     session: Session, messages: list[Outgoing], *, max_items: int = 256, max_bytes: int = 1 << 20
-) -> Iterator[list[bytes]]:
-    """The frames of messages kept for acknowledgement, in order. A kept SUBMITS or DONES holds one
-    item; consecutive ones travel together, at most ``max_items`` or about ``max_bytes`` a message."""
+) -> Iterator[tuple[list[Outgoing], list[bytes]]]:
+    """The frames of messages kept for acknowledgement, in order, each with the messages it carries.
+    A kept SUBMITS or DONES holds one item; consecutive ones travel together, at most ``max_items``
+    or about ``max_bytes`` a message."""
     run: list[Outgoing] = []
     for i, message in enumerate(messages):
         if message.type in _ITEM_BATCHES:
@@ -522,10 +536,10 @@ def kept_frames(
                 continue
             make = _ITEM_BATCHES[message.type]
             for part in batches(run, lambda m: item_bytes(m.body), max_items, max_bytes):
-                yield session.frames(message.type, make([m.body for m in part]))
+                yield part, session.frames(message.type, make([m.body for m in part]))
             run = []
         else:
-            yield message.frames(session)
+            yield [message], message.frames(session)
 
 
 def batches(items: list[T], size: Callable[[T], int], max_items: int, max_bytes: int) -> Iterator[list[T]]:

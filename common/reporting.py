@@ -102,6 +102,11 @@ def report_final_result(value: Any) -> None:
     reporter.final(metric)
 
 
+# a report stays small (about 300 KB at most), so a batch of them always fits in a message
+MAX_METRIC_NAMES = 1024
+MAX_METRIC_NAME = 256
+
+
 def validate_metric(value: Any) -> Metric:
     """A finite number, or a dict of finite numbers with a ``'default'`` key (NNI's convention)."""
     if isinstance(value, dict):
@@ -110,10 +115,16 @@ def validate_metric(value: Any) -> Metric:
                 "a metric dict needs a 'default' key (the value strategies compare); "
                 f"got keys {sorted(value, key=str)}"
             )
+        if len(value) > MAX_METRIC_NAMES:
+            raise ReportError(f"a metric dict has at most {MAX_METRIC_NAMES} names; got {len(value)}")
         out: dict[str, float] = {}
         for key, item in value.items():
             if not isinstance(key, str):
                 raise ReportError(f"metric names must be strings; got {key!r}")
+            if len(key) > MAX_METRIC_NAME:
+                raise ReportError(
+                    f"metric names have at most {MAX_METRIC_NAME} characters; got {key[:80]!r}..."
+                )
             out[key] = _number(item, f"metric {key!r}")
         return out
     return _number(value, "metric")

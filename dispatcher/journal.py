@@ -103,6 +103,7 @@ class TrialRecord:
     created: float = 0.0
     updated: float = 0.0
     blobs: list[BlobRef] = field(default_factory=list)
+    reports: int = 0  # of the live attempt, stored: seqs 1..reports (in memory; recovered by count)
 
 
 class _Checkpointer(threading.Thread):
@@ -260,6 +261,14 @@ class Journal:
         )
         self._event_seq[client] = seq
         return seq
+
+    def report_count(self, trial: str, attempt: int) -> int:
+        """How many reports of this attempt are stored (always its seqs 1..N: they are stored in order)."""
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM reports WHERE trial = ? AND attempt = ?", (trial, attempt)
+        ).fetchone()
+        count: int = row[0]
+        return count
 
     def has_final(self, trial: str, attempt: int) -> bool:
         row = self._db.execute(

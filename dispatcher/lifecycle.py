@@ -3,6 +3,7 @@
 ::
 
     QUEUED --start--> RUNNING --finished--> SUCCEEDED | FAILED | CANCELLED
+    RUNNING --failed (too large for its worker, reports lost)--> FAILED
     QUEUED --cancel--> CANCELLED
     RUNNING --lost, retries left (or only held there)--> QUEUED      (the attempt is spent)
     RUNNING --given back unstarted--> QUEUED                          (the attempt is not spent)
@@ -21,7 +22,7 @@ from retia.protocol import Done, TrialState
 
 from .journal import TrialRecord
 
-__all__ = ["ALLOWED", "start", "finished", "lost", "given_back", "cancel"]
+__all__ = ["ALLOWED", "start", "finished", "failed", "lost", "given_back", "cancel"]
 
 ALLOWED: dict[TrialState, frozenset[TrialState]] = {
     TrialState.QUEUED: frozenset({TrialState.RUNNING, TrialState.CANCELLED}),
@@ -45,7 +46,14 @@ def start(rec: TrialRecord, worker: str) -> TrialState:
     """Given to a worker: a new attempt, with nothing left of the last one's failure."""
     _move(rec, TrialState.RUNNING)
     rec.attempt, rec.worker, rec.reason, rec.failure = rec.attempt + 1, worker, "", None
+    rec.reports = 0
     return rec.state
+
+
+def failed(rec: TrialRecord, failure: Failure) -> TrialState:
+    """The attempt cannot go on, for a reason the dispatcher found (not its worker's verdict)."""
+    rec.reason, rec.failure = failure.reason, failure
+    return _move(rec, TrialState.FAILED)
 
 
 def finished(rec: TrialRecord, done: Done) -> TrialState:

@@ -21,11 +21,23 @@ class Worker:
     slots: int = 1  # trials it takes at once: the one it runs and the ones it holds (--prefetch)
     # given to it, in order: the first runs, the rest wait there
     trials: list[str] = field(default_factory=list)
+    # attempts it still runs that were given up (it came back after being declared lost): told to
+    # stop, they hold their slot until their DONE, and the trial is not run there again meanwhile
+    stopping: set[tuple[str, int]] = field(default_factory=set)
 
     @property
     def trial(self) -> str:
         """The trial it runs ("" when idle)."""
         return self.trials[0] if self.trials else ""
+
+    @property
+    def load(self) -> int:
+        """Slots taken: the trials given to it and the given-up attempts it is stopping."""
+        return len(self.trials) + len(self.stopping)
+
+    def stops(self, trial: str) -> bool:
+        """It is still stopping a given-up attempt of ``trial``."""
+        return any(stopped == trial for stopped, _attempt in self.stopping)
 
 
 @dataclass

@@ -64,12 +64,12 @@ class Scheduler:
 
     def freed_slot(self, worker: Worker) -> None:
         """A busy worker may take one more; one entry per worker, so slots fill round-robin."""
-        if len(worker.trials) < worker.slots and worker.identity not in self.free_slots:
+        if worker.load < worker.slots and worker.identity not in self.free_slots:
             self.free_slots.append(worker.identity)
 
     def worker_done(self, worker: Worker) -> None:
         """One of its trials ended: it is idle, or the next it holds starts now and a slot is free."""
-        if not worker.trials:
+        if not worker.load:
             self.became_idle(worker)
         else:
             self.freed_slot(worker)
@@ -84,15 +84,25 @@ class Scheduler:
     def placements(self, workers: Mapping[bytes, Worker]) -> list[Assignment]:
         """Queued trials for workers with room, in order; each trial is added to its worker's list."""
         placed: list[Assignment] = []
+        passed: list[tuple[deque[bytes], bytes]] = []  # workers still stopping the next trial's last attempt
         while self.queue and (self.idle or self.free_slots):
-            identity = (self.idle or self.free_slots).popleft()
+            source = self.idle or self.free_slots
+            identity = source.popleft()
             worker = workers.get(identity)
-            if worker is None or len(worker.trials) >= worker.slots:
+            if worker is None or worker.load >= worker.slots:
                 continue  # gone, or filled since it was queued here
+            if worker.stops(self.queue[0]):
+                passed.append((source, identity))
+                continue
             trial = self.queue.popleft()
             worker.trials.append(trial)
             self.freed_slot(worker)
             placed.append(Assignment(worker, trial))
+            for passed_source, passed_identity in reversed(passed):  # they may take the trials after it
+                passed_source.appendleft(passed_identity)
+            passed = []
+        for passed_source, passed_identity in reversed(passed):
+            passed_source.appendleft(passed_identity)
         return placed
 
     def recalls(self, workers: Mapping[bytes, Worker]) -> list[Assignment]:

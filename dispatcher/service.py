@@ -32,7 +32,9 @@ from retia.blobs import CHUNK as BLOB_CHUNK
 from retia.blobs import BlobStore
 from retia.encryption import secure_server, server_certificate
 from retia.errors import AuthenticationError, ProtocolError
+from retia.failure import Failure, FailureKind
 from retia.protocol import (
+    MAX_PREFETCH,
     Ack,
     BlobRequest,
     Cancel,
@@ -45,6 +47,7 @@ from retia.protocol import (
     MsgType,
     Ready,
     Report,
+    Reset,
     Role,
     Run,
     RunBatch,
@@ -54,6 +57,8 @@ from retia.protocol import (
     TrialState,
     Welcome,
     WorkerInfo,
+    batches,
+    item_bytes,
 )
 from retia.protocol import Session as WireSession
 
@@ -69,6 +74,7 @@ __all__ = ["Dispatcher"]
 
 _log = logging.getLogger(__name__)
 _BATCH = 512
+_HEADROOM = 64 << 10  # a message's header and framing, beyond its items
 _TURN = 0.005  # a burst of SUBMITs must not hold back the RUNs it could already send
 P = TypeVar("P", bytes, Worker, Client)  # who sent a message: a routing id (before HELLO), a worker, a client
 
@@ -104,6 +110,8 @@ class Dispatcher:
         self.scheduler = Scheduler()
         self._payloads: dict[str, tuple[bytes, bytes]] = {}  # submitted, not yet sent: saves a journal read
         self._orphans: dict[str, float] = {}  # RUNNING at restart: trial -> adoption deadline
+        # DONEs that came before some of their attempt's reports: (trial, attempt) -> first seen
+        self._short: dict[tuple[str, int], float] = {}
         self.outbox = Outbox(self.session, self._sock)
         self._dropped: dict[bytes, int] = {}
         self._stopping = False
@@ -135,13 +143,13 @@ class Dispatcher:
     # ---- lifecycle ----
 
     def _recover(self) -> None:
-        deadline = time.monotonic() + self.config.expiry
         for rec in self.journal.trials():
             self.trials[rec.id] = rec
             if rec.state is TrialState.QUEUED:
                 self.scheduler.enqueue(rec.id)
             elif rec.state is TrialState.RUNNING:
-                self._orphans[rec.id] = deadline
+                rec.reports = self.journal.report_count(rec.id, rec.attempt)
+                self._orphans[rec.id] = 0.0  # the adoption window opens when the loop starts serving
         if self.trials:
             _log.info(
                 "recovered %d trials from %s: %d queued, %d running (awaiting their workers)",
@@ -164,6 +172,8 @@ class Dispatcher:
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
         next_beat = time.monotonic()
+        for trial_id in self._orphans:  # counted from now, when their workers can reach us
+            self._orphans[trial_id] = next_beat + self.config.expiry
         try:
             while not self._stopping:
                 wait_ms = max(0.0, next_beat - time.monotonic()) * 1000
@@ -242,7 +252,8 @@ class Dispatcher:
             client.expiry = expiry
             self._route(self._from_client, client, identity, msg, "a client")
             return
-        self._send(identity, MsgType.RESET)  # we do not know it (restarted, or it was declared dead)
+        # we do not know it (restarted, or it was declared dead)
+        self._send(identity, MsgType.RESET, Reset(msg.header.time))
 
     def _route(
         self,
@@ -307,6 +318,8 @@ class Dispatcher:
             worker.since, worker.trials = old_worker.since, old_worker.trials
         self.workers[identity] = worker
         self._send(identity, MsgType.WELCOME, welcome)
+        # what it lists is all it runs or holds: a given-up attempt not listed has ended
+        worker.stopping = set()
         for running in hello.running:
             trial_id, attempt = running.trial, running.attempt
             rec = self.trials.get(trial_id)
@@ -320,6 +333,7 @@ class Dispatcher:
                 self.journal.update_trial(rec)
                 _log.info("worker %s still runs trial %s attempt %d: adopted", worker.id, trial_id, attempt)
             else:
+                worker.stopping.add((trial_id, attempt))
                 cancel = Cancel("this attempt was given up")
                 self._send(identity, MsgType.CANCEL, cancel, trial=trial_id, attempt=attempt)
         if old_worker is None:
@@ -331,9 +345,20 @@ class Dispatcher:
         """New trials, each acknowledged on its own (a re-sent one is acknowledged, not queued twice)."""
         for sub in msg.body.items:
             ack = Ack(sub.trial, 0, sub.seq)
-            self.outbox.ack(client.identity, self._stored(ack, functools.partial(self._submit, client, sub)))
+            self._ack(client, self._stored(ack, functools.partial(self._submit, client, sub)))
 
-    def _submit(self, client: Client, sub: Submit) -> None:
+    def _ack(self, peer: Worker | Client, ack: Ack | None) -> None:
+        """Acknowledge (or refuse) one item; None: not yet, its sender sends it again later."""
+        if ack is not None:
+            self.outbox.ack(peer.identity, ack)
+
+    def _submit(self, client: Client, sub: Submit) -> bool:
+        known = self.trials.get(sub.trial)
+        if known is not None and known.client != client.id:
+            raise _Refused(
+                f"trial id {sub.trial!r} is taken by another client: ids are unique in a cluster; "
+                "leave trial_id unset (a fresh UUID) or make yours unique, e.g. prefixed with the experiment"
+            )
         rec = TrialRecord(
             sub.trial,
             client.id,
@@ -350,6 +375,7 @@ class Dispatcher:
             self.trials[sub.trial] = rec
             self.scheduler.enqueue(sub.trial)  # no QUEUED event: the client's Trial starts out QUEUED
             _log.debug("trial %s (%s) QUEUED", sub.trial, sub.name or "unnamed")
+        return True
 
     def _on_blob_put(self, client: Client, msg: Message) -> None:
         """A chunk of a client's blob; the last one is verified against the digest before it is kept."""
@@ -385,7 +411,7 @@ class Dispatcher:
         if worker.trials and ready.last_run != worker.trials[-1]:
             return  # sent before our last RUN reached it (a HELLO repeated after RESETs): it is busy now
         self._lose_all(worker, f"worker {worker.id} became ready without finishing it")
-        worker.trials = []
+        worker.trials, worker.stopping = [], set()
         self.scheduler.became_idle(worker)
 
     def _current(self, worker: Worker, trial: str, attempt: int, what: str) -> TrialRecord | None:
@@ -411,57 +437,113 @@ class Dispatcher:
         """Reports, each stored once and relayed to its client as an event; acknowledged by the last one."""
         reports: list[Report] = msg.body.items
         last = reports[-1]
-        self.outbox.ack(
-            worker.identity,
-            self._stored(
-                Ack(last.trial, last.attempt, last.seq), lambda: self._store_reports(worker, reports)
-            ),
-        )
+        ack = Ack(last.trial, last.attempt, last.seq)
+        self._ack(worker, self._stored(ack, lambda: self._store_reports(worker, reports)))
 
-    def _store_reports(self, worker: Worker, reports: list[Report]) -> None:
+    def _store_reports(self, worker: Worker, reports: list[Report]) -> bool:
+        """Store them in order; False (not acknowledged) at a gap: an earlier message was lost on the
+        way, and the worker sends it again, then this one."""
         rec: TrialRecord | None = None
         for report in reports:
             if rec is None or (rec.id, rec.attempt) != (report.trial, report.attempt):
                 rec = self._current(worker, report.trial, report.attempt, "REPORTS")
-            if rec is not None:
-                self._store_report(rec, report)
+            if rec is not None and not self._store_report(rec, report):
+                return False
+        return True
 
-    def _store_report(self, rec: TrialRecord, report: Report) -> None:
+    def _store_report(self, rec: TrialRecord, report: Report) -> bool:
+        """Store the attempt's next report once; False if it is not the next (one before is missing)."""
+        if report.seq <= rec.reports:
+            return True  # stored before: a re-send
+        if report.seq > rec.reports + 1:
+            _log.info(
+                "trial %s attempt %d: report %d came before report %d; waiting for the re-send",
+                rec.id,
+                rec.attempt,
+                report.seq,
+                rec.reports + 1,
+            )
+            return False
         seq = self.journal.add_report(rec.client, report)
+        rec.reports = report.seq
         if seq:
             self._event(rec, Event(seq, report=report))
+        return True
 
     def _on_dones(self, worker: Worker, msg: Message) -> None:
         for done in msg.body.items:
             ack = Ack(done.trial, done.attempt, done.seq)
-            self.outbox.ack(worker.identity, self._stored(ack, functools.partial(self._done, worker, done)))
+            self._ack(worker, self._stored(ack, functools.partial(self._done, worker, done)))
 
-    def _stored(self, ack: Ack, store: Callable[[], None]) -> Ack:
-        """``ack`` once ``store()`` ran; if it raised, a refusal that says why (the sender drops it,
-        rather than re-sending what fails the same way), and the dispatcher goes on."""
+    def _stored(self, ack: Ack, store: Callable[[], bool]) -> Ack | None:
+        """``ack`` once ``store()`` stored the item; None when it says not yet (the sender sends it
+        again); if it raised, a refusal that says why (the sender drops it, rather than re-sending
+        what fails the same way), and the dispatcher goes on."""
         try:
-            store()
+            if not store():
+                return None
+        except _Refused as exc:
+            _log.warning("refused the item %s/%d/%d: %s", ack.trial, ack.attempt, ack.seq, exc)
+            return Ack(ack.trial, ack.attempt, ack.seq, False, str(exc))
         except Exception as exc:
             _log.exception("could not handle the item %s/%d/%d; refused", ack.trial, ack.attempt, ack.seq)
             return Ack(ack.trial, ack.attempt, ack.seq, False, f"the dispatcher failed on it: {exc!r:.300}")
         return ack
 
-    def _done(self, worker: Worker, done: Done) -> None:
-        """The attempt ended (its last reports ride along) and the worker is free for the next RUN."""
+    def _done(self, worker: Worker, done: Done) -> bool:
+        """The attempt ended (its last reports ride along) and the worker is free for the next RUN;
+        False (not acknowledged) while reports it sent before are missing: they come again first."""
+        key = (done.trial, done.attempt)
         rec = self._current(worker, done.trial, done.attempt, "DONE")
+        if rec is not None and done.state is not TrialState.QUEUED and not self._complete(rec, done):
+            return False
         if done.trial in worker.trials and (rec is None or rec.attempt == done.attempt):
             worker.trials.remove(done.trial)  # the next one it holds, if any, starts now
             self.scheduler.worker_done(worker)
+        elif key in worker.stopping:  # a given-up attempt it was told to stop: its slot is free
+            worker.stopping.discard(key)
+            self.scheduler.worker_done(worker)
         if rec is None:
-            return
+            return True
         if done.state is TrialState.QUEUED:
             self._given_back(rec)
-            return
-        for report in done.reports:
-            self._store_report(rec, report)
+            return True
         for inline in done.files:  # before the final state goes out: the client finds them there
             self.artifacts.write(rec.client, rec.id, FileChunk(inline.path, 0, inline.data, True))
-        self._finish(rec, lifecycle.finished(rec, done))
+        missing = done.report_count - rec.reports
+        if missing > 0:
+            reason = (
+                f"reports {rec.reports + 1}-{done.report_count} of attempt {rec.attempt} never reached "
+                f"the dispatcher (its worker sent {done.report_count})"
+            )
+            _log.error("trial %s: %s", rec.id, reason)
+            self._finish(rec, lifecycle.failed(rec, Failure(FailureKind.REPORTS_LOST, reason)))
+        else:
+            self._finish(rec, lifecycle.finished(rec, done))
+        return True
+
+    def _complete(self, rec: TrialRecord, done: Done) -> bool:
+        """The DONE's reports stored, and every report its attempt sent before: True to finish it. When
+        some are missing, False, until the re-sends had time to come (three liveness windows)."""
+        for report in done.reports:
+            if not self._store_report(rec, report):
+                break
+        key = (rec.id, rec.attempt)
+        if rec.reports >= done.report_count:
+            self._short.pop(key, None)
+            return True
+        first_seen = self._short.setdefault(key, time.monotonic())
+        if time.monotonic() - first_seen < 3 * self.config.expiry:
+            _log.info(
+                "trial %s attempt %d: DONE before reports %d-%d; waiting for their re-send",
+                rec.id,
+                rec.attempt,
+                rec.reports + 1,
+                done.report_count,
+            )
+            return False
+        self._short.pop(key, None)
+        return True  # given up waiting: _done fails it, naming the missing reports
 
     def _given_back(self, rec: TrialRecord) -> None:
         """A worker returned a held trial it never started: first in the queue again, no attempt spent."""
@@ -542,6 +624,7 @@ class Dispatcher:
         self.journal.update_trial(rec)
         self.journal.drop_payload(rec.id)
         self._payloads.pop(rec.id, None)
+        self._short.pop((rec.id, rec.attempt), None)
         if rec.blobs:
             needed = {b.digest for r in self.trials.values() if not r.state.finished for b in r.blobs}
             self.blobs.evict(keep=needed)
@@ -578,8 +661,11 @@ class Dispatcher:
             evaluator, model = payload if payload is not None else self.journal.payload(rec.id)
             lifecycle.start(rec, worker.id)
             self.journal.update_trial(rec)
-            self._event_state(rec)
             run = Run(rec.id, rec.attempt, evaluator, model, rec.timeout, rec.name, blobs=rec.blobs)
+            if item_bytes(run) > worker.max_message_bytes - _HEADROOM:
+                self._too_large(worker, rec, item_bytes(run))
+                continue
+            self._event_state(rec)
             runs.setdefault(worker.identity, []).append(run)
             _log.debug("trial %s RUNNING on %s (attempt %d)", rec.id, worker.id, rec.attempt)
         for recall in self.scheduler.recalls(self.workers):
@@ -589,7 +675,22 @@ class Dispatcher:
                 donor.identity, MsgType.CANCEL, cancel, trial=trial, attempt=self.trials[trial].attempt
             )
         for identity, items in runs.items():
-            self._send(identity, MsgType.RUNS, RunBatch(items))
+            limit = self.workers[identity].max_message_bytes // 2
+            for part in batches(items, item_bytes, MAX_PREFETCH + 1, limit):  # each fits its worker
+                self._send(identity, MsgType.RUNS, RunBatch(part))
+
+    def _too_large(self, worker: Worker, rec: TrialRecord, size: int) -> None:
+        """A trial whose RUN would not fit in its worker's messages fails, saying what to change."""
+        worker.trials.remove(rec.id)
+        self.scheduler.worker_done(worker)
+        reason = (
+            f"its payload ({size} bytes) exceeds worker {worker.id}'s message limit "
+            f"({worker.max_message_bytes} bytes): pass large arguments as tensors or arrays (they travel "
+            "as blobs), or raise the workers' message limit"
+        )
+        self._finish(
+            rec, lifecycle.failed(rec, Failure(FailureKind.STOPPED, reason, "PayloadTooLarge", reason))
+        )
 
     def _beat(self, now: float) -> None:
         for worker in list(self.workers.values()):
@@ -623,6 +724,11 @@ class Dispatcher:
             for w in self.workers.values()
         ]
         return StatusReply(self.id, workers, counts, time.monotonic() - self._started, self.outbox.bytes_sent)
+
+
+class _Refused(Exception):
+    """An item the dispatcher will not take, for a reason its sender is told (an expected refusal:
+    logged without a traceback)."""
 
 
 def _nothing(peer: object, msg: Message) -> None:

@@ -22,8 +22,9 @@ class CuttableProxy:
         self._lock = threading.Lock()
         self._conns: list[socket.socket] = []
         self._stopped = threading.Event()
-        self._listener = self._listen(0)
-        self.port = self._listener.getsockname()[1]
+        listener = self._listen(0)
+        self._listener: socket.socket | None = listener  # None while the line is cut
+        self.port: int = listener.getsockname()[1]
         self.address = f"tcp://127.0.0.1:{self.port}"
         self._threads = [threading.Thread(target=self._accept_loop, daemon=True)]
         self._threads[0].start()

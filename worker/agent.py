@@ -16,6 +16,7 @@ back, and the DONEs of one loop turn go out in one DONES message.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -44,6 +45,8 @@ from retia.protocol import (
     Session,
     TrialAttempt,
     TrialState,
+    batches,
+    item_bytes,
 )
 
 from . import runner
@@ -58,6 +61,9 @@ _log = logging.getLogger(__name__)
 _CHUNK = 1 << 20
 _INLINE = 64 << 10  # artefacts up to this much in all ride inside DONE instead of FILE messages
 _MAX_BATCH = 512
+_REPORT_BYTES_PER_MESSAGE = 1 << 20
+_INLINE_REPORT_BYTES = 256 << 10  # a DONE carries the last reports up to this much; more go before it
+_BACKLOG = 64  # messages the socket has not taken: past this, the agent stops reading its trial's pipe
 _DONES_PER_MESSAGE = 8
 # seconds a cancelled trial queued in a --reuse-process child has to be skipped before a kill
 _SKIP_GRACE = 1.0
@@ -124,7 +130,9 @@ class Agent:
         next_reap = time.monotonic()
         try:
             while not self._stopping:
-                self._poll(max(0.0, min(self.peer.next_deadline() - time.monotonic(), 0.2)))
+                # what waits for room in the socket goes out within 10 ms
+                longest = 0.01 if self.peer.backlog else 0.2
+                self._poll(max(0.0, min(self.peer.next_deadline() - time.monotonic(), longest)))
                 now = time.monotonic()
                 self._supervise(now)
                 if now >= next_reap:
@@ -218,7 +226,7 @@ class Agent:
         elif msg.type is MsgType.CANCEL:
             self._cancel(h.trial, h.attempt, msg.body.reason, msg.body.give_back)
         elif msg.type is MsgType.RESET:
-            self.peer.say_hello()
+            self.peer.reset(msg.body)
         elif msg.type is MsgType.SHUTDOWN:
             self.stop()
         elif msg.type not in (MsgType.HEARTBEAT, MsgType.WELCOME):
@@ -226,8 +234,10 @@ class Agent:
 
     def _accept(self, run: Run) -> None:
         if len(self._started()) + len(self._held) > self.config.prefetch:
-            _log.error("RUN for %s while busy; refusing it", run.trial)
-            self._end_unstarted(run, TrialState.FAILED, "worker was busy", FailureKind.STOPPED)
+            # (the dispatcher's view lagged, e.g. an attempt it gave up still runs here): it goes
+            # back to the queue unstarted, no attempt spent, rather than failing
+            _log.warning("RUN for %s while busy; giving it back", run.trial)
+            self._end_unstarted(run, TrialState.QUEUED, "the worker was busy")
             return
         self._last_run = run.trial
         if run.blobs:
@@ -341,9 +351,10 @@ class Agent:
     def _send_reports(self, trial: RunningTrial) -> None:
         """The pending reports in one message: one ACK (for the last), one journal transaction."""
         reports, trial.pending = trial.pending, []
-        if reports:  # kept under its last report's seq, so report seqs stay contiguous
+        if reports:  # each message kept under its last report's seq, so report seqs stay contiguous
             items = trial.numbered(reports)
-            self._reliable(MsgType.REPORTS, ReportBatch(items), trial, seq=items[-1].seq)
+            for part in batches(items, item_bytes, _MAX_BATCH, _REPORT_BYTES_PER_MESSAGE):
+                self._reliable(MsgType.REPORTS, ReportBatch(part), trial, seq=part[-1].seq)
 
     def _supervise(self, now: float) -> None:
         self.processes.flush()
@@ -360,7 +371,8 @@ class Agent:
             if trial.sigkill_at is not None and now > trial.sigkill_at:
                 trial.send_signal(signal.SIGKILL)
                 trial.sigkill_at = None
-            trial.read_pipe(_MAX_BATCH)
+            if self.peer.backlog < _BACKLOG:  # else the trial waits on its pipe: back-pressure, not drops
+                trial.read_pipe(_MAX_BATCH)
             if not trial.ended:
                 self._send_reports(trial)
                 break
@@ -399,6 +411,8 @@ class Agent:
                 else:
                     self._held.appendleft(queued.run)
             self._queued.clear()
+        if sum(len(report.value) for report in trial.pending) > _INLINE_REPORT_BYTES:
+            self._send_reports(trial)
         reports, trial.pending = trial.pending, []
         items = trial.numbered(reports)
         if trial.skipped and not trial.kill_reason:
@@ -409,6 +423,8 @@ class Agent:
         else:
             files = self._ship_artifacts(trial)  # FILE chunks take seqs before the DONE's
             done = trial.outcome(now, trial.seq + 1, items, files)
+            if trial.reports:
+                done = dataclasses.replace(done, report_count=trial.reports)
         trial.seq += 1
         message = Outgoing(MsgType.DONES, done, trial.id, trial.attempt, trial.seq)
         self.trial = None  # DONE tells the dispatcher we are free: no READY needed

@@ -61,6 +61,7 @@ class RunningTrial:
     sigkill_at: float | None = None
     max_artifact_bytes: int = 50 << 20
     seq: int = 0
+    reports: int = 0  # numbered so far (its DONE says how many the dispatcher must hold)
     reused: bool = False  # runs in the long-lived --reuse-process child
 
     readable: Any = None  # a select.poll() on the pipe, to drain it without building selectors
@@ -85,6 +86,7 @@ class RunningTrial:
         """The reports as wire items with the next seqs."""
         first = self.seq + 1
         self.seq += len(reports)
+        self.reports += len(reports)
         return [Report(self.id, self.attempt, first + i, r.final, r.value) for i, r in enumerate(reports)]
 
     def read_pipe(self, max_reports: int) -> None:

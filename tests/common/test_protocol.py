@@ -103,8 +103,9 @@ def test_kept_items_travel_together_and_other_messages_alone() -> None:
         Outgoing(MsgType.SUBMITS, Submit(f"t{i}", i + 1, b"e", b"m"), f"t{i}", 0, i + 1) for i in range(5)
     ]
     cancel = Outgoing(MsgType.CANCEL, None, "t0", 0, 9)
-    frames = list(kept_frames(session, [*subs[:3], cancel, *subs[3:]], max_items=2))
-    parsed = [Session(KEY, "d").parse(f) for f in frames]
+    sent = list(kept_frames(session, [*subs[:3], cancel, *subs[3:]], max_items=2))
+    assert [[m.seq for m in carried] for carried, _frames in sent] == [[1, 2], [3], [9], [4, 5]]
+    parsed = [Session(KEY, "d").parse(frames) for _carried, frames in sent]
     assert [(m.type, len(m.body.items) if m.type is MsgType.SUBMITS else 0) for m in parsed] == [
         (MsgType.SUBMITS, 2),
         (MsgType.SUBMITS, 1),

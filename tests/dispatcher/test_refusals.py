@@ -13,9 +13,7 @@ from retia.dispatcher.service import Dispatcher
 from retia.protocol import Ack, Done, DoneBatch, InlineFile, MsgType, Report, Run, TrialState, pack_metric
 
 from ..integration import fits
-from .test_scheduling import KEY, _hello, _receive, dispatcher, worker
-
-__all__ = ["dispatcher", "worker"]  # the fixtures, shared with the scheduling tests
+from .fakes import KEY, hello, receive
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -23,10 +21,10 @@ pytestmark = pytest.mark.timeout(60)
 def test_a_done_whose_files_cannot_be_written_is_refused_and_the_next_trial_runs(
     dispatcher: Dispatcher, worker: zmq.Socket[bytes]
 ) -> None:
-    session = _hello(worker)
+    session = hello(worker)
     with connect(dispatcher.address, key=KEY) as client:
         broken, fine = (client.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting)) for _ in range(2))
-        run = _receive(worker, session, MsgType.RUNS)
+        run = receive(worker, session, MsgType.RUNS)
         assert run is not None and run.trial == broken.id
         # a regular file where the client's artefact directory must go: writing the trial's files fails
         client_dir = dispatcher.artifacts.root / client.client_id

@@ -2,31 +2,24 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 import zmq
 
 from retia import FunctionalEvaluator
 from retia.client.backend import connect
-from retia.dispatcher.config import DispatcherConfig
 from retia.dispatcher.service import Dispatcher
 from retia.errors import WorkerLostError
 from retia.protocol import (
     Done,
     DoneBatch,
     Hello,
-    Message,
     MsgType,
     Ready,
     Report,
     ReportBatch,
     Role,
-    Run,
     Session,
     Submit,
     SubmitBatch,
@@ -35,82 +28,27 @@ from retia.protocol import (
 )
 
 from ..integration import fits
+from .fakes import KEY, done_frames, hello, receive
 
 pytestmark = pytest.mark.timeout(60)
-KEY = b"scheduling-test-key-0123456789ab"
-
-
-@pytest.fixture
-def dispatcher(tmp_path: Path) -> Iterator[Dispatcher]:
-    config = DispatcherConfig(bind="tcp://127.0.0.1:*", home=tmp_path, journal=Path(":memory:"))
-    service = Dispatcher(config, KEY)
-    thread = threading.Thread(target=service.serve_forever, name="dispatcher")
-    thread.start()
-    yield service
-    service.stop()
-    thread.join(timeout=10)
-
-
-_unread_runs: dict[int, list[Run]] = {}  # socket -> runs that came in a RUNS message, not yet returned
-
-
-def _receive(sock: zmq.Socket[bytes], session: Session, wanted: MsgType, timeout_ms: int = 5000) -> Any:
-    """The next `wanted` message within `timeout_ms` in all; heartbeats in between do not extend the wait.
-
-    For RUNS, each call returns one Run of the messages that came."""
-    unread = _unread_runs.setdefault(id(sock), [])
-    if wanted is MsgType.RUNS and unread:
-        return unread.pop(0)
-    deadline = time.monotonic() + timeout_ms / 1000
-    while (left := deadline - time.monotonic()) > 0 and sock.poll(int(left * 1000)):
-        msg: Message = session.parse(sock.recv_multipart())
-        sock.send_multipart(session.frames(MsgType.HEARTBEAT))  # stay alive while we wait
-        if msg.type is MsgType.RUNS and wanted is MsgType.RUNS:
-            unread += msg.body.items
-            return unread.pop(0)
-        if msg.type is wanted:
-            return msg
-    return None
-
-
-@pytest.fixture
-def worker(dispatcher: Dispatcher) -> Iterator[zmq.Socket[bytes]]:
-    """A hand-driven worker socket, so the test decides exactly when READY and DONE arrive."""
-    with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as sock:
-        sock.setsockopt(zmq.IDENTITY, b"w1")
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(dispatcher.address)
-        yield sock
-
-
-def _hello(worker: zmq.Socket[bytes], name: str = "w1", prefetch: int = 0) -> Session:
-    session = Session(KEY, name)
-    worker.send_multipart(session.frames(MsgType.HELLO, Hello(Role.WORKER, name, prefetch=prefetch)))
-    worker.send_multipart(session.frames(MsgType.READY, Ready("")))
-    return session
-
-
-def _done(session: Session, trial: str, *reports: tuple[int, bool, float], attempt: int = 1) -> list[bytes]:
-    """DONE carrying the attempt's last reports; it also tells the dispatcher the worker is free."""
-    items = [Report(trial, attempt, seq, final, pack_metric(value)) for seq, final, value in reports]
-    done = Done(trial, attempt, len(reports) + 1, TrialState.SUCCEEDED, reports=items)
-    return session.frames(MsgType.DONES, DoneBatch([done]))
 
 
 def test_a_stale_ready_does_not_take_a_running_trial_away(
     dispatcher: Dispatcher, worker: zmq.Socket[bytes]
 ) -> None:
-    session = _hello(worker)
+    session = hello(worker)
     with connect(dispatcher.address, key=KEY) as client:
         first = client.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting))
         second = client.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting))
-        run = _receive(worker, session, MsgType.RUNS)
+        run = receive(worker, session, MsgType.RUNS)
         assert run is not None and run.trial == first.id
         worker.send_multipart(session.frames(MsgType.READY, Ready("")))  # sent before the RUN arrived
-        assert _receive(worker, session, MsgType.RUNS, timeout_ms=1000) is None  # no second RUN while busy
+        assert receive(worker, session, MsgType.RUNS, timeout_ms=1000) is None  # no second RUN while busy
         assert second.state is TrialState.QUEUED and first.attempt == 1
-        worker.send_multipart(_done(session, first.id, (1, False, 0.25), (2, True, 0.5)))  # no READY after it
-        run = _receive(worker, session, MsgType.RUNS)
+        worker.send_multipart(
+            done_frames(session, first.id, (1, False, 0.25), (2, True, 0.5))
+        )  # no READY after it
+        run = receive(worker, session, MsgType.RUNS)
         assert run is not None and run.trial == second.id  # DONE alone made the worker free
         assert first.result(timeout=10) == 0.5 and first.intermediates == [0.25] and first.attempt == 1
 
@@ -118,20 +56,20 @@ def test_a_stale_ready_does_not_take_a_running_trial_away(
 def test_a_repeated_done_is_stored_once_and_frees_nothing(
     dispatcher: Dispatcher, worker: zmq.Socket[bytes]
 ) -> None:
-    session = _hello(worker)
+    session = hello(worker)
     finals: list[str] = []
     with connect(dispatcher.address, key=KEY) as client:
         client.add_listener(
             lambda trial, event: finals.append(trial.id) if event.report is not None else None
         )
         trials = [client.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting)) for _ in range(3)]
-        assert _receive(worker, session, MsgType.RUNS) is not None
-        done = _done(session, trials[0].id, (1, True, 1.0))
+        assert receive(worker, session, MsgType.RUNS) is not None
+        done = done_frames(session, trials[0].id, (1, True, 1.0))
         worker.send_multipart(done)
-        run = _receive(worker, session, MsgType.RUNS)
+        run = receive(worker, session, MsgType.RUNS)
         assert run is not None and run.trial == trials[1].id
-        worker.send_multipart(_done(session, trials[0].id, (1, True, 2.0)))  # re-sent after a lost ACK
-        assert _receive(worker, session, MsgType.RUNS, timeout_ms=1000) is None  # still busy with the second
+        worker.send_multipart(done_frames(session, trials[0].id, (1, True, 2.0)))  # re-sent after a lost ACK
+        assert receive(worker, session, MsgType.RUNS, timeout_ms=1000) is None  # still busy with the second
         assert trials[0].result(timeout=10) == 1.0 and trials[2].state is TrialState.QUEUED
         assert finals == [trials[0].id]
 
@@ -139,17 +77,17 @@ def test_a_repeated_done_is_stored_once_and_frees_nothing(
 def test_a_prefetching_worker_holds_exactly_one_more_trial(
     dispatcher: Dispatcher, worker: zmq.Socket[bytes]
 ) -> None:
-    session = _hello(worker, prefetch=1)  # (the trials it is given at once come in one RUNS message)
+    session = hello(worker, prefetch=1)  # (the trials it is given at once come in one RUNS message)
     with connect(dispatcher.address, key=KEY) as client:
         a, b, c = (client.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting)) for _ in range(3))
-        runs = [_receive(worker, session, MsgType.RUNS) for _ in range(2)]
+        runs = [receive(worker, session, MsgType.RUNS) for _ in range(2)]
         assert [r.trial for r in runs if r is not None] == [a.id, b.id]  # the second one before a ends
-        assert _receive(worker, session, MsgType.RUNS, timeout_ms=1000) is None  # never a third
-        worker.send_multipart(_done(session, a.id, (1, True, 1.0)))
-        run = _receive(worker, session, MsgType.RUNS)
+        assert receive(worker, session, MsgType.RUNS, timeout_ms=1000) is None  # never a third
+        worker.send_multipart(done_frames(session, a.id, (1, True, 1.0)))
+        run = receive(worker, session, MsgType.RUNS)
         assert run is not None and run.trial == c.id  # the freed slot takes the next one
-        worker.send_multipart(_done(session, b.id, (1, True, 2.0)))
-        worker.send_multipart(_done(session, c.id, (1, True, 3.0)))
+        worker.send_multipart(done_frames(session, b.id, (1, True, 2.0)))
+        worker.send_multipart(done_frames(session, c.id, (1, True, 3.0)))
         assert [t.result(timeout=10) for t in (a, b, c)] == [1.0, 2.0, 3.0]
         assert [t.attempt for t in (a, b, c)] == [1, 1, 1]
 
@@ -157,30 +95,30 @@ def test_a_prefetching_worker_holds_exactly_one_more_trial(
 def test_a_prefetching_worker_that_leaves_gives_back_both_trials(
     dispatcher: Dispatcher, worker: zmq.Socket[bytes]
 ) -> None:
-    session = _hello(worker, prefetch=1)
+    session = hello(worker, prefetch=1)
     with connect(dispatcher.address, key=KEY) as client:
         a, b = (client.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting)) for _ in range(2))
-        assert all(_receive(worker, session, MsgType.RUNS) is not None for _ in range(2))
+        assert all(receive(worker, session, MsgType.RUNS) is not None for _ in range(2))
         worker.send_multipart(session.frames(MsgType.BYE))
         with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as other:
             other.setsockopt(zmq.IDENTITY, b"w2")
             other.setsockopt(zmq.LINGER, 0)
             other.connect(dispatcher.address)
-            second = _hello(other, "w2")
+            second = hello(other, "w2")
             for expected, value in ((a, 1.0), (b, 2.0)):
-                run = _receive(other, second, MsgType.RUNS)
+                run = receive(other, second, MsgType.RUNS)
                 assert run is not None and (run.trial, run.attempt) == (expected.id, 2)
-                other.send_multipart(_done(second, expected.id, (1, True, value), attempt=2))
+                other.send_multipart(done_frames(second, expected.id, (1, True, value), attempt=2))
             assert [a.result(timeout=10), b.result(timeout=10)] == [1.0, 2.0]
 
 
 def test_an_idle_worker_gets_back_a_trial_another_holds_unstarted(
     dispatcher: Dispatcher, worker: zmq.Socket[bytes]
 ) -> None:
-    session = _hello(worker, prefetch=2)
+    session = hello(worker, prefetch=2)
     with connect(dispatcher.address, key=KEY) as client:
         a, b, c = (client.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting)) for _ in range(3))
-        runs = [_receive(worker, session, MsgType.RUNS) for _ in range(3)]
+        runs = [receive(worker, session, MsgType.RUNS) for _ in range(3)]
         assert [r.trial for r in runs if r is not None] == [
             a.id,
             b.id,
@@ -190,26 +128,26 @@ def test_an_idle_worker_gets_back_a_trial_another_holds_unstarted(
             other.setsockopt(zmq.IDENTITY, b"w2")
             other.setsockopt(zmq.LINGER, 0)
             other.connect(dispatcher.address)
-            second = _hello(other, "w2")
-            cancel = _receive(worker, session, MsgType.CANCEL)
+            second = hello(other, "w2")
+            cancel = receive(worker, session, MsgType.CANCEL)
             assert (
                 cancel is not None and cancel.header.trial == c.id and cancel.body.give_back
             )  # the last one
             assert (
-                _receive(worker, session, MsgType.CANCEL, timeout_ms=500) is None
+                receive(worker, session, MsgType.CANCEL, timeout_ms=500) is None
             )  # one idle worker, one trial
             given_back = Done(c.id, 1, 1, TrialState.QUEUED, cancel.body.reason)
             worker.send_multipart(session.frames(MsgType.DONES, DoneBatch([given_back])))
-            run = _receive(other, second, MsgType.RUNS)
+            run = receive(other, second, MsgType.RUNS)
             assert run is not None and (run.trial, run.attempt) == (c.id, 1)  # no attempt spent
-            other.send_multipart(_done(second, c.id, (1, True, 3.0)))
+            other.send_multipart(done_frames(second, c.id, (1, True, 3.0)))
             assert c.result(timeout=10) == 3.0 and c.attempt == 1
 
 
 def test_submit_many_travels_as_one_message_and_each_trial_runs_once(
     dispatcher: Dispatcher, worker: zmq.Socket[bytes]
 ) -> None:
-    session = _hello(worker, prefetch=4)
+    session = hello(worker, prefetch=4)
     with connect(dispatcher.address, key=KEY) as client:
         evaluator = FunctionalEvaluator(fits.counting)
         with pytest.raises(ValueError, match="one entry per model"):
@@ -217,30 +155,28 @@ def test_submit_many_travels_as_one_message_and_each_trial_runs_once(
         before = dispatcher.messages_handled
         ids = [f"batch-{i}" for i in range(5)]
         trials = client.submit_many([fits.DigitsMLP] * 5, evaluator, names=ids, trial_ids=ids)
-        runs = [_receive(worker, session, MsgType.RUNS) for _ in range(5)]
+        runs = [receive(worker, session, MsgType.RUNS) for _ in range(5)]
         assert [r.trial for r in runs if r is not None] == ids  # in order, to the one worker
         assert (
             dispatcher.messages_handled - before < 5
         )  # one SUBMITS (and a heartbeat or two), not five SUBMITs
         assert [t.name for t in trials] == ids
         again = client.submit_many([fits.DigitsMLP] * 5, evaluator, trial_ids=ids)  # idempotent, as submit is
-        assert [t.id for t in again] == ids and _receive(
-            worker, session, MsgType.RUNS, timeout_ms=500
-        ) is None
+        assert [t.id for t in again] == ids and receive(worker, session, MsgType.RUNS, timeout_ms=500) is None
         for i, trial in enumerate(trials):
-            worker.send_multipart(_done(session, trial.id, (1, True, float(i))))
+            worker.send_multipart(done_frames(session, trial.id, (1, True, float(i))))
         assert [t.result(timeout=10) for t in trials] == [0.0, 1.0, 2.0, 3.0, 4.0]
 
 
 def test_a_lost_workers_held_trials_do_not_spend_their_retries(
     dispatcher: Dispatcher, worker: zmq.Socket[bytes]
 ) -> None:
-    session = _hello(worker, prefetch=1)
+    session = hello(worker, prefetch=1)
     with connect(dispatcher.address, key=KEY) as client:
         running, held = (
             client.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting), max_retries=0) for _ in range(2)
         )
-        assert all(_receive(worker, session, MsgType.RUNS) is not None for _ in range(2))
+        assert all(receive(worker, session, MsgType.RUNS) is not None for _ in range(2))
         worker.send_multipart(session.frames(MsgType.BYE))
         with pytest.raises(WorkerLostError):  # it ran there, and it may not run again
             running.result(timeout=10)
@@ -254,7 +190,7 @@ def test_a_lost_workers_held_trials_do_not_spend_their_retries(
 def test_a_burst_of_events_reaches_a_client_in_bounded_batches_in_order(
     dispatcher: Dispatcher, worker: zmq.Socket[bytes]
 ) -> None:
-    session = _hello(worker)
+    session = hello(worker)
     with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as client:
         client.setsockopt(zmq.IDENTITY, b"c1")
         client.setsockopt(zmq.LINGER, 0)
@@ -263,11 +199,11 @@ def test_a_burst_of_events_reaches_a_client_in_bounded_batches_in_order(
         client.send_multipart(me.frames(MsgType.HELLO, Hello(Role.CLIENT, "c1")))
         submit = Submit("t1", 1, b"evaluator", b"model")
         client.send_multipart(me.frames(MsgType.SUBMITS, SubmitBatch([submit])))
-        assert _receive(worker, session, MsgType.RUNS) is not None
+        assert receive(worker, session, MsgType.RUNS) is not None
         n = 3000
         items = [Report("t1", 1, i + 1, False, pack_metric(float(i))) for i in range(n)]
         worker.send_multipart(session.frames(MsgType.REPORTS, ReportBatch(items)))
-        worker.send_multipart(_done(session, "t1", (n + 1, True, -1.0)))
+        worker.send_multipart(done_frames(session, "t1", (n + 1, True, -1.0)))
         values: list[float] = []
         sizes: list[int] = []
         seqs: list[int] = []

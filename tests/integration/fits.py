@@ -185,3 +185,8 @@ def writes_nested(model_cls: Any) -> None:
     (root / "best.txt").symlink_to(root / "logs" / "epoch-1" / "metrics.csv")
     (root / "weights.bin").write_bytes(bytes(range(256)) * 1024)  # 256 KiB: too big to ride inside DONE
     report_final_result(1.0)
+
+
+def padded(model_cls: Any, pad: str) -> None:
+    """An evaluator made large by its argument (a string is pickled into it, not sent as a blob)."""
+    report_final_result(float(len(pad)))

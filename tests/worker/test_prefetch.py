@@ -186,3 +186,12 @@ def test_the_agent_yields_to_the_child_only_while_trials_queue_in_it(tmp_path: P
             float(os.SCHED_OTHER)
         ] * 2  # trials keep the normal policy
         _wait_for(lambda: os.sched_getscheduler(agent.pid) == os.SCHED_OTHER, timeout=5.0)
+
+
+def test_many_large_held_trials_reach_a_reuse_process_worker_in_messages_that_fit(tmp_path: Path) -> None:
+    """32 held trials of a 270 KB evaluator are 9 MB: one RUNS message would exceed the worker's
+    8 MiB limit, be dropped, and no trial would ever finish (issue 16, point 7); split by size, all run."""
+    with fast_cluster(workers=1, home=tmp_path / "c", worker_args=["--reuse-process"]) as backend:
+        evaluator = FunctionalEvaluator(fits.padded, pad="x" * 270_000)
+        trials = backend.submit_many([fits.DigitsMLP] * 40, evaluator)
+        assert [trial.result(timeout=120) for trial in trials] == [270_000.0] * 40

@@ -1,0 +1,94 @@
+"""A hand-written worker speaking the real protocol, for tests that decide exactly when each message
+arrives (the dispatcher and the socket are fixtures in conftest.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import zmq
+
+from retia.dispatcher.config import DispatcherConfig
+from retia.dispatcher.service import Dispatcher
+from retia.protocol import (
+    Done,
+    DoneBatch,
+    Hello,
+    Message,
+    MsgType,
+    Ready,
+    Report,
+    Role,
+    Run,
+    Session,
+    TrialState,
+    pack_metric,
+)
+
+KEY = b"scheduling-test-key-0123456789ab"
+
+
+@contextlib.contextmanager
+def serving(config: DispatcherConfig) -> Iterator[Dispatcher]:
+    """A dispatcher serving in a thread until the block ends."""
+    service = Dispatcher(config, KEY)
+    thread = threading.Thread(target=service.serve_forever, name="dispatcher")
+    thread.start()
+    try:
+        yield service
+    finally:
+        service.stop()
+        thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def worker_socket(address: str, identity: bytes = b"w1") -> Iterator[zmq.Socket[bytes]]:
+    """A DEALER socket for a hand-driven worker."""
+    with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as sock:
+        sock.setsockopt(zmq.IDENTITY, identity)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(address)
+        yield sock
+
+
+_unread_runs: dict[int, list[Run]] = {}  # socket -> runs that came in a RUNS message, not yet returned
+
+
+def receive(sock: zmq.Socket[bytes], session: Session, wanted: MsgType, timeout_ms: int = 5000) -> Any:
+    """The next `wanted` message within `timeout_ms` in all; heartbeats in between do not extend the wait.
+
+    For RUNS, each call returns one Run of the messages that came."""
+    unread = _unread_runs.setdefault(id(sock), [])
+    if wanted is MsgType.RUNS and unread:
+        return unread.pop(0)
+    deadline = time.monotonic() + timeout_ms / 1000
+    while (left := deadline - time.monotonic()) > 0 and sock.poll(int(left * 1000)):
+        msg: Message = session.parse(sock.recv_multipart())
+        sock.send_multipart(session.frames(MsgType.HEARTBEAT))  # stay alive while we wait
+        if msg.type is MsgType.RUNS and wanted is MsgType.RUNS:
+            unread += msg.body.items
+            return unread.pop(0)
+        if msg.type is wanted:
+            return msg
+    return None
+
+
+def hello(worker: zmq.Socket[bytes], name: str = "w1", prefetch: int = 0) -> Session:
+    session = Session(KEY, name)
+    worker.send_multipart(session.frames(MsgType.HELLO, Hello(Role.WORKER, name, prefetch=prefetch)))
+    worker.send_multipart(session.frames(MsgType.READY, Ready("")))
+    return session
+
+
+def done_frames(
+    session: Session, trial: str, *reports: tuple[int, bool, float], attempt: int = 1
+) -> list[bytes]:
+    """DONE carrying the attempt's last reports; it also tells the dispatcher the worker is free."""
+    items = [Report(trial, attempt, seq, final, pack_metric(value)) for seq, final, value in reports]
+    body = Done(
+        trial, attempt, len(reports) + 1, TrialState.SUCCEEDED, reports=items, report_count=len(items)
+    )
+    return session.frames(MsgType.DONES, DoneBatch([body]))
