@@ -6,12 +6,10 @@ against it while it fills up (or goes read-only) and frees again."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,40 +22,10 @@ from retia.peer import Peer, PeerTiming
 from retia.protocol import Ack, Hello, MsgType, Outgoing, Role, Session, Submit, TrialState
 
 from ..clusters import HEARTBEAT_INTERVAL, LIVENESS, fast_cluster, processes
+from ..disks import fill, small_disk
 from ..integration import fits
 
 pytestmark = pytest.mark.timeout(150)
-
-
-@contextlib.contextmanager
-def _tmpfs(path: Path, size: str) -> Iterator[Path]:
-    """A real small filesystem at ``path``; the test is skipped where mounting is not allowed."""
-    if os.geteuid() != 0:
-        pytest.skip("a real full filesystem needs root, to mount a small tmpfs")
-    path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is not permitted here: {done.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(path)], check=True)
-
-
-def _fill(disk: Path) -> Path:
-    """Write a file until the filesystem has no byte left."""
-    filler = disk / "filler"
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(bytes(1 << 16))
-                f.flush()
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC, exc
-    return filler
 
 
 class _Submitter:
@@ -119,7 +87,7 @@ def _log_lines(backend: Backend, words: str) -> int:
 
 
 def test_a_full_disk_refuses_new_trials_loses_nothing_acknowledged_and_resumes(tmp_path: Path) -> None:
-    with _tmpfs(tmp_path / "disk", "16m") as disk:
+    with small_disk(tmp_path / "disk", "16m") as disk:
         home = tmp_path / "cluster"
         home.mkdir()
         for name in ("artifacts", "blobs"):  # journal, artefacts and blobs on the small disk
@@ -129,7 +97,7 @@ def test_a_full_disk_refuses_new_trials_loses_nothing_acknowledged_and_resumes(t
         with fast_cluster(workers=1, home=home, journal=str(journal)) as backend:
             running = backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting, steps=40, delay=0.1))
             _started(running)
-            filler = _fill(disk)
+            filler = fill(disk)
             submitter = _Submitter(backend.address, load_key(processes(backend).key_file))
             try:
                 for i in range(20):
@@ -173,7 +141,7 @@ def test_a_full_disk_refuses_new_trials_loses_nothing_acknowledged_and_resumes(t
 def test_read_only_artefacts_hold_a_done_back_until_remounted(tmp_path: Path) -> None:
     """Artefacts on a disk remounted read-only: the DONE that ships files is not refused (the worker
     would drop it) but waits unacknowledged; new trials are refused meanwhile; rw again, it lands."""
-    with _tmpfs(tmp_path / "disk", "8m") as disk:
+    with small_disk(tmp_path / "disk", "8m") as disk:
         home = tmp_path / "cluster"
         home.mkdir()
         (home / "artifacts").symlink_to(disk)
