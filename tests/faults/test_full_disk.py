@@ -108,7 +108,10 @@ def test_a_full_disk_refuses_new_trials_loses_nothing_acknowledged_and_resumes(t
                 submitter.close()
             accepted = sorted(t for t, ack in submitter.answers.items() if ack.ok)
             assert set(accepted) <= _stored(journal), "acknowledged, then lost"
-            assert processes(backend).dispatcher.poll() is None, "the dispatcher exited on a full disk"
+            dispatcher = processes(backend).dispatcher
+            assert dispatcher is not None and dispatcher.poll() is None, (
+                "the dispatcher exited on a full disk"
+            )
             assert backend.status().counts["RUNNING"] == 1  # it still serves
             assert set(submitter.answers) == set(submitter.sent), "every SUBMIT is answered"
             refusals = [ack.reason for ack in submitter.answers.values() if not ack.ok]
