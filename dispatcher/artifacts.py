@@ -10,6 +10,8 @@ from pathlib import Path, PurePosixPath
 
 from retia.protocol import FileChunk
 
+from .storage import storage_fault
+
 __all__ = ["ArtifactStore"]
 
 _log = logging.getLogger(__name__)
@@ -27,16 +29,24 @@ class ArtifactStore:
         return os.path.join(self._root, _safe_name(client), _safe_name(trial))
 
     def write(self, client: str, trial: str, chunk: FileChunk) -> bool:
+        """Write one chunk; False for a path that escapes. A full or read-only disk raises
+        :class:`~retia.dispatcher.storage.StorageFault` (the chunk must then not be acknowledged)."""
         parts = PurePosixPath(chunk.path).parts
         if not parts or parts[0] == "/" or ".." in parts:
             _log.warning("refused artefact path %r for trial %s", chunk.path, trial)
             return False
         target = os.path.join(self.trial_path(client, trial), *parts)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        mode = "r+b" if chunk.offset and os.path.exists(target) else "wb"
-        with open(target, mode) as f:
-            f.seek(chunk.offset)
-            f.write(chunk.data)
+        try:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            mode = "r+b" if chunk.offset and os.path.exists(target) else "wb"
+            with open(target, mode) as f:
+                f.seek(chunk.offset)
+                f.write(chunk.data)
+        except OSError as exc:
+            fault = storage_fault(exc, "an artefact", target)
+            if fault is None:
+                raise
+            raise fault from exc
         return True
 
 

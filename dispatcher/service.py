@@ -14,6 +14,11 @@ in-memory state and the journal, with the trial's moves decided by ``lifecycle``
 placements by ``Scheduler``. Then the turn commits once and sends what it produced: the
 replies it queued (WELCOME, RUNS, CANCEL, ...), then one ACKS message per peer, then EVENTS per
 client. User payloads are opaque bytes here: the dispatcher never loads them.
+
+Acknowledged means stored: a turn whose commit fails (a full or read-only disk) sends nothing,
+and the in-memory view is rebuilt from the journal as at a restart (:meth:`Dispatcher._reload`).
+Until the disk takes writes again the dispatcher is degraded (``storage``): it serves what needs
+no write, refuses new trials with the reason, and leaves what peers must keep unacknowledged.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import zmq
@@ -69,6 +75,7 @@ from .journal import Journal, TrialRecord
 from .outbox import Outbox
 from .peers import Client, Worker
 from .scheduler import Scheduler
+from .storage import StorageFault, StorageWatch, storage_fault
 
 __all__ = ["Dispatcher"]
 
@@ -91,6 +98,8 @@ class Dispatcher:
         self.journal = Journal(config.journal_path)
         self.artifacts = ArtifactStore(config.artifacts_dir)
         self.blobs = BlobStore(config.home_dir / "blobs", config.blob_budget_bytes)
+        journal_dir = [] if config.journal_path == ":memory:" else [Path(config.journal_path).parent]
+        self.storage = StorageWatch([*journal_dir, config.artifacts_dir, self.blobs.root])
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
@@ -138,18 +147,21 @@ class Dispatcher:
             MsgType.CANCEL: self._on_client_cancel,
             MsgType.BYE: self._on_client_bye,
         }
+        self._gate_writes()
         self._recover()
 
     # ---- lifecycle ----
 
-    def _recover(self) -> None:
+    def _recover(self, adoption_deadline: float = 0.0) -> None:
+        """Trials from the journal; RUNNING ones wait for their workers until ``adoption_deadline``
+        (0: from when the loop starts serving)."""
         for rec in self.journal.trials():
             self.trials[rec.id] = rec
             if rec.state is TrialState.QUEUED:
                 self.scheduler.enqueue(rec.id)
             elif rec.state is TrialState.RUNNING:
                 rec.reports = self.journal.report_count(rec.id, rec.attempt)
-                self._orphans[rec.id] = 0.0  # the adoption window opens when the loop starts serving
+                self._orphans[rec.id] = adoption_deadline
         if self.trials:
             _log.info(
                 "recovered %d trials from %s: %d queued, %d running (awaiting their workers)",
@@ -158,6 +170,64 @@ class Dispatcher:
                 len(self.scheduler.queue),
                 len(self._orphans),
             )
+
+    def _reload(self) -> None:
+        """Start again from the journal as a restart would (after a lost commit, and when the disk
+        takes writes again): nothing the turn queued is sent; trials are reloaded, running ones
+        waiting for their workers; peers are forgotten, so their next message gets a RESET and they
+        say HELLO again, re-sending all they hold unacknowledged (workers adopt their trials)."""
+        sent = self.outbox.bytes_sent
+        self.outbox = Outbox(self.session, self._sock)
+        self.outbox.bytes_sent = sent
+        self.workers.clear()
+        self.clients.clear()
+        self._client_at.clear()
+        self.trials.clear()
+        self._payloads.clear()
+        self._orphans.clear()
+        self._short.clear()
+        self.scheduler = Scheduler()
+        self._recover(time.monotonic() + self.config.expiry)
+
+    def _gate_writes(self) -> None:
+        """While the disk refuses writes, what would write does not reach its handler: new trials are
+        refused with the reason; what peers must keep (reports, DONEs, files, blob chunks, cancels) is
+        left unacknowledged, so they send it again, and it is stored once the dispatcher resumes."""
+        for kind in (MsgType.REPORTS, MsgType.DONES, MsgType.FILE):
+            self._from_worker[kind] = self._unless_degraded(self._from_worker[kind], _nothing)
+        for kind in (MsgType.BLOB_PUT, MsgType.CANCEL):
+            self._from_client[kind] = self._unless_degraded(self._from_client[kind], _nothing)
+        submits = self._from_client[MsgType.SUBMITS]
+        self._from_client[MsgType.SUBMITS] = self._unless_degraded(submits, self._refuse_submits)
+
+    def _unless_degraded(
+        self, handler: Callable[[P, Message], None], instead: Callable[[P, Message], None]
+    ) -> Callable[[P, Message], None]:
+        def gated(peer: P, msg: Message) -> None:
+            (instead if self.storage.degraded else handler)(peer, msg)
+
+        return gated
+
+    def _refuse_submits(self, client: Client, msg: Message) -> None:
+        """Degraded: a trial stored already is acknowledged (a re-send), a new one refused with why."""
+        why = self.storage.fault.reason if self.storage.fault else "the dispatcher's disk refuses writes"
+        for sub in msg.body.items:
+            rec = self.trials.get(sub.trial)
+            if rec is not None and rec.client == client.id:
+                self.outbox.ack(client.identity, Ack(sub.trial, 0, sub.seq))
+            else:
+                reason = f"trial not accepted: {why}; submit it again then"
+                self.outbox.ack(client.identity, Ack(sub.trial, 0, sub.seq, False, reason))
+
+    def _storage_step(self, now: float) -> None:
+        """Degraded: probe the disk when due (resuming as after a restart once it takes writes), and
+        keep trials whose workers may be waiting to send their DONE from being given up meanwhile."""
+        if self.storage.probe(now):
+            self._reload()
+            return
+        deadline = now + self.config.expiry
+        for trial in self._orphans:
+            self._orphans[trial] = max(self._orphans[trial], deadline)
 
     def stop(self) -> None:
         """Ask the loop to exit after its current turn (safe from a signal handler)."""
@@ -176,6 +246,8 @@ class Dispatcher:
             self._orphans[trial_id] = next_beat + self.config.expiry
         try:
             while not self._stopping:
+                if self.storage.degraded:  # between turns: the journal holds no open transaction
+                    self._guarded("probing the disk", self._storage_step, time.monotonic())
                 wait_ms = max(0.0, next_beat - time.monotonic()) * 1000
                 if poller.poll(int(min(wait_ms, 200))):
                     self._read_batch()
@@ -183,13 +255,14 @@ class Dispatcher:
                 if now >= next_beat:
                     self._guarded("expiring peers", self._beat, now)
                     next_beat = now + self.config.heartbeat_interval
-                self._guarded("placing trials", self._dispatch)
+                if not self.storage.failed_since_probe:  # a RUN needs a write: after one failed, wait
+                    self._guarded("placing trials", self._dispatch)
                 self._flush()
         finally:
             self.close()
 
     def close(self) -> None:
-        self._flush()
+        self._flush(reload=False)
         self.journal.close()
         self._sock.close(linger=0)
         self._ctx.term()
@@ -227,9 +300,19 @@ class Dispatcher:
     ) -> None:
         self.outbox.send(identity, type, body, trial=trial, attempt=attempt)
 
-    def _flush(self) -> None:
-        """Send what the loop turn produced, once the journal holds it."""
-        self.journal.commit()
+    def _flush(self, *, reload: bool = True) -> None:
+        """Send what the loop turn produced, once the journal holds it. If the commit fails, SQLite
+        has rolled the turn back: nothing of it goes out, and (``reload``) the in-memory view, which
+        the turn changed too, is rebuilt from the journal."""
+        try:
+            self.journal.commit()
+        except StorageFault as fault:
+            self.storage.failed(fault)
+            if reload:
+                self._reload()
+            else:
+                self.outbox = Outbox(self.session, self._sock)
+            return
         self.outbox.flush()
 
     # ---- message handling ----
@@ -389,6 +472,12 @@ class Dispatcher:
                     _log.warning("%s (from client %s)", reason, client.id)
         except ValueError as exc:
             ok, reason = False, str(exc)
+        except OSError as exc:
+            fault = storage_fault(exc, "a blob", self.blobs.root / chunk.path)
+            if fault is None:
+                raise
+            self.storage.failed(fault)  # unacknowledged: the client sends the chunk again
+            return
         self.outbox.ack(client.identity, Ack(msg.header.trial, 0, msg.header.seq, ok, reason))
 
     def _on_blob_get(self, worker: Worker, msg: Message) -> None:
@@ -478,13 +567,19 @@ class Dispatcher:
     def _stored(self, ack: Ack, store: Callable[[], bool]) -> Ack | None:
         """``ack`` once ``store()`` stored the item; None when it says not yet (the sender sends it
         again); if it raised, a refusal that says why (the sender drops it, rather than re-sending
-        what fails the same way), and the dispatcher goes on."""
+        what fails the same way), and the dispatcher goes on. A full or read-only disk is no reason
+        to refuse: the journal's transaction is lost with it, so nothing of this turn is sent (the
+        commit raises and the turn is dropped); the sender keeps the item."""
         try:
             if not store():
                 return None
         except _Refused as exc:
             _log.warning("refused the item %s/%d/%d: %s", ack.trial, ack.attempt, ack.seq, exc)
             return Ack(ack.trial, ack.attempt, ack.seq, False, str(exc))
+        except StorageFault as fault:
+            self.journal.fail(fault)
+            self.storage.failed(fault)
+            return None
         except Exception as exc:
             _log.exception("could not handle the item %s/%d/%d; refused", ack.trial, ack.attempt, ack.seq)
             return Ack(ack.trial, ack.attempt, ack.seq, False, f"the dispatcher failed on it: {exc!r:.300}")
@@ -558,7 +653,11 @@ class Dispatcher:
         rec = self.trials.get(h.trial)
         ok = rec is not None and rec.attempt == h.attempt
         if rec is not None and ok:
-            self.artifacts.write(rec.client, rec.id, msg.body)
+            try:
+                self.artifacts.write(rec.client, rec.id, msg.body)
+            except StorageFault as fault:
+                self.storage.failed(fault)  # unacknowledged: the worker sends the chunk again
+                return
         self.outbox.ack(worker.identity, Ack(h.trial, h.attempt, h.seq, ok))
 
     def _on_client_cancel(self, client: Client, msg: Message) -> None:
