@@ -59,6 +59,7 @@ from retia.protocol import Session as WireSession
 from . import lifecycle
 from .artifacts import ArtifactStore
 from .config import DispatcherConfig
+from .drops import DropLog, ResetLimiter
 from .journal import Journal, TrialRecord
 from .outbox import Outbox
 from .peers import Client, Worker
@@ -104,7 +105,8 @@ class Dispatcher:
         self._payloads: dict[str, tuple[bytes, bytes]] = {}  # submitted, not yet sent: saves a journal read
         self._orphans: dict[str, float] = {}  # RUNNING at restart: trial -> adoption deadline
         self.outbox = Outbox(self.session, self._sock)
-        self._dropped: dict[bytes, int] = {}
+        self._drops = DropLog()  # nothing per peer before a valid HELLO: junk costs bounded memory and log
+        self._resets = ResetLimiter(config.expiry)
         self._stopping = False
         self._started = time.monotonic()
         self.messages_handled = 0
@@ -204,12 +206,17 @@ class Dispatcher:
                 continue
             self.messages_handled += 1
             self._handle(identity, msg)
+        self._drops.tick(time.monotonic())
 
     def _drop(self, identity: bytes, exc: Exception) -> None:
-        count = self._dropped.get(identity, 0) + 1
-        self._dropped[identity] = count
-        if count <= 20 or count % 1000 == 0:  # a flood from one peer must not flood the log
-            _log.warning("dropped message from peer %r (%d so far): %s", identity, count, exc)
+        """A message refused unread: counted, and logged within a budget shared by all senders."""
+        self._drops.drop(identity, str(exc), time.monotonic())
+
+    def _reset(self, identity: bytes) -> None:
+        """Ask an unknown peer to say HELLO, once per liveness window: each RESET makes it re-send all it
+        keeps, and a restarted dispatcher hears many messages from each peer before their HELLO."""
+        if self._resets.allow(identity, time.monotonic()):
+            self._send(identity, MsgType.RESET)
 
     def _send(
         self, identity: bytes, type: MsgType, body: object = None, *, trial: str = "", attempt: int = 0
@@ -241,7 +248,7 @@ class Dispatcher:
             client.expiry = expiry
             self._route(self._from_client, client, identity, msg, "a client")
             return
-        self._send(identity, MsgType.RESET)  # we do not know it (restarted, or it was declared dead)
+        self._reset(identity)  # we do not know it (restarted, or it was declared dead)
 
     def _route(
         self,
