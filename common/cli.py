@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import resource
 import sys
 from collections.abc import Callable
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "raise_open_file_limit"]
+
+_log = logging.getLogger(__name__)
 
 # subcommand -> (module, add-arguments function, run function, one-line help)
 _COMMANDS: dict[str, tuple[str, str, str, str]] = {
@@ -67,6 +71,21 @@ def main(argv: list[str] | None = None) -> int:
     module, _add, run, _help = _COMMANDS[args.command]
     runner: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(module), run)
     return runner(args)
+
+
+def raise_open_file_limit(who: str) -> int:
+    """Raise the soft open-file limit to the hard one and log the ceiling; each TCP connection to the
+    dispatcher (and each pipe and file a worker holds) takes one descriptor. Returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:  # e.g. an unlimited hard limit the kernel caps lower
+            _log.warning("could not raise the open-file limit from %d to %d: %s", soft, hard, exc)
+    ceiling = "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
+    _log.info("%s: open-file limit %s (each connection or open file takes one)", who, ceiling)
+    return soft
 
 
 if __name__ == "__main__":

@@ -400,7 +400,7 @@ def _enum_decoder(cls: type[enum.Enum]) -> _Decoder:
         try:
             return members[value]
         except (KeyError, TypeError):
-            raise _Misfit(f"{value!r} is not a {cls.__name__}") from None
+            raise _Misfit(f"{value!r:.80} is not a {cls.__name__}") from None
 
     return decode_enum
 

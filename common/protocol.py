@@ -603,9 +603,12 @@ class Session:
             self._remember(bytes(signature))
         try:
             head = codec.unpack(Header, header)
-            return Message(head, codec.unpack(BODY_TYPES[head.type], payload))
         except ProtocolError as exc:
             raise ProtocolError(f"undecodable message: {exc}") from None
+        try:
+            return Message(head, codec.unpack(BODY_TYPES[head.type], payload))
+        except ProtocolError as exc:  # say what it was and who sent it: the routing id alone may not
+            raise ProtocolError(f"undecodable {head.type.name} from {head.sender[:64]!r}: {exc}") from None
 
     def _remember(self, signature: bytes) -> None:
         """Refuse a signature seen before (as jupyter_client's digest history does)."""

@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+from retia.cli import raise_open_file_limit
 from retia.errors import RetiaError
 from retia.keys import DEFAULT_HOME, KEY_ENV, resolve_key
 
@@ -71,6 +72,7 @@ def run_dispatcher(args: argparse.Namespace) -> int:
     from .service import Dispatcher
 
     _setup_logging(args.log_level)
+    raise_open_file_limit("dispatcher")  # one descriptor per peer connection: the connection ceiling
     try:
         config = DispatcherConfig(
             bind=args.bind,

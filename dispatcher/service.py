@@ -71,6 +71,7 @@ from retia.protocol import Session as WireSession
 from . import lifecycle
 from .artifacts import ArtifactStore
 from .config import DispatcherConfig
+from .drops import DropLog, ResetLimiter
 from .journal import Journal, TrialRecord
 from .outbox import Outbox
 from .peers import Client, Worker
@@ -122,7 +123,8 @@ class Dispatcher:
         # DONEs that came before some of their attempt's reports: (trial, attempt) -> first seen
         self._short: dict[tuple[str, int], float] = {}
         self.outbox = Outbox(self.session, self._sock)
-        self._dropped: dict[bytes, int] = {}
+        self._drops = DropLog()  # nothing per peer before a valid HELLO: junk costs bounded memory and log
+        self._resets = ResetLimiter(config.expiry)
         self._stopping = False
         self._started = time.monotonic()
         self.messages_handled = 0
@@ -186,6 +188,7 @@ class Dispatcher:
         self._payloads.clear()
         self._orphans.clear()
         self._short.clear()
+        self._resets = ResetLimiter(self.config.expiry)  # every peer is to be asked for HELLO at once
         self.scheduler = Scheduler()
         self._recover(time.monotonic() + self.config.expiry)
 
@@ -288,12 +291,18 @@ class Dispatcher:
                 continue
             self.messages_handled += 1
             self._handle(identity, msg)
+        self._drops.tick(time.monotonic())
 
     def _drop(self, identity: bytes, exc: Exception) -> None:
-        count = self._dropped.get(identity, 0) + 1
-        self._dropped[identity] = count
-        if count <= 20 or count % 1000 == 0:  # a flood from one peer must not flood the log
-            _log.warning("dropped message from peer %r (%d so far): %s", identity, count, exc)
+        """A message refused unread: counted, and logged within a budget shared by all senders."""
+        self._drops.drop(identity, str(exc), time.monotonic())
+
+    def _reset(self, identity: bytes, sent: float) -> None:
+        """Ask an unknown peer to say HELLO, once per liveness window: each RESET makes it re-send all it
+        keeps, and a restarted dispatcher hears many messages from each peer before their HELLO.
+        ``sent``, the time of the message it answers, lets the peer ignore one older than its HELLO."""
+        if self._resets.allow(identity, time.monotonic()):
+            self._send(identity, MsgType.RESET, Reset(sent))
 
     def _send(
         self, identity: bytes, type: MsgType, body: object = None, *, trial: str = "", attempt: int = 0
@@ -335,8 +344,7 @@ class Dispatcher:
             client.expiry = expiry
             self._route(self._from_client, client, identity, msg, "a client")
             return
-        # we do not know it (restarted, or it was declared dead)
-        self._send(identity, MsgType.RESET, Reset(msg.header.time))
+        self._reset(identity, msg.header.time)  # we do not know it (restarted, or it was declared dead)
 
     def _route(
         self,

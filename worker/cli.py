@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+from retia.cli import raise_open_file_limit
 from retia.errors import RetiaError
 from retia.keys import DEFAULT_HOME, KEY_ENV, resolve_key
 
@@ -110,6 +111,7 @@ def run_worker(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    raise_open_file_limit("worker")
     try:
         config = WorkerConfig(
             connect=args.connect,
