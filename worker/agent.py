@@ -199,6 +199,8 @@ class Agent:
             if waiting_fd is not None:  # the child made room for what waits to be written
                 poller.register(waiting_fd, zmq.POLLOUT)
             self._poller = (key, poller)
+        if self.trial is not None and self.trial.conn.buffered:
+            timeout = 0.0  # a whole message read ahead waits in the pipe's reader, not in the pipe
         ready = dict(self._poller[1].poll(int(timeout * 1000)))
         if sock in ready:
             for msg in self.peer.receive():

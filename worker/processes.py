@@ -89,7 +89,7 @@ class Launched:
     """The process a spec was given to, and the pipe its trial's messages come on."""
 
     process: BaseProcess
-    messages: Connection
+    messages: pipe.Reader
 
 
 @dataclass
@@ -106,7 +106,7 @@ class _Spare:
 
     process: BaseProcess
     specs: Connection
-    messages: Connection
+    messages: pipe.Reader
 
 
 @dataclass
@@ -115,7 +115,7 @@ class _Child:
 
     process: BaseProcess
     specs: SpecWriter
-    messages: Connection
+    messages: pipe.Reader
 
 
 class ProcessStrategy(Protocol):
@@ -174,7 +174,7 @@ class FreshProcesses:
         )
         process.start()
         writer.close()
-        return Launched(process, reader)
+        return Launched(process, pipe.Reader(reader))
 
     def takes_more(self, process: BaseProcess, queued: int) -> bool:
         return False
@@ -205,7 +205,7 @@ class FreshProcesses:
         process.start()
         writer.close()
         spec_reader.close()
-        self._spare = _Spare(process, spec_writer, reader)
+        self._spare = _Spare(process, spec_writer, pipe.Reader(reader))
 
     def file_scratch(self, output_dir: str, describe: Callable[[], str]) -> None:
         """A fresh process writes straight into its trial's own directory."""
@@ -247,8 +247,8 @@ class ReusedChild:
         process.start()
         writer.close()
         spec_reader.close()
-        self._child = _Child(process, SpecWriter(spec_writer), reader)
-        return Launched(process, reader)
+        self._child = _Child(process, SpecWriter(spec_writer), pipe.Reader(reader))
+        return Launched(process, self._child.messages)
 
     def takes_more(self, process: BaseProcess, queued: int) -> bool:
         child = self._child

@@ -138,9 +138,9 @@ def _evaluate(spec: TrialSpec, output_dir: str, conn: Connection) -> pipe.TrialR
         evaluator.evaluate(model, output_dir=output_dir, reporter=_pipe_reporter(conn))
     except BaseException as exc:
         text = traceback.format_exc()
-        sys.stderr.write(text)
+        sys.stderr.write(text)  # in full to trial.log; cut to its bounds for DONE
         sys.stderr.flush()
-        return pipe.TrialRaised(type(exc).__name__, _describe(exc), text)
+        return pipe.raised(type(exc).__name__, _describe(exc), text)
     sys.stdout.flush()
     sys.stderr.flush()
     return pipe.TrialReturned()

@@ -15,7 +15,6 @@ import urllib.parse
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -35,6 +34,7 @@ __all__ = [
 ]
 
 _LOG_TAIL_LINES = 50
+_LOG_TAIL_BYTES = 16 << 10
 
 _log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class RunningTrial:
     id: str
     attempt: int
     process: BaseProcess
-    conn: Connection
+    conn: pipe.Reader
     output_dir: str
     log_file: str
     run: Run  # kept: queued in a child that died first, it is launched again
@@ -63,7 +63,6 @@ class RunningTrial:
     seq: int = 0
     reused: bool = False  # runs in the long-lived --reuse-process child
 
-    readable: Any = None  # a select.poll() on the pipe, to drain it without building selectors
     pending: list[pipe.TrialReport] = field(default_factory=list)  # reports read, not yet sent
     skipped: bool = False  # cancelled in the child's queue before it started: it never ran
     cancel: str = ""  # a cancellation that came while it waited in the child's queue
@@ -88,14 +87,15 @@ class RunningTrial:
         return [Report(self.id, self.attempt, first + i, r.final, r.value) for i, r in enumerate(reports)]
 
     def read_pipe(self, max_reports: int) -> None:
-        """Read what the trial process sent, up to its last message; reports wait in ``pending``."""
-        if self.readable is None:
-            self.readable = select.poll()
-            self.readable.register(self.conn.fileno(), select.POLLIN)
+        """Read what the trial process sent, up to its last message; reports wait in ``pending``.
+
+        Never blocks: a message not yet whole waits in the pipe's reader for the next turn."""
         reports = self.pending
         try:
-            while len(reports) < max_reports and not self.finished and self.readable.poll(0):
-                message = pipe.receive(self.conn)
+            while len(reports) < max_reports and not self.finished:
+                message = self.conn.next()
+                if message is None:
+                    return
                 if isinstance(message, pipe.TrialReport):
                     reports.append(message)
                 elif isinstance(message, pipe.TrialRaised):
@@ -105,9 +105,10 @@ class RunningTrial:
                 else:
                     self.skipped = True
         except ProtocolError as exc:  # the trial wrote its pipe itself: it fails, and its process goes
-            self.error = pipe.TrialRaised(
-                "ProtocolError", f"the trial wrote garbage to its report pipe: {exc}", ""
-            )
+            reason = f"the trial wrote garbage to its report pipe: {exc}"
+            self.error = pipe.TrialRaised("ProtocolError", reason, "")
+            # a kill: the trial ends with its process (in a reused child, not with the next trial's)
+            self.kill_reason = self.kill_reason or reason
             self.send_signal(signal.SIGKILL)
         except (EOFError, OSError):
             pass  # the process is gone; its exit status tells the rest
@@ -120,7 +121,9 @@ class RunningTrial:
             kind = FailureKind.TIMEOUT if self.timed_out else FailureKind.STOPPED
             failure = Failure(kind, reason) if state is TrialState.FAILED else None
         elif self.error is not None:
-            exc_type, message, tb = self.error.exc_type, self.error.message, self.error.traceback
+            # cut by the trial process too; again here for one that wrote its own pipe
+            error = pipe.raised(self.error.exc_type, self.error.message, self.error.traceback)
+            exc_type, message, tb = error.exc_type, error.message, error.traceback
             state, reason = TrialState.FAILED, f"{exc_type}: {message}"
             failure = Failure(FailureKind.RAISED, reason, exc_type, message, tb)
         else:
@@ -296,5 +299,6 @@ def log_tail(path: str, lines: int = _LOG_TAIL_LINES) -> str:
 
 
 def _tail_of(data: bytes, lines: int = _LOG_TAIL_LINES) -> str:
-    """The last lines of a log's bytes, as text."""
-    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+    """The last lines of a log's bytes, as text: at most its last 16 KiB (one line can be huge)."""
+    tail = "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+    return pipe.bounded(tail, _LOG_TAIL_BYTES, keep="tail")

@@ -1,0 +1,126 @@
+"""What a trial can do to its agent and what it leaves behind (issue 16, points 6, 8, 17, 19).
+
+A trial that writes its own pipe, raises a huge exception, leaves processes running (in its
+group, or escaped with setsid and a double fork), or changes its environment and working
+directory: it fails or ends alone, the worker goes on, and nothing of it outlives it.
+Under both a fresh process per trial and ``--reuse-process``.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from retia import FunctionalEvaluator, report_final_result
+from retia.client.backend import Backend
+from retia.errors import TrialFailedError
+
+from ..clusters import fast_cluster
+from ..integration import fits
+
+pytestmark = pytest.mark.timeout(240)
+
+HUGE = 9_000_000  # characters of an exception message: far over any message limit
+
+
+@pytest.fixture(scope="module", params=[[], ["--reuse-process"]], ids=["fresh process", "reused process"])
+def cluster_home(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Backend, Path]]:
+    home = tmp_path_factory.mktemp("cluster")
+    with fast_cluster(workers=1, home=home, worker_args=request.param) as backend:
+        yield backend, home
+
+
+@pytest.fixture
+def backend(cluster_home: tuple[Backend, Path]) -> Backend:
+    return cluster_home[0]
+
+
+def _pipe_fd() -> int:
+    """The trial's end of its message pipe (its reporter writes there)."""
+    from retia.reporting import _current  # imported here: fits travel by value, with their globals
+
+    reporter: Any = _current.get()
+    fd: int = reporter.conn.fileno()
+    return fd
+
+
+def writes_a_header_and_sleeps(model_cls: Any) -> None:
+    os.write(_pipe_fd(), struct.pack("!i", 1000))  # a frame of 1000 bytes, none of which come
+    time.sleep(1000)
+
+
+def writes_an_oversized_header(model_cls: Any) -> None:
+    os.write(_pipe_fd(), struct.pack("!i", 1 << 30))
+    time.sleep(1000)
+
+
+def writes_half_a_message_and_exits(model_cls: Any) -> None:
+    os.write(_pipe_fd(), struct.pack("!i", 100) + b"\x93\x01")
+    os._exit(0)
+
+
+def raises_a_huge_exception(model_cls: Any) -> None:
+    raise ValueError("x" * HUGE)
+
+
+def _succeeds_next(backend: Backend) -> None:
+    """The same (only) worker runs the next trial: it is free and well."""
+    after = backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting, steps=2))
+    assert after.result(timeout=60) == 2.0
+
+
+# ---- point 6: the pipe never blocks the agent ----
+
+
+def test_a_header_without_its_bytes_leaves_the_agent_free_and_the_timeout_fires(backend: Backend) -> None:
+    hung = backend.submit(fits.DigitsMLP, FunctionalEvaluator(writes_a_header_and_sleeps), timeout=2.0)
+    with pytest.raises(TrialFailedError, match="timed out"):
+        hung.result(timeout=60)
+    assert hung.attempt == 1  # the agent heartbeated on: its worker was never declared lost
+    _succeeds_next(backend)
+
+
+def test_a_length_over_the_limit_fails_the_trial_at_once(backend: Backend) -> None:
+    bad = backend.submit(fits.DigitsMLP, FunctionalEvaluator(writes_an_oversized_header))
+    with pytest.raises(TrialFailedError, match="over"):
+        bad.result(timeout=60)  # no timeout set: only the agent's refusal ends it
+    _succeeds_next(backend)
+
+
+def test_half_a_message_left_at_exit_fails_the_trial_as_partial(backend: Backend) -> None:
+    torn = backend.submit(fits.DigitsMLP, FunctionalEvaluator(writes_half_a_message_and_exits))
+    with pytest.raises(TrialFailedError, match="partial message"):
+        torn.result(timeout=60)
+    _succeeds_next(backend)
+
+
+# ---- point 8: DONE carries a bounded failure; the full text stays in trial.log ----
+
+
+def test_a_huge_exception_message_is_cut_in_done_and_kept_whole_in_the_log(
+    cluster_home: tuple[Backend, Path],
+) -> None:
+    backend, home = cluster_home
+    trial = backend.submit(fits.DigitsMLP, FunctionalEvaluator(raises_a_huge_exception))
+    with pytest.raises(TrialFailedError) as caught:
+        trial.result(timeout=120)
+    failure = caught.value.failure
+    assert failure is not None and failure.exc_type == "ValueError"
+    assert (
+        failure.message.startswith("xxxx") and "bytes cut; the full text is in trial.log" in failure.message
+    )
+    assert len(failure.message) < 9 << 10 and len(failure.reason) < 9 << 10
+    assert len(failure.traceback) < 65 << 10 and failure.traceback.startswith("Traceback")
+    assert len(failure.log_tail) <= 17 << 10
+    log = home / "worker-0" / "trials" / f"{trial.id}-1" / "trial.log"
+    assert log.read_text().count("x" * HUGE) == 1  # the whole traceback, message and all
+    _succeeds_next(backend)
