@@ -40,6 +40,12 @@ def cluster_home(
 
 
 @pytest.fixture
+def reused(cluster_home: tuple[Backend, Path], request: pytest.FixtureRequest) -> bool:
+    """The cluster's worker runs --reuse-process."""
+    return "reused" in request.node.callspec.id
+
+
+@pytest.fixture
 def backend(cluster_home: tuple[Backend, Path]) -> Backend:
     return cluster_home[0]
 
@@ -70,6 +76,41 @@ def writes_half_a_message_and_exits(model_cls: Any) -> None:
 
 def raises_a_huge_exception(model_cls: Any) -> None:
     raise ValueError("x" * HUGE)
+
+
+def leaves_processes(model_cls: Any, pids: str, end: str) -> None:
+    """Starts a child in its group and one that escapes it (setsid, then a double fork), then ends."""
+    in_group = subprocess.Popen(["sleep", "1000"])
+    # sh runs in a new session, starts sleep in the background, says its pid and exits: an orphan
+    subprocess.run(["sh", "-c", f"sleep 1000 & echo $! > {pids}/escaped"], start_new_session=True, check=True)
+    with open(os.path.join(pids, "in_group"), "w") as f:
+        f.write(str(in_group.pid))
+    if end == "os._exit":
+        os._exit(0)
+    if end == "raise":
+        raise RuntimeError("fit gave up")
+    report_final_result(1.0)
+
+
+def changes_its_environment(model_cls: Any, where: str) -> None:
+    os.environ["RETIA_TEST_LEFT_BEHIND"] = "1"
+    del os.environ["PATH"]
+    os.chdir(where)
+    report_final_result(1.0)
+
+
+def reports_its_environment(model_cls: Any, where: str) -> None:
+    left = ["RETIA_TEST_LEFT_BEHIND" in os.environ, "PATH" not in os.environ, os.getcwd() == where]
+    report_final_result(float(sum(bit << i for i, bit in enumerate(left))))
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (one waiting for its parent to reap it has ended)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
 
 
 def _succeeds_next(backend: Backend) -> None:
@@ -124,3 +165,43 @@ def test_a_huge_exception_message_is_cut_in_done_and_kept_whole_in_the_log(
     log = home / "worker-0" / "trials" / f"{trial.id}-1" / "trial.log"
     assert log.read_text().count("x" * HUGE) == 1  # the whole traceback, message and all
     _succeeds_next(backend)
+
+
+# ---- point 17: every process a trial starts dies with it ----
+
+
+@pytest.mark.parametrize("end", ["return", "raise", "os._exit"])
+def test_no_process_a_trial_started_outlives_it(backend: Backend, tmp_path: Path, end: str) -> None:
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    trial = backend.submit(fits.DigitsMLP, FunctionalEvaluator(leaves_processes, pids=str(pids), end=end))
+    try:
+        if end == "return":
+            assert trial.result(timeout=60) == 1.0
+        else:
+            with pytest.raises(TrialFailedError):
+                trial.result(timeout=60)
+        started = [int((pids / name).read_text()) for name in ("in_group", "escaped")]
+        deadline = time.monotonic() + 5
+        while any(_running(pid) for pid in started) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [pid for pid in started if _running(pid)] == []
+    finally:  # before the fix, they would run on for 1000 s
+        for name in ("in_group", "escaped"):
+            if (pids / name).exists() and _running(pid := int((pids / name).read_text())):
+                os.kill(pid, 9)
+    _succeeds_next(backend)
+
+
+# ---- point 19: a reused process starts each trial from the same environment ----
+
+
+def test_a_reused_process_restores_the_environment_and_working_directory(
+    backend: Backend, reused: bool, tmp_path: Path
+) -> None:
+    if not reused:
+        pytest.skip("a fresh process per trial starts from the fork server's environment anyway")
+    first = backend.submit(fits.DigitsMLP, FunctionalEvaluator(changes_its_environment, where=str(tmp_path)))
+    second = backend.submit(fits.DigitsMLP, FunctionalEvaluator(reports_its_environment, where=str(tmp_path)))
+    assert first.result(timeout=60) == 1.0
+    assert second.result(timeout=60) == 0.0  # bits: the variable set, PATH removed, the directory
