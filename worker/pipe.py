@@ -139,7 +139,7 @@ class Reader:
         available = len(self._buf) - self._pos
         if available < _HEADER.size:
             return False
-        (length,) = _HEADER.unpack_from(self._buf, self._pos)
+        length: int = _HEADER.unpack_from(self._buf, self._pos)[0]
         return available >= _HEADER.size + length
 
     def next(self) -> TrialMessage | None:

@@ -20,13 +20,15 @@ from typing import Any
 
 from retia.errors import ProtocolError
 from retia.failure import Failure, FailureKind
-from retia.protocol import Done, FileChunk, InlineFile, Report, Run, TrialState
+from retia.protocol import Done, FileChunk, InlineFile, MsgType, Outgoing, Report, Run, TrialState
 
 from . import pipe
 
 __all__ = [
     "RunningTrial",
+    "Upload",
     "alive",
+    "chunk_count",
     "file_chunks",
     "log_tail",
     "pick_artifacts",
@@ -232,12 +234,13 @@ def _wire_name(rel: str) -> str:
 
 def pick_artifacts(
     root: str, budget: int, inline_limit: int
-) -> tuple[list[InlineFile], list[tuple[str, str]]]:
+) -> tuple[list[InlineFile], list[tuple[str, str, int]]]:
     """The files under ``root`` to send home within ``budget`` bytes: the small ones read
-    now, up to ``inline_limit`` bytes in all (they ride inside DONE), and ``(relative path, path)``
-    of the rest, to stream. An empty ``trial.log`` stays behind."""
+    now, up to ``inline_limit`` bytes in all (they ride inside DONE), and ``(relative path, path,
+    size)`` of the rest, to stream. Each is read only up to the size checked against the budget
+    (a file still growing does not overshoot it). An empty ``trial.log`` stays behind."""
     inline: list[InlineFile] = []
-    streamed: list[tuple[str, str]] = []
+    streamed: list[tuple[str, str, int]] = []
     inline_bytes = 0
     for rel, path, size in _list_files(root):
         if rel == "trial.log" and not size:
@@ -249,12 +252,11 @@ def pick_artifacts(
             continue
         budget -= size
         if inline_bytes + size > inline_limit:
-            streamed.append((rel, path))
+            streamed.append((rel, path, size))
             continue
         try:
             with open(path, "rb") as f:
-                # at most what stat saw, if it grew since
-                inline.append(InlineFile(rel, f.read(inline_limit - inline_bytes)))
+                inline.append(InlineFile(rel, f.read(size)))  # at most what was checked, if it grew since
         except OSError as exc:
             _log.warning("artefact %s not sent: %s", path, exc)
             continue
@@ -262,17 +264,61 @@ def pick_artifacts(
     return inline, streamed
 
 
-def file_chunks(rel: str, path: str, size: int) -> Iterator[FileChunk]:
-    """A file in FILE chunks of ``size`` bytes; the last one (maybe empty) says so."""
-    with open(path, "rb") as f:
-        offset = 0
-        while True:
-            data = f.read(size)
-            last = len(data) < size
-            yield FileChunk(rel, offset, data, last)
-            offset += len(data)
-            if last:
-                return
+def chunk_count(size: int, chunk: int) -> int:
+    """How many FILE chunks a file of ``size`` bytes travels in (an empty one: one empty chunk)."""
+    return max(1, -(-size // chunk))
+
+
+def file_chunks(rel: str, path: str, chunk: int, size: int) -> Iterator[FileChunk]:
+    """The first ``size`` bytes of a file in exactly ``chunk_count(size, chunk)`` FILE chunks (the last
+    says so): what was checked, never more; if the file shrank or went, the rest are empty."""
+    count = chunk_count(size, chunk)
+    try:
+        f = open(path, "rb", buffering=0)  # unbuffered: no read past what was checked
+    except OSError as exc:
+        _log.warning("artefact %s not sent: %s", path, exc)
+        f = None
+    try:
+        for i in range(count):
+            offset = i * chunk
+            data = f.read(min(chunk, size - offset)) if f is not None else b""
+            yield FileChunk(rel, offset, data, i == count - 1)
+    finally:
+        if f is not None:
+            f.close()
+
+
+@dataclass
+class Upload:
+    """A finished attempt's streamed artefacts: FILE chunks with seqs allotted up front (before its
+    DONE's), read from disk only as the agent's window lets them go. DONEs wait behind it, in order."""
+
+    trial: str
+    attempt: int
+    first_seq: int
+    files: list[tuple[str, str, int]]
+    chunk: int
+    dones: list[Outgoing] = field(default_factory=list)  # sent once its last chunk is
+    _chunks: Iterator[FileChunk] | None = None
+    _seq: int = 0
+
+    @property
+    def count(self) -> int:
+        """How many seqs its chunks take."""
+        return sum(chunk_count(size, self.chunk) for _, _, size in self.files)
+
+    def next(self) -> Outgoing | None:
+        """The next FILE message, or None when all were given out."""
+        if self._chunks is None:
+            self._chunks = (
+                c for rel, path, size in self.files for c in file_chunks(rel, path, self.chunk, size)
+            )
+            self._seq = self.first_seq
+        chunk = next(self._chunks, None)
+        if chunk is None:
+            return None
+        self._seq += 1
+        return Outgoing(MsgType.FILE, chunk, self.trial, self.attempt, self._seq - 1)
 
 
 def set_policy(batch: bool) -> None:

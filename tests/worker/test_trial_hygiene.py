@@ -22,7 +22,7 @@ from retia import FunctionalEvaluator, report_final_result
 from retia.client.backend import Backend
 from retia.errors import TrialFailedError
 
-from ..clusters import fast_cluster
+from ..clusters import fast_cluster, processes
 from ..integration import fits
 
 pytestmark = pytest.mark.timeout(240)
@@ -102,6 +102,22 @@ def changes_its_environment(model_cls: Any, where: str) -> None:
 def reports_its_environment(model_cls: Any, where: str) -> None:
     left = ["RETIA_TEST_LEFT_BEHIND" in os.environ, "PATH" not in os.environ, os.getcwd() == where]
     report_final_result(float(sum(bit << i for i, bit in enumerate(left))))
+
+
+BIG = 40 << 20  # bytes of one artefact: 40 FILE chunks
+
+
+def writes_a_big_file(model_cls: Any) -> None:
+    with open(os.path.join(os.environ["RETIA_OUTPUT_DIR"], "big.bin"), "wb") as f:
+        f.write(bytes(range(256)) * (BIG // 256))
+    report_final_result(1.0)
+
+
+def _peak_rss(pid: int) -> int:
+    """The most memory the process ever held (VmHWM), in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        [line] = [line for line in f if line.startswith("VmHWM:")]
+    return int(line.split()[1]) << 10
 
 
 def _running(pid: int) -> bool:
@@ -205,3 +221,19 @@ def test_a_reused_process_restores_the_environment_and_working_directory(
     second = backend.submit(fits.DigitsMLP, FunctionalEvaluator(reports_its_environment, where=str(tmp_path)))
     assert first.result(timeout=60) == 1.0
     assert second.result(timeout=60) == 0.0  # bits: the variable set, PATH removed, the directory
+
+
+# ---- point 19: artefacts stream under a window ----
+
+
+def test_a_big_artefact_streams_under_a_window_and_arrives_whole_before_done(backend: Backend) -> None:
+    _succeeds_next(backend)  # the agent has run a trial: its memory is what one costs
+    [agent] = processes(backend).worker_procs
+    before = _peak_rss(agent.pid)
+    trial = backend.submit(fits.DigitsMLP, FunctionalEvaluator(writes_a_big_file))
+    assert trial.result(timeout=120) == 1.0 and trial.output_dir is not None
+    # the DONE came after every chunk was stored
+    assert (trial.output_dir / "big.bin").read_bytes() == bytes(range(256)) * (BIG // 256)
+    grew = _peak_rss(agent.pid) - before
+    assert grew < 24 << 20, f"the agent grew by {grew >> 20} MiB for a {BIG >> 20} MiB artefact"
+    _succeeds_next(backend)
