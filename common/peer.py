@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +93,7 @@ class Peer:
         self.sock: zmq.Socket[bytes] | None = None
         self._kept: OrderedDict[tuple[str, int, int], Outgoing] = OrderedDict()
         self._unsent: OrderedDict[tuple[str, int, int], None] = OrderedDict()  # kept, to go out, in order
+        self._kept_types: Counter[MsgType] = Counter()  # how many of each type wait for an ACK
         self._sent_at: dict[tuple[str, int, int], float] = {}
         self._last_heard = time.monotonic()
         self._next_beat = time.monotonic()
@@ -152,6 +153,8 @@ class Peer:
     def keep(self, messages: list[Outgoing]) -> None:
         """Send and keep until acknowledged; consecutive SUBMITS or DONES items travel together."""
         for message in messages:
+            if message.key not in self._kept:
+                self._kept_types[message.type] += 1
             self._kept[message.key] = message
             self._unsent[message.key] = None
         self.pump()
@@ -219,9 +222,15 @@ class Peer:
     def acknowledge(self, acks: list[Ack]) -> None:
         for ack in acks:
             key = (ack.trial, ack.attempt, ack.seq)
-            self._kept.pop(key, None)
+            message = self._kept.pop(key, None)
+            if message is not None:
+                self._kept_types[message.type] -= 1
             self._unsent.pop(key, None)
             self._sent_at.pop(key, None)
+
+    def kept_count(self, type: MsgType) -> int:
+        """How many messages of ``type`` are kept, unacknowledged (the worker's artefact window)."""
+        return self._kept_types[type]
 
     # ---- time ----
 

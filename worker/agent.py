@@ -53,7 +53,7 @@ from . import runner
 from .config import WorkerConfig
 from .fetch import BlobFetcher
 from .processes import Exiting, reap, strategy_for
-from .trial import RunningTrial, alive, file_chunks, pick_artifacts, set_policy
+from .trial import RunningTrial, Upload, alive, pick_artifacts, set_policy
 
 __all__ = ["Agent"]
 
@@ -65,6 +65,7 @@ _REPORT_BYTES_PER_MESSAGE = 1 << 20
 _INLINE_REPORT_BYTES = 256 << 10  # a DONE carries the last reports up to this much; more go before it
 _BACKLOG = 64  # messages the socket has not taken: past this, the agent stops reading its trial's pipe
 _DONES_PER_MESSAGE = 8
+_FILE_WINDOW = 4  # FILE chunks (of _CHUNK bytes) unacknowledged at once; the rest wait on disk
 # seconds a cancelled trial queued in a --reuse-process child has to be skipped before a kill
 _SKIP_GRACE = 1.0
 
@@ -96,6 +97,7 @@ class Agent:
         self._held: deque[Run] = deque()  # held, not given to a process: prefetched, or blobs coming
         self._last_run = ""
         self._exiting: list[Exiting] = []  # trial processes that finished their trial, still exiting
+        self._uploads: deque[Upload] = deque()  # artefacts streaming under the window, DONEs behind them
         self._poller: tuple[Any, zmq.Poller] | None = None
         self._batch = False  # the loop runs SCHED_BATCH (trials queue in the reused child)
         self.blobs = BlobStore(config.blobs_dir, config.blob_cache_bytes)
@@ -159,7 +161,9 @@ class Agent:
     # ---- connection (Paranoid Pirate) ----
 
     def _hello(self) -> Hello:
-        running = [TrialAttempt(t.id, t.attempt) for t in self._started()]
+        # ended, their DONEs waiting behind streaming artefacts: still ours until those go
+        running = [TrialAttempt(d.trial, d.attempt) for u in self._uploads for d in u.dones]
+        running += [TrialAttempt(t.id, t.attempt) for t in self._started()]
         running += [TrialAttempt(run.trial, run.attempt) for run in self._held]
         hello = Hello(
             Role.WORKER,
@@ -207,6 +211,8 @@ class Agent:
             if waiting_fd is not None:  # the child made room for what waits to be written
                 poller.register(waiting_fd, zmq.POLLOUT)
             self._poller = (key, poller)
+        if self.trial is not None and self.trial.conn.buffered:
+            timeout = 0.0  # a whole message read ahead waits in the pipe's reader, not in the pipe
         ready = dict(self._poller[1].poll(int(timeout * 1000)))
         if sock in ready:
             for msg in self.peer.receive():
@@ -433,9 +439,13 @@ class Agent:
         return message
 
     def _send_dones(self, dones: list[Outgoing]) -> None:
-        """The DONEs of one loop turn, together in one DONES message (each acknowledged on its own)."""
-        if dones:
+        """The DONEs of one loop turn, together in one DONES message (each acknowledged on its own);
+        while artefacts stream, they wait behind the last one's chunks, in order."""
+        if self._uploads:
+            self._uploads[-1].dones += dones
+        elif dones:
             self.peer.keep(dones)
+        self._stream()
 
     def _kill(
         self, trial: RunningTrial, reason: str, *, state: TrialState = TrialState.FAILED, hard: bool = False
@@ -454,9 +464,26 @@ class Agent:
 
     def _ship_artifacts(self, trial: RunningTrial) -> list[InlineFile]:
         """Send the trial's output files home, up to the per-trial cap: the first 64 KiB inside
-        DONE (returned), the rest streamed in FILE chunks."""
+        DONE (returned), the rest in FILE chunks, which take their seqs now (before the DONE's)
+        and go out under the window; the DONE follows the last."""
         inline, streamed = pick_artifacts(trial.output_dir, trial.max_artifact_bytes, _INLINE)
-        for rel, path in streamed:
-            for chunk in file_chunks(rel, path, _CHUNK):
-                self._reliable(MsgType.FILE, chunk, trial)
+        if streamed:
+            upload = Upload(trial.id, trial.attempt, trial.seq + 1, streamed, _CHUNK)
+            trial.seq += upload.count
+            self._uploads.append(upload)
         return inline
+
+    def _stream(self) -> None:
+        """Send FILE chunks while fewer than the window wait for an ACK; a finished upload's DONEs go."""
+        while self._uploads:
+            upload = self._uploads[0]
+            while self.peer.kept_count(MsgType.FILE) < _FILE_WINDOW:
+                chunk = upload.next()
+                if chunk is None:
+                    break
+                self.peer.keep([chunk])
+            else:
+                return  # the window is full: more as ACKs come
+            self._uploads.popleft()
+            if upload.dones:
+                self.peer.keep(upload.dones)

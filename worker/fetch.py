@@ -22,15 +22,32 @@ _log = logging.getLogger(__name__)
 
 @dataclass
 class _Fetch:
+    """One blob coming: planned lazily (the next offset to ask), as its announced size may be anything."""
+
     digest: str
-    size: int
+    size: int  # as the submission announced it; checked against what the dispatcher sends
     received: set[int] = field(default_factory=set)  # chunk offsets written
     requested: set[int] = field(default_factory=set)  # chunk offsets asked for, not yet received
+    next_offset: int = 0  # the first offset never asked for
     failures: int = 0
 
     @property
-    def offsets(self) -> list[int]:
-        return list(range(0, self.size, CHUNK)) or [0]
+    def chunks(self) -> int:
+        """How many chunks the announced size makes (an empty blob is one empty chunk)."""
+        return max(1, -(-self.size // CHUNK))
+
+    def wrong_size(self, chunk: FileChunk) -> str:
+        """Why this chunk shows the blob is not the announced size ("" when it fits)."""
+        end = chunk.offset + len(chunk.data)
+        if len(chunk.data) > CHUNK or end > self.size:
+            return f"larger than the {self.size} bytes announced"
+        if chunk.last and end < self.size:
+            return f"{end} bytes, not the {self.size} announced"
+        if not chunk.last and end == self.size:
+            return f"larger than the {self.size} bytes announced"
+        if not chunk.last and len(chunk.data) < CHUNK:
+            return "a short chunk that is not the last"
+        return ""
 
 
 class BlobFetcher:
@@ -88,13 +105,17 @@ class BlobFetcher:
 
     def on_data(self, chunk: FileChunk) -> None:
         fetch = self.fetching.get(chunk.path)
-        if fetch is None or chunk.offset in fetch.received:
-            return  # a duplicate after a re-request, or a blob no longer wanted
+        if fetch is None or chunk.offset in fetch.received or chunk.offset % CHUNK or chunk.offset < 0:
+            return  # a duplicate after a re-request, a blob no longer wanted, or no offset we ask for
+        if problem := fetch.wrong_size(chunk):
+            self.give_up(fetch.digest, f"blob {fetch.digest[:12]} is {problem}; submit it again")
+            _log.warning("blob %s given up: %s", fetch.digest[:12], problem)
+            return
         self.store.write(fetch.digest, chunk.offset, bytes(chunk.data))
         self.bytes_received += len(chunk.data)
         fetch.requested.discard(chunk.offset)
         fetch.received.add(chunk.offset)
-        if len(fetch.received) < len(fetch.offsets):
+        if len(fetch.received) < fetch.chunks:
             self._fill(fetch)
             return
         if self.store.finish(fetch.digest):
@@ -113,6 +134,7 @@ class BlobFetcher:
             return
         fetch.received.clear()
         fetch.requested.clear()
+        fetch.next_offset = 0
         self._fill(fetch)
 
     def give_up(self, digest: str, reason: str) -> None:
@@ -122,13 +144,13 @@ class BlobFetcher:
     def resume(self) -> None:
         """After a reconnect, outstanding requests may be lost: ask for them again."""
         for fetch in self.fetching.values():
-            fetch.requested.clear()
-            self._fill(fetch)
+            for offset in sorted(fetch.requested):
+                self._request(BlobRequest(fetch.digest, offset, CHUNK))
 
     def _fill(self, fetch: _Fetch) -> None:
-        for offset in fetch.offsets:
-            if len(fetch.requested) >= self.window:
-                return
-            if offset not in fetch.received and offset not in fetch.requested:
-                fetch.requested.add(offset)
-                self._request(BlobRequest(fetch.digest, offset, CHUNK))
+        """Ask for the next chunks, up to the window."""
+        end = fetch.chunks * CHUNK
+        while len(fetch.requested) < self.window and fetch.next_offset < end:
+            offset, fetch.next_offset = fetch.next_offset, fetch.next_offset + CHUNK
+            fetch.requested.add(offset)
+            self._request(BlobRequest(fetch.digest, offset, CHUNK))

@@ -4,6 +4,9 @@ Trial -> agent, on the trial's message pipe: any number of :class:`TrialReport`,
 one of :class:`TrialRaised`, :class:`TrialReturned` or (for a spec cancelled before it started in
 a ``--reuse-process`` child) :class:`TrialSkipped`. They travel as msgpack through
 :mod:`retia.codec`, every field checked, never as pickles: the agent loads nothing a trial wrote.
+The framing is ``Connection.send_bytes``'s (a 4-byte big-endian length, then the bytes); the
+agent reads it with a :class:`Reader`, which never blocks on what a trial wrote itself (a header
+without its bytes, half a message) and refuses a length over :data:`MAX_MESSAGE_BYTES` unread.
 
 Agent -> child, on the spec pipe: a :class:`~retia.worker.runner.TrialSpec` to run, or a
 :class:`SkipTrial` for one queued there that must not start.
@@ -11,10 +14,12 @@ Agent -> child, on the spec pipe: a :class:`~retia.worker.runner.TrialSpec` to r
 
 from __future__ import annotations
 
+import os
+import struct
 from dataclasses import dataclass
 from enum import IntEnum
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Literal
 
 import msgpack
 
@@ -29,11 +34,22 @@ __all__ = [
     "TrialMessage",
     "SkipTrial",
     "send",
-    "receive",
+    "Reader",
+    "bounded",
+    "raised",
     "MAX_MESSAGE_BYTES",
+    "MAX_EXC_TYPE_BYTES",
+    "MAX_EXC_MESSAGE_BYTES",
+    "MAX_TRACEBACK_BYTES",
 ]
 
 MAX_MESSAGE_BYTES = 16 << 20  # a report or a traceback; anything larger is refused
+# What a failure carries home inside DONE; the full text stays in the trial's log.
+MAX_EXC_TYPE_BYTES = 256
+MAX_EXC_MESSAGE_BYTES = 8 << 10
+MAX_TRACEBACK_BYTES = 64 << 10
+_HEADER = struct.Struct("!i")
+_READ_BYTES = 1 << 16  # what a Linux pipe holds: one read takes all that waits
 
 
 @dataclass
@@ -97,14 +113,80 @@ def send(conn: Connection, message: TrialMessage) -> None:
     conn.send_bytes(msgpack.packb([_KIND_OF[type(message)], codec.encode(message)], use_bin_type=True))
 
 
-def receive(conn: Connection) -> TrialMessage:
-    """Read one message; ProtocolError for anything that is not one (EOFError or OSError: pipe gone)."""
-    try:
-        data = conn.recv_bytes(MAX_MESSAGE_BYTES)
-    except OSError as exc:
-        if "bad message length" in str(exc):
-            raise ProtocolError(f"a trial message over {MAX_MESSAGE_BYTES} bytes, or a torn frame") from exc
-        raise
+class Reader:
+    """The agent's end of a trial's message pipe: whole messages, never a blocking read.
+
+    The fd is non-blocking; what a read brings beyond the last whole message waits in a buffer
+    for the next call (a ``--reuse-process`` child's pipe carries trial after trial, so the buffer
+    belongs to the pipe, not to one trial). One ``os.read`` takes all that waits in the pipe."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.fd = conn.fileno()
+        os.set_blocking(self.fd, False)
+        self._buf = bytearray()
+        self._pos = 0  # where the next message starts in _buf
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @property
+    def buffered(self) -> bool:
+        """A whole message waits in the buffer (the pipe itself need not be readable)."""
+        available = len(self._buf) - self._pos
+        if available < _HEADER.size:
+            return False
+        length: int = _HEADER.unpack_from(self._buf, self._pos)[0]
+        return available >= _HEADER.size + length
+
+    def next(self) -> TrialMessage | None:
+        """The next whole message, or None when none has fully arrived yet.
+
+        ProtocolError for anything that is not one: a length over the limit, bytes that do not
+        decode, a partial message when the pipe closes. EOFError when it closed cleanly."""
+        while True:
+            buf, pos = self._buf, self._pos
+            available = len(buf) - pos
+            if available >= _HEADER.size:
+                (length,) = _HEADER.unpack_from(buf, pos)
+                if not 0 <= length <= MAX_MESSAGE_BYTES:
+                    raise ProtocolError(
+                        f"a trial message of {length} bytes (over {MAX_MESSAGE_BYTES}), or not a frame"
+                    )
+                end = pos + _HEADER.size + length
+                if available >= _HEADER.size + length:
+                    self._pos = end
+                    return _decode(buf[pos + _HEADER.size : end])
+                wanted = end - len(buf)
+            else:
+                wanted = _HEADER.size - available
+            if not self._fill(wanted):
+                return None
+
+    def _fill(self, wanted: int) -> bool:
+        """Read what waits (at least ``wanted`` bytes if a large message is coming); False if nothing."""
+        if self._pos:
+            del self._buf[: self._pos]
+            self._pos = 0
+        try:
+            data = os.read(self.fd, max(_READ_BYTES, wanted))
+        except BlockingIOError:
+            return False
+        if not data:
+            if self._buf:
+                raise ProtocolError(
+                    f"the trial wrote a partial message ({len(self._buf)} bytes) and closed its pipe"
+                )
+            raise EOFError("the trial's pipe is closed")
+        self._buf += data
+        return True
+
+
+def _decode(data: bytes | bytearray) -> TrialMessage:
+    """One frame's bytes as a message; ProtocolError for anything that is not one."""
     try:
         kind, fields = msgpack.unpackb(data, raw=False)
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
@@ -114,3 +196,32 @@ def receive(conn: Connection) -> TrialMessage:
         raise ProtocolError(f"the trial wrote a message of unknown kind {kind!r}")
     message: TrialMessage = codec.decode(cls, fields)
     return message
+
+
+def bounded(text: str, limit: int, *, keep: Literal["head", "tail", "ends"] = "head") -> str:
+    """``text`` cut to about ``limit`` UTF-8 bytes, saying how much went and where the rest is.
+
+    ``keep``: "head" (an exception's message), "tail" (a log) or "ends" (a traceback: where it
+    started and the frames and exception at its end)."""
+    if len(text) <= limit // 4:  # no character takes more than 4 bytes: short enough, unencoded
+        return text
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return text
+    cut = len(data) - limit
+    note = f" … ({cut} bytes cut; the full text is in trial.log) … "
+    if keep == "head":
+        return data[:limit].decode("utf-8", "ignore") + note
+    if keep == "tail":
+        return note + data[-limit:].decode("utf-8", "ignore")
+    half = limit // 2
+    return data[:half].decode("utf-8", "ignore") + note + data[-half:].decode("utf-8", "ignore")
+
+
+def raised(exc_type: str, message: str, traceback: str) -> TrialRaised:
+    """fit's exception as DONE carries it: type, message and traceback each cut to its bound."""
+    return TrialRaised(
+        bounded(exc_type, MAX_EXC_TYPE_BYTES),
+        bounded(message, MAX_EXC_MESSAGE_BYTES),
+        bounded(traceback, MAX_TRACEBACK_BYTES, keep="ends"),
+    )

@@ -8,6 +8,11 @@ agent's loop stays the same either way.
   forked while the agent idles (a "spare" waiting on a pipe for its spec), so a RUN starts at once.
 - :class:`ReusedChild` (``--reuse-process``) keeps one long-lived child that runs the specs queued
   in its pipe back to back, in one scratch directory (see :mod:`retia.worker.runner`).
+
+A trial process kills what it started before its last message; what one that died left (orphans
+of a double fork or a ``setsid``) goes to the fork server, a child subreaper (see
+:mod:`retia.worker.gc_freeze`): when the agent retires a process, every child of the fork server
+that is not a trial process of ours is killed, with its descendants.
 """
 
 from __future__ import annotations
@@ -89,7 +94,7 @@ class Launched:
     """The process a spec was given to, and the pipe its trial's messages come on."""
 
     process: BaseProcess
-    messages: Connection
+    messages: pipe.Reader
 
 
 @dataclass
@@ -106,7 +111,7 @@ class _Spare:
 
     process: BaseProcess
     specs: Connection
-    messages: Connection
+    messages: pipe.Reader
 
 
 @dataclass
@@ -115,7 +120,7 @@ class _Child:
 
     process: BaseProcess
     specs: SpecWriter
-    messages: Connection
+    messages: pipe.Reader
 
 
 class ProcessStrategy(Protocol):
@@ -150,6 +155,34 @@ class ProcessStrategy(Protocol):
         """The process died in a trial: what it left in a shared scratch directory is that trial's."""
 
 
+class _Orphans:
+    """The trial processes a strategy started, to tell them from what they left under the fork server."""
+
+    def __init__(self) -> None:
+        self._ours: list[BaseProcess] = []
+        self._server: int | None = None  # the fork server's pid: the parent of every trial process
+
+    def started(self, process: BaseProcess) -> None:
+        self._ours = [p for p in self._ours if alive(p)]
+        self._ours.append(process)
+        if self._server is None and process.pid is not None:
+            self._server = _parent(process.pid)
+
+    def kill(self) -> None:
+        """SIGKILL every child of the fork server that is not a living trial process, and its descendants."""
+        if self._server is None:
+            return
+        ours = {p.pid for p in self._ours if alive(p)}
+        for child in runner.children_of(self._server):
+            if child not in ours and not _zombie(child):
+                for pid in [child, *runner.descendants(child)]:
+                    _log.info("killing process %d, left by a trial process that ended", pid)
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+
+
 class FreshProcesses:
     """A new process per trial; the next one forked while idle."""
 
@@ -159,6 +192,7 @@ class FreshProcesses:
     def __init__(self, mp: ForkServerContext) -> None:
         self._mp = mp
         self._spare: _Spare | None = None
+        self._orphans = _Orphans()
 
     def launch(self, spec: runner.TrialSpec, busy: bool) -> Launched | None:
         spare, self._spare = self._spare, None
@@ -173,8 +207,9 @@ class FreshProcesses:
             target=runner.run_trial, args=(spec, writer), name=f"retia-trial-{spec.trial}"
         )
         process.start()
+        self._orphans.started(process)
         writer.close()
-        return Launched(process, reader)
+        return Launched(process, pipe.Reader(reader))
 
     def takes_more(self, process: BaseProcess, queued: int) -> bool:
         return False
@@ -183,7 +218,8 @@ class FreshProcesses:
         """Nothing queues in a fresh process."""
 
     def retire(self, process: BaseProcess) -> None:
-        """A fresh process exits by itself after its trial."""
+        """A fresh process exits by itself after its trial; what a dead one left is killed."""
+        self._orphans.kill()
 
     def flush(self) -> None:
         """Nothing is ever written to a running fresh process."""
@@ -203,9 +239,10 @@ class FreshProcesses:
             target=runner.await_trial, args=(spec_reader, writer), name="retia-trial-spare"
         )
         process.start()
+        self._orphans.started(process)
         writer.close()
         spec_reader.close()
-        self._spare = _Spare(process, spec_writer, reader)
+        self._spare = _Spare(process, spec_writer, pipe.Reader(reader))
 
     def file_scratch(self, output_dir: str, describe: Callable[[], str]) -> None:
         """A fresh process writes straight into its trial's own directory."""
@@ -216,6 +253,7 @@ class FreshProcesses:
             self._spare.messages.close()
             _stop(self._spare.process)
             self._spare = None
+        self._orphans.kill()
 
 
 class ReusedChild:
@@ -227,6 +265,7 @@ class ReusedChild:
         self._mp = mp
         self.scratch = scratch
         self._child: _Child | None = None
+        self._orphans = _Orphans()
 
     def launch(self, spec: runner.TrialSpec, busy: bool) -> Launched | None:
         child = self._child
@@ -245,10 +284,11 @@ class ReusedChild:
             target=runner.serve_trials, args=(spec, spec_reader, writer), name=f"retia-trial-{spec.trial}"
         )
         process.start()
+        self._orphans.started(process)
         writer.close()
         spec_reader.close()
-        self._child = _Child(process, SpecWriter(spec_writer), reader)
-        return Launched(process, reader)
+        self._child = _Child(process, SpecWriter(spec_writer), pipe.Reader(reader))
+        return Launched(process, self._child.messages)
 
     def takes_more(self, process: BaseProcess, queued: int) -> bool:
         child = self._child
@@ -269,6 +309,7 @@ class ReusedChild:
         if self._child is not None and self._child.process is process:
             self._child.specs.close()
             self._child = None
+        self._orphans.kill()  # the child died: what its trial started went to the fork server
 
     def flush(self) -> None:
         child = self._child
@@ -290,6 +331,7 @@ class ReusedChild:
             self._child.specs.close()  # the child's recv() sees EOF and it exits
             _stop(self._child.process)
             self._child = None
+        self._orphans.kill()
         runner.remove_quiet_scratch(self.scratch)
 
     def file_scratch(self, output_dir: str, describe: Callable[[], str]) -> None:
@@ -316,6 +358,27 @@ def strategy_for(mp: ForkServerContext, reuse_process: bool, trials_dir: str) ->
     if reuse_process:
         return ReusedChild(mp, os.path.join(trials_dir, f".reused-{os.getpid()}"))
     return FreshProcesses(mp)
+
+
+def _stat(pid: int) -> list[bytes]:
+    """The fields of /proc/<pid>/stat after the command's name: state, parent, ... ([] when gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def _parent(pid: int) -> int | None:
+    """The parent of ``pid`` (None without /proc, or when it is gone)."""
+    fields = _stat(pid)
+    return int(fields[1]) if len(fields) > 1 else None
+
+
+def _zombie(pid: int) -> bool:
+    """It exited and waits for its parent to reap it (or is gone): nothing to kill."""
+    fields = _stat(pid)
+    return not fields or fields[0] == b"Z"
 
 
 def _discard(spare: _Spare) -> None:

@@ -13,6 +13,12 @@ its place. Such a child runs every trial in one scratch directory
 trial's own directory before its last message, only if the trial left something there:
 a quiet trial creates no directory and no file (creating them costs as much as the rest of a
 no-op trial: docs/benchmarks.md). If the child dies mid-trial, the agent does the renaming.
+
+Every process a trial starts dies with it: the trial process is a child subreaper (Linux), so
+what its descendants orphan (a double fork, ``setsid``) comes back to it, and before its last
+message it kills and reaps all of them. A reused child also puts back the environment and the
+working directory it had before the trial. What a trial process that died leaves (its orphans
+go to the fork server, a subreaper too) the agent kills (:mod:`retia.worker.processes`).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import ctypes
 import os
 import signal
 import sys
+import time
 import traceback
 from collections import deque
 from dataclasses import dataclass
@@ -38,7 +45,15 @@ __all__ = [
     "warm_up",
     "file_scratch",
     "remove_quiet_scratch",
+    "become_subreaper",
+    "children_of",
+    "descendants",
+    "kill_descendants",
 ]
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+_REAP_SECONDS = 2.0  # how long a trial process waits for the processes it killed to be reaped
 
 
 def _preload() -> None:
@@ -74,7 +89,9 @@ def warm_up() -> None:
 def run_trial(spec: TrialSpec, conn: Connection) -> None:
     """Run one trial in this fresh process, then exit."""
     _become_trial_process(spec)
-    pipe.send(conn, _evaluate(spec, spec.output_dir, conn))
+    outcome = _evaluate(spec, spec.output_dir, conn)
+    kill_descendants()
+    pipe.send(conn, outcome)
     conn.close()
 
 
@@ -86,13 +103,16 @@ def await_trial(specs: Connection, conn: Connection) -> None:
         return  # the agent stopped (or died) before it needed us
     specs.close()
     _become_trial_process(spec)
-    pipe.send(conn, _evaluate(spec, spec.output_dir, conn))
+    outcome = _evaluate(spec, spec.output_dir, conn)
+    kill_descendants()
+    pipe.send(conn, outcome)
     conn.close()
 
 
 def serve_trials(first: TrialSpec, specs: Connection, conn: Connection) -> None:
     """``--reuse-process``: run queued trials one after another in this long-lived process."""
     _become_trial_process(first)
+    environ, cwd = dict(os.environ), os.getcwd()  # what each trial starts from
     backlog: deque[TrialSpec] = deque([first])
     cancelled: set[tuple[str, int]] = set()
     while True:
@@ -111,6 +131,8 @@ def serve_trials(first: TrialSpec, specs: Connection, conn: Connection) -> None:
             pipe.send(conn, pipe.TrialSkipped())
             continue
         outcome = _evaluate(spec, spec.scratch, conn)
+        kill_descendants()  # what this trial started ends with it, before the next starts
+        _restore(environ, cwd)
         _file_scratch(spec)
         pipe.send(conn, outcome)
 
@@ -118,6 +140,7 @@ def serve_trials(first: TrialSpec, specs: Connection, conn: Connection) -> None:
 def _become_trial_process(spec: TrialSpec) -> None:
     os.setsid()  # own process group: the agent kills the trial and anything it spawned together
     _die_with_parent()
+    become_subreaper()  # what escapes the group (setsid, a double fork) stays ours to kill
     os.environ["CUDA_VISIBLE_DEVICES"] = spec.cuda_visible_devices
     _redirect_output(_scratch_log(spec.scratch) if spec.scratch else spec.log_file)
     if spec.threads > 0:
@@ -138,9 +161,9 @@ def _evaluate(spec: TrialSpec, output_dir: str, conn: Connection) -> pipe.TrialR
         evaluator.evaluate(model, output_dir=output_dir, reporter=_pipe_reporter(conn))
     except BaseException as exc:
         text = traceback.format_exc()
-        sys.stderr.write(text)
+        sys.stderr.write(text)  # in full to trial.log; cut to its bounds for DONE
         sys.stderr.flush()
-        return pipe.TrialRaised(type(exc).__name__, _describe(exc), text)
+        return pipe.raised(type(exc).__name__, _describe(exc), text)
     sys.stdout.flush()
     sys.stderr.flush()
     return pipe.TrialReturned()
@@ -237,12 +260,88 @@ def _redirect_output(path: str) -> None:
     os.close(fd)
 
 
+def _restore(environ: dict[str, str], cwd: str) -> None:
+    """Put back the environment and working directory a reused child had before the trial."""
+    if os.environ != environ:
+        for name in [name for name in os.environ if name not in environ]:
+            del os.environ[name]
+        for name, value in environ.items():
+            if os.environ.get(name) != value:
+                os.environ[name] = value
+    try:
+        if os.getcwd() != cwd:
+            os.chdir(cwd)
+    except OSError:  # the trial removed the directory it was in
+        os.chdir(cwd)
+
+
 def _die_with_parent() -> None:
     """Ask Linux to SIGKILL this process when the fork server (its parent) dies with the agent."""
+    _prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
+
+
+def become_subreaper() -> None:
+    """Orphaned descendants of this process come to it, not to init (Linux; elsewhere a no-op)."""
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+def _prctl(option: int, value: int) -> None:
     if not sys.platform.startswith("linux"):
         return
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(option, value)
     except (OSError, AttributeError):
         pass
+
+
+def descendants(pid: int) -> list[int]:
+    """Every living descendant of ``pid``, parents before their children (Linux's /proc; else none)."""
+    found: list[int] = []
+    parents = [pid]
+    while parents:
+        children = [child for parent in parents for child in children_of(parent)]
+        found += children
+        parents = children
+    return found
+
+
+def children_of(pid: int) -> list[int]:
+    """The children of ``pid`` (zombies included), from every thread's /proc list; [] without /proc."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []  # gone, or no /proc
+    children: list[int] = []
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children", "rb") as f:
+                children += [int(child) for child in f.read().split()]
+        except OSError:
+            pass  # the thread ended
+    return children
+
+
+def kill_descendants() -> None:
+    """SIGKILL every descendant of this process, again for any forked meanwhile, and reap them
+    (as a subreaper it is the parent of their orphans); gives up on what outlives 2 s."""
+    deadline = time.monotonic() + _REAP_SECONDS
+    while (found := descendants(os.getpid())) and time.monotonic() < deadline:
+        for child in found:
+            try:
+                os.kill(child, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        _reap(deadline)
+
+
+def _reap(deadline: float) -> None:
+    """Wait for this process's children (all of them killed) until none is left or ``deadline``."""
+    while True:
+        try:
+            child, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if child == 0:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.005)

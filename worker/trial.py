@@ -15,19 +15,20 @@ import urllib.parse
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 from retia.errors import ProtocolError
 from retia.failure import Failure, FailureKind
-from retia.protocol import Done, FileChunk, InlineFile, Report, Run, TrialState
+from retia.protocol import Done, FileChunk, InlineFile, MsgType, Outgoing, Report, Run, TrialState
 
 from . import pipe
 
 __all__ = [
     "RunningTrial",
+    "Upload",
     "alive",
+    "chunk_count",
     "file_chunks",
     "log_tail",
     "pick_artifacts",
@@ -35,6 +36,7 @@ __all__ = [
 ]
 
 _LOG_TAIL_LINES = 50
+_LOG_TAIL_BYTES = 16 << 10
 
 _log = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ class RunningTrial:
     id: str
     attempt: int
     process: BaseProcess
-    conn: Connection
+    conn: pipe.Reader
     output_dir: str
     log_file: str
     run: Run  # kept: queued in a child that died first, it is launched again
@@ -64,7 +66,6 @@ class RunningTrial:
     reports: int = 0  # numbered so far (its DONE says how many the dispatcher must hold)
     reused: bool = False  # runs in the long-lived --reuse-process child
 
-    readable: Any = None  # a select.poll() on the pipe, to drain it without building selectors
     pending: list[pipe.TrialReport] = field(default_factory=list)  # reports read, not yet sent
     skipped: bool = False  # cancelled in the child's queue before it started: it never ran
     cancel: str = ""  # a cancellation that came while it waited in the child's queue
@@ -90,14 +91,15 @@ class RunningTrial:
         return [Report(self.id, self.attempt, first + i, r.final, r.value) for i, r in enumerate(reports)]
 
     def read_pipe(self, max_reports: int) -> None:
-        """Read what the trial process sent, up to its last message; reports wait in ``pending``."""
-        if self.readable is None:
-            self.readable = select.poll()
-            self.readable.register(self.conn.fileno(), select.POLLIN)
+        """Read what the trial process sent, up to its last message; reports wait in ``pending``.
+
+        Never blocks: a message not yet whole waits in the pipe's reader for the next turn."""
         reports = self.pending
         try:
-            while len(reports) < max_reports and not self.finished and self.readable.poll(0):
-                message = pipe.receive(self.conn)
+            while len(reports) < max_reports and not self.finished:
+                message = self.conn.next()
+                if message is None:
+                    return
                 if isinstance(message, pipe.TrialReport):
                     reports.append(message)
                 elif isinstance(message, pipe.TrialRaised):
@@ -107,9 +109,10 @@ class RunningTrial:
                 else:
                     self.skipped = True
         except ProtocolError as exc:  # the trial wrote its pipe itself: it fails, and its process goes
-            self.error = pipe.TrialRaised(
-                "ProtocolError", f"the trial wrote garbage to its report pipe: {exc}", ""
-            )
+            reason = f"the trial wrote garbage to its report pipe: {exc}"
+            self.error = pipe.TrialRaised("ProtocolError", reason, "")
+            # a kill: the trial ends with its process (in a reused child, not with the next trial's)
+            self.kill_reason = self.kill_reason or reason
             self.send_signal(signal.SIGKILL)
         except (EOFError, OSError):
             pass  # the process is gone; its exit status tells the rest
@@ -122,7 +125,9 @@ class RunningTrial:
             kind = FailureKind.TIMEOUT if self.timed_out else FailureKind.STOPPED
             failure = Failure(kind, reason) if state is TrialState.FAILED else None
         elif self.error is not None:
-            exc_type, message, tb = self.error.exc_type, self.error.message, self.error.traceback
+            # cut by the trial process too; again here for one that wrote its own pipe
+            error = pipe.raised(self.error.exc_type, self.error.message, self.error.traceback)
+            exc_type, message, tb = error.exc_type, error.message, error.traceback
             state, reason = TrialState.FAILED, f"{exc_type}: {message}"
             failure = Failure(FailureKind.RAISED, reason, exc_type, message, tb)
         else:
@@ -231,12 +236,13 @@ def _wire_name(rel: str) -> str:
 
 def pick_artifacts(
     root: str, budget: int, inline_limit: int
-) -> tuple[list[InlineFile], list[tuple[str, str]]]:
+) -> tuple[list[InlineFile], list[tuple[str, str, int]]]:
     """The files under ``root`` to send home within ``budget`` bytes: the small ones read
-    now, up to ``inline_limit`` bytes in all (they ride inside DONE), and ``(relative path, path)``
-    of the rest, to stream. An empty ``trial.log`` stays behind."""
+    now, up to ``inline_limit`` bytes in all (they ride inside DONE), and ``(relative path, path,
+    size)`` of the rest, to stream. Each is read only up to the size checked against the budget
+    (a file still growing does not overshoot it). An empty ``trial.log`` stays behind."""
     inline: list[InlineFile] = []
-    streamed: list[tuple[str, str]] = []
+    streamed: list[tuple[str, str, int]] = []
     inline_bytes = 0
     for rel, path, size in _list_files(root):
         if rel == "trial.log" and not size:
@@ -248,12 +254,11 @@ def pick_artifacts(
             continue
         budget -= size
         if inline_bytes + size > inline_limit:
-            streamed.append((rel, path))
+            streamed.append((rel, path, size))
             continue
         try:
             with open(path, "rb") as f:
-                # at most what stat saw, if it grew since
-                inline.append(InlineFile(rel, f.read(inline_limit - inline_bytes)))
+                inline.append(InlineFile(rel, f.read(size)))  # at most what was checked, if it grew since
         except OSError as exc:
             _log.warning("artefact %s not sent: %s", path, exc)
             continue
@@ -261,17 +266,61 @@ def pick_artifacts(
     return inline, streamed
 
 
-def file_chunks(rel: str, path: str, size: int) -> Iterator[FileChunk]:
-    """A file in FILE chunks of ``size`` bytes; the last one (maybe empty) says so."""
-    with open(path, "rb") as f:
-        offset = 0
-        while True:
-            data = f.read(size)
-            last = len(data) < size
-            yield FileChunk(rel, offset, data, last)
-            offset += len(data)
-            if last:
-                return
+def chunk_count(size: int, chunk: int) -> int:
+    """How many FILE chunks a file of ``size`` bytes travels in (an empty one: one empty chunk)."""
+    return max(1, -(-size // chunk))
+
+
+def file_chunks(rel: str, path: str, chunk: int, size: int) -> Iterator[FileChunk]:
+    """The first ``size`` bytes of a file in exactly ``chunk_count(size, chunk)`` FILE chunks (the last
+    says so): what was checked, never more; if the file shrank or went, the rest are empty."""
+    count = chunk_count(size, chunk)
+    try:
+        f = open(path, "rb", buffering=0)  # unbuffered: no read past what was checked
+    except OSError as exc:
+        _log.warning("artefact %s not sent: %s", path, exc)
+        f = None
+    try:
+        for i in range(count):
+            offset = i * chunk
+            data = f.read(min(chunk, size - offset)) if f is not None else b""
+            yield FileChunk(rel, offset, data, i == count - 1)
+    finally:
+        if f is not None:
+            f.close()
+
+
+@dataclass
+class Upload:
+    """A finished attempt's streamed artefacts: FILE chunks with seqs allotted up front (before its
+    DONE's), read from disk only as the agent's window lets them go. DONEs wait behind it, in order."""
+
+    trial: str
+    attempt: int
+    first_seq: int
+    files: list[tuple[str, str, int]]
+    chunk: int
+    dones: list[Outgoing] = field(default_factory=list)  # sent once its last chunk is
+    _chunks: Iterator[FileChunk] | None = None
+    _seq: int = 0
+
+    @property
+    def count(self) -> int:
+        """How many seqs its chunks take."""
+        return sum(chunk_count(size, self.chunk) for _, _, size in self.files)
+
+    def next(self) -> Outgoing | None:
+        """The next FILE message, or None when all were given out."""
+        if self._chunks is None:
+            self._chunks = (
+                c for rel, path, size in self.files for c in file_chunks(rel, path, self.chunk, size)
+            )
+            self._seq = self.first_seq
+        chunk = next(self._chunks, None)
+        if chunk is None:
+            return None
+        self._seq += 1
+        return Outgoing(MsgType.FILE, chunk, self.trial, self.attempt, self._seq - 1)
 
 
 def set_policy(batch: bool) -> None:
@@ -298,5 +347,6 @@ def log_tail(path: str, lines: int = _LOG_TAIL_LINES) -> str:
 
 
 def _tail_of(data: bytes, lines: int = _LOG_TAIL_LINES) -> str:
-    """The last lines of a log's bytes, as text."""
-    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+    """The last lines of a log's bytes, as text: at most its last 16 KiB (one line can be huge)."""
+    tail = "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+    return pipe.bounded(tail, _LOG_TAIL_BYTES, keep="tail")
