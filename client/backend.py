@@ -348,8 +348,8 @@ class Backend:
         path, part = _largest_argument(name, evaluator if name == "evaluator" else recipe)
         trial = f"trial {body.trial}" + (f" ({body.name})" if body.name else "")
         raise PayloadTooLarge(
-            f"{trial} would be a {size / MiB:.1f} MiB message, over the dispatcher's "
-            f"{limit / MiB:.1f} MiB limit: its {path} takes {part / MiB:.1f} MiB inline. Build it with "
+            f"{trial} is {size / MiB:.1f} MiB serialized, over the dispatcher's {limit / MiB:.1f} MiB "
+            f"message limit: its {path} takes {part / MiB:.1f} MiB inline. Build it with "
             "retia.trace so the worker re-creates it, load it inside fit, or pass the data as a tensor "
             "or numpy array (those travel as blobs, in chunks).",
             path,
