@@ -32,12 +32,24 @@ import zmq
 from retia import codec
 from retia.blobs import Blob
 from retia.encryption import secure_client
-from retia.errors import ConfigError, ProtocolError, RetiaError, TrialCancelledError, error_for
+from retia.errors import (
+    ClusterLostError,
+    ConfigError,
+    DispatcherLostError,
+    PayloadTooLarge,
+    ProtocolError,
+    RetiaError,
+    SubmissionRefusedError,
+    TrialCancelledError,
+    error_for,
+)
 from retia.evaluator import Evaluator, model_factory
 from retia.failure import Failure, FailureKind
 from retia.keys import resolve_key
 from retia.peer import Peer, PeerTiming
 from retia.protocol import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    Ack,
     BlobRef,
     Cancel,
     Event,
@@ -52,6 +64,7 @@ from retia.protocol import (
     StatusReply,
     Submit,
     TrialState,
+    item_bytes,
 )
 from retia.reporting import Metric
 from retia.serializer import dump
@@ -69,6 +82,9 @@ FIRST_COMPLETED = concurrent.futures.FIRST_COMPLETED
 ALL_COMPLETED = concurrent.futures.ALL_COMPLETED
 
 _SUBMIT_BYTES_PER_MESSAGE = 1 << 20
+_REFUSABLE = (MsgType.SUBMITS, MsgType.BLOB_PUT)  # a refusal of these fails the trials they carry
+_FRAMING_BYTES = 4096  # version, signature, header and batch framing around one SUBMIT's fields
+MiB = 1 << 20
 ReportCallback = Callable[["Trial", Metric], None]
 DoneCallback = Callable[["Trial"], None]
 
@@ -92,6 +108,8 @@ class Trial:
         self._all_reports: list[Metric] = []
         self._report_callbacks: list[ReportCallback] = []
         self._done_callbacks: list[DoneCallback] = []
+        self._blobs: frozenset[str] = frozenset()  # digests of the blobs it needs
+        self._refusal: SubmissionRefusedError | None = None  # the dispatcher refused it: failed here
 
     def __repr__(self) -> str:
         return f"Trial({self.id[:8]}, {self.state.value}, attempt={self.attempt})"
@@ -102,15 +120,13 @@ class Trial:
     def reports(self, timeout: float | None = None) -> Iterator[Metric]:
         """Intermediate results as they arrive (a retried attempt's start again), until the trial ends."""
         index = 0
-        cond = self._backend._cond
+        backend = self._backend
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            with cond:
-                while index >= len(self._all_reports) and not self.done():
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        raise TimeoutError(f"no report from trial {self.id} within {timeout}s")
-                    cond.wait(remaining)
+            with backend._cond:
+                more = functools.partial(self._has_more, index)
+                if not backend._wait_until(more, deadline):
+                    raise TimeoutError(f"no report from trial {self.id} within {timeout}s")
                 batch = self._all_reports[index:]
                 finished = self.done()
             index += len(batch)
@@ -118,11 +134,15 @@ class Trial:
             if finished and index >= len(self._all_reports):
                 return
 
+    def _has_more(self, index: int) -> bool:
+        return index < len(self._all_reports) or self.done()
+
     def result(self, timeout: float | None = None) -> Metric | None:
-        """Block for the final result; raises TrialFailedError (remote traceback as cause) on failure."""
-        cond = self._backend._cond
-        with cond:
-            if not cond.wait_for(self.done, timeout):
+        """Block for the final result; raises TrialFailedError (remote traceback as cause) on failure,
+        and ClusterLostError if the cluster can no longer run it (see ``Backend.lost``)."""
+        backend = self._backend
+        with backend._cond:
+            if not backend._wait_until(self.done, None if timeout is None else time.monotonic() + timeout):
                 raise TimeoutError(
                     f"trial {self.id} did not finish within {timeout}s (state {self.state.value})"
                 )
@@ -132,6 +152,8 @@ class Trial:
         return self.final
 
     def exception(self) -> RetiaError | None:
+        if self._refusal is not None:
+            return self._refusal
         if self.state is TrialState.CANCELLED:
             reason = self.change.reason if self.change else ""
             return TrialCancelledError(f"trial {self.id} was cancelled{': ' + reason if reason else ''}")
@@ -177,12 +199,16 @@ class Backend:
         heartbeat_interval: float = 1.0,
         liveness: int = 5,
         curve_server_key: str | Path | None = None,
+        lost_after: float | None = 60.0,
     ) -> None:
+        """``lost_after``: seconds without a word from the dispatcher before waits raise
+        DispatcherLostError (the connection keeps retrying; None waits forever)."""
         self.config = ClientConfig(
             address,
             client_id or f"client-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
             PeerTiming(heartbeat_interval, liveness, reconnect_min=0.5),
             curve_server_key,
+            lost_after,
         )
         self.address = address
         self.curve_server_key = curve_server_key
@@ -198,6 +224,12 @@ class Backend:
         self._outgoing: queue.SimpleQueue[Outgoing] = queue.SimpleQueue()
         self._seq = 0
         self._uploaded: set[str] = set()
+        self._kinds: dict[int, MsgType] = {}  # seq -> type of a kept SUBMITS item or BLOB_PUT, until ACKed
+        self._max_message_bytes = DEFAULT_MAX_MESSAGE_BYTES  # the dispatcher's, once WELCOME says it
+        self._heard_at = time.monotonic()  # when the dispatcher last said anything
+        self._silence: DispatcherLostError | None = None  # set while it has been silent past lost_after
+        # set by local_cluster's watch while its processes are gone
+        self._cluster_error: ClusterLostError | None = None
         self._ctx = zmq.Context()
         self._wake_addr = f"inproc://retia-client-{id(self)}"
         self._wake_pull = self._ctx.socket(zmq.PULL)
@@ -269,37 +301,61 @@ class Backend:
         ids = [trial_id or uuid.uuid4().hex for trial_id in id_list]
         for arch in arch_list:
             _check_arch(arch)
-        bodies = []
+        bodies: list[tuple[Submit, dict[str, Blob]]] = []
         for model, arch, name, trial_id in zip(models, arch_list, name_list, ids):
             blobs = dict(evaluator_blobs)
-            model_bytes = dump(_model_recipe(model, arch), name="model", blobs=blobs)
-            for blob in blobs.values():
-                self._upload(blob)  # once per backend
+            recipe = _model_recipe(model, arch)
+            model_bytes = dump(recipe, name="model", blobs=blobs)
             refs = [BlobRef(b.digest, b.size) for b in blobs.values()]
-            bodies.append(
-                Submit(trial_id, 0, evaluator_bytes, model_bytes, arch, timeout, max_retries, name, refs)
-            )
+            body = Submit(trial_id, 0, evaluator_bytes, model_bytes, arch, timeout, max_retries, name, refs)
+            self._check_size(body, evaluator, recipe)  # before anything is queued
+            bodies.append((body, blobs))
         trials = []
         with self._cond:
-            for arch, name, trial_id in zip(arch_list, name_list, ids):
-                trial = self.trials.get(trial_id) or Trial(self, trial_id, name, arch)
-                trial.name, trial.arch = name, arch
+            for (body, blobs), arch, name in zip(bodies, arch_list, name_list):
+                trial = self.trials.get(body.trial)
+                if trial is None or trial._refusal is not None:  # a refused one may be submitted again
+                    trial = Trial(self, body.trial, name, arch)
+                trial.name, trial.arch, trial._blobs = name, arch, frozenset(blobs)
                 self.trials[trial.id] = trial
                 trials.append(trial)
-        self._enqueue_many([(MsgType.SUBMITS, body, body.trial) for body in bodies])
+        messages: list[tuple[MsgType, Any, str]] = []
+        for body, blobs in bodies:
+            for blob in blobs.values():
+                messages += self._upload(blob)  # once per backend, before the SUBMIT that needs it
+            messages.append((MsgType.SUBMITS, body, body.trial))
+        self._enqueue_many(messages)  # together: a CANCEL after a refused blob comes after its SUBMIT
         return trials
 
-    def _upload(self, blob: Blob) -> None:
-        """Send a blob to the dispatcher once per backend, in chunks, before the SUBMIT that needs it."""
+    def _upload(self, blob: Blob) -> list[tuple[MsgType, Any, str]]:
+        """The BLOB_PUT chunks of a blob the dispatcher has not been sent yet (none if it has)."""
         if blob.digest in self._uploaded:
-            return
+            return []
         self._uploaded.add(blob.digest)
-        pieces = list(blob.chunks())
-        for i, (offset, data) in enumerate(pieces):
-            chunk = FileChunk(blob.digest, offset, bytes(data), i == len(pieces) - 1)
-            self._enqueue(MsgType.BLOB_PUT, chunk, blob.digest)
-        if not pieces:
-            self._enqueue(MsgType.BLOB_PUT, FileChunk(blob.digest, 0, b"", True), blob.digest)
+        pieces = list(blob.chunks()) or [(0, memoryview(b""))]
+        return [
+            (MsgType.BLOB_PUT, FileChunk(blob.digest, offset, bytes(data), i == len(pieces) - 1), blob.digest)
+            for i, (offset, data) in enumerate(pieces)
+        ]
+
+    def _check_size(self, body: Submit, evaluator: Evaluator, recipe: Any) -> None:
+        """PayloadTooLarge, naming the argument, for a SUBMIT the dispatcher would drop for its size."""
+        fields = dataclasses.replace(body, evaluator=b"", model=b"")
+        size = item_bytes(body) + len(codec.pack(fields)) + _FRAMING_BYTES
+        limit = self._max_message_bytes
+        if size <= limit:
+            return
+        name = "evaluator" if len(body.evaluator) >= len(body.model) else "model"
+        path, part = _largest_argument(name, evaluator if name == "evaluator" else recipe)
+        trial = f"trial {body.trial}" + (f" ({body.name})" if body.name else "")
+        raise PayloadTooLarge(
+            f"{trial} is {size / MiB:.1f} MiB serialized, over the dispatcher's {limit / MiB:.1f} MiB "
+            f"message limit: its {path} takes {part / MiB:.1f} MiB inline. Build it with "
+            "retia.trace so the worker re-creates it, load it inside fit, or pass the data as a tensor "
+            "or numpy array (those travel as blobs, in chunks).",
+            path,
+            size,
+        )
 
     def status(self, timeout: float = 5.0) -> StatusReply:
         return query_status(
@@ -309,6 +365,12 @@ class Backend:
     def add_listener(self, fn: Callable[[Trial, Event], None]) -> None:
         """``fn(trial, event)`` for every event (a report or a state change), from the I/O thread."""
         self._listeners.append(fn)
+
+    @property
+    def lost(self) -> ClusterLostError | None:
+        """Why trials cannot run now (a ClusterLostError: the dispatcher or every local worker is gone),
+        or None. Waits raise it; it clears by itself if the dispatcher answers again."""
+        return self._cluster_error or self._silence
 
     def wait_connected(self, timeout: float = 30.0) -> None:
         if not self._welcomed.wait(timeout):
@@ -332,7 +394,26 @@ class Backend:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # ---- internals shared with Trial ----
+    # ---- internals shared with Trial and local_cluster ----
+
+    def _wait_until(self, ready: Callable[[], bool], deadline: float | None) -> bool:
+        """With ``_cond`` held: wait until ``ready()`` (True) or ``deadline`` passes (False); while not
+        ready, raise ``lost`` as soon as it is set."""
+        while not ready():
+            error = self.lost
+            if error is not None:
+                raise error
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            self._cond.wait(remaining)
+        return True
+
+    def _set_cluster_error(self, error: ClusterLostError | None) -> None:
+        """Set (or clear) what local_cluster's watch found, and wake every waiter to raise it."""
+        with self._cond:
+            self._cluster_error = error
+            self._cond.notify_all()
 
     def _cancel(self, trial: Trial, reason: str) -> None:
         if not trial.done():
@@ -347,6 +428,8 @@ class Backend:
                 self._seq += 1
                 if type is MsgType.SUBMITS:
                     body = dataclasses.replace(body, seq=self._seq)
+                if type in _REFUSABLE:
+                    self._kinds[self._seq] = type
                 self._outgoing.put(Outgoing(type, body, trial_id, 0, self._seq))
         self._wake()
 
@@ -387,11 +470,40 @@ class Backend:
                         self._wake_pull.recv()
                 self._send_outgoing(peer)
                 if registered in ready:
-                    for msg in peer.receive():
+                    messages = peer.receive()
+                    if messages:
+                        self._heard(time.monotonic())
+                    for msg in messages:
                         self._handle(peer, msg)
-                peer.tick(time.monotonic())
+                now = time.monotonic()
+                peer.tick(now)
+                self._check_silence(now)
         finally:
             peer.close(linger_ms=100)
+
+    def _heard(self, now: float) -> None:
+        self._heard_at = now
+        if self._silence is not None:
+            _log.info("the dispatcher at %s answers again", self.address)
+            with self._cond:
+                self._silence = None
+
+    def _check_silence(self, now: float) -> None:
+        """Past ``lost_after`` seconds without a word, every wait raises DispatcherLostError."""
+        lost_after = self.config.lost_after
+        silent = now - self._heard_at
+        if lost_after is None or self._silence is not None or silent <= lost_after:
+            return
+        error = DispatcherLostError(
+            f"no word from the dispatcher at {self.address} for {silent:.0f}s (lost_after={lost_after}s): "
+            "it crashed or stopped, or the network is down. Restart it on the same journal (what it "
+            "acknowledged is kept) and wait again: this client keeps reconnecting. "
+            "Connect with lost_after=None to wait forever."
+        )
+        _log.error("%s", error)
+        with self._cond:
+            self._silence = error
+            self._cond.notify_all()
 
     def _hello(self) -> Hello:
         return Hello(
@@ -412,10 +524,12 @@ class Backend:
     def _handle(self, peer: Peer, msg: Message) -> None:
         if msg.type is MsgType.ACKS:
             for ack in msg.body.items:
+                kind = self._kinds.pop(ack.seq, None)
                 if not ack.ok:
-                    _log.error("the dispatcher refused a message about %s: %s", ack.trial, ack.reason)
+                    self._refused(kind, ack)
         elif msg.type is MsgType.WELCOME:
             self._resyncing = False  # the replay of what we lack follows, in order
+            self._max_message_bytes = msg.body.max_message_bytes
             self._welcomed.set()
         elif msg.type is MsgType.RESET:  # the dispatcher restarted: say HELLO, re-send what it lacks
             peer.reset(msg.body)
@@ -423,6 +537,37 @@ class Backend:
             self._apply([event for event in msg.body.items if self._is_new(peer, event)])
         elif msg.type is MsgType.HEARTBEAT and msg.body.last_event > self.last_event:
             self._resync(peer, f"the dispatcher sent events up to {msg.body.last_event}")
+
+    def _refused(self, kind: MsgType | None, ack: Ack) -> None:
+        """A refused SUBMITS item fails its trial here; a refused blob fails (and cancels) the trials
+        that need it, and is uploaded again by the next submit that does."""
+        _log.error("the dispatcher refused a message about %s: %s", ack.trial, ack.reason)
+        if kind is MsgType.SUBMITS:
+            trial = self.trials.get(ack.trial)
+            if trial is not None and not trial.done():
+                self._fail_refused(
+                    [trial], f"the dispatcher refused its submission: {ack.reason}", ack.reason
+                )
+        elif kind is MsgType.BLOB_PUT:
+            self._uploaded.discard(ack.trial)
+            with self._cond:
+                needing = [t for t in self.trials.values() if ack.trial in t._blobs and not t.done()]
+            text = f"the dispatcher refused blob {ack.trial[:12]} it needs: {ack.reason}"
+            self._fail_refused(needing, text, ack.reason)
+            for trial in needing:  # stored already: no worker should try it without its blob
+                self._enqueue(MsgType.CANCEL, Cancel(text), trial.id)
+
+    def _fail_refused(self, trials: list[Trial], text: str, reason: str) -> None:
+        """Fail trials the dispatcher refused, here and at once, as if it had said FAILED."""
+        events = []
+        for trial in trials:
+            trial._refusal = SubmissionRefusedError(
+                f"trial {trial.id}: {text}", trial_id=trial.id, reason=reason
+            )
+            events.append(
+                Event(0, state=StateChange(trial.id, trial.attempt, TrialState.FAILED, reason=text))
+            )
+        self._apply(events)
 
     def _is_new(self, peer: Peer, event: Event) -> bool:
         """The next event (a replay after a reconnect repeats what came before), and a real metric.
@@ -469,6 +614,8 @@ class Backend:
         trial = self.trials.get(trial_id)
         if trial is None:  # a trial submitted by an earlier process with this client id
             trial = self.trials[trial_id] = Trial(self, trial_id)
+        elif trial._refusal is not None and event.seq:  # failed here; what the dispatcher says later is moot
+            return callbacks
         if event.report is not None:
             value = event.report.metric
             if event.report.final:
@@ -514,23 +661,21 @@ def connect(
 def wait(
     trials: Iterable[Trial], timeout: float | None = None, return_when: str = ALL_COMPLETED
 ) -> tuple[set[Trial], set[Trial]]:
-    """Like ``concurrent.futures.wait``: (done, not_done) once the condition holds or time is up."""
+    """Like ``concurrent.futures.wait``: (done, not_done) once the condition holds or time is up.
+
+    Raises ClusterLostError (``Backend.lost``) while it does not hold and the cluster cannot run trials."""
     pending = list(trials)
     if not pending:
         return set(), set()
-    cond = pending[0]._backend._cond
+    backend = pending[0]._backend
     deadline = None if timeout is None else time.monotonic() + timeout
 
     def ready() -> bool:
         finished = sum(t.done() for t in pending)
         return finished == len(pending) if return_when == ALL_COMPLETED else finished > 0
 
-    with cond:
-        while not ready():
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                break
-            cond.wait(remaining)
+    with backend._cond:
+        backend._wait_until(ready, deadline)
         done = {t for t in pending if t.done()}
     return done, set(pending) - done
 
@@ -594,3 +739,14 @@ def _model_recipe(model: Any, arch: dict[str, Any] | None) -> Any:
     from retia.arch import FrozenModel
 
     return trace(FrozenModel)(space=recipe.target, arch=arch, args=recipe.args, kwargs=recipe.kwargs)
+
+
+def _largest_argument(name: str, obj: Any) -> tuple[str, int]:
+    """The argument of ``obj`` (one level into its recipe) that serializes largest: (its path, bytes)."""
+    recipe = get_recipe(obj)
+    parts: list[tuple[str, Any]] = [(name, obj)]
+    if recipe is not None and (recipe.args or recipe.kwargs):
+        parts = [(f"{name}[{i}]", v) for i, v in enumerate(recipe.args)]
+        parts += [(f"{name}.{k}", v) for k, v in recipe.kwargs.items()]
+    sizes = [(path, len(dump(value, name=path, blobs={}))) for path, value in parts]
+    return max(sizes, key=lambda pair: pair[1])

@@ -11,13 +11,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from retia.errors import RetiaError
+from retia.errors import ClusterLostError, DispatcherLostError, RetiaError
 from retia.keys import create_key_file, load_key
 
 from .backend import Backend, connect
@@ -25,6 +26,7 @@ from .backend import Backend, connect
 __all__ = ["LocalCluster", "local_cluster", "detect_gpus"]
 
 _log = logging.getLogger(__name__)
+_WATCH_INTERVAL = 0.2  # how often local_cluster looks at its processes
 
 
 def detect_gpus() -> list[str]:
@@ -58,6 +60,9 @@ class LocalCluster:
     dispatcher: subprocess.Popen[bytes] | None = None
     worker_procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _logs: list[IO[bytes]] = field(default_factory=list)
+    _restarting: bool = False  # kill_dispatcher was called: start_dispatcher is expected, not a crash
+    _watching: threading.Event | None = None  # set to stop the watch
+    _watcher: threading.Thread | None = None
 
     @property
     def key_file(self) -> Path:
@@ -111,6 +116,7 @@ class LocalCluster:
                 raise RetiaError(f"the dispatcher did not start within 30s; see {self.home}/logs")
             time.sleep(0.02)
         self.address = ready.read_text().strip()
+        self._restarting = False
 
     def start_worker(self, index: int) -> subprocess.Popen[bytes]:
         gpu = self.gpus[index % len(self.gpus)] if self.gpus else "none"
@@ -146,11 +152,69 @@ class LocalCluster:
         return proc
 
     def kill_dispatcher(self, sig: int = signal.SIGKILL) -> None:
+        """Kill the dispatcher on purpose, to restart it with :meth:`start_dispatcher` (the watch waits)."""
         if self.dispatcher is not None:
+            self._restarting = True
             self.dispatcher.send_signal(sig)
             self.dispatcher.wait(timeout=30)
 
+    def watch(self, backend: Backend) -> None:
+        """Until :meth:`stop`: if the dispatcher exits, or every worker has exited for a liveness
+        window (one killed and started again is no loss), ``backend``'s waits raise a ClusterLostError."""
+        stopping = self._watching = threading.Event()
+        thread = threading.Thread(
+            target=self._watch, args=(backend, stopping), name="retia-cluster-watch", daemon=True
+        )
+        thread.start()
+        self._watcher = thread
+
+    def _watch(self, backend: Backend, stopping: threading.Event) -> None:
+        grace = self.heartbeat_interval * self.liveness
+        workers_gone_at: float | None = None
+        reported: ClusterLostError | None = None
+        while not stopping.wait(_WATCH_INTERVAL):
+            now = time.monotonic()
+            workers = list(self.worker_procs)
+            if workers and all(p.poll() is not None for p in workers):
+                workers_gone_at = workers_gone_at or now
+            else:
+                workers_gone_at = None
+            error: ClusterLostError | None = self._dispatcher_lost()
+            if error is None and workers_gone_at is not None and now - workers_gone_at >= grace:
+                error = self._workers_lost(workers)
+            if (error is None) != (reported is None) and not stopping.is_set():
+                if error is not None:
+                    _log.error("%s", error)
+                backend._set_cluster_error(error)
+                reported = error
+
+    def _dispatcher_lost(self) -> DispatcherLostError | None:
+        proc = self.dispatcher
+        if proc is None or self._restarting or proc.poll() is None:
+            return None
+        return DispatcherLostError(
+            f"the dispatcher of this local cluster (pid {proc.pid}) {_exit_status(proc.returncode)}; its log "
+            f"is {self.home / 'logs' / 'dispatcher.log'}. No trial can run or report: leave the "
+            "local_cluster block and start a new one (with the same home= and journal, what it "
+            "acknowledged is kept)."
+        )
+
+    def _workers_lost(self, workers: list[subprocess.Popen[bytes]]) -> ClusterLostError:
+        statuses = ", ".join(
+            f"worker-{i} (pid {p.pid}) {_exit_status(p.returncode)}" for i, p in enumerate(workers)
+        )
+        return ClusterLostError(
+            f"every worker of this local cluster has exited: {statuses}; their logs are "
+            f"{self.home / 'logs'}/worker-*.log. Queued trials cannot run: fix what the logs say, then "
+            "start_worker() again or start a new local_cluster."
+        )
+
     def stop(self, timeout: float = 15.0) -> None:
+        if self._watching is not None:
+            self._watching.set()  # what stops now is stopped on purpose
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+            self._watcher = None
         procs = [p for p in self.worker_procs if p.poll() is None]
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
@@ -176,6 +240,16 @@ class LocalCluster:
             env=env,
             preexec_fn=_die_with_parent,
         )
+
+
+def _exit_status(code: int | None) -> str:
+    """'exited with code 1', or 'was killed by SIGKILL', for a Popen's returncode."""
+    if code is None or code >= 0:
+        return f"exited with code {code}"
+    try:
+        return f"was killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"was killed by signal {-code}"
 
 
 def _die_with_parent() -> None:
@@ -211,11 +285,14 @@ def local_cluster(
     dispatcher_args: Sequence[str] = (),
     client_id: str | None = None,
     curve: bool = False,
+    lost_after: float | None = 60.0,
 ) -> Iterator[Backend]:
     """Start a dispatcher and ``workers`` local workers (default: one per GPU, else 2); yield a Backend.
 
     Everything started is stopped on exit. ``home`` keeps the key, journal, logs and artefacts
-    (a temporary directory, removed afterwards, when not given).
+    (a temporary directory, removed afterwards, when not given). If the dispatcher exits, or every
+    worker does, waits on the backend raise a ClusterLostError instead of waiting forever
+    (``lost_after`` as for ``connect``).
     """
     gpu_list = list(gpus) if gpus is not None else detect_gpus()
     count = workers if workers is not None else (len(gpu_list) or 2)
@@ -245,8 +322,10 @@ def local_cluster(
             heartbeat_interval=heartbeat_interval,
             liveness=liveness,
             curve_server_key=cluster.curve_server_key,
+            lost_after=lost_after,
         )
         backend.cluster = cluster
+        cluster.watch(backend)
         yield backend
     finally:
         if backend is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,8 @@ class ClientConfig:
     client_id: str
     timing: PeerTiming = field(default_factory=PeerTiming)
     curve_server_key: str | Path | None = None  # the dispatcher's public CurveZMQ certificate
+    # seconds of silence from the dispatcher before waits raise DispatcherLostError (None: wait forever)
+    lost_after: float | None = 60.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -26,5 +29,10 @@ class ClientConfig:
             problems.append(f"address must be a ZeroMQ endpoint like tcp://head:5555 (got {self.address!r})")
         if not self.client_id:
             problems.append("client_id must not be empty")
+        lost = self.lost_after
+        if lost is not None and (
+            isinstance(lost, bool) or not isinstance(lost, (int, float)) or not 0 < lost < math.inf
+        ):
+            problems.append(f"lost_after must be a positive number of seconds or None (got {lost!r})")
         if problems:
             raise ConfigError("invalid client configuration: " + "; ".join(problems))

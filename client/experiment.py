@@ -205,10 +205,20 @@ class _Loop:
                 if not self.running:
                     break
                 self._drain()
+                self._raise_if_lost()
                 if self.deadline is not None and time.monotonic() > self.deadline:
                     self._stop_all("max_duration reached")
                 self.view.refresh()
         return self.exp.results
+
+    def _raise_if_lost(self) -> None:
+        """The cluster is gone (its dispatcher, or every local worker): end the run with the reason."""
+        error = self.backend.lost
+        if error is not None:
+            path = self.exp.path
+            raise type(error)(
+                f"{error} The experiment is saved in {path}: Experiment.resume({str(path)!r}) continues it."
+            ) from error
 
     def _fill(self) -> None:
         record = self.exp.record

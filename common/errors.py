@@ -21,6 +21,9 @@ __all__ = [
     "WorkerLostError",
     "InvalidArchitectureError",
     "TrialStateError",
+    "SubmissionRefusedError",
+    "ClusterLostError",
+    "DispatcherLostError",
 ]
 
 
@@ -111,6 +114,22 @@ class ReportsLostError(TrialFailedError):
 
 class WorkerLostError(TrialFailedError):
     """The worker running a trial died or stopped heartbeating too many times."""
+
+
+class SubmissionRefusedError(TrialFailedError):
+    """The dispatcher refused the trial's SUBMIT or a blob it needs; ``reason`` is the dispatcher's."""
+
+    def __init__(self, message: str, *, trial_id: str = "", reason: str = "") -> None:
+        super().__init__(message, trial_id=trial_id)
+        self.reason = reason
+
+
+class ClusterLostError(RetiaError):
+    """The cluster can no longer run trials (every worker, or the dispatcher, is gone): waits end with it."""
+
+
+class DispatcherLostError(ClusterLostError):
+    """The dispatcher exited, or stayed silent past ``lost_after``; a later wait works if it comes back."""
 
 
 _ERROR_OF_KIND: dict[FailureKind, type[TrialFailedError]] = {
