@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .failure import Failure, FailureKind
 
 __all__ = [
@@ -12,6 +14,7 @@ __all__ = [
     "ReportError",
     "AuthenticationError",
     "ProtocolError",
+    "MessageTooLarge",
     "TrialFailedError",
     "TrialCancelledError",
     "TrialTimeoutError",
@@ -61,6 +64,15 @@ class AuthenticationError(RetiaError):
 
 class ProtocolError(RetiaError):
     """A message was malformed: wrong version, bad framing, undecodable or oversized."""
+
+
+class MessageTooLarge(ProtocolError):
+    """A message over the receiver's limit. When it was signed with the cluster key, ``message`` is
+    what it said, so the receiver can answer with a refusal naming it (nothing waits forever)."""
+
+    def __init__(self, text: str, message: Any = None) -> None:
+        super().__init__(text)
+        self.message = message
 
 
 class InvalidArchitectureError(RetiaError, ValueError):

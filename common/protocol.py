@@ -36,7 +36,7 @@ import msgpack
 
 from . import codec
 from .codec import Bounds, Json, NonNegative
-from .errors import AuthenticationError, ProtocolError
+from .errors import AuthenticationError, MessageTooLarge, ProtocolError
 from .failure import Failure
 from .reporting import Metric, validate_metric
 
@@ -84,6 +84,7 @@ __all__ = [
     "unpack_metric",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "MAX_PREFETCH",
+    "id_problem",
 ]
 
 T = TypeVar("T")
@@ -91,7 +92,22 @@ VERSION = b"retia/2"
 DEFAULT_MAX_MESSAGE_BYTES = 8 << 20  # big data travels as chunked blobs, never inside one message
 MAX_PREFETCH = 64  # trials a worker may hold beyond the one it runs
 _CHUNK_LIMIT = 8 << 20  # the most bytes a BLOB_GET may ask for (the dispatcher sends at most 1 MiB)
+# a message over the limit, up to this many times it, has its signature checked and is decoded to be
+# refused by name; a larger one is refused unread (checking it would cost a junk sender nothing)
+_DECODED_WHEN_TOO_LARGE = 2
 _DIGEST = re.compile(r"[0-9a-f]{64}")
+# trial and peer ids name files and directories on workers and the head node
+_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
+
+
+def id_problem(value: object, what: str) -> str:
+    """Why ``value`` cannot be a trial or peer id ("" when it can)."""
+    if isinstance(value, str) and _ID.fullmatch(value):
+        return ""
+    return (
+        f"{what} must be 1-128 letters, digits, '_', '-' or '.' (not first), as it names files; "
+        f"got {value!r:.80}"
+    )
 
 
 class MsgType(IntEnum):
@@ -281,7 +297,7 @@ class Submit:
     blobs: list[BlobRef] = field(default_factory=list)  # uploaded before
 
     def check(self) -> str:
-        return "" if self.trial else "a trial id is required"
+        return id_problem(self.trial, "a trial id")
 
 
 @dataclass(frozen=True)
@@ -296,6 +312,9 @@ class Run:
     name: str = ""
     max_artifact_bytes: NonNegative = 50 << 20
     blobs: list[BlobRef] = field(default_factory=list)
+
+    def check(self) -> str:
+        return id_problem(self.trial, "a trial id")
 
 
 @dataclass(eq=True)
@@ -595,8 +614,9 @@ class Session:
         if version != VERSION:
             raise ProtocolError(f"protocol version {bytes(version[:16])!r}, expected {VERSION!r}")
         size = len(header) + len(payload)
-        if size > self.max_message_bytes:
-            raise ProtocolError(f"message of {size} bytes exceeds the {self.max_message_bytes}-byte limit")
+        too_large = size > self.max_message_bytes
+        if too_large and size > self.max_message_bytes * _DECODED_WHEN_TOO_LARGE:
+            raise MessageTooLarge(f"message of {size} bytes exceeds the {self.max_message_bytes}-byte limit")
         if not hmac.compare_digest(self.sign(header, payload), signature):
             raise AuthenticationError("bad signature: wrong cluster key or tampered message")
         if self._reject_replays:
@@ -606,9 +626,16 @@ class Session:
         except ProtocolError as exc:
             raise ProtocolError(f"undecodable message: {exc}") from None
         try:
-            return Message(head, codec.unpack(BODY_TYPES[head.type], payload))
+            message = Message(head, codec.unpack(BODY_TYPES[head.type], payload))
         except ProtocolError as exc:  # say what it was and who sent it: the routing id alone may not
             raise ProtocolError(f"undecodable {head.type.name} from {head.sender[:64]!r}: {exc}") from None
+        if too_large:  # signed by a key holder: decoded only so the receiver can refuse what it carried
+            raise MessageTooLarge(
+                f"{head.type.name} of {size} bytes from {head.sender[:64]!r} exceeds the "
+                f"{self.max_message_bytes}-byte limit",
+                message,
+            )
+        return message
 
     def _remember(self, signature: bytes) -> None:
         """Refuse a signature seen before (as jupyter_client's digest history does)."""

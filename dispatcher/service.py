@@ -37,7 +37,7 @@ import zmq
 from retia.blobs import CHUNK as BLOB_CHUNK
 from retia.blobs import BlobStore
 from retia.encryption import secure_server, server_certificate
-from retia.errors import AuthenticationError, ProtocolError
+from retia.errors import AuthenticationError, MessageTooLarge, ProtocolError
 from retia.failure import Failure, FailureKind
 from retia.protocol import (
     MAX_PREFETCH,
@@ -286,12 +286,41 @@ class Dispatcher:
             identity, rest = frames[0], frames[1:]
             try:
                 msg = self.session.parse(rest)
+            except MessageTooLarge as exc:
+                self._drop(identity, exc)
+                if exc.message is not None:
+                    self._guarded("refusing a message too large", self._refuse_large, identity, exc)
+                continue
             except (ProtocolError, AuthenticationError) as exc:
                 self._drop(identity, exc)
                 continue
             self.messages_handled += 1
             self._handle(identity, msg)
         self._drops.tick(time.monotonic())
+
+    def _refuse_large(self, identity: bytes, exc: MessageTooLarge) -> None:
+        """A signed message over the size limit is answered, so that nothing waits for it forever: a
+        SUBMITS item or a kept message is refused (its sender fails the trial, or drops it), and a
+        DONE ends its trial FAILED, saying why (its reports and files are not kept)."""
+        msg: Message = exc.message
+        reason = f"{exc}: pass large arguments as tensors or arrays (they travel as blobs)"
+        worker, client = self.workers.get(identity), self._client_at.get(identity)
+        if client is not None and msg.type is MsgType.SUBMITS:
+            for sub in msg.body.items:
+                self.outbox.ack(identity, Ack(sub.trial, 0, sub.seq, False, reason))
+        elif worker is not None and msg.type is MsgType.DONES:
+            for done in msg.body.items:
+                failure = Failure(FailureKind.STOPPED, f"its DONE was too large ({exc})")
+                small = Done(done.trial, done.attempt, done.seq, TrialState.FAILED, failure.reason, failure)
+                self._ack(
+                    worker,
+                    self._stored(
+                        Ack(done.trial, done.attempt, done.seq), functools.partial(self._done, worker, small)
+                    ),
+                )
+        elif worker is not None or client is not None:
+            h = msg.header
+            self.outbox.ack(identity, Ack(h.trial, h.attempt, h.seq, False, reason))
 
     def _drop(self, identity: bytes, exc: Exception) -> None:
         """A message refused unread: counted, and logged within a budget shared by all senders."""

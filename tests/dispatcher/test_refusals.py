@@ -10,7 +10,23 @@ import zmq
 from retia import FunctionalEvaluator
 from retia.client.backend import connect
 from retia.dispatcher.service import Dispatcher
-from retia.protocol import Ack, Done, DoneBatch, InlineFile, MsgType, Report, Run, TrialState, pack_metric
+from retia.errors import TrialFailedError
+from retia.protocol import (
+    Ack,
+    Done,
+    DoneBatch,
+    Hello,
+    InlineFile,
+    MsgType,
+    Report,
+    Role,
+    Run,
+    Session,
+    Submit,
+    SubmitBatch,
+    TrialState,
+    pack_metric,
+)
 
 from ..integration import fits
 from .fakes import KEY, hello, receive
@@ -58,3 +74,36 @@ def test_a_done_whose_files_cannot_be_written_is_refused_and_the_next_trial_runs
         while broken.final is None and time.monotonic() < deadline:  # its report was stored first
             time.sleep(0.02)
         assert broken.final == 1.0
+
+
+def test_a_signed_submission_over_the_size_limit_is_refused_by_name(dispatcher: Dispatcher) -> None:
+    """A client that ignores the limit in the WELCOME (another version, another tool) is answered:
+    before, the message was dropped unanswered and its trial waited forever."""
+    with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as sock:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(dispatcher.address)
+        me = Session(KEY, "big-client")
+        sock.send_multipart(me.frames(MsgType.HELLO, Hello(Role.CLIENT, "big-client")))
+        big = Submit("big-trial", 1, b"e" * (9 << 20), b"m")
+        sock.send_multipart(me.frames(MsgType.SUBMITS, SubmitBatch([big])))
+        acks = receive(sock, me, MsgType.ACKS)
+        assert acks is not None
+        (ack,) = acks.body.items
+        assert (ack.trial, ack.seq, ack.ok) == ("big-trial", 1, False)
+        assert "exceeds the 8388608-byte limit" in ack.reason and "blobs" in ack.reason
+
+
+def test_a_done_over_the_size_limit_fails_its_trial_saying_why(
+    dispatcher: Dispatcher, worker: zmq.Socket[bytes]
+) -> None:
+    session = hello(worker)
+    with connect(dispatcher.address, key=KEY) as client:
+        trial = client.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting))
+        run = receive(worker, session, MsgType.RUNS)
+        assert run is not None and run.trial == trial.id
+        done = Done(trial.id, 1, 1, TrialState.SUCCEEDED, files=[InlineFile("big.bin", b"x" * (9 << 20))])
+        worker.send_multipart(session.frames(MsgType.DONES, DoneBatch([done])))
+        acks = receive(worker, session, MsgType.ACKS)
+        assert acks is not None and [(a.trial, a.seq, a.ok) for a in acks.body.items] == [(trial.id, 1, True)]
+        with pytest.raises(TrialFailedError, match="its DONE was too large"):
+            trial.result(timeout=10)
