@@ -64,6 +64,7 @@ from retia.protocol import (
     StatusReply,
     Submit,
     TrialState,
+    id_problem,
     item_bytes,
 )
 from retia.reporting import Metric
@@ -82,6 +83,7 @@ FIRST_COMPLETED = concurrent.futures.FIRST_COMPLETED
 ALL_COMPLETED = concurrent.futures.ALL_COMPLETED
 
 _SUBMIT_BYTES_PER_MESSAGE = 1 << 20
+_MAX_NAME = 256
 _REFUSABLE = (MsgType.SUBMITS, MsgType.BLOB_PUT)  # a refusal of these fails the trials they carry
 _FRAMING_BYTES = 4096  # version, signature, header and batch framing around one SUBMIT's fields
 MiB = 1 << 20
@@ -298,9 +300,10 @@ class Backend:
             raise ValueError(f"archs, names and trial_ids need one entry per model ({count})")
         evaluator_blobs: dict[str, Blob] = {}
         evaluator_bytes = dump(evaluator, name="evaluator", blobs=evaluator_blobs)
-        ids = [trial_id or uuid.uuid4().hex for trial_id in id_list]
-        for arch in arch_list:
+        ids = [uuid.uuid4().hex if trial_id is None else trial_id for trial_id in id_list]
+        for arch, name, trial_id in zip(arch_list, name_list, ids):
             _check_arch(arch)
+            _check_names(name, trial_id)
         bodies: list[tuple[Submit, dict[str, Blob]]] = []
         for model, arch, name, trial_id in zip(models, arch_list, name_list, ids):
             blobs = dict(evaluator_blobs)
@@ -474,7 +477,10 @@ class Backend:
                     if messages:
                         self._heard(time.monotonic())
                     for msg in messages:
-                        self._handle(peer, msg)
+                        try:
+                            self._handle(peer, msg)
+                        except Exception:  # the I/O thread must live on: every wait depends on it
+                            _log.exception("failed on %s from the dispatcher; dropped", msg.type.name)
                 now = time.monotonic()
                 peer.tick(now)
                 self._check_silence(now)
@@ -715,6 +721,14 @@ def _check_limits(timeout: Any, max_retries: Any) -> None:
         raise ConfigError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
     if isinstance(max_retries, bool) or not isinstance(max_retries, int) or not 0 <= max_retries <= 1000:
         raise ConfigError(f"max_retries must be an integer from 0 to 1000, got {max_retries!r}")
+
+
+def _check_names(name: Any, trial_id: Any) -> None:
+    """A trial's name is text for people; its id names files on the workers and the head node."""
+    if not isinstance(name, str) or len(name) > _MAX_NAME:
+        raise ConfigError(f"name must be a string of at most {_MAX_NAME} characters, got {name!r:.80}")
+    if problem := id_problem(trial_id, "trial_id"):
+        raise ConfigError(problem)
 
 
 def _check_arch(arch: Any) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from retia.errors import ConfigError
 from retia.peer import PeerTiming
+from retia.protocol import id_problem
 
 __all__ = ["ClientConfig"]
 
@@ -27,8 +28,8 @@ class ClientConfig:
         problems = []
         if "://" not in self.address:
             problems.append(f"address must be a ZeroMQ endpoint like tcp://head:5555 (got {self.address!r})")
-        if not self.client_id:
-            problems.append("client_id must not be empty")
+        if problem := id_problem(self.client_id, "client_id"):
+            problems.append(problem)
         lost = self.lost_after
         if lost is not None and (
             isinstance(lost, bool) or not isinstance(lost, (int, float)) or not 0 < lost < math.inf

@@ -69,7 +69,7 @@ class CuttableProxy:
                     if not data:
                         return
                     peers[sock].sendall(data)
-        except OSError:
+        except (OSError, ValueError):  # reset by a cut (a closed socket's fd is -1)
             return
         finally:
             _reset(a)

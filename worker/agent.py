@@ -216,7 +216,10 @@ class Agent:
         ready = dict(self._poller[1].poll(int(timeout * 1000)))
         if sock in ready:
             for msg in self.peer.receive():
-                self._handle(msg)
+                try:
+                    self._handle(msg)
+                except Exception:  # one message must not stop the worker: it is dropped, the loop goes on
+                    _log.exception("failed on %s from the dispatcher; dropped, serving on", msg.type.name)
 
     def _handle(self, msg: Message) -> None:
         h = msg.header

@@ -34,6 +34,13 @@ def backend() -> Iterator[Backend]:
         ({"timeout": -1.0}, "got -1.0"),
         ({"timeout": float("inf")}, "got inf"),
         ({"timeout": 0}, "got 0"),
+        ({"trial_id": "../../etc/cron.d/x"}, "trial_id must be 1-128 letters, digits"),
+        ({"trial_id": ".hidden"}, "trial_id must be"),
+        ({"trial_id": ""}, "trial_id must be"),
+        ({"trial_id": "x" * 129}, "trial_id must be"),
+        ({"trial_id": 7}, "trial_id must be"),
+        ({"name": 7}, "name must be a string of at most 256 characters, got 7"),
+        ({"name": "n" * 257}, "name must be a string"),
     ],
 )
 def test_a_bad_limit_is_refused_before_anything_is_queued(
@@ -54,3 +61,8 @@ def test_an_architecture_that_is_not_json_is_refused(backend: Backend, arch: dic
 def test_good_limits_pass(backend: Backend) -> None:
     trial = backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting), timeout=1.5, max_retries=0)
     assert trial.id in backend.trials
+
+
+def test_a_client_id_that_cannot_name_a_directory_is_refused() -> None:
+    with pytest.raises(ConfigError, match="client_id must be 1-128 letters"):
+        Backend("tcp://127.0.0.1:9", b"k" * 32, client_id="a/../../b")

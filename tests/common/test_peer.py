@@ -55,7 +55,7 @@ def _drain(router: zmq.Socket[bytes], session: Session, seconds: float, peer: Pe
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         peer.pump()
-        acks = []
+        acks: list[Ack] = []
         while len(acks) < 100 and router.poll(10):
             msg = session.parse(router.recv_multipart()[1:])
             if msg.type is MsgType.FILE:

@@ -196,7 +196,12 @@ _HELLO = [int(MsgType.HELLO), "", 0, 0, "w", 0.0]
         (
             [int(MsgType.SUBMITS), "", 0, 0, "c", 0.0],
             [[["", 1, b"e", b"m"]]],
-            r"items\[0\]: a trial id is required",
+            r"items\[0\]: a trial id must be 1-128 letters",
+        ),
+        (  # a trial id names the worker's directory for it: no way out of the trials folder
+            [int(MsgType.RUNS), "", 0, 0, "d", 0.0],
+            [[["../../etc", 1, b"e", b"m"]]],
+            r"items\[0\]: a trial id must be 1-128 letters",
         ),
         (
             [int(MsgType.SUBMITS), "", 0, 0, "c", 0.0],
