@@ -15,10 +15,18 @@ over ``--workers`` workers of a real ``local_cluster``, SIGKILLs one worker agen
   values that seq must carry; the finishing attempt has all of them, then the final;
 - the dispatcher's resident memory (``VmRSS``) after the first 1,000 trials and at the end.
 
+With ``--dispatcher-kills N`` the dispatcher itself is SIGKILLed N times during the run (every
+``--dispatcher-every`` seconds) and started again on its journal and address; with a high
+``--reports`` that is a report flood cut three times. ``--load K`` runs K busy processes beside
+it (a loaded machine stretches every timing window), ``--runs R`` repeats the whole soak R
+times. A trial that makes no progress for ``--stall`` seconds counts as stuck and ends the run.
+
 Numbers only, never timing assertions (the machine is usually shared). Exit status 1 when a
 correctness count is wrong, so the check can run unattended.
 
     .venv/bin/python benchmarks/soak.py [--trials 10000] [--workers 4] [--kill-every 3] [--reports 3]
+    .venv/bin/python benchmarks/soak.py --trials 40 --reports 1000 --workers 2 --kill-every 0 \
+        --in-flight 4 --dispatcher-kills 3 --dispatcher-every 2 --load 2 --runs 20
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import itertools
 import platform
 import queue
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import threading
@@ -87,6 +96,10 @@ class SoakConfig:
     home: Path | None = None  # default: a temporary directory, removed afterwards
     worker_args: tuple[str, ...] = WORKER_ARGS
     progress: bool = True
+    dispatcher_kills: int = 0  # SIGKILL the dispatcher this many times during the run
+    dispatcher_every: float = 2.0  # seconds between those kills (the first after this long)
+    load: int = 0  # busy processes beside the cluster
+    stall: float = 120.0  # seconds without a trial finishing before the rest count as stuck
 
 
 @dataclass
@@ -100,6 +113,8 @@ class SoakResult:
     client_intermediates: int = 0  # intermediate values of the finishing attempts
     attempts_over_one: int = 0
     kills: int = 0
+    dispatcher_kills: int = 0
+    stuck: list[str] = field(default_factory=list)  # "trial: state" of those that never finished
     journal: dict[str, Any] = field(default_factory=dict)
     rss_kb: dict[int, int] = field(default_factory=dict)  # trials finished -> dispatcher VmRSS
     elapsed: float = 0.0
@@ -119,6 +134,8 @@ class SoakResult:
     def problems(self) -> list[str]:
         """Every broken exactly-once promise, in words (empty when all is well)."""
         out = []
+        if self.stuck:
+            out.append(f"{len(self.stuck)} trial(s) stuck (no progress): {self.stuck[:3]}")
         if self.succeeded != self.trials:
             out.append(f"{self.trials - self.succeeded} trial(s) did not succeed: {self.failed[:3]}")
         if self.wrong_final:
@@ -182,6 +199,45 @@ class Killer(threading.Thread):
         self.join()
 
 
+class DispatcherKiller(threading.Thread):
+    """SIGKILLs the dispatcher ``times`` times, ``every`` seconds apart, and starts it again each time
+    on its journal and address (workers and the client reconnect and re-send what they keep)."""
+
+    def __init__(self, cluster: LocalCluster, every: float, times: int) -> None:
+        super().__init__(name="soak-dispatcher-killer", daemon=True)
+        self.cluster, self.every, self.times = cluster, every, times
+        self.kills = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while self.kills < self.times and not self._stop_event.wait(self.every):
+            self.cluster.kill_dispatcher()
+            self.kills += 1
+            self.cluster.start_dispatcher()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+
+
+class BusyLoad:
+    """``count`` processes that spin on a core each, for as long as the block runs."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> BusyLoad:
+        spin = [sys.executable, "-c", "while True: pass"]
+        self._procs = [subprocess.Popen(spin) for _ in range(self.count)]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self._procs:
+            proc.kill()
+            proc.wait()
+
+
 # ---- the run ----
 
 
@@ -211,15 +267,25 @@ def run_soak(config: SoakConfig) -> SoakResult:
             result = SoakResult(trials=config.trials)
             backend.add_listener(lambda trial, event: _count_final(result, trial, event))
             killer = Killer(cluster, config.kill_every, config.max_kills) if config.kill_every > 0 else None
+            dispatcher_killer = (
+                DispatcherKiller(cluster, config.dispatcher_every, config.dispatcher_kills)
+                if config.dispatcher_kills
+                else None
+            )
             started = time.monotonic()
-            if killer is not None:
-                killer.start()
-            try:
-                _submit_and_check(backend, cluster, config, result)
-            finally:
-                if killer is not None:
-                    killer.stop()
-                    result.kills = killer.kills
+            with BusyLoad(config.load):
+                for thread in (killer, dispatcher_killer):
+                    if thread is not None:
+                        thread.start()
+                try:
+                    _submit_and_check(backend, cluster, config, result)
+                finally:
+                    if killer is not None:
+                        killer.stop()
+                        result.kills = killer.kills
+                    if dispatcher_killer is not None:
+                        dispatcher_killer.stop()
+                        result.dispatcher_kills = dispatcher_killer.kills
             result.elapsed = time.monotonic() - started
             result.rss_kb[config.trials] = dispatcher_rss_kb(cluster)
             result.journal = check_journal(cluster.home / "journal.sqlite", config.trials, config.reports)
@@ -241,14 +307,21 @@ def _submit_and_check(
     finished: queue.SimpleQueue[tuple[Trial, int]] = queue.SimpleQueue()
     submitted = done = 0
     last_print = time.monotonic()
+    pending: dict[int, Trial] = {}
     while done < config.trials:
         while submitted < config.trials and submitted - done < config.in_flight:
             index = submitted
             evaluator = FunctionalEvaluator(soak_fit, index=index, reports=config.reports)
             trial = backend.submit(TinyModel, evaluator, name=f"soak-{index}", max_retries=config.max_retries)
+            pending[index] = trial
             trial.add_done_callback(functools.partial(_put_finished, finished, index))
             submitted += 1
-        trial, index = finished.get()
+        try:
+            trial, index = finished.get(timeout=config.stall)
+        except queue.Empty:
+            result.stuck = [f"{t.id}: {t.state.value}" for t in pending.values()]
+            return
+        del pending[index]
         _check_trial(trial, index, config.reports, result)
         done += 1
         if done % RSS_MARK == 0:
@@ -412,6 +485,11 @@ def print_report(config: SoakConfig, result: SoakResult) -> None:
         console.print(
             "RSS timeline (trials: MiB): " + ", ".join(f"{m}: {result.rss_kb[m] / 1024:.1f}" for m in marks)
         )
+    if config.dispatcher_kills:
+        console.print(
+            f"dispatcher SIGKILLed and restarted {result.dispatcher_kills} times; "
+            f"{config.load} busy processes"
+        )
     console.print(f"elapsed {result.elapsed:.0f}s, {config.trials / max(result.elapsed, 1e-9):.1f} trials/s")
     problems = result.problems()
     console.print(
@@ -432,6 +510,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in-flight", type=int, default=400, help="trials submitted and not yet finished")
     parser.add_argument("--max-retries", type=int, default=10)
     parser.add_argument("--home", type=Path, help="keep the cluster's files (journal, logs) here")
+    parser.add_argument("--dispatcher-kills", type=int, default=0, help="SIGKILL the dispatcher this often")
+    parser.add_argument("--dispatcher-every", type=float, default=2.0, help="seconds between those kills")
+    parser.add_argument("--load", type=int, default=0, help="busy processes beside the cluster")
+    parser.add_argument("--stall", type=float, default=120.0, help="seconds without progress: stuck")
+    parser.add_argument("--runs", type=int, default=1, help="repeat the soak this many times")
     args = parser.parse_args(argv)
     config = SoakConfig(
         trials=args.trials,
@@ -441,10 +524,30 @@ def main(argv: list[str] | None = None) -> int:
         in_flight=args.in_flight,
         max_retries=args.max_retries,
         home=args.home,
+        dispatcher_kills=args.dispatcher_kills,
+        dispatcher_every=args.dispatcher_every,
+        load=args.load,
+        stall=args.stall,
+        progress=args.runs == 1,
     )
-    result = run_soak(config)
-    print_report(config, result)
-    return 1 if result.problems() else 0
+    failed_runs = 0
+    for run in range(1, args.runs + 1):
+        result = run_soak(config)
+        problems = result.problems()
+        failed_runs += bool(problems)
+        if args.runs > 1:
+            print(
+                f"run {run}/{args.runs}: {result.succeeded}/{config.trials} succeeded, "
+                f"{result.client_intermediates} intermediates (expected {config.trials * config.reports}), "
+                f"{result.dispatcher_kills} dispatcher kills, {result.attempts_over_one} retried, "
+                f"{result.elapsed:.0f}s: {'; '.join(problems) or 'no exactly-once violation'}",
+                flush=True,
+            )
+        if args.runs == 1 or problems or run == args.runs:
+            print_report(config, result)
+    if args.runs > 1:
+        print(f"{args.runs - failed_runs} of {args.runs} runs without a violation")
+    return 1 if failed_runs else 0
 
 
 if __name__ == "__main__":
