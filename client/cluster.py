@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import shutil
@@ -232,7 +234,8 @@ class LocalCluster:
         log = open(logs / f"{name}.log", "ab")
         self._logs.append(log)
         env = {k: v for k, v in os.environ.items() if k != "RETIA_KEY"}
-        return subprocess.Popen(
+        popen = functools.partial(
+            subprocess.Popen,
             cmd,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -240,6 +243,10 @@ class LocalCluster:
             env=env,
             preexec_fn=_die_with_parent,
         )
+        # The death signal follows the thread that forked, not the process: a worker or dispatcher
+        # started again from a short-lived thread (a test's, a soak's killer) would get SIGTERM when
+        # that thread ends. They are all forked from one thread that lives as long as the process.
+        return _SPAWNER.submit(popen).result()
 
 
 def _exit_status(code: int | None) -> str:
@@ -250,6 +257,9 @@ def _exit_status(code: int | None) -> str:
         return f"was killed by {signal.Signals(-code).name}"
     except ValueError:
         return f"was killed by signal {-code}"
+
+
+_SPAWNER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="retia-spawn")
 
 
 def _die_with_parent() -> None:

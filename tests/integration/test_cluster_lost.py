@@ -159,3 +159,22 @@ def test_lost_after_is_checked() -> None:
 
     with pytest.raises(ConfigError, match="lost_after must be a positive number"):
         connect("tcp://127.0.0.1:9", key=b"k" * 32, lost_after=0, timeout=0.1)
+
+
+def test_a_dispatcher_restarted_from_a_thread_that_ends_keeps_running(tmp_path: Path) -> None:
+    """Found by the soak: the children's death signal followed the thread that forked them, so a
+    dispatcher restarted from a short-lived thread got SIGTERM when it ended (and every wait hung)."""
+    with fast_cluster(1, home=tmp_path / "c") as backend:
+        cluster = processes(backend)
+
+        def restart() -> None:
+            cluster.kill_dispatcher()
+            cluster.start_dispatcher()
+
+        thread = threading.Thread(target=restart)
+        thread.start()
+        thread.join()
+        time.sleep(1.0)
+        assert cluster.dispatcher is not None and cluster.dispatcher.poll() is None
+        trial = backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting))
+        assert trial.result(timeout=30) == 3.0
