@@ -98,6 +98,7 @@ class SoakConfig:
     progress: bool = True
     dispatcher_kills: int = 0  # SIGKILL the dispatcher this many times during the run
     dispatcher_every: float = 2.0  # seconds between those kills (the first after this long)
+    dispatcher_down: float = 0.0  # seconds each kill leaves it down
     load: int = 0  # busy processes beside the cluster
     stall: float = 120.0  # seconds without a trial finishing before the rest count as stuck
 
@@ -203,9 +204,9 @@ class DispatcherKiller(threading.Thread):
     """SIGKILLs the dispatcher ``times`` times, ``every`` seconds apart, and starts it again each time
     on its journal and address (workers and the client reconnect and re-send what they keep)."""
 
-    def __init__(self, cluster: LocalCluster, every: float, times: int) -> None:
+    def __init__(self, cluster: LocalCluster, every: float, times: int, down: float = 0.0) -> None:
         super().__init__(name="soak-dispatcher-killer", daemon=True)
-        self.cluster, self.every, self.times = cluster, every, times
+        self.cluster, self.every, self.times, self.down = cluster, every, times, down
         self.kills = 0
         self._stop_event = threading.Event()
 
@@ -213,7 +214,9 @@ class DispatcherKiller(threading.Thread):
         while self.kills < self.times and not self._stop_event.wait(self.every):
             self.cluster.kill_dispatcher()
             self.kills += 1
+            self._stop_event.wait(self.down)  # as a supervisor restarting it a while later
             self.cluster.start_dispatcher()
+        self._stop_event.wait()  # (a retia before 0bf19a6 tied the dispatcher's life to this thread)
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -268,7 +271,9 @@ def run_soak(config: SoakConfig) -> SoakResult:
             backend.add_listener(lambda trial, event: _count_final(result, trial, event))
             killer = Killer(cluster, config.kill_every, config.max_kills) if config.kill_every > 0 else None
             dispatcher_killer = (
-                DispatcherKiller(cluster, config.dispatcher_every, config.dispatcher_kills)
+                DispatcherKiller(
+                    cluster, config.dispatcher_every, config.dispatcher_kills, config.dispatcher_down
+                )
                 if config.dispatcher_kills
                 else None
             )
@@ -512,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", type=Path, help="keep the cluster's files (journal, logs) here")
     parser.add_argument("--dispatcher-kills", type=int, default=0, help="SIGKILL the dispatcher this often")
     parser.add_argument("--dispatcher-every", type=float, default=2.0, help="seconds between those kills")
+    parser.add_argument("--dispatcher-down", type=float, default=0.0, help="seconds down after each kill")
     parser.add_argument("--load", type=int, default=0, help="busy processes beside the cluster")
     parser.add_argument("--stall", type=float, default=120.0, help="seconds without progress: stuck")
     parser.add_argument("--runs", type=int, default=1, help="repeat the soak this many times")
@@ -526,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         home=args.home,
         dispatcher_kills=args.dispatcher_kills,
         dispatcher_every=args.dispatcher_every,
+        dispatcher_down=args.dispatcher_down,
         load=args.load,
         stall=args.stall,
         progress=args.runs == 1,
