@@ -7,6 +7,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 import zmq
@@ -28,6 +29,8 @@ from retia.protocol import (
     pack_metric,
 )
 
+from ..sockets import dealer
+
 KEY = b"scheduling-test-key-0123456789ab"
 
 
@@ -44,14 +47,9 @@ def serving(config: DispatcherConfig) -> Iterator[Dispatcher]:
         thread.join(timeout=10)
 
 
-@contextlib.contextmanager
-def worker_socket(address: str, identity: bytes = b"w1") -> Iterator[zmq.Socket[bytes]]:
+def worker_socket(address: str, identity: bytes = b"w1") -> AbstractContextManager[zmq.Socket[bytes]]:
     """A DEALER socket for a hand-driven worker."""
-    with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as sock:
-        sock.setsockopt(zmq.IDENTITY, identity)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(address)
-        yield sock
+    return dealer(address, identity)
 
 
 _unread_runs: dict[int, list[Run]] = {}  # socket -> runs that came in a RUNS message, not yet returned

@@ -41,6 +41,7 @@ from retia.protocol import (
 
 from ..clusters import fast_cluster, processes
 from ..integration import fits
+from ..sockets import dealer
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -68,18 +69,11 @@ def marker(tmp_path: Path) -> Iterator[Path]:
     assert not path.exists(), "a payload was deserialized"
 
 
-@contextlib.contextmanager
-def _attacker(address: str, identity: bytes = b"mallory") -> Iterator[zmq.Socket[bytes]]:
-    """A raw DEALER on its own context, closed even when the test fails."""
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 5000)  # what was sent is delivered on close; a failed test waits 5 s at most
-    sock.setsockopt(zmq.IDENTITY, identity)
-    sock.connect(address)
-    try:
-        yield sock
-    finally:
-        ctx.destroy()
+def _attacker(
+    address: str, identity: bytes = b"mallory"
+) -> contextlib.AbstractContextManager[zmq.Socket[bytes]]:
+    """A raw DEALER; what was sent is delivered on close (a failed test waits 5 s at most)."""
+    return dealer(address, identity, linger_ms=5000)
 
 
 def _still_serves(backend: Backend) -> None:

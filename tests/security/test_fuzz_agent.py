@@ -37,6 +37,7 @@ from retia.protocol import (
 from retia.serializer import dump
 
 from ..integration import fits
+from ..sockets import stop
 from .fuzzing import EXAMPLES, body, header, signed
 
 pytestmark = pytest.mark.timeout(max(240, EXAMPLES * 2))
@@ -118,12 +119,7 @@ def fake(
                 fake.pump(0.2)
             yield fake, agent
         finally:
-            agent.terminate()
-            try:
-                agent.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                agent.kill()
-                agent.wait()
+            stop(agent, timeout=20)
 
 
 def _log(agent: subprocess.Popen[bytes]) -> str:

@@ -8,7 +8,6 @@ restart) is sent one RESET per liveness window, not one per message.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import resource
 import subprocess
@@ -23,6 +22,8 @@ import zmq
 
 from retia.dispatcher.drops import DropLog, ResetLimiter
 from retia.protocol import MsgType, Session
+
+from ..sockets import dealer, stop
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -75,30 +76,12 @@ def dispatcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             time.sleep(0.05)
         yield Running(proc, ready.read_text(), (home / "cluster.key").read_bytes().strip(), log)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
     assert proc.returncode == 0, log.read_text()[-4000:]
 
 
-@contextlib.contextmanager
-def _dealer(address: str, identity: bytes) -> Iterator[zmq.Socket[bytes]]:
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.IDENTITY, identity)
-    sock.connect(address)
-    try:
-        yield sock
-    finally:
-        ctx.destroy()
-
-
 def _answers_status(running: Running) -> bool:
-    with _dealer(running.address, b"status-check") as sock:
+    with dealer(running.address, b"status-check") as sock:
         session = Session(running.key, "status-check")
         sock.send_multipart(session.frames(MsgType.STATUS))
         if not sock.poll(10_000):
@@ -150,7 +133,7 @@ def test_junk_from_20000_connections_costs_bounded_memory_and_log(dispatcher: Ru
 
 
 def test_a_peer_that_did_not_say_hello_is_reset_once_per_liveness_window(dispatcher: Running) -> None:
-    with _dealer(dispatcher.address, b"forgotten") as sock:
+    with dealer(dispatcher.address, b"forgotten") as sock:
         session = Session(dispatcher.key, "forgotten")
         for _ in range(200):  # what an agent sends a restarted dispatcher before its HELLO
             sock.send_multipart(session.frames(MsgType.HEARTBEAT))
