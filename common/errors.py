@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any
 
 from .failure import Failure, FailureKind
@@ -15,6 +16,8 @@ __all__ = [
     "AuthenticationError",
     "ProtocolError",
     "MessageTooLarge",
+    "StorageFault",
+    "StorageKind",
     "TrialFailedError",
     "TrialCancelledError",
     "TrialTimeoutError",
@@ -73,6 +76,37 @@ class MessageTooLarge(ProtocolError):
     def __init__(self, text: str, message: Any = None) -> None:
         super().__init__(text)
         self.message = message
+
+
+class StorageKind(str, Enum):
+    """How the dispatcher's disk refused a write."""
+
+    FULL = "full"
+    READ_ONLY = "read-only"
+    QUOTA = "over quota"
+    FAILING = "failing"
+
+
+class StorageFault(RetiaError):
+    """A write to the dispatcher's disk failed; what depended on it was neither stored nor acknowledged."""
+
+    def __init__(self, kind: StorageKind, what: str, path: str, cause: BaseException) -> None:
+        self.kind, self.what, self.path = kind, what, path
+        happened, to_do = _STORAGE_SAYING[kind]
+        detail = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause)
+        self.reason = (
+            f"{happened} ({what} at {path}: {detail}): {to_do}; "
+            "the dispatcher resumes by itself once it can write again"
+        )
+        super().__init__(self.reason)
+
+
+_STORAGE_SAYING = {  # what happened, what to do
+    StorageKind.FULL: ("the dispatcher's disk is full", "free space there"),
+    StorageKind.READ_ONLY: ("the dispatcher's disk is read-only", "remount it read-write"),
+    StorageKind.QUOTA: ("the dispatcher's disk quota is exceeded", "free space there or raise the quota"),
+    StorageKind.FAILING: ("the dispatcher's disk failed a write", "check the disk"),
+}
 
 
 class InvalidArchitectureError(RetiaError, ValueError):

@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from retia import codec
-from retia.errors import ConfigError
+from retia.errors import ConfigError, StorageFault
 from retia.failure import Failure
 from retia.protocol import BlobRef, Event, Report, StateChange, TrialState
 
-from .storage import StorageFault, journal_fault
+from .storage import journal_fault
 
 _log = logging.getLogger(__name__)
 

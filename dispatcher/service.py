@@ -37,7 +37,7 @@ import zmq
 from retia.blobs import CHUNK as BLOB_CHUNK
 from retia.blobs import BlobStore
 from retia.encryption import secure_server, server_certificate
-from retia.errors import AuthenticationError, MessageTooLarge, ProtocolError
+from retia.errors import AuthenticationError, MessageTooLarge, ProtocolError, StorageFault
 from retia.failure import Failure, FailureKind
 from retia.protocol import (
     MAX_PREFETCH,
@@ -76,7 +76,7 @@ from .journal import Journal, TrialRecord
 from .outbox import Outbox
 from .peers import Client, Worker
 from .scheduler import Scheduler
-from .storage import StorageFault, StorageWatch, storage_fault
+from .storage import StorageWatch, storage_fault
 
 __all__ = ["Dispatcher"]
 

@@ -16,35 +16,19 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from retia.errors import RetiaError
+from retia.errors import StorageFault, StorageKind
 
-__all__ = ["StorageFault", "StorageWatch", "journal_fault", "storage_fault"]
+__all__ = ["StorageWatch", "journal_fault", "storage_fault"]
 
 _log = logging.getLogger(__name__)
 
-_FULL, _READ_ONLY, _QUOTA, _FAILING = "full", "read-only", "over quota", "failing"
-_ERRNO_KINDS = {errno.ENOSPC: _FULL, errno.EROFS: _READ_ONLY, errno.EDQUOT: _QUOTA}
-_SQLITE_KINDS = {13: _FULL, 8: _READ_ONLY}  # SQLITE_FULL, SQLITE_READONLY (primary codes)
-_SAYING = {  # what happened, what to do
-    _FULL: ("the dispatcher's disk is full", "free space there"),
-    _READ_ONLY: ("the dispatcher's disk is read-only", "remount it read-write"),
-    _QUOTA: ("the dispatcher's disk quota is exceeded", "free space there or raise the quota"),
-    _FAILING: ("the dispatcher's disk failed a write", "check the disk"),
+_ERRNO_KINDS = {
+    errno.ENOSPC: StorageKind.FULL,
+    errno.EROFS: StorageKind.READ_ONLY,
+    errno.EDQUOT: StorageKind.QUOTA,
 }
-
-
-class StorageFault(RetiaError):
-    """A write to the dispatcher's disk failed; what depended on it was neither stored nor acknowledged."""
-
-    def __init__(self, kind: str, what: str, path: str, cause: BaseException) -> None:
-        self.kind, self.what, self.path = kind, what, path
-        happened, to_do = _SAYING[kind]
-        detail = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause)
-        self.reason = (
-            f"{happened} ({what} at {path}: {detail}): {to_do}; "
-            "the dispatcher resumes by itself once it can write again"
-        )
-        super().__init__(self.reason)
+# SQLITE_FULL, SQLITE_READONLY (primary codes)
+_SQLITE_KINDS = {13: StorageKind.FULL, 8: StorageKind.READ_ONLY}
 
 
 def storage_fault(exc: BaseException, what: str, path: str | Path) -> StorageFault | None:
@@ -62,7 +46,7 @@ def storage_fault(exc: BaseException, what: str, path: str | Path) -> StorageFau
 def journal_fault(exc: sqlite3.Error, path: str | Path) -> StorageFault:
     """A failed write or commit of the journal at ``path``: whatever the cause, its transaction is lost."""
     code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-    return StorageFault(_SQLITE_KINDS.get(code, _FAILING), "journal", str(path), exc)
+    return StorageFault(_SQLITE_KINDS.get(code, StorageKind.FAILING), "journal", str(path), exc)
 
 
 class StorageWatch:

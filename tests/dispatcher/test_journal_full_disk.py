@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from retia.dispatcher.journal import Journal
-from retia.dispatcher.storage import StorageFault
+from retia.errors import StorageFault, StorageKind
 from retia.protocol import Report
 
 from ..disks import fill, small_disk
@@ -45,7 +45,9 @@ def test_a_write_lost_with_its_artefact_fails_the_commit(tmp_path: Path) -> None
     """An artefact of the turn could not be stored: the turn's journal writes are not committed."""
     journal = Journal(tmp_path / "journal.sqlite")
     journal.add_report("c", Report("t", 1, 1, False, b"x"))
-    journal.fail(StorageFault("full", "an artefact", str(tmp_path / "a"), OSError(28, "No space left")))
+    journal.fail(
+        StorageFault(StorageKind.FULL, "an artefact", str(tmp_path / "a"), OSError(28, "No space left"))
+    )
     with pytest.raises(StorageFault, match="an artefact"):
         journal.commit()
     assert journal.reports("t") == []
