@@ -28,6 +28,7 @@ from typing import Any
 
 import zmq
 
+from .droplog import DropLog
 from .encryption import secure_client
 from .errors import ConfigError, RetiaError
 from .protocol import Ack, Hello, Message, MsgType, Outgoing, Reset, Session, kept_frames
@@ -100,6 +101,7 @@ class Peer:
         self._backoff = timing.reconnect_min
         self._reconnect_at: float | None = None
         self._hello_sent = 0.0  # time.time() of the last HELLO, as its header says
+        self._drops = DropLog(_log)  # what it refuses from the dispatcher, logged within a budget
 
     # ---- the connection ----
 
@@ -209,7 +211,7 @@ class Peer:
             try:
                 msg = self.session.parse(frames)
             except RetiaError as exc:
-                _log.warning("dropped message from the dispatcher at %s: %s", self.address, exc)
+                self._drops.drop(self.address, str(exc), time.monotonic())
                 continue
             if msg.type is MsgType.ACKS:
                 self.acknowledge(msg.body.items)

@@ -36,6 +36,7 @@ import zmq
 
 from retia.blobs import CHUNK as BLOB_CHUNK
 from retia.blobs import BlobStore
+from retia.droplog import DropLog
 from retia.encryption import secure_server, server_certificate
 from retia.errors import AuthenticationError, MessageTooLarge, ProtocolError, StorageFault
 from retia.failure import Failure, FailureKind
@@ -71,7 +72,7 @@ from retia.protocol import Session as WireSession
 from . import lifecycle
 from .artifacts import ArtifactStore
 from .config import DispatcherConfig
-from .drops import DropLog, ResetLimiter
+from .drops import ResetLimiter
 from .journal import Journal, TrialRecord
 from .outbox import Outbox
 from .peers import Client, Worker
@@ -123,7 +124,9 @@ class Dispatcher:
         # DONEs that came before some of their attempt's reports: (trial, attempt) -> first seen
         self._short: dict[tuple[str, int], float] = {}
         self.outbox = Outbox(self.session, self._sock)
-        self._drops = DropLog()  # nothing per peer before a valid HELLO: junk costs bounded memory and log
+        self._drops = DropLog(
+            _log
+        )  # nothing per peer before a valid HELLO: junk costs bounded memory and log
         self._resets = ResetLimiter(config.expiry)
         self._stopping = False
         self._started = time.monotonic()

@@ -8,6 +8,7 @@ restart) is sent one RESET per liveness window, not one per message.
 
 from __future__ import annotations
 
+import logging
 import os
 import resource
 import subprocess
@@ -20,7 +21,8 @@ from pathlib import Path
 import pytest
 import zmq
 
-from retia.dispatcher.drops import DropLog, ResetLimiter
+from retia.dispatcher.drops import ResetLimiter
+from retia.droplog import DropLog
 from retia.protocol import MsgType, Session
 
 from ..sockets import dealer, stop
@@ -183,7 +185,7 @@ def test_racing_reconnections_under_one_routing_id_cost_bounded_memory(dispatche
 
 
 def test_the_drop_log_logs_a_budget_per_interval_then_one_summary(caplog: pytest.LogCaptureFixture) -> None:
-    drops = DropLog(budget=3, interval=10.0, max_reasons=2)
+    drops = DropLog(logging.getLogger("retia.dispatcher.service"), budget=3, interval=10.0, max_reasons=2)
     with caplog.at_level("WARNING", logger="retia.dispatcher.service"):
         for i in range(1000):
             reason = ["bad signature", f"message of {i} bytes exceeds the limit", f"kind {i % 7}"][i % 3]
