@@ -257,6 +257,10 @@ class Peer:
             self._backoff = min(self._backoff * 2, self.timing.reconnect_max)
             self.connect()
 
+    def heard_within(self, seconds: float) -> bool:
+        """The dispatcher said something in the last ``seconds`` (it is there and answering)."""
+        return time.monotonic() - self._last_heard < seconds
+
     def next_deadline(self) -> float:
         """When :meth:`tick` next has something to do (a poll timeout ends there)."""
         if self._reconnect_at is not None:

@@ -63,6 +63,7 @@ _INLINE = 64 << 10  # artefacts up to this much in all ride inside DONE instead 
 _MAX_BATCH = 512
 _REPORT_BYTES_PER_MESSAGE = 1 << 20
 _INLINE_REPORT_BYTES = 256 << 10  # a DONE carries the last reports up to this much; more go before it
+_BLOB_PATIENCE = 2  # liveness windows without data for a blob before it is asked for again
 _BACKLOG = 64  # messages the socket has not taken: past this, the agent stops reading its trial's pipe
 _DONES_PER_MESSAGE = 8
 _FILE_WINDOW = 4  # FILE chunks (of _CHUNK bytes) unacknowledged at once; the rest wait on disk
@@ -139,6 +140,8 @@ class Agent:
                 self._supervise(now)
                 if now >= next_reap:
                     reap(self._exiting, now)
+                    if self.peer.heard_within(self.config.timing.silence):  # (down: no stall of its own)
+                        self.fetcher.check_stalls(now, _BLOB_PATIENCE * self.config.timing.silence)
                     next_reap = now + self.config.heartbeat_interval
                 self.peer.tick(now)
         finally:

@@ -8,6 +8,7 @@ mismatch is discarded and fetched again; after ``max_failures`` the blob is give
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ class _Fetch:
     requested: set[int] = field(default_factory=set)  # chunk offsets asked for, not yet received
     next_offset: int = 0  # the first offset never asked for
     failures: int = 0
+    progress_at: float = field(default_factory=time.monotonic)  # when it was asked for, or data came
+    stalls: int = 0  # times it went without data while the dispatcher answered other messages
 
     @property
     def chunks(self) -> int:
@@ -113,6 +116,7 @@ class BlobFetcher:
             return
         self.store.write(fetch.digest, chunk.offset, bytes(chunk.data))
         self.bytes_received += len(chunk.data)
+        fetch.progress_at, fetch.stalls = time.monotonic(), 0
         fetch.requested.discard(chunk.offset)
         fetch.received.add(chunk.offset)
         if len(fetch.received) < fetch.chunks:
@@ -140,6 +144,25 @@ class BlobFetcher:
     def give_up(self, digest: str, reason: str) -> None:
         if self.fetching.pop(digest, None) is not None:
             self.failed[digest] = reason
+
+    def check_stalls(self, now: float, patience: float) -> None:
+        """A blob with no data for ``patience`` seconds (while the dispatcher is heard: the caller
+        checks) is asked for again; after ``max_failures`` such stalls it is given up, so the trials
+        waiting for it fail instead of holding their worker forever."""
+        for fetch in list(self.fetching.values()):
+            if now - fetch.progress_at < patience:
+                continue
+            fetch.stalls += 1
+            fetch.progress_at = now
+            if fetch.stalls > self.max_failures:
+                waited = patience * fetch.stalls
+                self.give_up(
+                    fetch.digest, f"no data for blob {fetch.digest[:12]} from the dispatcher in {waited:.0f}s"
+                )
+                _log.warning("blob %s given up: no data in %.0fs", fetch.digest[:12], waited)
+                continue
+            for offset in sorted(fetch.requested):
+                self._request(BlobRequest(fetch.digest, offset, CHUNK))
 
     def resume(self) -> None:
         """After a reconnect, outstanding requests may be lost: ask for them again."""

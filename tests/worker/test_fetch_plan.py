@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -77,3 +78,34 @@ def test_a_blob_of_the_announced_size_arrives_and_verifies(tmp_path: Path) -> No
     assert digest not in fetcher.failed and fetcher.store.has(digest)
     assert fetcher.bytes_received == len(data)
     fetcher.close()
+
+
+def test_a_blob_the_dispatcher_never_answers_for_is_asked_again_then_given_up(tmp_path: Path) -> None:
+    """Found by the signed fuzz at 10,000 examples: RUNs naming blobs nobody sent held the agent's
+    slots forever, and a real trial then found it busy."""
+    fetcher, asked = _fetcher(tmp_path)
+    digest = _digest(b"never sent")
+    fetcher.need([BlobRef(digest, 10)])
+    assert len(asked) == 1
+    start = time.monotonic()
+    fetcher.check_stalls(start + 5, patience=10)  # not yet
+    assert len(asked) == 1 and digest in fetcher.fetching
+    for stall in range(1, fetcher.max_failures + 1):  # asked again after each silent stretch
+        fetcher.check_stalls(start + 10.5 * stall, patience=10)
+        assert len(asked) == 1 + stall
+    fetcher.check_stalls(start + 10.5 * (fetcher.max_failures + 1), patience=10)
+    assert digest not in fetcher.fetching
+    assert "no data for blob" in fetcher.failed[digest]
+
+
+def test_data_coming_keeps_a_slow_blob_alive(tmp_path: Path) -> None:
+    fetcher, asked = _fetcher(tmp_path)
+    data = b"x" * (3 * CHUNK)
+    digest = _digest(data)
+    fetcher.window = 1
+    fetcher.need([BlobRef(digest, len(data))])
+    for _ in range(3):  # one chunk per (almost) patience window: slow, but moving
+        time.sleep(0.3)
+        fetcher.check_stalls(time.monotonic(), patience=0.4)
+        fetcher.on_data(_served(data, asked[-1]))
+    assert fetcher.ready([BlobRef(digest, len(data))]) and not fetcher.failed
