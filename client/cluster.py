@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import ctypes
-import functools
 import logging
 import os
 import shutil
@@ -234,15 +233,17 @@ class LocalCluster:
         log = open(logs / f"{name}.log", "ab")
         self._logs.append(log)
         env = {k: v for k, v in os.environ.items() if k != "RETIA_KEY"}
-        popen = functools.partial(
-            subprocess.Popen,
-            cmd,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            preexec_fn=_die_with_parent,
-        )
+
+        def popen() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                preexec_fn=_die_with_parent,
+            )
+
         # The death signal follows the thread that forked, not the process: a worker or dispatcher
         # started again from a short-lived thread (a test's, a soak's killer) would get SIGTERM when
         # that thread ends. They are all forked from one thread that lives as long as the process.

@@ -17,7 +17,6 @@ __all__ = [
     "ProtocolError",
     "MessageTooLarge",
     "StorageFault",
-    "StorageKind",
     "TrialFailedError",
     "TrialCancelledError",
     "TrialTimeoutError",
@@ -79,7 +78,7 @@ class MessageTooLarge(ProtocolError):
 
 
 class StorageKind(str, Enum):
-    """How the dispatcher's disk refused a write."""
+    """How the dispatcher's disk refused a write (a field of StorageFault, not an error itself)."""
 
     FULL = "full"
     READ_ONLY = "read-only"
