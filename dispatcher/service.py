@@ -312,15 +312,12 @@ class Dispatcher:
             for sub in msg.body.items:
                 self.outbox.ack(identity, Ack(sub.trial, 0, sub.seq, False, reason))
         elif worker is not None and msg.type is MsgType.DONES:
-            for done in msg.body.items:
-                failure = Failure(FailureKind.STOPPED, f"its DONE was too large ({exc})")
-                small = Done(done.trial, done.attempt, done.seq, TrialState.FAILED, failure.reason, failure)
-                self._ack(
-                    worker,
-                    self._stored(
-                        Ack(done.trial, done.attempt, done.seq), functools.partial(self._done, worker, small)
-                    ),
-                )
+            failure = Failure(FailureKind.STOPPED, f"its DONE was too large ({exc})")
+            small = [
+                Done(d.trial, d.attempt, d.seq, TrialState.FAILED, failure.reason, failure)
+                for d in msg.body.items
+            ]
+            self._take_dones(worker, small)
         elif worker is not None or client is not None:
             h = msg.header
             self.outbox.ack(identity, Ack(h.trial, h.attempt, h.seq, False, reason))
@@ -600,7 +597,11 @@ class Dispatcher:
         return True
 
     def _on_dones(self, worker: Worker, msg: Message) -> None:
-        for done in msg.body.items:
+        self._take_dones(worker, msg.body.items)
+
+    def _take_dones(self, worker: Worker, dones: list[Done]) -> None:
+        """Each DONE handled and acknowledged on its own (or left for its re-send)."""
+        for done in dones:
             ack = Ack(done.trial, done.attempt, done.seq)
             self._ack(worker, self._stored(ack, functools.partial(self._done, worker, done)))
 
