@@ -31,10 +31,12 @@ import zmq
 
 from retia import codec
 from retia.blobs import Blob
+from retia.credentials import Credential, Role, cluster_credential, resolve_credential
 from retia.encryption import secure_client
 from retia.errors import (
     ClusterLostError,
     ConfigError,
+    CredentialRefusedError,
     DispatcherLostError,
     PayloadTooLarge,
     ProtocolError,
@@ -45,7 +47,6 @@ from retia.errors import (
 )
 from retia.evaluator import Evaluator, model_factory
 from retia.failure import Failure, FailureKind
-from retia.keys import resolve_key
 from retia.peer import Peer, PeerTiming
 from retia.protocol import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -58,8 +59,6 @@ from retia.protocol import (
     Message,
     MsgType,
     Outgoing,
-    Role,
-    Session,
     StateChange,
     StatusReply,
     Submit,
@@ -69,6 +68,7 @@ from retia.protocol import (
 )
 from retia.reporting import Metric
 from retia.serializer import dump
+from retia.session import Opening, Session
 from retia.trace import Recipe, get_recipe, trace
 
 from .config import ClientConfig
@@ -195,7 +195,7 @@ class Backend:
     def __init__(
         self,
         address: str,
-        key: bytes,
+        credential: Credential | bytes,
         *,
         client_id: str | None = None,
         heartbeat_interval: float = 1.0,
@@ -203,8 +203,10 @@ class Backend:
         curve_server_key: str | Path | None = None,
         lost_after: float | None = 60.0,
     ) -> None:
-        """``lost_after``: seconds without a word from the dispatcher before waits raise
-        DispatcherLostError (the connection keeps retrying; None waits forever)."""
+        """``credential``: this client's (``retia credential issue --role client``), or the cluster key
+        itself (bytes: the head node's own tools, local clusters). ``lost_after``: seconds without a
+        word from the dispatcher before waits raise DispatcherLostError (the connection keeps
+        retrying; None waits forever)."""
         self.config = ClientConfig(
             address,
             client_id or f"client-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
@@ -214,13 +216,19 @@ class Backend:
         )
         self.address = address
         self.curve_server_key = curve_server_key
-        self.key = key
+        self.credential = credential if isinstance(credential, Credential) else cluster_credential(credential)
+        if self.credential.role is Role.WORKER or (
+            self.credential.role is Role.ADMIN and self.credential.name
+        ):
+            raise ConfigError(
+                f"a client connects with a client credential or the cluster key, not {self.credential.label} "
+                "(issue one with 'retia credential issue --role client --name NAME')"
+            )
         self.client_id = self.config.client_id
         self.trials: dict[str, Trial] = {}
         self.cluster: LocalCluster | None = None  # the processes local_cluster started for this backend
         self.last_event = 0
         self._resyncing = False  # a HELLO asking for lost events went out, its WELCOME not back yet
-        self._session = Session(key, self.client_id)
         self._cond = threading.Condition()
         self._listeners: list[Callable[[Trial, Event], None]] = []
         self._outgoing: queue.SimpleQueue[Outgoing] = queue.SimpleQueue()
@@ -230,7 +238,8 @@ class Backend:
         self._max_message_bytes = DEFAULT_MAX_MESSAGE_BYTES  # the dispatcher's, once WELCOME says it
         self._heard_at = time.monotonic()  # when the dispatcher last said anything
         self._silence: DispatcherLostError | None = None  # set while it has been silent past lost_after
-        # set by local_cluster's watch while its processes are gone
+        # set by local_cluster's watch while its processes are gone, or for good when the dispatcher
+        # refuses our credential
         self._cluster_error: ClusterLostError | None = None
         self._ctx = zmq.Context()
         self._wake_addr = f"inproc://retia-client-{id(self)}"
@@ -241,6 +250,8 @@ class Backend:
         self._wake_lock = threading.Lock()
         self._closed = threading.Event()
         self._welcomed = threading.Event()
+        self._status_wanted = threading.Event()  # status() asks; the I/O thread sends STATUS
+        self._status_reply: StatusReply | None = None
         self._thread = threading.Thread(target=self._io_loop, name="retia-client-io", daemon=True)
         self._thread.start()
 
@@ -361,9 +372,17 @@ class Backend:
         )
 
     def status(self, timeout: float = 5.0) -> StatusReply:
-        return query_status(
-            self.address, key=self.key, timeout=timeout, curve_server_key=self.curve_server_key
-        )
+        """The dispatcher's workers and the counts of this client's trials (every trial's, with the
+        cluster key), asked over this connection."""
+        with self._cond:
+            self._status_reply = None
+        self._status_wanted.set()
+        self._wake()
+        with self._cond:
+            if not self._wait_until(lambda: self._status_reply is not None, time.monotonic() + timeout):
+                raise RetiaError(f"no status from the dispatcher at {self.address} within {timeout}s")
+            assert self._status_reply is not None
+            return self._status_reply
 
     def add_listener(self, fn: Callable[[Trial, Event], None]) -> None:
         """``fn(trial, event)`` for every event (a report or a state change), from the I/O thread."""
@@ -376,7 +395,10 @@ class Backend:
         return self._cluster_error or self._silence
 
     def wait_connected(self, timeout: float = 30.0) -> None:
-        if not self._welcomed.wait(timeout):
+        welcomed = self._welcomed.wait(timeout)
+        if isinstance(self._cluster_error, CredentialRefusedError):
+            raise self._cluster_error
+        if not welcomed:
             raise RetiaError(
                 f"no answer from a dispatcher at {self.address} within {timeout}s (is it running? same key?)"
             )
@@ -449,7 +471,8 @@ class Backend:
         peer = Peer(
             self._ctx,
             self.address,
-            self._session,
+            self.credential,
+            self.client_id,
             self._hello,
             timing=self.config.timing,
             curve_server_key=self.curve_server_key,
@@ -472,6 +495,9 @@ class Backend:
                     while self._wake_pull.poll(0):
                         self._wake_pull.recv()
                 self._send_outgoing(peer)
+                if self._status_wanted.is_set() and peer.open:
+                    self._status_wanted.clear()
+                    peer.send(MsgType.STATUS)
                 if registered in ready:
                     messages = peer.receive()
                     if messages:
@@ -539,6 +565,16 @@ class Backend:
             self._welcomed.set()
         elif msg.type is MsgType.RESET:  # the dispatcher restarted: say HELLO, re-send what it lacks
             peer.reset(msg.body)
+        elif msg.type is MsgType.STATUS_REPLY:
+            with self._cond:
+                self._status_reply = msg.body
+                self._cond.notify_all()
+        elif msg.type is MsgType.REFUSED:  # for good: waits raise it (a new credential needs a new client)
+            error = CredentialRefusedError(
+                f"the dispatcher at {self.address} refused {self.credential.label}: {msg.body.reason}"
+            )
+            self._set_cluster_error(error)
+            self._welcomed.set()
         elif msg.type is MsgType.EVENTS:
             self._apply([event for event in msg.body.items if self._is_new(peer, event)])
         elif msg.type is MsgType.HEARTBEAT and msg.body.last_event > self.last_event:
@@ -647,15 +683,24 @@ class Backend:
 
 
 def connect(
-    address: str,
+    address: str | None = None,
     key: bytes | str | None = None,
     key_file: str | Path | None = None,
     *,
+    credential: Credential | str | Path | None = None,
     timeout: float = 30.0,
     **kwargs: Any,
 ) -> Backend:
-    """Connect to a running dispatcher; the key is ``key``, ``key_file``, ``$RETIA_KEY`` or ~/.retia's."""
-    backend = Backend(address, resolve_key(key, key_file), **kwargs)
+    """Connect to a running dispatcher as ``credential`` (a client credential or its file; its address
+    is the default), else ``$RETIA_CREDENTIAL``'s, else with the cluster key (``key``, ``key_file``,
+    ``$RETIA_KEY`` or ~/.retia's)."""
+    resolved = resolve_credential(credential, key, key_file)
+    address = address or resolved.address
+    if not address:
+        raise ConfigError(
+            f"no dispatcher address: pass one (e.g. tcp://head:5555); {resolved.label} names none"
+        )
+    backend = Backend(address, resolved, **kwargs)
     try:
         backend.wait_connected(timeout)
     except RetiaError:
@@ -687,24 +732,49 @@ def wait(
 
 
 def query_status(
-    address: str, *, key: bytes, timeout: float = 5.0, curve_server_key: str | Path | None = None
+    address: str,
+    credential: Credential | bytes,
+    *,
+    timeout: float = 5.0,
+    curve_server_key: str | Path | None = None,
 ) -> StatusReply:
-    """One STATUS round trip on a short-lived socket."""
-    session = Session(key, f"status-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    """One STATUS round trip on a short-lived admin session (the cluster key or an admin credential)."""
+    cred = credential if isinstance(credential, Credential) else cluster_credential(credential)
+    if cred.role is not Role.ADMIN:
+        raise ConfigError(
+            f"the whole cluster's status needs an admin credential or the cluster key, not {cred.label}; "
+            "a client sees its own trials with Backend.status()"
+        )
+    sender = f"status-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    opening = Opening(cred, sender)
+    session: Session | None = None
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     if curve_server_key is not None:
         secure_client(sock, curve_server_key)
+    elif cred.server_key:
+        secure_client(sock, cred.server_key.encode())
     try:
         sock.connect(address)
-        sock.send_multipart(session.frames(MsgType.STATUS))
+        sock.send_multipart(opening.hello_frames(Hello(Role.ADMIN, sender)))
         deadline = time.monotonic() + timeout
         while (remaining := deadline - time.monotonic()) > 0:
             if not sock.poll(int(remaining * 1000)):
                 break
-            msg = session.parse(sock.recv_multipart())
-            if isinstance(msg.body, StatusReply):
+            frames = sock.recv_multipart()
+            try:
+                msg = opening.answer(frames) if session is None else session.parse(frames)
+            except RetiaError:
+                continue  # not for this session (a RESET, say): the deadline bounds the wait
+            if msg.type is MsgType.REFUSED:
+                raise CredentialRefusedError(
+                    f"the dispatcher at {address} refused {cred.label}: {msg.body.reason}"
+                )
+            if msg.type is MsgType.WELCOME:
+                session = opening.session(msg.body)
+                sock.send_multipart(session.frames(MsgType.STATUS))
+            elif isinstance(msg.body, StatusReply):
                 return msg.body
         raise RetiaError(
             f"no status from a dispatcher at {address} within {timeout}s (is it running? same key?)"

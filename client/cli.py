@@ -7,16 +7,29 @@ import json
 import sys
 from pathlib import Path
 
+from retia.credentials import CREDENTIAL_ENV, resolve_credential
 from retia.errors import RetiaError
-from retia.keys import KEY_ENV, resolve_key
+from retia.keys import KEY_ENV
 
 __all__ = ["add_status_arguments", "run_status"]
 
 
 def add_status_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("address", help="dispatcher endpoint, e.g. tcp://head:5555")
     parser.add_argument(
-        "--key-file", type=Path, help=f"cluster key file (default ${KEY_ENV} or ~/.retia/cluster.key)"
+        "address",
+        nargs="?",
+        default="",
+        help="dispatcher endpoint, e.g. tcp://head:5555 (default: the credential's)",
+    )
+    parser.add_argument(
+        "--credential",
+        type=Path,
+        help=f"an admin credential file (retia credential issue --role admin; default ${CREDENTIAL_ENV})",
+    )
+    parser.add_argument(
+        "--key-file",
+        type=Path,
+        help=f"or the cluster key file, on the head node (default ${KEY_ENV} or ~/.retia/cluster.key)",
     )
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
     parser.add_argument(
@@ -31,11 +44,12 @@ def run_status(args: argparse.Namespace) -> int:
     from .backend import query_status
 
     try:
+        credential = resolve_credential(args.credential, key_file=args.key_file)
+        address = args.address or credential.address
+        if not address:
+            raise RetiaError(f"no dispatcher address: pass one; {credential.label} names none")
         status = query_status(
-            args.address,
-            key=resolve_key(key_file=args.key_file),
-            timeout=args.timeout,
-            curve_server_key=args.curve_server_key,
+            address, credential, timeout=args.timeout, curve_server_key=args.curve_server_key
         )
     except RetiaError as exc:
         print(f"retia status: {exc}", file=sys.stderr)

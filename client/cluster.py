@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from retia.credentials import Role, issue
 from retia.errors import ClusterLostError, DispatcherLostError, RetiaError
 from retia.keys import create_key_file, load_key
 
@@ -69,6 +70,10 @@ class LocalCluster:
     def key_file(self) -> Path:
         return self.home / "cluster.key"
 
+    def credential_file(self, role: Role) -> Path:
+        """The credential this cluster's workers (or its client) use, issued at start."""
+        return self.home / "credentials" / f"{role.value}.json"
+
     @property
     def curve_server_key(self) -> Path | None:
         """The dispatcher's public CurveZMQ certificate, when the cluster encrypts its transport."""
@@ -76,8 +81,9 @@ class LocalCluster:
 
     def start(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
-        if not self.key_file.exists():
-            create_key_file(self.key_file)
+        key = load_key(self.key_file) if self.key_file.exists() else create_key_file(self.key_file)
+        for role in (Role.WORKER, Role.CLIENT):  # the cluster key stays here: peers hold these
+            issue(key, role, f"local-{role.value}s").save(self.credential_file(role), overwrite=True)
         self.start_dispatcher()
         for i in range(self.workers):
             self.start_worker(i)
@@ -127,8 +133,8 @@ class LocalCluster:
             "retia.worker",
             "--connect",
             self.address,
-            "--key-file",
-            str(self.key_file),
+            "--credential",
+            str(self.credential_file(Role.WORKER)),
             "--gpu",
             gpu,
             "--home",
@@ -328,7 +334,7 @@ def local_cluster(
         cluster.start()
         backend = connect(
             cluster.address,
-            key=load_key(cluster.key_file),
+            credential=cluster.credential_file(Role.CLIENT),
             client_id=client_id,
             heartbeat_interval=heartbeat_interval,
             liveness=liveness,

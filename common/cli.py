@@ -1,4 +1,4 @@
-"""The ``retia`` command: ``dispatcher``, ``worker``, ``status`` and ``report`` subcommands.
+"""The ``retia`` command: ``dispatcher``, ``credential``, ``worker``, ``status`` and ``report`` subcommands.
 
 Each subcommand's options live beside the code it runs; this module only routes, importing
 the head-node or worker side lazily so ``retia --help`` stays fast and torch-free.
@@ -24,6 +24,12 @@ _COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "add_dispatcher_arguments",
         "run_dispatcher",
         "run the dispatcher on the head node (queue, journal, relaying reports)",
+    ),
+    "credential": (
+        "retia.dispatcher.credential_cli",
+        "add_credential_arguments",
+        "run_credential",
+        "issue or revoke a worker's, a user's or an admin's credential (on the head node)",
     ),
     "worker": (
         "retia.worker.cli",

@@ -29,6 +29,7 @@ __all__ = [
     "SubmissionRefusedError",
     "ClusterLostError",
     "DispatcherLostError",
+    "CredentialRefusedError",
 ]
 
 
@@ -61,7 +62,8 @@ class ReportError(RetiaError, ValueError):
 
 
 class AuthenticationError(RetiaError):
-    """A message's signature did not match the cluster key; it was dropped undecoded."""
+    """A message's signature did not match its session's key (or its credential's); it was dropped
+    undecoded."""
 
 
 class ProtocolError(RetiaError):
@@ -175,6 +177,10 @@ class ClusterLostError(RetiaError):
 
 class DispatcherLostError(ClusterLostError):
     """The dispatcher exited, or stayed silent past ``lost_after``; a later wait works if it comes back."""
+
+
+class CredentialRefusedError(AuthenticationError, ClusterLostError):
+    """The dispatcher refuses this peer's credential (revoked, or its id is another's): waits end with it."""
 
 
 _ERROR_OF_KIND: dict[FailureKind, type[TrialFailedError]] = {

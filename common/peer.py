@@ -5,10 +5,12 @@ Data flow::
     owner --send/keep--> Peer --DEALER--> dispatcher      (HELLO first on every connect)
     owner <--messages--- Peer <--DEALER-- dispatcher      (bad frames dropped and logged here)
 
-The peer owns one DEALER socket: it says HELLO on every (re)connect, heartbeats, declares the
-dispatcher lost after ``liveness`` silent intervals and reconnects with exponential back-off,
-and keeps every message sent with :meth:`Peer.keep` until an ACK names it, re-sending it after
-a reconnect, a RESET, or a liveness window without an answer. Kept messages go out through
+The peer owns one DEALER socket and its session: it says HELLO on every (re)connect and sends
+nothing else until the WELCOME that answers it keys a new session (:mod:`retia.session`); its
+routing id is the one the dispatcher's socket assigns. It heartbeats, declares the dispatcher
+lost after ``liveness`` silent intervals and reconnects with exponential back-off, and keeps
+every message sent with :meth:`Peer.keep` until an ACK names it, re-sending it after a
+reconnect, a RESET, or a liveness window without an answer. Kept messages go out through
 one ordered queue, as fast as the socket takes them: a re-send after a RESET sends each once
 (another RESET meanwhile does not start it over), and what the socket cannot take yet waits
 there, never dropped; its length (:attr:`Peer.backlog`) tells the owner to stop producing.
@@ -28,10 +30,22 @@ from typing import Any
 
 import zmq
 
+from .credentials import Credential
 from .droplog import DropLog
 from .encryption import secure_client
 from .errors import ConfigError, RetiaError
-from .protocol import Ack, Hello, Message, MsgType, Outgoing, Reset, Session, kept_frames
+from .protocol import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    Ack,
+    Header,
+    Hello,
+    Message,
+    MsgType,
+    Outgoing,
+    Reset,
+    kept_frames,
+)
+from .session import Opening, Session, read_reset
 
 __all__ = ["PeerTiming", "Peer"]
 
@@ -73,7 +87,8 @@ class Peer:
         self,
         ctx: zmq.Context[zmq.Socket[bytes]],
         address: str,
-        session: Session,
+        credential: Credential,
+        sender: str,
         hello: Callable[[], Hello],
         *,
         timing: PeerTiming = PeerTiming(),
@@ -81,9 +96,15 @@ class Peer:
         after_hello: Callable[[], None] | None = None,
         max_items: int = 256,
         max_bytes: int = 1 << 20,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.address = address
-        self.session = session
+        self.credential = credential
+        self.sender = sender
+        self.session: Session | None = None  # keyed by the last WELCOME
+        self._opening: Opening | None = None  # a HELLO sent, its WELCOME awaited
+        self.refused = ""  # why the dispatcher refused us (a revoked credential): we stop trying
+        self._max_message_bytes = max_message_bytes
         self.timing = timing
         self._ctx = ctx
         self._hello = hello
@@ -101,6 +122,7 @@ class Peer:
         self._backoff = timing.reconnect_min
         self._reconnect_at: float | None = None
         self._hello_sent = 0.0  # time.time() of the last HELLO, as its header says
+        self._opened_at = 0.0  # time.monotonic() of the last HELLO
         self._drops = DropLog(_log)  # what it refuses from the dispatcher, logged within a budget
 
     # ---- the connection ----
@@ -109,21 +131,38 @@ class Peer:
         """A fresh socket (the old one closed), then HELLO and everything still unacknowledged."""
         if self.sock is not None:
             self.sock.close(linger=0)
-        sock = self._ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.IDENTITY, self.session.sender.encode())
+        sock = self._ctx.socket(zmq.DEALER)  # its routing id is the dispatcher socket's choice
         sock.setsockopt(zmq.LINGER, 0)
         if self._curve_server_key is not None:
             secure_client(sock, self._curve_server_key)
+        elif self.credential.server_key:
+            secure_client(sock, self.credential.server_key.encode())
         sock.connect(self.address)
         self.sock = sock
         self._last_heard = time.monotonic()
         self.say_hello()
 
     def say_hello(self) -> None:
-        """Introduce ourselves (again, after a RESET) and re-send what the dispatcher may lack, in order,
-        each once: a re-send still under way starts over from the oldest, it is not added to."""
-        self._hello_sent = time.time()
-        self.send(MsgType.HELLO, self._hello())
+        """Introduce ourselves (again, after a RESET): a new session opens when its WELCOME comes."""
+        opening = Opening(self.credential, self.sender, max_message_bytes=self._max_message_bytes)
+        frames = opening.hello_frames(self._hello())
+        self._opening, self._hello_sent = opening, opening.sent_at
+        self._opened_at = time.monotonic()
+        self._send_frames(frames)
+
+    def _welcomed(self, opening: Opening, msg: Message) -> None:
+        """Our HELLO was answered: on WELCOME the new session starts (proven at once with a heartbeat)
+        and what the dispatcher may lack is re-sent, in order, each once: a re-send still under way
+        starts over from the oldest, it is not added to. On REFUSED we stop."""
+        self._opening = None
+        if msg.type is MsgType.REFUSED:
+            self.refused = msg.body.reason
+            _log.error(
+                "the dispatcher at %s refused %s: %s", self.address, self.credential.label, self.refused
+            )
+            return
+        self.session = opening.session(msg.body)
+        self.send(MsgType.HEARTBEAT)
         self._unsent = OrderedDict.fromkeys(self._kept)
         self.pump()
         if self._after_hello is not None:
@@ -146,11 +185,18 @@ class Peer:
 
     # ---- sending ----
 
+    @property
+    def open(self) -> bool:
+        """A session is open: messages can be signed (not between a HELLO and its WELCOME)."""
+        return self.session is not None and self._opening is None and not self.refused
+
     def send(
         self, type: MsgType, body: Any = None, *, trial: str = "", attempt: int = 0, seq: int = 0
     ) -> None:
-        """Send once, without keeping it (heartbeats, HELLO, requests that are asked again anyway)."""
-        self._send_frames(self.session.frames(type, body, trial=trial, attempt=attempt, seq=seq))
+        """Send once, without keeping it (heartbeats, requests that are asked again anyway); dropped
+        while no session is open."""
+        if self.session is not None and self.open:
+            self._send_frames(self.session.frames(type, body, trial=trial, attempt=attempt, seq=seq))
 
     def keep(self, messages: list[Outgoing]) -> None:
         """Send and keep until acknowledged; consecutive SUBMITS or DONES items travel together."""
@@ -169,7 +215,9 @@ class Peer:
     def pump(self) -> None:
         """Hand what waits to the socket, in order, while it takes it (a bounded number per call)."""
         budget = _PUMP_PER_CALL
-        while self._unsent and self.sock is not None and budget > 0:
+        while (
+            self._unsent and self.sock is not None and self.session is not None and self.open and budget > 0
+        ):
             keys = list(itertools.islice(self._unsent, min(budget, self._max_items)))
             budget -= len(keys)
             for key in keys:
@@ -208,10 +256,8 @@ class Peer:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            try:
-                msg = self.session.parse(frames)
-            except RetiaError as exc:
-                self._drops.drop(self.address, str(exc), time.monotonic())
+            msg = self._read(frames)
+            if msg is None:
                 continue
             if msg.type is MsgType.ACKS:
                 self.acknowledge(msg.body.items)
@@ -220,6 +266,30 @@ class Peer:
             self._last_heard = time.monotonic()
             self._backoff = self.timing.reconnect_min
         return messages
+
+    def _read(self, frames: list[bytes]) -> Message | None:
+        """The message, checked by the session it belongs to: the answer to our HELLO, a message of the
+        open session (until a WELCOME, the one before it), or an unsigned RESET; else dropped."""
+        problem = "no session"
+        opening = self._opening
+        if opening is not None:
+            try:
+                answer = opening.answer(frames)
+            except RetiaError:
+                pass
+            else:
+                self._welcomed(opening, answer)
+                return answer
+        if self.session is not None:
+            try:
+                return self.session.parse(frames)
+            except RetiaError as exc:
+                problem = str(exc)
+        reset = read_reset(frames)
+        if reset is not None:
+            return Message(Header(MsgType.RESET), reset)
+        self._drops.drop(self.address, problem, time.monotonic())
+        return None
 
     def acknowledge(self, acks: list[Ack]) -> None:
         for ack in acks:
@@ -238,6 +308,10 @@ class Peer:
 
     def tick(self, now: float) -> None:
         """Heartbeat when due, re-send what stayed unanswered, and reconnect a dispatcher gone silent."""
+        if self.refused:
+            return
+        if self._opening is not None and now - self._opened_at > self.timing.silence:
+            self.say_hello()  # that HELLO, or its WELCOME, was lost on the way
         if now >= self._next_beat:
             self.send(MsgType.HEARTBEAT)
             self._resend_stale(now)

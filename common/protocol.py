@@ -1,9 +1,10 @@
-"""The wire protocol: ``[b"retia/2", signature, header, payload]``, HMAC-signed msgpack.
+"""The wire protocol: ``[b"retia/3", signature, header, payload]``, HMAC-signed msgpack.
 
-The signature is HMAC-SHA256 over header and payload with the cluster key, checked with
-``hmac.compare_digest`` before a single byte is decoded (as jupyter_client's Session does).
-Every body is a dataclass below, decoded by :mod:`retia.codec`, which checks each field;
-a message that does not fit is refused with a ``ProtocolError`` naming the field.
+The signature is HMAC-SHA256 over header and payload with the session's key, checked with
+``hmac.compare_digest`` before a single byte is decoded (see :mod:`retia.session`, which also
+keys the session with the HELLO/WELCOME handshake). Every body is a dataclass below, decoded
+by :mod:`retia.codec`, which checks each field; a message that does not fit is refused with a
+``ProtocolError`` naming the field.
 
 Control messages (HELLO, CANCEL, FILE, ...) carry one body. Data travels only as batches of
 typed items, one kind per message type, so each kind has one sender and one receiver:
@@ -22,23 +23,22 @@ bytes the trial packed: the dispatcher stores and relays them and never loads th
 from __future__ import annotations
 
 import functools
-import hashlib
-import hmac
 import re
-import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import msgpack
 
-from . import codec
 from .codec import Bounds, Json, NonNegative
-from .errors import AuthenticationError, MessageTooLarge, ProtocolError
+from .credentials import Role
+from .errors import ProtocolError
 from .failure import Failure
 from .reporting import Metric, validate_metric
+
+if TYPE_CHECKING:
+    from .session import Session
 
 __all__ = [
     "VERSION",
@@ -48,10 +48,10 @@ __all__ = [
     "Header",
     "Message",
     "Outgoing",
-    "Session",
     "Empty",
     "Heartbeat",
     "Reset",
+    "Refused",
     "Hello",
     "Welcome",
     "Ready",
@@ -88,13 +88,11 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-VERSION = b"retia/2"
+VERSION = b"retia/3"  # 3: sessions (HELLO/WELCOME nonces, per-direction keys, message numbers)
 DEFAULT_MAX_MESSAGE_BYTES = 8 << 20  # big data travels as chunked blobs, never inside one message
 MAX_PREFETCH = 64  # trials a worker may hold beyond the one it runs
 _CHUNK_LIMIT = 8 << 20  # the most bytes a BLOB_GET may ask for (the dispatcher sends at most 1 MiB)
-# a message over the limit, up to this many times it, has its signature checked and is decoded to be
-# refused by name; a larger one is refused unread (checking it would cost a junk sender nothing)
-_DECODED_WHEN_TOO_LARGE = 2
+_NONCE_BYTES = 32
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 # trial and peer ids name files and directories on workers and the head node
 _ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
@@ -131,11 +129,7 @@ class MsgType(IntEnum):
     RUNS = 24  # dispatcher -> worker: trial attempts to run (or hold, with --prefetch)
     DONES = 25  # worker -> dispatcher: attempts that ended
     SUBMITS = 26  # client -> dispatcher: new trials
-
-
-class Role(str, Enum):
-    WORKER = "worker"
-    CLIENT = "client"
+    REFUSED = 27  # dispatcher -> peer: its HELLO or its session is refused (revoked, not its id)
 
 
 class TrialState(str, Enum):
@@ -163,6 +157,7 @@ class Header:
     seq: Seq = 0
     sender: str = ""
     time: float = 0.0
+    counter: NonNegative = 0  # the message's number in its session and direction (replays are refused)
 
 
 # ---- control bodies ----
@@ -190,6 +185,13 @@ class Reset:
 
 
 @dataclass(frozen=True)
+class Refused:
+    """Why the dispatcher will not serve this peer (its credential was revoked, say): do not retry."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class TrialAttempt:
     trial: str
     attempt: Attempt
@@ -207,6 +209,16 @@ class Hello:
     prefetch: Annotated[int, Bounds(0, MAX_PREFETCH)] = 0  # workers: trials held beyond the running one
     # the largest message this peer accepts: the dispatcher sizes what it sends to fit
     max_message_bytes: Annotated[int, Bounds(1024, None)] = DEFAULT_MAX_MESSAGE_BYTES
+    credential: str = ""  # the credential's name ("" for the cluster key), which keys the signature
+    issued: NonNegative = 0  # and when it was issued (ns)
+    nonce: bytes = b""  # fresh for every HELLO: the session's key depends on it
+
+    def check(self) -> str:
+        if len(self.nonce) != _NONCE_BYTES:
+            return f"a HELLO needs a {_NONCE_BYTES}-byte nonce (got {len(self.nonce)} bytes)"
+        if self.credential and (problem := id_problem(self.credential, "a credential name")):
+            return problem
+        return id_problem(self.peer_id, "a peer id")
 
 
 @dataclass(frozen=True)
@@ -215,6 +227,7 @@ class Welcome:
     liveness: int
     dispatcher_id: str
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # the largest message the dispatcher accepts
+    nonce: bytes = b""  # the dispatcher's half of the session key
 
 
 @dataclass(frozen=True)
@@ -464,6 +477,7 @@ BODY_TYPES: dict[MsgType, type] = {
     MsgType.RUNS: RunBatch,
     MsgType.DONES: DoneBatch,
     MsgType.SUBMITS: SubmitBatch,
+    MsgType.REFUSED: Refused,
 }
 
 
@@ -569,79 +583,3 @@ def batches(items: list[T], size: Callable[[T], int], max_items: int, max_bytes:
         if i + 1 == len(items) or i + 1 - start == max_items or total >= max_bytes:
             yield items[start : i + 1]
             start, total = i + 1, 0
-
-
-class Session:
-    """Signs, frames, checks and decodes messages for one peer (as jupyter_client's Session)."""
-
-    def __init__(
-        self,
-        key: bytes,
-        sender: str,
-        *,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        reject_replays: bool = False,
-        history: int = 1 << 17,
-    ) -> None:
-        if not key:
-            raise AuthenticationError("a cluster key is required: signing cannot be turned off")
-        self._key = key
-        self.sender = sender
-        self.max_message_bytes = max_message_bytes
-        self._reject_replays = reject_replays
-        self._seen: set[bytes] = set()
-        self._seen_order: deque[bytes] = deque(maxlen=history)
-
-    def sign(self, header: bytes, payload: bytes) -> bytes:
-        mac = hmac.new(self._key, digestmod=hashlib.sha256)
-        mac.update(header)
-        mac.update(payload)
-        return mac.digest()
-
-    def frames(
-        self, type: MsgType, body: Any = None, *, trial: str = "", attempt: int = 0, seq: int = 0
-    ) -> list[bytes]:
-        """Serialize and sign one message."""
-        payload = codec.pack(body)
-        header = msgpack.packb([int(type), trial, attempt, seq, self.sender, time.time()], use_bin_type=True)
-        return [VERSION, self.sign(header, payload), header, payload]
-
-    def parse(self, frames: list[bytes]) -> Message:
-        """Check and decode; raises ProtocolError or AuthenticationError without decoding bad input."""
-        if len(frames) != 4:
-            raise ProtocolError(f"expected 4 frames, got {len(frames)}")
-        version, signature, header, payload = frames
-        if version != VERSION:
-            raise ProtocolError(f"protocol version {bytes(version[:16])!r}, expected {VERSION!r}")
-        size = len(header) + len(payload)
-        too_large = size > self.max_message_bytes
-        if too_large and size > self.max_message_bytes * _DECODED_WHEN_TOO_LARGE:
-            raise MessageTooLarge(f"message of {size} bytes exceeds the {self.max_message_bytes}-byte limit")
-        if not hmac.compare_digest(self.sign(header, payload), signature):
-            raise AuthenticationError("bad signature: wrong cluster key or tampered message")
-        if self._reject_replays:
-            self._remember(bytes(signature))
-        try:
-            head = codec.unpack(Header, header)
-        except ProtocolError as exc:
-            raise ProtocolError(f"undecodable message: {exc}") from None
-        try:
-            message = Message(head, codec.unpack(BODY_TYPES[head.type], payload))
-        except ProtocolError as exc:  # say what it was and who sent it: the routing id alone may not
-            raise ProtocolError(f"undecodable {head.type.name} from {head.sender[:64]!r}: {exc}") from None
-        if too_large:  # signed by a key holder: decoded only so the receiver can refuse what it carried
-            raise MessageTooLarge(
-                f"{head.type.name} of {size} bytes from {head.sender[:64]!r} exceeds the "
-                f"{self.max_message_bytes}-byte limit",
-                message,
-            )
-        return message
-
-    def _remember(self, signature: bytes) -> None:
-        """Refuse a signature seen before (as jupyter_client's digest history does)."""
-        if signature in self._seen:
-            raise AuthenticationError("replayed message: this signature was seen before")
-        if len(self._seen_order) == self._seen_order.maxlen:
-            self._seen.discard(self._seen_order[0])
-        self._seen_order.append(signature)
-        self._seen.add(signature)

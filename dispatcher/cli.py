@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import socket
 import sys
 from pathlib import Path
 
 from retia.cli import raise_open_file_limit
 from retia.errors import RetiaError
-from retia.keys import DEFAULT_HOME, KEY_ENV, resolve_key
+from retia.keys import DEFAULT_HOME, resolve_key
 
 from .config import DispatcherConfig
 
@@ -56,11 +57,18 @@ def add_dispatcher_arguments(parser: argparse.ArgumentParser) -> None:
         default=20.0,
         help="blob store size before eviction (default %(default)s)",
     )
-    parser.add_argument(
+    encryption = parser.add_mutually_exclusive_group()
+    encryption.add_argument(
         "--curve",
         action="store_true",
-        help="encrypt the transport with CurveZMQ; peers then need <home>/curve/dispatcher.key "
-        "(the public certificate)",
+        help="encrypt with CurveZMQ even on loopback (it is on by default for endpoints other machines "
+        "can reach; credentials issued here carry the public key, <home>/curve/dispatcher.key)",
+    )
+    encryption.add_argument(
+        "--insecure",
+        action="store_true",
+        help="do not encrypt, even where other machines can connect: payloads, results and logs then "
+        "cross the network in clear (signing stays on)",
     )
     parser.add_argument(
         "--ready-file", type=Path, help="write the bound address here once listening (for scripts)"
@@ -85,6 +93,7 @@ def run_dispatcher(args: argparse.Namespace) -> int:
             ready_file=args.ready_file,
             blob_budget_bytes=int(args.blob_budget_gb * (1 << 30)),
             curve=args.curve,
+            insecure=args.insecure,
         )
         key = resolve_key(key_file=config.key_path, create=True)
         dispatcher = Dispatcher(config, key)
@@ -93,11 +102,20 @@ def run_dispatcher(args: argparse.Namespace) -> int:
         return 2
     signal.signal(signal.SIGTERM, lambda *_: dispatcher.stop())
     signal.signal(signal.SIGINT, lambda *_: dispatcher.stop())
+    port = dispatcher.address.rsplit(":", 1)[-1]
+    where = (
+        f"tcp://{socket.gethostname()}:{port}"
+        if dispatcher.address.startswith("tcp://")
+        else dispatcher.address
+    )
+    home = f" --home {args.home}" if args.home != DEFAULT_HOME else ""
     print(
-        f"retia dispatcher listening on {dispatcher.address}\n"
-        f"  workers: retia worker --connect {dispatcher.address} --key-file {config.key_path} --gpu 0\n"
-        f"  (copy {config.key_path} to each worker with mode 0600, "
-        f"or export {KEY_ENV}=$(cat {config.key_path}))",
+        f"retia dispatcher listening on {dispatcher.address}"
+        f" ({'encrypted' if config.encrypted else 'not encrypted'})\n"
+        "  give each worker pool and each user a credential (the cluster key stays here):\n"
+        f"    retia credential{home} issue --role worker --name workers --address {where} --out worker.cred\n"
+        "    retia worker --credential worker.cred --gpu 0\n"
+        f"    retia credential{home} issue --role client --name alice --address {where} --out alice.cred",
         file=sys.stderr,
         flush=True,
     )

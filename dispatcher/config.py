@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from retia.encryption import reachable_from_afar
 from retia.errors import ConfigError
 from retia.keys import DEFAULT_HOME
 from retia.protocol import DEFAULT_MAX_MESSAGE_BYTES
@@ -25,7 +26,8 @@ class DispatcherConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     ready_file: Path | None = None  # written with the bound address once listening
     blob_budget_bytes: int = 20 << 30  # blob store size; unneeded blobs are evicted, oldest first
-    curve: bool = False  # encrypt the transport with CurveZMQ (certificate in <home>/curve)
+    curve: bool = False  # encrypt with CurveZMQ even on loopback (certificate in <home>/curve)
+    insecure: bool = False  # do not encrypt, even where other machines can connect
 
     def __post_init__(self) -> None:
         problems = []
@@ -37,8 +39,15 @@ class DispatcherConfig:
             problems.append(f"max_message_bytes must be >= 1024 (got {self.max_message_bytes})")
         if "://" not in self.bind:
             problems.append(f"bind must be a ZeroMQ endpoint like tcp://0.0.0.0:5555 (got {self.bind!r})")
+        if self.curve and self.insecure:
+            problems.append("curve and insecure contradict each other: pick one")
         if problems:
             raise ConfigError("invalid dispatcher configuration: " + "; ".join(problems))
+
+    @property
+    def encrypted(self) -> bool:
+        """CurveZMQ on: asked for, or by default on any endpoint other machines can reach."""
+        return self.curve or (not self.insecure and reachable_from_afar(self.bind))
 
     @property
     def home_dir(self) -> Path:

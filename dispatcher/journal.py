@@ -38,11 +38,13 @@ from .storage import journal_fault
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["TrialRecord", "Journal", "SCHEMA_VERSION"]
+__all__ = ["TrialRecord", "Journal", "SCHEMA_VERSION", "record_revocation"]
 
 # PRAGMA user_version; 0 (unset) was the first schema, before the retia/2 protocol; 2 numbered all
-# clients' events in one sequence, 3 numbers each client's own (a client sees a gap as its own loss)
-SCHEMA_VERSION = 3
+# clients' events in one sequence, 3 numbers each client's own (a client sees a gap as its own loss);
+# 4 adds which credential owns each peer id, and revoked credentials (a 3 is upgraded in place)
+SCHEMA_VERSION = 4
+_UPGRADABLE = {3}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS trials (
     id TEXT PRIMARY KEY, client TEXT NOT NULL, name TEXT NOT NULL, state TEXT NOT NULL,
@@ -61,6 +63,10 @@ CREATE INDEX IF NOT EXISTS reports_by_client ON reports (client, event);
 CREATE TABLE IF NOT EXISTS states (
     client TEXT NOT NULL, seq INTEGER NOT NULL, trial TEXT NOT NULL, attempt INTEGER NOT NULL,
     body BLOB NOT NULL, PRIMARY KEY (client, seq)
+);
+CREATE TABLE IF NOT EXISTS owners (peer TEXT PRIMARY KEY, credential TEXT NOT NULL, since REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS revoked (
+    name TEXT PRIMARY KEY, before INTEGER NOT NULL, at REAL NOT NULL, serial INTEGER NOT NULL
 );
 """
 
@@ -178,7 +184,7 @@ class Journal:
         """A journal written by another schema is refused, never half read."""
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         has_tables = self._db.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
-        if has_tables and version != SCHEMA_VERSION:
+        if has_tables and version != SCHEMA_VERSION and version not in _UPGRADABLE:
             self._db.close()
             written_by = f"schema {version}" if version else "retia 0.1 before the retia/2 protocol"
             raise ConfigError(
@@ -358,6 +364,32 @@ class Journal:
             else:
                 yield Event(event, state=codec.unpack(StateChange, bytes(body)))
 
+    # ---- who owns what ----
+
+    def owner(self, peer: str) -> str | None:
+        """The credential that first used the peer id ``peer`` ("" the cluster key), or None."""
+        row = self._db.execute("SELECT credential FROM owners WHERE peer = ?", (peer,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def bind_owner(self, peer: str, credential: str) -> None:
+        """``peer`` belongs to ``credential`` from now on (its trials and events with it)."""
+        self._write("INSERT OR IGNORE INTO owners VALUES (?, ?, ?)", (peer, credential, time.time()))
+
+    def revoke(self, name: str, before: int) -> None:
+        """Refuse the credentials named ``name`` issued up to ``before`` (ns)."""
+        self._write(
+            "INSERT OR REPLACE INTO revoked "
+            "VALUES (?, ?, ?, (SELECT COALESCE(MAX(serial), 0) + 1 FROM revoked))",
+            (name, before, time.time()),
+        )
+
+    def revoked_after(self, serial: int) -> list[tuple[str, int, int]]:
+        """Revocations recorded after ``serial``: (name, issued before, serial), oldest first."""
+        cur = self._db.execute(
+            "SELECT name, before, serial FROM revoked WHERE serial > ? ORDER BY serial", (serial,)
+        )
+        return [(str(name), int(before), int(s)) for name, before, s in cur]
+
     # ---- rows ----
 
     @staticmethod
@@ -405,3 +437,14 @@ class Journal:
             updated,
             [BlobRef(digest, size) for digest, size in json.loads(blobs)],
         )
+
+
+def record_revocation(path: str | Path, name: str, before: int) -> None:
+    """Refuse every credential named ``name`` issued up to ``before`` (ns), from now on: written to
+    the journal at ``path`` directly (a running dispatcher reads it within a heartbeat)."""
+    journal = Journal(path, checkpoint_interval=3600.0)
+    try:
+        journal.revoke(name, before)
+        journal.commit()
+    finally:
+        journal.close()

@@ -1,17 +1,21 @@
 """What one turn of the dispatcher's loop sends, held until the journal has committed it.
 
-Replies go out as they were queued; acknowledgements are gathered into one ACKS message per
-peer and events into EVENTS messages per client (in order, at most 1,024 events or about
-1 MiB each), so a burst costs a few messages instead of one per stored item.
+Each message is signed by the session of the route it goes to (a route without one gets only
+the raw frames of the handshake). Replies go out as they were queued; acknowledgements are
+gathered into one ACKS message per peer and events into EVENTS messages per client (in order,
+at most 1,024 events or about 1 MiB each), so a burst costs a few messages instead of one per
+stored item.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import zmq
 
-from retia.protocol import Ack, AckBatch, Event, EventBatch, MsgType, Session, batches, item_bytes
+from retia.protocol import Ack, AckBatch, Event, EventBatch, MsgType, batches, item_bytes
+from retia.session import Session
 
 __all__ = ["Outbox"]
 
@@ -21,8 +25,8 @@ _EVENT_BYTES_PER_MESSAGE = 1 << 20  # well under any peer's message size limit
 
 
 class Outbox:
-    def __init__(self, session: Session, sock: zmq.Socket[bytes]) -> None:
-        self.session = session
+    def __init__(self, sessions: Callable[[bytes], Session | None], sock: zmq.Socket[bytes]) -> None:
+        self.sessions = sessions  # a route's session, if it has one
         self.sock = sock
         self.bytes_sent = 0
         self._frames: list[list[bytes]] = []
@@ -35,7 +39,13 @@ class Outbox:
     def send(
         self, identity: bytes, type: MsgType, body: object = None, *, trial: str = "", attempt: int = 0
     ) -> None:
-        self._frames.append([identity, *self.session.frames(type, body, trial=trial, attempt=attempt)])
+        session = self.sessions(identity)
+        if session is not None:
+            self._frames.append([identity, *session.frames(type, body, trial=trial, attempt=attempt)])
+
+    def raw(self, identity: bytes, frames: list[bytes]) -> None:
+        """Frames signed already, or not at all (WELCOME, REFUSED, RESET), in their place in the order."""
+        self._frames.append([identity, *frames])
 
     def ack(self, identity: bytes, ack: Ack) -> None:
         """An acknowledgement (or a refusal) of one of the peer's messages, sent after the commit."""

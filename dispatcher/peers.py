@@ -24,6 +24,7 @@ class Worker:
     # attempts it still runs that were given up (it came back after being declared lost): told to
     # stop, they hold their slot until their DONE, and the trial is not run there again meanwhile
     stopping: set[tuple[str, int]] = field(default_factory=set)
+    credential: str = ""  # the credential its session was opened with ("" the cluster key)
 
     @property
     def trial(self) -> str:
@@ -45,3 +46,4 @@ class Client:
     id: str
     identity: bytes
     expiry: float
+    sees_all: bool = False  # the cluster key: it may cancel any client's trials and count them all

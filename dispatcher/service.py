@@ -8,8 +8,9 @@ Data flow (one thread, one loop)::
                                       | every change, before its ACK
                                    journal (SQLite, WAL)
 
-Each loop turn reads a batch of messages and hands each to the table of its sender's role
-(a peer that has not said HELLO may only say HELLO or ask for STATUS); the handlers change the
+Each loop turn reads a batch of messages. A route without a session may only say HELLO, which
+opens one if its credential checks out (``links``); every other message is checked by its route's
+session and handed to the table of that session's role; the handlers change the
 in-memory state and the journal, with the trial's moves decided by ``lifecycle`` and the
 placements by ``Scheduler``. Then the turn commits once and sends what it produced: the
 replies it queued (WELCOME, RUNS, CANCEL, ...), then one ACKS message per peer, then EVENTS per
@@ -36,8 +37,9 @@ import zmq
 
 from retia.blobs import CHUNK as BLOB_CHUNK
 from retia.blobs import BlobStore
+from retia.credentials import Role
 from retia.droplog import DropLog
-from retia.encryption import secure_server, server_certificate
+from retia.encryption import reachable_from_afar, secure_server, server_certificate
 from retia.errors import AuthenticationError, MessageTooLarge, ProtocolError, StorageFault
 from retia.failure import Failure, FailureKind
 from retia.protocol import (
@@ -53,9 +55,8 @@ from retia.protocol import (
     Message,
     MsgType,
     Ready,
+    Refused,
     Report,
-    Reset,
-    Role,
     Run,
     RunBatch,
     StateChange,
@@ -67,13 +68,14 @@ from retia.protocol import (
     batches,
     item_bytes,
 )
-from retia.protocol import Session as WireSession
+from retia.session import Greeting, Session, accept, peek_header, read_hello, reset_frames, welcome_frames
 
 from . import lifecycle
 from .artifacts import ArtifactStore
 from .config import DispatcherConfig
 from .drops import ResetLimiter
 from .journal import Journal, TrialRecord
+from .links import Gate, Link
 from .outbox import Outbox
 from .peers import Client, Worker
 from .scheduler import Scheduler
@@ -85,7 +87,8 @@ _log = logging.getLogger(__name__)
 _BATCH = 512
 _HEADROOM = 64 << 10  # a message's header and framing, beyond its items
 _TURN = 0.005  # a burst of SUBMITs must not hold back the RUNs it could already send
-P = TypeVar("P", bytes, Worker, Client)  # who sent a message: a routing id (before HELLO), a worker, a client
+_UNPROVEN = 4096  # sessions opened by a HELLO and not yet used: the oldest are dropped beyond this
+P = TypeVar("P", Link, Worker, Client)  # who sent a message: an admin's link, a worker, a client
 
 
 class Dispatcher:
@@ -94,10 +97,10 @@ class Dispatcher:
     def __init__(self, config: DispatcherConfig, key: bytes) -> None:
         self.config = config
         self.id = f"dispatcher-{socket.gethostname()}-{os.getpid()}"
-        self.session = WireSession(
-            key, self.id, max_message_bytes=config.max_message_bytes, reject_replays=True
-        )
         self.journal = Journal(config.journal_path)
+        self.gate = Gate(key, self.journal)
+        self.links: dict[bytes, Link] = {}  # route -> its session (workers and clients are joined ones)
+        self._hellos: dict[bytes, Hello] = {}  # what unproven links said, to join them by once proven
         self.artifacts = ArtifactStore(config.artifacts_dir)
         self.blobs = BlobStore(config.home_dir / "blobs", config.blob_budget_bytes)
         journal_dir = [] if config.journal_path == ":memory:" else [Path(config.journal_path).parent]
@@ -105,13 +108,18 @@ class Dispatcher:
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self._sock.setsockopt(zmq.SNDHWM, 100_000)  # a slow peer must not make the ROUTER drop its events
         self._sock.setsockopt(zmq.MAXMSGSIZE, config.max_message_bytes * 16)
-        if config.curve:
+        if config.encrypted:
             public, secret = server_certificate(config.home_dir)
             secure_server(self._sock, secret)
-            _log.info("CurveZMQ on: peers need the public certificate %s", public)
+            _log.info("CurveZMQ on: credentials issued here carry its public key (%s)", public)
+        elif reachable_from_afar(config.bind):
+            _log.warning(
+                "--insecure: payloads (your code and data), results and logs cross the network in clear "
+                "on %s; anyone on the path can read them",
+                config.bind,
+            )
         self._sock.bind(config.bind)
         self.address: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.workers: dict[bytes, Worker] = {}
@@ -123,7 +131,7 @@ class Dispatcher:
         self._orphans: dict[str, float] = {}  # RUNNING at restart: trial -> adoption deadline
         # DONEs that came before some of their attempt's reports: (trial, attempt) -> first seen
         self._short: dict[tuple[str, int], float] = {}
-        self.outbox = Outbox(self.session, self._sock)
+        self.outbox = Outbox(self._session_of, self._sock)
         self._drops = DropLog(
             _log
         )  # nothing per peer before a valid HELLO: junk costs bounded memory and log
@@ -131,10 +139,11 @@ class Dispatcher:
         self._stopping = False
         self._started = time.monotonic()
         self.messages_handled = 0
-        # Who may send what: a peer that has not said HELLO may only say HELLO or ask for STATUS.
-        self._open: dict[MsgType, Callable[[bytes, Message], None]] = {
-            MsgType.HELLO: self._on_hello,
+        # Who may send what, by the role of the session (a route without one may only say HELLO).
+        self._from_admin: dict[MsgType, Callable[[Link, Message], None]] = {
+            MsgType.HEARTBEAT: _nothing,
             MsgType.STATUS: self._on_status,
+            MsgType.BYE: self._on_admin_bye,
         }
         self._from_worker: dict[MsgType, Callable[[Worker, Message], None]] = {
             MsgType.HEARTBEAT: _nothing,
@@ -150,6 +159,7 @@ class Dispatcher:
             MsgType.SUBMITS: self._on_submits,
             MsgType.BLOB_PUT: self._on_blob_put,
             MsgType.CANCEL: self._on_client_cancel,
+            MsgType.STATUS: self._on_client_status,
             MsgType.BYE: self._on_client_bye,
         }
         self._gate_writes()
@@ -182,8 +192,10 @@ class Dispatcher:
         waiting for their workers; peers are forgotten, so their next message gets a RESET and they
         say HELLO again, re-sending all they hold unacknowledged (workers adopt their trials)."""
         sent = self.outbox.bytes_sent
-        self.outbox = Outbox(self.session, self._sock)
+        self.outbox = Outbox(self._session_of, self._sock)
         self.outbox.bytes_sent = sent
+        self.links.clear()
+        self._hellos.clear()
         self.workers.clear()
         self.clients.clear()
         self._client_at.clear()
@@ -287,19 +299,33 @@ class Dispatcher:
             except zmq.Again:
                 break
             identity, rest = frames[0], frames[1:]
+            link = self.links.get(identity)
+            if link is None:
+                self._guarded(f"a message from route {identity!r}", self._greet, identity, rest)
+                continue
             try:
-                msg = self.session.parse(rest)
+                msg = link.session.parse(rest)
             except MessageTooLarge as exc:
                 self._drop(identity, exc)
                 if exc.message is not None:
                     self._guarded("refusing a message too large", self._refuse_large, identity, exc)
                 continue
-            except (ProtocolError, AuthenticationError) as exc:
+            except AuthenticationError as exc:  # not of this session: a new HELLO on this route?
+                if not self._guarded(f"a HELLO on route {identity!r}", self._greet, identity, rest, link):
+                    self._drop(identity, exc)
+                continue
+            except ProtocolError as exc:
                 self._drop(identity, exc)
                 continue
             self.messages_handled += 1
-            self._handle(identity, msg)
+            if not link.proven:
+                self._guarded(f"{link.role.value} {link.peer_id!r} joining", self._join, link)
+            self._handle(link, msg)
         self._drops.tick(time.monotonic())
+
+    def _session_of(self, identity: bytes) -> Session | None:
+        link = self.links.get(identity)
+        return link.session if link is not None else None
 
     def _refuse_large(self, identity: bytes, exc: MessageTooLarge) -> None:
         """A signed message over the size limit is answered, so that nothing waits for it forever: a
@@ -322,122 +348,117 @@ class Dispatcher:
             h = msg.header
             self.outbox.ack(identity, Ack(h.trial, h.attempt, h.seq, False, reason))
 
-    def _drop(self, identity: bytes, exc: Exception) -> None:
+    def _drop(self, identity: bytes, exc: Exception | str) -> None:
         """A message refused unread: counted, and logged within a budget shared by all senders."""
         self._drops.drop(identity, str(exc), time.monotonic())
 
-    def _reset(self, identity: bytes, sent: float) -> None:
-        """Ask an unknown peer to say HELLO, once per liveness window: each RESET makes it re-send all it
-        keeps, and a restarted dispatcher hears many messages from each peer before their HELLO.
-        ``sent``, the time of the message it answers, lets the peer ignore one older than its HELLO."""
-        if self._resets.allow(identity, time.monotonic()):
-            self._send(identity, MsgType.RESET, Reset(sent))
+    # ---- sessions ----
 
-    def _send(
-        self, identity: bytes, type: MsgType, body: object = None, *, trial: str = "", attempt: int = 0
-    ) -> None:
-        self.outbox.send(identity, type, body, trial=trial, attempt=attempt)
-
-    def _flush(self, *, reload: bool = True) -> None:
-        """Send what the loop turn produced, once the journal holds it. If the commit fails, SQLite
-        has rolled the turn back: nothing of it goes out, and (``reload``) the in-memory view, which
-        the turn changed too, is rebuilt from the journal."""
+    def _greet(self, identity: bytes, frames: list[bytes], link: Link | None = None) -> bool:
+        """A message on a route without a session (or not of its session): a HELLO whose credential
+        checks out opens one (answered by WELCOME, or by REFUSED when the credential may not); from an
+        unknown peer, anything else gets a RESET (we restarted, or gave it up). True if it was a HELLO
+        signed with the key its credential names."""
         try:
-            self.journal.commit()
-        except StorageFault as fault:
-            self.storage.failed(fault)
-            if reload:
-                self._reload()
-            else:
-                self.outbox = Outbox(self.session, self._sock)
-            return
-        self.outbox.flush()
-
-    # ---- message handling ----
-
-    def _handle(self, identity: bytes, msg: Message) -> None:
-        """One message, by the table of its sender's role; an unknown peer is asked to say HELLO."""
-        kind = msg.type
-        opener = self._open.get(kind)
-        if opener is not None:
-            self._guarded(f"{kind.name} from peer {identity!r}", opener, identity, msg)
-            return
-        expiry = time.monotonic() + self.config.expiry
-        worker = self.workers.get(identity)
-        if worker is not None:
-            worker.expiry = expiry
-            self._route(self._from_worker, worker, identity, msg, "a worker")
-            return
-        client = self._client_at.get(identity)
-        if client is not None:
-            client.expiry = expiry
-            self._route(self._from_client, client, identity, msg, "a client")
-            return
-        self._reset(identity, msg.header.time)  # we do not know it (restarted, or it was declared dead)
-
-    def _route(
-        self,
-        table: dict[MsgType, Callable[[P, Message], None]],
-        peer: P,
-        identity: bytes,
-        msg: Message,
-        role: str,
-    ) -> None:
-        handler = table.get(msg.type)
-        if handler is None:
-            self._drop(identity, ProtocolError(f"{msg.type.name} is not a message {role} may send"))
-            return
-        self._guarded(f"{msg.type.name} from peer {identity!r}", handler, peer, msg)
-
-    @staticmethod
-    def _guarded(what: str, step: Callable[..., None], *args: object) -> None:
-        """A handler or a step of the loop that fails is logged and given up; the dispatcher serves on
-        (one bad message must not stop the cluster)."""
-        try:
-            step(*args)
-        except Exception:
-            _log.exception("failed: %s; dropped, serving on", what)
-
-    def _on_status(self, identity: bytes, msg: Message) -> None:
-        self._send(identity, MsgType.STATUS_REPLY, self.status())
-
-    def _on_hello(self, identity: bytes, msg: Message) -> None:
-        hello: Hello = msg.body
-        expiry = time.monotonic() + self.config.expiry
+            greeting = read_hello(frames)
+        except ProtocolError as exc:
+            if link is None:
+                try:
+                    self._reset(identity, peek_header(frames).time)
+                except ProtocolError:
+                    self._drop(identity, exc)
+            return False
+        hello = greeting.hello
+        if identity[:1] != b"\0":
+            self._drop(identity, "a HELLO from a peer-chosen routing id (peers must not set one)")
+            return False
+        key = self.gate.key_for(hello.role, hello.credential, hello.issued)
+        if not greeting.verify(key):
+            who = f"credential {hello.credential!r}" if hello.credential else "the cluster key"
+            self._drop(identity, f"a HELLO whose signature is not {who}'s, as a {hello.role.value}")
+            return False
+        refusal = self.gate.refusal(hello.role, hello.peer_id, hello.credential, hello.issued)
+        if refusal:
+            _log.warning("refused %s %r: %s", hello.role.value, hello.peer_id, refusal)
+            self.outbox.raw(identity, welcome_frames(greeting, key, self.id, Refused(refusal)))
+            return True
+        session, nonce = accept(greeting, key, self.id, max_message_bytes=self.config.max_message_bytes)
         welcome = Welcome(
-            self.config.heartbeat_interval, self.config.liveness, self.id, self.config.max_message_bytes
+            self.config.heartbeat_interval,
+            self.config.liveness,
+            self.id,
+            self.config.max_message_bytes,
+            nonce,
         )
-        if hello.role is Role.CLIENT:
-            old = self.clients.get(hello.peer_id)
-            if old is not None:
-                self._client_at.pop(old.identity, None)
-                self.outbox.forget(old.identity)
-            client = self.clients[hello.peer_id] = Client(hello.peer_id, identity, expiry)
-            self._client_at[identity] = client
-            self._send(identity, MsgType.WELCOME, welcome)
-            self.outbox.forget(
-                identity
-            )  # this turn's events are in the journal: the replay has them, in order
-            for event in self.journal.events_after(hello.peer_id, hello.last_event):
-                self.outbox.event(identity, event)
-            _log.info("client %s connected (replaying events after %d)", hello.peer_id, hello.last_event)
+        self.outbox.raw(identity, welcome_frames(greeting, key, self.id, welcome))
+        self._open_link(
+            Link(identity, session, hello.role, hello.peer_id, hello.credential, hello.issued), greeting
+        )
+        return True
+
+    def _open_link(self, link: Link, greeting: Greeting) -> None:
+        """The route's session is the new one from now on; the peer joins once it uses it."""
+        self._hellos[link.identity] = greeting.hello
+        self.links[link.identity] = link
+        unproven = [other for other in self.links.values() if not other.proven]
+        if len(unproven) > _UNPROVEN:  # HELLOs nobody followed up (replays, a flood): the oldest go
+            oldest = min(unproven, key=lambda other: other.opened)
+            self.links.pop(oldest.identity, None)
+            self._hellos.pop(oldest.identity, None)
+
+    def _join(self, link: Link) -> None:
+        """The first message signed in a link's session came: its HELLO was the peer's own, so the
+        peer joins now, as its HELLO said (a worker with what it runs, a client from its last event)."""
+        link.proven = True
+        hello = self._hellos.pop(link.identity, None)
+        if hello is None:
             return
+        if link.role is not Role.ADMIN:
+            self.gate.bind(link)
+        if link.role is Role.CLIENT:
+            self._join_client(link, hello)
+        elif link.role is Role.WORKER:
+            self._join_worker(link, hello)
+
+    def _join_client(self, link: Link, hello: Hello) -> None:
+        identity = link.identity
+        old = self.clients.get(hello.peer_id)
+        if old is not None and old.identity != identity:  # it reconnected: the old route is done
+            self._client_at.pop(old.identity, None)
+            self.links.pop(old.identity, None)
+            self.outbox.forget(old.identity)
+        client = self.clients[hello.peer_id] = Client(
+            hello.peer_id, identity, time.monotonic() + self.config.expiry, link.sees_all
+        )
+        self._client_at[identity] = client
+        self.outbox.forget(identity)  # this turn's events are in the journal: the replay has them, in order
+        for event in self.journal.events_after(hello.peer_id, hello.last_event):
+            self.outbox.event(identity, event)
+        _log.info("client %s connected (replaying events after %d)", hello.peer_id, hello.last_event)
+
+    def _join_worker(self, link: Link, hello: Hello) -> None:
+        identity = link.identity
         old_worker = self.workers.get(identity)
-        slots = 1 + hello.prefetch
+        if old_worker is None:  # it reconnected on a new route: its trials come with it
+            old_worker = next((w for w in self.workers.values() if w.id == hello.peer_id), None)
+            if old_worker is not None:
+                self.workers.pop(old_worker.identity, None)
+                self.links.pop(old_worker.identity, None)
+                self.scheduler.forget(old_worker)
         worker = Worker(
             hello.peer_id,
             identity,
             hello.host,
             hello.gpu,
             hello.pid,
-            expiry,
+            time.monotonic() + self.config.expiry,
             max_message_bytes=hello.max_message_bytes,
-            slots=slots,
+            slots=1 + hello.prefetch,
+            credential=link.credential,
         )
         if old_worker is not None:
             worker.since, worker.trials = old_worker.since, old_worker.trials
         self.workers[identity] = worker
-        self._send(identity, MsgType.WELCOME, welcome)
         # what it lists is all it runs or holds: a given-up attempt not listed has ended
         worker.stopping = set()
         for running in hello.running:
@@ -460,6 +481,87 @@ class Dispatcher:
             _log.info(
                 "worker %s joined from %s (gpu %s, pid %d)", worker.id, worker.host, worker.gpu, worker.pid
             )
+
+    def _reset(self, identity: bytes, sent: float) -> None:
+        """Ask an unknown peer to say HELLO, once per liveness window: each RESET makes it re-send all it
+        keeps, and a restarted dispatcher hears many messages from each peer before their HELLO.
+        ``sent``, the time of the message it answers, lets the peer ignore one older than its HELLO."""
+        if self._resets.allow(identity, time.monotonic()):
+            self.outbox.raw(identity, reset_frames(sent))
+
+    def _send(
+        self, identity: bytes, type: MsgType, body: object = None, *, trial: str = "", attempt: int = 0
+    ) -> None:
+        self.outbox.send(identity, type, body, trial=trial, attempt=attempt)
+
+    def _flush(self, *, reload: bool = True) -> None:
+        """Send what the loop turn produced, once the journal holds it. If the commit fails, SQLite
+        has rolled the turn back: nothing of it goes out, and (``reload``) the in-memory view, which
+        the turn changed too, is rebuilt from the journal."""
+        try:
+            self.journal.commit()
+        except StorageFault as fault:
+            self.storage.failed(fault)
+            if reload:
+                self._reload()
+            else:
+                self.outbox = Outbox(self._session_of, self._sock)
+            return
+        self.outbox.flush()
+
+    # ---- message handling ----
+
+    def _handle(self, link: Link, msg: Message) -> None:
+        """One message of a proven session, by the table of its role."""
+        identity = link.identity
+        expiry = time.monotonic() + self.config.expiry
+        if link.role is Role.WORKER:
+            worker = self.workers.get(identity)
+            if worker is not None:
+                worker.expiry = expiry
+                self._route(self._from_worker, worker, identity, msg, "a worker")
+        elif link.role is Role.CLIENT:
+            client = self._client_at.get(identity)
+            if client is not None:
+                client.expiry = expiry
+                self._route(self._from_client, client, identity, msg, "a client")
+        else:
+            link.opened = time.monotonic()  # an admin's link lives while it talks
+            self._route(self._from_admin, link, identity, msg, "an admin")
+
+    def _route(
+        self,
+        table: dict[MsgType, Callable[[P, Message], None]],
+        peer: P,
+        identity: bytes,
+        msg: Message,
+        role: str,
+    ) -> None:
+        handler = table.get(msg.type)
+        if handler is None:
+            self._drop(identity, ProtocolError(f"{msg.type.name} is not a message {role} may send"))
+            return
+        self._guarded(f"{msg.type.name} from peer {identity!r}", handler, peer, msg)
+
+    @staticmethod
+    def _guarded(what: str, step: Callable[..., object], *args: object) -> bool:
+        """A handler or a step of the loop that fails is logged and given up; the dispatcher serves on
+        (one bad message must not stop the cluster). What the step returned (False if it failed)."""
+        try:
+            return bool(step(*args))
+        except Exception:
+            _log.exception("failed: %s; dropped, serving on", what)
+            return False
+
+    def _on_status(self, link: Link, msg: Message) -> None:
+        self._send(link.identity, MsgType.STATUS_REPLY, self.status())
+
+    def _on_client_status(self, client: Client, msg: Message) -> None:
+        """A client sees the workers and its own trials (the cluster key, every trial)."""
+        self._send(client.identity, MsgType.STATUS_REPLY, self.status(None if client.sees_all else client.id))
+
+    def _on_admin_bye(self, link: Link, msg: Message) -> None:
+        self.links.pop(link.identity, None)
 
     def _on_submits(self, client: Client, msg: Message) -> None:
         """New trials, each acknowledged on its own (a re-sent one is acknowledged, not queued twice)."""
@@ -690,10 +792,11 @@ class Dispatcher:
         _log.debug("trial %s given back unstarted: queued again", rec.id)
 
     def _on_file(self, worker: Worker, msg: Message) -> None:
+        """A chunk of an artefact, written only for the live attempt, by the worker that runs it."""
         h = msg.header
-        rec = self.trials.get(h.trial)
-        ok = rec is not None and rec.attempt == h.attempt
-        if rec is not None and ok:
+        rec = self._current(worker, h.trial, h.attempt, "FILE")
+        ok = rec is not None
+        if rec is not None:
             try:
                 self.artifacts.write(rec.client, rec.id, msg.body)
             except StorageFault as fault:
@@ -702,7 +805,14 @@ class Dispatcher:
         self.outbox.ack(worker.identity, Ack(h.trial, h.attempt, h.seq, ok))
 
     def _on_client_cancel(self, client: Client, msg: Message) -> None:
+        """A client cancels its own trials (the cluster key, any)."""
         h = msg.header
+        rec = self.trials.get(h.trial)
+        if rec is not None and rec.client != client.id and not client.sees_all:
+            why = f"trial {h.trial!r} is not this client's: a client cancels only its own trials"
+            _log.warning("refused a CANCEL from client %s: %s", client.id, why)
+            self.outbox.ack(client.identity, Ack(h.trial, h.attempt, h.seq, False, why))
+            return
         self._cancel(h.trial, msg.body.reason)
         self.outbox.ack(client.identity, Ack(h.trial, h.attempt, h.seq))
 
@@ -728,14 +838,17 @@ class Dispatcher:
         self._forget_client(client)
 
     def _forget_client(self, client: Client) -> None:
-        self.clients.pop(client.id, None)
+        if self.clients.get(client.id) is client:
+            del self.clients[client.id]
         self._client_at.pop(client.identity, None)
+        self.links.pop(client.identity, None)
         self.outbox.forget(client.identity)
 
     # ---- state changes ----
 
     def _remove_worker(self, worker: Worker, why: str) -> None:
         self.workers.pop(worker.identity, None)
+        self.links.pop(worker.identity, None)
         self.scheduler.forget(worker)
         _log.log(logging.INFO if why == "left" else logging.WARNING, "worker %s %s", worker.id, why)
         self._lose_all(worker, f"worker lost: {worker.id} {why}")
@@ -786,9 +899,12 @@ class Dispatcher:
         self._event(rec, Event(self.journal.add_state(rec.client, change), state=change))
 
     def _event(self, rec: TrialRecord, event: Event) -> None:
+        """To the trial's client, if it is there (else its next HELLO replays it from the journal)."""
         client = self.clients.get(rec.client)
         if client is not None:
-            self.outbox.event(client.identity, event)
+            link = self.links.get(client.identity)
+            if link is not None and link.proven:  # an unproven one gets the replay when it joins
+                self.outbox.event(client.identity, event)
 
     def _dispatch(self) -> None:
         """Queued trials to idle workers first, then round-robin to the free slots of busy ones.
@@ -833,6 +949,11 @@ class Dispatcher:
         )
 
     def _beat(self, now: float) -> None:
+        self._revoke(self.gate.refresh())
+        for link in list(self.links.values()):  # sessions opened and never used, admins gone quiet
+            if (not link.proven or link.role is Role.ADMIN) and link.opened + self.config.expiry < now:
+                self.links.pop(link.identity, None)
+                self._hellos.pop(link.identity, None)
         for worker in list(self.workers.values()):
             if worker.expiry < now:
                 self._remove_worker(worker, f"missed heartbeats for {self.config.expiry:.1f}s")
@@ -852,12 +973,32 @@ class Dispatcher:
                 if rec.state is TrialState.RUNNING:
                     self._lost(rec, f"worker {rec.worker} did not come back after a dispatcher restart")
 
+    def _revoke(self, revoked: list[tuple[str, int]]) -> None:
+        """Cut the sessions of credentials just revoked: told REFUSED, their peers forgotten (a worker's
+        trials are queued again, as when it is lost)."""
+        if not revoked:
+            return
+        for link in list(self.links.values()):
+            if not self.gate.revoked(link):
+                continue
+            reason = f"credential {link.credential!r} was revoked"
+            self._send(link.identity, MsgType.REFUSED, Refused(reason))
+            worker, client = self.workers.get(link.identity), self._client_at.get(link.identity)
+            if worker is not None:
+                self._remove_worker(worker, reason)
+            elif client is not None:
+                self._forget_client(client)
+            self.links.pop(link.identity, None)
+            _log.warning("cut %s %r: %s", link.role.value, link.peer_id, reason)
+
     # ---- status ----
 
-    def status(self) -> StatusReply:
+    def status(self, client: str | None = None) -> StatusReply:
+        """Workers and trial counts: of every trial, or of one client's."""
         counts = {state.value: 0 for state in TrialState}
         for rec in self.trials.values():
-            counts[rec.state.value] += 1
+            if client is None or rec.client == client:
+                counts[rec.state.value] += 1
         now = time.time()
         workers = [
             WorkerInfo(w.id, w.host, w.gpu, w.pid, "busy" if w.trial else "idle", w.trial, now - w.since)

@@ -29,6 +29,7 @@ from typing import Any
 import zmq
 
 from retia.blobs import BlobStore
+from retia.credentials import Credential
 from retia.failure import Failure, FailureKind
 from retia.peer import Peer
 from retia.protocol import (
@@ -42,7 +43,6 @@ from retia.protocol import (
     ReportBatch,
     Role,
     Run,
-    Session,
     TrialAttempt,
     TrialState,
     batches,
@@ -74,20 +74,21 @@ _SKIP_GRACE = 1.0
 class Agent:
     """One per GPU: connects, says HELLO, runs what it is given, never runs user code itself."""
 
-    def __init__(self, config: WorkerConfig, key: bytes) -> None:
+    def __init__(self, config: WorkerConfig, credential: Credential) -> None:
         self.config = config
         self.id = config.name or f"{socket.gethostname()}-gpu{config.gpu}-{os.getpid()}"
-        self.session = Session(key, self.id, max_message_bytes=config.max_message_bytes)
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.peer = Peer(
             self._ctx,
             config.connect,
-            self.session,
+            credential,
+            self.id,
             self._hello,
             timing=config.timing,
             curve_server_key=config.curve_server_key,
             after_hello=self._after_hello,
             max_items=_DONES_PER_MESSAGE,
+            max_message_bytes=config.max_message_bytes,
         )
         self._mp = multiprocessing.get_context("forkserver")
         self._mp.set_forkserver_preload([*config.preload, "retia.worker.gc_freeze"])  # gc_freeze last
@@ -240,6 +241,9 @@ class Agent:
         elif msg.type is MsgType.RESET:
             self.peer.reset(msg.body)
         elif msg.type is MsgType.SHUTDOWN:
+            self.stop()
+        elif msg.type is MsgType.REFUSED:  # for good (a revoked credential): the peer stopped trying
+            _log.error("worker %s stops: the dispatcher refused it (%s)", self.id, msg.body.reason)
             self.stop()
         elif msg.type not in (MsgType.HEARTBEAT, MsgType.WELCOME):
             _log.warning("unexpected %s from the dispatcher", msg.type.name)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
 
 from retia.cli import raise_open_file_limit
+from retia.credentials import CREDENTIAL_ENV, Credential, resolve_credential
 from retia.errors import RetiaError
-from retia.keys import DEFAULT_HOME, KEY_ENV, resolve_key
+from retia.keys import DEFAULT_HOME, KEY_ENV
 
 from .config import DEFAULT_PRELOAD, WorkerConfig
 
@@ -20,14 +22,23 @@ REUSE_PREFETCH = 32  # trials a --reuse-process worker holds by default: short t
 
 
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--connect", required=True, help="dispatcher endpoint, e.g. tcp://head:5555")
+    parser.add_argument(
+        "--connect", default="", help="dispatcher endpoint, e.g. tcp://head:5555 (default: the credential's)"
+    )
     parser.add_argument(
         "--gpu",
         default="none",
         help="CUDA device index this worker owns, or 'none' for CPU (default %(default)s)",
     )
     parser.add_argument(
-        "--key-file", type=Path, help=f"cluster key file (default ${KEY_ENV} or <home>/cluster.key)"
+        "--credential",
+        type=Path,
+        help=f"this worker's credential (retia credential issue --role worker; default ${CREDENTIAL_ENV})",
+    )
+    parser.add_argument(
+        "--key-file",
+        type=Path,
+        help=f"or the cluster key file itself (default ${KEY_ENV} or <home>/cluster.key)",
     )
     parser.add_argument(
         "--home",
@@ -113,8 +124,9 @@ def run_worker(args: argparse.Namespace) -> int:
     )
     raise_open_file_limit("worker")
     try:
+        credential = _credential(args)
         config = WorkerConfig(
-            connect=args.connect,
+            connect=args.connect or credential.address,
             gpu=str(args.gpu).lower(),
             home=args.home,
             key_file=args.key_file,
@@ -134,8 +146,7 @@ def run_worker(args: argparse.Namespace) -> int:
             blob_cache_bytes=int(args.blob_cache_gb * (1 << 30)),
             curve_server_key=args.curve_server_key,
         )
-        key_file = config.key_file or (None if _env_key() else config.home.expanduser() / "cluster.key")
-        agent = Agent(config, resolve_key(key_file=key_file))
+        agent = Agent(config, credential)
     except RetiaError as exc:
         print(f"retia worker: {exc}", file=sys.stderr)
         return 2
@@ -145,10 +156,17 @@ def run_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _env_key() -> bool:
-    import os
-
-    return bool(os.environ.get(KEY_ENV))
+def _credential(args: argparse.Namespace) -> Credential:
+    """``--credential``, ``$RETIA_CREDENTIAL``, else the cluster key (``--key-file``, ``$RETIA_KEY`` or
+    <home>/cluster.key)."""
+    key_file = args.key_file
+    if (
+        args.credential is None
+        and key_file is None
+        and not (os.environ.get(CREDENTIAL_ENV) or os.environ.get(KEY_ENV))
+    ):
+        key_file = args.home.expanduser() / "cluster.key"
+    return resolve_credential(args.credential, key_file=key_file)
 
 
 def main(argv: list[str] | None = None) -> int:
