@@ -693,13 +693,14 @@ class Dispatcher:
         h = msg.header
         rec = self.trials.get(h.trial)
         ok = rec is not None and rec.attempt == h.attempt
+        refused = ""  # why the chunk's name was refused (issue 17: names are checked in artifacts.py)
         if rec is not None and ok:
             try:
-                self.artifacts.write(rec.client, rec.id, msg.body)
+                refused = self.artifacts.write(rec.client, rec.id, msg.body)
             except StorageFault as fault:
                 self.storage.failed(fault)  # unacknowledged: the worker sends the chunk again
                 return
-        self.outbox.ack(worker.identity, Ack(h.trial, h.attempt, h.seq, ok))
+        self.outbox.ack(worker.identity, Ack(h.trial, h.attempt, h.seq, ok and not refused, refused))
 
     def _on_client_cancel(self, client: Client, msg: Message) -> None:
         h = msg.header
