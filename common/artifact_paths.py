@@ -43,7 +43,9 @@ def artifact_parts(name: str) -> tuple[str, ...]:
     except UnicodeEncodeError:
         raise UnsafePathError(f"artefact name {name!r:.300} is not valid UTF-8") from None
     if size > MAX_NAME_BYTES:
-        raise UnsafePathError(f"artefact name {name[:60]!r}... is {size} bytes long (at most {MAX_NAME_BYTES})")
+        raise UnsafePathError(
+            f"artefact name {name[:60]!r}... is {size} bytes long (at most {MAX_NAME_BYTES})"
+        )
     if name.startswith("/"):
         raise UnsafePathError(f"artefact name {name!r:.300} is absolute")
     if "\\" in name:
@@ -68,7 +70,9 @@ def artifact_path(root: str, name: str) -> str:
     return os.path.join(root, *artifact_parts(name))
 
 
-def open_beneath(root: str, parts: Sequence[str], flags: int, mode: int = 0o666, *, make_dirs: bool = False) -> int:
+def open_beneath(
+    root: str, parts: Sequence[str], flags: int, mode: int = 0o666, *, make_dirs: bool = False
+) -> int:
     """A descriptor of ``root/parts...`` opened with ``flags`` (its owner closes it), reached one
     component at a time from a descriptor of ``root`` with ``O_NOFOLLOW``: a symbolic link anywhere
     below ``root`` (planted before, or swapped in while we walk) fails with ``OSError`` (``ELOOP``,
@@ -94,4 +98,3 @@ def open_beneath(root: str, parts: Sequence[str], flags: int, mode: int = 0o666,
         os.close(last)
         raise OSError(errno.ENXIO, f"{os.path.join(root, *parts)} is not a regular file")
     return last
-
