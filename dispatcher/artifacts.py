@@ -80,7 +80,10 @@ class ArtifactStore:
 
 
 # what a peer's names can run into in its own trial's directory: its file alone is refused
-_CLASHES = frozenset({errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.ENXIO, errno.EEXIST, errno.ENAMETOOLONG})
+_CLASHES = frozenset(
+    {errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.ENXIO, errno.EEXIST, errno.ENAMETOOLONG}
+)
+
 
 def _safe_name(name: str) -> str:
     if _SAFE.fullmatch(name):  # trial and client ids, in practice
