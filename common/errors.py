@@ -17,6 +17,7 @@ __all__ = [
     "ProtocolError",
     "MessageTooLarge",
     "StorageFault",
+    "UnsafePathError",
     "TrialFailedError",
     "TrialCancelledError",
     "TrialTimeoutError",
@@ -108,6 +109,11 @@ _STORAGE_SAYING = {  # what happened, what to do
     StorageKind.QUOTA: ("the dispatcher's disk quota is exceeded", "free space there or raise the quota"),
     StorageKind.FAILING: ("the dispatcher's disk failed a write", "check the disk"),
 }
+
+
+class UnsafePathError(RetiaError, ValueError):
+    """A peer-supplied artefact name that is no plain relative path (absolute, ``..``, a control
+    character...) or that would reach outside its trial's directory: the one file is refused."""
 
 
 class InvalidArchitectureError(RetiaError, ValueError):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
 import re
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
+from retia.artifact_paths import artifact_parts, open_beneath
+from retia.errors import UnsafePathError
 from retia.protocol import FileChunk
 
 from .storage import storage_fault
@@ -18,7 +21,7 @@ _log = logging.getLogger(__name__)
 
 
 class ArtifactStore:
-    """``<root>/<client>/<trial>/<relative path>``; paths that try to escape are refused."""
+    """``<root>/<client>/<trial>/<relative path>``; a name that would land anywhere else is refused."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -28,26 +31,58 @@ class ArtifactStore:
     def trial_path(self, client: str, trial: str) -> str:
         return os.path.join(self._root, _safe_name(client), _safe_name(trial))
 
-    def write(self, client: str, trial: str, chunk: FileChunk) -> bool:
-        """Write one chunk; False for a path that escapes. A full or read-only disk raises
-        :class:`~retia.dispatcher.storage.StorageFault` (the chunk must then not be acknowledged)."""
-        parts = PurePosixPath(chunk.path).parts
-        if not parts or parts[0] == "/" or ".." in parts:
-            _log.warning("refused artefact path %r for trial %s", chunk.path, trial)
-            return False
-        target = os.path.join(self.trial_path(client, trial), *parts)
+    def write(self, client: str, trial: str, chunk: FileChunk) -> str:
+        """Write one chunk: "" once written, else why it was refused (and logged, so a DONE's inline
+        file is skipped by it alone): a name that is no plain relative path (see
+        :func:`~retia.artifact_paths.artifact_parts`), or one that meets a symbolic link, a file where
+        a directory must go or a directory where the file must go. The file is reached one component
+        at a time with ``O_NOFOLLOW`` (:func:`~retia.artifact_paths.open_beneath`), not by checking a
+        resolved path and then opening it: a link planted or swapped in is never followed, with no
+        window between a check and the write. A full or read-only disk raises
+        :class:`~retia.dispatcher.storage.StorageFault` (the chunk must then not be acknowledged);
+        a failure to make the trial's own directory (the dispatcher's) is raised as it is."""
         try:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            mode = "r+b" if chunk.offset and os.path.exists(target) else "wb"
-            with open(target, mode) as f:
-                f.seek(chunk.offset)
-                f.write(chunk.data)
+            parts = artifact_parts(chunk.path)
+        except UnsafePathError as exc:
+            return self._refused(trial, str(exc))
+        directory = self.trial_path(client, trial)
+        target = os.path.join(directory, *parts)
+        flags = os.O_WRONLY | os.O_CREAT | (0 if chunk.offset else os.O_TRUNC)
+        try:
+            os.makedirs(directory, exist_ok=True)
+            try:
+                fd = open_beneath(directory, parts, flags, make_dirs=True)
+            except OSError as exc:
+                if exc.errno not in _CLASHES:
+                    raise
+                return self._refused(
+                    trial,
+                    f"artefact {chunk.path!r:.300} meets a symbolic link, a file where a directory must "
+                    f"go, or a directory or special file where it must go ({exc.strerror})",
+                )
+            try:
+                data, done = memoryview(chunk.data), 0
+                while done < len(data):
+                    done += os.pwrite(fd, data[done:], chunk.offset + done)
+            finally:
+                os.close(fd)
         except OSError as exc:
             fault = storage_fault(exc, "an artefact", target)
             if fault is None:
                 raise
             raise fault from exc
-        return True
+        return ""
+
+    @staticmethod
+    def _refused(trial: str, reason: str) -> str:
+        _log.warning("trial %s: refused an artefact: %s", trial, reason)
+        return reason
+
+
+# what a peer's names can run into in its own trial's directory: its file alone is refused
+_CLASHES = frozenset(
+    {errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.ENXIO, errno.EEXIST, errno.ENAMETOOLONG}
+)
 
 
 def _safe_name(name: str) -> str:

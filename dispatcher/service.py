@@ -796,13 +796,14 @@ class Dispatcher:
         h = msg.header
         rec = self._current(worker, h.trial, h.attempt, "FILE")
         ok = rec is not None
+        refused = "" if ok else f"attempt {h.attempt} of trial {h.trial!r} is not running on this worker"
         if rec is not None:
             try:
-                self.artifacts.write(rec.client, rec.id, msg.body)
+                refused = self.artifacts.write(rec.client, rec.id, msg.body)
             except StorageFault as fault:
                 self.storage.failed(fault)  # unacknowledged: the worker sends the chunk again
                 return
-        self.outbox.ack(worker.identity, Ack(h.trial, h.attempt, h.seq, ok))
+        self.outbox.ack(worker.identity, Ack(h.trial, h.attempt, h.seq, ok and not refused, refused))
 
     def _on_client_cancel(self, client: Client, msg: Message) -> None:
         """A client cancels its own trials (the cluster key, any)."""

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from retia.artifact_paths import open_beneath
 from retia.errors import ProtocolError
 from retia.failure import Failure, FailureKind
 from retia.protocol import Done, FileChunk, InlineFile, MsgType, Outgoing, Report, Run, TrialState
@@ -200,13 +201,17 @@ def _signal_name(number: int) -> str:
 
 
 def _list_files(root: str) -> list[tuple[str, str, int]]:
-    """(path relative to root with "/", path, size) of every regular file under root, sorted.
+    """(path relative to root with "/", real path, size) of every regular file under root, sorted.
 
-    ``os.scandir`` rather than ``Path.rglob``: it runs for every trial, and rglob's path
-    objects were a measurable share of a short trial's cost (docs/benchmarks.md).
+    A symbolic link to a file ships that file under the link's name only when it resolves inside
+    root: a link out (to the worker's key, to ``/etc/shadow`` when the agent runs as root) is
+    skipped, and logged. Paths are real (no link in them), so :func:`_open_artifact` can reach each
+    without following any link. ``os.scandir`` rather than ``Path.rglob``: it runs for every trial,
+    and rglob's path objects were a measurable share of a short trial's cost (docs/benchmarks.md).
     """
     found: list[tuple[str, str, int]] = []
-    stack = [(root, "")]
+    real_root = os.path.realpath(root)
+    stack = [(real_root, "")]
     while stack:
         directory, prefix = stack.pop()
         try:
@@ -214,11 +219,32 @@ def _list_files(root: str) -> list[tuple[str, str, int]]:
         except OSError:
             continue
         for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                stack.append((entry.path, f"{prefix}{entry.name}/"))
-            elif entry.is_file():  # a link to a file ships the file, as before
-                found.append((_wire_name(prefix + entry.name), entry.path, entry.stat().st_size))
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append((entry.path, f"{prefix}{entry.name}/"))
+                elif entry.is_file(follow_symlinks=False):
+                    found.append((_wire_name(prefix + entry.name), entry.path, entry.stat().st_size))
+                elif entry.is_symlink() and (target := _link_inside(entry.path, real_root)):
+                    found.append((_wire_name(prefix + entry.name), target, os.stat(target).st_size))
+            except OSError:
+                continue  # gone meanwhile
     return sorted(found)
+
+
+def _link_inside(link: str, real_root: str) -> str:
+    """The real path of the regular file ``link`` points to, when it lies under ``real_root``; else
+    "" (logged when it points out: its target is not the trial's to send)."""
+    target = os.path.realpath(link)
+    if os.path.commonpath([target, real_root]) != real_root:
+        _log.warning("artefact %s links to %s, outside the trial's output directory; not sent", link, target)
+        return ""
+    return target if os.path.isfile(target) else ""
+
+
+def _open_artifact(path: str) -> int:
+    """A descriptor of the regular file at the real path ``path`` (from :func:`_list_files`), reached
+    without following any link: one swapped in since the listing raises ``OSError`` instead."""
+    return open_beneath("/", path.split("/")[1:], os.O_RDONLY)
 
 
 def _wire_name(rel: str) -> str:
@@ -257,7 +283,7 @@ def pick_artifacts(
             streamed.append((rel, path, size))
             continue
         try:
-            with open(path, "rb") as f:
+            with open(_open_artifact(path), "rb") as f:
                 inline.append(InlineFile(rel, f.read(size)))  # at most what was checked, if it grew since
         except OSError as exc:
             _log.warning("artefact %s not sent: %s", path, exc)
@@ -276,7 +302,7 @@ def file_chunks(rel: str, path: str, chunk: int, size: int) -> Iterator[FileChun
     says so): what was checked, never more; if the file shrank or went, the rest are empty."""
     count = chunk_count(size, chunk)
     try:
-        f = open(path, "rb", buffering=0)  # unbuffered: no read past what was checked
+        f = open(_open_artifact(path), "rb", buffering=0)  # unbuffered: no read past what was checked
     except OSError as exc:
         _log.warning("artefact %s not sent: %s", path, exc)
         f = None
