@@ -52,6 +52,7 @@ from retia.protocol import (
 from . import runner
 from .config import WorkerConfig
 from .fetch import BlobFetcher
+from .isolation import file_access_of, secure_worker_home
 from .processes import Exiting, reap, strategy_for
 from .trial import RunningTrial, Upload, alive, pick_artifacts, set_policy
 
@@ -101,6 +102,8 @@ class Agent:
         self._uploads: deque[Upload] = deque()  # artefacts streaming under the window, DONEs behind them
         self._poller: tuple[Any, zmq.Poller] | None = None
         self._batch = False  # the loop runs SCHED_BATCH (trials queue in the reused child)
+        self._user = config.trial_account  # trials run as this user (None: as ours)
+        secure_worker_home(config.home, self._user)  # before the blob store and the fork server
         self.blobs = BlobStore(config.blobs_dir, config.blob_cache_bytes)
         self._trials_dir = str(config.trials_dir)
         self.processes = strategy_for(self._mp, config.reuse_process, self._trials_dir)
@@ -327,6 +330,7 @@ class Agent:
             self.config.trial_threads,
             str(self.config.blobs_dir),
             self.processes.scratch,
+            self._user,
         )
         launched = self.processes.launch(spec, busy=self.trial is not None)
         if launched is None:  # the running trial's child died under it: this one waits for the next child
@@ -433,8 +437,9 @@ class Agent:
                 trial.id, trial.attempt, trial.seq + 1, state, trial.cancel or "cancelled before it started"
             )
         else:
-            files = self._ship_artifacts(trial)  # FILE chunks take seqs before the DONE's
-            done = trial.outcome(now, trial.seq + 1, items, files)
+            with file_access_of(self._user):  # what the trial could not read, it cannot make us send
+                files = self._ship_artifacts(trial)  # FILE chunks take seqs before the DONE's
+                done = trial.outcome(now, trial.seq + 1, items, files)
             if trial.reports:
                 done = dataclasses.replace(done, report_count=trial.reports)
         trial.seq += 1
@@ -484,7 +489,8 @@ class Agent:
         while self._uploads:
             upload = self._uploads[0]
             while self.peer.kept_count(MsgType.FILE) < _FILE_WINDOW:
-                chunk = upload.next()
+                with file_access_of(self._user):  # (a chunk opens its file)
+                    chunk = upload.next()
                 if chunk is None:
                     break
                 self.peer.keep([chunk])

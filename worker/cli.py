@@ -13,6 +13,7 @@ from retia.errors import RetiaError
 from retia.keys import DEFAULT_HOME, KEY_ENV, resolve_key
 
 from .config import DEFAULT_PRELOAD, WorkerConfig
+from .isolation import forget_credentials
 
 __all__ = ["add_worker_arguments", "run_worker", "main"]
 
@@ -100,6 +101,13 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-prefetch", dest="prefetch", action="store_const", const=0, help="same as --prefetch 0"
     )
+    parser.add_argument(
+        "--trial-user",
+        default="",
+        metavar="NAME",
+        help="run each trial as this user, who cannot read the worker's key or files (the worker "
+        "must run as root, as in the Docker images); default: trials run as the worker's user",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
 
 
@@ -133,9 +141,12 @@ def run_worker(args: argparse.Namespace) -> int:
             else args.prefetch,
             blob_cache_bytes=int(args.blob_cache_gb * (1 << 30)),
             curve_server_key=args.curve_server_key,
+            trial_user=args.trial_user,
         )
         key_file = config.key_file or (None if _env_key() else config.home.expanduser() / "cluster.key")
-        agent = Agent(config, resolve_key(key_file=key_file))
+        key = resolve_key(key_file=key_file)
+        forget_credentials()  # read: now out of the environment the fork server and every trial inherit
+        agent = Agent(config, key)
     except RetiaError as exc:
         print(f"retia worker: {exc}", file=sys.stderr)
         return 2

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from . import pipe
+from .isolation import TrialUser, become, forget_credentials
 
 __all__ = [
     "TrialSpec",
@@ -80,6 +81,7 @@ class TrialSpec:
     threads: int
     blob_dir: str = ""
     scratch: str = ""  # --reuse-process: the trial runs here; renamed to output_dir if it left anything
+    user: TrialUser | None = None  # --trial-user: the process becomes this user before the trial's code runs
 
 
 def warm_up() -> None:
@@ -139,8 +141,13 @@ def serve_trials(first: TrialSpec, specs: Connection, conn: Connection) -> None:
 
 def _become_trial_process(spec: TrialSpec) -> None:
     os.setsid()  # own process group: the agent kills the trial and anything it spawned together
-    _die_with_parent()
+    if spec.user is not None:
+        become(spec.user)
+        if not os.access(os.getcwd(), os.X_OK):  # the worker's directory is not the trial user's
+            os.chdir(os.path.dirname(spec.output_dir))
+    _die_with_parent()  # (after the switch: a change of uid clears the parent-death signal)
     become_subreaper()  # what escapes the group (setsid, a double fork) stays ours to kill
+    forget_credentials()  # the worker took them out before the fork server started: again, to be sure
     os.environ["CUDA_VISIBLE_DEVICES"] = spec.cuda_visible_devices
     _redirect_output(_scratch_log(spec.scratch) if spec.scratch else spec.log_file)
     if spec.threads > 0:
