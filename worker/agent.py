@@ -77,6 +77,8 @@ class Agent:
 
     def __init__(self, config: WorkerConfig, key: bytes) -> None:
         self.config = config
+        self._user = config.trial_account  # trials run as this user (None: as ours)
+        secure_worker_home(config.home, self._user)  # first: before the blob store and the fork server
         self.id = config.name or f"{socket.gethostname()}-gpu{config.gpu}-{os.getpid()}"
         self.session = Session(key, self.id, max_message_bytes=config.max_message_bytes)
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -102,8 +104,6 @@ class Agent:
         self._uploads: deque[Upload] = deque()  # artefacts streaming under the window, DONEs behind them
         self._poller: tuple[Any, zmq.Poller] | None = None
         self._batch = False  # the loop runs SCHED_BATCH (trials queue in the reused child)
-        self._user = config.trial_account  # trials run as this user (None: as ours)
-        secure_worker_home(config.home, self._user)  # before the blob store and the fork server
         self.blobs = BlobStore(config.blobs_dir, config.blob_cache_bytes)
         self._trials_dir = str(config.trials_dir)
         self.processes = strategy_for(self._mp, config.reuse_process, self._trials_dir)

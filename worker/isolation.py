@@ -27,7 +27,7 @@ import os
 import pwd
 import stat
 import sys
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +49,6 @@ _log = logging.getLogger(__name__)
 
 # variables that hold a credential or say where one is: never passed on to a trial
 CREDENTIAL_ENV = (KEY_ENV, "RETIA_CREDENTIAL")
-_PR_SET_DUMPABLE = 4
 TRIAL_HOME_MODE = 0o711  # the worker home under --trial-user: passable, not listable
 BLOB_DIR_MODE = 0o2750  # root's, the trial user's group, setgid: each blob takes that group
 BLOB_MODE = 0o640
@@ -97,16 +96,11 @@ def trial_user(name: str) -> TrialUser:
 
 def become(user: TrialUser) -> None:
     """Switch this process for good to ``user``: groups, then gid, then uid (real, effective and
-    saved, so there is no way back), and the variables that name the user.
-
-    Linux makes a process whose uid changed non-dumpable (its /proc files become root's, so the
-    trial could not read even its own); it is made dumpable again: it holds nothing of root's,
-    the fork server having started without the credential."""
+    saved, so there is no way back), and the variables that name the user."""
     os.setgroups(list(user.groups))
     os.setresgid(user.gid, user.gid, user.gid)
     os.setresuid(user.uid, user.uid, user.uid)
     os.environ.update(HOME=user.home, USER=user.name, LOGNAME=user.name)
-    _prctl(_PR_SET_DUMPABLE, 1)
 
 
 def secure_worker_home(home: Path, user: TrialUser | None) -> None:
@@ -187,20 +181,16 @@ def file_access_of(user: TrialUser | None) -> Iterator[None]:
         _setfsgid(gid)
 
 
-def _libc_call(name: str) -> ctypes._CFuncPtr | None:
+def _libc_call(name: str) -> Callable[[int], int] | None:
+    """A libc function taking and returning an int (Linux only; None elsewhere)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        return getattr(ctypes.CDLL(None, use_errno=True), name)  # type: ignore[no-any-return]
+        function: Callable[[int], int] = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
+    return function
 
 
 _setfsuid = _libc_call("setfsuid")
 _setfsgid = _libc_call("setfsgid")
-
-
-def _prctl(option: int, value: int) -> None:
-    prctl = _libc_call("prctl")
-    if prctl is not None:
-        prctl(option, value)

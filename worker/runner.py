@@ -53,6 +53,7 @@ __all__ = [
 ]
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_DUMPABLE = 4
 _PR_SET_CHILD_SUBREAPER = 36
 _REAP_SECONDS = 2.0  # how long a trial process waits for the processes it killed to be reaped
 
@@ -143,6 +144,9 @@ def _become_trial_process(spec: TrialSpec) -> None:
     os.setsid()  # own process group: the agent kills the trial and anything it spawned together
     if spec.user is not None:
         become(spec.user)
+        # Linux made it non-dumpable (its /proc files root's: the trial could not read even its
+        # own); it holds nothing of root's (the fork server started without the credential)
+        _prctl(_PR_SET_DUMPABLE, 1)
         if not os.access(os.getcwd(), os.X_OK):  # the worker's directory is not the trial user's
             os.chdir(os.path.dirname(spec.output_dir))
     _die_with_parent()  # (after the switch: a change of uid clears the parent-death signal)

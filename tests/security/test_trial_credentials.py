@@ -26,6 +26,7 @@ import pytest
 
 from retia import FunctionalEvaluator, report_final_result
 from retia.client.backend import Backend
+from retia.errors import TrialFailedError
 
 from ..clusters import HEARTBEAT_INTERVAL, LIVENESS, fast_cluster, processes
 from ..integration import fits
@@ -59,8 +60,18 @@ def looks_for_the_key(model_cls: Any, key: str, agent_pid: int, key_file: str, b
     report_final_result(1.0)
 
 
+def links_its_log_to_the_key_file_and_raises(model_cls: Any, key_file: str) -> None:
+    """The agent reads trial.log for the failure's tail: as a link to the key file, it must not."""
+    log = os.path.join(os.environ["RETIA_OUTPUT_DIR"], "trial.log")
+    os.remove(log)
+    os.symlink(key_file, log)
+    raise RuntimeError("gave up")
+
+
 @contextmanager
-def worker_with_key_in_env(worker_home: Path, cluster_home: Path, *args: str) -> Iterator[tuple[Backend, int]]:
+def worker_with_key_in_env(
+    worker_home: Path, cluster_home: Path, *args: str
+) -> Iterator[tuple[Backend, int]]:
     """A cluster whose one worker is a real ``retia worker`` given the key in ``RETIA_KEY`` (local_cluster's
     own, started with --key-file, is replaced by it), the key file also in its home; (backend, its pid)."""
     with fast_cluster(workers=1, home=cluster_home) as backend:
@@ -145,3 +156,46 @@ def test_with_a_trial_user_a_trial_cannot_read_the_agents_environment_nor_the_ke
         assert place["link"] == "no key"  # the agent does not read through it for the trial
     assert oct(worker_home.stat().st_mode & 0o777) == "0o711"
     assert (worker_home / "trials").stat().st_uid == pwd.getpwnam("nobody").pw_uid
+
+
+@needs_root
+def test_with_a_trial_user_a_log_linked_to_the_key_file_brings_no_key_home(
+    tmp_path: Path, reachable: Path
+) -> None:
+    worker_home = reachable / "worker"
+    with worker_with_key_in_env(worker_home, tmp_path / "cluster", "--trial-user", "nobody") as (backend, _):
+        key = (tmp_path / "cluster" / "cluster.key").read_text().strip()
+        evaluator = FunctionalEvaluator(
+            links_its_log_to_the_key_file_and_raises, key_file=str(worker_home / "cluster.key")
+        )
+        trial = backend.submit(fits.DigitsMLP, evaluator)
+        with pytest.raises(TrialFailedError) as caught:
+            trial.result(timeout=60)
+    failure = caught.value.failure
+    assert failure is not None and failure.exc_type == "RuntimeError"
+    assert key not in failure.log_tail and key not in failure.traceback
+    assert trial.output_dir is None or not (trial.output_dir / "trial.log").exists()
+
+
+def _start_worker(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``retia worker`` that must refuse to start (it would otherwise try to connect forever)."""
+    cmd = [sys.executable, "-m", "retia.worker", "--connect", "tcp://127.0.0.1:9", "--home", str(home)]
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_a_worker_refuses_a_trial_user_that_does_not_exist(tmp_path: Path) -> None:
+    refused = _start_worker(tmp_path / "worker", "--trial-user", "retia-no-such-user")
+    assert refused.returncode == 2
+    assert "--trial-user retia-no-such-user: no such user on this machine; create it" in refused.stderr
+
+
+@needs_root
+def test_a_worker_refuses_a_home_its_trial_user_cannot_pass_through(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o700)
+    key = tmp_path / "cluster.key"
+    key.write_text("k" * 64)
+    key.chmod(0o600)
+    refused = _start_worker(locked / "worker", "--key-file", str(key), "--trial-user", "nobody")
+    assert refused.returncode == 2
+    assert "--trial-user nobody cannot pass through" in refused.stderr and "choose a --home" in refused.stderr
