@@ -13,6 +13,7 @@ from retia.errors import RetiaError
 from retia.keys import DEFAULT_HOME, KEY_ENV, resolve_key
 
 from .config import DispatcherConfig
+from .home import secure_home
 
 __all__ = ["add_dispatcher_arguments", "run_dispatcher", "main"]
 
@@ -86,6 +87,7 @@ def run_dispatcher(args: argparse.Namespace) -> int:
             blob_budget_bytes=int(args.blob_budget_gb * (1 << 30)),
             curve=args.curve,
         )
+        secure_home(config)  # before the key is created in it
         key = resolve_key(key_file=config.key_path, create=True)
         dispatcher = Dispatcher(config, key)
     except RetiaError as exc:

@@ -17,8 +17,8 @@ __all__ = ["secure_home"]
 
 def secure_home(config: DispatcherConfig) -> None:
     """Create the home 0700 (or make it so) and its artefact, blob and certificate directories
-    0700, each change logged; before the key is created or read. (The journal's files, which may
-    live elsewhere, are made 0600 where it is opened: :func:`~retia.dispatcher.journal.secure_journal_files`.)"""
+    0700, each change logged; before the key is created or read. (The journal, which may live
+    elsewhere, is made 0600 where it is opened: ``journal.secure_journal_files``.)"""
     private_dir(config.home_dir, what="dispatcher home")
     for name in ("artifacts", "blobs", "curve"):
         if (config.home_dir / name).is_dir():
