@@ -413,7 +413,10 @@ class Agent:
         # the process ended with this trial (not after it, as a fresh one does)
         went_down = dead and not (trial.finished and not trial.kill_reason)
         if went_down:
-            self.processes.file_scratch(trial.output_dir, lambda: f"trial {trial.id} attempt {trial.attempt}")
+            with file_access_of(self._user):  # (in the trial user's directory: as that user)
+                self.processes.file_scratch(
+                    trial.output_dir, lambda: f"trial {trial.id} attempt {trial.attempt}"
+                )
         if went_down or not trial.reused or (dead and not self._queued):
             if not dead:  # fit is over; the process exits on its own, reaped later
                 self._exiting.append(Exiting(trial.process, now + self.config.kill_grace))
