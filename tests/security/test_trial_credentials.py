@@ -199,3 +199,10 @@ def test_a_worker_refuses_a_home_its_trial_user_cannot_pass_through(tmp_path: Pa
     refused = _start_worker(locked / "worker", "--key-file", str(key), "--trial-user", "nobody")
     assert refused.returncode == 2
     assert "--trial-user nobody cannot pass through" in refused.stderr and "choose a --home" in refused.stderr
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="runs as root here: the refusal is for a worker that is not")
+def test_a_worker_that_is_not_root_refuses_a_trial_user(tmp_path: Path) -> None:
+    refused = _start_worker(tmp_path / "worker", "--trial-user", "nobody")
+    assert refused.returncode == 2
+    assert "--trial-user nobody needs the worker to run as root" in refused.stderr
