@@ -14,6 +14,7 @@ from retia.errors import RetiaError
 from retia.keys import DEFAULT_HOME, resolve_key
 
 from .config import DispatcherConfig
+from .home import secure_home
 
 __all__ = ["add_dispatcher_arguments", "run_dispatcher", "main"]
 
@@ -95,6 +96,7 @@ def run_dispatcher(args: argparse.Namespace) -> int:
             curve=args.curve,
             insecure=args.insecure,
         )
+        secure_home(config)  # before the key is created in it
         key = resolve_key(key_file=config.key_path, create=True)
         dispatcher = Dispatcher(config, key)
     except RetiaError as exc:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -32,13 +33,23 @@ from typing import Any
 from retia import codec
 from retia.errors import ConfigError, StorageFault
 from retia.failure import Failure
+from retia.filemodes import private_file
 from retia.protocol import BlobRef, Event, Report, StateChange, TrialState
 
 from .storage import journal_fault
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["TrialRecord", "Journal", "SCHEMA_VERSION", "record_revocation"]
+__all__ = [
+    "TrialRecord",
+    "Journal",
+    "SCHEMA_VERSION",
+    "JOURNAL_SUFFIXES",
+    "secure_journal_files",
+    "record_revocation",
+]
+
+JOURNAL_SUFFIXES = ("", "-wal", "-shm")  # SQLite's files of one journal in WAL mode
 
 # PRAGMA user_version; 0 (unset) was the first schema, before the retia/2 protocol; 2 numbered all
 # clients' events in one sequence, 3 numbers each client's own (a client sees a gap as its own loss);
@@ -143,6 +154,20 @@ class _Checkpointer(threading.Thread):
         self.join()
 
 
+def secure_journal_files(path: str) -> None:
+    """The journal holds every payload and result: its files are the owner's alone (0600).
+
+    A missing journal is created 0600 here, before SQLite opens it (SQLite gives the -wal and
+    -shm it creates the main file's mode); existing files group or others could read are
+    fixed, with a warning."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    for suffix in JOURNAL_SUFFIXES:
+        private_file(Path(path + suffix), what="journal file")
+
+
 class Journal:
     """The store; ``synchronous`` is SQLite's: FULL (each commit fsynced: a power loss loses nothing
     committed) or NORMAL (a process crash loses nothing, a power loss or OS crash may roll back the
@@ -163,6 +188,7 @@ class Journal:
         self._broken: StorageFault | None = None  # a write of this transaction failed: it is lost
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            secure_journal_files(self.path)
         self._db = sqlite3.connect(self.path, isolation_level="DEFERRED", check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")

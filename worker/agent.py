@@ -52,6 +52,7 @@ from retia.protocol import (
 from . import runner
 from .config import WorkerConfig
 from .fetch import BlobFetcher
+from .isolation import file_access_of, secure_worker_home
 from .processes import Exiting, reap, strategy_for
 from .trial import RunningTrial, Upload, alive, pick_artifacts, set_policy
 
@@ -76,6 +77,8 @@ class Agent:
 
     def __init__(self, config: WorkerConfig, credential: Credential) -> None:
         self.config = config
+        self._user = config.trial_account  # trials run as this user (None: as ours)
+        secure_worker_home(config.home, self._user)  # first: before the blob store and the fork server
         self.id = config.name or f"{socket.gethostname()}-gpu{config.gpu}-{os.getpid()}"
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.peer = Peer(
@@ -331,6 +334,7 @@ class Agent:
             self.config.trial_threads,
             str(self.config.blobs_dir),
             self.processes.scratch,
+            self._user,
         )
         launched = self.processes.launch(spec, busy=self.trial is not None)
         if launched is None:  # the running trial's child died under it: this one waits for the next child
@@ -413,7 +417,10 @@ class Agent:
         # the process ended with this trial (not after it, as a fresh one does)
         went_down = dead and not (trial.finished and not trial.kill_reason)
         if went_down:
-            self.processes.file_scratch(trial.output_dir, lambda: f"trial {trial.id} attempt {trial.attempt}")
+            with file_access_of(self._user):  # (in the trial user's directory: as that user)
+                self.processes.file_scratch(
+                    trial.output_dir, lambda: f"trial {trial.id} attempt {trial.attempt}"
+                )
         if went_down or not trial.reused or (dead and not self._queued):
             if not dead:  # fit is over; the process exits on its own, reaped later
                 self._exiting.append(Exiting(trial.process, now + self.config.kill_grace))
@@ -437,8 +444,9 @@ class Agent:
                 trial.id, trial.attempt, trial.seq + 1, state, trial.cancel or "cancelled before it started"
             )
         else:
-            files = self._ship_artifacts(trial)  # FILE chunks take seqs before the DONE's
-            done = trial.outcome(now, trial.seq + 1, items, files)
+            with file_access_of(self._user):  # what the trial could not read, it cannot make us send
+                files = self._ship_artifacts(trial)  # FILE chunks take seqs before the DONE's
+                done = trial.outcome(now, trial.seq + 1, items, files)
             if trial.reports:
                 done = dataclasses.replace(done, report_count=trial.reports)
         trial.seq += 1
@@ -488,7 +496,8 @@ class Agent:
         while self._uploads:
             upload = self._uploads[0]
             while self.peer.kept_count(MsgType.FILE) < _FILE_WINDOW:
-                chunk = upload.next()
+                with file_access_of(self._user):  # (a chunk opens its file)
+                    chunk = upload.next()
                 if chunk is None:
                     break
                 self.peer.keep([chunk])

@@ -15,6 +15,7 @@ from retia.errors import RetiaError
 from retia.keys import DEFAULT_HOME, KEY_ENV
 
 from .config import DEFAULT_PRELOAD, WorkerConfig
+from .isolation import forget_credentials
 
 __all__ = ["add_worker_arguments", "run_worker", "main"]
 
@@ -111,6 +112,13 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-prefetch", dest="prefetch", action="store_const", const=0, help="same as --prefetch 0"
     )
+    parser.add_argument(
+        "--trial-user",
+        default="",
+        metavar="NAME",
+        help="run each trial as this user, who cannot read the worker's key or files (the worker "
+        "must run as root, as in the Docker images); default: trials run as the worker's user",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
 
 
@@ -125,6 +133,7 @@ def run_worker(args: argparse.Namespace) -> int:
     raise_open_file_limit("worker")
     try:
         credential = _credential(args)
+        forget_credentials()  # read: now out of the environment the fork server and every trial inherit
         config = WorkerConfig(
             connect=args.connect or credential.address,
             gpu=str(args.gpu).lower(),
@@ -145,6 +154,7 @@ def run_worker(args: argparse.Namespace) -> int:
             else args.prefetch,
             blob_cache_bytes=int(args.blob_cache_gb * (1 << 30)),
             curve_server_key=args.curve_server_key,
+            trial_user=args.trial_user,
         )
         agent = Agent(config, credential)
     except RetiaError as exc:

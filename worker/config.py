@@ -12,6 +12,8 @@ from retia.keys import DEFAULT_HOME
 from retia.peer import PeerTiming
 from retia.protocol import DEFAULT_MAX_MESSAGE_BYTES, MAX_PREFETCH
 
+from .isolation import TrialUser, trial_user
+
 __all__ = ["WorkerConfig", "DEFAULT_PRELOAD"]
 
 DEFAULT_PRELOAD = ("retia.worker.runner", "retia.serializer", "torch", "pytorch_lightning")
@@ -40,6 +42,7 @@ class WorkerConfig:
     prefetch: int = 0  # trials held beyond the running one: no round trip between short trials
     blob_cache_bytes: int = 20 << 30  # local cache of large arguments, least recently used evicted
     curve_server_key: Path | None = None  # the dispatcher's public CurveZMQ certificate, when it uses Curve
+    trial_user: str = ""  # run trials as this user (the agent must be root); "": as the worker's user
 
     def __post_init__(self) -> None:
         problems = []
@@ -53,6 +56,11 @@ class WorkerConfig:
             self.timing  # noqa: B018 - checks heartbeat, liveness and the reconnect back-off
         except ConfigError as exc:
             problems.append(str(exc).removeprefix("invalid connection timing: "))
+        if self.trial_user:
+            try:
+                self.trial_account  # noqa: B018 - the user exists and this process can become it
+            except ConfigError as exc:
+                problems.append(str(exc))
         if "://" not in self.connect:
             problems.append(f"connect must be a ZeroMQ endpoint like tcp://head:5555 (got {self.connect!r})")
         if problems:
@@ -72,6 +80,11 @@ class WorkerConfig:
         if self.threads > 0:
             return self.threads
         return max(1, (os.cpu_count() or 1) // self.workers_per_host)
+
+    @functools.cached_property
+    def trial_account(self) -> TrialUser | None:
+        """The account trials run as (``trial_user`` looked up once), or None: the worker's own."""
+        return trial_user(self.trial_user) if self.trial_user else None
 
     @functools.cached_property
     def trials_dir(self) -> Path:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from . import pipe
+from .isolation import TrialUser, become, forget_credentials
 
 __all__ = [
     "TrialSpec",
@@ -52,6 +53,7 @@ __all__ = [
 ]
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_DUMPABLE = 4
 _PR_SET_CHILD_SUBREAPER = 36
 _REAP_SECONDS = 2.0  # how long a trial process waits for the processes it killed to be reaped
 
@@ -80,6 +82,7 @@ class TrialSpec:
     threads: int
     blob_dir: str = ""
     scratch: str = ""  # --reuse-process: the trial runs here; renamed to output_dir if it left anything
+    user: TrialUser | None = None  # --trial-user: the process becomes this user before the trial's code runs
 
 
 def warm_up() -> None:
@@ -139,8 +142,16 @@ def serve_trials(first: TrialSpec, specs: Connection, conn: Connection) -> None:
 
 def _become_trial_process(spec: TrialSpec) -> None:
     os.setsid()  # own process group: the agent kills the trial and anything it spawned together
-    _die_with_parent()
+    if spec.user is not None:
+        become(spec.user)
+        # Linux made it non-dumpable (its /proc files root's: the trial could not read even its
+        # own); it holds nothing of root's (the fork server started without the credential)
+        _prctl(_PR_SET_DUMPABLE, 1)
+        if not os.access(os.getcwd(), os.X_OK):  # the worker's directory is not the trial user's
+            os.chdir(os.path.dirname(spec.output_dir))
+    _die_with_parent()  # (after the switch: a change of uid clears the parent-death signal)
     become_subreaper()  # what escapes the group (setsid, a double fork) stays ours to kill
+    forget_credentials()  # the worker took them out before the fork server started: again, to be sure
     os.environ["CUDA_VISIBLE_DEVICES"] = spec.cuda_visible_devices
     _redirect_output(_scratch_log(spec.scratch) if spec.scratch else spec.log_file)
     if spec.threads > 0:
