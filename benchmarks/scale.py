@@ -65,10 +65,10 @@ from retia.protocol import (
     MsgType,
     Report,
     Role,
-    Session,
     TrialState,
     pack_metric,
 )
+from retia.session import Session
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

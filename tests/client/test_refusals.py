@@ -21,10 +21,10 @@ from retia.protocol import (
     AckBatch,
     FileChunk,
     MsgType,
-    Session,
     TrialState,
     Welcome,
 )
+from retia.session import Session
 
 from ..clusters import fast_cluster
 from ..integration import fits

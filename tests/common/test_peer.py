@@ -13,7 +13,8 @@ import pytest
 import zmq
 
 from retia.peer import Peer, PeerTiming
-from retia.protocol import Ack, AckBatch, FileChunk, Hello, MsgType, Outgoing, Reset, Role, Session
+from retia.protocol import Ack, AckBatch, FileChunk, Hello, MsgType, Outgoing, Reset, Role
+from retia.session import Session
 
 pytestmark = pytest.mark.timeout(60)
 KEY = b"peer-test-key-0123456789abcdef01"

@@ -27,7 +27,6 @@ from retia.protocol import (
     Report,
     ReportBatch,
     Role,
-    Session,
     StateChange,
     StatusReply,
     Submit,
@@ -39,6 +38,7 @@ from retia.protocol import (
     pack_metric,
     unpack_metric,
 )
+from retia.session import Session
 
 KEY = b"k" * 32
 DIGEST = "ab" * 32

@@ -12,26 +12,28 @@ from typing import Any
 
 import zmq
 
+from retia.credentials import Credential, Role, cluster_credential
 from retia.dispatcher.config import DispatcherConfig
 from retia.dispatcher.service import Dispatcher
 from retia.protocol import (
     Done,
     DoneBatch,
+    Header,
     Hello,
     Message,
     MsgType,
     Ready,
     Report,
-    Role,
     Run,
-    Session,
     TrialState,
     pack_metric,
 )
+from retia.session import Session, read_reset
 
-from ..sockets import dealer
+from ..sockets import dealer, open_session
 
 KEY = b"scheduling-test-key-0123456789ab"
+CLUSTER = cluster_credential(KEY)  # the hand-driven peers sign with the cluster key itself
 
 
 @contextlib.contextmanager
@@ -47,9 +49,9 @@ def serving(config: DispatcherConfig) -> Iterator[Dispatcher]:
         thread.join(timeout=10)
 
 
-def worker_socket(address: str, identity: bytes = b"w1") -> AbstractContextManager[zmq.Socket[bytes]]:
-    """A DEALER socket for a hand-driven worker."""
-    return dealer(address, identity)
+def worker_socket(address: str) -> AbstractContextManager[zmq.Socket[bytes]]:
+    """A DEALER socket for a hand-driven worker (its routing id the dispatcher's socket's choice)."""
+    return dealer(address)
 
 
 _unread_runs: dict[int, list[Run]] = {}  # socket -> runs that came in a RUNS message, not yet returned
@@ -64,7 +66,9 @@ def receive(sock: zmq.Socket[bytes], session: Session, wanted: MsgType, timeout_
         return unread.pop(0)
     deadline = time.monotonic() + timeout_ms / 1000
     while (left := deadline - time.monotonic()) > 0 and sock.poll(int(left * 1000)):
-        msg: Message = session.parse(sock.recv_multipart())
+        frames = sock.recv_multipart()
+        reset = read_reset(frames)  # unsigned: the dispatcher does not know this route (any more)
+        msg: Message = Message(Header(MsgType.RESET), reset) if reset is not None else session.parse(frames)
         sock.send_multipart(session.frames(MsgType.HEARTBEAT))  # stay alive while we wait
         if msg.type is MsgType.RUNS and wanted is MsgType.RUNS:
             unread += msg.body.items
@@ -75,9 +79,17 @@ def receive(sock: zmq.Socket[bytes], session: Session, wanted: MsgType, timeout_
 
 
 def hello(worker: zmq.Socket[bytes], name: str = "w1", prefetch: int = 0) -> Session:
-    session = Session(KEY, name)
-    worker.send_multipart(session.frames(MsgType.HELLO, Hello(Role.WORKER, name, prefetch=prefetch)))
+    """Join as worker ``name`` (HELLO, WELCOME, then READY, which proves the session): its session."""
+    session = open_session(worker, CLUSTER, Hello(Role.WORKER, name, prefetch=prefetch))
     worker.send_multipart(session.frames(MsgType.READY, Ready("")))
+    return session
+
+
+def join(sock: zmq.Socket[bytes], body: Hello, credential: Credential = CLUSTER) -> Session:
+    """Say HELLO ``body`` (again, or as a client) and prove the new session with a heartbeat: the
+    dispatcher acts on the HELLO then (a worker's running trials adopted, a client's events replayed)."""
+    session = open_session(sock, credential, body)
+    sock.send_multipart(session.frames(MsgType.HEARTBEAT))
     return session
 
 

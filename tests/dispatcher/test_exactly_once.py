@@ -30,14 +30,14 @@ from retia.protocol import (
     ReportBatch,
     Role,
     Run,
-    Session,
     TrialAttempt,
     TrialState,
     pack_metric,
 )
+from retia.session import Session
 
 from ..integration import fits
-from .fakes import KEY, hello, receive, serving, worker_socket
+from .fakes import KEY, hello, join, receive, serving, worker_socket
 
 pytestmark = pytest.mark.timeout(60)
 EXPIRY = 1.0  # heartbeat 0.2 s x liveness 5
@@ -149,7 +149,7 @@ def test_a_given_up_attempt_holds_its_worker_until_it_has_stopped(
         time.sleep(1.5 * EXPIRY)  # silent: declared lost, the trial queued again
         assert trial.state is TrialState.QUEUED
         back = Hello(Role.WORKER, "w1", running=[TrialAttempt(trial.id, 1)])
-        sock.send_multipart(session.frames(MsgType.HELLO, back))
+        session = join(sock, back)
         cancel = receive(sock, session, MsgType.CANCEL)
         assert cancel is not None and (cancel.header.trial, cancel.header.attempt) == (trial.id, 1)
         assert receive(sock, session, MsgType.RUNS, timeout_ms=700) is None  # busy stopping it
@@ -172,9 +172,8 @@ def test_the_adoption_window_after_a_restart_counts_from_when_it_serves(tmp_path
     thread.start()
     try:
         with worker_socket(restarted.address) as sock:
-            session = Session(KEY, "w1")
             back = Hello(Role.WORKER, "w1", running=[TrialAttempt(trial.id, 1)])
-            sock.send_multipart(session.frames(MsgType.HELLO, back))
+            session = join(sock, back)
             assert receive(sock, session, MsgType.CANCEL, timeout_ms=500) is None  # adopted
             record = restarted.trials[trial.id]
             assert (record.state, record.attempt, record.worker) == (TrialState.RUNNING, 1, "w1")

@@ -21,7 +21,6 @@ from retia.protocol import (
     Report,
     Role,
     Run,
-    Session,
     Submit,
     SubmitBatch,
     TrialState,
@@ -29,7 +28,7 @@ from retia.protocol import (
 )
 
 from ..integration import fits
-from .fakes import KEY, hello, receive
+from .fakes import KEY, hello, join, receive
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -82,8 +81,7 @@ def test_a_signed_submission_over_the_size_limit_is_refused_by_name(dispatcher: 
     with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as sock:
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(dispatcher.address)
-        me = Session(KEY, "big-client")
-        sock.send_multipart(me.frames(MsgType.HELLO, Hello(Role.CLIENT, "big-client")))
+        me = join(sock, Hello(Role.CLIENT, "big-client"))
         big = Submit("big-trial", 1, b"e" * (9 << 20), b"m")
         sock.send_multipart(me.frames(MsgType.SUBMITS, SubmitBatch([big])))
         acks = receive(sock, me, MsgType.ACKS)

@@ -20,7 +20,6 @@ from retia.protocol import (
     Report,
     ReportBatch,
     Role,
-    Session,
     Submit,
     SubmitBatch,
     TrialState,
@@ -28,7 +27,7 @@ from retia.protocol import (
 )
 
 from ..integration import fits
-from .fakes import KEY, done_frames, hello, receive
+from .fakes import KEY, done_frames, hello, join, receive
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -101,7 +100,6 @@ def test_a_prefetching_worker_that_leaves_gives_back_both_trials(
         assert all(receive(worker, session, MsgType.RUNS) is not None for _ in range(2))
         worker.send_multipart(session.frames(MsgType.BYE))
         with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as other:
-            other.setsockopt(zmq.IDENTITY, b"w2")
             other.setsockopt(zmq.LINGER, 0)
             other.connect(dispatcher.address)
             second = hello(other, "w2")
@@ -125,7 +123,6 @@ def test_an_idle_worker_gets_back_a_trial_another_holds_unstarted(
             c.id,
         ]  # one runs, two wait there
         with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as other:
-            other.setsockopt(zmq.IDENTITY, b"w2")
             other.setsockopt(zmq.LINGER, 0)
             other.connect(dispatcher.address)
             second = hello(other, "w2")
@@ -192,11 +189,9 @@ def test_a_burst_of_events_reaches_a_client_in_bounded_batches_in_order(
 ) -> None:
     session = hello(worker)
     with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as client:
-        client.setsockopt(zmq.IDENTITY, b"c1")
         client.setsockopt(zmq.LINGER, 0)
         client.connect(dispatcher.address)
-        me = Session(KEY, "c1")
-        client.send_multipart(me.frames(MsgType.HELLO, Hello(Role.CLIENT, "c1")))
+        me = join(client, Hello(Role.CLIENT, "c1"))
         submit = Submit("t1", 1, b"evaluator", b"model")
         client.send_multipart(me.frames(MsgType.SUBMITS, SubmitBatch([submit])))
         assert receive(worker, session, MsgType.RUNS) is not None

@@ -19,7 +19,8 @@ from retia import FunctionalEvaluator
 from retia.client.backend import Backend, Trial
 from retia.keys import load_key
 from retia.peer import Peer, PeerTiming
-from retia.protocol import Ack, Hello, MsgType, Outgoing, Role, Session, Submit, TrialState
+from retia.protocol import Ack, Hello, MsgType, Outgoing, Role, Submit, TrialState
+from retia.session import Session
 
 from ..clusters import HEARTBEAT_INTERVAL, LIVENESS, fast_cluster, processes
 from ..disks import fill, small_disk

@@ -18,7 +18,8 @@ from typing import Any
 import msgpack
 from hypothesis import strategies as st
 
-from retia.protocol import BODY_TYPES, VERSION, MsgType, Session
+from retia.protocol import BODY_TYPES, VERSION, MsgType
+from retia.session import Session
 
 __all__ = ["EXAMPLES", "NASTY", "body", "signed"]
 

@@ -35,10 +35,10 @@ from retia.protocol import (
     MsgType,
     Report,
     Run,
-    Session,
     TrialState,
     pack_metric,
 )
+from retia.session import Session
 from retia.worker.trial import file_chunks, pick_artifacts
 
 from ..clusters import fast_cluster

@@ -33,11 +33,11 @@ from retia.protocol import (
     Report,
     ReportBatch,
     Role,
-    Session,
     Submit,
     SubmitBatch,
     pack_metric,
 )
+from retia.session import Session
 
 from ..clusters import fast_cluster, processes
 from ..integration import fits

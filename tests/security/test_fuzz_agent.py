@@ -30,11 +30,11 @@ from retia.protocol import (
     MsgType,
     Run,
     RunBatch,
-    Session,
     TrialState,
     Welcome,
 )
 from retia.serializer import dump
+from retia.session import Session
 
 from ..integration import fits
 from ..sockets import stop

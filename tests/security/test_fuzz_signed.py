@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from retia.client.backend import Backend
-from retia.protocol import Hello, MsgType, Role, Session
+from retia.protocol import Hello, MsgType, Role
+from retia.session import Session
 
 from ..clusters import fast_cluster, processes
 from .fuzzing import EXAMPLES, body, header, signed

@@ -23,7 +23,8 @@ import zmq
 
 from retia.dispatcher.drops import ResetLimiter
 from retia.droplog import DropLog
-from retia.protocol import MsgType, Session
+from retia.protocol import MsgType
+from retia.session import Session
 
 from ..sockets import dealer, stop
 
