@@ -87,6 +87,8 @@ def _revoke(args: argparse.Namespace) -> int:
     if problem := id_problem(args.name, "a credential name"):
         raise RetiaError(problem)
     journal = args.journal or DispatcherConfig(home=args.home).journal_path
+    if not Path(journal).exists():
+        raise RetiaError(f"no journal at {journal}: pass the dispatcher's --home (or --journal)")
     record_revocation(journal, args.name, time.time_ns())
     print(f"revoked every credential named {args.name!r} issued until now (in {journal})", file=sys.stderr)
     return 0

@@ -1,4 +1,5 @@
-"""A TCP proxy on 127.0.0.1 that can cut the line: a real network fault between a peer and the dispatcher."""
+"""A TCP proxy on 127.0.0.1 that can cut the line (a real network fault between a peer and the dispatcher)
+and records what peers send (what an eavesdropper on the line sees), to replay it byte for byte."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ class CuttableProxy:
         self._upstream = (host, int(port))
         self._lock = threading.Lock()
         self._conns: list[socket.socket] = []
+        self.sent: list[bytearray] = []  # per connection, in order: every byte the peer sent upstream
         self._stopped = threading.Event()
         listener = self._listen(0)
         self._listener: socket.socket | None = listener  # None while the line is cut
@@ -55,11 +57,13 @@ class CuttableProxy:
                 continue
             with self._lock:
                 self._conns += [down, up]
-            pump = threading.Thread(target=self._pump, args=(down, up), daemon=True)
+                self.sent.append(bytearray())
+                record = self.sent[-1]
+            pump = threading.Thread(target=self._pump, args=(down, up, record), daemon=True)
             pump.start()
             self._threads.append(pump)
 
-    def _pump(self, a: socket.socket, b: socket.socket) -> None:
+    def _pump(self, a: socket.socket, b: socket.socket, record: bytearray) -> None:
         peers = {a: b, b: a}
         try:
             while not self._stopped.is_set():
@@ -68,6 +72,8 @@ class CuttableProxy:
                     data = sock.recv(1 << 16)
                     if not data:
                         return
+                    if sock is a:
+                        record += data
                     peers[sock].sendall(data)
         except (OSError, ValueError):  # reset by a cut (a closed socket's fd is -1)
             return
@@ -112,3 +118,51 @@ def _reset(sock: socket.socket) -> None:
         sock.close()
     except OSError:
         pass
+
+
+def replay(address: str, data: bytes, listen: float) -> list[list[bytes]]:
+    """Send ``data`` (a peer's recorded stream, ZMTP greeting included) on a new TCP connection to
+    ``address``, as an attacker replaying a capture would, and return the messages that came back
+    within ``listen`` seconds (ZMTP 3 frames, NULL mechanism, read here by hand)."""
+    host, port = address.removeprefix("tcp://").rsplit(":", 1)
+    received = bytearray()
+    with socket.create_connection((host, int(port)), timeout=2) as conn:
+        conn.sendall(data)
+        deadline = time.monotonic() + listen
+        while (left := deadline - time.monotonic()) > 0:
+            readable, _, _ = select.select([conn], [], [], left)
+            if not readable:
+                continue
+            chunk = conn.recv(1 << 16)
+            if not chunk:
+                break
+            received += chunk
+    return zmtp_messages(bytes(received))
+
+
+def zmtp_messages(stream: bytes) -> list[list[bytes]]:
+    """The messages in a ZMTP 3 byte stream from its start (64-byte greeting, then frames: a flags byte
+    (1 more, 2 long size, 4 command), the size, the body); commands are skipped."""
+    messages: list[list[bytes]] = []
+    frames: list[bytes] = []
+    at = 64
+    while at < len(stream):
+        flags = stream[at]
+        if flags & 2:
+            if at + 9 > len(stream):
+                break
+            size, at = struct.unpack(">Q", stream[at + 1 : at + 9])[0], at + 9
+        else:
+            if at + 2 > len(stream):
+                break
+            size, at = stream[at + 1], at + 2
+        body, at = stream[at : at + size], at + size
+        if len(body) < size:
+            break
+        if flags & 4:
+            continue
+        frames.append(body)
+        if not flags & 1:
+            messages.append(frames)
+            frames = []
+    return messages

@@ -29,7 +29,8 @@ from typing import Any
 import zmq
 
 from retia.blobs import BlobStore
-from retia.credentials import Credential
+from retia.credentials import Credential, Role
+from retia.errors import ConfigError
 from retia.failure import Failure, FailureKind
 from retia.peer import Peer
 from retia.protocol import (
@@ -41,7 +42,6 @@ from retia.protocol import (
     Outgoing,
     Ready,
     ReportBatch,
-    Role,
     Run,
     TrialAttempt,
     TrialState,
@@ -76,6 +76,11 @@ class Agent:
     """One per GPU: connects, says HELLO, runs what it is given, never runs user code itself."""
 
     def __init__(self, config: WorkerConfig, credential: Credential) -> None:
+        if credential.name and credential.role is not Role.WORKER:
+            raise ConfigError(
+                f"a worker connects with a worker credential or the cluster key, not {credential.label} "
+                "(issue one with 'retia credential issue --role worker --name NAME')"
+            )
         self.config = config
         self._user = config.trial_account  # trials run as this user (None: as ours)
         secure_worker_home(config.home, self._user)  # first: before the blob store and the fork server
