@@ -318,8 +318,10 @@ class Dispatcher:
                 self._drop(identity, exc)
                 continue
             self.messages_handled += 1
-            if not link.proven:
-                self._guarded(f"{link.role.value} {link.peer_id!r} joining", self._join, link)
+            if not link.proven and not self._guarded(
+                f"{link.role.value} {link.peer_id!r} joining", self._join, link
+            ):
+                continue
             self._handle(link, msg)
         self._drops.tick(time.monotonic())
 
@@ -406,19 +408,27 @@ class Dispatcher:
             self.links.pop(oldest.identity, None)
             self._hellos.pop(oldest.identity, None)
 
-    def _join(self, link: Link) -> None:
+    def _join(self, link: Link) -> bool:
         """The first message signed in a link's session came: its HELLO was the peer's own, so the
-        peer joins now, as its HELLO said (a worker with what it runs, a client from its last event)."""
-        link.proven = True
+        peer joins now, as its HELLO said (a worker with what it runs, a client from its last event).
+        False if it may not after all (another credential took its id since its HELLO)."""
         hello = self._hellos.pop(link.identity, None)
-        if hello is None:
-            return
+        refusal = self.gate.refusal(link.role, link.peer_id, link.credential, link.issued)
+        if refusal:
+            self._send(link.identity, MsgType.REFUSED, Refused(refusal))
+        if hello is None or refusal:
+            self.links.pop(link.identity, None)
+            if not refusal:
+                self._reset(link.identity, 0.0)
+            return False
+        link.proven = True
         if link.role is not Role.ADMIN:
             self.gate.bind(link)
         if link.role is Role.CLIENT:
             self._join_client(link, hello)
         elif link.role is Role.WORKER:
             self._join_worker(link, hello)
+        return True
 
     def _join_client(self, link: Link, hello: Hello) -> None:
         identity = link.identity
