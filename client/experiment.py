@@ -125,9 +125,13 @@ class Experiment:
         *,
         max_retries: int = 2,
         key_file: str | Path | None = None,
+        credential: str | Path | None = None,
         live: bool | None = None,
     ) -> list[TrialResult]:
-        """Run until ``max_trials`` have finished, the strategy is exhausted, or ``max_duration`` passes."""
+        """Run until ``max_trials`` have finished, the strategy is exhausted, or ``max_duration`` passes.
+
+        On a cluster: ``credential`` (a client credential file; its address is the default), or
+        ``address`` with the cluster key (``key``, ``key_file``); neither: a private local cluster."""
         if max_trials < 1 or concurrency < 1:
             raise ConfigError(f"max_trials and concurrency must be >= 1 (got {max_trials}, {concurrency})")
         if self._settings is None:
@@ -144,18 +148,18 @@ class Experiment:
             )
         else:
             address = address or self._settings.address
-        with self._backend(address, key, key_file, workers) as backend:
+        with self._backend(address, key, key_file, credential, workers) as backend:
             return _Loop(
                 self, backend, max_trials, concurrency, max_duration, timeout, max_retries, live
             ).run()
 
     @contextlib.contextmanager
     def _backend(
-        self, address: str | None, key: Any, key_file: Any, workers: int | None
+        self, address: str | None, key: Any, key_file: Any, credential: Any, workers: int | None
     ) -> Iterator[Backend]:
         client_id = self._settings.client_id if self._settings else None
-        if address is not None:
-            backend = connect(address, key=key, key_file=key_file, client_id=client_id)
+        if address is not None or credential is not None:
+            backend = connect(address, key=key, key_file=key_file, credential=credential, client_id=client_id)
             try:
                 yield backend
             finally:

@@ -5,7 +5,7 @@ and streams its per-epoch accuracy back, which Optuna uses to prune. Run it agai
 cluster (the default) or a running dispatcher::
 
     python examples/optuna_backend.py --trials 12
-    python examples/optuna_backend.py --address tcp://head:5555 --key-file ~/.retia/cluster.key
+    python examples/optuna_backend.py --credential alice.cred   # retia credential issue --role client
 """
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ def fit(model_cls: Any, lr: float, epochs: int, train: DataLoader[Any], val: Dat
 
 @contextlib.contextmanager
 def backend_for(args: argparse.Namespace) -> Iterator[retia.Backend]:
-    if args.address:
-        with retia.connect(args.address, key_file=args.key_file) as backend:
+    if args.address or args.credential:
+        with retia.connect(args.address, key_file=args.key_file, credential=args.credential) as backend:
             yield backend
     else:
         with retia.local_cluster(workers=args.workers) as backend:
@@ -77,8 +77,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="local workers when no --address is given")
-    parser.add_argument("--address", help="a running dispatcher, e.g. tcp://head:5555")
-    parser.add_argument("--key-file", help="its cluster key file")
+    parser.add_argument(
+        "--credential", help="a client credential for a running dispatcher (holds its address)"
+    )
+    parser.add_argument(
+        "--address", help="a running dispatcher, e.g. tcp://head:5555 (default: the credential's)"
+    )
+    parser.add_argument("--key-file", help="or, on the head node, its cluster key file")
     args = parser.parse_args()
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
