@@ -311,7 +311,7 @@ def wait_for_worker(status: list[str], worker: subprocess.Popen[str], name: str)
         assert worker.poll() is None, (
             f"worker exited {worker.returncode}: {worker.stderr.read() if worker.stderr else ''}"
         )
-        rows = {w["worker_id"]: w for w in status_json(status)["workers"]}
+        rows: dict[str, dict[str, Any]] = {w["worker_id"]: w for w in status_json(status)["workers"]}
         if name in rows:
             return rows[name]
         assert time.monotonic() < deadline, f"worker {name} never showed up in retia status"
