@@ -13,7 +13,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends tini \
  && rm -rf /var/lib/apt/lists/*
 
-# Exactly what `retia dispatcher` and `retia status` import beyond the standard library
+# Exactly what `retia dispatcher`, `retia credential` and `retia status` import beyond the standard library
 # (the test compares this list against a real import of the dispatcher side):
 #   pyzmq (zmq), msgpack (wire format), cloudpickle (retia.serializer), rich (status table).
 RUN pip install "pyzmq>=25" "msgpack>=1.0" "cloudpickle>=3.0" "rich>=13"
@@ -28,10 +28,12 @@ COPY dispatcher /src/dispatcher
 COPY worker /src/worker
 RUN pip install --no-deps /src \
  && rm -rf /src \
- && python -c "import sys, retia.cli, retia.dispatcher.service, retia.dispatcher.cli; retia.cli.build_parser(); \
+ && python -c "import sys, retia.cli, retia.dispatcher.service, retia.dispatcher.cli, retia.dispatcher.credential_cli; \
+retia.cli.build_parser(); \
 assert 'torch' not in sys.modules and 'pytorch_lightning' not in sys.modules"
 
-# Key, journal (SQLite, WAL) and artefacts: mount a volume here.
+# Cluster key, CurveZMQ certificate (curve/), journal (SQLite, WAL) and artefacts: mount a volume
+# here. The key and certificate are created on first start; credentials are issued from them.
 RUN mkdir -p /state
 VOLUME ["/state"]
 EXPOSE 5555

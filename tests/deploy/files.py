@@ -1,4 +1,10 @@
-"""Reading the launch files under docker/ and running their commands, for the deploy tests."""
+"""Reading the launch files under docker/ and running their commands, for the deploy tests.
+
+The commands run for real on this machine, unchanged but for the container paths, which
+:func:`localize` maps to local directories, the port and, for a worker, an added ``--connect``
+(the credential names the container's address, ``tcp://dispatcher:5555``). The dispatchers bind
+``0.0.0.0`` as the files do, so CurveZMQ is on and the credentials' public key is what lets the
+peers in."""
 
 from __future__ import annotations
 
@@ -21,11 +27,15 @@ from retia.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
+DOCKER_README = DOCKER / "README.md"
 COMPOSE = DOCKER / "compose.yaml"
 K8S = DOCKER / "k8s"
 SBATCH = DOCKER / "slurm" / "retia.sbatch"
-KEY_TARGET = "/run/secrets/retia_key"
+STATE = "/state"  # the dispatcher's home in both images' deployments: key, certificate, journal
 PORT = 5555
+TRIAL_USER = "nobody"
+# what names the cluster key: a worker's command line, mounts and environment hold none of it
+CLUSTER_KEY_MARKERS = ("--key-file", "cluster.key", "RETIA_KEY", "retia_key")
 
 SUBCOMMAND_OF_IMAGE = {"dispatcher.Dockerfile": "dispatcher", "worker.Dockerfile": "worker"}
 
@@ -131,20 +141,20 @@ def k8s_argv(container: dict[str, Any], pod_spec: dict[str, Any]) -> list[str]:
     return [re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", expand, arg) for arg in argv]
 
 
-def secret_mount(pod_spec: dict[str, Any], container: dict[str, Any], key_file: str) -> dict[str, Any]:
-    """The Secret volume that provides key_file in this container."""
+def secret_mount(pod_spec: dict[str, Any], container: dict[str, Any], path: str) -> dict[str, Any]:
+    """The Secret volume that provides the file ``path`` in this container."""
     volumes = {v["name"]: v for v in pod_spec["volumes"]}
     for mount in container["volumeMounts"]:
         volume = volumes[mount["name"]]
-        if "secret" in volume and key_file.startswith(mount["mountPath"].rstrip("/") + "/"):
-            relative = key_file[len(mount["mountPath"].rstrip("/")) + 1 :]
+        if "secret" in volume and path.startswith(mount["mountPath"].rstrip("/") + "/"):
+            relative = path[len(mount["mountPath"].rstrip("/")) + 1 :]
             items = volume["secret"].get("items")
             assert items is None or relative in {i["path"] for i in items}, (
-                f"{key_file} is not among the secret's items"
+                f"{path} is not among the secret's items"
             )
             secret: dict[str, Any] = volume["secret"]
             return secret
-    pytest.fail(f"--key-file {key_file} is not inside a mounted Secret volume")
+    pytest.fail(f"{path} is not inside a mounted Secret volume")
 
 
 SLURM_SAMPLES = {
@@ -152,6 +162,9 @@ SLURM_SAMPLES = {
     "RETIA_STATE": "/home/alice/.retia/slurm-4242",
     "RETIA_KEY_FILE": "/home/alice/.retia/cluster.key",
     "READY_FILE": "/home/alice/.retia/slurm-4242/dispatcher.ready",
+    "RETIA_WORKER_CREDENTIAL": "/home/alice/.retia/slurm-4242/worker.cred",
+    "CLIENT_CREDENTIAL": "/home/alice/.retia/slurm-4242/client.cred",
+    "CLIENT_NAME": "alice",
     "RETIA_ADDRESS": "tcp://gpu001:5555",
     "RETIA_WORKER_HOME": "/tmp/retia-4242",
     "SLURMD_NODENAME": "gpu002",
@@ -182,7 +195,7 @@ def sbatch_retia_commands() -> list[list[str]]:
     for line in logical:
         if line.lstrip().startswith("#"):
             continue
-        match = re.search(r"(?:^|\s)(retia\s+(?:dispatcher|worker|status|report)\b.*)$", line)
+        match = re.search(r"(?:^|\s)(retia\s+(?:dispatcher|credential|worker|status|report)\b.*)$", line)
         if not match:
             continue
         lexer = shlex.shlex(shell_substitute(match.group(1)), posix=True, punctuation_chars=True)
@@ -194,6 +207,150 @@ def sbatch_retia_commands() -> list[list[str]]:
             argv.append(token)
         commands.append(argv)
     return commands
+
+
+def assert_no_cluster_key(what: str, *texts: object) -> None:
+    """None of ``texts`` (a worker's argv, mounts, environment, as text) refers to the cluster key."""
+    for text in texts:
+        for marker in CLUSTER_KEY_MARKERS:
+            assert marker not in str(text), f"{what} refers to the cluster key ({marker!r}): {text}"
+
+
+def localize(argv: list[str], paths: dict[str, Path]) -> list[str]:
+    """argv with each container path under a key of ``paths`` moved to the local directory."""
+    out = []
+    for arg in argv:
+        for inside, here in paths.items():
+            if arg == inside or arg.startswith(inside.rstrip("/") + "/"):
+                arg = str(here) + arg[len(inside.rstrip("/")) :]
+                break
+        out.append(arg)
+    return out
+
+
+def with_port(argv: list[str], port: int) -> list[str]:
+    """``--bind tcp://HOST:5555`` -> ``tcp://HOST:port`` (the host, 0.0.0.0, is kept: encryption on)."""
+    bind = option(argv, "--bind")
+    assert bind.endswith(f":{PORT}"), bind
+    return replace_option(argv, "--bind", f"{bind.rsplit(':', 1)[0]}:{port}")
+
+
+def runnable_here(argv: list[str]) -> list[str]:
+    """argv as it can run on this machine: ``--trial-user`` needs root, so it is dropped when the
+    tests do not run as root (and kept, and checked, when they do)."""
+    if "--trial-user" in argv and os.geteuid() != 0:
+        at = argv.index("--trial-user")
+        return argv[:at] + argv[at + 2 :]
+    return list(argv)
+
+
+def readme_block_lines(heading: str) -> list[str]:
+    """The lines of the ```sh blocks in docker/README.md's section ``heading``."""
+    text = DOCKER_README.read_text()
+    start = text.index(f"## {heading}")
+    end = text.find("\n## ", start + 1)
+    section = text[start : end if end >= 0 else None]
+    blocks = re.findall(r"^```sh\n(.*?)^```", section, re.M | re.S)
+    assert blocks, f"docker/README.md's {heading} section has no sh block"
+    return [line for block in blocks for line in block.replace("\\\n", " ").splitlines()]
+
+
+def shell_words(command: str, variables: dict[str, str]) -> list[str]:
+    """A shell command line's words up to its first operator (| > ; &), $(...) and $VAR replaced."""
+    for name, value in variables.items():
+        command = command.replace(f"$({name})", value).replace(f"${name}", value)
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    words = []
+    for token in lexer:
+        if set(token) <= set("();<>|&"):
+            break
+        words.append(token)
+    return words
+
+
+def retia_after(words: list[str], marker: list[str]) -> list[str]:
+    """The words after ``marker`` (e.g. ``["exec", "dispatcher"]``), which must start with retia."""
+    for at in range(len(words) - len(marker) + 1):
+        if words[at : at + len(marker)] == marker:
+            rest = words[at + len(marker) :]
+            return rest[1:] if rest[:1] == ["--"] else rest
+    pytest.fail(f"{marker} not in {words}")
+
+
+def run_retia(argv: list[str], timeout: float = 60, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """``retia ...`` (argv[0] is "retia") run to its end, output captured."""
+    assert argv[0] == "retia", argv
+    if "stdout" not in kwargs:
+        kwargs.setdefault("capture_output", True)
+    return subprocess.run(retia_exe() + argv[1:], text=True, timeout=timeout, env=child_env(), **kwargs)
+
+
+def start_retia(argv: list[str], processes: list[subprocess.Popen[Any]]) -> subprocess.Popen[str]:
+    """``retia ...`` started in the background (stderr kept for the failure message)."""
+    assert argv[0] == "retia", argv
+    proc = subprocess.Popen(
+        retia_exe() + argv[1:], env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    processes.append(proc)
+    return proc
+
+
+def status_json(argv: list[str]) -> dict[str, Any]:
+    """Run a ``retia status ... --json`` command; its answer."""
+    out = run_retia(argv, timeout=30)
+    assert out.returncode == 0, out.stderr
+    answer: dict[str, Any] = json.loads(out.stdout)
+    return answer
+
+
+def wait_for_worker(status: list[str], worker: subprocess.Popen[str], name: str) -> dict[str, Any]:
+    """Poll the ``retia status --json`` command until worker ``name`` shows up; its row."""
+    deadline = time.monotonic() + 90
+    while True:
+        assert worker.poll() is None, (
+            f"worker exited {worker.returncode}: {worker.stderr.read() if worker.stderr else ''}"
+        )
+        rows: dict[str, dict[str, Any]] = {w["worker_id"]: w for w in status_json(status)["workers"]}
+        if name in rows:
+            return rows[name]
+        assert time.monotonic() < deadline, f"worker {name} never showed up in retia status"
+        time.sleep(0.3)
+
+
+_TRIAL = r"""
+import json, os, sys
+import retia
+from retia import FunctionalEvaluator, report_final_result
+
+def probe(model, credential):
+    secrets = [k for k in ("RETIA_KEY", "RETIA_CREDENTIAL") if k in os.environ]
+    reads = int(os.access(credential, os.R_OK))
+    report_final_result({"default": 1.0, "uid": os.getuid(), "secrets": len(secrets), "reads": reads})
+
+class Model:
+    pass
+
+address, credential, worker_credential = sys.argv[1:]
+with retia.connect(address, credential=credential) as backend:
+    trial = backend.submit(Model, FunctionalEvaluator(probe, credential=worker_credential))
+    print(json.dumps(trial.result(timeout=90)))
+"""
+
+
+def run_trial(address: str, credential: Path, worker_credential: Path) -> dict[str, float]:
+    """One trial submitted as ``credential`` (a client's): what it saw on the worker (its uid, how
+    many credential variables, whether it can read the worker's credential file)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _TRIAL, address, str(credential), str(worker_credential)],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        env=child_env(),
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen: dict[str, float] = json.loads(out.stdout.splitlines()[-1])
+    return seen
 
 
 def free_port() -> int:
