@@ -777,7 +777,9 @@ def query_status(
             elif isinstance(msg.body, StatusReply):
                 return msg.body
         raise RetiaError(
-            f"no status from a dispatcher at {address} within {timeout}s (is it running? same key?)"
+            f"no status from a dispatcher at {address} within {timeout}s (is it running? the right key "
+            "or credential? if it encrypts, does the credential carry its public key, or pass "
+            "--curve-server-key?)"
         )
     finally:
         sock.close()

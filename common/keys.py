@@ -38,7 +38,8 @@ def load_key(path: Path) -> bytes:
         mode = path.stat().st_mode
     except FileNotFoundError:
         raise ConfigError(
-            f"key file {path} does not exist; copy it from the head node or set {KEY_ENV}"
+            f"key file {path} does not exist: off the head node, connect with a credential instead "
+            "(--credential FILE, issued there with 'retia credential issue')"
         ) from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigError(
@@ -63,10 +64,8 @@ def resolve_key(
     if create and not path.exists():
         created = create_key_file(path)
         _log.warning(
-            "generated a new cluster key in %s; give it to each worker: copy the file (chmod 600) and "
-            "pass --key-file, or export %s=$(cat %s)",
-            path,
-            KEY_ENV,
+            "generated a new cluster key in %s; it stays here: give each worker pool and each user a "
+            "credential derived from it (retia credential issue --role worker|client --name NAME)",
             path,
         )
         return created

@@ -45,7 +45,7 @@ def add_credential_arguments(parser: argparse.ArgumentParser) -> None:
     new.add_argument(
         "--insecure",
         action="store_true",
-        help="the dispatcher runs with --insecure: leave its public key out",
+        help="the dispatcher runs with --insecure (or on loopback only): leave its public key out",
     )
     gone = actions.add_parser(
         "revoke",
@@ -71,8 +71,12 @@ def _issue(args: argparse.Namespace) -> int:
     home = args.home.expanduser()
     key = resolve_key(key_file=args.key_file or home / "cluster.key")
     server_key = ""
-    if args.address and reachable_from_afar(args.address) and not args.insecure:
-        public, _secret = server_certificate(home)  # created here if the dispatcher has not yet
+    certificate = home / "curve" / "dispatcher.key"
+    # the dispatcher encrypts off loopback (its certificate is made here if it has not started yet),
+    # and wherever it has a certificate, whatever name this credential reaches it by
+    wanted = (args.address and reachable_from_afar(args.address)) or certificate.exists()
+    if wanted and not args.insecure:
+        public, _secret = server_certificate(home)
         server_key = public_key(public)
     credential = issue(key, Role(args.role), args.name, address=args.address, server_key=server_key)
     if args.out == "-":
