@@ -1,4 +1,4 @@
-"""The cluster key: generated once, kept in a 0600 file, handed to workers by file or ``RETIA_KEY``."""
+"""The cluster key: generated once on the head node, kept there in a 0600 file (peers hold credentials)."""
 
 from __future__ import annotations
 
