@@ -11,14 +11,15 @@ Set-up:
 - the dispatcher is the real one, ``python -m retia.dispatcher`` in a subprocess, with its
   SQLite journal on disk by default (``--journal memory`` for ``:memory:``) and its default
   INFO log going to a file; ``--heartbeat 1 --liveness 30``;
-- ``--workers`` simulated workers speak the real protocol with the real key (read from the
-  ``cluster.key`` the dispatcher created): ``--sim-procs`` processes, each driving its share of
-  DEALER sockets (identity = worker id) from one ``zmq.Poller`` loop. Each says HELLO (role
-  worker) and READY, sends a HEARTBEAT every heartbeat interval like the real agent, and on
-  RUN answers at once REPORT(final, seq 1), DONE(SUCCEEDED, seq 2) and READY, as
-  ``worker/agent.py`` does. Payloads are never unpickled (neither here nor by the dispatcher);
+- ``--workers`` simulated workers speak the real protocol with one worker credential issued from
+  the ``cluster.key`` the dispatcher created: ``--sim-procs`` processes, each driving its share of
+  DEALER sockets (routing ids assigned by the dispatcher's socket) from one ``zmq.Poller`` loop.
+  Each says HELLO (role worker), waits for its WELCOME and says READY in the session it opens,
+  sends a HEARTBEAT every heartbeat interval like the real agent, and on RUN answers at once
+  REPORT(final, seq 1), DONE(SUCCEEDED, seq 2) and READY, as ``worker/agent.py`` does; a RESET
+  makes it say HELLO again. Payloads are never unpickled (neither here nor by the dispatcher);
 - one real client (``Backend``) submits ``--trials`` trials of a ``FunctionalEvaluator`` with a
-  no-op fit, keeping ``--in-flight`` of them unfinished.
+  no-op fit, keeping ``--in-flight`` of them unfinished, with a client credential.
 
 Measured over the window from the first SUBMIT to the last trial's final state at the client:
 messages the dispatcher received and sent (counted by the simulators, plus the client's
@@ -55,20 +56,23 @@ import zmq
 import retia
 from retia import FunctionalEvaluator
 from retia.client.backend import Backend, Trial, connect, query_status
-from retia.errors import AuthenticationError, ProtocolError
+from retia.credentials import Credential, issue
+from retia.errors import RetiaError
 from retia.keys import load_key
 from retia.protocol import (
     Done,
     DoneBatch,
     Event,
+    Header,
     Hello,
+    Message,
     MsgType,
     Report,
     Role,
     TrialState,
     pack_metric,
 )
-from retia.session import Session
+from retia.session import Opening, Session, read_reset
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -156,7 +160,9 @@ def rss_mib(pid: int) -> float:
 class _SimWorker:
     id: str
     sock: zmq.Socket[bytes]
-    session: Session
+    credential: Credential
+    session: Session | None = None  # keyed by the last WELCOME
+    opening: Opening | None = None  # a HELLO sent, its WELCOME awaited
     ready_at: float = 0.0
 
 
@@ -172,7 +178,7 @@ class Simulator:
     """``count`` simulated worker agents on one zmq.Poller loop, speaking the real protocol."""
 
     def __init__(
-        self, index: int, count: int, address: str, key: bytes, heartbeat: float, counters: Any
+        self, index: int, count: int, address: str, credential: Credential, heartbeat: float, counters: Any
     ) -> None:
         self.index, self.heartbeat, self.counters = index, heartbeat, counters
         self.ctx = zmq.Context()
@@ -182,12 +188,11 @@ class Simulator:
         self._sent = self._received = 0
         for i in range(count):
             worker_id = f"sim-{socket.gethostname()}-{index}-{i}"
-            sock = self.ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.IDENTITY, worker_id.encode())
+            sock = self.ctx.socket(zmq.DEALER)  # its routing id is the dispatcher socket's choice
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(address)
             self.poller.register(sock, zmq.POLLIN)
-            self.workers[sock] = _SimWorker(worker_id, sock, Session(key, worker_id))
+            self.workers[sock] = _SimWorker(worker_id, sock, credential)
         # heartbeats staggered over one interval, sent round robin like each agent's own timer
         now = time.monotonic()
         self.beats = collections.deque(
@@ -195,14 +200,20 @@ class Simulator:
         )
 
     def send(self, worker: _SimWorker, type: MsgType, body: Any = None, **header: Any) -> None:
-        worker.sock.send_multipart(worker.session.frames(type, body, **header), zmq.NOBLOCK)
+        if worker.session is None or worker.opening is not None:
+            return  # nothing is signed between a HELLO and its WELCOME
+        self._send_frames(worker, type, worker.session.frames(type, body, **header))
+
+    def _send_frames(self, worker: _SimWorker, type: MsgType, frames: list[bytes]) -> None:
+        worker.sock.send_multipart(frames, zmq.NOBLOCK)
         self._sent += 1
         self.result.sent[type.name] += 1
 
     def hello(self, worker: _SimWorker) -> None:
+        """HELLO; the WELCOME that answers it opens the session its READY goes out in."""
         hello = Hello(Role.WORKER, worker.id, socket.gethostname(), os.getpid(), "none", [])
-        self.send(worker, MsgType.HELLO, hello)
-        self.ready(worker)
+        worker.opening = Opening(worker.credential, worker.id)
+        self._send_frames(worker, MsgType.HELLO, worker.opening.hello_frames(hello))
 
     def ready(self, worker: _SimWorker) -> None:
         worker.ready_at = time.monotonic()
@@ -235,16 +246,35 @@ class Simulator:
             except zmq.Again:
                 return
             self._received += 1
-            try:
-                msg = worker.session.parse(frames)
-            except (ProtocolError, AuthenticationError):
+            msg = self._read(worker, frames)
+            if msg is None:
                 self.result.dropped += 1
                 continue
             self.result.received[msg.type.name] += 1
             self._handle(worker, msg)
 
+    def _read(self, worker: _SimWorker, frames: list[bytes]) -> Any:
+        """As ``retia.peer`` reads: the answer to our HELLO, a message of the session, or a RESET."""
+        if worker.opening is not None:
+            try:
+                return worker.opening.answer(frames)
+            except RetiaError:
+                pass
+        if worker.session is not None:
+            try:
+                return worker.session.parse(frames)
+            except RetiaError:
+                pass
+        reset = read_reset(frames)
+        return None if reset is None else Message(Header(MsgType.RESET), reset)
+
     def _handle(self, worker: _SimWorker, msg: Any) -> None:
-        if msg.type is MsgType.RUNS:
+        if msg.type is MsgType.WELCOME and worker.opening is not None:
+            worker.session, worker.opening = worker.opening.session(msg.body), None
+            self.ready(worker)  # the first message of the session proves it: the worker joins
+        elif msg.type is MsgType.REFUSED:
+            raise RuntimeError(f"the dispatcher refused {worker.id}: {msg.body.reason}")
+        elif msg.type is MsgType.RUNS:
             for run in msg.body.items:
                 now = time.monotonic()
                 self.result.latencies.append((worker.ready_at, now - worker.ready_at))
@@ -257,9 +287,16 @@ class Simulator:
 
 
 def _simulate(
-    index: int, count: int, address: str, key: bytes, heartbeat: float, counters: Any, stop: Any, out: Any
+    index: int,
+    count: int,
+    address: str,
+    credential: Credential,
+    heartbeat: float,
+    counters: Any,
+    stop: Any,
+    out: Any,
 ) -> None:
-    sim = Simulator(index, count, address, key, heartbeat, counters)
+    sim = Simulator(index, count, address, credential, heartbeat, counters)
     out.put((index, sim.run(stop)))
 
 
@@ -328,11 +365,13 @@ def run_scale(config: ScaleConfig) -> ScaleResult:
         counters = mp.RawArray("q", 2 * config.sim_procs)
         stop, out = mp.Event(), mp.Queue()
         shares = [len(range(i, config.workers, config.sim_procs)) for i in range(config.sim_procs)]
-        key = load_key(home / "cluster.key")
+        key = load_key(home / "cluster.key")  # the admin's: for the status polls only
+        workers = issue(key, Role.WORKER, "scale-sims")  # one credential for the pool, as deployed
+        client = issue(key, Role.CLIENT, "scale-client")
         sims = [
             mp.Process(
                 target=_simulate,
-                args=(i, n, address, key, config.heartbeat, counters, stop, out),
+                args=(i, n, address, workers, config.heartbeat, counters, stop, out),
                 daemon=True,
             )
             for i, n in enumerate(shares)
@@ -341,7 +380,7 @@ def run_scale(config: ScaleConfig) -> ScaleResult:
             for sim in sims:
                 sim.start()
             _wait_for_workers(address, key, config.workers)
-            return _measure(config, dispatcher.pid, address, key, counters, stop, out, sims)
+            return _measure(config, dispatcher.pid, address, client, counters, stop, out, sims)
         finally:
             stop.set()
             for sim in sims:
@@ -354,7 +393,7 @@ def run_scale(config: ScaleConfig) -> ScaleResult:
 
 def _wait_for_workers(address: str, key: bytes, count: int, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
-    while (known := len(query_status(address, key=key, timeout=30).workers)) < count:
+    while (known := len(query_status(address, key, timeout=30).workers)) < count:
         if time.monotonic() > deadline:
             raise RuntimeError(f"only {known} of {count} simulated workers joined within {timeout}s")
         time.sleep(0.2)
@@ -364,13 +403,15 @@ def _measure(
     config: ScaleConfig,
     pid: int,
     address: str,
-    key: bytes,
+    credential: Credential,
     counters: Any,
     stop: Any,
     out: Any,
     sims: Sequence[Any],
 ) -> ScaleResult:
-    backend = connect(address, key=key, heartbeat_interval=config.heartbeat, liveness=config.liveness)
+    backend = connect(
+        address, credential=credential, heartbeat_interval=config.heartbeat, liveness=config.liveness
+    )
     try:
         submitter = Submitter(backend, config.trials, config.in_flight)
         before = list(counters)

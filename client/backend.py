@@ -251,6 +251,7 @@ class Backend:
         self._closed = threading.Event()
         self._welcomed = threading.Event()
         self._status_wanted = threading.Event()  # status() asks; the I/O thread sends STATUS
+        self._status_awaited = False  # a status() waits: asked again in a new session (a RESET lost it)
         self._status_reply: StatusReply | None = None
         self._thread = threading.Thread(target=self._io_loop, name="retia-client-io", daemon=True)
         self._thread.start()
@@ -376,10 +377,13 @@ class Backend:
         cluster key), asked over this connection."""
         with self._cond:
             self._status_reply = None
+            self._status_awaited = True
         self._status_wanted.set()
         self._wake()
         with self._cond:
-            if not self._wait_until(lambda: self._status_reply is not None, time.monotonic() + timeout):
+            answered = self._wait_until(lambda: self._status_reply is not None, time.monotonic() + timeout)
+            self._status_awaited = False
+            if not answered:
                 raise RetiaError(f"no status from the dispatcher at {self.address} within {timeout}s")
             assert self._status_reply is not None
             return self._status_reply
@@ -563,6 +567,9 @@ class Backend:
             self._resyncing = False  # the replay of what we lack follows, in order
             self._max_message_bytes = msg.body.max_message_bytes
             self._welcomed.set()
+            with self._cond:  # a STATUS sent in the session this one replaces got a RESET, no reply
+                if self._status_awaited and self._status_reply is None:
+                    self._status_wanted.set()
         elif msg.type is MsgType.RESET:  # the dispatcher restarted: say HELLO, re-send what it lacks
             peer.reset(msg.body)
         elif msg.type is MsgType.STATUS_REPLY:

@@ -32,7 +32,9 @@ def cluster(tmp_path: Path) -> Iterator[Backend]:
 
 
 def _through(proxy: CuttableProxy, cluster: Backend) -> Backend:
-    return connect(proxy.address, key=cluster.key, heartbeat_interval=HEARTBEAT_INTERVAL, liveness=LIVENESS)
+    return connect(
+        proxy.address, credential=cluster.credential, heartbeat_interval=HEARTBEAT_INTERVAL, liveness=LIVENESS
+    )
 
 
 def _cut_when(

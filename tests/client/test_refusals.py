@@ -15,7 +15,8 @@ import zmq
 from retia import FunctionalEvaluator
 from retia.blobs import make_blob
 from retia.client.backend import Backend, connect
-from retia.errors import PayloadTooLarge, SubmissionRefusedError
+from retia.credentials import Role, issue
+from retia.errors import AuthenticationError, PayloadTooLarge, RetiaError, SubmissionRefusedError
 from retia.protocol import (
     Ack,
     AckBatch,
@@ -24,21 +25,25 @@ from retia.protocol import (
     TrialState,
     Welcome,
 )
-from retia.session import Session
+from retia.session import Session, peek_header, reset_frames
 
 from ..clusters import fast_cluster
 from ..integration import fits
+from ..sockets import accept_session
 
 pytestmark = pytest.mark.timeout(90)
 
 KEY = b"refusal-test-key-0123456789abcdef"
+CLIENT = issue(KEY, Role.CLIENT, "refusals")  # what `retia credential issue --role client` writes
 NINE_MB = 9 * 1000 * 1000
 
 
 @dataclass
 class ScriptedDispatcher:
-    """A real ROUTER socket that welcomes clients (with ``max_message_bytes``) and refuses every
-    SUBMITS item with ``reason``: the client's side of a refusal, whatever the dispatcher's cause."""
+    """A real ROUTER socket that welcomes a client (with ``max_message_bytes``) and refuses every
+    SUBMITS item with ``reason``: the client's side of a refusal, whatever the dispatcher's cause.
+    It knows one credential's key, and one session at a time: what that session does not check (a
+    HELLO again, say) is answered with a RESET, as the dispatcher does, and the next HELLO opens anew."""
 
     reason: str
     max_message_bytes: int = 8 << 20
@@ -54,17 +59,28 @@ class ScriptedDispatcher:
         port = sock.bind_to_random_port("tcp://127.0.0.1")
         self.address = f"tcp://127.0.0.1:{port}"
         self._bound.set()
-        session = Session(KEY, "scripted-dispatcher")
+        session: Session | None = None
         try:
             while not self._stop.is_set():
                 if not sock.poll(50):
                     continue
-                identity, *frames = sock.recv_multipart()
-                msg = session.parse(frames)
-                if msg.type is MsgType.HELLO:
+                if session is None:  # something came: the welcome says the limit as it is now
                     welcome = Welcome(0.2, 5, "scripted", self.max_message_bytes)
-                    sock.send_multipart([identity, *session.frames(MsgType.WELCOME, welcome)])
-                elif msg.type is MsgType.HEARTBEAT:
+                    try:
+                        _identity, _hello, session = accept_session(
+                            sock, CLIENT.key, welcome=welcome, timeout=1
+                        )
+                    except AuthenticationError:
+                        pass  # no HELLO came
+                    continue
+                identity, *frames = sock.recv_multipart()
+                try:
+                    msg = session.parse(frames)
+                except RetiaError:
+                    session = None
+                    sock.send_multipart([identity, *reset_frames(peek_header(frames).time)])
+                    continue
+                if msg.type is MsgType.HEARTBEAT:
                     sock.send_multipart([identity, *session.frames(MsgType.HEARTBEAT)])
                 elif msg.type is MsgType.SUBMITS:
                     self.submits += [s.trial for s in msg.body.items]
@@ -91,7 +107,7 @@ def scripted() -> Iterator[ScriptedDispatcher]:
 def test_a_refused_submission_fails_its_trial_with_the_dispatchers_reason(
     scripted: ScriptedDispatcher,
 ) -> None:
-    with connect(scripted.address, key=KEY, heartbeat_interval=0.2) as backend:
+    with connect(scripted.address, credential=CLIENT, heartbeat_interval=0.2) as backend:
         heard: list[TrialState] = []
         backend.add_listener(lambda trial, event: heard.append(event.state.state) if event.state else None)
         trial = backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting), trial_id="taken")
@@ -112,7 +128,7 @@ def test_a_refused_submission_fails_its_trial_with_the_dispatchers_reason(
 
 def test_the_size_limit_is_the_one_the_dispatcher_announces(scripted: ScriptedDispatcher) -> None:
     scripted.max_message_bytes = 64 << 10
-    with connect(scripted.address, key=KEY, heartbeat_interval=0.2) as backend:
+    with connect(scripted.address, credential=CLIENT, heartbeat_interval=0.2) as backend:
         with pytest.raises(PayloadTooLarge, match="over the dispatcher's 0.1 MiB message limit"):
             backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.uses, thing="x" * 100_000))
         assert backend.trials == {} and scripted.submits == []
@@ -171,7 +187,7 @@ def test_a_trial_id_another_client_uses_is_refused_and_the_first_runs_on(tmp_pat
     """Issue 16, point 10: before, B's SUBMIT was acknowledged, every event went to A, and B's trial
     waited QUEUED forever."""
     with fast_cluster(1, home=tmp_path / "c", client_id="client-a") as a:
-        with connect(a.address, key=a.key, client_id="client-b") as b:
+        with connect(a.address, credential=a.credential, client_id="client-b") as b:
             first = a.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting), trial_id="shared")
             assert first.result(timeout=60) == 3.0
             second = b.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting), trial_id="shared")

@@ -20,6 +20,7 @@ import pytest
 
 from retia import FunctionalEvaluator
 from retia.client.backend import Backend, connect
+from retia.credentials import Role
 from retia.protocol import TrialState
 
 from ..clusters import fast_cluster, journal_path, processes, worker_index
@@ -163,7 +164,7 @@ sys.path.insert(0, {root!r})
 from retia import FunctionalEvaluator
 from retia.client.backend import connect
 from tests.integration import fits
-backend = connect({address!r}, key={key!r}, client_id="crashy-client")
+backend = connect({address!r}, credential={credential!r}, client_id="crashy-client")
 for _ in range(3):
     backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting, steps=4, delay=0.3))
 time.sleep(1.0)  # the submissions are acknowledged; then the process dies without a goodbye
@@ -174,10 +175,14 @@ import os; os._exit(1)
 def test_client_dies_and_a_new_process_reconnects_to_its_trials(cluster: Backend, tmp_path: Path) -> None:
     script = tmp_path / "client.py"
     script.write_text(
-        _CLIENT.format(root=str(Path(__file__).parents[2]), address=cluster.address, key=cluster.key)
+        _CLIENT.format(
+            root=str(Path(__file__).parents[2]),
+            address=cluster.address,
+            credential=str(processes(cluster).credential_file(Role.CLIENT)),  # this client's, as a file
+        )
     )
     subprocess.run([sys.executable, str(script)], timeout=120, capture_output=True)
-    with connect(cluster.address, key=cluster.key, client_id="crashy-client") as again:
+    with connect(cluster.address, credential=cluster.credential, client_id="crashy-client") as again:
         deadline = time.monotonic() + 60
         while len(again.trials) < 3 or not all(t.done() for t in again.trials.values()):
             assert time.monotonic() < deadline, "the reconnected client did not get its trials back"

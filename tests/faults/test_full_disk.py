@@ -17,10 +17,9 @@ import zmq
 
 from retia import FunctionalEvaluator
 from retia.client.backend import Backend, Trial
-from retia.keys import load_key
+from retia.credentials import Credential
 from retia.peer import Peer, PeerTiming
 from retia.protocol import Ack, Hello, MsgType, Outgoing, Role, Submit, TrialState
-from retia.session import Session
 
 from ..clusters import HEARTBEAT_INTERVAL, LIVENESS, fast_cluster, processes
 from ..disks import fill, small_disk
@@ -33,12 +32,13 @@ class _Submitter:
     """A client on the real connection code (``retia.peer``) that keeps each SUBMIT's answer,
     refusals with their reason (the public client turns those into failed trials)."""
 
-    def __init__(self, address: str, key: bytes, client_id: str = "raw-client") -> None:
+    def __init__(self, address: str, credential: Credential, client_id: str = "raw-client") -> None:
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.peer = Peer(
             self.ctx,
             address,
-            Session(key, client_id),
+            credential,
+            client_id,
             lambda: Hello(Role.CLIENT, client_id),
             timing=PeerTiming(HEARTBEAT_INTERVAL, LIVENESS),
         )
@@ -60,8 +60,8 @@ class _Submitter:
                 for msg in self.peer.receive():
                     if msg.type is MsgType.ACKS:
                         self.answers.update({ack.trial: ack for ack in msg.body.items})
-                    elif msg.type is MsgType.RESET:
-                        self.peer.say_hello()
+                    elif msg.type is MsgType.RESET:  # as the client does: HELLO, then re-send
+                        self.peer.reset(msg.body)
             self.peer.tick(time.monotonic())
 
     def close(self) -> None:
@@ -99,7 +99,7 @@ def test_a_full_disk_refuses_new_trials_loses_nothing_acknowledged_and_resumes(t
             running = backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting, steps=40, delay=0.1))
             _started(running)
             filler = fill(disk)
-            submitter = _Submitter(backend.address, load_key(processes(backend).key_file))
+            submitter = _Submitter(backend.address, backend.credential)
             try:
                 for i in range(20):
                     submitter.submit(f"full-{i:02d}", os.urandom(200_000))
@@ -153,7 +153,7 @@ def test_read_only_artefacts_hold_a_done_back_until_remounted(tmp_path: Path) ->
             running = backend.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting, steps=10, delay=0.1))
             _started(running)
             subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
-            submitter = _Submitter(backend.address, load_key(processes(backend).key_file))
+            submitter = _Submitter(backend.address, backend.credential)
             refused: Ack | None = None
             try:
                 deadline = time.monotonic() + 30

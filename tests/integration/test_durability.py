@@ -65,3 +65,16 @@ def test_model_onnx_from_a_worker_directory_lands_under_trial_output_dir(cluster
     x = np.random.default_rng(0).standard_normal((2, 64)).astype(np.float32)
     (out,) = session.run(None, {session.get_inputs()[0].name: x})
     assert out.shape == (2, 10)
+
+
+def test_status_right_after_a_dispatcher_restart_is_answered(fresh_cluster: Backend) -> None:
+    """The client's STATUS goes out in the session the old dispatcher keyed; the new one answers it
+    with a RESET, and the client asks again in the session its new HELLO opens."""
+    trial = fresh_cluster.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting))
+    assert trial.result(timeout=60) == 3.0
+    cluster = processes(fresh_cluster)
+    for _ in range(3):
+        cluster.kill_dispatcher()
+        cluster.start_dispatcher()  # same journal, same address
+        counts = fresh_cluster.status(timeout=5).counts  # before: no status within 5 s
+        assert counts["SUCCEEDED"] == 1 and sum(counts.values()) == 1

@@ -20,6 +20,7 @@ from retia.errors import ConfigError
 from retia.nn import fixed_arch
 from retia.strategy import TPE, GridSearch, MedianStop, Random, RegularizedEvolution
 
+from ..clusters import processes
 from ..common.spaces import DigitsMLPSpace
 from . import fits
 
@@ -49,7 +50,9 @@ def test_each_strategy_searches_digits_and_exports_a_rebuildable_best(
 ) -> None:
     evaluator = _digits_evaluator()
     exp = Experiment(DigitsMLPSpace(), evaluator, strategy, path=tmp_path / "exp")
-    results = exp.run(max_trials=5, concurrency=2, address=cluster.address, key=cluster.key, live=False)
+    results = exp.run(
+        max_trials=5, concurrency=2, address=cluster.address, key_file=processes(cluster).key_file, live=False
+    )
     assert len(results) == 5 and all(r.state == "SUCCEEDED" for r in results)
     assert len({r.trial_id for r in results}) == 5
     [best] = exp.export_top_models(top_k=1)
@@ -75,7 +78,13 @@ def test_median_stop_cancels_losers_and_saves_epochs(cluster: Backend, tmp_path:
         exp = Experiment(
             DigitsMLPSpace(), evaluator, Random(seed=3, early_stop=early_stop), path=tmp_path / name
         )
-        results = exp.run(max_trials=10, concurrency=2, address=cluster.address, key=cluster.key, live=False)
+        results = exp.run(
+            max_trials=10,
+            concurrency=2,
+            address=cluster.address,
+            key_file=processes(cluster).key_file,
+            live=False,
+        )
         epochs[name] = sum(len(r.intermediates) for r in results)
         cancelled = [r for r in results if r.state == "CANCELLED"]
         if name == "median":
@@ -91,7 +100,9 @@ def test_report_writes_a_png_and_a_summary(cluster: Backend, tmp_path: Path) -> 
     exp = Experiment(
         DigitsMLPSpace(), FunctionalEvaluator(fits.arch_score, steps=3), Random(seed=1), path=tmp_path / "e"
     )
-    results = exp.run(max_trials=4, concurrency=2, address=cluster.address, key=cluster.key, live=False)
+    results = exp.run(
+        max_trials=4, concurrency=2, address=cluster.address, key_file=processes(cluster).key_file, live=False
+    )
     out = subprocess.run(
         [sys.executable, "-m", "retia.cli", "report", str(tmp_path / "e")],
         capture_output=True,
