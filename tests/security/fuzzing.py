@@ -2,7 +2,10 @@
 drawn from its own valid value or from values of the wrong type, the wrong range, huge or empty.
 
 Bodies are built as the msgpack arrays the codec decodes (so a wrong shape reaches the decoder too),
-packed and signed with ``Session.sign``; the header's fields are fuzzed the same way.
+packed and signed with ``Session.sign``; the header's fields are fuzzed the same way. A well-formed
+header takes its session's next number (else the receiver refuses it as a replay before a byte
+of the body is decoded); an odd one is sent as drawn, its number fuzzed with the rest, and
+:func:`burned` says when it left the receiver counting past the session's next number.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ from typing import Any
 import msgpack
 from hypothesis import strategies as st
 
-from retia.protocol import BODY_TYPES, VERSION, MsgType
+from retia import codec
+from retia.errors import ProtocolError
+from retia.protocol import BODY_TYPES, VERSION, Header, MsgType
 from retia.session import Session
 
-__all__ = ["EXAMPLES", "NASTY", "body", "signed"]
+__all__ = ["EXAMPLES", "NASTY", "Head", "body", "burned", "header", "signed", "unsigned"]
 
 # examples per message type; the issue's bar is 10,000 (RETIA_FUZZ_EXAMPLES=10000), too slow for 2 cores
 EXAMPLES = int(os.environ.get("RETIA_FUZZ_EXAMPLES", "150"))
@@ -158,17 +163,50 @@ def _pack(value: Any) -> bytes:
 _HEADER_FIELD = st.sampled_from(NASTY)
 
 
-def header(kind: MsgType, sender: str) -> st.SearchStrategy[bytes]:
+@dataclasses.dataclass(frozen=True)
+class Head:
+    """A fuzzed header's fields; ``numbered``: well formed, it takes the session's next number when
+    signed (an odd one is sent as drawn, its number among the fuzzed fields)."""
+
+    fields: tuple[Any, ...]
+    numbered: bool
+
+
+def header(kind: MsgType, sender: str) -> st.SearchStrategy[Head]:
     """A header of ``kind``: mostly well formed (trial, attempt, seq fuzzed), sometimes not at all."""
     good = st.tuples(
         _mostly([_plain(str)] * 4, [st.sampled_from(NASTY)]),
         _mostly([_plain(int)] * 4, [st.sampled_from(NASTY)]),
         _mostly([_plain(int)] * 4, [st.sampled_from(NASTY)]),
-    ).map(lambda t: _pack([int(kind), t[0], t[1], t[2], sender, time.time()]))
-    odd = st.lists(_HEADER_FIELD, max_size=7).map(lambda values: _pack([int(kind), *values]))
+    ).map(lambda t: Head((int(kind), t[0], t[1], t[2], sender, time.time()), True))
+    odd = st.lists(_HEADER_FIELD, max_size=8).map(lambda values: Head((int(kind), *values), False))
     return _mostly([good] * 4, [odd])
 
 
-def signed(session: Session, head: bytes, payload: bytes) -> list[bytes]:
-    """The four frames of a validly signed message with these header and payload bytes."""
-    return [VERSION, session.sign(head, payload), head, payload]
+def _packed_header(session: Session, head: Head) -> bytes:
+    if not head.numbered:
+        return _pack(list(head.fields))
+    session.sent += 1
+    return _pack([*head.fields, session.sent])
+
+
+def signed(session: Session, head: Head, payload: bytes) -> list[bytes]:
+    """The four frames of a message with this header and payload, validly signed in ``session``."""
+    packed = _packed_header(session, head)
+    return [VERSION, session.sign(packed, payload), packed, payload]
+
+
+def unsigned(head: Head, payload: bytes, signature: bytes = b"") -> list[bytes]:
+    """The four frames of a message no session signed (``signature``: what stands in its place)."""
+    return [VERSION, signature, _pack([*head.fields, 0] if head.numbered else list(head.fields)), payload]
+
+
+def burned(session: Session, frames: list[bytes]) -> bool:
+    """These frames, once accepted, leave the receiver counting past the number ``session`` signs
+    next (an odd header's fuzzed number): later messages would be refused as replays, so the
+    session must be opened again."""
+    try:
+        counter = codec.unpack(Header, frames[2]).counter
+    except ProtocolError:
+        return False
+    return counter > session.sent
