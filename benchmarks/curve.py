@@ -277,6 +277,9 @@ def run_clusters(args: argparse.Namespace, log: Callable[[str], None]) -> dict[s
         backends = dict(zip(TRANSPORTS, (plain, curve)))
         hubs = {}
         for name, backend in backends.items():
+            key = backend.cluster.curve_server_key if backend.cluster is not None else None
+            if (key is not None and key.exists()) != (name != TRANSPORTS[0]):  # its dispatcher made one
+                raise RuntimeError(f"the {name} cluster is not what it says (Curve certificate: {key})")
             hubs[name] = hub = dispatch.EventHub()
             backend.add_listener(hub)
             dispatch.wait_for_workers(backend, args.workers)
