@@ -26,7 +26,7 @@ Targets are printed beside the measured values. Every ``--worker-args`` given ad
 column (for instance ``--worker-args= --worker-args=--reuse-process``).
 
     .venv/bin/python benchmarks/dispatch.py [--trials 2000] [--rounds 3] [--reports 2000] \
-        [--workers 2] [--quick]
+        [--workers 2] [--curve] [--quick]
 """
 
 from __future__ import annotations
@@ -402,9 +402,13 @@ def warm_up(backend: Backend, hub: EventHub, workers: int) -> None:
 def measure_cluster(
     args: argparse.Namespace, worker_args: Sequence[str], pool: Pool, log: Callable[[str], None]
 ) -> ClusterResults:
-    label = "retia" + (f" [{' '.join(worker_args)}]" if worker_args else "")
+    label = (
+        "retia"
+        + (f" [{' '.join(worker_args)}]" if worker_args else "")
+        + (" (CurveZMQ)" if args.curve else "")
+    )
     started = time.perf_counter()
-    with local_cluster(workers=args.workers, worker_args=worker_args) as backend:
+    with local_cluster(workers=args.workers, worker_args=worker_args, curve=args.curve) as backend:
         hub = EventHub()
         backend.add_listener(hub)
         wait_for_workers(backend, args.workers)
@@ -624,6 +628,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="append",
         help="extra `retia worker` arguments, one retia column per use; write --worker-args=--reuse-process "
         '(with "=" when the value starts with a dash); --worker-args= is the default column',
+    )
+    parser.add_argument(
+        "--curve",
+        action="store_true",
+        help="encrypt the cluster's traffic with CurveZMQ (local_cluster(curve=True))",
     )
     parser.add_argument(
         "--quick", action="store_true", help="small counts, for a smoke test (under a minute)"

@@ -24,3 +24,28 @@ def test_dispatch_benchmark_quick_prints_its_table(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     for heading in ("Dispatch benchmark", "per-trial overhead", "trial start latency", "reports", "Target"):
         assert heading in out.stdout, f"{heading!r} missing from:\n{out.stdout[-3000:]}"
+
+
+@pytest.mark.timeout(300)
+def test_curve_benchmark_quick_prints_both_transports(tmp_path: Path) -> None:
+    """benchmarks/curve.py, tiny: every case runs on plain TCP and on CurveZMQ and lands in the table."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "curve.py"), "--quick", "--markdown"],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    markdown = out.stdout[out.stdout.index("| Measurement | plain TCP | CurveZMQ TCP | Curve / plain |") :]
+    rows = {line.split("|")[1].strip(): line for line in markdown.splitlines() if line.startswith("| ")}
+    for row in (
+        "HEARTBEAT: round trips",
+        "REPORTS x64: one way",
+        "throughput",
+        "CPU per MB, dispatcher (signs, sends)",
+        "all 10 at once: throughput",
+    ):
+        cells = [c.strip() for c in rows[row].split("|")[2:4]]
+        assert all(c and c[0].isdigit() for c in cells), f"{row!r} lacks a number per transport: {rows[row]}"
