@@ -4,24 +4,34 @@ credential used for another role, and a revoked credential. The legitimate peers
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from unittest import mock
 
+import msgpack
 import pytest
 import zmq
 
-import retia.session
-from retia import FunctionalEvaluator
+from retia import FunctionalEvaluator, codec
 from retia.client import Backend, connect
 from retia.credentials import Credential, Role, issue
 from retia.errors import AuthenticationError, ConfigError, CredentialRefusedError, RetiaError
 from retia.keys import load_key
-from retia.protocol import Cancel, FileChunk, Hello, MsgType, Submit, SubmitBatch, TrialState, WorkerInfo
-from retia.session import Opening, peek_header
+from retia.protocol import (
+    VERSION,
+    Cancel,
+    FileChunk,
+    Hello,
+    MsgType,
+    Submit,
+    SubmitBatch,
+    TrialState,
+    WorkerInfo,
+)
+from retia.session import Opening, Session, peek_header
 
 from ..clusters import fast_cluster, processes
 from ..dispatcher.fakes import join, receive
@@ -132,8 +142,10 @@ def test_a_hello_signed_an_hour_ago_opens_nothing(cluster: Backend) -> None:
     cred = _credential(cluster, Role.CLIENT, "carol")
     with connect(processes(cluster).address, credential=cred, client_id="carol-1") as victim:
         assert victim.submit(fits.DigitsMLP, FunctionalEvaluator(fits.counting)).result(timeout=60) == 3.0
-    with mock.patch.object(retia.session.time, "time", return_value=time.time() - 3600):
-        old = Opening(cred, "carol-1").hello_frames(Hello(Role.CLIENT, "carol-1"))
+    hello = Hello(Role.CLIENT, "carol-1", credential=cred.name, issued=cred.issued, nonce=os.urandom(32))
+    payload = codec.pack(hello)
+    header = msgpack.packb([int(MsgType.HELLO), "", 0, 0, "carol-1", time.time() - 3600, 1])
+    old = [VERSION, Session(cred.key, "carol-1").sign(header, payload), header, payload]
     with dealer(processes(cluster).address) as attacker:
         attacker.send_multipart(old)
         kinds = _types(_drain(attacker, 1.0))
