@@ -123,8 +123,9 @@ def test_a_trial_finds_no_key_in_its_environment_nor_in_its_fork_servers(tmp_pat
         found = _found(backend, worker_home, agent_pid)
     assert found["env"] == "none"  # no variable holds it, under any name
     assert found["self"] == "clean" and found["parent"] == "clean"  # nor the fork server's start
-    # what the same user can still read: what --trial-user is for (docs/security.md)
-    assert found["agent"] == "found" and found["key_file"] == "found" and found["link"] == "key"
+    # what the same user can still read: what --trial-user is for (docs/security.md); a link to the
+    # key in its output is not sent home, though (it points outside the output directory)
+    assert found["agent"] == "found" and found["key_file"] == "found" and found["link"] == "no key"
 
 
 @pytest.fixture
@@ -178,8 +179,14 @@ def test_with_a_trial_user_a_log_linked_to_the_key_file_brings_no_key_home(
 
 
 def _start_worker(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """``retia worker`` that must refuse to start (it would otherwise try to connect forever)."""
+    """``retia worker`` that must refuse to start (it would otherwise try to connect forever); it is
+    given a key (unless ``args`` name one), so that what it refuses is the option under test."""
     cmd = [sys.executable, "-m", "retia.worker", "--connect", "tcp://127.0.0.1:9", "--home", str(home)]
+    if "--key-file" not in args:
+        key = home.parent / "given.key"
+        key.write_text("k" * 64)
+        key.chmod(0o600)
+        cmd += ["--key-file", str(key)]
     return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=60, check=False)
 
 
