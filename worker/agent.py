@@ -16,7 +16,6 @@ back, and the DONEs of one loop turn go out in one DONES message.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import multiprocessing
 import os
@@ -452,8 +451,6 @@ class Agent:
             with file_access_of(self._user):  # what the trial could not read, it cannot make us send
                 files = self._ship_artifacts(trial)  # FILE chunks take seqs before the DONE's
                 done = trial.outcome(now, trial.seq + 1, items, files)
-            if trial.reports:
-                done = dataclasses.replace(done, report_count=trial.reports)
         trial.seq += 1
         message = Outgoing(MsgType.DONES, done, trial.id, trial.attempt, trial.seq)
         self.trial = None  # DONE tells the dispatcher we are free: no READY needed

@@ -7,10 +7,12 @@ objects per file (both were a measurable share of a short trial: docs/benchmarks
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import select
 import signal
+import stat
 import urllib.parse
 import weakref
 from collections.abc import Iterator
@@ -119,7 +121,8 @@ class RunningTrial:
             pass  # the process is gone; its exit status tells the rest
 
     def outcome(self, now: float, seq: int, reports: list[Report], files: list[InlineFile]) -> Done:
-        """The attempt's DONE: verdict, last reports, small artefacts, and for a failure the log's tail."""
+        """The attempt's DONE: verdict, last reports, small artefacts, how many reports it sent in all,
+        and for a failure the log's tail."""
         duration = now - self.started
         if self.kill_reason:
             state, reason = self.kill_state, self.kill_reason
@@ -136,7 +139,16 @@ class RunningTrial:
             code = None if alive(self.process) else self.process.exitcode
             if self.returned and code in (0, None):
                 return Done(
-                    self.id, self.attempt, seq, TrialState.SUCCEEDED, "", None, duration, reports, files
+                    self.id,
+                    self.attempt,
+                    seq,
+                    TrialState.SUCCEEDED,
+                    "",
+                    None,
+                    duration,
+                    reports,
+                    files,
+                    self.reports,
                 )
             signal_name = ""
             if code is not None and code < 0:
@@ -157,7 +169,9 @@ class RunningTrial:
             inline_log = [f.data for f in files if f.path == "trial.log"]  # complete when it rode inline
             tail = _tail_of(inline_log[0]) if inline_log else log_tail(self.log_file)
             failure = dataclasses.replace(failure, log_tail=tail)
-        return Done(self.id, self.attempt, seq, state, reason, failure, duration, reports, files)
+        return Done(
+            self.id, self.attempt, seq, state, reason, failure, duration, reports, files, self.reports
+        )
 
     def send_signal(self, sig: signal.Signals) -> None:
         """Signal its process group (or the process, before it called setsid)."""
@@ -210,7 +224,7 @@ def _list_files(root: str) -> list[tuple[str, str, int]]:
     and rglob's path objects were a measurable share of a short trial's cost (docs/benchmarks.md).
     """
     found: list[tuple[str, str, int]] = []
-    real_root = os.path.realpath(root)
+    real_root = _real_path(root)
     stack = [(real_root, "")]
     while stack:
         directory, prefix = stack.pop()
@@ -229,6 +243,25 @@ def _list_files(root: str) -> list[tuple[str, str, int]]:
             except OSError:
                 continue  # gone meanwhile
     return sorted(found)
+
+
+def _real_path(directory: str) -> str:
+    """``os.path.realpath(directory)`` at the cost of one ``lstat`` when it is no link: its
+    parent (the agent's trials or scratch directory) is resolved once (each ``realpath`` costs an
+    ``lstat`` per component, and this runs for every trial)."""
+    parent, name = os.path.split(directory)
+    real = os.path.join(_real_parent(parent), name)
+    try:
+        if not stat.S_ISLNK(os.lstat(real).st_mode):
+            return real
+    except OSError:
+        return real  # not there (a quiet trial of a reused child): nothing to list
+    return os.path.realpath(directory)  # a link: the slow way says where it leads
+
+
+@functools.lru_cache(maxsize=64)
+def _real_parent(parent: str) -> str:
+    return os.path.realpath(parent)
 
 
 def _link_inside(link: str, real_root: str) -> str:
