@@ -395,9 +395,12 @@ def set_policy(batch: bool) -> None:
 
 
 def log_tail(path: str, lines: int = _LOG_TAIL_LINES) -> str:
-    """The last lines of a log file (at most its last 64 KiB are read)."""
+    """The last lines of a trial's log (at most its last 64 KiB are read); "" when it is not a
+    regular file any more: the trial may have swapped it for a FIFO (an open() of which would block
+    the agent for good) or a link (whose target is not the trial's to send)."""
+    real = os.path.join(_real_path(os.path.dirname(path)), os.path.basename(path))
     try:
-        with open(path, "rb") as f:
+        with open(_open_artifact(real), "rb") as f:
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - 64 * 1024))
             return _tail_of(f.read(), lines)

@@ -78,6 +78,17 @@ def raises_a_huge_exception(model_cls: Any) -> None:
     raise ValueError("x" * HUGE)
 
 
+def swaps_its_log(model_cls: Any, kind: str, target: str) -> None:
+    """Replaces its trial.log with a FIFO nobody writes to, or a link to ``target``, then raises."""
+    log = os.path.join(os.environ["RETIA_OUTPUT_DIR"], "trial.log")
+    os.unlink(log)
+    if kind == "fifo":
+        os.mkfifo(log)
+    else:
+        os.symlink(target, log)
+    raise RuntimeError("swapped its log")
+
+
 def leaves_processes(model_cls: Any, pids: str, end: str) -> None:
     """Starts a child in its group and one that escapes it (setsid, then a double fork), then ends."""
     in_group = subprocess.Popen(["sleep", "1000"])
@@ -180,6 +191,22 @@ def test_a_huge_exception_message_is_cut_in_done_and_kept_whole_in_the_log(
     assert len(failure.log_tail) <= 17 << 10
     log = home / "worker-0" / "trials" / f"{trial.id}-1" / "trial.log"
     assert log.read_text().count("x" * HUGE) == 1  # the whole traceback, message and all
+    _succeeds_next(backend)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link"])
+def test_a_log_swapped_for_a_fifo_or_a_link_neither_hangs_the_agent_nor_is_read(
+    backend: Backend, tmp_path: Path, kind: str
+) -> None:
+    """The agent reads a failed trial's log for its tail: before, a FIFO there blocked the agent's
+    open() for good (no heartbeat, every trial on it lost), and a link was read through."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the-secret-line\n")
+    trial = backend.submit(fits.DigitsMLP, FunctionalEvaluator(swaps_its_log, kind=kind, target=str(secret)))
+    with pytest.raises(TrialFailedError, match="swapped its log") as caught:
+        trial.result(timeout=60)
+    assert trial.attempt == 1  # its worker was never lost
+    assert caught.value.failure is not None and "the-secret-line" not in caught.value.failure.log_tail
     _succeeds_next(backend)
 
 
