@@ -156,10 +156,7 @@ class Peer:
         starts over from the oldest, it is not added to. On REFUSED we stop."""
         self._opening = None
         if msg.type is MsgType.REFUSED:
-            self.refused = msg.body.reason
-            _log.error(
-                "the dispatcher at %s refused %s: %s", self.address, self.credential.label, self.refused
-            )
+            self._refused(msg.body.reason)
             return
         self.session = opening.session(msg.body)
         self.send(MsgType.HEARTBEAT)
@@ -261,6 +258,8 @@ class Peer:
                 continue
             if msg.type is MsgType.ACKS:
                 self.acknowledge(msg.body.items)
+            elif msg.type is MsgType.REFUSED and not self.refused:  # in the session: revoked since
+                self._refused(msg.body.reason)
             messages.append(msg)
         if messages:
             self._last_heard = time.monotonic()
@@ -290,6 +289,11 @@ class Peer:
             return Message(Header(MsgType.RESET), reset)
         self._drops.drop(self.address, problem, time.monotonic())
         return None
+
+    def _refused(self, reason: str) -> None:
+        """The dispatcher will not serve us (a revoked credential, an id another's): stop trying."""
+        self.refused = reason
+        _log.error("the dispatcher at %s refused %s: %s", self.address, self.credential.label, reason)
 
     def acknowledge(self, acks: list[Ack]) -> None:
         for ack in acks:

@@ -163,6 +163,9 @@ def run_worker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
     agent.run()
+    if agent.peer.refused:  # (a supervisor sees it: a revoked credential is no clean stop)
+        print(f"retia worker: the dispatcher refused this worker: {agent.peer.refused}", file=sys.stderr)
+        return 2
     return 0
 
 

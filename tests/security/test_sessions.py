@@ -258,7 +258,7 @@ def test_a_revoked_credential_is_refused_from_then_on(cluster: Backend, tmp_path
                     capture_output=True,
                     timeout=60,
                 )
-            spare.wait(timeout=30)  # told REFUSED: it stops
+            assert spare.wait(timeout=30) == 2  # told REFUSED: it stops, and says so
             deadline = time.monotonic() + 10
             while client.lost is None:  # told REFUSED as well (the same beat)
                 assert time.monotonic() < deadline
