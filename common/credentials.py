@@ -17,7 +17,6 @@ import hashlib
 import hmac
 import json
 import os
-import stat
 import time
 from dataclasses import dataclass
 from enum import Enum
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .filemodes import read_secret
 
 __all__ = [
     "Role",
@@ -120,19 +120,13 @@ class Credential:
     def load(cls, path: Path | str) -> Credential:
         """Read a credential file, refusing one that group or others can read."""
         path = Path(path).expanduser()
-        try:
-            mode = path.stat().st_mode
-        except FileNotFoundError:
-            raise ConfigError(
-                f"credential file {path} does not exist; issue one on the head node with "
-                "'retia credential issue --role ROLE --name NAME --out FILE'"
-            ) from None
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigError(
-                f"credential file {path} is accessible by group or others (mode {stat.S_IMODE(mode):04o}); "
-                f"whoever reads it can act as its holder. Fix it with: chmod 600 {path}"
-            )
-        return cls.from_json(path.read_text(), str(path))
+        data = read_secret(
+            path,
+            "credential file",
+            "issue one on the head node with 'retia credential issue --role ROLE --name NAME --out FILE'",
+            "whoever reads it can act as its holder",
+        )
+        return cls.from_json(data.decode(errors="replace"), str(path))
 
 
 def issue(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-__all__ = ["private_dir", "private_file", "mode_of"]
+__all__ = ["private_dir", "private_file", "mode_of", "read_secret"]
 
 _log = logging.getLogger(__name__)
 
@@ -39,6 +39,22 @@ def private_file(path: Path, mode: int = 0o600, what: str = "file") -> None:
         _restrict(path, mode, what, exact=False)
     except FileNotFoundError:
         pass
+
+
+def read_secret(path: Path, what: str, missing: str, exposure: str) -> bytes:
+    """The bytes of a secret file (a key, a credential), refused with ``ConfigError`` when it does not
+    exist (``missing`` says what to do) or group or others can read it (``exposure`` says what its
+    reader could do): one that was readable may already be copied, so it is not fixed, it is refused."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist: {missing}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"{what} {path} is accessible by group or others (mode {stat.S_IMODE(mode):04o}); "
+            f"{exposure}. Fix it with: chmod 600 {path}"
+        )
+    return path.read_bytes()
 
 
 def _restrict(path: Path, mode: int, what: str, *, exact: bool) -> None:

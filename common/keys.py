@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import stat
 from pathlib import Path
 
 from .errors import ConfigError
+from .filemodes import read_secret
 
 __all__ = ["DEFAULT_HOME", "default_key_file", "load_key", "create_key_file", "resolve_key"]
 
@@ -34,19 +34,13 @@ def create_key_file(path: Path) -> bytes:
 
 def load_key(path: Path) -> bytes:
     """Read a key file, refusing one that group or others can read."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise ConfigError(
-            f"key file {path} does not exist: off the head node, connect with a credential instead "
-            "(--credential FILE, issued there with 'retia credential issue')"
-        ) from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(
-            f"key file {path} is accessible by group or others (mode {stat.S_IMODE(mode):04o}); "
-            f"anyone who reads it can run code on your workers. Fix it with: chmod 600 {path}"
-        )
-    key = path.read_bytes().strip()
+    key = read_secret(
+        path,
+        "key file",
+        "off the head node, connect with a credential instead (--credential FILE, issued there with "
+        "'retia credential issue')",
+        "anyone who reads it can run code on your workers",
+    ).strip()
     if len(key) < 16:
         raise ConfigError(f"key file {path} holds {len(key)} bytes; a cluster key needs at least 16")
     return key
