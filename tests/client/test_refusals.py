@@ -7,13 +7,14 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import zmq
 
 from retia import FunctionalEvaluator
-from retia.blobs import make_blob
+from retia.blobs import Blob, make_blob
 from retia.client.backend import Backend, connect
 from retia.credentials import Role, issue
 from retia.errors import AuthenticationError, PayloadTooLarge, RetiaError, SubmissionRefusedError
@@ -162,17 +163,27 @@ def test_a_large_array_travels_as_a_blob_and_runs(tmp_path: Path) -> None:
         assert trial.result(timeout=60) == float(data[-1000:].sum())
 
 
-def test_a_refused_blob_fails_the_trials_needing_it_and_is_uploaded_again(tmp_path: Path) -> None:
+def test_a_refused_blob_fails_the_trials_needing_it_and_is_uploaded_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = np.arange(100_000, dtype=np.float64)  # 800 kB: a blob
     blob = make_blob(data)
     assert blob is not None
     evaluator = FunctionalEvaluator(fits.tensor_stats, data=data)
     with fast_cluster(workers=1, home=tmp_path / "c") as backend:
         # bytes that do not match the digest (an array changed while it was sent, a bad copy): the
-        # dispatcher refuses the last chunk, and the trial that names the blob cannot run
+        # dispatcher refuses the last chunk, and the trial that names the blob cannot run. The bad
+        # upload is the submission's own, sent with it (one sent before it could be refused, and
+        # the blob uploaded again, before the submission even started)
         garbage = FileChunk(blob.digest, 0, b"\0" * blob.size, True)
-        backend._uploaded.add(blob.digest)
-        backend._enqueue(MsgType.BLOB_PUT, garbage, blob.digest)
+        upload = backend._upload
+
+        def corrupted(sent: Blob) -> list[tuple[MsgType, Any, str]]:
+            monkeypatch.setattr(backend, "_upload", upload)  # once
+            backend._uploaded.add(sent.digest)
+            return [(MsgType.BLOB_PUT, garbage, sent.digest)]
+
+        monkeypatch.setattr(backend, "_upload", corrupted)
         doomed = backend.submit(fits.DigitsMLP, evaluator)
         with pytest.raises(SubmissionRefusedError, match="did not match its digest") as info:
             doomed.result(timeout=30)  # before: a worker tried, then BlobUnavailableError (or a wait)
