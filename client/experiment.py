@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -51,8 +52,14 @@ class Experiment:
         path: str | Path | None = None,
         direction: str | None = None,
     ) -> None:
-        if mutators is not None:
-            raise ConfigError("mutators are not supported yet: declare choices inside the ModelSpace instead")
+        if mutators:  # None or [] (NNI passes either when the space holds its own choices)
+            raise ConfigError(
+                f"mutators are not supported ({len(mutators)} given): express each mutation as a choice "
+                "inside the ModelSpace (retia.nn.LayerChoice, InputChoice, ValueChoice), which the "
+                "strategy then samples"
+            )
+        if strategy is None:
+            raise ConfigError("a strategy is needed, e.g. retia.strategy.Random() or RegularizedEvolution()")
         if not hasattr(model_space, "search_space"):
             raise ConfigError(
                 f"model_space must be a retia.nn.ModelSpace instance, got {type(model_space).__name__}"
@@ -70,7 +77,8 @@ class Experiment:
         self.path = Path(path) if path is not None else Path("retia-experiments") / self.id
         self.record = ExperimentRecord(self.path)
         self._settings: ExperimentSettings | None = None
-        self._strategy_blob = dump(strategy, name="strategy") if strategy is not None else b""
+        self._strategy_blob = dump(strategy, name="strategy")
+        self._stop_requested = threading.Event()
 
     # ---- after the fact ----
 
@@ -86,15 +94,24 @@ class Experiment:
         exp.evaluator = load(record.blob("evaluator.bin"))
         exp._strategy_blob = record.blob("strategy.bin")
         exp.strategy = load(exp._strategy_blob)
+        exp._stop_requested = threading.Event()
         record.load()
         return exp
 
     @classmethod
     def resume(cls, path: str | Path, **run_kwargs: Any) -> Experiment:
-        """Continue a crashed experiment: finished trials are kept, in-flight ones are re-attached."""
+        """Continue a crashed experiment within the budget it was started with (unless ``run_kwargs``
+        give another): finished trials are kept, in-flight ones are re-attached; a finished one
+        resumes to nothing."""
         exp = cls.load(path)
         exp.run(**run_kwargs)
         return exp
+
+    def stop(self) -> None:
+        """End the running search (from another thread, a callback, a signal handler): no trial is
+        submitted any more, those in flight are cancelled and recorded CANCELLED, and ``run`` returns
+        what finished."""
+        self._stop_requested.set()
 
     @property
     def results(self) -> list[TrialResult]:
@@ -115,8 +132,8 @@ class Experiment:
 
     def run(
         self,
-        max_trials: int = 20,
-        concurrency: int = 2,
+        max_trials: int | None = None,
+        concurrency: int | None = None,
         max_duration: float | None = None,
         address: str | None = None,
         key: bytes | str | None = None,
@@ -128,10 +145,16 @@ class Experiment:
         credential: str | Path | None = None,
         live: bool | None = None,
     ) -> list[TrialResult]:
-        """Run until ``max_trials`` have finished, the strategy is exhausted, or ``max_duration`` passes.
+        """Run until ``max_trials`` have finished (default 20, or the budget it was started with when
+        resumed), the strategy is exhausted, ``max_duration`` passes, or :meth:`stop` is called.
 
         On a cluster: ``credential`` (a client credential file; its address is the default), or
         ``address`` with the cluster key (``key``, ``key_file``); neither: a private local cluster."""
+        saved = self._settings
+        if max_trials is None:
+            max_trials = saved.max_trials if saved is not None else 20
+        if concurrency is None:
+            concurrency = saved.concurrency if saved is not None else 2
         if max_trials < 1 or concurrency < 1:
             raise ConfigError(f"max_trials and concurrency must be >= 1 (got {max_trials}, {concurrency})")
         if self._settings is None:
@@ -203,8 +226,12 @@ class _Loop:
                 strategy.tell(result.key, result.arch, self._value(result.final))
             else:
                 self._submit(result, resubmit=True)
+        stop = self.exp._stop_requested
+        stop.clear()
         with self.view:
             while True:
+                if stop.is_set() and not self.exhausted:
+                    self._stop_all("stopped: Experiment.stop()")
                 self._fill()
                 if not self.running:
                     break
@@ -313,4 +340,17 @@ class _Loop:
             self.backend.trials[trial_id].cancel(reason)
 
 
-RetiariiExperiment = Experiment
+class RetiariiExperiment(Experiment):
+    """NNI 2.x's name and argument order: ``(base_model, evaluator, mutators=None, strategy=None)``."""
+
+    def __init__(
+        self,
+        base_model: Any,
+        evaluator: Evaluator,
+        mutators: Any = None,
+        strategy: Any = None,
+        *,
+        path: str | Path | None = None,
+        direction: str | None = None,
+    ) -> None:
+        super().__init__(base_model, evaluator, strategy, mutators, path=path, direction=direction)

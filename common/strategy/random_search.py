@@ -1,4 +1,4 @@
-"""Random search: uniform over the space, never the same architecture twice."""
+"""Random search: uniform over the space, by default never the same architecture twice."""
 
 from __future__ import annotations
 
@@ -29,13 +29,19 @@ def sample_unseen(codec: SpaceCodec, seen: set[Index], rng: random.Random) -> In
 
 
 class Random(Strategy):
-    """Uniform random sampling without repetition; exhausted after ``space size`` archs."""
+    """Uniform random sampling; with ``dedup`` (NNI's default) without repetition, exhausted after
+    ``space size`` archs; without, each draw independent of the others (never exhausted)."""
 
-    def __init__(self, *, seed: int | None = None, early_stop: EarlyStop | None = None) -> None:
+    def __init__(
+        self, *, dedup: bool = True, seed: int | None = None, early_stop: EarlyStop | None = None
+    ) -> None:
         super().__init__(seed=seed, early_stop=early_stop)
+        self.dedup = dedup
         self._rng = random.Random(seed)
 
     def ask(self, key: int) -> Arch | None:
+        if not self.dedup:
+            return self._issue(tuple(self._rng.randrange(len(opts)) for opts in self.codec.options))
         index = sample_unseen(self.codec, self._book.seen, self._rng)
         if index is None:
             _log.info("random search exhausted the space after %d architectures", len(self._book.seen))

@@ -280,3 +280,16 @@ def test_to_stop_is_empty_without_an_early_stop_rule() -> None:
     s.report(0, 0, 1.0)
     assert s.to_stop([0]) == []
     assert isinstance(MedianStop(), strategy_pkg.EarlyStop)
+
+
+def test_random_without_dedup_draws_with_repetition_and_is_never_exhausted() -> None:
+    """NNI's ``Random(dedup=...)``; before, a TypeError. With dedup (the default) a space of two is
+    exhausted after two; without, the tenth draw still comes, and some repeat."""
+    space: SearchSpace = {"a": [0, 1]}
+    deduped = Random(seed=0)
+    deduped.attach(space)
+    assert [deduped.ask(i) is None for i in range(3)] == [False, False, True]
+    free = Random(dedup=False, seed=0)
+    free.attach(space)
+    draws = [free.ask(i) for i in range(10)]
+    assert None not in draws and len({str(d) for d in draws}) == 2

@@ -6,13 +6,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
-from retia import Experiment, FunctionalEvaluator, trace
+from retia import Experiment, FunctionalEvaluator, RetiariiExperiment, trace
 from retia.client.backend import Backend
 from retia.client.summary import write_report
 from retia.datasets import DigitsDataset
@@ -122,12 +123,58 @@ def test_report_writes_a_png_and_a_summary(cluster: Backend, tmp_path: Path) -> 
 
 def test_bad_experiment_inputs_are_clear(tmp_path: Path) -> None:
     evaluator = FunctionalEvaluator(fits.arch_score)
-    with pytest.raises(ConfigError, match="mutators are not supported yet"):
+    with pytest.raises(ConfigError, match=r"mutators are not supported \(1 given\): express each mutation"):
         Experiment(DigitsMLPSpace(), evaluator, Random(), mutators=[object()])
+    with pytest.raises(ConfigError, match="a strategy is needed"):
+        RetiariiExperiment(DigitsMLPSpace(), evaluator, [])
     with pytest.raises(ConfigError, match="ModelSpace"):
         Experiment(object(), evaluator, Random())
     with pytest.raises(ConfigError, match="not an experiment directory"):
         Experiment.load(tmp_path)
+
+
+def test_nnis_argument_order_runs_and_resume_keeps_the_budget(cluster: Backend, tmp_path: Path) -> None:
+    """NNI 2.x: ``RetiariiExperiment(base_model, evaluator, mutators, strategy)``, mutators None or [];
+    before, the order was retia's and [] was refused. A resumed run keeps the budget it was started
+    with: before, a 1-trial experiment resumed ran up to run()'s default of 20."""
+    evaluator = FunctionalEvaluator(fits.arch_score, steps=2)
+    on: dict[str, Any] = {"address": cluster.address, "key_file": processes(cluster).key_file, "live": False}
+    for mutators, name in ((None, "none"), ([], "empty")):
+        exp = RetiariiExperiment(DigitsMLPSpace(), evaluator, mutators, Random(seed=2), path=tmp_path / name)
+        assert [r.state for r in exp.run(max_trials=1, **on)] == ["SUCCEEDED"]
+    resumed = RetiariiExperiment.resume(tmp_path / "none", **on)  # finished: resumes to nothing
+    assert [r.key for r in resumed.results] == [0]
+
+
+def test_stop_mid_run_cancels_what_is_in_flight_and_returns(cluster: Backend, tmp_path: Path) -> None:
+    """``stop()`` from another thread, once two trials run: no new trial, those in flight cancelled
+    and recorded so, ``run`` returns. Before, there was no stop()."""
+    evaluator = FunctionalEvaluator(fits.arch_score, steps=40, delay=0.1)
+    exp = Experiment(DigitsMLPSpace(), evaluator, Random(seed=4), path=tmp_path / "e")
+    done = threading.Event()
+
+    def stop_when_two_run() -> None:
+        while not done.is_set() and len(exp.record.results) < 2:
+            time.sleep(0.05)
+        time.sleep(1.0)  # they are under way
+        exp.stop()
+
+    stopper = threading.Thread(target=stop_when_two_run)
+    stopper.start()
+    try:
+        results = exp.run(
+            max_trials=10,
+            concurrency=2,
+            address=cluster.address,
+            key_file=processes(cluster).key_file,
+            live=False,
+        )
+    finally:
+        done.set()
+        stopper.join()
+    assert len(results) == 2 and {r.state for r in results} == {"CANCELLED"}
+    assert all("Experiment.stop()" in (r.reason or "") for r in results)
+    assert [r.state for r in Experiment.load(tmp_path / "e").results] == ["CANCELLED", "CANCELLED"]
 
 
 _RUNNER = """
