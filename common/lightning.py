@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,16 @@ class Lightning(Evaluator):
         train_dataloaders: Loaders = None,
         val_dataloaders: Loaders = None,
         datamodule: pl.LightningDataModule | None = None,
+        *,
+        train_dataloader: Loaders = None,
+        val_dataloader: Loaders = None,
     ) -> None:
+        """``train_dataloader``/``val_dataloader``: NNI's deprecated names (a DeprecationWarning)."""
+        train_dataloaders, val_dataloaders = _renamed(
+            train_dataloaders,
+            val_dataloaders,
+            {"train_dataloader": train_dataloader, "val_dataloader": val_dataloader},
+        )
         if trainer is not None and (not isinstance(trainer, pl.Trainer) or not is_traced(trainer)):
             raise ConfigError(
                 "trainer must be built with retia.lightning.Trainer(...) "
@@ -285,6 +295,7 @@ class Classification(_Supervised):
         num_classes: int | None = None,
         **trainer_kwargs: Any,
     ) -> None:
+        train_dataloaders, val_dataloaders = _renamed(train_dataloaders, val_dataloaders, trainer_kwargs)
         if num_classes is not None and num_classes < 2:
             raise ConfigError(f"num_classes must be at least 2, got {num_classes}")
         module = _ClassificationModule(
@@ -323,6 +334,7 @@ class Regression(_Supervised):
         export_onnx: bool = False,
         **trainer_kwargs: Any,
     ) -> None:
+        train_dataloaders, val_dataloaders = _renamed(train_dataloaders, val_dataloaders, trainer_kwargs)
         module = _RegressionModule(criterion, learning_rate, weight_decay, optimizer, export_onnx)
         self.trainer = None
         self._setup(module, train_dataloaders, val_dataloaders, datamodule, trainer_kwargs)
@@ -337,6 +349,22 @@ class Regression(_Supervised):
             export_onnx=export_onnx,
             **trainer_kwargs,
         )
+
+
+def _renamed(train: Loaders, val: Loaders, old: dict[str, Any]) -> tuple[Loaders, Loaders]:
+    """The loaders, taking NNI's deprecated ``train_dataloader``/``val_dataloader`` out of ``old`` (a
+    DeprecationWarning each; the evaluator is recorded, and rebuilt on workers, with the new names)."""
+    loaders = {"train_dataloaders": train, "val_dataloaders": val}
+    for name in ("train_dataloader", "val_dataloader"):
+        value = old.pop(name, None)
+        if value is None:
+            continue
+        new = name + "s"
+        if loaders[new] is not None:
+            raise ConfigError(f"give {new} or {name} (its deprecated name), not both")
+        warnings.warn(f"{name} is NNI's deprecated name: pass {new}", DeprecationWarning, stacklevel=3)
+        loaders[new] = value
+    return loaders["train_dataloaders"], loaders["val_dataloaders"]
 
 
 def _check_loaders(name: str, loaders: Loaders) -> None:

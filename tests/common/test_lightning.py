@@ -175,6 +175,29 @@ def test_dumped_classification_is_small_and_trains_the_same(tmp_path: Path) -> N
     assert cast(dict[str, float], finals[0])["default"] > 0.8  # the logged metrics
 
 
+def test_nnis_deprecated_loader_names_still_work_and_say_so(tmp_path: Path) -> None:
+    """``train_dataloader=`` and ``val_dataloader=`` (NNI's deprecated names, in every NNI Lightning
+    example): before, refused as unknown Trainer options. The evaluator is recorded, and rebuilt on
+    workers, with the current names."""
+    with pytest.warns(DeprecationWarning, match="train_dataloader is NNI's deprecated name"):
+        old = pl.Classification(
+            train_dataloader=digits("train"), val_dataloaders=digits("val", 256), max_epochs=1
+        )
+    assert retia.load(retia.dump(old)).train_dataloaders is not None  # no warning: the new names
+    torch.manual_seed(0)
+    named = cast(dict[str, float], old.evaluate(mlp, output_dir=tmp_path / "c").final)
+    assert named["default"] > 0.5  # it trained on the loader given under the old name
+    module = pl.Classification(max_epochs=1, val_dataloaders=digits("val")).module
+    trainer = pl.Trainer(max_epochs=1)  # (built outside: Lightning warns of its own loggers once)
+    with pytest.warns(DeprecationWarning, match="val_dataloader is NNI's deprecated name"):
+        lightning = pl.Lightning(
+            module, trainer, train_dataloaders=digits("train"), val_dataloader=digits("val")
+        )
+    assert lightning.val_dataloaders is not None
+    with pytest.raises(ConfigError, match="give train_dataloaders or train_dataloader"):
+        pl.Regression(train_dataloaders=digits("train"), train_dataloader=digits("train"))
+
+
 def test_without_training_data_validates_only(tmp_path: Path) -> None:
     evaluator = pl.Classification(val_dataloaders=digits("val", 256), num_classes=10)
     torch.manual_seed(0)
