@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sys
 import time
 import types
 import uuid
@@ -18,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .errors import PayloadTooLarge, SerializationError
+from .errors import ConfigError, PayloadTooLarge, SerializationError
 from .reporting import CollectingReporter, Metric, Reporter, use_reporter
 from .serializer import dump, rebuilding
-from .trace import Recipe, Traced, _attach, _name_positionals
+from .trace import Recipe, Traced, _attach, _name_positionals, get_recipe
 
 __all__ = ["Evaluator", "FunctionalEvaluator", "EvaluationResult", "OUTPUT_DIR_VARS", "model_factory"]
 
@@ -78,9 +79,41 @@ class Evaluator:
     def _record(self, *args: Any, **kwargs: Any) -> None:
         """Attach this evaluator's recipe and check it serializes now, not on a worker later."""
         args, kwargs = _name_positionals(type(self), args, kwargs)
-        _attach(self, Recipe(type(self), args, kwargs))
         if not rebuilding():  # checked on the client already; a worker must not pay for it per trial
+            _refuse_choices(
+                type(self).__name__, [(f"[{i}]", v) for i, v in enumerate(args)] + list(kwargs.items())
+            )
+        _attach(self, Recipe(type(self), args, kwargs))
+        if not rebuilding():
             dump(self, blobs={})  # large values will travel as blobs, so only check that they can
+
+
+def _refuse_choices(owner: str, arguments: list[tuple[str, Any]], depth: int = 3) -> None:
+    """A ValueChoice among an evaluator's arguments (or inside a traced one, a DataLoader's
+    ``batch_size`` say) would be fixed at its supernet value, its largest option, without a word:
+    refused, naming it, until such arguments are searched."""
+    choices = sys.modules.get("retia.nn.choices")
+    if choices is None or depth < 0:  # none was ever made
+        return
+    for name, value in arguments:
+        if isinstance(value, choices.ValueChoice):
+            plain = next((t(value) for t in (int, float, str) if isinstance(value, t)), value)
+            raise ConfigError(
+                f"{owner} argument {name.lstrip('.')} is ValueChoice {value.label!r} "
+                f"({value.options}): a choice in an evaluator's arguments is not searched yet, and "
+                f"would train every trial at {plain!r}. Pass one value (one experiment per value to "
+                "compare them), or make it part of the model space"
+            )
+        inner: list[tuple[str, Any]] = []
+        if isinstance(value, (list, tuple)):
+            inner = [(f"{name}[{i}]", v) for i, v in enumerate(value)]
+        elif isinstance(value, dict):
+            inner = [(f"{name}[{k!r}]", v) for k, v in value.items()]
+        elif (recipe := get_recipe(value)) is not None:
+            inner = [(f"{name}[{i}]", v) for i, v in enumerate(recipe.args)]
+            inner += [(f"{name}.{k}", v) for k, v in recipe.kwargs.items()]
+        if inner:
+            _refuse_choices(owner, inner, depth - 1)
 
 
 class FunctionalEvaluator(Evaluator):

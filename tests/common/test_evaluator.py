@@ -9,7 +9,7 @@ import os
 import threading
 from collections.abc import Sized
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import onnxruntime as ort
@@ -30,10 +30,10 @@ from fixtures_data import (
 from torch.utils.data import DataLoader
 
 import retia
-from retia import EvaluationResult, FunctionalEvaluator
+from retia import EvaluationResult, FunctionalEvaluator, report_final_result
 from retia.blobs import Blob
 from retia.datasets import DigitsDataset
-from retia.errors import PayloadTooLarge, ReportError, SerializationError
+from retia.errors import ConfigError, PayloadTooLarge, ReportError, SerializationError
 from retia.reporting import CollectingReporter
 from retia.trace import get_recipe
 
@@ -271,3 +271,28 @@ def test_fit_by_reference_when_importable_by_value_when_not() -> None:
     data = retia.dump(FunctionalEvaluator(fit_reports, values=[], finals=[]))
     (pickled,) = pi.pickles(data)
     assert b"fit_reports" in pickled  # the helper module is the user's own, uninstalled code
+
+
+def _fit_lr(model_cls: Any, lr: float) -> None:
+    report_final_result(lr)
+
+
+def test_a_choice_in_an_evaluators_arguments_is_refused_not_fixed_at_its_maximum() -> None:
+    """Before, ``FunctionalEvaluator(fit, lr=ValueChoice([0.01, 0.1]))`` called fit with 0.1 and the
+    search space had no ``lr``: wrong results without a word. Until such arguments are searched
+    (issue 18) each is refused, naming it, in a keyword, a Lightning evaluator's argument, or
+    inside a traced argument."""
+    import retia.lightning as pl
+    from retia.nn import ValueChoice
+
+    with pytest.raises(ConfigError, match=r"argument lr is ValueChoice 'lr' \(\[0.01, 0.1\]\).*at 0.1"):
+        FunctionalEvaluator(_fit_lr, lr=ValueChoice([0.01, 0.1], label="lr"))
+    with pytest.raises(ConfigError, match="Classification argument learning_rate is ValueChoice"):
+        pl.Classification(
+            learning_rate=ValueChoice([1e-3, 1e-2], label="clr"), val_dataloaders=_digits_loader("val", False)
+        )
+    batch = ValueChoice([32, 64], label="bs")
+    loader = retia.trace(DataLoader)(retia.trace(DigitsDataset)("val"), batch_size=batch)
+    with pytest.raises(ConfigError, match="argument train.batch_size is ValueChoice 'bs'"):
+        FunctionalEvaluator(_fit_lr, lr=0.1, train=loader)
+    assert FunctionalEvaluator(_fit_lr, lr=0.1).evaluate(object).final == 0.1  # a plain value runs
