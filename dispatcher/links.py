@@ -67,7 +67,7 @@ class Gate:
 
     def refusal(self, role: Role, peer_id: str, credential: str, issued: int) -> str:
         """Why a HELLO signed with this credential's key may not open a session ("" when it may)."""
-        if credential and issued <= self._revoked.get(credential, -1):
+        if self._is_revoked(credential, issued):
             return f"credential {credential!r} was revoked; ask the cluster's admin for a new one"
         if role is Role.ADMIN:
             return ""  # sees; owns no peer id
@@ -79,10 +79,14 @@ class Gate:
             )
         return ""
 
-    def bind(self, link: Link) -> None:
-        """The peer id of a joined link belongs to its credential from now on (if nobody's yet)."""
-        if self._journal.owner(link.peer_id) is None:
-            self._journal.bind_owner(link.peer_id, link.credential)
+    def admit(self, link: Link) -> str:
+        """A link joins (its first message in the session came): why it may not after all (another
+        credential took its id since its HELLO), else "" and its peer id is its credential's from now
+        on, if nobody's yet."""
+        refusal = self.refusal(link.role, link.peer_id, link.credential, link.issued)
+        if not refusal and link.role is not Role.ADMIN:
+            self._journal.bind_owner(link.peer_id, link.credential)  # (an owner already: kept)
+        return refusal
 
     def refresh(self) -> list[tuple[str, int]]:
         """Read revocations recorded since the last call (``retia credential revoke`` writes them to the
@@ -96,4 +100,7 @@ class Gate:
         return new
 
     def revoked(self, link: Link) -> bool:
-        return bool(link.credential) and link.issued <= self._revoked.get(link.credential, -1)
+        return self._is_revoked(link.credential, link.issued)
+
+    def _is_revoked(self, credential: str, issued: int) -> bool:
+        return bool(credential) and issued <= self._revoked.get(credential, -1)

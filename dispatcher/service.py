@@ -413,17 +413,16 @@ class Dispatcher:
         peer joins now, as its HELLO said (a worker with what it runs, a client from its last event).
         False if it may not after all (another credential took its id since its HELLO)."""
         hello = self._hellos.pop(link.identity, None)
-        refusal = self.gate.refusal(link.role, link.peer_id, link.credential, link.issued)
+        if hello is None:  # (links and their HELLOs are kept and dropped together: not expected)
+            self.links.pop(link.identity, None)
+            self._reset(link.identity, 0.0)
+            return False
+        refusal = self.gate.admit(link)
         if refusal:
             self._send(link.identity, MsgType.REFUSED, Refused(refusal))
-        if hello is None or refusal:
             self.links.pop(link.identity, None)
-            if not refusal:
-                self._reset(link.identity, 0.0)
             return False
         link.proven = True
-        if link.role is not Role.ADMIN:
-            self.gate.bind(link)
         if link.role is Role.CLIENT:
             self._join_client(link, hello)
         elif link.role is Role.WORKER:

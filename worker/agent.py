@@ -249,8 +249,7 @@ class Agent:
             self.peer.reset(msg.body)
         elif msg.type is MsgType.SHUTDOWN:
             self.stop()
-        elif msg.type is MsgType.REFUSED:  # for good (a revoked credential): the peer stopped trying
-            _log.error("worker %s stops: the dispatcher refused it (%s)", self.id, msg.body.reason)
+        elif msg.type is MsgType.REFUSED:  # for good (a revoked credential): the peer logged it, we stop
             self.stop()
         elif msg.type not in (MsgType.HEARTBEAT, MsgType.WELCOME):
             _log.warning("unexpected %s from the dispatcher", msg.type.name)
