@@ -217,6 +217,21 @@ def test_fuzzed_signed_messages_of_every_type_leave_the_dispatcher_serving(
     dispatcher = processes(cluster).dispatcher
     assert dispatcher is not None and dispatcher.poll() is None, "the dispatcher died"
     assert all(w.poll() is None for w in processes(cluster).worker_procs), "the worker died"
+    _answers_status(cluster)
+
+
+def _answers_status(cluster: Backend) -> None:
+    """Alive is not serving: a new admin session is welcomed and its STATUS answered, within seconds."""
+    credential = issue(_cluster_key(cluster), Role.ADMIN, "status-probe")
+    with dealer(cluster.address) as sock:
+        try:
+            session = open_session(sock, credential, Hello(Role.ADMIN, "status-probe"), timeout=10.0)
+            sock.send_multipart(session.frames(MsgType.STATUS))
+            answered = receive(sock, session, MsgType.STATUS_REPLY, 10_000) is not None
+        except AuthenticationError:
+            answered = False
+        assert answered, "the dispatcher stopped serving; its log ends:\n" + _log(cluster)[-6000:]
+        sock.send_multipart(session.frames(MsgType.BYE))
 
 
 def test_after_the_fuzz_a_real_trial_succeeds_and_the_drops_were_logged(
