@@ -177,8 +177,23 @@ class BlobStore:
         return True
 
     def write(self, digest: str, offset: int, data: bytes) -> None:
-        """Write a chunk; chunks arriving in order are hashed as they come, so finish() need not re-read."""
+        """Write a chunk; chunks arriving in order are hashed as they come, so finish() need not re-read.
+
+        A chunk goes where the blob's bytes end or before (one sent again): ValueError for one past
+        its end, which would leave a hole (a sparse file of any size: finish() would hash it all), and
+        for a blob larger than the store's budget."""
         partial = self.path(digest).with_suffix(".partial")
+        have = partial.stat().st_size if partial.exists() else 0
+        if offset > have:
+            raise ValueError(
+                f"a chunk at offset {offset} of blob {digest[:12]}, which has {have} bytes: chunks come in "
+                "order; send the blob again from offset 0"
+            )
+        if offset + len(data) > self.budget_bytes:
+            raise ValueError(
+                f"blob {digest[:12]} would be over {offset + len(data)} bytes, more than the dispatcher's "
+                f"blob store holds ({self.budget_bytes}); pass less data, or raise --blob-budget-gb"
+            )
         mode = "r+b" if partial.exists() else "wb"
         with open(partial, mode) as f:
             f.seek(offset)

@@ -61,6 +61,13 @@ class ArtifactStore:
                     f"go, or a directory or special file where it must go ({exc.strerror})",
                 )
             try:
+                have = os.fstat(fd).st_size
+                if chunk.offset > have:  # a hole: a sparse file of any size, for whoever reads it
+                    return self._refused(
+                        trial,
+                        f"artefact {chunk.path!r:.300}: a chunk at offset {chunk.offset}, past its "
+                        f"{have} bytes (chunks come in order)",
+                    )
                 data, done = memoryview(chunk.data), 0
                 while done < len(data):
                     done += os.pwrite(fd, data[done:], chunk.offset + done)
