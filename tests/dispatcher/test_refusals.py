@@ -30,7 +30,6 @@ from retia.protocol import (
     TrialState,
     pack_metric,
 )
-
 from retia.session import Session
 
 from ..integration import fits
