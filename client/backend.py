@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -310,16 +310,25 @@ class Backend:
         id_list: list[str | None] = list(trial_ids) if trial_ids is not None else [None] * count
         if not len(arch_list) == len(name_list) == len(id_list) == count:
             raise ValueError(f"archs, names and trial_ids need one entry per model ({count})")
-        evaluator_blobs: dict[str, Blob] = {}
-        evaluator_bytes = dump(evaluator, name="evaluator", blobs=evaluator_blobs)
         ids = [uuid.uuid4().hex if trial_id is None else trial_id for trial_id in id_list]
         for arch, name, trial_id in zip(arch_list, name_list, ids):
             _check_arch(arch)
             _check_names(name, trial_id)
+        searched = evaluator.search_space()  # its choices take their values from each arch
+        shared: tuple[bytes, dict[str, Blob]] | None = None if searched else _dumped(evaluator)
         bodies: list[tuple[Submit, dict[str, Blob]]] = []
         for model, arch, name, trial_id in zip(models, arch_list, name_list, ids):
+            model_arch, dumped = arch, shared
+            if dumped is None:
+                if arch is None:
+                    raise ConfigError(
+                        f"the evaluator holds choice(s) {searched!r}: pass arch= with a value for each "
+                        "(or submit evaluator.freeze({label: value, ...}))"
+                    )
+                model_arch, dumped = _model_part(model, arch, searched), _dumped(evaluator.freeze(arch))
+            evaluator_bytes, evaluator_blobs = dumped
             blobs = dict(evaluator_blobs)
-            recipe = _model_recipe(model, arch)
+            recipe = _model_recipe(model, model_arch)
             model_bytes = dump(recipe, name="model", blobs=blobs)
             refs = [BlobRef(b.digest, b.size) for b in blobs.values()]
             body = Submit(trial_id, 0, evaluator_bytes, model_bytes, arch, timeout, max_retries, name, refs)
@@ -818,6 +827,22 @@ def _check_arch(arch: Any) -> None:
         raise TypeError(
             f"arch must be a JSON-able dict (str keys; numbers, strings, bools, lists), got {arch!r:.200}"
         ) from None
+
+
+def _dumped(evaluator: Evaluator) -> tuple[bytes, dict[str, Blob]]:
+    """An evaluator's bytes and the blobs they refer to."""
+    blobs: dict[str, Blob] = {}
+    return dump(evaluator, name="evaluator", blobs=blobs), blobs
+
+
+def _model_part(model: Any, arch: dict[str, Any], searched: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The labels of ``arch`` the model takes: all but the evaluator's own (a label both use goes to
+    both); None when that leaves nothing for a model that is no space (a search of the evaluator's
+    arguments alone)."""
+    is_space = hasattr(model, "search_space")
+    own = set(model.search_space()) if is_space and not isinstance(model, type) else set()
+    part = {label: value for label, value in arch.items() if label not in searched or label in own}
+    return part if part or is_space else None
 
 
 def _model_recipe(model: Any, arch: dict[str, Any] | None) -> Any:

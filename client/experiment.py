@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from retia.arch import merge_spaces
 from retia.errors import ConfigError
 from retia.evaluator import Evaluator
 from retia.protocol import Event, TrialState
@@ -73,6 +74,7 @@ class Experiment:
         self.evaluator = evaluator
         self.strategy = strategy
         self.direction = direction
+        self.search_space()  # the model's and the evaluator's choices agree, or an error now
         self.id = f"exp-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         self.path = Path(path) if path is not None else Path("retia-experiments") / self.id
         self.record = ExperimentRecord(self.path)
@@ -113,19 +115,26 @@ class Experiment:
         what finished."""
         self._stop_requested.set()
 
+    def search_space(self) -> dict[str, list[Any]]:
+        """What the strategy searches: the model space's choices, then those among the evaluator's
+        arguments (a label both use is one decision)."""
+        return merge_spaces(self.model_space.search_space(), self.evaluator.search_space())
+
     @property
     def results(self) -> list[TrialResult]:
         return [self.record.results[k] for k in sorted(self.record.results)]
 
     def export_top_models(self, top_k: int = 1, formatter: str = "dict") -> list[Any]:
-        """The best architectures: dicts for ``fixed_arch``, or built models with ``formatter='instance'``."""
+        """The best architectures: dicts for ``fixed_arch`` (with the evaluator's searched arguments,
+        if any: ``evaluator.freeze(arch)`` takes them), or built models with ``formatter='instance'``."""
         if formatter not in ("dict", "instance"):
             raise ConfigError(f"formatter must be 'dict' or 'instance', got {formatter!r}")
         done = scored(self.results)
         done.sort(key=lambda pair: pair[0], reverse=self.direction == "maximize")
         best = [dict(r.arch) for _, r in done[:top_k]]
         if formatter == "instance":
-            return [self.model_space.freeze(arch) for arch in best]
+            labels = self.model_space.search_space()
+            return [self.model_space.freeze({k: v for k, v in arch.items() if k in labels}) for arch in best]
         return best
 
     # ---- the loop ----
@@ -219,7 +228,7 @@ class _Loop:
 
     def run(self) -> list[TrialResult]:
         strategy, record = self.exp.strategy, self.exp.record
-        strategy.attach(self.exp.model_space.search_space())
+        strategy.attach(self.exp.search_space())
         self.backend.add_listener(lambda trial, event: self.events.put((trial, event)))
         for result in record.results.values():
             if TrialState(result.state).finished:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
-from .errors import InvalidArchitectureError
+from .errors import ConfigError, InvalidArchitectureError
 
 __all__ = [
     "Arch",
@@ -38,6 +38,7 @@ __all__ = [
     "load_arch",
     "arch_indices",
     "validate_arch",
+    "merge_spaces",
     "fixed_arch",
     "current_fixed_arch",
     "build_frozen",
@@ -158,6 +159,21 @@ def arch_indices(search_space: SearchSpace, arch: Mapping[str, Any]) -> dict[str
 def validate_arch(search_space: SearchSpace, arch: Mapping[str, Any]) -> None:
     """Raise InvalidArchitectureError listing every missing, unknown or invalid label of ``arch``."""
     arch_indices(search_space, arch)
+
+
+def merge_spaces(model: SearchSpace, evaluator: SearchSpace) -> dict[str, list[Any]]:
+    """A model's choices and its evaluator's as one search space (the model's first). A label both
+    use is one decision, taken once for both: its options must be the same."""
+    merged = {label: [canonical(o) for o in options] for label, options in model.items()}
+    for label, options in evaluator.items():
+        mine = [canonical(o) for o in options]
+        if label in merged and merged[label] != mine:
+            raise ConfigError(
+                f"label {label!r} is a choice of the model space ({merged[label]}) and of the "
+                f"evaluator ({mine}) with other options: use one label per decision, or the same options"
+            )
+        merged.setdefault(label, mine)
+    return merged
 
 
 # ---------------------------------------------------------------------------- fixed_arch

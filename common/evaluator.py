@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .errors import ConfigError, PayloadTooLarge, SerializationError
+from .arch import ArchLike, ChoiceSpec, canonical, load_arch, match_option, validate_arch
+from .errors import ConfigError, InvalidArchitectureError, PayloadTooLarge, SerializationError
 from .reporting import CollectingReporter, Metric, Reporter, use_reporter
 from .serializer import dump, rebuilding
 from .trace import Recipe, Traced, _attach, _name_positionals, get_recipe
@@ -58,6 +59,12 @@ class Evaluator:
         ``model`` is a model class, a zero-argument callable returning a model, or an instance.
         ``output_dir`` defaults to a fresh directory under ``./retia-runs/`` (or ``$RETIA_RUNS_DIR``).
         """
+        choices = self.search_space()
+        if choices:
+            raise ConfigError(
+                f"{type(self).__name__} still holds choice(s) {choices!r} among its arguments: "
+                "search them in an Experiment, or evaluate evaluator.freeze({label: value, ...})"
+            )
         factory = model_factory(model)
         out = Path(os.path.abspath(output_dir if output_dir is not None else _fresh_run_dir()))
         if not out.is_dir():  # a worker's trial process created it already
@@ -76,44 +83,100 @@ class Evaluator:
     def _run(self, model_factory: Callable[[], Any]) -> None:
         raise NotImplementedError
 
+    def search_space(self) -> dict[str, list[Any]]:
+        """``{label: [options]}`` of the ValueChoices among this evaluator's arguments (NNI 3.0's
+        mutable evaluators): a keyword, a Lightning evaluator's argument, or inside a traced one (a
+        DataLoader's ``batch_size``). Searched beside the model's choices; empty for most evaluators."""
+        return {label: [canonical(o) for o in spec.options] for label, spec in self._choices().items()}
+
+    def freeze(self, arch: ArchLike) -> Evaluator:
+        """This evaluator with each of its choices fixed at ``arch``'s value (labels of ``arch`` that
+        are not its own, a model's, are ignored); itself when it holds no choice."""
+        choices = self._choices()
+        if not choices:
+            return self
+        loaded = load_arch(arch)
+        missing = [label for label in choices if label not in loaded]
+        if missing:
+            raise InvalidArchitectureError(
+                f"{type(self).__name__} needs a value for its choice(s) {missing!r}; it has "
+                f"{self.search_space()!r}"
+            )
+        validate_arch(self.search_space(), {label: loaded[label] for label in choices})
+        recipe = get_recipe(self)
+        assert recipe is not None  # a choice was found in it
+        sample = {label: match_option(spec.options, loaded[label]) for label, spec in choices.items()}
+        frozen: Evaluator = Recipe(
+            recipe.target, _fixed(recipe.args, sample), _fixed(recipe.kwargs, sample)
+        ).build()
+        return frozen
+
+    def _choices(self) -> dict[str, ChoiceSpec]:
+        recipe = get_recipe(self)
+        if recipe is None or "retia.nn.choices" not in sys.modules:  # no choice was ever made
+            return {}
+        found: dict[str, ChoiceSpec] = {}
+        for path, choice in _choices_in([*recipe.args, *recipe.kwargs.values()]):
+            seen = found.setdefault(choice.label, choice.spec)
+            if seen.options != choice.spec.options:
+                raise ConfigError(
+                    f"{type(self).__name__} has two choices labelled {choice.label!r} with different "
+                    f"options ({list(seen.options)} and {list(choice.spec.options)}, at {path}): "
+                    "give each decision its own label"
+                )
+        return found
+
     def _record(self, *args: Any, **kwargs: Any) -> None:
         """Attach this evaluator's recipe and check it serializes now, not on a worker later."""
         args, kwargs = _name_positionals(type(self), args, kwargs)
-        if not rebuilding():  # checked on the client already; a worker must not pay for it per trial
-            _refuse_choices(
-                type(self).__name__, [(f"[{i}]", v) for i, v in enumerate(args)] + list(kwargs.items())
-            )
         _attach(self, Recipe(type(self), args, kwargs))
-        if not rebuilding():
+        if not rebuilding():  # checked on the client already; a worker must not pay for it per trial
+            self._choices()
             dump(self, blobs={})  # large values will travel as blobs, so only check that they can
 
 
-def _refuse_choices(owner: str, arguments: list[tuple[str, Any]], depth: int = 3) -> None:
-    """A ValueChoice among an evaluator's arguments (or inside a traced one, a DataLoader's
-    ``batch_size`` say) would be fixed at its supernet value, its largest option, without a word:
-    refused, naming it, until such arguments are searched."""
-    choices = sys.modules.get("retia.nn.choices")
-    if choices is None or depth < 0:  # none was ever made
-        return
-    for name, value in arguments:
-        if isinstance(value, choices.ValueChoice):
-            plain = next((t(value) for t in (int, float, str) if isinstance(value, t)), value)
-            raise ConfigError(
-                f"{owner} argument {name.lstrip('.')} is ValueChoice {value.label!r} "
-                f"({value.options}): a choice in an evaluator's arguments is not searched yet, and "
-                f"would train every trial at {plain!r}. Pass one value (one experiment per value to "
-                "compare them), or make it part of the model space"
-            )
-        inner: list[tuple[str, Any]] = []
-        if isinstance(value, (list, tuple)):
-            inner = [(f"{name}[{i}]", v) for i, v in enumerate(value)]
-        elif isinstance(value, dict):
-            inner = [(f"{name}[{k!r}]", v) for k, v in value.items()]
-        elif (recipe := get_recipe(value)) is not None:
-            inner = [(f"{name}[{i}]", v) for i, v in enumerate(recipe.args)]
-            inner += [(f"{name}.{k}", v) for k, v in recipe.kwargs.items()]
-        if inner:
-            _refuse_choices(owner, inner, depth - 1)
+_DEPTH = 3  # how deep choices are looked for: a DataLoader of a Dataset of a transform
+
+
+def _choices_in(values: list[Any], path: str = "", depth: int = _DEPTH) -> Iterator[tuple[str, Any]]:
+    """(where, choice) of every ValueChoice in ``values``: themselves, or inside a list, a tuple, a
+    dict or a traced object's arguments, ``depth`` levels down."""
+    choice_type = sys.modules["retia.nn.choices"].ValueChoice
+    for i, value in enumerate(values):
+        where = f"{path}[{i}]"
+        if isinstance(value, choice_type):
+            yield where, value
+        elif depth > 0:
+            yield from _choices_in(_inner(value), where, depth - 1)
+
+
+def _inner(value: Any) -> list[Any]:
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, dict):
+        return list(value.values())
+    recipe = get_recipe(value)
+    return [*recipe.args, *recipe.kwargs.values()] if recipe is not None else []
+
+
+def _fixed(value: Any, sample: dict[str, Any], depth: int = _DEPTH + 1) -> Any:
+    """``value`` with each choice replaced by its option in ``sample``; what holds none is kept as is
+    (the same object), a traced object that holds one is built again from its fixed recipe."""
+    if depth < 0 or not any(True for _ in _choices_in([value], depth=depth)):
+        return value
+    if isinstance(value, sys.modules["retia.nn.choices"].ValueChoice):
+        return sample[value.label]
+    if isinstance(value, tuple):
+        return tuple(_fixed(v, sample, depth - 1) for v in value)
+    if isinstance(value, list):
+        return [_fixed(v, sample, depth - 1) for v in value]
+    if isinstance(value, dict):
+        return {k: _fixed(v, sample, depth - 1) for k, v in value.items()}
+    recipe = get_recipe(value)
+    assert recipe is not None  # _choices_in found a choice in it
+    return Recipe(
+        recipe.target, _fixed(recipe.args, sample, depth), _fixed(recipe.kwargs, sample, depth)
+    ).build()
 
 
 class FunctionalEvaluator(Evaluator):

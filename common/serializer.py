@@ -115,7 +115,9 @@ class _Encoder:
             and len(obj) >= self.options.blob_threshold
         ):
             return self._blob(self.blobs, bytes_blob(obj))
-        if obj is None or isinstance(obj, (bool, str, bytes, float)):
+        if obj is None or type(obj) in _PLAIN:
+            return obj
+        if isinstance(obj, (bool, str, bytes, float)) and not _is_choice(obj):  # a str enum, np.float64
             return obj
         if isinstance(obj, int) and type(obj) is int and -(1 << 63) <= obj < (1 << 64):
             return obj
@@ -191,6 +193,16 @@ class _Encoder:
     @staticmethod
     def _ext(code: _Ext, inner: Any) -> msgpack.ExtType:
         return msgpack.ExtType(int(code), msgpack.packb(inner, use_bin_type=True))
+
+
+_PLAIN = frozenset((bool, str, bytes, float))
+
+
+def _is_choice(obj: Any) -> bool:
+    """A ValueChoice among an evaluator's arguments (a float or str that is one): it travels as the
+    choice (a saved evaluator keeps its search space), not as its supernet value."""
+    choices = sys.modules.get("retia.nn.choices")
+    return choices is not None and isinstance(obj, choices.ValueChoice)
 
 
 def _decode_ext(code: int, data: bytes) -> Any:

@@ -33,7 +33,13 @@ import retia
 from retia import EvaluationResult, FunctionalEvaluator, report_final_result
 from retia.blobs import Blob
 from retia.datasets import DigitsDataset
-from retia.errors import ConfigError, PayloadTooLarge, ReportError, SerializationError
+from retia.errors import (
+    ConfigError,
+    InvalidArchitectureError,
+    PayloadTooLarge,
+    ReportError,
+    SerializationError,
+)
 from retia.reporting import CollectingReporter
 from retia.trace import get_recipe
 
@@ -273,26 +279,50 @@ def test_fit_by_reference_when_importable_by_value_when_not() -> None:
     assert b"fit_reports" in pickled  # the helper module is the user's own, uninstalled code
 
 
-def _fit_lr(model_cls: Any, lr: float) -> None:
-    report_final_result(lr)
+def _fit_lr(model_cls: Any, lr: float, train: Any = None) -> None:
+    report_final_result({"default": lr, "lr": lr, "batch": None if train is None else train.batch_size})
 
 
-def test_a_choice_in_an_evaluators_arguments_is_refused_not_fixed_at_its_maximum() -> None:
-    """Before, ``FunctionalEvaluator(fit, lr=ValueChoice([0.01, 0.1]))`` called fit with 0.1 and the
-    search space had no ``lr``: wrong results without a word. Until such arguments are searched
-    (issue 18) each is refused, naming it, in a keyword, a Lightning evaluator's argument, or
-    inside a traced argument."""
+def test_choices_in_an_evaluators_arguments_are_its_search_space_and_freeze_fixes_them() -> None:
+    """NNI 3.0's mutable evaluators. Before, ``FunctionalEvaluator(fit, lr=ValueChoice([0.01, 0.1]))``
+    called fit with 0.1 and nothing searched ``lr``. A choice in a keyword, in a Lightning
+    evaluator's argument, or inside a traced argument (a DataLoader's ``batch_size``) is the
+    evaluator's search space; ``freeze`` gives the evaluator with the values picked, and an
+    evaluator still holding a choice will not evaluate (never a silent maximum)."""
     import retia.lightning as pl
     from retia.nn import ValueChoice
 
-    with pytest.raises(ConfigError, match=r"argument lr is ValueChoice 'lr' \(\[0.01, 0.1\]\).*at 0.1"):
-        FunctionalEvaluator(_fit_lr, lr=ValueChoice([0.01, 0.1], label="lr"))
-    with pytest.raises(ConfigError, match="Classification argument learning_rate is ValueChoice"):
-        pl.Classification(
-            learning_rate=ValueChoice([1e-3, 1e-2], label="clr"), val_dataloaders=_digits_loader("val", False)
-        )
     batch = ValueChoice([32, 64], label="bs")
     loader = retia.trace(DataLoader)(retia.trace(DigitsDataset)("val"), batch_size=batch)
-    with pytest.raises(ConfigError, match="argument train.batch_size is ValueChoice 'bs'"):
-        FunctionalEvaluator(_fit_lr, lr=0.1, train=loader)
-    assert FunctionalEvaluator(_fit_lr, lr=0.1).evaluate(object).final == 0.1  # a plain value runs
+    evaluator = FunctionalEvaluator(_fit_lr, lr=ValueChoice([0.01, 0.1], label="lr"), train=loader)
+    assert evaluator.search_space() == {"lr": [0.01, 0.1], "bs": [32, 64]}
+    with pytest.raises(ConfigError, match=r"still holds choice\(s\) \{'lr': \[0.01, 0.1\], 'bs'.*freeze"):
+        evaluator.evaluate(object)
+    frozen = evaluator.freeze({"lr": 0.01, "bs": 32, "width": 16})  # a model's label is ignored
+    assert frozen.search_space() == {} and type(frozen) is FunctionalEvaluator
+    assert frozen.evaluate(object).final == {"default": 0.01, "lr": 0.01, "batch": 32}
+    assert evaluator.search_space() == {"lr": [0.01, 0.1], "bs": [32, 64]}  # the original is untouched
+    assert retia.load(retia.dump(evaluator)).search_space() == evaluator.search_space()  # saved with them
+    with pytest.raises(InvalidArchitectureError, match=r"needs a value for its choice\(s\) \['bs'\]"):
+        evaluator.freeze({"lr": 0.1})
+    with pytest.raises(InvalidArchitectureError, match="'lr' has value 0.5"):
+        evaluator.freeze({"lr": 0.5, "bs": 32})
+    classification = pl.Classification(
+        learning_rate=ValueChoice([1e-3, 1e-2], label="clr"),
+        max_epochs=ValueChoice([1, 2], label="epochs"),
+        val_dataloaders=_digits_loader("val", False),
+    )
+    assert classification.search_space() == {"clr": [1e-3, 1e-2], "epochs": [1, 2]}
+    fixed = classification.freeze({"clr": 1e-2, "epochs": 1})
+    assert fixed.search_space() == {} and cast(Any, fixed).trainer_kwargs["max_epochs"] == 1
+    with retia.fixed_arch({"lr": 0.1}):  # built under fixed_arch, a choice is its value at once
+        assert FunctionalEvaluator(_fit_lr, lr=ValueChoice([0.01, 0.1], label="lr")).search_space() == {}
+
+
+def test_one_label_with_two_option_lists_in_an_evaluator_is_refused() -> None:
+    from retia.nn import ValueChoice
+
+    with pytest.raises(ConfigError, match="two choices labelled 'lr' with different options"):
+        FunctionalEvaluator(
+            _fit_lr, lr=ValueChoice([0.01, 0.1], label="lr"), train={"lr": ValueChoice([1, 2], label="lr")}
+        )

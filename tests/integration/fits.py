@@ -190,3 +190,11 @@ def writes_nested(model_cls: Any) -> None:
 def padded(model_cls: Any, pad: str) -> None:
     """An evaluator made large by its argument (a string is pickled into it, not sent as a blob)."""
     report_final_result(float(len(pad)))
+
+
+def arch_and_arguments(model_cls: Any, lr: float, width: int) -> None:
+    """Reports the known score of its architecture plus ``lr``, and what it was given: ``width`` is
+    the model's own choice, shared with the evaluator (the same value)."""
+    model = model_cls()
+    arch = model.frozen_arch
+    report_final_result({"default": known_score(arch) + lr, "lr": lr, "width": width})

@@ -72,6 +72,44 @@ def test_each_strategy_searches_digits_and_exports_a_rebuildable_best(
     assert sum(p.numel() for p in instance.parameters()) == sum(p.numel() for p in model.parameters())
 
 
+def test_choices_in_the_evaluators_arguments_are_searched_beside_the_models(
+    cluster: Backend, tmp_path: Path
+) -> None:
+    """NNI 3.0's mutable evaluators: ``lr`` is searched with the model's labels, each trial's fit gets
+    its sampled value, a label both use (``width``) is one decision, and the export holds it all."""
+    from retia.nn import ValueChoice
+
+    evaluator = FunctionalEvaluator(
+        fits.arch_and_arguments,
+        lr=ValueChoice([0.0, 0.5], label="lr"),
+        width=ValueChoice([16, 32, 64], label="width"),
+    )
+    exp = Experiment(DigitsMLPSpace(), evaluator, Random(seed=1), path=tmp_path / "exp")
+    assert list(exp.search_space()) == ["width", "block0", "block1", "skip", "lr"]
+    on: dict[str, Any] = {"address": cluster.address, "key_file": processes(cluster).key_file, "live": False}
+    results = exp.run(max_trials=6, concurrency=2, **on)
+    assert [r.state for r in results] == ["SUCCEEDED"] * 6, results[0].reason
+    for r in results:
+        final = cast(dict[str, Any], r.final)
+        assert final["lr"] == r.arch["lr"] and final["width"] == r.arch["width"]
+        model_arch = {k: v for k, v in r.arch.items() if k != "lr"}
+        assert final["default"] == pytest.approx(fits.known_score(model_arch) + r.arch["lr"])
+    assert {r.arch["lr"] for r in results} == {0.0, 0.5}  # both were sampled (seed 1)
+    [best] = exp.export_top_models()
+    assert set(best) == {"width", "block0", "block1", "skip", "lr"}
+    model_arch = {k: v for k, v in best.items() if k != "lr"}  # a space takes its own labels only
+    again = evaluator.freeze(best).evaluate(lambda: DigitsMLPSpace().freeze(model_arch)).final
+    assert again == max((r.final for r in results), key=lambda f: cast(dict[str, float], f)["default"])
+    [model] = exp.export_top_models(formatter="instance")
+    assert model.frozen_arch == model_arch
+    with pytest.raises(ConfigError, match="label 'width' is a choice of the model space"):
+        Experiment(
+            DigitsMLPSpace(),
+            FunctionalEvaluator(fits.arch_and_arguments, lr=0.0, width=ValueChoice([1, 2], label="width")),
+            Random(),
+        )
+
+
 def test_median_stop_cancels_losers_and_saves_epochs(cluster: Backend, tmp_path: Path) -> None:
     evaluator = FunctionalEvaluator(fits.arch_score, steps=8, delay=0.15)
     epochs = {}
