@@ -134,7 +134,9 @@ class ReportingCallback(pl.Callback):
         self.count = 0
         self.interrupted = False  # a KeyboardInterrupt ended the run (Lightning's graceful shutdown)
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
         if isinstance(exception, KeyboardInterrupt):
             self.interrupted = True
 

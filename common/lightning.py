@@ -16,7 +16,7 @@ import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import pytorch_lightning as pl
 import torch
@@ -49,7 +49,20 @@ _log = logging.getLogger(__name__)
 
 DataLoader = trace(_TorchDataLoader)
 """``torch.utils.data.DataLoader``, traced: it ships as a recipe and is rebuilt on the worker."""
-Trainer = trace(pl.Trainer)
+
+
+class _Trainer(pl.Trainer):
+    """``pytorch_lightning.Trainer`` adding its default callbacks to a copy of the ``callbacks`` list:
+    Lightning appends them to the caller's list, which is the recipe's, so every Trainer rebuilt
+    from it would start with them (and refuse a progress bar it was told to leave out)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if isinstance(kwargs.get("callbacks"), list):
+            kwargs["callbacks"] = list(kwargs["callbacks"])
+        super().__init__(*args, **kwargs)
+
+
+Trainer = trace(_Trainer)
 """``pytorch_lightning.Trainer``, traced: the evaluator rebuilds a fresh one from it for every fit."""
 
 Loaders = _TorchDataLoader[Any] | Sequence[_TorchDataLoader[Any]] | None
@@ -270,7 +283,9 @@ class SupervisedLearningModule(LightningModule):
         """``export_onnx``: True (or None, as NNI) writes ``model.onnx`` in the trial's output
         directory after training; a path, there (a relative one inside the output directory)."""
         super().__init__()
-        self.save_hyperparameters("criterion", "optimizer", "learning_rate", "weight_decay")
+        # NNI saves the criterion and optimizer classes too: a checkpoint holding classes no longer
+        # loads with torch.load's default weights_only=True, so only the numbers are hyperparameters
+        self.save_hyperparameters("learning_rate", "weight_decay")
         self.criterion = criterion()
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
@@ -280,6 +295,9 @@ class SupervisedLearningModule(LightningModule):
         self.metrics = nn.ModuleDict({name: _metric(spec) for name, spec in metrics.items()})
         self.train_metrics = copy.deepcopy(self.metrics)
         self.val_metrics = copy.deepcopy(self.metrics)
+        # the same metric objects as plain lists: for the hot loop (a ModuleDict is slow to walk)
+        self._train_pairs = _pairs(self.train_metrics)
+        self._val_pairs = _pairs(self.val_metrics)
         self.default_metric = f"val_{next(iter(self.metrics))}" if self.metrics else "val_loss"
         self._example: torch.Tensor | None = None
         self._train_loss: list[Any] = [0.0, 0]  # loss sum, sample count of this epoch
@@ -298,13 +316,13 @@ class SupervisedLearningModule(LightningModule):
         self._train_loss[0] += loss.detach() * len(y)
         self._train_loss[1] += len(y)
         detached = y_hat.detach()
-        for metric in self.train_metrics.values():
+        for _, metric in self._train_pairs:
             metric.update(detached, y)
         return loss
 
     def on_train_epoch_start(self) -> None:
         self._train_loss[:] = [0.0, 0]
-        for metric in self.train_metrics.values():
+        for _, metric in self._train_pairs:
             metric.reset()
 
     def on_train_epoch_end(self) -> None:
@@ -312,7 +330,7 @@ class SupervisedLearningModule(LightningModule):
         if not count:  # a subclass's own training_step logs for itself
             return
         self.log("train_loss", total / count, prog_bar=True)
-        for name, metric in self.train_metrics.items():
+        for name, metric in self._train_pairs:
             self.log(f"train_{name}", metric.compute(), prog_bar=True)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
@@ -320,13 +338,13 @@ class SupervisedLearningModule(LightningModule):
         self._remember_example(x)
         y_hat = self(x)
         self.log("val_loss", self.criterion(y_hat, y), prog_bar=True, batch_size=len(y))
-        for name, metric in self.val_metrics.items():
+        for name, metric in self._val_pairs:
             metric.update(y_hat, y)
             self.log(f"val_{name}", metric, prog_bar=True, batch_size=len(y))
 
     def configure_optimizers(self) -> Any:
         return self.optimizer(
-            self.parameters(), lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay
+            self.parameters(), lr=self.hparams["learning_rate"], weight_decay=self.hparams["weight_decay"]
         )
 
     def _remember_example(self, x: torch.Tensor) -> None:
@@ -436,7 +454,9 @@ class Classification(_Supervised):
         **trainer_kwargs: Any,
     ) -> None:
         train_dataloaders, val_dataloaders = _renamed(train_dataloaders, val_dataloaders, trainer_kwargs)
-        module = ClassificationModule(criterion, learning_rate, weight_decay, optimizer, export_onnx, num_classes)
+        module = ClassificationModule(
+            criterion, learning_rate, weight_decay, optimizer, export_onnx, num_classes
+        )
         self.trainer = None
         self._setup(module, train_dataloaders, val_dataloaders, datamodule, trainer_kwargs)
         self._record(
@@ -485,6 +505,10 @@ class Regression(_Supervised):
             export_onnx=export_onnx,
             **trainer_kwargs,
         )
+
+
+def _pairs(metrics: nn.ModuleDict) -> list[tuple[str, torchmetrics.Metric]]:
+    return [(name, cast(torchmetrics.Metric, metric)) for name, metric in metrics.items()]
 
 
 def _metric(spec: MetricSpec) -> torchmetrics.Metric:
