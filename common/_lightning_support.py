@@ -127,9 +127,10 @@ class ReportingCallback(pl.Callback):
     The final report is left to the evaluator, after ``fit`` returns, from :attr:`last`.
     """
 
-    def __init__(self, default_metric: str | None, *, bare: bool = False) -> None:
+    def __init__(self, default_metric: str | None, *, bare: bool = False, report: bool = True) -> None:
         self.default_metric = default_metric
         self.bare = bare  # report the 'default' value alone, as NNI's modules do
+        self.report = report  # False: only count and remember; the module reports for itself
         self.last: dict[str, float] | None = None
         self.count = 0
         self.interrupted = False  # a KeyboardInterrupt ended the run (Lightning's graceful shutdown)
@@ -154,11 +155,15 @@ class ReportingCallback(pl.Callback):
         # after the callbacks' and may log the metric (e.g. ``self.log('val_acc', acc.compute())``).
         if trainer.sanity_checking:
             return
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        if not self.report:  # the module reports for itself: only count the validations
+            self.count += fitting
+            return
         metrics = validation_metrics(trainer)
         if not metrics:
             return
         self.last = with_default(metrics, self.default_metric)
-        if trainer.state.fn == TrainerFn.FITTING:
+        if fitting:
             self.count += 1
             report_intermediate_result(self.value())
 

@@ -104,6 +104,9 @@ class Lightning(Evaluator):
     #: Report the bare 'default' metric (a float), as NNI's Classification/Regression do, instead
     #: of the dict of every logged validation metric. retia's own evaluators keep the dict.
     bare_metric: ClassVar[bool] = False
+    #: Report the logged validation metrics (True), or nothing, leaving every report to the
+    #: module's own ``report_*`` calls, as NNI's Lightning evaluator does with a user's module.
+    auto_report: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -206,11 +209,14 @@ class Lightning(Evaluator):
         return self.evaluate(model, output_dir=output_dir, reporter=reporter)
 
     def _run(self, model_factory: Callable[[], Any]) -> None:
-        self._check_data()
+        if self.auto_report:
+            self._check_data()
         out = support.output_dir()
         module = copy.deepcopy(self.module)  # every evaluation starts from the module as given
         module.set_model(model_factory)
-        callback = support.ReportingCallback(module.default_metric, bare=self.bare_metric)
+        callback = support.ReportingCallback(
+            module.default_metric, bare=self.bare_metric, report=self.auto_report
+        )
         with support.quiet(), support.interrupts(callback, detect=self.detect_interrupt):
             trainer = self._build_trainer(out, callback)
             if self.fit_enabled:
@@ -236,7 +242,8 @@ class Lightning(Evaluator):
                 callback.count,
             )
             return
-        report_final_result(support.last_metric(callback))
+        if self.auto_report:
+            report_final_result(support.last_metric(callback))
 
     def _check_data(self) -> None:
         """Refuse to run without validation data: there would be no metric to report."""

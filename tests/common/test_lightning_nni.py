@@ -324,3 +324,37 @@ def test_bare_metric_reports_the_default_value_alone(tmp_path: Path) -> None:
     assert all(isinstance(value, float) for value in [*result.intermediates, result.final])
     assert len(result.intermediates) == 2 and result.final == result.intermediates[-1]
     assert 0.5 < cast(float, result.final) <= 1.0
+
+
+class NnisSelfReportingModule(pl.ClassificationModule):
+    """An NNI-style module that reports for itself (NNI's Lightning evaluator reports nothing)."""
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            retia.report_intermediate_result(float(self.trainer.callback_metrics["val_loss"]))
+
+    def on_fit_end(self) -> None:
+        retia.report_final_result(float(self.trainer.callback_metrics["val_loss"]))
+
+
+class ModuleReports(pl.Lightning):
+    """What retia.nni's Lightning does: no reports of its own, the module's only."""
+
+    auto_report = False
+
+
+def test_auto_report_off_leaves_every_report_to_the_module(tmp_path: Path) -> None:
+    """Without it, the module's reports and the evaluator's would both be sent: a second final
+    result, refused. Train-only data is then allowed too (the module decides what to report)."""
+    evaluator = ModuleReports(
+        NnisSelfReportingModule(),
+        quiet_trainer(max_epochs=2),
+        train_dataloaders=digits("train"),
+        val_dataloaders=digits("val"),
+    )
+    result = retia.load(retia.dump(evaluator)).evaluate(mlp, output_dir=tmp_path / "run")
+    assert len(result.intermediates) == 2 and all(isinstance(v, float) for v in result.intermediates)
+    assert isinstance(result.final, float) and result.final < result.intermediates[0]  # val_loss fell
+    train_only = ModuleReports(pl.ClassificationModule(), quiet_trainer(max_epochs=1), digits("train"))
+    with pytest.warns(UserWarning, match="no `val_dataloader`"):  # Lightning's, on train-only data
+        assert train_only.evaluate(mlp, output_dir=tmp_path / "train-only").final is None
