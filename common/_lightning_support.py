@@ -10,7 +10,9 @@ import contextlib
 import inspect
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -43,6 +45,16 @@ _CHATTY_LOGGERS = {
     "torch.onnx._internal.exporter._registration": logging.ERROR,
 }
 _TRAINER_PARAMS = frozenset(inspect.signature(pl.Trainer.__init__).parameters) - {"self"}
+# trainer.fit's arguments the evaluator does not set itself (ckpt_path, weights_only), and those
+# trainer.validate takes too: NNI passes fit_kwargs to validate when there is no training data
+_FIT_PARAMS = frozenset(inspect.signature(pl.Trainer.fit).parameters) - {
+    "self",
+    "model",
+    "train_dataloaders",
+    "val_dataloaders",
+    "datamodule",
+}
+_VALIDATE_PARAMS = frozenset(inspect.signature(pl.Trainer.validate).parameters)
 
 
 def check_trainer_kwargs(kwargs: Mapping[str, Any]) -> None:
@@ -52,6 +64,21 @@ def check_trainer_kwargs(kwargs: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"unknown Trainer option(s) {unknown}; see pytorch_lightning.Trainer for valid ones"
         )
+
+
+def check_fit_kwargs(kwargs: Mapping[str, Any]) -> None:
+    """Refuse ``fit_kwargs`` that ``trainer.fit`` does not take, or that the evaluator sets itself."""
+    unknown = sorted(set(kwargs) - _FIT_PARAMS)
+    if unknown:
+        raise ConfigError(
+            f"fit_kwargs {unknown} are not trainer.fit() options the evaluator leaves to you; "
+            f"those are {sorted(_FIT_PARAMS)} (the model and data are the evaluator's own arguments)"
+        )
+
+
+def validate_kwargs(fit_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``fit_kwargs`` that ``trainer.validate`` takes too, for a run without training data."""
+    return {name: value for name, value in fit_kwargs.items() if name in _VALIDATE_PARAMS}
 
 
 def trainer_options(kwargs: dict[str, Any], out: Path, *, evaluator_defaults: bool) -> dict[str, Any]:
@@ -100,23 +127,45 @@ class ReportingCallback(pl.Callback):
     The final report is left to the evaluator, after ``fit`` returns, from :attr:`last`.
     """
 
-    def __init__(self, default_metric: str | None) -> None:
+    def __init__(self, default_metric: str | None, *, bare: bool = False, report: bool = True) -> None:
         self.default_metric = default_metric
+        self.bare = bare  # report the 'default' value alone, as NNI's modules do
+        self.report = report  # False: only count and remember; the module reports for itself
         self.last: dict[str, float] | None = None
         self.count = 0
+        self.interrupted = False  # a KeyboardInterrupt ended the run (Lightning's graceful shutdown)
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        if isinstance(exception, KeyboardInterrupt):
+            self.interrupted = True
+
+    def value(self) -> Metric:
+        """What to report for :attr:`last`: the dict, or its 'default' alone when ``bare``."""
+        if self.last is None:
+            raise ConfigError(
+                "no validation metric was logged, so there is nothing to report: give val_dataloaders "
+                "(or a datamodule with val_dataloader) and log at least one metric in validation_step"
+            )
+        return self.last["default"] if self.bare else self.last
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # on_validation_end, not on_validation_epoch_end: the module's own epoch-end hook runs
         # after the callbacks' and may log the metric (e.g. ``self.log('val_acc', acc.compute())``).
         if trainer.sanity_checking:
             return
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        if not self.report:  # the module reports for itself: only count the validations
+            self.count += fitting
+            return
         metrics = validation_metrics(trainer)
         if not metrics:
             return
         self.last = with_default(metrics, self.default_metric)
-        if trainer.state.fn == TrainerFn.FITTING:
+        if fitting:
             self.count += 1
-            report_intermediate_result(self.last)
+            report_intermediate_result(self.value())
 
 
 def validation_metrics(trainer: pl.Trainer) -> dict[str, float]:
@@ -161,12 +210,41 @@ def with_default(metrics: dict[str, float], default_metric: str | None) -> dict[
 
 def last_metric(callback: ReportingCallback) -> Metric:
     """The final result: the last validation metrics, or a clear error when validation never ran."""
-    if callback.last is None:
-        raise ConfigError(
-            "no validation metric was logged, so there is nothing to report: give val_dataloaders "
-            "(or a datamodule with val_dataloader) and log at least one metric in validation_step"
-        )
-    return callback.last
+    return callback.value()
+
+
+@contextlib.contextmanager
+def interrupts(callback: ReportingCallback, *, detect: bool) -> Iterator[None]:
+    """NNI's ``detect_interrupt`` on today's Lightning, which answers a KeyboardInterrupt in fit
+    with a graceful shutdown, then ignores SIGINT for good and calls ``sys.exit(1)``.
+
+    The SIGINT handler is put back; the exit becomes a KeyboardInterrupt (``detect``) or a plain
+    return with ``callback.interrupted`` set. Any other exit is left alone.
+    """
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    except SystemExit:
+        if not callback.interrupted:
+            raise
+        if detect:
+            raise KeyboardInterrupt("training was interrupted (detect_interrupt=True)") from None
+    finally:
+        if (
+            handler is not None
+            and signal.getsignal(signal.SIGINT) is not handler
+            and threading.current_thread() is threading.main_thread()
+        ):
+            signal.signal(signal.SIGINT, handler)
+
+
+def onnx_path(target: bool | str | os.PathLike[str] | None, out: Path) -> Path:
+    """Where ``export_onnx`` writes: True/None ``out/model.onnx``; a relative path under ``out``."""
+    if target is True or target is None:
+        return out / "model.onnx"
+    if target is False:
+        raise ValueError("export_onnx is False: nothing to write")
+    return out / Path(target)  # an absolute path stays itself
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> bool:
@@ -174,6 +252,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> bool:
     was_training = model.training
     model.eval()
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with quiet(), torch.no_grad():
             batch = torch.export.Dim("batch")
             torch.onnx.export(

@@ -1,7 +1,8 @@
 """Evaluators built on PyTorch-Lightning, as in NNI Retiarii's ``nni.retiarii.evaluator.pytorch``.
 
 ``Lightning(module, trainer, train_dataloaders, val_dataloaders)`` wraps the user's
-:class:`LightningModule`; ``Classification`` and ``Regression`` are ready-made ones. Each
+:class:`LightningModule`; ``Classification`` and ``Regression`` are ready-made ones, built on
+:class:`ClassificationModule` and :class:`RegressionModule` (NNI's, to subclass). Each
 ``evaluate`` copies the module, attaches the candidate as ``module.model``, builds a fresh
 Trainer from its recipe on the spot and runs ``fit``; a callback reports the logged
 validation metrics after each validation epoch, and the last of them as the final result.
@@ -11,35 +12,64 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, cast
 
 import pytorch_lightning as pl
 import torch
 import torchmetrics
+from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.model_helpers import is_overridden
 from torch import nn
 from torch.utils.data import DataLoader as _TorchDataLoader
 
 from . import _lightning_support as support
 from .errors import ConfigError
-from .evaluator import Evaluator
-from .reporting import report_final_result
+from .evaluator import EvaluationResult, Evaluator
+from .reporting import current_reporter, report_final_result
 from .serializer import dump, load
 from .trace import get_recipe, is_traced, trace
 
-__all__ = ["LightningModule", "Lightning", "Classification", "Regression", "DataLoader", "Trainer"]
+__all__ = [
+    "LightningModule",
+    "Lightning",
+    "Classification",
+    "Regression",
+    "SupervisedLearningModule",
+    "ClassificationModule",
+    "RegressionModule",
+    "DataLoader",
+    "Trainer",
+]
 
 _log = logging.getLogger(__name__)
 
 DataLoader = trace(_TorchDataLoader)
 """``torch.utils.data.DataLoader``, traced: it ships as a recipe and is rebuilt on the worker."""
-Trainer = trace(pl.Trainer)
+
+
+class _Trainer(pl.Trainer):
+    """``pytorch_lightning.Trainer`` adding its default callbacks to a copy of the ``callbacks`` list:
+    Lightning appends them to the caller's list, which is the recipe's, so every Trainer rebuilt
+    from it would start with them (and refuse a progress bar it was told to leave out)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if isinstance(kwargs.get("callbacks"), list):
+            kwargs["callbacks"] = list(kwargs["callbacks"])
+        super().__init__(*args, **kwargs)
+
+
+Trainer = trace(_Trainer)
 """``pytorch_lightning.Trainer``, traced: the evaluator rebuilds a fresh one from it for every fit."""
 
 Loaders = _TorchDataLoader[Any] | Sequence[_TorchDataLoader[Any]] | None
+OnnxTarget = bool | str | os.PathLike[str] | None
+"""``export_onnx``: False, True (``model.onnx`` in the trial's output directory) or a path."""
+MetricSpec = torchmetrics.Metric | type[torchmetrics.Metric]
+"""A torchmetrics metric, or its class (NNI 2.x passed classes); one copy per stage is used."""
 
 
 class LightningModule(pl.LightningModule):
@@ -67,9 +97,16 @@ class Lightning(Evaluator):
     """Evaluate with a user's :class:`LightningModule`, a traced :data:`Trainer` and traced loaders.
 
     With no training data the model is only validated, and that validation is the final result.
+    Built without data (as NNI allows, for data given later), it refuses to run, saying what to pass.
     """
 
     _trainer_defaults: dict[str, Any] = {}
+    #: Report the bare 'default' metric (a float), as NNI's Classification/Regression do, instead
+    #: of the dict of every logged validation metric. retia's own evaluators keep the dict.
+    bare_metric: ClassVar[bool] = False
+    #: Report the logged validation metrics (True), or nothing, leaving every report to the
+    #: module's own ``report_*`` calls, as NNI's Lightning evaluator does with a user's module.
+    auto_report: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -78,11 +115,16 @@ class Lightning(Evaluator):
         train_dataloaders: Loaders = None,
         val_dataloaders: Loaders = None,
         datamodule: pl.LightningDataModule | None = None,
+        fit_kwargs: dict[str, Any] | None = None,
+        detect_interrupt: bool = True,
         *,
         train_dataloader: Loaders = None,
         val_dataloader: Loaders = None,
     ) -> None:
-        """``train_dataloader``/``val_dataloader``: NNI's deprecated names (a DeprecationWarning)."""
+        """``fit_kwargs`` go to ``trainer.fit`` (``ckpt_path``, say; to ``trainer.validate`` what it takes
+        when there is no training data). ``detect_interrupt``: a KeyboardInterrupt during training
+        reaches the caller (True) or only ends the training, with no final result (False).
+        ``train_dataloader``/``val_dataloader``: NNI's deprecated names (a DeprecationWarning)."""
         train_dataloaders, val_dataloaders = _renamed(
             train_dataloaders,
             val_dataloaders,
@@ -94,14 +136,18 @@ class Lightning(Evaluator):
                 "(a traced pytorch_lightning.Trainer, rebuilt fresh for every fit), "
                 f"got {type(trainer).__name__}"
             )
+        fit_kwargs = dict(fit_kwargs or {})
+        support.check_fit_kwargs(fit_kwargs)
         self.trainer = trainer
-        self._setup(module, train_dataloaders, val_dataloaders, datamodule, {})
+        self._setup(module, train_dataloaders, val_dataloaders, datamodule, {}, fit_kwargs, detect_interrupt)
         self._record(
             module,
             trainer=trainer,
             train_dataloaders=train_dataloaders,
             val_dataloaders=val_dataloaders,
             datamodule=datamodule,
+            fit_kwargs=fit_kwargs,
+            detect_interrupt=detect_interrupt,
         )
 
     def _setup(
@@ -111,6 +157,8 @@ class Lightning(Evaluator):
         val_dataloaders: Loaders,
         datamodule: pl.LightningDataModule | None,
         trainer_kwargs: dict[str, Any],
+        fit_kwargs: dict[str, Any] | None = None,
+        detect_interrupt: bool = True,
     ) -> None:
         if not isinstance(module, LightningModule):
             hint = (
@@ -133,12 +181,6 @@ class Lightning(Evaluator):
         _check_loaders("train_dataloaders", train_dataloaders)
         _check_loaders("val_dataloaders", val_dataloaders)
         support.check_trainer_kwargs(trainer_kwargs)
-        source = datamodule if datamodule is not None else module
-        if val_dataloaders is None and not is_overridden("val_dataloader", source):
-            raise ConfigError(
-                "no validation data: the evaluator reports a validation metric, so give val_dataloaders="
-                "retia.lightning.DataLoader(...) (or a datamodule / module with val_dataloader())"
-            )
         if not is_overridden("validation_step", module):
             raise ConfigError(
                 f"{type(module).__name__} has no validation_step(), so it cannot log a validation metric"
@@ -148,21 +190,70 @@ class Lightning(Evaluator):
         self.val_dataloaders = val_dataloaders
         self.datamodule = datamodule
         self.trainer_kwargs = trainer_kwargs
-        self.fit_enabled = train_dataloaders is not None or is_overridden("train_dataloader", source)
+        self.fit_kwargs = fit_kwargs or {}
+        self.detect_interrupt = detect_interrupt
+
+    @property
+    def fit_enabled(self) -> bool:
+        """Whether there is training data (else the model is only validated)."""
+        source = self.datamodule if self.datamodule is not None else self.module
+        return self.train_dataloaders is not None or is_overridden("train_dataloader", source)
+
+    def fit(self, model: Any, *, output_dir: str | os.PathLike[str] | None = None) -> EvaluationResult:
+        """NNI's name for :meth:`evaluate` (a DeprecationWarning, as in NNI 3). Inside a running
+        evaluation (a trial's function, say) the reports go to that evaluation, in its directory."""
+        warnings.warn("fit(model) is NNI's name: call evaluate(model)", DeprecationWarning, stacklevel=2)
+        reporter = current_reporter()
+        if output_dir is None and reporter is not None:
+            output_dir = os.environ.get("RETIA_OUTPUT_DIR")
+        return self.evaluate(model, output_dir=output_dir, reporter=reporter)
 
     def _run(self, model_factory: Callable[[], Any]) -> None:
+        if self.auto_report:
+            self._check_data()
         out = support.output_dir()
         module = copy.deepcopy(self.module)  # every evaluation starts from the module as given
         module.set_model(model_factory)
-        callback = support.ReportingCallback(module.default_metric)
-        with support.quiet():
+        callback = support.ReportingCallback(
+            module.default_metric, bare=self.bare_metric, report=self.auto_report
+        )
+        with support.quiet(), support.interrupts(callback, detect=self.detect_interrupt):
             trainer = self._build_trainer(out, callback)
             if self.fit_enabled:
-                trainer.fit(module, self.train_dataloaders, self.val_dataloaders, datamodule=self.datamodule)
+                trainer.fit(
+                    module,
+                    self.train_dataloaders,
+                    self.val_dataloaders,
+                    datamodule=self.datamodule,
+                    **self.fit_kwargs,
+                )
                 _log.debug("fit ended after %d validation epoch(s)", callback.count)
             else:
-                trainer.validate(module, self.val_dataloaders, datamodule=self.datamodule, verbose=False)
-        report_final_result(support.last_metric(callback))
+                trainer.validate(
+                    module,
+                    self.val_dataloaders,
+                    datamodule=self.datamodule,
+                    **{"verbose": False, **support.validate_kwargs(self.fit_kwargs)},
+                )
+        if callback.interrupted:  # detect_interrupt=False: the training ended, the trial did not finish
+            _log.warning(
+                "training was interrupted after %d validation epoch(s): no final result "
+                "(detect_interrupt=False)",
+                callback.count,
+            )
+            return
+        if self.auto_report:
+            report_final_result(support.last_metric(callback))
+
+    def _check_data(self) -> None:
+        """Refuse to run without validation data: there would be no metric to report."""
+        source = self.datamodule if self.datamodule is not None else self.module
+        if self.val_dataloaders is None and not is_overridden("val_dataloader", source):
+            raise ConfigError(
+                f"{type(self).__name__} has no validation data, so it has no metric to report: pass "
+                "val_dataloaders=retia.lightning.DataLoader(...) (and train_dataloaders= to train), "
+                "or a datamodule=, or define val_dataloader() on the module"
+            )
 
     def _build_trainer(self, out: Path, callback: pl.Callback) -> pl.Trainer:
         """A fresh Trainer per fit (they are single-use), from a copy of the recipe: fresh callbacks too."""
@@ -179,28 +270,42 @@ class Lightning(Evaluator):
         return f"{type(self).__name__}({type(self.module).__name__})"
 
 
-class _SupervisedModule(LightningModule):
-    """A (x, y) supervised module: criterion, optimizer, one torchmetrics metric, optional ONNX export."""
+class SupervisedLearningModule(LightningModule):
+    """NNI's module for (x, y) batches: a criterion, an optimizer and named torchmetrics metrics.
 
-    metric_name = ""
-    default_metric: str  # always set: f"val_{metric_name}"
+    Logs ``train_loss`` and ``train_<name>`` once per training epoch, ``val_loss`` and ``val_<name>``
+    per validation; the first metric's ``val_<name>`` is the default (``val_loss`` with none).
+    Subclass it and override ``configure_optimizers`` or the steps, as NNI's DARTS tutorial does.
+    """
 
     def __init__(
         self,
-        criterion: Callable[..., nn.Module],
-        learning_rate: float,
-        weight_decay: float,
-        optimizer: Callable[..., torch.optim.Optimizer],
-        export_onnx: bool,
+        criterion: Callable[[], nn.Module],
+        metrics: Mapping[str, MetricSpec],
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.0,
+        optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.Adam,
+        export_onnx: OnnxTarget = False,
     ) -> None:
+        """``export_onnx``: True (or None, as NNI) writes ``model.onnx`` in the trial's output
+        directory after training; a path, there (a relative one inside the output directory)."""
         super().__init__()
+        # NNI saves the criterion and optimizer classes too: a checkpoint holding classes no longer
+        # loads with torch.load's default weights_only=True, so only the numbers are hyperparameters
+        self.save_hyperparameters("learning_rate", "weight_decay")
         self.criterion = criterion()
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
-        self.optimizer_class = optimizer
+        self.optimizer = optimizer
         self.export_onnx = export_onnx
-        self.val_metric: torchmetrics.Metric | None = None
-        self.default_metric = f"val_{self.metric_name}"
+        # NNI's attribute, for subclasses' own steps; retia's steps use one fresh copy per stage
+        self.metrics = nn.ModuleDict({name: _metric(spec) for name, spec in metrics.items()})
+        self.train_metrics = copy.deepcopy(self.metrics)
+        self.val_metrics = copy.deepcopy(self.metrics)
+        # the same metric objects as plain lists: for the hot loop (a ModuleDict is slow to walk)
+        self._train_pairs = _pairs(self.train_metrics)
+        self._val_pairs = _pairs(self.val_metrics)
+        self.default_metric = f"val_{next(iter(self.metrics))}" if self.metrics else "val_loss"
         self._example: torch.Tensor | None = None
         self._train_loss: list[Any] = [0.0, 0]  # loss sum, sample count of this epoch
 
@@ -210,65 +315,125 @@ class _SupervisedModule(LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
-        if self.export_onnx and self._example is None:
-            self._example = x[:2].detach()
-        loss: torch.Tensor = self.criterion(self(x), y)
+        self._remember_example(x)
+        y_hat = self(x)
+        loss: torch.Tensor = self.criterion(y_hat, y)
         # Summed in place (nn.Module.__setattr__ is slow) and logged once per epoch: a per-step
         # self.log costs about a millisecond on CPU, a small model's whole step (docs/benchmarks.md).
         self._train_loss[0] += loss.detach() * len(y)
         self._train_loss[1] += len(y)
+        detached = y_hat.detach()
+        for _, metric in self._train_pairs:
+            metric.update(detached, y)
         return loss
 
     def on_train_epoch_start(self) -> None:
         self._train_loss[:] = [0.0, 0]
+        for _, metric in self._train_pairs:
+            metric.reset()
 
     def on_train_epoch_end(self) -> None:
         total, count = self._train_loss
-        if count:
-            self.log("train_loss", total / count, prog_bar=True)
+        if not count:  # a subclass's own training_step logs for itself
+            return
+        self.log("train_loss", total / count, prog_bar=True)
+        for name, metric in self._train_pairs:
+            self.log(f"train_{name}", metric.compute(), prog_bar=True)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch
+        self._remember_example(x)
         y_hat = self(x)
-        if self.val_metric is None:
-            self.val_metric = self._make_metric(y_hat).to(y_hat.device)
-        self.val_metric(y_hat, y)
         self.log("val_loss", self.criterion(y_hat, y), prog_bar=True, batch_size=len(y))
-        self.log(self.default_metric, self.val_metric, prog_bar=True, batch_size=len(y))
+        for name, metric in self._val_pairs:
+            metric.update(y_hat, y)
+            self.log(f"val_{name}", metric, prog_bar=True, batch_size=len(y))
 
-    def _make_metric(self, y_hat: torch.Tensor) -> torchmetrics.Metric:
-        raise NotImplementedError
+    def configure_optimizers(self) -> Any:
+        return self.optimizer(
+            self.parameters(), lr=self.hparams["learning_rate"], weight_decay=self.hparams["weight_decay"]
+        )
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer_class(self.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
+    def _remember_example(self, x: torch.Tensor) -> None:
+        if self.export_onnx is not False and self._example is None:
+            self._example = x[:2].detach()
 
     def on_fit_end(self) -> None:
-        if self.export_onnx and self._example is not None:
-            support.export_onnx(self.model, self._example, support.output_dir(self.trainer) / "model.onnx")
+        self._export()
+
+    def on_validation_end(self) -> None:
+        if self.trainer.state.fn == TrainerFn.VALIDATING:  # validation only: no fit to end
+            self._export()
+
+    def _export(self) -> None:
+        if self.export_onnx is not False and self._example is not None:
+            path = support.onnx_path(self.export_onnx, support.output_dir(self.trainer))
+            support.export_onnx(self.model, self._example, path)
 
 
-class _ClassificationModule(_SupervisedModule):
-    metric_name = "acc"
+class _TopOneAccuracy(torchmetrics.Metric):
+    """Top-1 accuracy of (batch, classes) logits, the class count read from them (torchmetrics'
+    Accuracy needs it up front: ``Classification(num_classes=...)`` uses that one)."""
 
-    def __init__(self, *args: Any, num_classes: int | None = None) -> None:
-        super().__init__(*args)
+    full_state_update = False
+    correct: torch.Tensor
+    total: torch.Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("correct", torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("total", torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        if preds.dim() != 2 or preds.shape[-1] < 2:
+            raise ConfigError(
+                "Classification needs (batch, num_classes) logits with num_classes >= 2; the model "
+                f"returned shape {tuple(preds.shape)}"
+            )
+        self.correct += (preds.argmax(dim=-1) == target).sum()
+        self.total += target.numel()
+
+    def compute(self) -> torch.Tensor:
+        return self.correct.float() / self.total
+
+
+class ClassificationModule(SupervisedLearningModule):
+    """NNI's module behind :class:`Classification`: cross-entropy, Adam, accuracy (``acc``)."""
+
+    def __init__(
+        self,
+        criterion: Callable[[], nn.Module] = nn.CrossEntropyLoss,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.0,
+        optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.Adam,
+        export_onnx: OnnxTarget = False,
+        num_classes: int | None = None,
+    ) -> None:
+        """``num_classes`` None: read from the model's output (NNI 3 requires it)."""
+        if num_classes is not None and num_classes < 2:
+            raise ConfigError(f"num_classes must be at least 2, got {num_classes}")
+        accuracy = (
+            _TopOneAccuracy()
+            if num_classes is None
+            else torchmetrics.Accuracy(task="multiclass", num_classes=num_classes, average="micro")
+        )
+        super().__init__(criterion, {"acc": accuracy}, learning_rate, weight_decay, optimizer, export_onnx)
         self.num_classes = num_classes
 
-    def _make_metric(self, y_hat: torch.Tensor) -> torchmetrics.Metric:
-        num_classes = self.num_classes if self.num_classes is not None else y_hat.shape[-1]
-        if y_hat.dim() != 2 or num_classes < 2:
-            raise ConfigError(
-                f"Classification needs (batch, num_classes) logits with num_classes >= 2; the model returned "
-                f"shape {tuple(y_hat.shape)}"
-            )
-        return torchmetrics.Accuracy(task="multiclass", num_classes=num_classes, average="micro")
 
+class RegressionModule(SupervisedLearningModule):
+    """NNI's module behind :class:`Regression`: MSE loss, Adam, mean squared error (``mse``)."""
 
-class _RegressionModule(_SupervisedModule):
-    metric_name = "mse"
-
-    def _make_metric(self, y_hat: torch.Tensor) -> torchmetrics.Metric:
-        return torchmetrics.MeanSquaredError()
+    def __init__(
+        self,
+        criterion: Callable[[], nn.Module] = nn.MSELoss,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.0,
+        optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.Adam,
+        export_onnx: OnnxTarget = False,
+    ) -> None:
+        metrics = {"mse": torchmetrics.MeanSquaredError()}
+        super().__init__(criterion, metrics, learning_rate, weight_decay, optimizer, export_onnx)
 
 
 class _Supervised(Lightning):
@@ -284,22 +449,20 @@ class Classification(_Supervised):
 
     def __init__(
         self,
-        criterion: Callable[..., nn.Module] = nn.CrossEntropyLoss,
+        criterion: Callable[[], nn.Module] = nn.CrossEntropyLoss,
         learning_rate: float = 1e-3,
         weight_decay: float = 0.0,
         optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.Adam,
         train_dataloaders: Loaders = None,
         val_dataloaders: Loaders = None,
         datamodule: pl.LightningDataModule | None = None,
-        export_onnx: bool = False,
+        export_onnx: OnnxTarget = False,
         num_classes: int | None = None,
         **trainer_kwargs: Any,
     ) -> None:
         train_dataloaders, val_dataloaders = _renamed(train_dataloaders, val_dataloaders, trainer_kwargs)
-        if num_classes is not None and num_classes < 2:
-            raise ConfigError(f"num_classes must be at least 2, got {num_classes}")
-        module = _ClassificationModule(
-            criterion, learning_rate, weight_decay, optimizer, export_onnx, num_classes=num_classes
+        module = ClassificationModule(
+            criterion, learning_rate, weight_decay, optimizer, export_onnx, num_classes
         )
         self.trainer = None
         self._setup(module, train_dataloaders, val_dataloaders, datamodule, trainer_kwargs)
@@ -324,18 +487,18 @@ class Regression(_Supervised):
 
     def __init__(
         self,
-        criterion: Callable[..., nn.Module] = nn.MSELoss,
+        criterion: Callable[[], nn.Module] = nn.MSELoss,
         learning_rate: float = 1e-3,
         weight_decay: float = 0.0,
         optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.Adam,
         train_dataloaders: Loaders = None,
         val_dataloaders: Loaders = None,
         datamodule: pl.LightningDataModule | None = None,
-        export_onnx: bool = False,
+        export_onnx: OnnxTarget = False,
         **trainer_kwargs: Any,
     ) -> None:
         train_dataloaders, val_dataloaders = _renamed(train_dataloaders, val_dataloaders, trainer_kwargs)
-        module = _RegressionModule(criterion, learning_rate, weight_decay, optimizer, export_onnx)
+        module = RegressionModule(criterion, learning_rate, weight_decay, optimizer, export_onnx)
         self.trainer = None
         self._setup(module, train_dataloaders, val_dataloaders, datamodule, trainer_kwargs)
         self._record(
@@ -349,6 +512,20 @@ class Regression(_Supervised):
             export_onnx=export_onnx,
             **trainer_kwargs,
         )
+
+
+def _pairs(metrics: nn.ModuleDict) -> list[tuple[str, torchmetrics.Metric]]:
+    return [(name, cast(torchmetrics.Metric, metric)) for name, metric in metrics.items()]
+
+
+def _metric(spec: MetricSpec) -> torchmetrics.Metric:
+    """A metric instance from an instance or a class (NNI 2.x took classes, NNI 3 instances)."""
+    metric = spec() if isinstance(spec, type) else spec
+    if not isinstance(metric, torchmetrics.Metric):
+        raise ConfigError(
+            f"metrics must map names to torchmetrics metrics (or their classes), got {type(metric).__name__}"
+        )
+    return metric
 
 
 def _renamed(train: Loaders, val: Loaders, old: dict[str, Any]) -> tuple[Loaders, Loaders]:

@@ -26,6 +26,7 @@ __all__ = [
     "validate_metric",
     "default_value",
     "use_reporter",
+    "current_reporter",
 ]
 
 _log = logging.getLogger(__name__)
@@ -80,6 +81,11 @@ def use_reporter(reporter: Reporter) -> Iterator[Reporter]:
         yield reporter
     finally:
         _current.reset(token)
+
+
+def current_reporter() -> Reporter | None:
+    """The reporter of the evaluation running in this context (None outside one)."""
+    return _current.get()
 
 
 def report_intermediate_result(value: Any) -> None:
