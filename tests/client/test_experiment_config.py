@@ -124,14 +124,14 @@ def test_a_private_cluster_from_the_config(tmp_path: Path) -> None:
 def test_unknown_and_unsupported_fields_are_refused_naming_them() -> None:
     config = RetiariiExeConfig("local")
     with pytest.raises(ConfigError, match="has no field 'max_trail_number': did you mean 'max_trial_number'"):
-        config.max_trail_number = 3  # type: ignore[attr-defined]
+        config.max_trail_number = 3  # _Checked.__getattr__: mypy lets it through
     with pytest.raises(AttributeError, match="did you mean 'trial_concurrency'"):
-        _ = config.trial_concurency  # type: ignore[attr-defined]
+        _ = config.trial_concurency  # _Checked.__getattr__: mypy lets it through
     with pytest.raises(ConfigError, match="LocalConfig has no field 'use_active_gpus'"):
-        config.training_service.use_active_gpus = True  # type: ignore[attr-defined]
+        config.training_service.use_active_gpus = True  # _Checked.__getattr__: mypy lets it through
     with pytest.raises(ConfigError, match="has no field 'trial_concurency'"):
         ExperimentConfig("local", trial_concurency=2)
-    refusals = {
+    refusals: dict[str, list[tuple[Any, str]]] = {
         "execution_engine": [("base", "no graph engine"), ("oneshot", "one-shot"), ("cgo", "cross-graph")],
         "model_format": [("graph", "TorchScript")],
         "experiment_type": [("hpo", "NAS experiments")],
@@ -172,8 +172,8 @@ def test_nnis_spellings_and_values_are_accepted() -> None:
     assert ExperimentConfig(trialConcurrency=2, maxTrialNumber=5).trial_concurrency == 2  # NNI's JSON keys
     three.execution_engine = "python"
     three.model_format = "raw"
-    three.training_service = {"platform": "local", "use_active_gpu": True}
-    assert isinstance(three.training_service, LocalConfig) and three.training_service.use_active_gpu is True
+    from_dict = ExperimentConfig(training_service={"platform": "local", "use_active_gpu": True})  # NNI's dict
+    assert isinstance(from_dict.training_service, LocalConfig) and from_dict.training_service.use_active_gpu
     three.nni_manager_ip, three.trial_code_directory = "10.0.0.1", "."
     assert [parse_duration(v) for v in ("1h", "30m", "10s", "2d", "1.5h", 90, 0.5)] == [
         3600,
