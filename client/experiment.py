@@ -31,6 +31,7 @@ from retia.serializer import dump, load
 
 from .backend import Backend, Trial, connect
 from .cluster import local_cluster
+from .experiment_config import ExperimentConfig, RunArguments, logging_level, split_config_and_port
 from .live import LiveView
 from .results import ExperimentRecord, ExperimentSettings, TrialResult, scored
 
@@ -52,6 +53,7 @@ class Experiment:
         *,
         path: str | Path | None = None,
         direction: str | None = None,
+        config: ExperimentConfig | None = None,
     ) -> None:
         if mutators:  # None or [] (NNI passes either when the space holds its own choices)
             raise ConfigError(
@@ -81,6 +83,9 @@ class Experiment:
         self._settings: ExperimentSettings | None = None
         self._strategy_blob = dump(strategy, name="strategy")
         self._stop_requested = threading.Event()
+        self._path_given = path is not None
+        self.config = config if config is not None else ExperimentConfig("local")  # NNI's exp.config
+        self.port: int | None = None  # the dashboard's, from run(config, port)
 
     # ---- after the fact ----
 
@@ -97,6 +102,7 @@ class Experiment:
         exp._strategy_blob = record.blob("strategy.bin")
         exp.strategy = load(exp._strategy_blob)
         exp._stop_requested = threading.Event()
+        exp._path_given, exp.config, exp.port = True, ExperimentConfig("local"), None
         record.load()
         return exp
 
@@ -141,6 +147,9 @@ class Experiment:
 
     def run(
         self,
+        config_or_port: ExperimentConfig | int | None = None,
+        port: int | None = None,
+        *,
         max_trials: int | None = None,
         concurrency: int | None = None,
         max_duration: float | None = None,
@@ -148,17 +157,50 @@ class Experiment:
         key: bytes | str | None = None,
         workers: int | None = None,
         timeout: float | None = None,
-        *,
         max_retries: int = 2,
         key_file: str | Path | None = None,
         credential: str | Path | None = None,
         live: bool | None = None,
+        debug: bool = False,
     ) -> list[TrialResult]:
         """Run until ``max_trials`` have finished (default 20, or the budget it was started with when
-        resumed), the strategy is exhausted, ``max_duration`` passes, or :meth:`stop` is called.
+        resumed), the strategy is exhausted, ``max_duration`` seconds pass, or :meth:`stop` is called.
 
-        On a cluster: ``credential`` (a client credential file; its address is the default), or
-        ``address`` with the cluster key (``key``, ``key_file``); neither: a private local cluster."""
+        NNI's ``run(config, port)`` and ``run(port=...)``: an ExperimentConfig (else ``self.config``)
+        gives what these arguments do not (retia.client.experiment_config); ``port`` is kept as
+        ``self.port``. On a cluster: ``credential`` (a client credential file; its address is the
+        default), or ``address`` with the cluster key (``key``, ``key_file``); neither: a private
+        local cluster."""
+        config, port = split_config_and_port(config_or_port, port)
+        if config is not None:
+            self.config = config
+        if port is not None:
+            self.port = port
+        if self._settings is not None:
+            address = address or self._settings.address
+        plan = self.config.run_arguments(
+            max_trials=max_trials,
+            concurrency=concurrency,
+            max_duration=max_duration,
+            timeout=timeout,
+            workers=workers,
+            private_cluster=address is None and credential is None,
+            debug=debug,
+        )
+        with logging_level(plan.log_level):
+            return self._run(plan, address, key, key_file, credential, max_retries, live)
+
+    def _run(
+        self,
+        plan: RunArguments,
+        address: str | None,
+        key: bytes | str | None,
+        key_file: str | Path | None,
+        credential: str | Path | None,
+        max_retries: int,
+        live: bool | None,
+    ) -> list[TrialResult]:
+        max_trials, concurrency = plan.max_trials, plan.concurrency
         saved = self._settings
         if max_trials is None:
             max_trials = saved.max_trials if saved is not None else 20
@@ -167,6 +209,7 @@ class Experiment:
         if max_trials < 1 or concurrency < 1:
             raise ConfigError(f"max_trials and concurrency must be >= 1 (got {max_trials}, {concurrency})")
         if self._settings is None:
+            self._place(plan.working_directory)
             self._settings = ExperimentSettings(
                 self.id, f"{self.id}-client", self.direction, max_trials, concurrency, address, time.time()
             )
@@ -178,16 +221,34 @@ class Experiment:
                     "strategy.bin": self._strategy_blob,
                 },
             )
-        else:
-            address = address or self._settings.address
-        with self._backend(address, key, key_file, credential, workers) as backend:
+        if plan.name:
+            _log.info("experiment %r (%s) in %s", plan.name, self.id, self.path)
+        with self._backend(address, key, key_file, credential, plan.workers, plan.gpus) as backend:
             return _Loop(
-                self, backend, max_trials, concurrency, max_duration, timeout, max_retries, live
+                self, backend, max_trials, concurrency, plan.max_duration, plan.timeout, max_retries, live
             ).run()
+
+    def _place(self, working_directory: Path | None) -> None:
+        """NNI's experiment_working_directory: the experiment directory is made there (unless path= was)."""
+        if working_directory is None:
+            return
+        if self._path_given:
+            raise ConfigError(
+                f"the experiment was given path={str(self.path)!r} and its config an "
+                f"experiment_working_directory ({str(working_directory)!r}): give one of them"
+            )
+        self.path = working_directory / self.id
+        self.record = ExperimentRecord(self.path)
 
     @contextlib.contextmanager
     def _backend(
-        self, address: str | None, key: Any, key_file: Any, credential: Any, workers: int | None
+        self,
+        address: str | None,
+        key: Any,
+        key_file: Any,
+        credential: Any,
+        workers: int | None,
+        gpus: list[str] | None = None,
     ) -> Iterator[Backend]:
         client_id = self._settings.client_id if self._settings else None
         if address is not None or credential is not None:
@@ -197,7 +258,7 @@ class Experiment:
             finally:
                 backend.close()
             return
-        with local_cluster(workers, home=self.path / "cluster", client_id=client_id) as backend:
+        with local_cluster(workers, home=self.path / "cluster", gpus=gpus, client_id=client_id) as backend:
             yield backend
 
 
