@@ -104,9 +104,6 @@ class Lightning(Evaluator):
     #: Report the bare 'default' metric (a float), as NNI's Classification/Regression do, instead
     #: of the dict of every logged validation metric. retia's own evaluators keep the dict.
     bare_metric: ClassVar[bool] = False
-    #: Report the logged validation metrics (True), or nothing, leaving every report to the
-    #: module's own ``report_*`` calls, as NNI's Lightning evaluator does with a user's module.
-    auto_report: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -208,15 +205,20 @@ class Lightning(Evaluator):
             output_dir = os.environ.get("RETIA_OUTPUT_DIR")
         return self.evaluate(model, output_dir=output_dir, reporter=reporter)
 
+    def _auto_report(self) -> bool:
+        """Whether this evaluator reports the logged validation metrics (retia's way), or nothing,
+        leaving every report to the module's own ``report_*`` calls (NNI's Lightning evaluator with
+        a user's module: ``retia.nni``'s overrides this)."""
+        return True
+
     def _run(self, model_factory: Callable[[], Any]) -> None:
-        if self.auto_report:
+        auto_report = self._auto_report()
+        if auto_report:
             self._check_data()
         out = support.output_dir()
         module = copy.deepcopy(self.module)  # every evaluation starts from the module as given
         module.set_model(model_factory)
-        callback = support.ReportingCallback(
-            module.default_metric, bare=self.bare_metric, report=self.auto_report
-        )
+        callback = support.ReportingCallback(module.default_metric, bare=self.bare_metric, report=auto_report)
         with support.quiet(), support.interrupts(callback, detect=self.detect_interrupt):
             trainer = self._build_trainer(out, callback)
             if self.fit_enabled:
@@ -242,7 +244,7 @@ class Lightning(Evaluator):
                 callback.count,
             )
             return
-        if self.auto_report:
+        if auto_report:
             report_final_result(support.last_metric(callback))
 
     def _check_data(self) -> None:

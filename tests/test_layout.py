@@ -2,7 +2,8 @@
 
 ``common`` (the ``retia`` package, ``retia.nn`` and ``retia.strategy`` included) imports none of
 the service (``retia.dispatcher``), the client side (``retia.client``) or the worker
-(``retia.worker``); those three import ``common`` and never each other. Every import counts:
+(``retia.worker``); those three import ``common`` and never each other. ``retia.nni`` (NNI's module
+paths) re-exports ``common`` and the client side, and nothing imports it. Every import counts:
 module level, inside functions, under ``TYPE_CHECKING``, and ``importlib.import_module`` /
 ``__import__`` with a literal name. Two places in ``common`` name other sides on purpose, and
 only by module path strings: the PEP 562 ``_LAZY`` table of ``common/__init__.py`` (with its
@@ -32,7 +33,13 @@ FOLDERS = {
 }
 
 # package prefix -> side; the longest matching prefix wins (retia.client is not common)
-SIDES = {"retia": "common", "retia.client": "client", "retia.dispatcher": "service", "retia.worker": "worker"}
+SIDES = {
+    "retia": "common",
+    "retia.client": "client",
+    "retia.dispatcher": "service",
+    "retia.worker": "worker",
+    "retia.nni": "nni",  # NNI's module paths: a facade over common and the client side (its Experiment)
+}
 
 # side -> the sides it may import (besides third-party code and the standard library)
 ALLOWED = {
@@ -40,6 +47,7 @@ ALLOWED = {
     "client": {"common", "client"},
     "service": {"common", "service"},
     "worker": {"common", "worker"},
+    "nni": {"common", "client", "nni"},
 }
 
 LAZY_INIT = Path("common/__init__.py")

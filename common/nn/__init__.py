@@ -73,7 +73,7 @@ from torch.nn import (
 
 from ..arch import Arch, fixed_arch, validate_arch
 from .choices import ChosenInputs, InputChoice, LayerChoice, ValueChoice
-from .space import ModelSpace, original_state_dict_hooks
+from .space import ModelSpace, model_wrapper, original_state_dict_hooks
 
 __all__ = [
     # retia's own
@@ -84,6 +84,7 @@ __all__ = [
     "ModelSpace",
     "ValueChoice",
     "fixed_arch",
+    "model_wrapper",
     "original_state_dict_hooks",
     "validate_arch",
     # torch.nn re-exports

@@ -40,7 +40,7 @@ from ..trace import Recipe, _attach, _name_positionals
 from .choices import CHOSEN_ATTR, InputChoice, LayerChoice
 from .registry import begin_space
 
-__all__ = ["ModelSpace", "original_state_dict_hooks"]
+__all__ = ["ModelSpace", "model_wrapper", "original_state_dict_hooks"]
 
 _log = logging.getLogger(__name__)
 
@@ -139,6 +139,17 @@ class ModelSpace(nn.Module):
         for module in self.modules():
             if isinstance(module, (LayerChoice, InputChoice)) and module.label in loaded:
                 module.activate(loaded[module.label])
+
+
+def model_wrapper(cls: type[nn.Module]) -> type[ModelSpace]:
+    """NNI 2.x's ``@model_wrapper class Net(nn.Module)``: the class as a model space (a subclass of
+    it and of :class:`ModelSpace`, under its own name, so instances pickle and ship by reference)."""
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise TypeError(f"model_wrapper decorates an nn.Module class, got {cls!r}")
+    if issubclass(cls, ModelSpace):
+        return cls
+    namespace = {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__}
+    return type(cls.__name__, (cls, ModelSpace), namespace)
 
 
 # ---------------------------------------------------------------------------- state dicts

@@ -1,0 +1,1 @@
+"""NNI's ``nni.experiment``."""
