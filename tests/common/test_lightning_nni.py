@@ -151,7 +151,16 @@ class InterruptAfterFirstEpoch(pytorch_lightning.Callback):
 def test_detect_interrupt(tmp_path: Path, detect: bool) -> None:
     """Lightning answers Ctrl+C in fit with a graceful shutdown, SIGINT ignored for good and
     sys.exit(1). With detect_interrupt (NNI's default) the KeyboardInterrupt reaches the caller;
-    without, the training just ends, with no final result. Ctrl+C works again after, either way."""
+    without, the training just ends, with no final result. Ctrl+C works again after, either way.
+    (Python's own handler first: a shell starts background jobs with SIGINT ignored.)"""
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _interrupt_once(tmp_path, detect)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+
+
+def _interrupt_once(tmp_path: Path, detect: bool) -> None:
     handler = signal.getsignal(signal.SIGINT)
     evaluator = pl.Lightning(
         pl.ClassificationModule(),
