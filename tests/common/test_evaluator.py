@@ -222,7 +222,7 @@ def test_kwargs_are_recorded_as_a_recipe_and_the_evaluator_round_trips() -> None
 
     loaded = retia.load(retia.dump(evaluator))
     assert loaded.arguments["values"] == [1, 2] and loaded.arguments["finals"] == (3,)
-    assert type(loaded.arguments["loader"]) is DataLoader
+    assert type(loaded.arguments["loader"]) is retia.trace(DataLoader)
     assert get_recipe(loaded.arguments["loader"].dataset) == get_recipe(loader.dataset)
     assert loaded.evaluate(MLP).intermediates == [1.0, 2.0, float(len(cast(Sized, loader.dataset)))]
 
