@@ -263,6 +263,61 @@ def test_unserializable_arguments_raise_serialization_error_with_path(make) -> N
             bad.close()
 
 
+# --- NNI's dump(obj, fp, pickle_size_limit=...) and load(string, fp=...) ------------------------
+
+
+def test_dump_writes_to_fp_and_load_reads_from_fp(tmp_path: Path) -> None:
+    value = {"box": retia.trace(Box)(value=(1, 2), label="x"), "n": 3}
+    path = tmp_path / "payload.bin"
+    with path.open("wb") as f:
+        returned = retia.dump(value, f, name="cfg")
+    assert path.read_bytes() == returned  # bytes, where NNI's dump returned a str
+    with path.open("rb") as f:
+        loaded = retia.load(fp=f)
+    assert loaded["n"] == 3 and loaded["box"].value == (1, 2) and loaded["box"].trace_kwargs["label"] == "x"
+    assert retia.load(fp=path)["n"] == 3 and retia.load(returned)["n"] == 3  # a path works as fp too
+    retia.dump([1], fp=tmp_path / "list.bin")
+    assert retia.load(fp=str(tmp_path / "list.bin")) == [1]
+
+
+def test_dump_and_load_refuse_text_files_and_ambiguous_calls(tmp_path: Path) -> None:
+    with (tmp_path / "t.txt").open("w") as text, pytest.raises(TypeError, match=r"binary mode \('wb'\)"):
+        retia.dump([1], text)
+    (tmp_path / "b.bin").write_bytes(retia.dump([1]))
+    with (tmp_path / "b.bin").open("r", encoding="latin-1") as text, pytest.raises(TypeError, match="'rb'"):
+        retia.load(fp=text)
+    with (tmp_path / "b.bin").open("rb") as f, pytest.raises(TypeError, match=r"retia.load\(fp=file\)"):
+        retia.load(f)  # type: ignore[arg-type]  # on purpose: NNI users pass the file first
+    with pytest.raises(TypeError, match="not both"):
+        retia.load()
+    with pytest.raises(TypeError, match="NNI's dump returned a str"):
+        retia.load('{"a": 1}')  # type: ignore[arg-type]  # on purpose: an NNI payload
+
+
+def test_pickle_size_limit_refuses_larger_pickles_naming_the_path() -> None:
+    offset = 5
+    small = {"f": lambda x: x + offset}
+    size = len(pi.pickles(retia.dump(small))[0])
+    assert retia.load(retia.dump(small, pickle_size_limit=size))["f"](1) == 6
+    with pytest.raises(
+        PayloadTooLarge,
+        match=rf"cfg\.f \(a function\) pickles to {size} bytes, over the "
+        rf"{size - 1} bytes cap.*raise pickle_size_limit",
+    ) as info:
+        retia.dump(small, name="cfg", pickle_size_limit=size - 1)
+    assert info.value.path == "cfg.f" and info.value.size == size
+    # It applies when collecting blobs too (a caller's explicit limit), and -1 means none.
+    with pytest.raises(PayloadTooLarge):
+        retia.dump(small, name="cfg", pickle_size_limit=size - 1, blobs={})
+    big = np.ones(2 * MiB, dtype=np.uint8)
+    assert np.array_equal(
+        retia.load(retia.dump({"a": big}, options=DumpOptions(max_pickle_bytes=1), pickle_size_limit=-1))[
+            "a"
+        ],
+        big,
+    )
+
+
 # --- load errors ------------------------------------------------------------------------------
 
 
