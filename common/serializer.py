@@ -176,12 +176,15 @@ class _Encoder:
             )
         if isinstance(obj, Traced):
             return self._traced(obj.__wrapped__, obj._kw_only, path)
-        if is_wrapped_with_trace(obj):  # a trace class: by its name, or as trace(original)
+        if is_wrapped_with_trace(obj):  # a trace class: by its name, as trace(original), or by value
             ref = _reference(obj)
             if ref is not None:
                 return self._ext(_Ext.REF, ref)
             original, kw_only = obj.__dict__[_WRAPS_ATTR]
-            return self._traced(original, kw_only, path)
+            if _reference(original) is not None:  # trace(SomeInstalledClass)
+                return self._traced(original, kw_only, path)
+            # A class of the user's own, decorated: by value, as cloudpickle keeps one class per
+            # class across pickles (its subclasses' pickles name this very one).
         recipe = obj if isinstance(obj, Recipe) else get_recipe(obj)  # a trace_copy() builds on load
         if recipe is not None:
             return self._ext(

@@ -134,7 +134,7 @@ class Traced(Generic[T]):
 @overload
 def trace(target: None = None, *, kw_only: bool = True) -> Callable[[_C], _C]: ...
 @overload
-def trace(target: type[T], *, kw_only: bool = True) -> type[T]: ...
+def trace(target: type[T], *, kw_only: bool = True) -> type[T]: ...  # type: ignore[overload-overlap]
 @overload
 def trace(target: Callable[..., T], *, kw_only: bool = True) -> Traced[T]: ...
 @overload
@@ -234,16 +234,16 @@ def _make_trace_class(original: type, kw_only: bool) -> type:
     cls: type
 
     def next_init(self: Any, *args: Any, **kwargs: Any) -> None:
-        super(cls, self).__init__(*args, **kwargs)
+        super(cls, self).__init__(*args, **kwargs)  # type: ignore[arg-type]
 
     def init_subclass(sub: type, **kw: Any) -> None:
-        super(cls, sub).__init_subclass__(**kw)  # type: ignore[misc]
+        super(cls, sub).__init_subclass__(**kw)  # type: ignore[arg-type]
         own = sub.__dict__.get("__init__")
         if own is not None and not getattr(own, _HOOKED_ATTR, False):
             type.__setattr__(sub, "__init__", _recording_init(own, own))
 
     def reduce_ex(self: Any, protocol: Any) -> Any:
-        reduced = super(cls, self).__reduce_ex__(protocol)
+        reduced = super(cls, self).__reduce_ex__(protocol)  # type: ignore[arg-type]
         if type(self) is not cls or not isinstance(reduced, tuple) or _published(cls):
             return reduced
         # cls has the name of the class it wraps, so pickle would find that one: rebuild through
@@ -262,7 +262,7 @@ def _make_trace_class(original: type, kw_only: bool) -> type:
         ns["__wrapped__"] = _OwnOnly(original)
         ns[_WRAPS_ATTR] = (original, kw_only)
         ns[_KW_ONLY_ATTR] = kw_only
-        ns["__init__"] = _recording_init(original.__init__, next_init)
+        ns["__init__"] = _recording_init(original.__init__, next_init)  # type: ignore[misc]
         ns["__init_subclass__"] = init_subclass
         ns["__reduce_ex__"] = reduce_ex
         for name, value in _NNI_API.items():
@@ -372,7 +372,7 @@ def _recipe(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Recip
 
 def _rebuild(original: type, kw_only: bool, func: Callable[..., Any] | None, args: tuple[Any, ...]) -> Any:
     """Unpickle an instance of ``trace(original)``: through ``func`` (``copyreg.__newobj__``, say)."""
-    cls = trace(original, kw_only=kw_only)
+    cls: Any = trace(original, kw_only=kw_only)
     return cls(*args) if func is None else func(cls, *args)
 
 

@@ -157,7 +157,7 @@ def test_trace_class_round_trips_as_the_same_trace_class() -> None:
     data = retia.dump(retia.trace(nn.Linear))
     assert pi.codes(data) == [pi.TRACED, pi.REF]
     loaded = retia.load(data)
-    assert loaded is retia.trace(nn.Linear) and loaded.__wrapped__ is nn.Linear
+    assert loaded is retia.trace(nn.Linear) and cast(Any, loaded).__wrapped__ is nn.Linear
     recipe = get_recipe(loaded(1, 2))
     assert recipe is not None and recipe.kwargs == {"in_features": 1, "out_features": 2}
 
@@ -282,10 +282,10 @@ def test_dump_writes_to_fp_and_load_reads_from_fp(tmp_path: Path) -> None:
 
 def test_dump_and_load_refuse_text_files_and_ambiguous_calls(tmp_path: Path) -> None:
     with (tmp_path / "t.txt").open("w") as text, pytest.raises(TypeError, match=r"binary mode \('wb'\)"):
-        retia.dump([1], text)
+        retia.dump([1], text)  # type: ignore[arg-type]  # on purpose: a text file
     (tmp_path / "b.bin").write_bytes(retia.dump([1]))
     with (tmp_path / "b.bin").open("r", encoding="latin-1") as text, pytest.raises(TypeError, match="'rb'"):
-        retia.load(fp=text)
+        retia.load(fp=text)  # type: ignore[arg-type]  # on purpose: a text file
     with (tmp_path / "b.bin").open("rb") as f, pytest.raises(TypeError, match=r"retia.load\(fp=file\)"):
         retia.load(f)  # type: ignore[arg-type]  # on purpose: NNI users pass the file first
     with pytest.raises(TypeError, match="not both"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import pickle
 from multiprocessing.reduction import ForkingPickler
+from typing import Any, cast
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ from retia.trace import Recipe, Traced, get_recipe, is_traced
 def test_trace_class_returns_a_subclass_that_builds_real_instances() -> None:
     traced = retia.trace(nn.Linear)
     assert isinstance(traced, type) and issubclass(traced, nn.Linear)
-    assert traced.__name__ == "Linear" and traced.__wrapped__ is nn.Linear
+    assert traced.__name__ == "Linear" and cast(Any, traced).__wrapped__ is nn.Linear
     assert retia.trace(nn.Linear) is traced  # one trace class per class: isinstance agrees everywhere
 
     layer = traced(3, 5, bias=False)
@@ -110,7 +111,7 @@ def test_rebuilding_from_recipe_gives_an_equal_traced_object() -> None:
 def test_trace_of_traced_does_not_double_wrap_and_rejects_non_callables() -> None:
     once = retia.trace(Box)
     twice = retia.trace(once)
-    assert twice is once and twice.__wrapped__ is Box
+    assert twice is once and cast(Any, twice).__wrapped__ is Box
     function = retia.trace(star_args)
     assert isinstance(function, Traced) and retia.trace(function) == function
     assert hash(retia.trace(function)) == hash(function)

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import torch
@@ -37,7 +37,7 @@ def _run_python(code: str, *args: str) -> dict[str, Any]:
 
 
 def test_a_decorated_class_is_a_class_and_its_instances_are_of_it() -> None:
-    original = Point.__wrapped__
+    original = cast(Any, Point).__wrapped__
     assert isinstance(Point, type) and issubclass(Point, original) and Point is not original
     assert (Point.__name__, Point.__qualname__, Point.__module__) == ("Point", "Point", "fixtures_trace")
     assert Point.__doc__ == original.__doc__
@@ -50,13 +50,13 @@ def test_a_decorated_class_is_a_class_and_its_instances_are_of_it() -> None:
 
 
 def test_subclasses_of_a_traced_class_are_traced_and_record_their_own_arguments() -> None:
-    p3 = Point3(1, 2, z=3)
+    p3: Any = Point3(1, 2, z=3)
+    assert p3.trace_symbol is Point3 and p3.trace_kwargs == {"x": 1, "y": 2, "z": 3}  # not super()'s call
     assert type(p3) is Point3 and isinstance(p3, Point) and issubclass(Point3, Point)
     assert (p3.x, p3.y, p3.z) == (10, 20, 3)
-    assert p3.trace_symbol is Point3 and p3.trace_kwargs == {"x": 1, "y": 2, "z": 3}  # not super()'s call
     assert list(inspect.signature(Point3).parameters) == ["x", "y", "z"]
 
-    named = NamedPoint(5, y=6)  # inherits Point's __init__: still its own recipe
+    named: Any = NamedPoint(5, y=6)  # inherits Point's __init__: still its own recipe
     assert named.trace_symbol is NamedPoint and named.trace_kwargs == {"x": 5, "y": 6}
     assert not hasattr(NamedPoint, "__wrapped__")  # so inspect reads NamedPoint, not Point's original
     assert list(inspect.signature(NamedPoint).parameters) == ["x", "y"]
@@ -65,13 +65,13 @@ def test_subclasses_of_a_traced_class_are_traced_and_record_their_own_arguments(
         def __init__(self, w: int) -> None:
             super().__init__(w, w, w)
 
-    local = Local(2)
+    local: Any = Local(2)
     assert local.trace_kwargs == {"w": 2} and (local.x, local.z) == (20, 2)
     assert retia.load(retia.dump(local)).z == 2
 
 
 def test_instances_pickle_by_the_module_level_name_here_and_in_a_fresh_process(tmp_path: Path) -> None:
-    objs = {"point": Point(1, y=2), "p3": Point3(1, 2, 3), "named": NamedPoint(4)}
+    objs: dict[str, Any] = {"point": Point(1, y=2), "p3": Point3(1, 2, 3), "named": NamedPoint(4)}
     for obj in objs.values():
         clone = pickle.loads(pickle.dumps(obj))
         assert type(clone) is type(obj) and clone.__dict__ == obj.__dict__
@@ -143,20 +143,67 @@ def test_copy_and_deepcopy_keep_the_class_and_the_recipe() -> None:
 
 
 def test_dump_and_load_round_trip_traced_classes_and_their_instances() -> None:
+    point: Any
+    p3: Any
     point, p3 = retia.load(retia.dump([Point(7, y=8), Point3(1, 1, 1)]))
-    assert type(point) is Point and (point.x, point.y) == (7, 8) and point.trace_kwargs == {"x": 7, "y": 8}
+    assert point.trace_kwargs == {"x": 7, "y": 8}
+    assert type(point) is Point and (point.x, point.y) == (7, 8)
     assert type(p3) is Point3 and p3.z == 1
     assert retia.load(retia.dump(Point)) is Point
     assert retia.load(retia.dump(Point3)) is Point3
-    pair = retia.load(retia.dump(Pair(1, [2])))
-    assert type(pair) is Pair and pair.trace_args == [1, [2]] and pair.trace_kwargs == {}
+    pair: Any = retia.load(retia.dump(Pair(1, [2])))
+    assert pair.trace_args == [1, [2]] and pair.trace_kwargs == {} and type(pair) is Pair
+
+
+_MAIN_SCRIPT = """
+import sys
+import retia
+
+
+@retia.trace
+class Counter:
+    def __init__(self, start):
+        self.start = start
+
+
+class Sub(Counter):
+    def __init__(self, a, b):
+        super().__init__(a + b)
+
+
+with open(sys.argv[1], "wb") as f:
+    retia.dump({"counter": Counter(40), "sub": Sub(1, 2), "cls": Counter}, f)
+"""
+
+_LOAD_MAIN = """
+import json, sys
+import retia
+d = retia.load(fp=sys.argv[1])
+c, s, cls = d["counter"], d["sub"], d["cls"]
+print(json.dumps({"start": [c.start, s.start], "kwargs": [c.trace_kwargs, s.trace_kwargs],
+                  "one_class": type(c) is cls and isinstance(s, cls) and retia.trace(cls) is cls}))
+"""
+
+
+def test_a_class_decorated_in_main_and_its_subclass_travel_to_a_fresh_process(tmp_path: Path) -> None:
+    script, payload = tmp_path / "experiment.py", tmp_path / "payload.bin"
+    script.write_text(_MAIN_SCRIPT)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(payload)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert _run_python(_LOAD_MAIN, str(payload)) == {
+        "start": [40, 3],
+        "kwargs": [{"start": 40}, {"a": 1, "b": 2}],
+        "one_class": True,  # the subclass's pickle and the class itself name one Counter
+    }
 
 
 def test_tracing_a_class_defined_elsewhere_without_decorating_it() -> None:
     dataset = retia.trace(TensorDataset)(torch.arange(64.0).view(64, 1))
-    loader = retia.trace(DataLoader)(dataset, batch_size=32)
-    assert isinstance(loader, DataLoader) and type(loader) is retia.trace(DataLoader)
+    loader: Any = retia.trace(DataLoader)(dataset, batch_size=32)
     assert loader.trace_symbol is DataLoader and loader.trace_kwargs == {"dataset": dataset, "batch_size": 32}
+    assert isinstance(loader, DataLoader) and type(loader) is retia.trace(DataLoader)
     assert [len(x) for (x,) in loader] == [32, 32]
     assert type(DataLoader(dataset)) is DataLoader and not retia.is_traced(DataLoader(dataset))  # untouched
     loaded = retia.load(retia.dump(loader))
@@ -164,42 +211,46 @@ def test_tracing_a_class_defined_elsewhere_without_decorating_it() -> None:
 
 
 def test_nni_names_trace_symbol_args_kwargs_copy_and_get() -> None:
-    p = Point(3, y=4)
-    assert p.trace_symbol is Point.__wrapped__ and p.trace_args == [] and p.trace_kwargs == {"x": 3, "y": 4}
+    p: Any = Point(3, y=4)
+    assert (
+        p.trace_symbol is cast(Any, Point).__wrapped__
+        and p.trace_args == []
+        and p.trace_kwargs == {"x": 3, "y": 4}
+    )
     assert p.get() is p
 
     recipe = p.trace_copy()  # NNI: the arguments without the object
     assert isinstance(recipe, Recipe) and is_traceable(recipe) and not hasattr(recipe, "norm1")
     recipe.trace_kwargs["x"] = -10
-    built = recipe.get()
-    assert type(built) is Point and built.norm1() == 14 and built.trace_kwargs == {"x": -10, "y": 4}
+    built: Any = recipe.get()
+    assert built.norm1() == 14 and built.trace_kwargs == {"x": -10, "y": 4} and type(built) is Point
     assert p.trace_kwargs == {"x": 3, "y": 4}  # the original is untouched
-    again = built.trace_copy()
+    again = cast(Any, built).trace_copy()
     again.trace_kwargs["y"] = 0
     assert again.get().norm1() == 10 and built.norm1() == 14
     assert type(retia.load(retia.dump(again))) is Point  # a trace_copy ships as a recipe and loads built
 
     # Names the class already has stay the class's own: a traced dict's get is dict.get.
-    d = retia.trace(dict)(a=1)
+    d: Any = retia.trace(dict)(a=1)
     assert d.get("a") == 1 and d.trace_kwargs == {"a": 1}
 
 
 def test_kw_only_false_keeps_positional_arguments_and_travels_with_the_class() -> None:
-    pair = Pair(1, 2)
+    pair: Any = Pair(1, 2)
     assert pair.trace_args == [1, 2] and pair.trace_kwargs == {}
-    linear = retia.trace(nn.Linear, kw_only=False)(3, 4, bias=False)
+    linear: Any = retia.trace(nn.Linear, kw_only=False)(3, 4, bias=False)
     assert linear.trace_args == [3, 4] and linear.trace_kwargs == {"bias": False}
-    named = retia.trace(nn.Linear)(3, 4)
+    named: Any = retia.trace(nn.Linear)(3, 4)
     assert named.trace_args == [] and named.trace_kwargs == {"in_features": 3, "out_features": 4}
 
     @retia.trace(kw_only=False)
     def scaled(a: int, b: int = 1) -> Any:
         return retia.trace(Point)(a * b)
 
-    result = scaled(2, 3)
+    result: Any = scaled(2, 3)
     recipe = get_recipe(result)
     assert recipe is not None and recipe.args == (2, 3) and recipe.kwargs == {}
-    assert result.trace_symbol is scaled.__wrapped__ and result.x == 6
+    assert result.trace_symbol is cast(Any, scaled).__wrapped__ and result.x == 6
 
     loaded = retia.load(retia.dump(retia.trace(nn.Linear, kw_only=False)))
     assert loaded is retia.trace(nn.Linear, kw_only=False) and loaded is not retia.trace(nn.Linear)
@@ -208,7 +259,7 @@ def test_kw_only_false_keeps_positional_arguments_and_travels_with_the_class() -
 
 def test_generator_arguments_are_recorded_and_passed_as_lists() -> None:
     model = nn.Linear(2, 1)
-    optimizer = retia.trace(torch.optim.SGD)(model.parameters(), lr=0.1)
+    optimizer: Any = retia.trace(torch.optim.SGD)(model.parameters(), lr=0.1)
     params = optimizer.trace_kwargs["params"]
     assert isinstance(params, list) and len(params) == 2 and params[0] is model.weight
     assert len(optimizer.param_groups[0]["params"]) == 2  # the optimizer got them too
