@@ -31,7 +31,7 @@ import msgpack
 
 from .blobs import Blob, bytes_blob, make_blob, pickle_blob, read_blob
 from .errors import PayloadTooLarge, SerializationError
-from .trace import _WRAPS_ATTR, Recipe, Traced, get_recipe, is_wrapped_with_trace, trace
+from .trace import _WRAPS_ATTR, Recipe, Traced, _published, get_recipe, is_wrapped_with_trace, trace
 
 __all__ = ["dump", "load", "DumpOptions", "rebuilding", "warm_up"]
 
@@ -181,9 +181,9 @@ class _Encoder:
             if ref is not None:
                 return self._ext(_Ext.REF, ref)
             original, kw_only = obj.__dict__[_WRAPS_ATTR]
-            if _reference(original) is not None:  # trace(SomeInstalledClass)
+            if not _published(obj):  # trace(SomeClass) where it is used: the original names it
                 return self._traced(original, kw_only, path)
-            # A class of the user's own, decorated: by value, as cloudpickle keeps one class per
+            # Decorated in the user's own module: by value, as cloudpickle keeps one class per
             # class across pickles (its subclasses' pickles name this very one).
         recipe = obj if isinstance(obj, Recipe) else get_recipe(obj)  # a trace_copy() builds on load
         if recipe is not None:
