@@ -234,7 +234,13 @@ def _make_trace_class(original: type, kw_only: bool) -> type:
     cls: type
 
     def next_init(self: Any, *args: Any, **kwargs: Any) -> None:
-        super(cls, self).__init__(*args, **kwargs)  # type: ignore[arg-type]
+        init = super(cls, self).__init__  # type: ignore[arg-type]
+        if getattr(init, "__objclass__", None) is not object:
+            init(*args, **kwargs)
+        elif (args or kwargs) and type(self).__new__ is object.__new__:  # type: ignore[comparison-overlap]
+            raise TypeError(f"{type(self).__name__}() takes no arguments")  # as without trace
+        else:
+            init()  # object.__init__: the arguments were __new__'s (a namedtuple's, say)
 
     def init_subclass(sub: type, **kw: Any) -> None:
         super(cls, sub).__init_subclass__(**kw)  # type: ignore[arg-type]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import copy
 import inspect
 import json
@@ -263,3 +264,19 @@ def test_generator_arguments_are_recorded_and_passed_as_lists() -> None:
     params = optimizer.trace_kwargs["params"]
     assert isinstance(params, list) and len(params) == 2 and params[0] is model.weight
     assert len(optimizer.param_groups[0]["params"]) == 2  # the optimizer got them too
+
+
+_AB = collections.namedtuple("_AB", "a b")
+
+
+def test_classes_with_only_new_or_no_constructor_behave_as_without_trace() -> None:
+    point: Any = retia.trace(_AB)(1, b=2)
+    assert tuple(point) == (1, 2) and point.trace_kwargs == {"a": 1, "b": 2}
+    assert pickle.loads(pickle.dumps(point)) == point
+
+    class Empty:
+        pass
+
+    assert retia.is_traced(retia.trace(Empty)())
+    with pytest.raises(TypeError, match=r"Empty\(\) takes no arguments"):
+        retia.trace(Empty)(1)  # type: ignore[call-arg]  # on purpose
