@@ -184,7 +184,7 @@ def is_wrapped_with_trace(cls_or_func: Any) -> bool:
 # --- trace classes ------------------------------------------------------------------------------
 
 _classes: dict[tuple[type, bool], type] = {}  # one trace class per (original, kw_only)
-_classes_lock = threading.Lock()
+_classes_lock = threading.RLock()  # re-entrant: an __init_subclass__ may trace too
 
 
 def _traced(target: Any, kw_only: bool) -> Any:
