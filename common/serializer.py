@@ -12,23 +12,26 @@ signature was checked with the cluster key (the worker does; the dispatcher neve
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import functools
 import importlib
 import importlib.metadata
+import io
 import logging
+import os
 import sys
 import types
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import cloudpickle
 import msgpack
 
 from .blobs import Blob, bytes_blob, make_blob, pickle_blob, read_blob
 from .errors import PayloadTooLarge, SerializationError
-from .trace import Recipe, Traced, get_recipe
+from .trace import _WRAPS_ATTR, Recipe, Traced, _published, get_recipe, is_wrapped_with_trace, trace
 
 __all__ = ["dump", "load", "DumpOptions", "rebuilding", "warm_up"]
 
@@ -67,24 +70,62 @@ class DumpOptions:
 
 def dump(
     obj: Any,
+    fp: BinaryIO | str | os.PathLike[str] | None = None,
     *,
     name: str | None = None,
     options: DumpOptions | None = None,
     blobs: dict[str, Blob] | None = None,
+    pickle_size_limit: int | None = None,
 ) -> bytes:
     """Serialize ``obj`` to bytes; ``name`` is the root of argument paths in messages.
 
-    With ``blobs`` (a dict to fill), large tensors, arrays, buffers and pickles are left out of
-    the bytes as content-addressed references and collected there, to be shipped once.
+    With ``fp`` (a binary file, or a path), the bytes are also written there (NNI's ``fp``).
+    ``pickle_size_limit`` (bytes; negative: none) refuses any pickle larger, blobs or not, with
+    :class:`PayloadTooLarge`; it overrides ``options.max_pickle_bytes``. With ``blobs`` (a dict to
+    fill), large tensors, arrays, buffers and pickles are left out of the bytes as
+    content-addressed references and collected there, to be shipped once.
     """
+    if isinstance(fp, io.TextIOBase):
+        raise TypeError("retia.dump writes bytes: open the file in binary mode ('wb')")
+    options = options or DumpOptions()
+    if pickle_size_limit is not None:
+        limit = pickle_size_limit if pickle_size_limit >= 0 else sys.maxsize
+        options = dataclasses.replace(options, max_pickle_bytes=limit)
     root = name or type(obj).__name__
-    tree = _Encoder(options or DumpOptions(), blobs).encode(obj, root)
+    tree = _Encoder(options, blobs, enforce_cap=pickle_size_limit is not None).encode(obj, root)
     data: bytes = msgpack.packb([_FORMAT, tree], use_bin_type=True)
+    if isinstance(fp, (str, os.PathLike)):
+        Path(fp).write_bytes(data)
+    elif fp is not None:
+        fp.write(data)
     return data
 
 
-def load(data: bytes, *, blob_dir: Path | None = None) -> Any:
-    """Rebuild an object from :func:`dump` bytes (authenticated bytes only); blobs come from ``blob_dir``."""
+def load(
+    string: bytes | None = None,
+    *,
+    fp: BinaryIO | str | os.PathLike[str] | None = None,
+    blob_dir: Path | None = None,
+) -> Any:
+    """Rebuild an object from :func:`dump` bytes (authenticated bytes only), given as ``string``
+    or read from ``fp`` (a binary file, or a path: NNI's ``fp``); blobs come from ``blob_dir``."""
+    if (string is None) == (fp is None):
+        raise TypeError("retia.load needs the bytes retia.dump returned, or fp= (a file), not both")
+    if isinstance(string, io.IOBase):
+        raise TypeError("retia.load(string) got a file: pass it as retia.load(fp=file)")
+    if fp is None:
+        data = string
+    elif isinstance(fp, (str, os.PathLike)):
+        data = Path(fp).read_bytes()
+    else:
+        data = fp.read()
+    if isinstance(data, str):
+        raise TypeError(
+            "retia.load takes bytes (retia.dump returns bytes, where NNI's dump returned a str): "
+            "pass the bytes, or open the file in binary mode ('rb')"
+        )
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"retia.load takes the bytes retia.dump returned, got {type(data).__name__}")
     token = _blob_dir.set(blob_dir)
     rebuilding = _rebuilding.set(True)
     try:
@@ -104,9 +145,12 @@ def load(data: bytes, *, blob_dir: Path | None = None) -> Any:
 
 
 class _Encoder:
-    def __init__(self, options: DumpOptions, blobs: dict[str, Blob] | None) -> None:
+    def __init__(
+        self, options: DumpOptions, blobs: dict[str, Blob] | None, enforce_cap: bool = False
+    ) -> None:
         self.options = options
         self.blobs = blobs
+        self.enforce_cap = enforce_cap or blobs is None  # a blob is shipped once, so may be larger
 
     def encode(self, obj: Any, path: str) -> Any:
         if (
@@ -133,8 +177,17 @@ class _Encoder:
                 [[self.encode(k, f"{path}.<key>"), self.encode(v, f"{path}[{k!r}]")] for k, v in obj.items()],
             )
         if isinstance(obj, Traced):
-            return self._ext(_Ext.TRACED, self.encode(obj.__wrapped__, path))
-        recipe = get_recipe(obj)
+            return self._traced(obj.__wrapped__, obj._kw_only, path)
+        if is_wrapped_with_trace(obj):  # a trace class: by its name, as trace(original), or by value
+            ref = _reference(obj)
+            if ref is not None:
+                return self._ext(_Ext.REF, ref)
+            original, kw_only = obj.__dict__[_WRAPS_ATTR]
+            if not _published(obj):  # trace(SomeClass) where it is used: the original names it
+                return self._traced(original, kw_only, path)
+            # Decorated in the user's own module: by value, as cloudpickle keeps one class per
+            # class across pickles (its subclasses' pickles name this very one).
+        recipe = obj if isinstance(obj, Recipe) else get_recipe(obj)  # a trace_copy() builds on load
         if recipe is not None:
             return self._ext(
                 _Ext.RECIPE,
@@ -156,6 +209,10 @@ class _Encoder:
             return self._blob(self.blobs, pickle_blob(data))
         return self._ext(_Ext.PICKLE, data)
 
+    def _traced(self, target: Any, kw_only: bool, path: str) -> msgpack.ExtType:
+        inner = self.encode(target, path)
+        return self._ext(_Ext.TRACED, inner if kw_only else [inner, False])
+
     def _blob(self, blobs: dict[str, Blob], blob: Blob) -> msgpack.ExtType:
         blobs[blob.digest] = blob
         return self._ext(_Ext.BLOB, [blob.digest, blob.kind, blob.size])
@@ -171,11 +228,12 @@ class _Encoder:
                 path,
             ) from exc
         size = len(data)
-        if size > self.options.max_pickle_bytes and self.blobs is None:
+        if size > self.options.max_pickle_bytes and self.enforce_cap:
             raise PayloadTooLarge(
-                f"{path} (a {type(obj).__name__}) pickles to {size / MiB:.1f} MiB, over the "
-                f"{self.options.max_pickle_bytes / MiB:.0f} MiB cap. Build it with retia.trace so it is "
-                "re-created on the worker, or load it inside fit.",
+                f"{path} (a {type(obj).__name__}) pickles to {_size(size)}, over the "
+                f"{_size(self.options.max_pickle_bytes, cap=True)} cap (pickle_size_limit). Build it "
+                "with retia.trace so it is re-created on the worker, load it inside fit, or raise "
+                "pickle_size_limit.",
                 path,
                 size,
             )
@@ -214,7 +272,8 @@ def _decode_ext(code: int, data: bytes) -> Any:
     if code == _Ext.REF:
         return _resolve(inner)
     if code == _Ext.TRACED:
-        return Traced(inner)
+        target, kw_only = inner if isinstance(inner, list) else (inner, True)
+        return trace(target, kw_only=kw_only)
     if code == _Ext.RECIPE:
         target, args, kwargs = inner
         try:
@@ -238,6 +297,13 @@ def _decode_ext(code: int, data: bytes) -> Any:
         except Exception as exc:
             raise SerializationError(f"unpickling an argument failed: {type(exc).__name__}: {exc}") from exc
     raise SerializationError(f"unknown extension code {code} in payload (version mismatch?)")
+
+
+def _size(n: int, cap: bool = False) -> str:
+    """Sizes in messages: MiB from 1 MiB up (a cap as a whole number), bytes below."""
+    if n < MiB:
+        return f"{n} bytes"
+    return f"{n / MiB:.0f} MiB" if cap else f"{n / MiB:.1f} MiB"
 
 
 def _reference(obj: Any) -> str | None:

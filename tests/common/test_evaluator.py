@@ -9,7 +9,7 @@ import os
 import threading
 from collections.abc import Sized
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 import onnxruntime as ort
@@ -46,7 +46,9 @@ from retia.trace import get_recipe
 MiB = 1 << 20
 
 
-def _digits_loader(split: str, shuffle: bool) -> DataLoader[tuple[torch.Tensor, torch.Tensor]]:
+def _digits_loader(
+    split: Literal["train", "val", "all"], shuffle: bool
+) -> DataLoader[tuple[torch.Tensor, torch.Tensor]]:
     return retia.trace(DataLoader)(retia.trace(DigitsDataset)(split=split), batch_size=64, shuffle=shuffle)
 
 
@@ -228,14 +230,14 @@ def test_kwargs_are_recorded_as_a_recipe_and_the_evaluator_round_trips() -> None
 
     loaded = retia.load(retia.dump(evaluator))
     assert loaded.arguments["values"] == [1, 2] and loaded.arguments["finals"] == (3,)
-    assert type(loaded.arguments["loader"]) is DataLoader
+    assert type(loaded.arguments["loader"]) is retia.trace(DataLoader)
     assert get_recipe(loaded.arguments["loader"].dataset) == get_recipe(loader.dataset)
     assert loaded.evaluate(MLP).intermediates == [1.0, 2.0, float(len(cast(Sized, loader.dataset)))]
 
 
 def test_unserializable_kwarg_fails_at_construction_with_its_path() -> None:
     lock = threading.Lock()
-    loader = retia.trace(DataLoader)(retia.trace(Box)(value={"guard": lock}), batch_size=1)
+    loader = retia.trace(DataLoader)(cast(Any, retia.trace(Box)(value={"guard": lock})), batch_size=1)
     with pytest.raises(
         SerializationError, match=r"FunctionalEvaluator\.dataloader\.dataset\.value\.guard"
     ) as info:

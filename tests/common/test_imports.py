@@ -113,7 +113,8 @@ def test_eager_names_are_the_real_objects() -> None:
 
     # The function shadows the submodule of the same name; the module stays importable.
     trace_module = sys.modules["retia.trace"]
-    assert retia.trace is trace_module.trace and isinstance(retia.trace(dict), Traced)
+    assert retia.trace is trace_module.trace and issubclass(retia.trace(dict), dict)
+    assert isinstance(retia.trace(len), Traced)
     assert retia.dump is serializer.dump and retia.load is serializer.load
     assert retia.FunctionalEvaluator is evaluator.FunctionalEvaluator
     assert retia.EvaluationResult is evaluator.EvaluationResult

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import cast
+from typing import Literal, cast
 
 import pytest
 import pytorch_lightning
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def digits(
-    split: str, batch_size: int = 32
+    split: Literal["train", "val", "all"], batch_size: int = 32
 ) -> torch.utils.data.DataLoader[tuple[torch.Tensor, torch.Tensor]]:
     return pl.DataLoader(retia.trace(DigitsDataset)(split), batch_size=batch_size, shuffle=split == "train")
 

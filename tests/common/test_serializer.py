@@ -30,7 +30,7 @@ import retia
 from retia.datasets import DigitsDataset
 from retia.errors import PayloadTooLarge, RetiaError, SerializationError
 from retia.serializer import DumpOptions
-from retia.trace import Traced, get_recipe
+from retia.trace import get_recipe
 
 MiB = 1 << 20
 
@@ -123,9 +123,9 @@ def test_nested_traced_objects_round_trip_as_recipes() -> None:
     assert len(data) < 512
 
     loaded = retia.load(data)
-    assert type(loaded) is DataLoader and loaded is not loader
+    assert type(loaded) is retia.trace(DataLoader) and loaded is not loader
     assert loaded.batch_size == 50
-    assert type(loaded.dataset) is DigitsDataset and loaded.dataset is not loader.dataset
+    assert type(loaded.dataset) is retia.trace(DigitsDataset) and loaded.dataset is not loader.dataset
     recipe = get_recipe(loaded)
     assert recipe is not None and recipe.kwargs["batch_size"] == 50
     assert get_recipe(loaded.dataset) == get_recipe(loader.dataset)
@@ -142,22 +142,22 @@ def test_traced_objects_inside_containers_and_traced_arguments() -> None:
     loaded = retia.load(retia.dump(value, name="model"))
 
     linear, relu = loaded["layers"]
-    assert type(linear) is nn.Linear and (linear.in_features, linear.out_features) == (2, 3)
-    assert type(relu) is nn.ReLU and get_recipe(relu) is not None
+    assert type(linear) is retia.trace(nn.Linear) and (linear.in_features, linear.out_features) == (2, 3)
+    assert type(relu) is retia.trace(nn.ReLU) and get_recipe(relu) is not None
     inner = loaded["box"].value
-    assert type(inner) is Box and inner.value == (1, "two") and inner.label == "inner"
+    assert type(inner) is retia.trace(Box) and inner.value == (1, "two") and inner.label == "inner"
     recipe = get_recipe(loaded["box"])
     assert recipe is not None and recipe.kwargs["value"] is inner  # the recipe points at the rebuilt argument
     seq = loaded["seq"]
-    assert [type(m) for m in seq] == [nn.Linear, nn.Sigmoid]
+    assert [type(m) for m in seq] == [retia.trace(nn.Linear), nn.Sigmoid]
     assert seq(torch.zeros(4, 3)).shape == (4, 1)
 
 
-def test_traced_callable_round_trips_as_traced() -> None:
+def test_trace_class_round_trips_as_the_same_trace_class() -> None:
     data = retia.dump(retia.trace(nn.Linear))
     assert pi.codes(data) == [pi.TRACED, pi.REF]
     loaded = retia.load(data)
-    assert isinstance(loaded, Traced) and loaded.__wrapped__ is nn.Linear
+    assert loaded is retia.trace(nn.Linear) and cast(Any, loaded).__wrapped__ is nn.Linear
     recipe = get_recipe(loaded(1, 2))
     assert recipe is not None and recipe.kwargs == {"in_features": 1, "out_features": 2}
 
@@ -172,7 +172,7 @@ def test_dataloader_over_a_50mb_file_dataset_dumps_small_and_rebuilds_identicall
     assert len(data) < 4096, len(data)
 
     loaded = retia.load(data)
-    assert type(loaded.dataset) is TensorFileDataset and loaded.dataset is not loader.dataset
+    assert type(loaded.dataset) is retia.trace(TensorFileDataset) and loaded.dataset is not loader.dataset
     original = cast(TensorFileDataset, loader.dataset)
     assert loaded.dataset.data.data_ptr() != original.data.data_ptr()  # re-read, not shared
     batches = 0
@@ -240,14 +240,10 @@ def test_default_cap_is_64_mib() -> None:
         retia.dump({"huge": huge}, name="root")
 
 
-def _generator():
-    yield 1
-
-
 @pytest.mark.parametrize(
     "make",
     [
-        pytest.param(lambda: _generator(), id="generator"),
+        pytest.param(lambda: sys._getframe(), id="frame"),  # a generator argument is recorded as a list
         pytest.param(lambda: threading.Lock(), id="lock"),
         pytest.param(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM), id="socket"),
     ],
@@ -265,6 +261,61 @@ def test_unserializable_arguments_raise_serialization_error_with_path(make) -> N
     finally:
         if isinstance(bad, socket.socket):
             bad.close()
+
+
+# --- NNI's dump(obj, fp, pickle_size_limit=...) and load(string, fp=...) ------------------------
+
+
+def test_dump_writes_to_fp_and_load_reads_from_fp(tmp_path: Path) -> None:
+    value = {"box": retia.trace(Box)(value=(1, 2), label="x"), "n": 3}
+    path = tmp_path / "payload.bin"
+    with path.open("wb") as f:
+        returned = retia.dump(value, f, name="cfg")
+    assert path.read_bytes() == returned  # bytes, where NNI's dump returned a str
+    with path.open("rb") as f:
+        loaded = retia.load(fp=f)
+    assert loaded["n"] == 3 and loaded["box"].value == (1, 2) and loaded["box"].trace_kwargs["label"] == "x"
+    assert retia.load(fp=path)["n"] == 3 and retia.load(returned)["n"] == 3  # a path works as fp too
+    retia.dump([1], fp=tmp_path / "list.bin")
+    assert retia.load(fp=str(tmp_path / "list.bin")) == [1]
+
+
+def test_dump_and_load_refuse_text_files_and_ambiguous_calls(tmp_path: Path) -> None:
+    with (tmp_path / "t.txt").open("w") as text, pytest.raises(TypeError, match=r"binary mode \('wb'\)"):
+        retia.dump([1], text)  # type: ignore[arg-type]  # on purpose: a text file
+    (tmp_path / "b.bin").write_bytes(retia.dump([1]))
+    with (tmp_path / "b.bin").open("r", encoding="latin-1") as text, pytest.raises(TypeError, match="'rb'"):
+        retia.load(fp=text)  # type: ignore[arg-type]  # on purpose: a text file
+    with (tmp_path / "b.bin").open("rb") as f, pytest.raises(TypeError, match=r"retia.load\(fp=file\)"):
+        retia.load(f)  # type: ignore[arg-type]  # on purpose: NNI users pass the file first
+    with pytest.raises(TypeError, match="not both"):
+        retia.load()
+    with pytest.raises(TypeError, match="NNI's dump returned a str"):
+        retia.load('{"a": 1}')  # type: ignore[arg-type]  # on purpose: an NNI payload
+
+
+def test_pickle_size_limit_refuses_larger_pickles_naming_the_path() -> None:
+    offset = 5
+    small = {"f": lambda x: x + offset}
+    size = len(pi.pickles(retia.dump(small))[0])
+    assert retia.load(retia.dump(small, pickle_size_limit=size))["f"](1) == 6
+    with pytest.raises(
+        PayloadTooLarge,
+        match=rf"cfg\.f \(a function\) pickles to {size} bytes, over the "
+        rf"{size - 1} bytes cap.*raise pickle_size_limit",
+    ) as info:
+        retia.dump(small, name="cfg", pickle_size_limit=size - 1)
+    assert info.value.path == "cfg.f" and info.value.size == size
+    # It applies when collecting blobs too (a caller's explicit limit), and -1 means none.
+    with pytest.raises(PayloadTooLarge):
+        retia.dump(small, name="cfg", pickle_size_limit=size - 1, blobs={})
+    big = np.ones(2 * MiB, dtype=np.uint8)
+    assert np.array_equal(
+        retia.load(retia.dump({"a": big}, options=DumpOptions(max_pickle_bytes=1), pickle_size_limit=-1))[
+            "a"
+        ],
+        big,
+    )
 
 
 # --- load errors ------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import pickle
 from multiprocessing.reduction import ForkingPickler
+from typing import Any, cast
 
 import pytest
 import torch
@@ -17,15 +18,15 @@ from retia.datasets import DigitsDataset
 from retia.trace import Recipe, Traced, get_recipe, is_traced
 
 
-def test_trace_class_returns_traced_callable_that_builds_real_instances() -> None:
+def test_trace_class_returns_a_subclass_that_builds_real_instances() -> None:
     traced = retia.trace(nn.Linear)
-    assert isinstance(traced, Traced)
-    assert callable(traced)
-    assert traced.__name__ == "Linear" and traced.__wrapped__ is nn.Linear
+    assert isinstance(traced, type) and issubclass(traced, nn.Linear)
+    assert traced.__name__ == "Linear" and cast(Any, traced).__wrapped__ is nn.Linear
+    assert retia.trace(nn.Linear) is traced  # one trace class per class: isinstance agrees everywhere
 
     layer = traced(3, 5, bias=False)
-    assert type(layer) is nn.Linear
-    assert isinstance(layer, nn.Module)
+    assert type(layer) is traced
+    assert isinstance(layer, nn.Linear) and isinstance(layer, nn.Module)
     assert layer.in_features == 3 and layer.out_features == 5 and layer.bias is None
     out = layer(torch.ones(2, 3))  # methods work
     assert out.shape == (2, 5)
@@ -34,17 +35,18 @@ def test_trace_class_returns_traced_callable_that_builds_real_instances() -> Non
 
 def test_trace_with_arguments_builds_instance_at_once() -> None:
     box = retia.trace(Box, 42, label="answer")
-    assert type(box) is Box
+    assert type(box) is retia.trace(Box) and isinstance(box, Box)
     assert (box.value, box.label) == (42, "answer")
     recipe = get_recipe(box)
-    assert recipe == Recipe(Box, (), {"value": 42, "label": "answer"})
+    assert recipe == Recipe(retia.trace(Box), (), {"value": 42, "label": "answer"})
+    assert recipe is not None and recipe.trace_symbol is Box
 
 
 def test_recipe_names_positional_arguments_where_the_signature_allows() -> None:
     layer = retia.trace(nn.Linear)(4, 2, False)
     recipe = get_recipe(layer)
     assert recipe is not None
-    assert recipe.target is nn.Linear
+    assert recipe.target is retia.trace(nn.Linear) and recipe.trace_symbol is nn.Linear
     assert recipe.args == ()
     assert recipe.kwargs == {"in_features": 4, "out_features": 2, "bias": False}
 
@@ -69,7 +71,7 @@ def test_trace_function_results_carry_recipe_when_they_can() -> None:
 
     dataset = retia.trace(torch.utils.data.TensorDataset)(torch.arange(6))
     recipe = get_recipe(dataset)
-    assert recipe is not None and recipe.target is torch.utils.data.TensorDataset
+    assert recipe is not None and recipe.trace_symbol is torch.utils.data.TensorDataset
     assert len(recipe.args) == 1 and torch.equal(recipe.args[0], torch.arange(6))
 
 
@@ -80,10 +82,10 @@ def test_traced_arguments_are_recorded_recursively_as_recipes(tmp_path) -> None:
     loader = retia.trace(DataLoader)(dataset, batch_size=8)
 
     outer = get_recipe(loader)
-    assert outer is not None and outer.target is DataLoader
+    assert outer is not None and outer.trace_symbol is DataLoader
     assert outer.kwargs["dataset"] is dataset and outer.kwargs["batch_size"] == 8
     inner = get_recipe(outer.kwargs["dataset"])
-    assert inner == Recipe(TensorFileDataset, (), {"path": str(path), "num_classes": 4})
+    assert inner == Recipe(retia.trace(TensorFileDataset), (), {"path": str(path), "num_classes": 4})
 
 
 def test_traced_dataloader_iterates_like_an_untraced_one() -> None:
@@ -109,8 +111,11 @@ def test_rebuilding_from_recipe_gives_an_equal_traced_object() -> None:
 def test_trace_of_traced_does_not_double_wrap_and_rejects_non_callables() -> None:
     once = retia.trace(Box)
     twice = retia.trace(once)
-    assert twice.__wrapped__ is Box and twice == once and hash(twice) == hash(once)
-    assert repr(twice).startswith("trace(") and "Box" in repr(twice)
+    assert twice is once and cast(Any, twice).__wrapped__ is Box
+    function = retia.trace(star_args)
+    assert isinstance(function, Traced) and retia.trace(function) == function
+    assert hash(retia.trace(function)) == hash(function)
+    assert repr(function).startswith("trace(") and "star_args" in repr(function)
     with pytest.raises(TypeError, match="class or a function"):
         retia.trace(42)  # type: ignore[call-overload]  # on purpose: not callable
 
@@ -129,15 +134,15 @@ def test_traced_instance_survives_plain_pickling_and_copy() -> None:
     loader = retia.trace(DataLoader)(dataset, batch_size=50)
 
     for clone in (pickle.loads(pickle.dumps(loader)), copy.deepcopy(loader)):
-        assert type(clone) is DataLoader and clone.batch_size == 50
+        assert type(clone) is retia.trace(DataLoader) and clone.batch_size == 50
         recipe = get_recipe(clone)
-        assert recipe is not None and recipe.target is DataLoader and recipe.kwargs["batch_size"] == 50
+        assert recipe is not None and recipe.trace_symbol is DataLoader and recipe.kwargs["batch_size"] == 50
         assert get_recipe(clone.dataset) == get_recipe(dataset)
         first = next(iter(clone))
         assert torch.equal(first[0], next(iter(loader))[0])
 
-    traced_cls = pickle.loads(pickle.dumps(retia.trace(DigitsDataset)))
-    assert isinstance(traced_cls, Traced) and traced_cls.__wrapped__ is DigitsDataset
+    traced_fn = pickle.loads(pickle.dumps(retia.trace(star_args, kw_only=False)))
+    assert isinstance(traced_fn, Traced) and traced_fn == retia.trace(star_args, kw_only=False)
 
 
 def test_dataloader_with_two_workers_over_a_traced_dataset() -> None:
