@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from retia.reporting import report_final_result, report_intermediate_result
 from retia.serializer import dump, load
-from retia.trace import trace
+from retia.trace import is_traceable, is_wrapped_with_trace
+from retia.trace import trace as _trace
 
 if TYPE_CHECKING:
     from . import nas, retiarii
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 __all__ = [
     "choice",
     "dump",
+    "is_traceable",
+    "is_wrapped_with_trace",
     "load",
     "nas",
     "report_final_result",
@@ -32,6 +35,14 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+
+def trace(cls_or_func: Any = None, *, kw_only: bool = True, inheritable: bool = False) -> Any:
+    """NNI's ``nni.trace``: retia's, which traces a traced class's subclasses always (``inheritable``
+    is accepted for NNI's code and changes nothing)."""
+    if cls_or_func is None:
+        return _trace(kw_only=kw_only)
+    return _trace(cls_or_func, kw_only=kw_only)
 
 
 def choice(label: str, choices: Sequence[T]) -> T:

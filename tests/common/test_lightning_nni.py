@@ -11,7 +11,7 @@ import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import pytest
 import pytorch_lightning
@@ -31,13 +31,14 @@ from tests.integration.lightning_modules import DartsClassificationModule, Recor
 pytestmark = pytest.mark.timeout(120)
 
 Loader = torch.utils.data.DataLoader[tuple[torch.Tensor, torch.Tensor]]
+Split = Literal["train", "val", "all"]
 
 
-def digits(split: str, batch_size: int = 64) -> Loader:
+def digits(split: Split, batch_size: int = 64) -> Loader:
     return pl.DataLoader(retia.trace(DigitsDataset)(split), batch_size=batch_size, shuffle=split == "train")
 
 
-def diabetes(split: str, batch_size: int = 32) -> Loader:
+def diabetes(split: Split, batch_size: int = 32) -> Loader:
     return pl.DataLoader(retia.trace(DiabetesDataset)(split), batch_size=batch_size, shuffle=split == "train")
 
 

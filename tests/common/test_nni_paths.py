@@ -17,16 +17,20 @@ from torch.utils.data import DataLoader
 import retia
 import retia.lightning
 import retia.nn
+import retia.nni
 import retia.strategy
 from retia.client.experiment import Experiment, RetiariiExperiment
 from retia.client.experiment_config import ExperimentConfig, NasExperimentConfig, RetiariiExeConfig
 from retia.datasets import DigitsDataset
 
+trace_module = importlib.import_module("retia.trace")  # (retia.trace is the function)
+
 pytestmark = pytest.mark.timeout(120)
 
 # (module, name, what it is): every NNI import line of docs/coming-from-nni.md
 SAME: list[tuple[str, str, object]] = [
-    ("retia.nni", "trace", retia.trace),
+    ("retia.nni", "is_traceable", trace_module.is_traceable),
+    ("retia.nni", "is_wrapped_with_trace", trace_module.is_wrapped_with_trace),
     ("retia.nni", "dump", retia.dump),
     ("retia.nni", "load", retia.load),
     ("retia.nni", "report_intermediate_result", retia.report_intermediate_result),
@@ -94,6 +98,20 @@ def test_an_nni_import_line_gives_retias_object(module: str, name: str, target: 
 def test_an_nni_name_with_other_semantics_is_a_subclass_of_retias(module: str, name: str, base: type) -> None:
     adapter = getattr(importlib.import_module(module), name)
     assert isinstance(adapter, type) and issubclass(adapter, base) and adapter is not base
+
+
+@retia.nni.trace(kw_only=False, inheritable=True)
+class _Traced:
+    def __init__(self, x: int, y: int = 0) -> None:
+        self.x, self.y = x, y
+
+
+def test_nni_trace_takes_nnis_arguments() -> None:
+    """``nni.trace(cls, kw_only=..., inheritable=...)``: retia traces subclasses always."""
+    traced: Any = _Traced(1, y=2)  # (mypy does not apply class decorators)
+    assert traced.trace_args == [1] and traced.trace_kwargs == {"y": 2} and isinstance(traced, _Traced)
+    assert retia.nni.trace(_Traced, kw_only=False, inheritable=False) is _Traced  # traced already
+    assert retia.load(retia.dump(traced)).x == 1
 
 
 def test_nni_retiarii_and_nni_nas_are_attributes_of_the_package() -> None:
