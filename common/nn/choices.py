@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -26,7 +26,7 @@ _log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 REDUCTIONS = ("sum", "mean", "concat", "none")
-CHOSEN_ATTR = "_retia_chosen_from"  # on a module picked by a frozen LayerChoice: [(label, key), ...]
+CHOSEN_ATTR = "_retia_chosen_from"  # on a module a frozen LayerChoice picked: [(label, key, all keys), ...]
 
 
 def _check_active(spec: ChoiceSpec, value: Any) -> Any:
@@ -41,11 +41,14 @@ def _check_active(spec: ChoiceSpec, value: Any) -> Any:
 class LayerChoice(nn.Module):
     """Choose one of several candidate modules (a list, or an ordered dict of named modules).
 
-    The architecture value is the candidate's index for a list and its name for a dict.
+    The architecture value is the candidate's index for a list and its name for a dict. As in
+    NNI, the candidates are this module's own children, named ``'0'``, ``'1'``, ... or by the
+    dict's keys, so supernet state-dict keys read ``block.0.weight`` / ``block.conv3x3.weight``.
     Under ``fixed_arch`` constructing a LayerChoice returns the chosen module itself.
     """
 
     label: str
+    names: list[Any]  # the candidates' architecture values: indices for a list, names for a dict
 
     def __new__(cls, candidates: Any = MISSING, *, label: str | None = None) -> Any:
         if candidates is MISSING:  # unpickling and deepcopy call __new__ without arguments
@@ -57,7 +60,8 @@ class LayerChoice(nn.Module):
         if chosen is not MISSING:
             key = str(chosen)
             module = dict(items)[key]
-            module.__dict__.setdefault(CHOSEN_ATTR, []).append((spec.label, key))
+            keys = tuple(k for k, _ in items)
+            module.__dict__.setdefault(CHOSEN_ATTR, []).append((spec.label, key, keys))
             return module
         obj = super().__new__(cls)
         obj.__dict__["_retia_spec"] = spec
@@ -70,28 +74,75 @@ class LayerChoice(nn.Module):
         super().__init__()
         self.spec = spec
         self.label = spec.label
-        self.candidates = nn.ModuleDict(dict(_candidate_items(candidates)))
+        self.names = list(spec.options)
         self.active: Any = spec.default
+        for key, module in _candidate_items(candidates):
+            self.add_module(key, module)
 
     @property
     def options(self) -> list[Any]:
         return list(self.spec.options)
+
+    @property
+    def candidates(self) -> list[nn.Module] | dict[str, nn.Module]:
+        """The candidates as passed in: a list for a list LayerChoice, else a dict by name."""
+        if all(isinstance(name, int) for name in self.names):
+            return list(self)
+        return {str(name): self[name] for name in self.names}
 
     def activate(self, value: Any) -> None:
         """Make forward use the candidate ``value`` (an index for a list, a name for a dict)."""
         self.active = _check_active(self.spec, value)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.candidates[str(self.active)](*args, **kwargs)
+        return self._modules[str(self.active)](*args, **kwargs)  # type: ignore[misc]
 
-    def __len__(self) -> int:
-        return len(self.candidates)
+    def _child_name(self, key: int | str) -> str:
+        """The child-module name of candidate ``key``: a position (int) or a name (str, ``'0'`` too)."""
+        if isinstance(key, int) and not isinstance(key, bool):
+            if not -len(self.names) <= key < len(self.names):
+                raise IndexError(
+                    f"LayerChoice {self.label!r} has {len(self.names)} candidates, no index {key}"
+                )
+            return str(self.names[key])
+        if isinstance(key, str) and key in self._modules:
+            return key
+        raise KeyError(
+            f"LayerChoice {self.label!r} has no candidate {key!r}; "
+            f"its candidates are {self.names!r} (positions 0..{len(self.names) - 1} also work)"
+        )
 
     def __getitem__(self, key: int | str) -> nn.Module:
-        return self.candidates[str(key)]
+        module = self._modules[self._child_name(key)]
+        assert module is not None
+        return module
+
+    def __setitem__(self, key: int | str, module: nn.Module) -> None:
+        """Replace an existing candidate (adding one would change the search space, which is fixed)."""
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"a LayerChoice candidate must be an nn.Module, got {type(module).__name__}")
+        setattr(self, self._child_name(key), module)
+
+    def __delitem__(self, key: int | str) -> None:
+        self._child_name(key)  # an unknown key says so first
+        raise NotImplementedError(
+            f"deleting candidate {key!r} from LayerChoice {self.label!r} is not supported: its "
+            "candidates are the options of the search space, fixed when it is built; build the "
+            "LayerChoice with only the candidates you want"
+        )
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __iter__(self) -> Iterator[nn.Module]:
+        return (self[name] for name in self.names)
 
     def extra_repr(self) -> str:
         return f"label={self.label!r}, active={self.active!r}"
+
+
+# Names a candidate may not take: LayerChoice's own attributes, which its children would shadow.
+_RESERVED_NAMES = frozenset({"spec", "label", "names", "active"})
 
 
 def _is_mapping(candidates: Any) -> bool:
@@ -114,9 +165,16 @@ def _candidate_items(candidates: Any) -> list[tuple[str, nn.Module]]:
             raise ValueError(
                 f"LayerChoice candidate names must be non-empty strings without '.', got {key!r}"
             )
+        if key in _RESERVED_NAMES or hasattr(LayerChoice, key) or hasattr(_PLAIN_MODULE, key):
+            raise ValueError(
+                f"LayerChoice candidate name {key!r} is an attribute of LayerChoice itself; rename it"
+            )
         if not isinstance(module, nn.Module):
             raise TypeError(f"LayerChoice candidate {key!r} is a {type(module).__name__}, not an nn.Module")
     return items
+
+
+_PLAIN_MODULE = nn.Module()  # its instance attributes (training, _parameters, ...) are reserved too
 
 
 class InputChoice(nn.Module):

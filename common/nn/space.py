@@ -161,7 +161,7 @@ class _KeyMap:
 
     to_supernet: dict[str, str]  # concrete key -> supernet key, only where they differ
     module_paths: dict[str, str]  # concrete module path -> supernet module path, where they differ
-    choice_prefixes: tuple[str, ...]  # "<supernet path of a LayerChoice>.candidates."
+    unchosen_prefixes: tuple[str, ...]  # "<supernet path of a LayerChoice>.<an unchosen candidate>."
 
     @property
     def to_concrete(self) -> dict[str, str]:
@@ -170,12 +170,14 @@ class _KeyMap:
 
 def _key_map(model: nn.Module) -> _KeyMap:
     module_paths: dict[str, str] = {}
-    prefixes: list[str] = []
+    unchosen: list[str] = []
 
     def supernet_path(module: nn.Module, path: str) -> str:
-        for _label, key in reversed(module.__dict__.get(CHOSEN_ATTR, ())):
-            prefixes.append(f"{path}.candidates." if path else "candidates.")
-            path = f"{path}.candidates.{key}" if path else f"candidates.{key}"
+        # A chosen module sits in its supernet as the LayerChoice's child named by its key (NNI's
+        # layout); the outermost LayerChoice recorded its choice last.
+        for _label, key, keys in reversed(module.__dict__.get(CHOSEN_ATTR, ())):
+            unchosen.extend(f"{path}.{other}." if path else f"{other}." for other in keys if other != key)
+            path = f"{path}.{key}" if path else key
         return path
 
     def walk(module: nn.Module, cpath: str, spath: str) -> None:
@@ -198,7 +200,12 @@ def _key_map(model: nn.Module) -> _KeyMap:
         if mod in module_paths:
             target = module_paths[mod]
             to_supernet[key] = f"{target}.{leaf}" if target else leaf
-    return _KeyMap(to_supernet, module_paths, tuple(prefixes))
+    return _KeyMap(to_supernet, module_paths, tuple(unchosen))
+
+
+def _join(prefix: str, path: str) -> str:
+    """The state-dict metadata key of module ``path`` under ``prefix`` (``""`` or ending in ``.``)."""
+    return prefix + path if path else prefix[:-1]
 
 
 def _plain_state_keys(model: nn.Module) -> list[str]:
@@ -215,24 +222,27 @@ def _plain_state_keys(model: nn.Module) -> list[str]:
 def original_state_dict_hooks(model: nn.Module) -> Iterator[None]:
     """Within this block ``model`` (built with fixed_arch) loads and saves in its supernet's key layout.
 
-    ``blocks.0.candidates.conv3x3.weight`` of the supernet loads into ``blocks.0.weight``;
-    keys of unchosen candidates are dropped; ``model.state_dict()`` gives supernet keys.
-    Keys already in the concrete layout still load.
+    The supernet's layout is NNI's: a LayerChoice's candidates are its children, so the supernet's
+    ``blocks.0.conv3x3.weight`` loads into the frozen ``blocks.0.weight``; keys of unchosen
+    candidates are dropped; ``model.state_dict()`` gives supernet keys. A state dict whose keys
+    are all the frozen model's own loads as it is (the two layouts can share a key, e.g. a
+    list choice's ``block.0.weight``, so a dict is read in one layout as a whole, never per key).
     """
     keymap = _key_map(model)
     concrete = set(_plain_state_keys(model))
     to_concrete = keymap.to_concrete
 
     def load_pre_hook(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
-        for key in [k for k in state_dict if k.startswith(prefix)]:
-            local = key[len(prefix) :]
-            target = to_concrete.get(local)
+        local = [k for k in state_dict if k.startswith(prefix)]
+        if all(k[len(prefix) :] in concrete for k in local):
+            return  # already the frozen model's layout
+        values = {k[len(prefix) :]: state_dict.pop(k) for k in local}
+        for key, value in values.items():
+            target = to_concrete.get(key)
             if target is not None:
-                if prefix + target not in state_dict:
-                    state_dict[prefix + target] = state_dict[key]
-                del state_dict[key]
-            elif local not in concrete and local.startswith(keymap.choice_prefixes):
-                del state_dict[key]  # a candidate this architecture did not choose
+                state_dict[prefix + target] = value
+            elif not key.startswith(keymap.unchosen_prefixes):  # else: a candidate not chosen
+                state_dict.setdefault(prefix + key, value)  # outside every choice: the same key
 
     def save_post_hook(module: nn.Module, state_dict: dict[str, Any], prefix: str, _meta: Any) -> None:
         items = list(state_dict.items())
@@ -244,10 +254,14 @@ def original_state_dict_hooks(model: nn.Module) -> Iterator[None]:
             state_dict[key] = value
         metadata = getattr(state_dict, "_metadata", None)
         if isinstance(metadata, dict):
-            for path, target in keymap.module_paths.items():
-                full = prefix + path if path else prefix[:-1]
-                if full in metadata:
-                    metadata[(prefix + target) if target else prefix[:-1]] = metadata.pop(full)
+            # all taken out before any is put back: a concrete path can be another one's supernet path
+            moved = {
+                path: metadata.pop(_join(prefix, path))
+                for path in keymap.module_paths
+                if _join(prefix, path) in metadata
+            }
+            for path, meta in moved.items():
+                metadata[_join(prefix, keymap.module_paths[path])] = meta
 
     if not keymap.module_paths:
         yield

@@ -305,7 +305,7 @@ def test_activate_selects_a_single_path() -> None:
     arch = {"channels": 8, "sep0_act": 1, "op0": "conv5x5", "sep1_act": 0, "op1": "sepconv", "skip": [1, 2]}
     space.activate(arch)
     assert space.blocks[0].active == "conv5x5" and space.blocks[1].active == "sepconv"
-    assert cast(Any, space.blocks)[0].candidates["sepconv"][2].active == 1
+    assert cast(Any, space.blocks)[0]["sepconv"][2].active == 1
     assert space.skip.active == [1, 2]
     assert space(torch.randn(2, 1, 8, 8)).shape == (2, 10)
 

@@ -102,15 +102,13 @@ def test_supernet_trained_with_random_paths_ports_to_the_fixed_model() -> None:
     with fixed_arch(arch):
         model = DigitsConvSpace()
     super_state = supernet.state_dict()
-    assert "blocks.1.candidates.conv3x3.weight" in super_state
+    assert "blocks.1.conv3x3.weight" in super_state
     assert "blocks.1.weight" in model.state_dict()
     with original_state_dict_hooks(model):
         model.load_state_dict(super_state)  # strict: every key maps, unchosen candidates are dropped
+    assert torch.equal(cast(torch.nn.Conv2d, model.blocks[1]).weight, super_state["blocks.1.conv3x3.weight"])
     assert torch.equal(
-        cast(torch.nn.Conv2d, model.blocks[1]).weight, super_state["blocks.1.candidates.conv3x3.weight"]
-    )
-    assert torch.equal(
-        cast(Any, model.blocks)[0][1].running_mean, super_state["blocks.0.candidates.sepconv.1.running_mean"]
+        cast(Any, model.blocks)[0][1].running_mean, super_state["blocks.0.sepconv.1.running_mean"]
     )
 
     x = torch.stack([data[i][0] for i in range(16)])
@@ -124,14 +122,13 @@ def test_supernet_trained_with_random_paths_ports_to_the_fixed_model() -> None:
     with original_state_dict_hooks(model):
         saved = model.state_dict()
     assert set(saved) <= set(super_state)
-    assert "blocks.0.candidates.sepconv.0.weight" in saved and "blocks.0.0.weight" not in saved
+    assert "blocks.0.sepconv.0.weight" in saved and "blocks.0.0.weight" not in saved
     assert all(torch.equal(v, super_state[k]) for k, v in saved.items())
     fresh = DigitsConvSpace()
     result = fresh.load_state_dict(saved, strict=False)
     assert not result.unexpected_keys
     assert all(
-        k.startswith(("blocks.0.candidates.conv", "blocks.1.candidates.conv5x5", "blocks.1.candidates.sep"))
-        for k in result.missing_keys
+        k.startswith(("blocks.0.conv", "blocks.1.conv5x5", "blocks.1.sep")) for k in result.missing_keys
     )
     # hooks are gone after the block
     assert "blocks.1.weight" in model.state_dict()
