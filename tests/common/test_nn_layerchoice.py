@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import pickle
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import pytest
 import torch
@@ -14,6 +14,8 @@ import retia.nn as nn
 from retia.nn import LayerChoice, original_state_dict_hooks
 
 pytestmark = pytest.mark.timeout(60)
+
+SpaceT = TypeVar("SpaceT", bound=nn.ModelSpace)
 
 
 class TwoOpSpace(nn.ModelSpace):
@@ -61,7 +63,7 @@ class NestedSpace(nn.ModelSpace):
         return out
 
 
-def _randomized(space: nn.ModelSpace, seed: int) -> nn.ModelSpace:
+def _randomized(space: SpaceT, seed: int) -> SpaceT:
     """Distinct random values in every parameter, so a tensor loaded into the wrong place shows."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -263,7 +265,6 @@ def test_a_checkpoint_of_a_plain_torch_module_in_nni_layout_loads(tmp_path: Path
     with original_state_dict_hooks(model):
         model.load_state_dict(checkpoint)
     x = torch.randn(4, 6)
-    stem, head = cast(torch.nn.Linear, nni_like.stem), cast(torch.nn.Linear, nni_like.head)
     with torch.no_grad():
-        expected = head(cast(torch.nn.Module, getattr(nni_like.block, "1"))(stem(x)))
+        expected = nni_like.head(getattr(nni_like.block, "1")(nni_like.stem(x)))
     assert torch.equal(_outputs(model, x), expected)
