@@ -95,7 +95,7 @@ class LayerChoice(nn.Module):
         self.active = _check_active(self.spec, value)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self._modules[str(self.active)](*args, **kwargs)  # type: ignore[misc]
+        return self[str(self.active)](*args, **kwargs)
 
     def _child_name(self, key: int | str) -> str:
         """The child-module name of candidate ``key``: a position (int) or a name (str, ``'0'`` too)."""
