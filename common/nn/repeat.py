@@ -12,11 +12,11 @@ import copy
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from torch import nn
 
-from ..arch import MISSING, ChoiceSpec, fixed_choice
+from ..arch import MISSING, ChoiceSpec, current_fixed_arch, fixed_choice
 from .choices import ValueChoice, _check_active
 from .registry import register_choice
 
@@ -28,8 +28,8 @@ _log = logging.getLogger(__name__)
 # this architecture dropped, so original_state_dict_hooks drops them on load.
 UNCHOSEN_ATTR = "_retia_unchosen_under"
 
-Blocks = Union[nn.Module, Sequence[nn.Module], Sequence[Callable[[int], nn.Module]], Callable[[int], nn.Module]]
-Depth = Union[int, tuple[int, int]]
+Blocks = nn.Module | Sequence[nn.Module] | Sequence[Callable[[int], nn.Module]] | Callable[[int], nn.Module]
+Depth = int | tuple[int, int]  # or a ValueChoice of ints (typed as an int)
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,6 @@ class _Depth:
     spec: ChoiceSpec | None
     built: int
     active: int
-    possible_max: int | None  # the largest depth of the space, where known
 
 
 def _is_int(value: Any) -> bool:
@@ -57,22 +56,32 @@ def _resolve_depth(depth: Any, label: str | None) -> _Depth:
                 f"Repeat depth ValueChoice {depth.label!r} must choose among ints >= 0 (the largest >= 1), "
                 f"got {options!r}"
             )
-        return _Depth(depth.spec, max(options), int(depth.spec.default), max(options))
+        return _Depth(depth.spec, max(options), int(depth.spec.default))
     if isinstance(depth, tuple):
-        if len(depth) != 2 or not all(_is_int(d) for d in depth) or not 0 <= depth[0] <= depth[1] or depth[1] < 1:
-            raise ValueError(f"Repeat depth range must be (min, max) with 0 <= min <= max and max >= 1, got {depth!r}")
+        if (
+            len(depth) != 2
+            or not all(_is_int(d) for d in depth)
+            or not 0 <= depth[0] <= depth[1]
+            or depth[1] < 1
+        ):
+            raise ValueError(
+                f"Repeat depth range must be (min, max) with 0 <= min <= max and max >= 1, got {depth!r}"
+            )
         options = list(range(depth[0], depth[1] + 1))
         spec = register_choice("repeat", label, options, options[-1])
         chosen = fixed_choice(spec)
         if chosen is MISSING:
-            return _Depth(spec, options[-1], options[-1], options[-1])
-        return _Depth(None, chosen, chosen, options[-1])
+            return _Depth(spec, options[-1], options[-1])
+        return _Depth(None, chosen, chosen)
     if _is_int(depth):
         if depth < 0:  # 0 is allowed: a frozen ValueChoice of depths can choose it
-            raise ValueError(f"Repeat depth must be an int >= 0, a (min, max) range or a ValueChoice, got {depth!r}")
-        return _Depth(None, depth, depth, None)
+            raise ValueError(
+                f"Repeat depth must be an int >= 0, a (min, max) range or a ValueChoice, got {depth!r}"
+            )
+        return _Depth(None, depth, depth)
     raise TypeError(
-        f"Repeat depth must be an int, a (min, max) tuple or a ValueChoice of ints, got {type(depth).__name__}"
+        f"Repeat depth must be an int, a (min, max) tuple or a ValueChoice of ints, "
+        f"got {type(depth).__name__}"
     )
 
 
@@ -96,13 +105,15 @@ def _instantiate(blocks: Any, count: int) -> list[nn.Module]:
     for i, item in enumerate(items):
         module = item if isinstance(item, nn.Module) else item(i)
         if not isinstance(module, nn.Module):
-            raise TypeError(f"Repeat block factory returned a {type(module).__name__} for index {i}, not an nn.Module")
+            raise TypeError(
+                f"Repeat block factory returned a {type(module).__name__} for index {i}, not an nn.Module"
+            )
         built.append(module)
     return built
 
 
 class Repeat(nn.Module):
-    """``blocks`` applied ``depth`` times in sequence; ``depth`` an int, a ``(min, max)`` range or a ValueChoice.
+    """``blocks`` applied ``depth`` times in sequence; ``depth`` an int, a ``(min, max)`` range or a choice.
 
     ``blocks`` is a module (deep-copied for each repetition, so choices inside it are one decision
     shared by all copies), a list of modules (a prefix of it is used), or a factory ``index -> module``
@@ -126,7 +137,9 @@ class Repeat(nn.Module):
         self.max_depth = resolved.built
         self.blocks = nn.ModuleList(_instantiate(blocks, resolved.built))
         self.active = resolved.active
-        if resolved.spec is None and resolved.possible_max is not None and resolved.possible_max > resolved.built:
+        if (
+            current_fixed_arch() is not None
+        ):  # the supernet may hold more blocks (a frozen ValueChoice is an int)
             self.__dict__[UNCHOSEN_ATTR] = ("blocks.",)
 
     @property
@@ -137,7 +150,9 @@ class Repeat(nn.Module):
     def activate(self, value: int) -> None:
         """Make forward run the first ``value`` blocks (one of the possible depths)."""
         if self.spec is None:
-            raise RuntimeError(f"this Repeat has a fixed depth of {self.active}; there is nothing to activate")
+            raise RuntimeError(
+                f"this Repeat has a fixed depth of {self.active}; there is nothing to activate"
+            )
         self.active = _check_active(self.spec, value)
 
     def forward(self, x: Any) -> Any:

@@ -131,7 +131,11 @@ class ModelSpace(nn.Module):
         loaded = self.validate(arch)
         depths = {m.label for m in self.modules() if isinstance(m, Repeat)}  # a Repeat runs any depth
         for label, spec in info.specs.items():
-            if spec.kind == "valuechoice" and label not in depths and match_option([spec.default], loaded[label]) is MISSING:
+            if (
+                spec.kind == "valuechoice"
+                and label not in depths
+                and match_option([spec.default], loaded[label]) is MISSING
+            ):
                 raise NotImplementedError(
                     f"activating {label!r}={loaded[label]!r} in the supernet is not supported yet: "
                     f"the supernet is built with {label!r}={spec.default!r} (its largest option) and "
