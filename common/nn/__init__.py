@@ -73,6 +73,7 @@ from torch.nn import (
 
 from ..arch import Arch, fixed_arch, validate_arch
 from .choices import ChosenInputs, InputChoice, LayerChoice, ValueChoice
+from .repeat import Repeat
 from .space import ModelSpace, model_wrapper, original_state_dict_hooks
 
 __all__ = [
@@ -82,6 +83,7 @@ __all__ = [
     "InputChoice",
     "LayerChoice",
     "ModelSpace",
+    "Repeat",
     "ValueChoice",
     "fixed_arch",
     "model_wrapper",

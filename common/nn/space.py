@@ -39,6 +39,7 @@ from ..arch import (
 from ..trace import Recipe, _attach, _name_positionals
 from .choices import CHOSEN_ATTR, InputChoice, LayerChoice
 from .registry import begin_space
+from .repeat import UNCHOSEN_ATTR, Repeat
 
 __all__ = ["ModelSpace", "model_wrapper", "original_state_dict_hooks"]
 
@@ -128,8 +129,13 @@ class ModelSpace(nn.Module):
                 "under fixed_arch; use space.freeze(arch) to build another architecture"
             )
         loaded = self.validate(arch)
+        depths = {m.label for m in self.modules() if isinstance(m, Repeat)}  # a Repeat runs any depth
         for label, spec in info.specs.items():
-            if spec.kind == "valuechoice" and match_option([spec.default], loaded[label]) is MISSING:
+            if (
+                spec.kind == "valuechoice"
+                and label not in depths
+                and match_option([spec.default], loaded[label]) is MISSING
+            ):
                 raise NotImplementedError(
                     f"activating {label!r}={loaded[label]!r} in the supernet is not supported yet: "
                     f"the supernet is built with {label!r}={spec.default!r} (its largest option) and "
@@ -137,7 +143,7 @@ class ModelSpace(nn.Module):
                     "space.freeze(arch)"
                 )
         for module in self.modules():
-            if isinstance(module, (LayerChoice, InputChoice)) and module.label in loaded:
+            if isinstance(module, (LayerChoice, InputChoice, Repeat)) and module.label in loaded:
                 module.activate(loaded[module.label])
 
 
@@ -188,6 +194,7 @@ def _key_map(model: nn.Module) -> _KeyMap:
             s = supernet_path(child, f"{spath}.{name}" if spath else name)
             if c != s:
                 module_paths[c] = s
+            prefixes.extend(f"{s}.{sub}" for sub in child.__dict__.get(UNCHOSEN_ATTR, ()))
             walk(child, c, s)
 
     root = supernet_path(model, "")
@@ -263,7 +270,7 @@ def original_state_dict_hooks(model: nn.Module) -> Iterator[None]:
             for path, meta in moved.items():
                 metadata[_join(prefix, keymap.module_paths[path])] = meta
 
-    if not keymap.module_paths:
+    if not keymap.module_paths and not keymap.choice_prefixes:
         yield
         return
     load_handle = model.register_load_state_dict_pre_hook(load_pre_hook)

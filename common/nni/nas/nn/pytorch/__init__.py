@@ -7,9 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 import retia.nn as _nn
-from retia.nn import ChosenInputs, InputChoice, LayerChoice, ModelSpace, ValueChoice
+from retia.nn import ChosenInputs, InputChoice, LayerChoice, ModelSpace, Repeat, ValueChoice
 
-__all__ = ["ChosenInputs", "InputChoice", "LayerChoice", "ModelSpace", "ValueChoice"]
+__all__ = ["ChosenInputs", "InputChoice", "LayerChoice", "ModelSpace", "Repeat", "ValueChoice"]
 
 
 def __getattr__(name: str) -> Any:
