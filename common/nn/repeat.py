@@ -20,13 +20,13 @@ from ..arch import MISSING, ChoiceSpec, current_fixed_arch, fixed_choice
 from .choices import ValueChoice, _check_active
 from .registry import register_choice
 
-__all__ = ["Repeat", "UNCHOSEN_ATTR"]
+__all__ = ["Repeat", "UNBUILT_ATTR"]
 
 _log = logging.getLogger(__name__)
 
 # On a module of a frozen model: the sub-paths (".blocks.") under which the supernet has keys that
 # this architecture dropped, so original_state_dict_hooks drops them on load.
-UNCHOSEN_ATTR = "_retia_unchosen_under"
+UNBUILT_ATTR = "_retia_unbuilt_from"
 
 Blocks = nn.Module | Sequence[nn.Module] | Sequence[Callable[[int], nn.Module]] | Callable[[int], nn.Module]
 Depth = int | tuple[int, int]  # or a ValueChoice of ints (typed as an int)
@@ -137,10 +137,8 @@ class Repeat(nn.Module):
         self.max_depth = resolved.built
         self.blocks = nn.ModuleList(_instantiate(blocks, resolved.built))
         self.active = resolved.active
-        if (
-            current_fixed_arch() is not None
-        ):  # the supernet may hold more blocks (a frozen ValueChoice is an int)
-            self.__dict__[UNCHOSEN_ATTR] = ("blocks.",)
+        if current_fixed_arch() is not None:  # the supernet may hold more blocks, from this index on
+            self.__dict__[UNBUILT_ATTR] = resolved.built
 
     @property
     def options(self) -> list[int]:

@@ -39,7 +39,7 @@ from ..arch import (
 from ..trace import Recipe, _attach, _name_positionals
 from .choices import CHOSEN_ATTR, InputChoice, LayerChoice
 from .registry import begin_space
-from .repeat import UNCHOSEN_ATTR, Repeat
+from .repeat import UNBUILT_ATTR, Repeat
 
 __all__ = ["ModelSpace", "model_wrapper", "original_state_dict_hooks"]
 
@@ -168,15 +168,28 @@ class _KeyMap:
     to_supernet: dict[str, str]  # concrete key -> supernet key, only where they differ
     module_paths: dict[str, str]  # concrete module path -> supernet module path, where they differ
     unchosen_prefixes: tuple[str, ...]  # "<supernet path of a LayerChoice>.<an unchosen candidate>."
+    unbuilt: tuple[tuple[str, int], ...]  # ("<supernet path of a Repeat>.blocks.", first block not built)
 
     @property
     def to_concrete(self) -> dict[str, str]:
         return {s: c for c, s in self.to_supernet.items()}
 
+    def dropped(self, key: str) -> bool:
+        """A supernet key the frozen model has no place for: an unchosen candidate's, or a block's
+        beyond a Repeat's chosen depth."""
+        if key.startswith(self.unchosen_prefixes):
+            return True
+        for prefix, first in self.unbuilt:
+            index = key[len(prefix) :].partition(".")[0] if key.startswith(prefix) else ""
+            if index.isdigit() and int(index) >= first:
+                return True
+        return False
+
 
 def _key_map(model: nn.Module) -> _KeyMap:
     module_paths: dict[str, str] = {}
     unchosen: list[str] = []
+    unbuilt: list[tuple[str, int]] = []
 
     def supernet_path(module: nn.Module, path: str) -> str:
         # A chosen module sits in its supernet as the LayerChoice's child named by its key (NNI's
@@ -194,7 +207,8 @@ def _key_map(model: nn.Module) -> _KeyMap:
             s = supernet_path(child, f"{spath}.{name}" if spath else name)
             if c != s:
                 module_paths[c] = s
-            prefixes.extend(f"{s}.{sub}" for sub in child.__dict__.get(UNCHOSEN_ATTR, ()))
+            if UNBUILT_ATTR in child.__dict__:
+                unbuilt.append((f"{s}.blocks.", child.__dict__[UNBUILT_ATTR]))
             walk(child, c, s)
 
     root = supernet_path(model, "")
@@ -207,7 +221,7 @@ def _key_map(model: nn.Module) -> _KeyMap:
         if mod in module_paths:
             target = module_paths[mod]
             to_supernet[key] = f"{target}.{leaf}" if target else leaf
-    return _KeyMap(to_supernet, module_paths, tuple(unchosen))
+    return _KeyMap(to_supernet, module_paths, tuple(unchosen), tuple(unbuilt))
 
 
 def _join(prefix: str, path: str) -> str:
@@ -248,7 +262,7 @@ def original_state_dict_hooks(model: nn.Module) -> Iterator[None]:
             target = to_concrete.get(key)
             if target is not None:
                 state_dict[prefix + target] = value
-            elif not key.startswith(keymap.unchosen_prefixes):  # else: a candidate not chosen
+            elif not keymap.dropped(key):  # else: a candidate not chosen, a block not built
                 state_dict.setdefault(prefix + key, value)  # outside every choice: the same key
 
     def save_post_hook(module: nn.Module, state_dict: dict[str, Any], prefix: str, _meta: Any) -> None:
@@ -270,7 +284,7 @@ def original_state_dict_hooks(model: nn.Module) -> Iterator[None]:
             for path, meta in moved.items():
                 metadata[_join(prefix, keymap.module_paths[path])] = meta
 
-    if not keymap.module_paths and not keymap.choice_prefixes:
+    if not keymap.module_paths and not keymap.unbuilt:
         yield
         return
     load_handle = model.register_load_state_dict_pre_hook(load_pre_hook)
