@@ -376,10 +376,14 @@ def _check_prior(prior: Any, options: list[Any]) -> list[float] | None:
     if prior is None:
         return None
     if isinstance(prior, (str, bytes)) or not isinstance(prior, Sequence) or len(prior) != len(options):
-        raise ValueError(f"ValueChoice prior must be a list of {len(options)} weights, one per option, got {prior!r}")
+        raise ValueError(
+            f"ValueChoice prior must be a list of {len(options)} weights, one per option, got {prior!r}"
+        )
     weights = [float(w) for w in prior]
     if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
-        raise ValueError(f"ValueChoice prior weights must be finite, non-negative and not all 0, got {prior!r}")
+        raise ValueError(
+            f"ValueChoice prior weights must be finite, non-negative and not all 0, got {prior!r}"
+        )
     total = sum(weights)
     return [w / total for w in weights]
 

@@ -38,7 +38,9 @@ _log = logging.getLogger(__name__)
 #: checking or combining its arguments) instead of building expressions or raising.
 PLAIN_PACKAGES = ("torch", "torchvision", "torchaudio", "torchtext", "lightning", "pytorch_lightning")
 # retia's own modules that compare or encode values generically (options, arguments, payloads).
-_PLAIN_MODULES = frozenset(("retia.arch", "retia.serializer", "retia.evaluator", "retia.codec", "json.encoder"))
+_PLAIN_MODULES = frozenset(
+    ("retia.arch", "retia.serializer", "retia.evaluator", "retia.codec", "json.encoder")
+)
 
 #: The most combinations of leaf options enumerated to find an expression's supernet value; above
 #: it the value at the leaves' own supernet values is used (and a warning logged).
@@ -94,7 +96,11 @@ class ChoiceExpression:
     def __bool__(self) -> bool:
         if _plain_caller():
             return bool(self.supernet_value)
-        raise _not_fixed(self, "bool() (an if, while, and/or/not, assert, or a comparison Python tests, as in max(), min(), sorted() or `in`)")
+        raise _not_fixed(
+            self,
+            "bool() (an if, while, and/or/not, assert, or a comparison Python tests, "
+            "as in max(), min(), sorted() or `in`)",
+        )
 
     def __int__(self) -> int:
         if _plain_caller():
@@ -199,7 +205,7 @@ def apply(fn: Callable[..., Any], symbol: str, operands: tuple[Any, ...]) -> Any
     probe.fn, probe.symbol, probe.operands = fn, symbol, tuple(operands)
     value = _supernet_value(probe)
     holder = _EXPRESSION_HOLDERS.get(type(value))
-    expr: _Expression = probe if holder is None else holder.__new__(holder, value)  # type: ignore[call-overload]
+    expr: _Expression = probe if holder is None else holder.__new__(holder, value)  # type: ignore[call-arg]
     expr.fn, expr.symbol, expr.operands = fn, symbol, tuple(operands)
     expr.supernet_value = value
     return expr
@@ -245,7 +251,7 @@ def condition(pred: Any, if_true: Any, if_false: Any) -> Any:
     return apply(_condition, "condition", (pred, if_true, if_false))
 
 
-def _binary(fn: Callable[[Any, Any], Any], symbol: str) -> tuple[Any, Any]:
+def _binary(fn: Callable[..., Any], symbol: str) -> tuple[Any, Any]:
     def forward(self: Any, other: Any) -> Any:
         if not isinstance(other, (*_OPERAND_TYPES, ChoiceExpression)):
             return NotImplemented
@@ -263,7 +269,7 @@ def _binary(fn: Callable[[Any, Any], Any], symbol: str) -> tuple[Any, Any]:
     return forward, reflected
 
 
-def _unary(fn: Callable[[Any], Any], symbol: str) -> Any:
+def _unary(fn: Callable[..., Any], symbol: str) -> Any:
     def method(self: Any) -> Any:
         if _plain_caller():
             return fn(self.supernet_value)
@@ -288,7 +294,8 @@ def _getitem(self: Any, key: Any) -> Any:
     return apply(operator.getitem, "getitem", (self, key))
 
 
-_BINARY = {
+_Ops = dict[str, tuple[Callable[..., Any], str]]
+_BINARY: _Ops = {
     "add": (operator.add, "+"),
     "sub": (operator.sub, "-"),
     "mul": (operator.mul, "*"),
@@ -302,7 +309,7 @@ _BINARY = {
     "lshift": (operator.lshift, "<<"),
     "rshift": (operator.rshift, ">>"),
 }
-_COMPARISONS = {
+_COMPARISONS: _Ops = {
     "lt": (operator.lt, "<"),
     "le": (operator.le, "<="),
     "gt": (operator.gt, ">"),
@@ -310,7 +317,7 @@ _COMPARISONS = {
     "eq": (operator.eq, "=="),
     "ne": (operator.ne, "!="),
 }
-_UNARY = {
+_UNARY: _Ops = {
     "neg": (operator.neg, "-"),
     "pos": (operator.pos, "+"),
     "abs": (builtins.abs, "abs"),
@@ -330,8 +337,8 @@ def _install() -> None:
         setattr(ChoiceExpression, f"__{name}__", _binary(fn, symbol)[0])
     for name, (fn, symbol) in _UNARY.items():
         setattr(ChoiceExpression, f"__{name}__", _unary(fn, symbol))
-    ChoiceExpression.__round__ = _round_method  # type: ignore[attr-defined]
-    ChoiceExpression.__getitem__ = _getitem  # type: ignore[attr-defined]
+    for special, method in {"__round__": _round_method, "__getitem__": _getitem}.items():
+        setattr(ChoiceExpression, special, method)
 
 
 _install()

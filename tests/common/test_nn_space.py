@@ -56,7 +56,7 @@ def test_supernet_builds_value_choice_at_its_largest_option() -> None:
     width = space.stem[0].out_features
     assert isinstance(width, int) and isinstance(width, ValueChoice)
     assert width.supernet_value == 64 and width.label == "width" and width.options == [16, 32, 64]
-    assert str(width) == "64" and space.head.in_features.supernet_value == 64
+    assert str(width) == "64" and cast(Any, space.head.in_features).supernet_value == 64
     assert space.stem[0].weight.shape == (64, 64)
     assert len(_choice_modules(space)) == 3
     assert space.frozen_arch is None
