@@ -26,6 +26,7 @@ __all__ = [
     "ReportsLostError",
     "WorkerLostError",
     "InvalidArchitectureError",
+    "ChoiceNotFixedError",
     "TrialStateError",
     "SubmissionRefusedError",
     "ClusterLostError",
@@ -118,6 +119,11 @@ class UnsafePathError(RetiaError, ValueError):
 
 class InvalidArchitectureError(RetiaError, ValueError):
     """An architecture dict does not fit the model space; the message lists valid options."""
+
+
+class ChoiceNotFixedError(RetiaError, TypeError):
+    """A ValueChoice (or an expression of some) used where Python needs one plain bool or number
+    (``if``, ``int()``, ``max()``) before an architecture is chosen; the message says what to write."""
 
 
 class TrialFailedError(RetiaError):

@@ -8,9 +8,11 @@ candidate is present and :meth:`activate` picks the path that forward takes.
 
 from __future__ import annotations
 
+import builtins
 import itertools
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -18,9 +20,10 @@ from torch import nn
 
 from ..arch import MISSING, ChoiceSpec, fixed_choice, match_option
 from ..errors import InvalidArchitectureError
+from .expressions import ChoiceExpression, apply, condition
 from .registry import register_choice
 
-__all__ = ["LayerChoice", "InputChoice", "ValueChoice", "ChosenInputs", "REDUCTIONS"]
+__all__ = ["LayerChoice", "InputChoice", "ValueChoice", "ChoiceExpression", "ChosenInputs", "REDUCTIONS"]
 
 _log = logging.getLogger(__name__)
 
@@ -284,26 +287,37 @@ def _select(inputs: Sequence[torch.Tensor], chosen: int | Sequence[int], reducti
 # ---------------------------------------------------------------------------- ValueChoice
 
 
-class ValueChoice:
-    """Choose one of several plain values, usable as an argument of ordinary layers.
+class ValueChoice(ChoiceExpression):
+    """Choose one of several plain values, usable as an argument of ordinary layers (NNI's ValueChoice,
+    3.0's Categorical).
 
     Under ``fixed_arch`` constructing one returns the chosen value itself. In a supernet it
     returns an ``int`` / ``float`` / ``str`` subclass holding the largest numeric option
-    (the first option for strings), with ``label`` and ``options`` attached, so
+    (the first option for strings), with ``label``, ``options`` and ``prior`` attached, so
     ``nn.Linear(64, ValueChoice([16, 32]))`` builds at width 32. Other option types build
-    with their first option as a plain value.
+    with their first option as a plain value. Arithmetic and comparisons on a choice give a
+    :class:`~retia.nn.expressions.ChoiceExpression`; ``prior`` (weights of the options) is stored
+    for strategies that sample by it (the built-in ones sample uniformly).
     """
 
     spec: ChoiceSpec
     label: str
     options: list[Any]
+    prior: list[float] | None
 
     # Typed as returning an option, which it does (the chosen one, or a holder that subclasses
     # its type), so ``nn.Linear(64, ValueChoice([16, 32]))`` type-checks; mypy wants an instance.
-    def __new__(cls, values: Sequence[T] = MISSING, *, label: str | None = None) -> T:  # type: ignore[misc]
-        if values is MISSING:
-            raise TypeError("ValueChoice() needs a list of values")
-        options = _check_values(values)
+    def __new__(  # type: ignore[misc]
+        cls,
+        candidates: Sequence[T] = MISSING,
+        *,
+        label: str | None = None,
+        prior: Sequence[float] | None = None,
+    ) -> T:
+        if candidates is MISSING:
+            raise TypeError("ValueChoice() needs a list of values: ValueChoice([...], label=...)")
+        options = _check_values(candidates)
+        weights = _check_prior(prior, options)
         default: T = _supernet_default(options)
         spec = register_choice("valuechoice", label, options, default)
         chosen: T = fixed_choice(spec)
@@ -313,14 +327,57 @@ class ValueChoice:
         if holder is None:
             _log.debug("ValueChoice %r: the supernet uses its first option %r as is", spec.label, default)
             return default
-        held: T = _make_holder(holder, default, spec)
+        held: T = _make_holder(holder, default, spec, weights)
         return held
 
     # No __init__: everything happens in __new__ (int/float/str.__init__ ignore the arguments).
 
+    # ValueChoice.max(a, b), .min, .condition, .to_int, .to_float: expressions of choices (or plain
+    # values where no argument is a choice, as under fixed_arch).
+    @staticmethod
+    def max(arg0: Any, *args: Any) -> Any:
+        """The largest of the arguments (or of one iterable): ``max()`` for choices."""
+        values = tuple(arg0) if not args and _iterable(arg0) else (arg0, *args)
+        return apply(builtins.max, "max", values)
+
+    @staticmethod
+    def min(arg0: Any, *args: Any) -> Any:
+        """The smallest of the arguments (or of one iterable): ``min()`` for choices."""
+        values = tuple(arg0) if not args and _iterable(arg0) else (arg0, *args)
+        return apply(builtins.min, "min", values)
+
+    @staticmethod
+    def condition(pred: Any, true: Any, false: Any) -> Any:
+        """``true`` where ``pred`` holds, else ``false``: ``true if pred else false`` for choices."""
+        return condition(pred, true, false)
+
+    @staticmethod
+    def to_int(obj: Any) -> Any:
+        """``int(obj)`` for a choice (an expression of it), or for a plain value."""
+        return apply(int, "int", (obj,))
+
+    @staticmethod
+    def to_float(obj: Any) -> Any:
+        """``float(obj)`` for a choice (an expression of it), or for a plain value."""
+        return apply(float, "float", (obj,))
+
+    def inner_choices(self) -> list[Any]:
+        return [self]
+
+    def evaluate(self, sample: Mapping[str, Any]) -> Any:
+        """The option ``sample[label]`` picks (InvalidArchitectureError if it is missing or invalid)."""
+        if not isinstance(sample, Mapping):
+            raise InvalidArchitectureError(
+                f"evaluate() takes an architecture dict {{label: value}}, got {type(sample).__name__}"
+            )
+        if self.label not in sample:
+            raise InvalidArchitectureError(
+                f"missing label {self.label!r} (valuechoice; options: {self.options!r})"
+            )
+        return _check_active(self.spec, sample[self.label])
+
     def __reduce__(self) -> tuple[Any, ...]:
-        base = type(self).__mro__[2]
-        return (_rebuild_holder, (type(self), base(self), self.spec))
+        return (_rebuild_holder, (type(self), self.supernet_value, self.spec, self.prior))
 
     def __repr__(self) -> str:
         return f"ValueChoice({list(self.options)!r}, label={self.label!r})"
@@ -328,14 +385,17 @@ class ValueChoice:
 
 class _IntValueChoice(ValueChoice, int):
     __str__ = int.__repr__
+    __hash__ = int.__hash__
 
 
 class _FloatValueChoice(ValueChoice, float):
     __str__ = float.__repr__
+    __hash__ = float.__hash__
 
 
 class _StrValueChoice(ValueChoice, str):
     __str__ = str.__str__
+    __hash__ = str.__hash__
 
 
 _HOLDERS: dict[type, type[ValueChoice]] = {
@@ -345,24 +405,57 @@ _HOLDERS: dict[type, type[ValueChoice]] = {
 }
 
 
-def _make_holder(holder: type[ValueChoice], value: Any, spec: ChoiceSpec) -> Any:
+def _make_holder(
+    holder: type[ValueChoice], value: Any, spec: ChoiceSpec, prior: list[float] | None = None
+) -> Any:
     """An instance of ``holder``: a ValueChoice, and an int, float or str equal to ``value``."""
-    base: Any = holder.__mro__[2]  # int, float or str, whose __new__ makes the holder hold value
+    base: Any = holder.__mro__[-2]  # int, float or str, whose __new__ makes the holder hold value
     obj: ValueChoice = base.__new__(holder, value)
     obj.spec = spec
     obj.label = spec.label
     obj.options = list(spec.options)
+    obj.prior = prior
+    obj.supernet_value = value
     return obj
 
 
-def _rebuild_holder(holder: type[ValueChoice], value: Any, spec: ChoiceSpec) -> Any:
-    return _make_holder(holder, value, spec)
+def _rebuild_holder(
+    holder: type[ValueChoice], value: Any, spec: ChoiceSpec, prior: list[float] | None = None
+) -> Any:
+    return _make_holder(holder, value, spec, prior)
+
+
+def _iterable(value: Any) -> bool:
+    return isinstance(value, Iterable) and not isinstance(value, (str, bytes, ChoiceExpression))
+
+
+def _check_prior(prior: Any, options: list[Any]) -> list[float] | None:
+    """``prior`` as weights summing to 1, one per option (None: uniform)."""
+    if prior is None:
+        return None
+    if isinstance(prior, (str, bytes)) or not isinstance(prior, Sequence) or len(prior) != len(options):
+        raise ValueError(
+            f"ValueChoice prior must be a list of {len(options)} weights, one per option, got {prior!r}"
+        )
+    weights = [float(w) for w in prior]
+    if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(
+            f"ValueChoice prior weights must be finite, non-negative and not all 0, got {prior!r}"
+        )
+    total = sum(weights)
+    return [w / total for w in weights]
 
 
 def _check_values(values: Any) -> list[Any]:
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
         raise TypeError(f"ValueChoice needs a list of values, got {type(values).__name__}")
     options = [v.item() if hasattr(v, "item") and not isinstance(v, (int, float, str)) else v for v in values]
+    nested = [v for v in options if isinstance(v, ChoiceExpression)]
+    if nested:
+        raise TypeError(
+            f"ValueChoice options must be plain values, got the choice {nested[0]!r} among them: "
+            "write an expression of it instead (ValueChoice.condition(...), a * 2, ...)"
+        )
     if not options:
         raise ValueError("ValueChoice needs at least one value")
     for i, v in enumerate(options):

@@ -55,8 +55,9 @@ def test_supernet_builds_value_choice_at_its_largest_option() -> None:
     space = DigitsMLPSpace()
     width = space.stem[0].out_features
     assert isinstance(width, int) and isinstance(width, ValueChoice)
-    assert width == 64 and width.label == "width" and width.options == [16, 32, 64]
-    assert str(width) == "64" and space.head.in_features == 64
+    assert width.supernet_value == 64 and width.label == "width" and width.options == [16, 32, 64]
+    assert str(width) == "64" and cast(Any, space.head.in_features).supernet_value == 64
+    assert space.stem[0].weight.shape == (64, 64)
     assert len(_choice_modules(space)) == 3
     assert space.frozen_arch is None
     assert space(torch.randn(5, 64)).shape == (5, 10)
@@ -339,7 +340,7 @@ def test_supernet_deepcopies_and_pickles() -> None:
     for clone in (copy.deepcopy(space), pickle.loads(pickle.dumps(space))):
         assert clone.search_space() == space.search_space()
         width = cast(torch.nn.Conv2d, clone.stem[0]).out_channels
-        assert isinstance(width, ValueChoice) and width.label == "channels" and width == 8
+        assert isinstance(width, ValueChoice) and width.label == "channels" and width.supernet_value == 8
         clone.activate({**clone.random_sample(seed=3), "channels": 8})
         assert clone(torch.randn(1, 1, 8, 8)).shape == (1, 10)
 
