@@ -239,7 +239,7 @@ def locate_choices(root: nn.Module, arch: Mapping[str, Any]) -> tuple[set[str], 
 def _locate_in_supernet(
     cls: type[ModelSpace], args: tuple[Any, ...], kwargs: dict[str, Any], arch: Mapping[str, Any]
 ) -> tuple[set[str], set[str]]:
-    """:func:`locate_choices` in a supernet of ``cls(*args, **kwargs)`` (for a fixed build that lacks labels)."""
+    """:func:`locate_choices` in a supernet of ``cls(*args, **kwargs)`` (a fixed build lacks labels)."""
     return locate_choices(cls(*args, **kwargs), arch)
 
 

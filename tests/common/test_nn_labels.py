@@ -29,7 +29,8 @@ class SharedWidth(nn.ModelSpace):
         self.act2 = nn.LayerChoice([nn.ReLU(), nn.Tanh()], label="act")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act2(self.fc2(self.act(self.fc1(x))))
+        out: torch.Tensor = self.act2(self.fc2(self.act(self.fc1(x))))
+        return out
 
 
 class NestedValue(nn.ModelSpace):
@@ -61,7 +62,7 @@ def test_two_choices_with_one_label_are_one_decision() -> None:
     space = SharedWidth()
     assert space.search_space() == {"width": [8, 16, 32], "act": [0, 1]}
     assert space.size() == 6 and len(list(space.grid())) == 6
-    model = space.freeze({"width": 16, "act": 1})
+    model: Any = space.freeze({"width": 16, "act": 1})
     assert model.fc1.out_features == model.fc2.in_features == 16
     assert isinstance(model.act, torch.nn.Tanh) and isinstance(model.act2, torch.nn.Tanh)
     with fixed_arch({"width": 8, "act": 0}):
@@ -76,7 +77,7 @@ def test_strategies_sample_a_shared_label_once() -> None:
     space = SharedWidth()
     grid = GridSearch()
     grid.attach(space.search_space())
-    seen = []
+    seen: list[dict[str, Any]] = []
     while (arch := grid.ask(len(seen))) is not None:
         seen.append(arch)
     assert len(seen) == 6 and all(set(a) == {"width", "act"} for a in seen)
@@ -92,9 +93,21 @@ def test_strategies_sample_a_shared_label_once() -> None:
     [
         (lambda: nn.ValueChoice([8, 16], label="x"), lambda: nn.ValueChoice([8, 32], label="x"), "options"),
         (lambda: nn.ValueChoice([8, 16], label="x"), lambda: nn.ValueChoice([16, 8], label="x"), "order"),
-        (lambda: nn.ValueChoice([0, 1], label="x"), lambda: nn.LayerChoice([nn.ReLU(), nn.Tanh()], label="x"), "kind"),
-        (lambda: nn.InputChoice(2, label="x"), lambda: nn.LayerChoice([nn.ReLU(), nn.Tanh()], label="x"), "kind"),
-        (lambda: nn.ValueChoice([1, 0], label="x"), lambda: nn.ValueChoice([True, False], label="x"), "options"),
+        (
+            lambda: nn.ValueChoice([0, 1], label="x"),
+            lambda: nn.LayerChoice([nn.ReLU(), nn.Tanh()], label="x"),
+            "kind",
+        ),
+        (
+            lambda: nn.InputChoice(2, label="x"),
+            lambda: nn.LayerChoice([nn.ReLU(), nn.Tanh()], label="x"),
+            "kind",
+        ),
+        (
+            lambda: nn.ValueChoice([1, 0], label="x"),
+            lambda: nn.ValueChoice([True, False], label="x"),
+            "options",
+        ),
     ],
 )
 def test_one_label_for_different_choices_raises_and_says_why(first: Any, second: Any, message: str) -> None:
@@ -121,7 +134,7 @@ def test_nested_space_reusing_its_parents_label_shares_it() -> None:
 
     outer = Outer()
     assert outer.search_space() == {"w": [8, 16]} and outer.inner.search_space() == {"w": [8, 16]}
-    model = outer.freeze({"w": 8})
+    model: Any = outer.freeze({"w": 8})
     assert model.fc.out_features == model.inner.fc.in_features == 8
 
 
@@ -149,12 +162,14 @@ def test_a_reached_nested_choice_is_still_demanded() -> None:
     space = NestedValue()
     with pytest.raises(InvalidArchitectureError, match=r"missing label 'hidden'.*missing label 'deep_act'"):
         space.freeze({"op": "deep"})
-    with pytest.raises(InvalidArchitectureError, match=r"missing label 'hidden' \(valuechoice; options: \[3, 5\]\)"):
+    with pytest.raises(
+        InvalidArchitectureError, match=r"missing label 'hidden' \(valuechoice; options: \[3, 5\]\)"
+    ):
         with fixed_arch({"op": "deep", "deep_act": 0}):
             NestedValue()
     with pytest.raises(InvalidArchitectureError, match="missing label 'op'"):
         space.freeze({"hidden": 3, "deep_act": 0})
-    deep = space.freeze({"op": "deep", "hidden": 3, "deep_act": 1})
+    deep: Any = space.freeze({"op": "deep", "hidden": 3, "deep_act": 1})
     assert deep.op[0].out_features == 3 and isinstance(deep.op[1], torch.nn.Tanh)
 
 
@@ -177,7 +192,7 @@ def test_a_value_used_up_while_building_counts_as_reached() -> None:
 
 def test_nni2_string_indices_of_a_list_layer_choice_load() -> None:
     space = SharedWidth()
-    model = space.freeze({"width": 8, "act": "1"})
+    model: Any = space.freeze({"width": 8, "act": "1"})
     assert isinstance(model.act, torch.nn.Tanh) and model.frozen_arch == {"width": 8, "act": 1}
     with fixed_arch({"width": 8, "act": "1"}):
         assert isinstance(SharedWidth().act2, torch.nn.Tanh)
@@ -216,7 +231,7 @@ class Nni2Net(nni_nn.Module):
 def test_nni2_model_wrapper_spaces_have_nni2_auto_labels() -> None:
     # NNI 2.x's ModelNamespace: model_N in order; a nested @model_wrapper takes the next N and
     # numbers its own choices under it (model_2_1, model_2_2)
-    space = Nni2Net()
+    space: Any = Nni2Net()  # (mypy does not apply class decorators)
     assert space.search_space() == {
         "model_1": [0, 1],
         "model_2_1": [0, 1],
@@ -225,12 +240,14 @@ def test_nni2_model_wrapper_spaces_have_nni2_auto_labels() -> None:
         "named": [0, 1],
     }
     exported = {"model_1": "1", "model_2_1": 1, "model_2_2": 4, "model_3": 2, "named": "0"}  # as NNI 2.x
-    model = space.freeze(exported)
+    model: Any = space.freeze(exported)
     assert isinstance(model.op, torch.nn.Tanh) and model.cell.fc.out_features == 4
     with fixed_arch(exported):
-        assert Nni2Net().width.out_features == 2
+        built: Any = Nni2Net()
+    assert built.width.out_features == 2
     # retia.nn's own model_wrapper keeps retia's labels
-    assert list(RetiaWrapped().search_space()) == ["inputchoice_1", "valuechoice_2"]
+    retia_space: Any = RetiaWrapped()
+    assert list(retia_space.search_space()) == ["inputchoice_1", "valuechoice_2"]
 
 
 class Nni3Sub(Nni3ModelSpace, label_prefix="sub"):
@@ -258,15 +275,21 @@ def test_nni3_model_spaces_have_nni3_labels() -> None:
     # NNI 3.0's label_scope: label_prefix/N for unlabelled choices, label_prefix/label for the
     # others, a nested prefixed space under its parent's scope with its own numbering
     space = Nni3Net()
-    assert space.search_space() == {"model/1": [0, 1], "model/width": [4, 8], "model/sub/1": [0, 1], "model/2": [0, 1]}
+    assert space.search_space() == {
+        "model/1": [0, 1],
+        "model/width": [4, 8],
+        "model/sub/1": [0, 1],
+        "model/2": [0, 1],
+    }
     sample = {"model/1": 1, "model/width": 8, "model/sub/1": 0, "model/2": 1}  # as NNI 3.0
-    model = space.freeze(sample)
+    model: Any = space.freeze(sample)
     assert isinstance(model.op, torch.nn.Tanh) and model.fc.out_features == 8
     assert isinstance(model.sub.op, torch.nn.ReLU)
     # without a label_prefix NNI 3.0 wants every label given, and adds no prefix
     assert Nni3Strict(labelled=True).search_space() == {"op": [0, 1]}
     with pytest.raises(ValueError, match="needs an explicit label"):
         Nni3Strict(labelled=False)
+
     # the prefix is the class's own, as in NNI: a subclass without one has none
     class Derived(Nni3Net):
         pass

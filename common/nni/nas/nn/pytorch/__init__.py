@@ -29,7 +29,9 @@ class ModelSpace(_nn.ModelSpace):
         cls, disable_init_wrapper: bool = False, label_prefix: str | None = None, **kwargs: Any
     ) -> None:
         super().__init_subclass__(**kwargs)
-        if label_prefix is not None and (not isinstance(label_prefix, str) or not label_prefix or "/" in label_prefix):
+        if label_prefix is not None and (
+            not isinstance(label_prefix, str) or not label_prefix or "/" in label_prefix
+        ):
             raise ValueError(f"label_prefix must be a non-empty string without '/', got {label_prefix!r}")
         cls._retia_label_prefix = label_prefix
 
