@@ -41,6 +41,8 @@ __all__ = [
     "merge_spaces",
     "fixed_arch",
     "current_fixed_arch",
+    "coerce_choice",
+    "normalize_arch",
     "build_frozen",
     "FrozenModel",
 ]
@@ -179,11 +181,18 @@ def merge_spaces(model: SearchSpace, evaluator: SearchSpace) -> dict[str, list[A
 # ---------------------------------------------------------------------------- fixed_arch
 
 
+# Where a built space's choices are: (labels found anywhere, labels found on the path that ``arch``
+# selects). A label of the first set missing from the second is not reached by ``arch``.
+Locator = Callable[[Mapping[str, Any]], "tuple[set[str], set[str]]"]
+
+
 @dataclass
 class _Fixed:
     arch: Arch
     consumed: dict[str, ChoiceSpec] = field(default_factory=dict)
     spaces_built: int = 0
+    provisional: dict[str, ChoiceSpec] = field(default_factory=dict)  # missing, maybe not reached
+    locators: list[Locator] = field(default_factory=list)  # one per top-level space built
 
 
 _FIXED: contextvars.ContextVar[_Fixed | None] = contextvars.ContextVar("retia_fixed_arch", default=None)
@@ -195,12 +204,18 @@ def current_fixed_arch() -> Arch | None:
     return None if state is None else state.arch
 
 
+def _missing_message(spec: ChoiceSpec) -> str:
+    return f"missing label {spec.label!r} ({spec.kind}; options: {list(spec.options)!r})"
+
+
 @contextlib.contextmanager
 def fixed_arch(arch: ArchLike, verbose: bool = True) -> Iterator[Arch]:
     """Within this block, model spaces build the concrete model ``arch`` (a dict or a JSON file path).
 
-    A choice whose label is missing or whose value is invalid raises at once; labels of
-    ``arch`` that no choice used raise when the block ends.
+    An invalid value raises at once; labels of ``arch`` that no choice used raise when the
+    block ends. A missing label raises when the block ends too, unless the choice is not
+    reached by ``arch`` (it sits in a LayerChoice candidate that ``arch`` does not choose):
+    NNI 3.0's ``freeze`` does not ask for those either.
     """
     state = _Fixed(load_arch(arch))
     if verbose:
@@ -210,6 +225,8 @@ def fixed_arch(arch: ArchLike, verbose: bool = True) -> Iterator[Arch]:
         yield state.arch
     finally:
         _FIXED.reset(token)
+    if state.provisional:
+        _check_unreached(state)
     if state.spaces_built or state.consumed:
         unknown = [label for label in state.arch if label not in state.consumed]
         if unknown:
@@ -219,17 +236,67 @@ def fixed_arch(arch: ArchLike, verbose: bool = True) -> Iterator[Arch]:
             )
 
 
+def _check_unreached(state: _Fixed) -> None:
+    """Raise for the missing labels of a fixed build that ``state.arch`` reaches (or may reach)."""
+    located: set[str] = set()
+    reached: set[str] = set()
+    token = _FIXED.set(None)  # the locators build supernets
+    try:
+        for locate in state.locators:
+            found, on_path = locate(state.arch)
+            located |= found
+            reached |= on_path
+    finally:
+        _FIXED.reset(token)
+    demanded = [spec for label, spec in state.provisional.items() if label in reached or label not in located]
+    if demanded:
+        raise InvalidArchitectureError(
+            "invalid architecture: " + "; ".join(_missing_message(spec) for spec in demanded)
+        )
+    _log.debug("labels not reached by the architecture, built at their defaults: %s", list(state.provisional))
+
+
+def coerce_choice(spec: ChoiceSpec, value: Any) -> Any:
+    """The option of ``spec`` that ``value`` stands for, or MISSING; also NNI's forms of an option:
+    NNI 2.x names the candidates of a list LayerChoice ``'0'``, ``'1'``, ... (retia: 0, 1, ...)."""
+    chosen = match_option(spec.options, value)
+    if (
+        chosen is MISSING
+        and spec.kind == "layerchoice"
+        and isinstance(value, str)
+        and value.isdecimal()
+        and all(isinstance(o, int) and not isinstance(o, bool) for o in spec.options)
+    ):
+        chosen = match_option(spec.options, int(value))
+    return chosen
+
+
+def normalize_arch(specs: Mapping[str, ChoiceSpec], arch: Mapping[str, Any]) -> Arch:
+    """``arch`` with each value of a known label as its canonical option (NNI's forms accepted);
+    other values are kept, for :func:`validate_arch` to report."""
+    normalized = dict(arch)
+    for label, value in arch.items():
+        spec = specs.get(label)
+        if spec is not None:
+            chosen = coerce_choice(spec, value)
+            if chosen is not MISSING:
+                normalized[label] = canonical(chosen)
+    return normalized
+
+
 def fixed_choice(spec: ChoiceSpec) -> Any:
-    """The option chosen for ``spec`` by the current fixed architecture, or MISSING outside one."""
+    """The option chosen for ``spec`` by the current fixed architecture, or MISSING outside one.
+
+    A missing label gives the supernet's default for now: the block's end checks that the
+    choice is not reached (see :func:`fixed_arch`).
+    """
     state = _FIXED.get()
     if state is None:
         return MISSING
     if spec.label not in state.arch:
-        raise InvalidArchitectureError(
-            f"invalid architecture: missing label {spec.label!r} "
-            f"({spec.kind}; options: {list(spec.options)!r})"
-        )
-    chosen = match_option(spec.options, state.arch[spec.label])
+        state.provisional[spec.label] = spec
+        return spec.default
+    chosen = coerce_choice(spec, state.arch[spec.label])
     if chosen is MISSING:
         raise InvalidArchitectureError(
             f"invalid architecture: label {spec.label!r} has value {state.arch[spec.label]!r}, "
@@ -239,11 +306,14 @@ def fixed_choice(spec: ChoiceSpec) -> Any:
     return chosen
 
 
-def note_space_built() -> None:
-    """Count a model space built in the current :func:`fixed_arch` block: its unused labels then raise."""
+def note_space_built(locate: Locator | None = None) -> None:
+    """Count a model space built in the current :func:`fixed_arch` block: its unused labels then raise.
+    ``locate`` (for a top-level space) tells which labels the architecture reaches."""
     state = _FIXED.get()
     if state is not None:
         state.spaces_built += 1
+        if locate is not None:
+            state.locators.append(locate)
 
 
 # ---------------------------------------------------------------------------- (space, arch) -> model

@@ -4,11 +4,17 @@ A choice registers its label and options with every open space, so a space knows
 them, value choices included. A space is open while its ``__init__`` runs (checked on the
 frame stack, so no ``__init__`` is wrapped), and nested spaces share one label namespace.
 The stack of open spaces is a context variable, not a mutable global.
+
+Two choices with one label are one decision (NNI's shared labels): the second gets the first's
+spec, and must have the same kind and options. Labels a choice does not give are generated in
+construction order, in the :class:`LabelStyle` of the space class (retia's, NNI 2.x's or 3.0's),
+so that an architecture exported by NNI for the same space loads as it is.
 """
 
 from __future__ import annotations
 
 import contextvars
+import enum
 import sys
 import weakref
 from collections.abc import Sequence
@@ -16,9 +22,17 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-from ..arch import ChoiceSpec, note_space_built
+from ..arch import MISSING, ChoiceSpec, match_option
 
-__all__ = ["begin_space", "register_choice"]
+__all__ = ["LabelStyle", "begin_space", "register_choice"]
+
+
+class LabelStyle(enum.Enum):
+    """How a space names the choices created without a label."""
+
+    RETIA = "retia"  # layerchoice_1, valuechoice_2: one counter for a space and its nested spaces
+    NNI2 = "nni2"  # model_1, model_2; a nested space takes the next number, numbers inside: model_3_1
+    NNI3 = "nni3"  # label_prefix: prefix/1, prefix/label; no prefix: every label must be given
 
 
 @dataclass
@@ -26,16 +40,31 @@ class _Build:
     """Label namespace shared by a space and every space nested in it."""
 
     counter: int = 0
-    labels: set[str] = field(default_factory=set)
+    specs: dict[str, ChoiceSpec] = field(default_factory=dict)
+
+
+@dataclass
+class _Scope:
+    """Where one open space puts the labels it generates (NNI 2.x namespace, NNI 3.0 label scope)."""
+
+    style: LabelStyle
+    path: tuple[str, ...]  # NNI2: ("model", "3") is model_3; NNI3: ("model", "sub") is model/sub
+    strict: bool = False  # NNI3 without a label_prefix: auto labels refused
+    counter: int = 0
+
+    def next_number(self) -> int:
+        self.counter += 1
+        return self.counter
 
 
 class _OpenSpace:
     """A model space whose ``__init__`` is running; choices created now register with it."""
 
-    def __init__(self, space: Any, build: _Build, specs: dict[str, ChoiceSpec]) -> None:
+    def __init__(self, space: Any, build: _Build, specs: dict[str, ChoiceSpec], scope: _Scope) -> None:
         self.ref = weakref.ref(space)
         self.build = build
         self.specs = specs
+        self.scope = scope
 
     def is_open(self) -> bool:
         """True while a frame of an ``__init__`` (the space's own, a base's, a decorated one) runs on it."""
@@ -71,38 +100,101 @@ def _open_spaces() -> tuple[_OpenSpace, ...]:
     return stack
 
 
-def begin_space(space: Any) -> dict[str, ChoiceSpec]:
-    """Open ``space`` for registration (called from ``ModelSpace.__new__``); returns its spec dict."""
+def _scope_for(space: Any, parent: _OpenSpace | None) -> _Scope:
+    """The label scope of a space being built: its class's style, nested in its parent's scope."""
+    style: LabelStyle = getattr(type(space), "_retia_label_style", LabelStyle.RETIA)
+    outer = parent.scope if parent is not None and parent.scope.style is style else None
+    if style is LabelStyle.NNI2:
+        # NNI 2.x's ModelNamespace: a nested model_wrapper takes its parent's next number.
+        if outer is None:
+            return _Scope(style, ("model",))
+        return _Scope(style, (*outer.path, str(outer.next_number())))
+    if style is LabelStyle.NNI3:
+        # NNI 3.0's label_scope(label_prefix); without a prefix, a strict scope adding no part.
+        prefix: str | None = getattr(type(space), "_retia_label_prefix", None)
+        base = outer.path if outer is not None else ()
+        if prefix is None:
+            return _Scope(style, base, strict=True)
+        return _Scope(style, (*base, prefix))
+    return _Scope(style, ())
+
+
+def begin_space(space: Any) -> tuple[dict[str, ChoiceSpec], bool]:
+    """Open ``space`` for registration (called from ``ModelSpace.__new__``); returns its spec dict,
+    and whether it is a top-level space (not built inside another's ``__init__``)."""
     stack = _open_spaces()
-    build = stack[-1].build if stack else _Build()
+    parent = stack[-1] if stack else None
+    build = parent.build if parent is not None else _Build()
     specs: dict[str, ChoiceSpec] = {}
-    _OPEN.set(stack + (_OpenSpace(space, build, specs),))
-    note_space_built()
-    return specs
+    _OPEN.set(stack + (_OpenSpace(space, build, specs, _scope_for(space, parent)),))
+    return specs, parent is None
+
+
+def _resolve_label(kind: str, label: str | None, entry: _OpenSpace | None) -> str:
+    """The full label of a choice: the given one, or the next generated one, in ``entry``'s style."""
+    if label is not None and (not isinstance(label, str) or not label):
+        raise ValueError(f"a choice label must be a non-empty string, got {label!r}")
+    if entry is None:
+        if label is None:
+            raise ValueError(f"a {kind} created outside a ModelSpace's __init__ needs an explicit label")
+        return label
+    scope, build = entry.scope, entry.build
+    if scope.style is LabelStyle.NNI3:
+        if label is None:
+            if scope.strict:
+                raise ValueError(
+                    f"a {kind} in an NNI 3.0 ModelSpace without a label_prefix needs an explicit "
+                    "label (as in NNI): give label=..., or define the class with "
+                    "`class Net(ModelSpace, label_prefix='model')`"
+                )
+            label = str(scope.next_number())
+        elif "/" in label:
+            raise ValueError(f"an NNI 3.0 label cannot contain '/', got {label!r} (use a label_prefix)")
+        return "/".join((*scope.path, label))
+    if label is not None:
+        return label
+    while True:
+        if scope.style is LabelStyle.NNI2:
+            label = "_".join((*scope.path, str(scope.next_number())))
+        else:
+            build.counter += 1
+            label = f"{kind}_{build.counter}"
+        if label not in build.specs:
+            return label
+
+
+def _same_decision(a: ChoiceSpec, b: ChoiceSpec) -> bool:
+    """Same kind, same options in the same order (NNI 3.0 compares the values, in order)."""
+    return (
+        a.kind == b.kind
+        and len(a.options) == len(b.options)
+        and all(match_option([x], y) is not MISSING for x, y in zip(a.options, b.options))
+    )
 
 
 def register_choice(kind: str, label: str | None, options: Sequence[Any], default: Any) -> ChoiceSpec:
-    """Resolve the label (auto-generated in construction order if None) and record the choice."""
+    """Resolve the label (auto-generated in construction order if None) and record the choice.
+
+    A label already registered in this build is the same decision: its spec is returned, so both
+    choices take one value; ValueError if the kind or the options differ.
+    """
     stack = _open_spaces()
-    build = stack[-1].build if stack else None
-    if label is None:
-        if build is None:
-            raise ValueError(f"a {kind} created outside a ModelSpace's __init__ needs an explicit label")
-        while True:
-            build.counter += 1
-            label = f"{kind}_{build.counter}"
-            if label not in build.labels:
-                break
-    elif not isinstance(label, str) or not label:
-        raise ValueError(f"a choice label must be a non-empty string, got {label!r}")
+    entry = stack[-1] if stack else None
+    label = _resolve_label(kind, label, entry)
     spec = ChoiceSpec(label, kind, tuple(options), default)
-    if build is not None:
-        if label in build.labels:
-            raise ValueError(
-                f"duplicate choice label {label!r}: labels must be unique within a model space "
-                "(to reuse one decision, create the choice once and use the object in several places)"
-            )
-        build.labels.add(label)
-        for entry in stack:
-            entry.specs[label] = spec
+    if entry is not None:
+        known = entry.build.specs.get(label)
+        if known is not None:
+            if not _same_decision(known, spec):
+                raise ValueError(
+                    f"choice label {label!r} is used by two different choices: a {known.kind} with "
+                    f"options {list(known.options)!r} and a {kind} with options {list(options)!r}. "
+                    "Choices sharing a label are one decision and need the same kind and the same "
+                    "options in the same order; give one of them another label"
+                )
+            spec = known
+        else:
+            entry.build.specs[label] = spec
+        for open_space in stack:
+            open_space.specs.setdefault(label, spec)
     return spec

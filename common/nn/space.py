@@ -14,13 +14,14 @@ the space (by reference when importable, by value from ``__main__``) and
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -31,17 +32,20 @@ from ..arch import (
     ChoiceSpec,
     build_frozen,
     canonical,
+    coerce_choice,
     current_fixed_arch,
     load_arch,
     match_option,
+    normalize_arch,
+    note_space_built,
     validate_arch,
 )
 from ..trace import Recipe, _attach, _name_positionals
 from .choices import CHOSEN_ATTR, InputChoice, LayerChoice
-from .registry import begin_space
+from .registry import LabelStyle, begin_space
 from .repeat import UNBUILT_ATTR, Repeat
 
-__all__ = ["ModelSpace", "model_wrapper", "original_state_dict_hooks"]
+__all__ = ["ModelSpace", "locate_choices", "model_wrapper", "original_state_dict_hooks", "wrap_model_class"]
 
 _log = logging.getLogger(__name__)
 
@@ -65,12 +69,15 @@ class ModelSpace(nn.Module):
     """
 
     _retia_space: _SpaceInfo  # set in __new__, in the instance __dict__ (not a module attribute)
+    # How choices without a label are named (the retia.nni adapters set NNI's styles).
+    _retia_label_style: ClassVar[LabelStyle] = LabelStyle.RETIA
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         self = super().__new__(cls)
         args, kwargs = _name_positionals(cls, args, kwargs)
         fixed = current_fixed_arch()
-        specs = begin_space(self)
+        specs, top_level = begin_space(self)
+        note_space_built(functools.partial(_locate_in_supernet, cls, args, kwargs) if top_level else None)
         frozen = None if fixed is None else dict(fixed)
         self.__dict__["_retia_space"] = _SpaceInfo(cls, args, kwargs, specs, frozen)
         if frozen is None:
@@ -109,13 +116,26 @@ class ModelSpace(nn.Module):
         return math.prod(len(options) for options in self.search_space().values())
 
     def validate(self, arch: ArchLike) -> Arch:
-        """``arch`` as a plain dict; InvalidArchitectureError if it does not fit this space."""
-        loaded = load_arch(arch)
+        """``arch`` as a plain dict of canonical options; InvalidArchitectureError if it does not fit.
+
+        NNI's forms of a value are accepted (``'1'`` for a list LayerChoice). A label of a choice
+        that ``arch`` does not reach (inside a LayerChoice candidate it does not choose) may be
+        left out: it is filled with the supernet's default, which the model does not use.
+        """
+        specs = self._retia_space.specs
+        loaded = normalize_arch(specs, load_arch(arch))
+        missing = [label for label in specs if label not in loaded]
+        if missing:
+            located, reached = locate_choices(self, loaded)
+            for label in missing:
+                if label in located and label not in reached:
+                    loaded[label] = canonical(specs[label].default)
         validate_arch(self.search_space(), loaded)
         return loaded
 
     def freeze(self, arch: ArchLike) -> nn.Module:
-        """The concrete model ``arch``: this space's class rebuilt with its arguments under ``fixed_arch``."""
+        """The concrete model ``arch``: this space's class rebuilt with its arguments under ``fixed_arch``
+        (with the labels ``arch`` does not reach at their defaults, see :meth:`validate`)."""
         info = self._retia_space
         model: nn.Module = build_frozen(info.space_cls, self.validate(arch), info.args, info.kwargs)
         return model
@@ -150,12 +170,83 @@ class ModelSpace(nn.Module):
 def model_wrapper(cls: type[nn.Module]) -> type[ModelSpace]:
     """NNI 2.x's ``@model_wrapper class Net(nn.Module)``: the class as a model space (a subclass of
     it and of :class:`ModelSpace`, under its own name, so instances pickle and ship by reference)."""
+    return wrap_model_class(cls, LabelStyle.RETIA)
+
+
+def wrap_model_class(cls: type[nn.Module], label_style: LabelStyle) -> type[ModelSpace]:
+    """``cls`` as a model space naming its unlabelled choices in ``label_style`` (a ModelSpace as is)."""
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise TypeError(f"model_wrapper decorates an nn.Module class, got {cls!r}")
     if issubclass(cls, ModelSpace):
         return cls
-    namespace = {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__}
+    namespace = {
+        "__module__": cls.__module__,
+        "__qualname__": cls.__qualname__,
+        "__doc__": cls.__doc__,
+        "_retia_label_style": label_style,
+    }
     return type(cls.__name__, (cls, ModelSpace), namespace)
+
+
+# ---------------------------------------------------------------------------- reachability
+
+
+def locate_choices(root: nn.Module, arch: Mapping[str, Any]) -> tuple[set[str], set[str]]:
+    """(labels of the choices found in the supernet ``root``, those on the path ``arch`` selects).
+
+    The path leaves out the candidates of a LayerChoice that ``arch`` does not choose (all of
+    them are on it when ``arch`` lacks the LayerChoice's label). A ValueChoice is found where
+    its supernet value is kept (a layer's attribute, such as ``Linear.out_features``); one used
+    up while building (``range(depth)``) is found nowhere, and so counts as reached.
+    """
+    located: set[str] = set()
+    reached: set[str] = set()
+    seen: set[tuple[int, bool]] = set()
+
+    def note(label: str, on_path: bool) -> None:
+        located.add(label)
+        if on_path:
+            reached.add(label)
+
+    def scan(value: Any, on_path: bool, depth: int) -> None:
+        spec = getattr(value, "spec", None)
+        if isinstance(spec, ChoiceSpec):
+            note(spec.label, on_path)
+        elif depth < 3 and isinstance(value, (list, tuple, set, frozenset)):
+            for item in value:
+                scan(item, on_path, depth + 1)
+        elif depth < 3 and isinstance(value, dict):
+            for item in value.values():
+                scan(item, on_path, depth + 1)
+
+    def walk(module: nn.Module, on_path: bool) -> None:
+        if (id(module), on_path) in seen:
+            return
+        seen.add((id(module), on_path))
+        for name, value in vars(module).items():
+            if name not in ("_modules", "_parameters", "_buffers") and not isinstance(value, nn.Module):
+                scan(value, on_path, 0)
+        spec = getattr(module, "spec", None)  # a LayerChoice, an InputChoice
+        if isinstance(spec, ChoiceSpec):
+            note(spec.label, on_path)
+        if isinstance(module, LayerChoice):
+            chosen = coerce_choice(module.spec, arch[module.label]) if module.label in arch else MISSING
+            for option in module.options:
+                walk(module[option], on_path and (chosen is MISSING or option == chosen))
+            return
+        for child in module._modules.values():
+            if child is not None:
+                walk(child, on_path)
+
+    walk(root, True)
+    return located, reached
+
+
+def _locate_in_supernet(
+    cls: type[ModelSpace], args: tuple[Any, ...], kwargs: dict[str, Any], arch: Mapping[str, Any]
+) -> tuple[set[str], set[str]]:
+    """:func:`locate_choices` in a supernet of ``cls(*args, **kwargs)`` (a fixed build lacks labels)."""
+    return locate_choices(cls(*args, **kwargs), arch)
 
 
 # ---------------------------------------------------------------------------- state dicts

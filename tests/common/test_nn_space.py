@@ -120,14 +120,14 @@ def test_choices_from_helper_methods_and_decorated_inits_register() -> None:
         space._make()  # the space is built: a later choice belongs to no space
 
 
-def test_duplicate_labels_raise() -> None:
+def test_one_label_for_different_choices_raises() -> None:
     class Dup(nn.ModelSpace):
         def __init__(self) -> None:
             super().__init__()
             self.a = nn.LayerChoice([nn.ReLU(), nn.Tanh()], label="act")
-            self.b = nn.LayerChoice([nn.ReLU(), nn.Tanh()], label="act")
+            self.b = nn.LayerChoice([nn.ReLU(), nn.Tanh(), nn.GELU()], label="act")
 
-    with pytest.raises(ValueError, match="duplicate choice label 'act'"):
+    with pytest.raises(ValueError, match="choice label 'act' is used by two different choices"):
         Dup()
 
 

@@ -36,7 +36,6 @@ SAME: list[tuple[str, str, object]] = [
     ("retia.nni", "report_intermediate_result", retia.report_intermediate_result),
     ("retia.nni", "report_final_result", retia.report_final_result),
     ("retia.nni.retiarii", "fixed_arch", retia.fixed_arch),
-    ("retia.nni.retiarii", "model_wrapper", retia.nn.model_wrapper),
     ("retia.nni.retiarii.evaluator", "FunctionalEvaluator", retia.FunctionalEvaluator),
     ("retia.nni.retiarii.nn.pytorch", "LayerChoice", retia.nn.LayerChoice),
     ("retia.nni.retiarii.nn.pytorch", "InputChoice", retia.nn.InputChoice),
@@ -56,7 +55,6 @@ SAME: list[tuple[str, str, object]] = [
     ("retia.nni.retiarii.evaluator.pytorch.lightning", "LightningModule", retia.lightning.LightningModule),
     ("retia.nni.nas.evaluator", "Evaluator", retia.Evaluator),
     ("retia.nni.nas.evaluator", "MutableEvaluator", retia.Evaluator),
-    ("retia.nni.nas.nn.pytorch", "ModelSpace", retia.nn.ModelSpace),
     ("retia.nni.nas.nn.pytorch", "LayerChoice", retia.nn.LayerChoice),
     ("retia.nni.nas.nn.pytorch", "MutableLinear", torch.nn.Linear),
     ("retia.nni.nas.nn.pytorch", "MutableDropout", torch.nn.Dropout),
@@ -75,6 +73,7 @@ SAME: list[tuple[str, str, object]] = [
 # NNI's names whose semantics differ: adapters, subclasses of retia's
 ADAPTED: list[tuple[str, str, type]] = [
     ("retia.nni.nas.evaluator", "FunctionalEvaluator", retia.FunctionalEvaluator),
+    ("retia.nni.nas.nn.pytorch", "ModelSpace", retia.nn.ModelSpace),  # NNI 3.0's labels
     ("retia.nni.nas.experiment", "NasExperiment", Experiment),
     ("retia.nni.nas.evaluator.pytorch", "Lightning", retia.lightning.Lightning),
     ("retia.nni.nas.evaluator.pytorch", "Classification", retia.lightning.Classification),

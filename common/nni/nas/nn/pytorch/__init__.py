@@ -4,12 +4,36 @@ arguments: the ``Mutable`` names are the layers themselves)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import retia.nn as _nn
-from retia.nn import ChosenInputs, InputChoice, LayerChoice, ModelSpace, Repeat, ValueChoice
+from retia.nn import ChosenInputs, InputChoice, LayerChoice, Repeat, ValueChoice
+from retia.nn.registry import LabelStyle
 
 __all__ = ["ChosenInputs", "InputChoice", "LayerChoice", "ModelSpace", "Repeat", "ValueChoice"]
+
+
+class ModelSpace(_nn.ModelSpace):
+    """NNI 3.0's ``ModelSpace``: retia's, labelling as NNI 3.0 does, so NNI's samples load as they are.
+
+    ``class Net(ModelSpace, label_prefix='model')`` puts every choice built in its ``__init__``
+    under ``model/``: ``model/1``, ``model/2``, ... for those without a label, ``model/width``
+    for ``label='width'`` (a nested space with a prefix adds its own: ``model/sub/1``). Without a
+    prefix (each subclass declares its own, as in NNI) every choice needs an explicit label.
+    """
+
+    _retia_label_style: ClassVar[LabelStyle] = LabelStyle.NNI3
+    _retia_label_prefix: ClassVar[str | None] = None
+
+    def __init_subclass__(
+        cls, disable_init_wrapper: bool = False, label_prefix: str | None = None, **kwargs: Any
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        if label_prefix is not None and (
+            not isinstance(label_prefix, str) or not label_prefix or "/" in label_prefix
+        ):
+            raise ValueError(f"label_prefix must be a non-empty string without '/', got {label_prefix!r}")
+        cls._retia_label_prefix = label_prefix
 
 
 def __getattr__(name: str) -> Any:
