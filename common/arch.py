@@ -214,8 +214,9 @@ def fixed_arch(arch: ArchLike, verbose: bool = True) -> Iterator[Arch]:
 
     An invalid value raises at once; labels of ``arch`` that no choice used raise when the
     block ends. A missing label raises when the block ends too, unless the choice is not
-    reached by ``arch`` (it sits in a LayerChoice candidate that ``arch`` does not choose):
-    NNI 3.0's ``freeze`` does not ask for those either.
+    reached by ``arch`` (it sits in a LayerChoice candidate that ``arch`` does not choose, or in
+    a block beyond a Repeat's depth): NNI 3.0's ``freeze`` does not ask for those either, and
+    such a label given is no error.
     """
     state = _Fixed(load_arch(arch))
     if verbose:
@@ -225,10 +226,16 @@ def fixed_arch(arch: ArchLike, verbose: bool = True) -> Iterator[Arch]:
         yield state.arch
     finally:
         _FIXED.reset(token)
+    unknown = [label for label in state.arch if label not in state.consumed]
+    located: set[str] = set()
+    reached: set[str] = set()
+    if state.provisional or (unknown and state.locators):  # (a supernet is built only then)
+        located, reached = _locate(state)
     if state.provisional:
-        _check_unreached(state)
+        _check_unreached(state, located, reached)
     if state.spaces_built or state.consumed:
-        unknown = [label for label in state.arch if label not in state.consumed]
+        # a label of a choice that arch does not reach (a block beyond a Repeat's depth) is no typo
+        unknown = [label for label in unknown if label not in located or label in reached]
         if unknown:
             valid = {label: list(spec.options) for label, spec in state.consumed.items()}
             raise InvalidArchitectureError(
@@ -236,8 +243,8 @@ def fixed_arch(arch: ArchLike, verbose: bool = True) -> Iterator[Arch]:
             )
 
 
-def _check_unreached(state: _Fixed) -> None:
-    """Raise for the missing labels of a fixed build that ``state.arch`` reaches (or may reach)."""
+def _locate(state: _Fixed) -> tuple[set[str], set[str]]:
+    """(labels of the choices in the supernets of the spaces built, those ``state.arch`` reaches)."""
     located: set[str] = set()
     reached: set[str] = set()
     token = _FIXED.set(None)  # the locators build supernets
@@ -248,6 +255,11 @@ def _check_unreached(state: _Fixed) -> None:
             reached |= on_path
     finally:
         _FIXED.reset(token)
+    return located, reached
+
+
+def _check_unreached(state: _Fixed, located: set[str], reached: set[str]) -> None:
+    """Raise for the missing labels of a fixed build that ``state.arch`` reaches (or may reach)."""
     demanded = [spec for label, spec in state.provisional.items() if label in reached or label not in located]
     if demanded:
         raise InvalidArchitectureError(

@@ -195,7 +195,8 @@ def locate_choices(root: nn.Module, arch: Mapping[str, Any]) -> tuple[set[str], 
     """(labels of the choices found in the supernet ``root``, those on the path ``arch`` selects).
 
     The path leaves out the candidates of a LayerChoice that ``arch`` does not choose (all of
-    them are on it when ``arch`` lacks the LayerChoice's label). A ValueChoice is found where
+    them are on it when ``arch`` lacks the LayerChoice's label) and the blocks of a Repeat beyond
+    the depth ``arch`` chooses. A ValueChoice is found where
     its supernet value is kept (a layer's attribute, such as ``Linear.out_features``); one used
     up while building (``range(depth)``) is found nowhere, and so counts as reached.
     """
@@ -233,6 +234,13 @@ def locate_choices(root: nn.Module, arch: Mapping[str, Any]) -> tuple[set[str], 
             chosen = coerce_choice(module.spec, arch[module.label]) if module.label in arch else MISSING
             for option in module.options:
                 walk(module[option], on_path and (chosen is MISSING or option == chosen))
+            return
+        if isinstance(module, Repeat) and module.spec is not None:
+            note(module.spec.label, on_path)
+            depth = arch.get(module.spec.label, module.max_depth)  # (invalid values are reported elsewhere)
+            built = depth if isinstance(depth, int) and not isinstance(depth, bool) else module.max_depth
+            for index, block in enumerate(module.blocks):
+                walk(block, on_path and index < built)
             return
         for child in module._modules.values():
             if child is not None:

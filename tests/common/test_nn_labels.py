@@ -179,7 +179,8 @@ def test_a_value_used_up_while_building_counts_as_reached() -> None:
             super().__init__()
             depth = nn.ValueChoice([1, 2], label="depth")
             self.body = nn.LayerChoice(
-                [nn.Sequential(*[nn.ReLU() for _ in range(int(depth))]), nn.Identity()], label="body"
+                [nn.Sequential(*[nn.ReLU() for _ in range(depth)]), nn.Identity()],
+                label="body",  # (Repeat is the way)
             )
 
     # "depth" is kept nowhere in the supernet: it cannot be shown unreached, so it is demanded

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+import retia
 import retia.nn as nn
 import retia.nni.nas.nn.pytorch as nni_nn3
 import retia.nni.retiarii.nn.pytorch as nni_nn2
@@ -239,17 +240,18 @@ def test_a_deep_copied_block_shares_its_choice() -> None:
     assert [type(b) for b in cast(Repeat, frozen.rep)] == [torch.nn.Identity, torch.nn.Identity]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=InvalidArchitectureError,
-    reason="freeze() asks for every label of the space and fixed_arch rejects labels no choice used: "
-    "the choices of blocks beyond the chosen depth (op1, op2 at d=1) are neither built nor consumed. "
-    "Needs arch.py/registry.py to know that a depth hides them.",
-)
-def test_freezing_a_full_sample_with_a_shallower_depth() -> None:
+def test_a_full_sample_with_a_shallower_depth_freezes_and_ships() -> None:
+    """A strategy's sample names every label: those of blocks beyond the depth are not built, and
+    neither demanded nor refused as unknown; a label of no choice still is."""
     space = ChoiceDepthSpace()
-    model = space.freeze({"d": 1, "op0": 0, "op1": 0, "op2": 0})
-    assert len(cast(Repeat, model.rep)) == 1
+    for arch in ({"d": 1, "op0": 0, "op1": 0, "op2": 0}, {"d": 1, "op0": 0}, space.random_sample(seed=3)):
+        model = space.freeze(arch)
+        assert len(cast(Repeat, model.rep)) == arch["d"]
+        again = retia.load(retia.dump(model))  # its recipe is the freeze: it rebuilds on a worker
+        assert len(cast(Repeat, again.rep)) == arch["d"]
+    with pytest.raises(InvalidArchitectureError, match="unknown label"):
+        with fixed_arch({"d": 1, "op0": 0, "op9": 0}):
+            ChoiceDepthSpace()
 
 
 class DigitsRepeatSpace(nn.ModelSpace):
