@@ -123,7 +123,9 @@ class RunningTrial:
     def outcome(self, now: float, seq: int, reports: list[Report], files: list[InlineFile]) -> Done:
         """The attempt's DONE: verdict, last reports, small artefacts, how many reports it sent in all,
         and for a failure the log's tail."""
-        duration = now - self.started
+        # ``now`` is the loop turn's: a trial a reused child started later in the same turn (and
+        # finished at once) would have a negative duration, a DONE the dispatcher cannot take
+        duration = max(0.0, now - self.started)
         if self.kill_reason:
             state, reason = self.kill_state, self.kill_reason
             kind = FailureKind.TIMEOUT if self.timed_out else FailureKind.STOPPED
