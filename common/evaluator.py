@@ -113,7 +113,7 @@ class Evaluator:
 
     def _choices(self) -> dict[str, ChoiceSpec]:
         recipe = get_recipe(self)
-        if recipe is None or "retia.nn.choices" not in sys.modules:  # no choice was ever made
+        if recipe is None or _EXPRESSIONS not in sys.modules:  # no choice was ever made
             return {}
         found: dict[str, ChoiceSpec] = {}
         for path, choice in _choices_in([*recipe.args, *recipe.kwargs.values()]):
@@ -138,14 +138,18 @@ class Evaluator:
 _DEPTH = 3  # how deep choices are looked for: a DataLoader of a Dataset of a transform
 
 
+_EXPRESSIONS = "retia.nn.expressions"  # ValueChoice and the expressions of choices (imports torch)
+
+
 def _choices_in(values: list[Any], path: str = "", depth: int = _DEPTH) -> Iterator[tuple[str, Any]]:
-    """(where, choice) of every ValueChoice in ``values``: themselves, or inside a list, a tuple, a
-    dict or a traced object's arguments, ``depth`` levels down."""
-    choice_type = sys.modules["retia.nn.choices"].ValueChoice
+    """(where, choice) of every ValueChoice in ``values``: themselves, the leaves of an expression of
+    choices (``lr=ValueChoice(...) * 2``), or inside a list, a tuple, a dict or a traced object's
+    arguments, ``depth`` levels down."""
+    expression = sys.modules[_EXPRESSIONS].ChoiceExpression
     for i, value in enumerate(values):
         where = f"{path}[{i}]"
-        if isinstance(value, choice_type):
-            yield where, value
+        if isinstance(value, expression):
+            yield from ((where, leaf) for leaf in value.inner_choices())
         elif depth > 0:
             yield from _choices_in(_inner(value), where, depth - 1)
 
@@ -164,8 +168,8 @@ def _fixed(value: Any, sample: dict[str, Any], depth: int = _DEPTH + 1) -> Any:
     (the same object), a traced object that holds one is built again from its fixed recipe."""
     if depth < 0 or not any(True for _ in _choices_in([value], depth=depth)):
         return value
-    if isinstance(value, sys.modules["retia.nn.choices"].ValueChoice):
-        return sample[value.label]
+    if isinstance(value, sys.modules[_EXPRESSIONS].ChoiceExpression):
+        return value.evaluate(sample)  # a ValueChoice's option, or what an expression makes of them
     if isinstance(value, tuple):
         return tuple(_fixed(v, sample, depth - 1) for v in value)
     if isinstance(value, list):

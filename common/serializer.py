@@ -257,10 +257,11 @@ _PLAIN = frozenset((bool, str, bytes, float))
 
 
 def _is_choice(obj: Any) -> bool:
-    """A ValueChoice among an evaluator's arguments (a float or str that is one): it travels as the
-    choice (a saved evaluator keeps its search space), not as its supernet value."""
-    choices = sys.modules.get("retia.nn.choices")
-    return choices is not None and isinstance(obj, choices.ValueChoice)
+    """A ValueChoice (or an expression of choices) among an evaluator's arguments, a float or str that
+    is one: it travels as the choice (a saved evaluator keeps its search space), not as its supernet
+    value."""
+    expressions = sys.modules.get("retia.nn.expressions")
+    return expressions is not None and isinstance(obj, expressions.ChoiceExpression)
 
 
 def _decode_ext(code: int, data: bytes) -> Any:

@@ -282,7 +282,8 @@ def test_fit_by_reference_when_importable_by_value_when_not() -> None:
 
 
 def _fit_lr(model_cls: Any, lr: float, train: Any = None) -> None:
-    report_final_result({"default": lr, "lr": lr, "batch": None if train is None else train.batch_size})
+    batch = {} if train is None else {"batch": train.batch_size}
+    report_final_result({"default": lr, "lr": lr, **batch})
 
 
 def test_choices_in_an_evaluators_arguments_are_its_search_space_and_freeze_fixes_them() -> None:
@@ -319,6 +320,20 @@ def test_choices_in_an_evaluators_arguments_are_its_search_space_and_freeze_fixe
     assert fixed.search_space() == {} and cast(Any, fixed).trainer_kwargs["max_epochs"] == 1
     with retia.fixed_arch({"lr": 0.1}):  # built under fixed_arch, a choice is its value at once
         assert FunctionalEvaluator(_fit_lr, lr=ValueChoice([0.01, 0.1], label="lr")).search_space() == {}
+
+
+def test_an_expression_of_choices_in_an_evaluators_arguments_is_searched_by_its_choices() -> None:
+    """``lr=ValueChoice([0.01, 0.1]) * 2``: searched as ``lr``; fit gets twice the sampled value. Before,
+    the expression (a float holding its largest value, 0.2) was not seen and travelled as 0.2."""
+    from retia.nn import ValueChoice
+
+    lr = ValueChoice([0.01, 0.1], label="lr")
+    evaluator = FunctionalEvaluator(_fit_lr, lr=lr * 2)
+    for copy in (evaluator, retia.load(retia.dump(evaluator))):
+        assert copy.search_space() == {"lr": [0.01, 0.1]}
+        assert cast(dict[str, Any], copy.freeze({"lr": 0.01}).evaluate(object).final)["lr"] == 0.02
+    with pytest.raises(ConfigError, match="still holds choice"):
+        evaluator.evaluate(object)
 
 
 def test_one_label_with_two_option_lists_in_an_evaluator_is_refused() -> None:
