@@ -87,7 +87,7 @@ class Evaluator:
         """``{label: [options]}`` of the ValueChoices among this evaluator's arguments (NNI 3.0's
         mutable evaluators): a keyword, a Lightning evaluator's argument, or inside a traced one (a
         DataLoader's ``batch_size``). Searched beside the model's choices; empty for most evaluators."""
-        return {label: [canonical(o) for o in spec.options] for label, spec in self._choices().items()}
+        return _space(self._choices())
 
     def freeze(self, arch: ArchLike) -> Evaluator:
         """This evaluator with each of its choices fixed at ``arch``'s value (labels of ``arch`` that
@@ -95,14 +95,13 @@ class Evaluator:
         choices = self._choices()
         if not choices:
             return self
-        loaded = load_arch(arch)
+        loaded, space = load_arch(arch), _space(choices)
         missing = [label for label in choices if label not in loaded]
         if missing:
             raise InvalidArchitectureError(
-                f"{type(self).__name__} needs a value for its choice(s) {missing!r}; it has "
-                f"{self.search_space()!r}"
+                f"{type(self).__name__} needs a value for its choice(s) {missing!r}; it has {space!r}"
             )
-        validate_arch(self.search_space(), {label: loaded[label] for label in choices})
+        validate_arch(space, {label: loaded[label] for label in choices})
         recipe = get_recipe(self)
         assert recipe is not None  # a choice was found in it
         sample = {label: match_option(spec.options, loaded[label]) for label, spec in choices.items()}
@@ -133,6 +132,10 @@ class Evaluator:
         if not rebuilding():  # checked on the client already; a worker must not pay for it per trial
             self._choices()
             dump(self, blobs={})  # large values will travel as blobs, so only check that they can
+
+
+def _space(choices: dict[str, ChoiceSpec]) -> dict[str, list[Any]]:
+    return {label: [canonical(o) for o in spec.options] for label, spec in choices.items()}
 
 
 _DEPTH = 3  # how deep choices are looked for: a DataLoader of a Dataset of a transform
