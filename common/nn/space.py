@@ -23,6 +23,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
 from ..arch import (
@@ -42,6 +43,7 @@ from ..arch import (
 )
 from ..trace import Recipe, _attach, _name_positionals
 from .choices import CHOSEN_ATTR, InputChoice, LayerChoice
+from .mixed import activate_mixed, choice_labels, install_mixed, slices_of, take
 from .registry import LabelStyle, begin_space
 from .repeat import UNBUILT_ATTR, Repeat
 
@@ -133,15 +135,29 @@ class ModelSpace(nn.Module):
         validate_arch(self.search_space(), loaded)
         return loaded
 
-    def freeze(self, arch: ArchLike) -> nn.Module:
+    def freeze(self, arch: ArchLike, *, inherit_weights: bool = False) -> nn.Module:
         """The concrete model ``arch``: this space's class rebuilt with its arguments under ``fixed_arch``
-        (with the labels ``arch`` does not reach at their defaults, see :meth:`validate`)."""
+        (with the labels ``arch`` does not reach at their defaults, see :meth:`validate`).
+
+        The model has fresh weights; with ``inherit_weights=True`` it takes this supernet's (its
+        chosen candidates', as slices where a width or a kernel is chosen smaller), as NNI 3.0's
+        ``freeze`` does and the second stage of SPOS needs.
+        """
         info = self._retia_space
         model: nn.Module = build_frozen(info.space_cls, self.validate(arch), info.args, info.kwargs)
+        if inherit_weights:
+            with original_state_dict_hooks(model):
+                model.load_state_dict(self.state_dict())
         return model
 
     def activate(self, arch: ArchLike) -> None:
-        """Select the single path of the supernet that the next forward passes use (as SPOS trains)."""
+        """Select the single path of the supernet that the next forward passes use (as SPOS trains).
+
+        A choice among a layer's arguments (a width, a kernel size) runs as a slice of the layer's
+        largest weight (see :mod:`retia.nn.mixed`); one used up while the space was built (a
+        Python computation, a layer that is not mixed) only runs its supernet value, and another
+        value of it is refused with NotImplementedError naming where it is kept.
+        """
         info = self._retia_space
         if info.frozen_arch is not None:
             raise RuntimeError(
@@ -149,22 +165,33 @@ class ModelSpace(nn.Module):
                 "under fixed_arch; use space.freeze(arch) to build another architecture"
             )
         loaded = self.validate(arch)
-        depths = {m.label for m in self.modules() if isinstance(m, Repeat)}  # a Repeat runs any depth
+        report = install_mixed(self)
+        # a Repeat runs any depth, a LayerChoice / InputChoice any candidate
+        selectors = {m.label for m in self.modules() if isinstance(m, (LayerChoice, InputChoice, Repeat))}
         for label, spec in info.specs.items():
-            if (
-                spec.kind == "valuechoice"
-                and label not in depths
-                and match_option([spec.default], loaded[label]) is MISSING
-            ):
+            if spec.kind != "valuechoice" or label in selectors:
+                continue
+            if match_option([spec.default], loaded[label]) is not MISSING:
+                continue  # the supernet's own value runs everywhere
+            if label not in report.mixed_labels or label in report.fixed_uses:
+                where = report.fixed_uses.get(label)
+                kept = f"it is kept in {where}, " if where else "it was used up while the space was built, "
                 raise NotImplementedError(
-                    f"activating {label!r}={loaded[label]!r} in the supernet is not supported yet: "
-                    f"the supernet is built with {label!r}={spec.default!r} (its largest option) and "
-                    "only that value can be active; build other values with fixed_arch or "
-                    "space.freeze(arch)"
+                    f"activating {label!r}={loaded[label]!r} in the supernet is not supported: {kept}"
+                    f"where only its supernet value {spec.default!r} can run (a layer argument runs any "
+                    "value in Linear, Conv1d/2d/3d, BatchNorm, LayerNorm, MultiheadAttention and "
+                    "Dropout); build other values with fixed_arch or space.freeze(arch)"
                 )
+        activate_mixed(self, loaded)
         for module in self.modules():
             if isinstance(module, (LayerChoice, InputChoice, Repeat)) and module.label in loaded:
                 module.activate(loaded[module.label])
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # A supernet takes a frozen model's smaller weights into its mixed layers (which embed them).
+        if self._retia_space.frozen_arch is None:
+            install_mixed(self)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
 
 def model_wrapper(cls: type[nn.Module]) -> type[ModelSpace]:
@@ -209,24 +236,14 @@ def locate_choices(root: nn.Module, arch: Mapping[str, Any]) -> tuple[set[str], 
         if on_path:
             reached.add(label)
 
-    def scan(value: Any, on_path: bool, depth: int) -> None:
-        spec = getattr(value, "spec", None)
-        if isinstance(spec, ChoiceSpec):
-            note(spec.label, on_path)
-        elif depth < 3 and isinstance(value, (list, tuple, set, frozenset)):
-            for item in value:
-                scan(item, on_path, depth + 1)
-        elif depth < 3 and isinstance(value, dict):
-            for item in value.values():
-                scan(item, on_path, depth + 1)
-
     def walk(module: nn.Module, on_path: bool) -> None:
         if (id(module), on_path) in seen:
             return
         seen.add((id(module), on_path))
         for name, value in vars(module).items():
             if name not in ("_modules", "_parameters", "_buffers") and not isinstance(value, nn.Module):
-                scan(value, on_path, 0)
+                for label in choice_labels(value):
+                    note(label, on_path)
         spec = getattr(module, "spec", None)  # a LayerChoice, an InputChoice
         if isinstance(spec, ChoiceSpec):
             note(spec.label, on_path)
@@ -315,7 +332,7 @@ def _key_map(model: nn.Module) -> _KeyMap:
         module_paths[""] = root
     walk(model, "", root)
     to_supernet: dict[str, str] = {}
-    for key in _plain_state_keys(model):
+    for key in _plain_state(model):
         mod, _, leaf = key.rpartition(".")
         if mod in module_paths:
             target = module_paths[mod]
@@ -328,14 +345,27 @@ def _join(prefix: str, path: str) -> str:
     return prefix + path if path else prefix[:-1]
 
 
-def _plain_state_keys(model: nn.Module) -> list[str]:
-    """State-dict keys without running state-dict hooks (ours may be registered already)."""
-    keys: list[str] = []
+@dataclass(frozen=True)
+class _Entry:
+    """One state-dict entry of a model: the module holding it, its name there, its shape."""
+
+    module: nn.Module
+    name: str
+    shape: tuple[int, ...]
+
+
+def _plain_state(model: nn.Module) -> dict[str, _Entry]:
+    """State-dict entries without running state-dict hooks (ours may be registered already)."""
+    entries: dict[str, _Entry] = {}
     for path, module in model.named_modules(remove_duplicate=False):
         destination: dict[str, Any] = {}
-        module._save_to_state_dict(destination, f"{path}." if path else "", keep_vars=True)
-        keys.extend(destination)
-    return list(dict.fromkeys(keys))
+        prefix = f"{path}." if path else ""
+        module._save_to_state_dict(destination, prefix, keep_vars=True)
+        for key, value in destination.items():
+            if key not in entries:
+                shape = tuple(value.shape) if hasattr(value, "shape") else ()
+                entries[key] = _Entry(module, key[len(prefix) :], shape)
+    return entries
 
 
 @contextlib.contextmanager
@@ -347,22 +377,36 @@ def original_state_dict_hooks(model: nn.Module) -> Iterator[None]:
     candidates are dropped; ``model.state_dict()`` gives supernet keys. A state dict whose keys
     are all the frozen model's own loads as it is (the two layouts can share a key, e.g. a
     list choice's ``block.0.weight``, so a dict is read in one layout as a whole, never per key).
+    A supernet tensor larger than the frozen one (a width or a kernel chosen smaller) loads as
+    the part of it that the supernet runs for this architecture (:mod:`retia.nn.mixed`).
     """
     keymap = _key_map(model)
-    concrete = set(_plain_state_keys(model))
+    concrete = _plain_state(model)
     to_concrete = keymap.to_concrete
+
+    def fitted(key: str, value: Any) -> Any:
+        """``value`` for concrete ``key``: the frozen layer's part of a larger supernet tensor."""
+        entry = concrete.get(key)
+        shape = tuple(getattr(value, "shape", ()))
+        if entry is None or not isinstance(value, torch.Tensor) or shape == entry.shape:
+            return value
+        if slices_of(entry.module, entry.name, shape, entry.shape):
+            return take(entry.module, entry.name, value, entry.shape).clone()
+        return value  # a real mismatch: load_state_dict reports it
 
     def load_pre_hook(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
         local = [k for k in state_dict if k.startswith(prefix)]
-        if all(k[len(prefix) :] in concrete for k in local):
-            return  # already the frozen model's layout
         values = {k[len(prefix) :]: state_dict.pop(k) for k in local}
+        if all(key in concrete for key in values):  # already the frozen model's layout
+            for key, value in values.items():
+                state_dict[prefix + key] = fitted(key, value)
+            return
         for key, value in values.items():
             target = to_concrete.get(key)
             if target is not None:
-                state_dict[prefix + target] = value
+                state_dict[prefix + target] = fitted(target, value)
             elif not keymap.dropped(key):  # else: a candidate not chosen, a block not built
-                state_dict.setdefault(prefix + key, value)  # outside every choice: the same key
+                state_dict.setdefault(prefix + key, fitted(key, value))  # outside every choice: the same key
 
     def save_post_hook(module: nn.Module, state_dict: dict[str, Any], prefix: str, _meta: Any) -> None:
         items = list(state_dict.items())
@@ -383,9 +427,6 @@ def original_state_dict_hooks(model: nn.Module) -> Iterator[None]:
             for path, meta in moved.items():
                 metadata[_join(prefix, keymap.module_paths[path])] = meta
 
-    if not keymap.module_paths and not keymap.unbuilt:
-        yield
-        return
     load_handle = model.register_load_state_dict_pre_hook(load_pre_hook)
     save_handle = model.register_state_dict_post_hook(save_post_hook)
     try:

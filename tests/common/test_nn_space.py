@@ -311,13 +311,23 @@ def test_activate_selects_a_single_path() -> None:
     assert space(torch.randn(2, 1, 8, 8)).shape == (2, 10)
 
 
-def test_activating_a_smaller_value_choice_is_not_supported_yet() -> None:
-    space = DigitsConvSpace()
-    arch = {**space.random_sample(seed=0), "channels": 4}
-    with pytest.raises(NotImplementedError, match="not supported yet"):
-        space.activate(arch)
+def test_activating_a_value_choice_kept_outside_a_mixed_layer_is_refused() -> None:
+    class KeepsWidth(nn.ModelSpace):
+        def __init__(self) -> None:
+            super().__init__()
+            self.width: Any = nn.ValueChoice([4, 8], label="width")  # read by forward, not by a layer
+            self.fc = nn.Linear(3, self.width)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = self.fc(x)[:, : int(self.width.supernet_value)]
+            return out
+
+    space = KeepsWidth()
+    space.activate({"width": 8})  # the supernet's own value runs
+    with pytest.raises(NotImplementedError, match=r"'width'=4 .* kept in KeepsWidth\.width"):
+        space.activate({"width": 4})
     with pytest.raises(RuntimeError, match="built under fixed_arch"):
-        cast(nn.ModelSpace, space.freeze(arch)).activate(arch)
+        cast(nn.ModelSpace, space.freeze({"width": 4})).activate({"width": 4})
 
 
 # ---------------------------------------------------------------------------- serialization

@@ -91,9 +91,9 @@ def test_supernet_trained_with_random_paths_ports_to_the_fixed_model() -> None:
     supernet = DigitsConvSpace()
     optimizer = torch.optim.SGD(supernet.parameters(), lr=0.05, momentum=0.9)
     supernet.train()
-    # SPOS: a fresh random single path per step (the width stays at the supernet's own, for now)
+    # SPOS: a fresh random single path per step, the channels too (a slice of the widest weights)
     for step, (x, y) in zip(range(12), loader):
-        supernet.activate({**supernet.random_sample(seed=step), "channels": 8})
+        supernet.activate(supernet.random_sample(seed=step))
         optimizer.zero_grad()
         torch.nn.functional.cross_entropy(supernet(x), y).backward()
         optimizer.step()

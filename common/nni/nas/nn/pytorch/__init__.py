@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import torch
+
 import retia.nn as _nn
 from retia.nn import ChosenInputs, InputChoice, LayerChoice, Repeat, ValueChoice
 from retia.nn.registry import LabelStyle
@@ -34,6 +36,11 @@ class ModelSpace(_nn.ModelSpace):
         ):
             raise ValueError(f"label_prefix must be a non-empty string without '/', got {label_prefix!r}")
         cls._retia_label_prefix = label_prefix
+
+    def freeze(self, sample: Any, *, inherit_weights: bool = True) -> torch.nn.Module:
+        """NNI 3.0's ``freeze``: the concrete model of ``sample`` with this supernet's weights (its
+        chosen candidates', sliced where a width or kernel is chosen smaller)."""
+        return super().freeze(sample, inherit_weights=inherit_weights)
 
 
 def __getattr__(name: str) -> Any:
