@@ -117,11 +117,13 @@ class SpaceDescription(Mapping[str, list[Any]]):
                 raise ConfigError(f"label {choice.label!r} has an empty option list")
             if option_index(choice.options, choice.default) is None:
                 raise ConfigError(
-                    f"label {choice.label!r}: default {choice.default!r} is not one of {list(choice.options)!r}"
+                    f"label {choice.label!r}: default {choice.default!r} is not one of "
+                    f"{list(choice.options)!r}"
                 )
             if choice.prior is not None and len(choice.prior) != len(choice.options):
                 raise ConfigError(
-                    f"label {choice.label!r}: {len(choice.prior)} prior weights for {len(choice.options)} options"
+                    f"label {choice.label!r}: {len(choice.prior)} prior weights for "
+                    f"{len(choice.options)} options; give one weight per option"
                 )
             by_label[choice.label] = choice
         for choice in self.choices:
@@ -129,7 +131,8 @@ class SpaceDescription(Mapping[str, list[Any]]):
                 gate = by_label.get(req.label)
                 if gate is None or req.label == choice.label:
                     raise ConfigError(
-                        f"label {choice.label!r} requires {req.label!r}, which is not another choice of the space"
+                        f"label {choice.label!r} requires {req.label!r}, which is not another "
+                        "choice of the space"
                     )
                 bad = [v for v in req.values if option_index(gate.options, v) is None]
                 if bad:
@@ -172,7 +175,9 @@ class SpaceDescription(Mapping[str, list[Any]]):
             try:
                 options = entry["options"]
                 prior = entry.get("prior")
-                requires = tuple(Requirement(r["label"], tuple(r["values"])) for r in entry.get("requires", ()))
+                requires = tuple(
+                    Requirement(r["label"], tuple(r["values"])) for r in entry.get("requires", ())
+                )
                 choices.append(
                     Choice(
                         label,
@@ -195,7 +200,9 @@ class SpaceDescription(Mapping[str, list[Any]]):
             return space
         return cls(
             tuple(
-                Choice(label, ChoiceKind.VALUECHOICE, tuple(canonical(o) for o in options), canonical(options[0]))
+                Choice(
+                    label, ChoiceKind.VALUECHOICE, tuple(canonical(o) for o in options), canonical(options[0])
+                )
                 for label, options in space.items()
             )
         )
@@ -279,4 +286,7 @@ def nni_search_space(space: Mapping[str, Sequence[Any]]) -> dict[str, dict[str, 
     """NNI 2.x's search-space JSON, ``{label: {"_type": "choice", "_value": [options]}}``, which NNI's
     tuners read. Its ``choice`` has no weights nor requirements: a tuner sets every label, and the
     labels an architecture does not reach are ignored when it is built."""
-    return {label: {"_type": "choice", "_value": [canonical(o) for o in options]} for label, options in space.items()}
+    return {
+        label: {"_type": "choice", "_value": [canonical(o) for o in options]}
+        for label, options in space.items()
+    }

@@ -65,7 +65,11 @@ class SpaceCodec:
             [
                 (
                     position[r.label],
-                    frozenset(i for i, o in enumerate(self.options[position[r.label]]) if option_index(r.values, o) is not None),
+                    frozenset(
+                        i
+                        for i, o in enumerate(self.options[position[r.label]])
+                        if option_index(r.values, o) is not None
+                    ),
                 )
                 for r in c.requires
             ]

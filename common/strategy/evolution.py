@@ -21,8 +21,9 @@ class RegularizedEvolution(Strategy):
     """Aging evolution over architecture dicts.
 
     The first ``population_size`` archs are random (by the priors); then each child mutates the
-    best of ``sample_size`` population members, among the labels its path reaches. ``mutation_prob=None`` changes exactly one label;
-    a float resamples each label with that probability (at least one label changes).
+    best of ``sample_size`` population members, among the labels its path reaches.
+    ``mutation_prob=None`` changes exactly one label; a float resamples each label with that
+    probability (at least one label changes).
     """
 
     def __init__(
