@@ -27,6 +27,7 @@ from retia.errors import ConfigError
 from retia.evaluator import Evaluator
 from retia.protocol import Event, TrialState
 from retia.reporting import Metric, default_value
+from retia.searchspace import Choice, SpaceDescription
 from retia.serializer import dump, load
 
 from .backend import Backend, Trial, connect
@@ -125,6 +126,17 @@ class Experiment:
         """What the strategy searches: the model space's choices, then those among the evaluator's
         arguments (a label both use is one decision)."""
         return merge_spaces(self.model_space.search_space(), self.evaluator.search_space())
+
+    def describe_space(self) -> SpaceDescription:
+        """:meth:`search_space` with each choice's kind, default, prior and requirements (what the
+        strategy is attached to): the model space's ``describe()``, then the evaluator's choices."""
+        describe = getattr(self.model_space, "describe", None)
+        if callable(describe):
+            model = SpaceDescription.from_json(describe())
+        else:
+            model = SpaceDescription.from_flat(self.model_space.search_space())
+        own = SpaceDescription(tuple(Choice.from_spec(spec) for spec in self.evaluator._choices().values()))
+        return model.merged(own)
 
     @property
     def results(self) -> list[TrialResult]:
@@ -289,7 +301,8 @@ class _Loop:
 
     def run(self) -> list[TrialResult]:
         strategy, record = self.exp.strategy, self.exp.record
-        strategy.attach(self.exp.search_space())
+        self.exp.search_space()  # (the model's and the evaluator's choices agree)
+        strategy.attach(self.exp.describe_space())
         self.backend.add_listener(lambda trial, event: self.events.put((trial, event)))
         for result in record.results.values():
             if TrialState(result.state).finished:

@@ -57,12 +57,14 @@ SearchSpace = Mapping[str, Sequence[Any]]
 
 @dataclass(frozen=True)
 class ChoiceSpec:
-    """One decision of a space: its label, kind, JSON-able options, and the supernet's default."""
+    """One decision of a space: its label, kind, JSON-able options, the supernet's default, and the
+    weights strategies sample its options by (a ValueChoice's ``prior``; None: uniform)."""
 
     label: str
     kind: str
     options: tuple[Any, ...]
     default: Any
+    prior: tuple[float, ...] | None = None
 
 
 class _Missing:

@@ -296,8 +296,8 @@ class ValueChoice(ChoiceExpression):
     (the first option for strings), with ``label``, ``options`` and ``prior`` attached, so
     ``nn.Linear(64, ValueChoice([16, 32]))`` builds at width 32. Other option types build
     with their first option as a plain value. Arithmetic and comparisons on a choice give a
-    :class:`~retia.nn.expressions.ChoiceExpression`; ``prior`` (weights of the options) is stored
-    for strategies that sample by it (the built-in ones sample uniformly).
+    :class:`~retia.nn.expressions.ChoiceExpression`; ``prior`` (weights of the options) is part of
+    the decision: random search and evolution sample by it, TPE starts from it, grid ignores it.
     """
 
     spec: ChoiceSpec
@@ -319,7 +319,7 @@ class ValueChoice(ChoiceExpression):
         options = _check_values(candidates)
         weights = _check_prior(prior, options)
         default: T = _supernet_default(options)
-        spec = register_choice("valuechoice", label, options, default)
+        spec = register_choice("valuechoice", label, options, default, weights)
         chosen: T = fixed_choice(spec)
         if chosen is not MISSING:
             return chosen

@@ -14,6 +14,7 @@ so that an architecture exported by NNI for the same space loads as it is.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import enum
 import sys
 import weakref
@@ -172,16 +173,19 @@ def _same_decision(a: ChoiceSpec, b: ChoiceSpec) -> bool:
     )
 
 
-def register_choice(kind: str, label: str | None, options: Sequence[Any], default: Any) -> ChoiceSpec:
+def register_choice(
+    kind: str, label: str | None, options: Sequence[Any], default: Any, prior: Sequence[float] | None = None
+) -> ChoiceSpec:
     """Resolve the label (auto-generated in construction order if None) and record the choice.
 
     A label already registered in this build is the same decision: its spec is returned, so both
-    choices take one value; ValueError if the kind or the options differ.
+    choices take one value; ValueError if the kind or the options differ, or both give a prior and
+    the priors differ (one that gives none shares the other's).
     """
     stack = _open_spaces()
     entry = stack[-1] if stack else None
     label = _resolve_label(kind, label, entry)
-    spec = ChoiceSpec(label, kind, tuple(options), default)
+    spec = ChoiceSpec(label, kind, tuple(options), default, None if prior is None else tuple(prior))
     if entry is not None:
         known = entry.build.specs.get(label)
         if known is not None:
@@ -192,7 +196,18 @@ def register_choice(kind: str, label: str | None, options: Sequence[Any], defaul
                     "Choices sharing a label are one decision and need the same kind and the same "
                     "options in the same order; give one of them another label"
                 )
-            spec = known
+            if spec.prior is not None and known.prior is not None and spec.prior != known.prior:
+                raise ValueError(
+                    f"choice label {label!r} is given two different priors, {list(known.prior)!r} and "
+                    f"{list(spec.prior)!r}: choices sharing a label are one decision with one prior; "
+                    "give the prior once (or the same one), or use another label"
+                )
+            upgraded = known.prior is None and spec.prior is not None
+            spec = dataclasses.replace(known, prior=spec.prior) if upgraded else known
+            if upgraded:  # the first one gave no prior: the decision takes this one's
+                entry.build.specs[label] = spec
+                for open_space in stack:
+                    open_space.specs[label] = spec
         else:
             entry.build.specs[label] = spec
         for open_space in stack:

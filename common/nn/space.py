@@ -102,6 +102,14 @@ class ModelSpace(nn.Module):
             label: [canonical(o) for o in spec.options] for label, spec in self._retia_space.specs.items()
         }
 
+    def describe(self) -> dict[str, Any]:
+        """Every choice as plain JSON, ``{label: {kind, options, default, prior, requires}}``: what
+        :func:`retia.nn.describe.describe_space` gives (``requires``: the other choices' values on
+        which this one is reached, e.g. a LayerChoice's candidate or a Repeat's depths above a block)."""
+        from .describe import describe_space
+
+        return describe_space(self).to_json()
+
     def random_sample(self, seed: int | None = None) -> Arch:
         """One architecture drawn uniformly (reproducible for a given ``seed``)."""
         rng = random.Random(seed)

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import abc
 import logging
-import math
+import random
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from ..arch import Arch, SearchSpace, arch_indices, canonical
+from ..arch import Arch, SearchSpace, arch_indices, canonical, option_index
 from ..errors import ConfigError
+from ..searchspace import SpaceDescription
 
 __all__ = ["EarlyStop", "MedianStop", "SpaceCodec", "Strategy"]
 
@@ -29,9 +30,14 @@ Index = tuple[int, ...]
 
 
 class SpaceCodec:
-    """Validated search space; maps an arch to its tuple of option indices and back."""
+    """Validated search space; maps an arch to its tuple of option indices and back.
 
-    def __init__(self, space: SearchSpace) -> None:
+    Given a :class:`~retia.searchspace.SpaceDescription` (a flat space is one whose choices are
+    always reached, uniform), indices are kept *canonical*: a label the path does not reach is at
+    its default, so two archs that differ only there are one index; ``size`` counts distinct ones.
+    """
+
+    def __init__(self, space: SearchSpace | SpaceDescription) -> None:
         if not isinstance(space, Mapping):
             raise ConfigError(
                 f"search space must be a dict {{label: [options...]}}, got {type(space).__name__}"
@@ -50,12 +56,60 @@ class SpaceCodec:
             self.labels.append(label)
             self.options.append([canonical(o) for o in options])
         self.space = dict(zip(self.labels, self.options))
-        self.size = math.prod(len(o) for o in self.options)
+        self.description = SpaceDescription.from_flat(space)
+        choices = [self.description.choice(label) for label in self.labels]
+        self.priors: list[list[float] | None] = [None if c.prior is None else list(c.prior) for c in choices]
+        self.defaults: list[int] = [option_index(c.options, c.default) or 0 for c in choices]
+        position = {label: i for i, label in enumerate(self.labels)}
+        self.requires: list[list[tuple[int, frozenset[int]]]] = [
+            [
+                (
+                    position[r.label],
+                    frozenset(
+                        i
+                        for i, o in enumerate(self.options[position[r.label]])
+                        if option_index(r.values, o) is not None
+                    ),
+                )
+                for r in c.requires
+            ]
+            for c in choices
+        ]
+        self.product = 1  # architectures as label/option combinations, unreached labels told apart
+        for opts in self.options:
+            self.product *= len(opts)
+        self.size = self.description.count()
+        self.order: list[int] = [position[label] for label in self.description.order() if label in position]
+
+    def reached(self, index: Index, position: int) -> bool:
+        """Whether the arch ``index`` reaches label ``self.labels[position]``."""
+        return all(index[gate] in allowed for gate, allowed in self.requires[position])
+
+    def canonical(self, index: Index) -> Index:
+        """``index`` with each label it does not reach at its default (one index per distinct model)."""
+        return tuple(i if self.reached(index, p) else self.defaults[p] for p, i in enumerate(index))
+
+    def sample_option(self, position: int, rng: random.Random, exclude: int | None = None) -> int:
+        """An option index of label ``position`` drawn by its prior (uniform without), not ``exclude``."""
+        candidates = [i for i in range(len(self.options[position])) if i != exclude]
+        prior = self.priors[position]
+        if prior is None or sum(prior[i] for i in candidates) <= 0:
+            return rng.choice(candidates)
+        return rng.choices(candidates, weights=[prior[i] for i in candidates])[0]
+
+    def sample(self, rng: random.Random) -> Index:
+        """A canonical index drawn label by label, each by its prior."""
+        return self.canonical(tuple(self.sample_option(p, rng) for p in range(len(self.labels))))
 
     def encode(self, arch: Mapping[str, Any]) -> Index:
-        """Option indices of ``arch``; InvalidArchitectureError naming every bad label (as retia.nn does)."""
-        indices = arch_indices(self.space, arch)
-        return tuple(indices[label] for label in self.labels)
+        """Canonical option indices of ``arch`` (labels it does not reach may be left out);
+        InvalidArchitectureError naming every bad label (as retia.nn does)."""
+        filled = dict(arch)
+        for label in self.labels:
+            if label not in filled and not self.description.reaches(arch, label):
+                filled[label] = self.description.choice(label).default
+        indices = arch_indices(self.space, filled)
+        return self.canonical(tuple(indices[label] for label in self.labels))
 
     def decode(self, index: Index) -> Arch:
         """The architecture dict of a tuple of option indices (fresh lists, never the codec's own)."""
@@ -142,8 +196,9 @@ class Strategy(abc.ABC):
             raise RuntimeError(f"{type(self).__name__}.attach(search_space) must be called before use")
         return self._codec
 
-    def attach(self, search_space: SearchSpace) -> None:
-        """Validate and remember the search space; called once before any ask."""
+    def attach(self, search_space: SearchSpace | SpaceDescription) -> None:
+        """Validate and remember the search space (flat, or a description with priors and
+        requirements); called once before any ask."""
         self._codec = SpaceCodec(search_space)
         _log.debug("%s attached to a space of %d architectures", type(self).__name__, self._codec.size)
 
@@ -191,6 +246,7 @@ class Strategy(abc.ABC):
         return self._codec is not None and len(self._book.seen) >= self._codec.size
 
     def _issue(self, index: Index) -> Arch:
-        """Mark ``index`` as seen and return its arch dict."""
+        """Mark ``index`` (canonical) as seen and return its arch dict."""
+        index = self.codec.canonical(index)
         self._book.seen.add(index)
         return self.codec.decode(index)

@@ -20,9 +20,10 @@ _MUTATION_RETRIES = 8
 class RegularizedEvolution(Strategy):
     """Aging evolution over architecture dicts.
 
-    The first ``population_size`` archs are random; then each child mutates the best of
-    ``sample_size`` population members. ``mutation_prob=None`` changes exactly one label;
-    a float resamples each label with that probability (at least one label changes).
+    The first ``population_size`` archs are random (by the priors); then each child mutates the
+    best of ``sample_size`` population members, among the labels its path reaches.
+    ``mutation_prob=None`` changes exactly one label; a float resamples each label with that
+    probability (at least one label changes).
     """
 
     def __init__(
@@ -78,8 +79,10 @@ class RegularizedEvolution(Strategy):
         return self._mutate(parent)
 
     def _mutate(self, parent: Index) -> Index:
-        options = self.codec.options
-        mutable = [i for i, opts in enumerate(options) if len(opts) > 1]
+        """Change labels the parent reaches (each new option drawn by the prior); labels the change
+        newly reaches are drawn afresh, those it leaves are reset (the index stays canonical)."""
+        codec = self.codec
+        mutable = [i for i, opts in enumerate(codec.options) if len(opts) > 1 and codec.reached(parent, i)]
         if not mutable:
             return parent
         child = list(parent)
@@ -89,5 +92,9 @@ class RegularizedEvolution(Strategy):
             chosen = [i for i in mutable if self._rng.random() < self.mutation_prob]
             chosen = chosen or [self._rng.choice(mutable)]
         for i in chosen:
-            child[i] = self._rng.choice([o for o in range(len(options[i])) if o != parent[i]])
-        return tuple(child)
+            child[i] = codec.sample_option(i, self._rng, exclude=parent[i])
+        for i in range(len(child)):  # (gates come before what they gate in codec.order)
+            p = codec.order[i]
+            if not codec.reached(parent, p) and codec.reached(tuple(child), p):
+                child[p] = codec.sample_option(p, self._rng)
+        return codec.canonical(tuple(child))

@@ -1,4 +1,7 @@
-"""Grid search: every architecture in a stable order (last label fastest), then None."""
+"""Grid search: every distinct architecture once, in a stable order (last label fastest), then None.
+
+Architectures that differ only in labels their path does not reach are one: the first met is proposed.
+Priors are ignored."""
 
 from __future__ import annotations
 
@@ -28,24 +31,24 @@ class GridSearch(Strategy):
         super().attach(search_space)
         self._cursor = 0
         if self.shuffle:
-            if self.codec.size > _MAX_SHUFFLED:
+            if self.codec.product > _MAX_SHUFFLED:
                 raise ConfigError(
                     f"GridSearch(shuffle=True) supports at most {_MAX_SHUFFLED} architectures, "
-                    f"this space has {self.codec.size}"
+                    f"this space has {self.codec.product}"
                 )
-            self._order = list(range(self.codec.size))
+            self._order = list(range(self.codec.product))
             random.Random(self.seed).shuffle(self._order)
 
     def ask(self, key: int) -> Arch | None:
         codec = self.codec
-        while self._cursor < codec.size:
+        while self._cursor < codec.product and not super().exhausted:
             rank = self._order[self._cursor] if self._order is not None else self._cursor
             self._cursor += 1
-            index = codec.unrank(rank)
-            if index not in self._book.seen:  # skip archs replayed from an earlier run
+            index = codec.canonical(codec.unrank(rank))
+            if index not in self._book.seen:  # skip archs replayed from an earlier run, and the same again
                 return self._issue(index)
         return None
 
     @property
     def exhausted(self) -> bool:
-        return super().exhausted or (self._codec is not None and self._cursor >= self._codec.size)
+        return super().exhausted or (self._codec is not None and self._cursor >= self._codec.product)

@@ -1,4 +1,5 @@
-"""Random search: uniform over the space, by default never the same architecture twice."""
+"""Random search: each label drawn by its prior (uniform without), by default never the same
+architecture twice (archs differing only in labels their path does not reach are the same)."""
 
 from __future__ import annotations
 
@@ -15,21 +16,21 @@ _REJECTION_TRIES = 64
 
 
 def sample_unseen(codec: SpaceCodec, seen: set[Index], rng: random.Random) -> Index | None:
-    """A uniformly random architecture not in ``seen``; None when every one is seen."""
+    """A random (by the priors) canonical architecture not in ``seen``; None when every one is seen."""
     if len(seen) >= codec.size:
         return None
     for _ in range(_REJECTION_TRIES):
-        index = tuple(rng.randrange(len(opts)) for opts in codec.options)
+        index = codec.sample(rng)
         if index not in seen:
             return index
-    # The space is nearly all seen, hence small: pick among the unseen ranks directly.
-    taken = {codec.rank(i) for i in seen}
-    free = [r for r in range(codec.size) if r not in taken]
-    return codec.unrank(rng.choice(free))
+    # The space is nearly all seen, hence small: pick among the unseen ones directly.
+    free = list(dict.fromkeys(codec.canonical(codec.unrank(r)) for r in range(codec.product)))
+    free = [index for index in free if index not in seen]
+    return rng.choice(free) if free else None
 
 
 class Random(Strategy):
-    """Uniform random sampling; with ``dedup`` (NNI's default) without repetition, exhausted after
+    """Random sampling by the priors; with ``dedup`` (NNI's default) without repetition, exhausted after
     ``space size`` archs; without, each draw independent of the others (never exhausted)."""
 
     def __init__(
@@ -41,7 +42,7 @@ class Random(Strategy):
 
     def ask(self, key: int) -> Arch | None:
         if not self.dedup:
-            return self._issue(tuple(self._rng.randrange(len(opts)) for opts in self.codec.options))
+            return self._issue(self.codec.sample(self._rng))
         index = sample_unseen(self.codec, self._book.seen, self._rng)
         if index is None:
             _log.info("random search exhausted the space after %d architectures", len(self._book.seen))

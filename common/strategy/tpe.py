@@ -1,11 +1,16 @@
-"""TPE through Optuna's TPESampler (ask/tell); each label is a categorical over its option indices."""
+"""TPE through Optuna's TPESampler (ask/tell); each label is a categorical over its option indices.
+
+Labels are asked define-by-run, each after the labels it requires, and only where the path
+reaches them (Optuna's conditional search spaces); the startup trials are drawn by the priors."""
 
 from __future__ import annotations
 
 import logging
+import random
 from typing import Any
 
 from ..arch import Arch, SearchSpace
+from ..searchspace import SpaceDescription
 from .base import EarlyStop, Index, Strategy
 
 __all__ = ["TPE"]
@@ -36,13 +41,14 @@ class TPE(Strategy):
         self._distributions: dict[str, Any] = {}
         self._trials: dict[int, Any] = {}
         self._values: dict[Index, float | None] = {}
+        self._rng = random.Random(seed)
 
     @property
     def study(self) -> Any:
         """The underlying ``optuna.Study`` (None before attach)."""
         return self._study
 
-    def attach(self, search_space: SearchSpace) -> None:
+    def attach(self, search_space: SearchSpace | SpaceDescription) -> None:
         import optuna
 
         super().attach(search_space)
@@ -57,7 +63,24 @@ class TPE(Strategy):
         }
 
     def _index(self, params: dict[str, int]) -> Index:
-        return tuple(int(params[label]) for label in self.codec.labels)
+        """The canonical index of a trial's params (labels it did not reach: their defaults)."""
+        codec = self.codec
+        index = [int(params.get(label, d)) for label, d in zip(codec.labels, codec.defaults)]
+        return codec.canonical(tuple(index))
+
+    def _ask_trial(self) -> Any:
+        """A study trial with a value suggested for each label the path reaches, gates first."""
+        codec = self.codec
+        if any(p is not None for p in codec.priors) and len(self._study.trials) < self.n_startup_trials:
+            drawn = codec.sample(self._rng)  # the startup trials follow the priors
+            self._study.enqueue_trial({label: drawn[i] for i, label in enumerate(codec.labels)})
+        trial = self._study.ask()
+        index = list(codec.defaults)
+        for position in codec.order:
+            if codec.reached(tuple(index), position):
+                label = codec.labels[position]
+                index[position] = int(trial.suggest_categorical(label, self._distributions[label].choices))
+        return trial
 
     def ask(self, key: int) -> Arch | None:
         from optuna.trial import TrialState
@@ -65,7 +88,7 @@ class TPE(Strategy):
         if self.exhausted:
             return None
         for attempt in range(_DUPLICATE_RETRIES + 1):
-            trial = self._study.ask(self._distributions)
+            trial = self._ask_trial()
             index = self._index(trial.params)
             if index not in self._book.seen or attempt == _DUPLICATE_RETRIES:
                 break
@@ -94,9 +117,14 @@ class TPE(Strategy):
             return
         if trial is not None:  # told a different arch than asked: drop the asked one
             self._study.tell(trial, state=TrialState.FAIL)
-        params = dict(zip(self.codec.labels, index))
+        codec = self.codec
+        reached = [label for p, label in enumerate(codec.labels) if codec.reached(index, p)]
+        params = {label: index[codec.labels.index(label)] for label in reached}
         state = TrialState.COMPLETE if value is not None else TrialState.FAIL
         frozen = optuna.trial.create_trial(
-            state=state, value=value, params=params, distributions=self._distributions
+            state=state,
+            value=value,
+            params=params,
+            distributions={label: self._distributions[label] for label in reached},
         )
         self._study.add_trial(frozen)
