@@ -54,7 +54,8 @@ def _candidate_table(op_candidates: Any) -> tuple[list[tuple[str, Any]], bool]:
     else:
         raise TypeError(
             "Cell op_candidates must be a list or a dict of modules or of factories "
-            f"(node_index, op_index, input_index) -> module, or a callable returning one; got {op_candidates!r}"
+            f"(node_index, op_index, input_index) -> module, or a callable returning one; "
+            f"got {op_candidates!r}"
         )
     if not items:
         raise ValueError("Cell op_candidates is empty: give at least one candidate op")
@@ -111,7 +112,9 @@ class Cell(nn.Module):
             self._build(op_candidates, child)
 
     def _build(self, op_candidates: Any, child: Callable[[str], str]) -> None:
-        call_per_op = not isinstance(op_candidates, (Mapping, Sequence, nn.Module)) and callable(op_candidates)
+        call_per_op = not isinstance(op_candidates, (Mapping, Sequence, nn.Module)) and callable(
+            op_candidates
+        )
         for node in range(self.num_predecessors, self.num_predecessors + self.num_nodes):
             node_ops = nn.ModuleList()
             node_inputs = nn.ModuleList()
@@ -169,12 +172,15 @@ class Cell(nn.Module):
         nodes = list(range(self.num_predecessors, self.num_predecessors + self.num_nodes))
         if self.merge_op == "all":
             return nodes
-        used = {_chosen_index(inp) for node_inputs in self.inputs for inp in node_inputs}
+        all_inputs: Any = self.inputs
+        used = {_chosen_index(inp) for node_inputs in all_inputs for inp in node_inputs}
         return [n for n in nodes if n not in used]
 
     def forward(self, *inputs: torch.Tensor | list[torch.Tensor]) -> Any:
         """The merged output of the cell for its predecessors (a list, or the tensors as arguments)."""
-        given: list[Any] = list(inputs[0]) if len(inputs) == 1 and isinstance(inputs[0], (list, tuple)) else list(inputs)
+        given: list[Any] = (
+            list(inputs[0]) if len(inputs) == 1 and isinstance(inputs[0], (list, tuple)) else list(inputs)
+        )
         if len(given) != self.num_predecessors:
             raise ValueError(
                 f"Cell {self.label!r} takes {self.num_predecessors} predecessor tensor(s), got {len(given)}"
@@ -185,7 +191,8 @@ class Cell(nn.Module):
                 f"Cell {self.label!r}: the preprocessor returned {len(states)} tensors for "
                 f"{self.num_predecessors} predecessors; it must return one per predecessor"
             )
-        for node_ops, node_inputs in zip(self.ops, self.inputs):
+        slots: Any = zip(self.ops, self.inputs)
+        for node_ops, node_inputs in slots:
             total: torch.Tensor | None = None
             for op, inp in zip(node_ops, node_inputs):
                 if isinstance(op, _PerInputOps):

@@ -128,10 +128,12 @@ class AutoActivation(nn.Module):
 
             self.first_unary = LayerChoice([Unary(n) for n in UNARY_NAMES], label=name("unary", 0))
             self.unaries = nn.ModuleList(
-                LayerChoice([Unary(n) for n in UNARY_NAMES], label=name("unary", i + 1)) for i in range(unit_num)
+                LayerChoice([Unary(n) for n in UNARY_NAMES], label=name("unary", i + 1))
+                for i in range(unit_num)
             )
             self.binaries = nn.ModuleList(
-                LayerChoice([Binary(n) for n in BINARY_NAMES], label=name("binary", i)) for i in range(unit_num)
+                LayerChoice([Binary(n) for n in BINARY_NAMES], label=name("binary", i))
+                for i in range(unit_num)
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -139,4 +141,3 @@ class AutoActivation(nn.Module):
         for unary, binary in zip(self.unaries, self.binaries):
             out = binary((out, unary(x)))
         return out
-

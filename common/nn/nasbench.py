@@ -42,7 +42,9 @@ def _as_table(op_candidates: Any, what: str) -> dict[str, Callable[..., nn.Modul
         raise ValueError(f"{what} op_candidates is empty")
     bad = [k for k, v in table.items() if not callable(v) or isinstance(v, nn.Module)]
     if bad:
-        raise TypeError(f"{what} op_candidates must be factories (callables returning a module); {bad!r} are not")
+        raise TypeError(
+            f"{what} op_candidates must be factories (callables returning a module); {bad!r} are not"
+        )
     return table
 
 
@@ -65,7 +67,8 @@ class NasBench201Cell(nn.Module):
 
     def __init__(
         self,
-        op_candidates: Sequence[Callable[[int, int], nn.Module]] | Mapping[str, Callable[[int, int], nn.Module]],
+        op_candidates: Sequence[Callable[[int, int], nn.Module]]
+        | Mapping[str, Callable[[int, int], nn.Module]],
         in_features: int,
         out_features: int,
         num_tensors: int = 4,
@@ -91,7 +94,8 @@ class NasBench201Cell(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tensors = [x]
-        for edges in self.layers:
+        layers: Any = self.layers
+        for edges in layers:
             total: torch.Tensor | None = None
             for j, edge in enumerate(edges):
                 out = edge(tensors[j])
@@ -195,6 +199,8 @@ class NasBench101Cell(ArchHooks, nn.Module):
     concatenating): its weights are not those of any frozen model, whose widths depend on the graph.
     """
 
+    num_nodes_label: str
+
     def __init__(
         self,
         op_candidates: Sequence[Callable[[int], nn.Module]] | Mapping[str, Callable[[int], nn.Module]],
@@ -211,7 +217,9 @@ class NasBench101Cell(ArchHooks, nn.Module):
         if not isinstance(max_num_edges, int) or isinstance(max_num_edges, bool) or max_num_edges < 1:
             raise ValueError(f"NasBench101Cell max_num_edges must be an int >= 1, got {max_num_edges!r}")
         if not callable(projection):
-            raise TypeError(f"NasBench101Cell projection must be a factory (in, out) -> module, got {projection!r}")
+            raise TypeError(
+                f"NasBench101Cell projection must be a factory (in, out) -> module, got {projection!r}"
+            )
         table = _as_table(op_candidates, "NasBench101Cell")
         self.in_features = in_features
         self.out_features = out_features
@@ -221,13 +229,15 @@ class NasBench101Cell(ArchHooks, nn.Module):
         with composite_scope("nasbench101cell", label) as (full_label, child):
             self.label = full_label
             prior = [2.0**i for i in range(2, max_num_nodes + 1)]
-            num_nodes: int = ValueChoice(
-                list(range(2, max_num_nodes + 1)), label=child("num_nodes"), prior=[p / sum(prior) for p in prior]
+            num_nodes: Any = ValueChoice(
+                list(range(2, max_num_nodes + 1)),
+                label=child("num_nodes"),
+                prior=[p / sum(prior) for p in prior],
             )
             if fixed is not None:
                 self._build_frozen(int(num_nodes), table, projection, child, fixed)
                 return
-            self.num_nodes_label = getattr(num_nodes, "label")
+            self.num_nodes_label = num_nodes.label
             self.projections = nn.ModuleDict(
                 {str(i): projection(in_features, out_features) for i in range(1, max_num_nodes)}
             )
@@ -237,7 +247,9 @@ class NasBench101Cell(ArchHooks, nn.Module):
                 if i < max_num_nodes - 1:
                     ops = {key: _built(make, out_features) for key, make in table.items()}
                     self.ops[str(i)] = LayerChoice(ops, label=child(f"op{i}"))
-                self.input_specs.append(register_choice("inputchoice", child(f"input{i}"), _subsets(i), [i - 1]))
+                self.input_specs.append(
+                    register_choice("inputchoice", child(f"input{i}"), _subsets(i), [i - 1])
+                )
         self.op_labels = [self.ops[str(i)].label for i in range(1, max_num_nodes - 1)]
         self.activated_labels = frozenset([self.num_nodes_label, *(s.label for s in self.input_specs)])
         self.active_num_nodes = max_num_nodes
@@ -279,7 +291,10 @@ class NasBench101Cell(ArchHooks, nn.Module):
             }
         )
         self.ops = nn.ModuleDict(
-            {str(t): _built(table[graph.ops[t - 1]], self.widths[t]) for t in range(1, len(graph.vertices) - 1)}
+            {
+                str(t): _built(table[graph.ops[t - 1]], self.widths[t])
+                for t in range(1, len(graph.vertices) - 1)
+            }
         )
 
     # -- supernet: the architecture as a whole (ModelSpace.validate / activate call these)
@@ -287,7 +302,9 @@ class NasBench101Cell(ArchHooks, nn.Module):
     def _read(self, arch: Mapping[str, Any]) -> tuple[int, list[list[int]], list[str]]:
         num_nodes = int(arch.get(self.num_nodes_label, self.active_num_nodes))
         inputs = [list(arch.get(s.label, self.active_inputs[i])) for i, s in enumerate(self.input_specs)]
-        ops = [str(arch.get(label, self.ops[str(i + 1)].active)) for i, label in enumerate(self.op_labels)]
+        choices: Any = self.ops
+        labels: list[str] = list(self.__dict__["op_labels"])
+        ops = [str(arch.get(label, choices[str(i + 1)].active)) for i, label in enumerate(labels)]
         return num_nodes, inputs[: num_nodes - 1], ops[: max(num_nodes - 2, 0)]
 
     def check_arch(self, arch: Mapping[str, Any]) -> None:
@@ -343,7 +360,7 @@ class NasBench101Cell(ArchHooks, nn.Module):
         hidden = [tensors[s] for s in graph.inputs[last] if s != 0]
         projected = self.projections[str(last)](x) if 0 in graph.inputs[last] else None
         if not hidden:
-            assert projected is not None
+            assert isinstance(projected, torch.Tensor)
             return projected
         out = hidden[0] if len(hidden) == 1 else torch.cat(hidden, 1)
         return out if projected is None else out + projected

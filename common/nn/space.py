@@ -45,7 +45,14 @@ from .choices import CHOSEN_ATTR, InputChoice, LayerChoice
 from .registry import LabelStyle, begin_space
 from .repeat import UNBUILT_ATTR, Repeat
 
-__all__ = ["ArchHooks", "ModelSpace", "locate_choices", "model_wrapper", "original_state_dict_hooks", "wrap_model_class"]
+__all__ = [
+    "ArchHooks",
+    "ModelSpace",
+    "locate_choices",
+    "model_wrapper",
+    "original_state_dict_hooks",
+    "wrap_model_class",
+]
 
 _log = logging.getLogger(__name__)
 

@@ -7,13 +7,31 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import retia.nn as _nn
-from retia.nn import AutoActivation, Cell, ChosenInputs, InputChoice, LayerChoice, NasBench101Cell, NasBench201Cell, Repeat, ValueChoice
+from retia.nn import (
+    AutoActivation,
+    Cell,
+    ChosenInputs,
+    InputChoice,
+    LayerChoice,
+    NasBench101Cell,
+    NasBench201Cell,
+    Repeat,
+    ValueChoice,
+)
 from retia.nn.registry import LabelStyle
 
 __all__ = [
     "AutoActivation",
     "Cell",
-    "ChosenInputs", "InputChoice", "LayerChoice", "ModelSpace", "NasBench101Cell", "NasBench201Cell", "Repeat", "ValueChoice"]
+    "ChosenInputs",
+    "InputChoice",
+    "LayerChoice",
+    "ModelSpace",
+    "NasBench101Cell",
+    "NasBench201Cell",
+    "Repeat",
+    "ValueChoice",
+]
 
 
 class ModelSpace(_nn.ModelSpace):
