@@ -72,17 +72,24 @@ from torch.nn import (
 )
 
 from ..arch import Arch, fixed_arch, validate_arch
+from .cell import Cell
 from .choices import ChosenInputs, InputChoice, LayerChoice, ValueChoice
+from .hypermodule import AutoActivation
+from .nasbench import NasBench101Cell, NasBench201Cell
 from .repeat import Repeat
 from .space import ModelSpace, model_wrapper, original_state_dict_hooks
 
 __all__ = [
     # retia's own
     "Arch",
+    "AutoActivation",
+    "Cell",
     "ChosenInputs",
     "InputChoice",
     "LayerChoice",
     "ModelSpace",
+    "NasBench101Cell",
+    "NasBench201Cell",
     "Repeat",
     "ValueChoice",
     "fixed_arch",

@@ -13,19 +13,20 @@ so that an architecture exported by NNI for the same space loads as it is.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import enum
 import sys
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
 from ..arch import MISSING, ChoiceSpec, match_option
 
-__all__ = ["LabelStyle", "begin_space", "register_choice"]
+__all__ = ["LabelStyle", "begin_space", "composite_scope", "register_choice"]
 
 
 class LabelStyle(enum.Enum):
@@ -213,3 +214,26 @@ def register_choice(
         for open_space in stack:
             open_space.specs.setdefault(label, spec)
     return spec
+
+
+@contextlib.contextmanager
+def composite_scope(kind: str, label: str | None) -> Iterator[tuple[str, Callable[[str], str]]]:
+    """The label of a module made of several choices (a Cell), and how to label its choices.
+
+    Yields ``(label, child)``: ``label`` is the given one or the next generated one (``cell_1``,
+    NNI 2.x ``model_1``, NNI 3.0 ``model/1``); ``child('op_2_0')`` is the label to give a choice
+    of the module, so that it registers as ``<label>/op_2_0`` in every style (in NNI 3.0's, the
+    module is a label scope for the block, so choices its candidates create nest under it too).
+    """
+    stack = _open_spaces()
+    entry = stack[-1] if stack else None
+    full = _resolve_label(kind, label, entry)
+    if entry is None or entry.scope.style is not LabelStyle.NNI3:
+        yield full, lambda name: f"{full}/{name}"
+        return
+    outer = entry.scope
+    entry.scope = _Scope(LabelStyle.NNI3, tuple(full.split("/")))
+    try:
+        yield full, lambda name: name
+    finally:
+        entry.scope = outer

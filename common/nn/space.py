@@ -47,9 +47,30 @@ from .mixed import activate_mixed, choice_labels, install_mixed, slices_of, take
 from .registry import LabelStyle, begin_space
 from .repeat import UNBUILT_ATTR, Repeat
 
-__all__ = ["ModelSpace", "locate_choices", "model_wrapper", "original_state_dict_hooks", "wrap_model_class"]
+__all__ = [
+    "ArchHooks",
+    "ModelSpace",
+    "locate_choices",
+    "model_wrapper",
+    "original_state_dict_hooks",
+    "wrap_model_class",
+]
 
 _log = logging.getLogger(__name__)
+
+
+class ArchHooks:
+    """A module whose choices are checked or activated as a whole (NasBench101Cell's graph):
+    :meth:`ModelSpace.validate` calls ``check_arch``, :meth:`ModelSpace.activate` calls ``activate_arch``
+    and leaves the ``activated_labels`` (its ValueChoices) to it."""
+
+    activated_labels: frozenset[str] = frozenset()
+
+    def check_arch(self, arch: Mapping[str, Any]) -> None:
+        """Raise InvalidArchitectureError if ``arch`` (valid label by label) is not valid as a whole."""
+
+    def activate_arch(self, arch: Mapping[str, Any]) -> None:
+        """Make forward use ``arch`` (already validated)."""
 
 
 @dataclass
@@ -141,6 +162,9 @@ class ModelSpace(nn.Module):
                 if label in located and label not in reached:
                     loaded[label] = canonical(specs[label].default)
         validate_arch(self.search_space(), loaded)
+        for module in self.modules():
+            if isinstance(module, ArchHooks):
+                module.check_arch(loaded)
         return loaded
 
     def freeze(self, arch: ArchLike, *, inherit_weights: bool = False) -> nn.Module:
@@ -174,8 +198,10 @@ class ModelSpace(nn.Module):
             )
         loaded = self.validate(arch)
         report = install_mixed(self)
-        # a Repeat runs any depth, a LayerChoice / InputChoice any candidate
+        # a Repeat runs any depth, a LayerChoice / InputChoice any candidate, a hooked module its own
+        hooked = [m for m in self.modules() if isinstance(m, ArchHooks)]
         selectors = {m.label for m in self.modules() if isinstance(m, (LayerChoice, InputChoice, Repeat))}
+        selectors.update(label for m in hooked for label in m.activated_labels)
         for label, spec in info.specs.items():
             if spec.kind != "valuechoice" or label in selectors:
                 continue
@@ -194,6 +220,8 @@ class ModelSpace(nn.Module):
         for module in self.modules():
             if isinstance(module, (LayerChoice, InputChoice, Repeat)) and module.label in loaded:
                 module.activate(loaded[module.label])
+        for hook in hooked:
+            hook.activate_arch(loaded)
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         # A supernet takes a frozen model's smaller weights into its mixed layers (which embed them).

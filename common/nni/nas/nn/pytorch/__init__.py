@@ -9,10 +9,31 @@ from typing import Any, ClassVar
 import torch
 
 import retia.nn as _nn
-from retia.nn import ChosenInputs, InputChoice, LayerChoice, Repeat, ValueChoice
+from retia.nn import (
+    AutoActivation,
+    Cell,
+    ChosenInputs,
+    InputChoice,
+    LayerChoice,
+    NasBench101Cell,
+    NasBench201Cell,
+    Repeat,
+    ValueChoice,
+)
 from retia.nn.registry import LabelStyle
 
-__all__ = ["ChosenInputs", "InputChoice", "LayerChoice", "ModelSpace", "Repeat", "ValueChoice"]
+__all__ = [
+    "AutoActivation",
+    "Cell",
+    "ChosenInputs",
+    "InputChoice",
+    "LayerChoice",
+    "ModelSpace",
+    "NasBench101Cell",
+    "NasBench201Cell",
+    "Repeat",
+    "ValueChoice",
+]
 
 
 class ModelSpace(_nn.ModelSpace):

@@ -1,0 +1,206 @@
+"""NasBench201Cell and NasBench101Cell: labels, supernet, frozen, state dicts, invalid graphs, training."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+import retia.nn as nn
+from retia import InvalidArchitectureError
+from retia.datasets import DigitsDataset
+from retia.nn import NasBench101Cell, NasBench201Cell, original_state_dict_hooks
+
+
+def _params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+NB201_OPS: Any = [
+    lambda i, o: nn.Identity() if i == o else nn.Linear(i, o),  # '0': skip
+    lambda i, o: nn.Linear(i, o),  # '1'
+    lambda i, o: nn.Sequential(nn.ReLU(), nn.Linear(i, o, bias=False)),  # '2'
+]
+
+
+class NB201Space(nn.ModelSpace):
+    def __init__(self) -> None:
+        super().__init__()
+        self.cell = NasBench201Cell(NB201_OPS, 64, 16, num_tensors=4, label="nb")
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.head(self.cell(x))
+        return out
+
+
+def test_nb201_labels_supernet_frozen_and_state_dicts() -> None:
+    torch.manual_seed(0)
+    space = NB201Space()
+    assert list(space.search_space()) == ["nb/0_1", "nb/0_2", "nb/1_2", "nb/0_3", "nb/1_3", "nb/2_3"]
+    assert space.search_space()["nb/1_2"] == ["0", "1", "2"] and space.size() == 3**6
+    x = torch.randn(5, 64)
+    outs = []
+    for seed in range(3):
+        arch = space.random_sample(seed=seed)
+        frozen: Any = space.freeze(arch)
+        own = 0
+        for label, value in arch.items():
+            j, t = (int(v) for v in label.split("/")[1].split("_"))
+            w = 64 if j == 0 else 16
+            own += {"0": 0 if w == 16 else w * 16 + 16, "1": w * 16 + 16, "2": w * 16}[value]
+        assert _params(frozen) == own + _params(space.head)
+        space.activate(arch)
+        expected = space(x)
+        outs.append(expected)
+        with original_state_dict_hooks(frozen):
+            frozen.load_state_dict(space.state_dict())
+            saved = frozen.state_dict()
+        assert torch.allclose(frozen(x), expected, atol=1e-6)
+        fresh = NB201Space()
+        fresh.load_state_dict(saved, strict=False)
+        fresh.activate(arch)
+        assert torch.allclose(fresh(x), expected, atol=1e-6)
+    assert not torch.allclose(outs[0], outs[1])
+
+
+def _conv_bn(c: int) -> torch.nn.Module:
+    return nn.Sequential(nn.Linear(c, c), nn.ReLU())
+
+
+NB101_OPS: Any = {"lin": _conv_bn, "tanh": lambda c: nn.Tanh()}
+
+
+class NB101Space(nn.ModelSpace):
+    def __init__(self, max_num_edges: int = 9) -> None:
+        super().__init__()
+        self.cell = NasBench101Cell(
+            NB101_OPS,
+            64,
+            12,
+            lambda i, o: nn.Linear(i, o),
+            max_num_nodes=5,
+            max_num_edges=max_num_edges,
+            label="c",
+        )
+        self.head = nn.Linear(12, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.head(self.cell(x))
+        return out
+
+
+# IN -> 1 -> 3 -> OUT, IN -> 2 -> OUT, 1 -> 2; vertex 3 also from 2: 6 edges
+ARCH = {
+    "c/num_nodes": 5,
+    "c/op1": "lin",
+    "c/input1": [0],
+    "c/op2": "lin",
+    "c/input2": [0, 1],
+    "c/op3": "tanh",
+    "c/input3": [1, 2],
+    "c/input4": [2, 3],
+}
+
+
+def test_nb101_labels_and_space() -> None:
+    space = NB101Space()
+    assert list(space.search_space()) == [
+        "c/num_nodes",
+        "c/op1",
+        "c/input1",
+        "c/op2",
+        "c/input2",
+        "c/op3",
+        "c/input3",
+        "c/input4",
+    ]
+    assert space.search_space()["c/num_nodes"] == [2, 3, 4, 5]
+    assert space.search_space()["c/input2"] == [[], [0], [1], [0, 1]]
+    assert len(space.search_space()["c/input4"]) == 16
+
+
+def test_nb101_frozen_builds_the_pruned_graph_with_nasbench_widths() -> None:
+    space = NB101Space()
+    frozen: Any = space.freeze(ARCH)
+    cell = frozen.cell
+    assert cell.graph.vertices == (0, 1, 2, 3, 4)
+    assert cell.widths == [64, 6, 6, 6, 12]  # OUT's 12 split between 2 and 3; 1 takes its widest successor
+    # projections only where IN feeds a vertex (1 and 2); ops at their widths; tanh has none
+    own = 2 * (64 * 6 + 6) + 2 * (6 * 6 + 6)
+    assert _params(cell) == own
+    assert frozen(torch.randn(3, 64)).shape == (3, 10)
+    # a smaller graph: the labels of vertices beyond num_nodes are not demanded
+    small: Any = space.freeze(
+        {
+            "c/num_nodes": 3,
+            "c/op1": "lin",
+            "c/input1": [0],
+            "c/input2": [1],
+            **{k: v for k, v in ARCH.items() if k in ("c/op2", "c/op3", "c/input3", "c/input4")},
+        }
+    )
+    assert small.cell.graph.vertices == (0, 1, 2) and small(torch.randn(2, 64)).shape == (2, 10)
+
+
+def test_nb101_refuses_too_many_edges_and_a_disconnected_graph() -> None:
+    space = NB101Space(max_num_edges=4)
+    with pytest.raises(InvalidArchitectureError, match="at most 4 edges, this one has 7"):
+        space.freeze(ARCH)
+    with pytest.raises(InvalidArchitectureError, match="at most 4 edges"):
+        space.validate(ARCH)
+    cut = {**ARCH, "c/input3": [], "c/input4": [3]}  # OUT only from 3, which has no input
+    with pytest.raises(InvalidArchitectureError, match="disconnected"):
+        NB101Space().validate(cut)
+    with pytest.raises(InvalidArchitectureError, match="disconnected"):
+        NB101Space().activate(cut)
+    with pytest.raises(InvalidArchitectureError, match="disconnected"):
+        with nn.fixed_arch(cut):
+            NB101Space()
+
+
+def test_nb101_supernet_runs_the_active_graph() -> None:
+    torch.manual_seed(0)
+    space = NB101Space()
+    x = torch.randn(4, 64)
+    space.activate(ARCH)
+    a = space(x)
+    cell = space.cell
+    p = cell.projections
+    h1 = cell.ops["1"](p["1"](x))
+    h2 = cell.ops["2"](p["2"](x) + h1)
+    h3 = torch.tanh(h1 + h2)
+    assert torch.allclose(a, space.head(h2 + h3), atol=1e-6)
+    space.activate({**ARCH, "c/num_nodes": 3, "c/input2": [0, 1]})
+    assert torch.allclose(space(x), space.head(p["2"](x) + h1), atol=1e-6)
+    valid = 0
+    for seed in range(20):  # a random sample is valid, or refused with the reason
+        arch = space.random_sample(seed=seed)
+        try:
+            space.activate(arch)
+        except InvalidArchitectureError as exc:
+            assert "disconnected" in str(exc) or "edges" in str(exc)
+            continue
+        valid += 1
+        assert space(x).shape == (4, 10) and space.freeze(arch)(x).shape == (4, 10)
+    assert valid > 0
+
+
+def test_frozen_nb_cells_train_on_digits() -> None:
+    torch.manual_seed(0)
+    data = DigitsDataset("train")
+    x, y = data.x[:256], data.y[:256]
+    for model in (
+        NB101Space().freeze(ARCH),
+        NB201Space().freeze({k: "1" for k in NB201Space().search_space()}),
+    ):
+        opt = torch.optim.Adam(model.parameters(), lr=0.01)
+        losses = []
+        for _ in range(20):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        assert losses[-1] < losses[0] * 0.8
