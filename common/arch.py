@@ -272,16 +272,16 @@ def _check_unreached(state: _Fixed, located: set[str], reached: set[str]) -> Non
 
 def coerce_choice(spec: ChoiceSpec, value: Any) -> Any:
     """The option of ``spec`` that ``value`` stands for, or MISSING; also NNI's forms of an option:
-    NNI 2.x names the candidates of a list LayerChoice ``'0'``, ``'1'``, ... (retia: 0, 1, ...)."""
+    NNI 2.x names the candidates of a list LayerChoice ``'0'``, ``'1'``, ... (retia: 0, 1, ...), and
+    NNI writes the one input an ``n_chosen=1`` InputChoice picks as a list, ``[0]`` (retia: 0)."""
     chosen = match_option(spec.options, value)
-    if (
-        chosen is MISSING
-        and spec.kind == "layerchoice"
-        and isinstance(value, str)
-        and value.isdecimal()
-        and all(isinstance(o, int) and not isinstance(o, bool) for o in spec.options)
-    ):
-        chosen = match_option(spec.options, int(value))
+    integral = all(isinstance(o, int) and not isinstance(o, bool) for o in spec.options)
+    if chosen is MISSING and integral and spec.kind == "layerchoice":
+        if isinstance(value, str) and value.isdecimal():
+            chosen = match_option(spec.options, int(value))
+    elif chosen is MISSING and integral and spec.kind == "inputchoice":
+        if isinstance(value, (list, tuple)) and len(value) == 1:
+            chosen = match_option(spec.options, value[0])
     return chosen
 
 

@@ -203,6 +203,22 @@ def test_nni2_string_indices_of_a_list_layer_choice_load() -> None:
         space.freeze({"width": "16", "act": 0})  # only a LayerChoice's index is read from a string
 
 
+def test_nni_list_form_of_a_single_input_choice_loads() -> None:
+    class Pick(nn.ModelSpace):
+        def __init__(self) -> None:
+            super().__init__()
+            self.one = nn.InputChoice(3, label="one")
+            self.two = nn.InputChoice(3, n_chosen=2, label="two")
+
+    space = Pick()
+    model: Any = space.freeze({"one": [2], "two": [0, 2]})  # NNI writes n_chosen=1 as a list
+    assert model.one.chosen == 2 and model.frozen_arch == {"one": 2, "two": [0, 2]}
+    with pytest.raises(InvalidArchitectureError, match=r"'one' has value \[3\]"):
+        space.freeze({"one": [3], "two": [0, 2]})
+    with pytest.raises(InvalidArchitectureError, match=r"'two' has value \[0\]"):
+        space.freeze({"one": 0, "two": [0]})  # a 2-input choice needs both
+
+
 @model_wrapper
 class Nni2Cell(nni_nn.Module):
     def __init__(self) -> None:
