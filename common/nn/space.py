@@ -42,6 +42,7 @@ from ..arch import (
 )
 from ..trace import Recipe, _attach, _name_positionals
 from .choices import CHOSEN_ATTR, InputChoice, LayerChoice
+from .expressions import ChoiceExpression
 from .registry import LabelStyle, begin_space
 from .repeat import UNBUILT_ATTR, Repeat
 
@@ -213,6 +214,9 @@ def locate_choices(root: nn.Module, arch: Mapping[str, Any]) -> tuple[set[str], 
         spec = getattr(value, "spec", None)
         if isinstance(spec, ChoiceSpec):
             note(spec.label, on_path)
+        elif isinstance(value, ChoiceExpression):  # kept only inside an expression (a width ``c * 4``)
+            for leaf in value.inner_choices():
+                note(leaf.label, on_path)
         elif depth < 3 and isinstance(value, (list, tuple, set, frozenset)):
             for item in value:
                 scan(item, on_path, depth + 1)
