@@ -40,7 +40,10 @@ MOBILENET: dict[str, Any] = dict(
     dropout_rate=0.0,
     in_channels=1,
 )
-SPACES = [pytest.param(ProxylessNAS, PROXYLESS, id="proxylessnas"), pytest.param(MobileNetV3Space, MOBILENET, id="mobilenetv3")]
+SPACES = [
+    pytest.param(ProxylessNAS, PROXYLESS, id="proxylessnas"),
+    pytest.param(MobileNetV3Space, MOBILENET, id="mobilenetv3"),
+]
 
 
 def _largest(space: ModelSpace, arch: dict[str, Any]) -> dict[str, Any]:
@@ -128,7 +131,9 @@ def test_a_sampled_architecture_trains_on_digits_above_chance(
     assert final["val_acc"] > 0.5, final
 
 
-def _check_activated_supernet_equals_frozen(space_cls: type[ModelSpace], kwargs: dict[str, Any], arch: dict[str, Any]) -> None:
+def _check_activated_supernet_equals_frozen(
+    space_cls: type[ModelSpace], kwargs: dict[str, Any], arch: dict[str, Any]
+) -> None:
     """supernet.activate(arch) and space.freeze(arch) loaded from it through original_state_dict_hooks give
     the same outputs (batch norms' running statistics included), and the frozen weights load back."""
     torch.manual_seed(1)
@@ -171,7 +176,7 @@ def test_the_supernet_with_one_path_active_equals_the_frozen_model(
 @pytest.mark.xfail(raises=NotImplementedError, strict=True, reason="mixed operations land separately")
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_the_mobilenetv3_supernet_runs_any_width_kernel_and_ratio_as_the_frozen_model(seed: int) -> None:
-    """Random widths, kernels and expansion ratios: the supernet runs each as a slice of its largest weight."""
+    """Random widths, kernels and expansion ratios: the supernet runs each as a slice of its largest."""
     arch = MobileNetV3Space(**MOBILENET).random_sample(seed)
     _check_activated_supernet_equals_frozen(MobileNetV3Space, MOBILENET, arch)
 

@@ -167,7 +167,9 @@ class MobileNetV3Space(ModelSpace):
             )
         ]
         for i in range(1, num_blocks - 2):
-            blocks.append(self._make_stage(i, squeeze_excite[i], stride[i + 1], _activation(activation[i + 1])))
+            blocks.append(
+                self._make_stage(i, squeeze_excite[i], stride[i + 1], _activation(activation[i + 1]))
+            )
         last = num_blocks
         blocks += [
             ConvBNReLU(
@@ -237,7 +239,9 @@ def _no_norm(_channels: Any) -> nn.Module:
 
 def _depth_ranges(depth_range: Any, stages: int) -> list[tuple[int, int]]:
     """One ``(min, max)`` per searched stage, checked."""
-    ranges = [tuple(depth_range)] * stages if isinstance(depth_range[0], int) else [tuple(d) for d in depth_range]
+    ranges = (
+        [tuple(depth_range)] * stages if isinstance(depth_range[0], int) else [tuple(d) for d in depth_range]
+    )
     if len(ranges) != stages:
         raise ValueError(f"depth_range needs one (min, max) or {stages} of them, got {depth_range!r}")
     for r in ranges:

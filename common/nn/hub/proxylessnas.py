@@ -101,7 +101,9 @@ class _Residual(nn.Sequential):
     residual: bool
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = super().forward(x)
+        out = x
+        for layer in self:
+            out = layer(out)
         return x + out if self.residual else out
 
 
