@@ -68,3 +68,34 @@ def test_demo_runs_with_a_small_budget(tmp_path: Path) -> None:
     import onnx
 
     onnx.checker.check_model(onnx.load(str(out / "best-model" / "model.onnx")))
+
+
+def test_hub_search_searches_a_known_space_on_local_workers(tmp_path: Path) -> None:
+    """examples/hub_search.py: MobileNetV3 (widths, kernels, ratios as ValueChoices) scaled to the digits,
+    searched by 4 trials on 2 local workers; every trial trains (chance is 0.1)."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "hub_search.py"),
+            *(
+                "--space",
+                "mobilenetv3",
+                "--strategy",
+                "random",
+                "--trials",
+                "4",
+                "--out",
+                str(tmp_path / "hub"),
+            ),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=True,
+    )
+    assert "4 trials in" in proc.stdout
+    scores = [
+        float(s) for s in re.findall(r"^rank \d: trial #\d+ val_acc ([0-9.]+)", proc.stdout, re.MULTILINE)
+    ]
+    assert len(scores) == 3 and scores[0] > 0.5, proc.stdout
+    assert "'s1_width_mult'" in proc.stdout.rpartition("best architecture:")[2]
