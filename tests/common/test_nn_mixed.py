@@ -70,6 +70,14 @@ def _frozen(space: nn.ModelSpace, arch: dict[str, Any]) -> torch.nn.Module:
     return model
 
 
+def _assert_same_output(space: torch.nn.Module, model: torch.nn.Module) -> None:
+    """The activated supernet and the frozen model compute the same, in eval mode."""
+    space.eval()
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(space(X), model(X), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_an_activated_supernet_computes_what_its_frozen_model_does(seed: int) -> None:
     torch.manual_seed(0)
@@ -78,10 +86,7 @@ def test_an_activated_supernet_computes_what_its_frozen_model_does(seed: int) ->
     arch = {**space.random_sample(seed=100 + seed), "p": 0.0} if seed else SMALL
     space.activate(arch)
     model = _frozen(space, arch)
-    space.eval()
-    model.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(space(X), model(X), rtol=1e-5, atol=1e-6)
+    _assert_same_output(space, model)
     # the frozen model has only the chosen sizes' parameters
     assert cast(torch.nn.Conv2d, cast(Any, model).conv).weight.shape == (arch["w"], 1, arch["k"], arch["k"])
     assert cast(torch.nn.MultiheadAttention, cast(Any, model).attn).in_proj_weight.shape == (
@@ -154,10 +159,7 @@ def test_a_frozen_models_weights_load_into_their_part_of_the_supernet() -> None:
     rim[:4, :, 2:5, 2:5] = before["conv.weight"][:4, :, 2:5, 2:5]
     assert torch.equal(rim, before["conv.weight"])  # everything outside the slice kept
     space.activate(SMALL)
-    space.eval()
-    model.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(space(X), model(X), rtol=1e-5, atol=1e-6)
+    _assert_same_output(space, model)
 
 
 def test_training_a_small_path_updates_only_its_slice() -> None:
@@ -243,7 +245,4 @@ def test_digits_conv_space_trains_every_width_as_slices() -> None:
     arch = {**space.random_sample(seed=0), "channels": 4}
     space.activate(arch)
     model = _frozen(space, arch)
-    space.eval()
-    model.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(space(X), model(X), rtol=1e-5, atol=1e-6)
+    _assert_same_output(space, model)
