@@ -73,6 +73,8 @@ from torch.nn import (
 
 from ..arch import Arch, fixed_arch, validate_arch
 from .choices import ChosenInputs, InputChoice, LayerChoice, ValueChoice
+from .parameter_choice import ModelParameterChoice
+from .registry import label_scope
 from .repeat import Repeat
 from .space import ModelSpace, model_wrapper, original_state_dict_hooks
 
@@ -82,10 +84,12 @@ __all__ = [
     "ChosenInputs",
     "InputChoice",
     "LayerChoice",
+    "ModelParameterChoice",
     "ModelSpace",
     "Repeat",
     "ValueChoice",
     "fixed_arch",
+    "label_scope",
     "model_wrapper",
     "original_state_dict_hooks",
     "validate_arch",

@@ -100,6 +100,11 @@ class ModelSpace(nn.Module):
             label: [canonical(o) for o in spec.options] for label, spec in self._retia_space.specs.items()
         }
 
+    def simplify(self) -> dict[str, ChoiceSpec]:
+        """``{label: ChoiceSpec}``: every decision of the space once (a shared label once), with its
+        kind, options and supernet default, in construction order (NNI 3.0's ``simplify()``)."""
+        return dict(self._retia_space.specs)
+
     def random_sample(self, seed: int | None = None) -> Arch:
         """One architecture drawn uniformly (reproducible for a given ``seed``)."""
         rng = random.Random(seed)

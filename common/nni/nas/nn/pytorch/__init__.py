@@ -8,9 +8,18 @@ from typing import Any, ClassVar
 
 import retia.nn as _nn
 from retia.nn import ChosenInputs, InputChoice, LayerChoice, Repeat, ValueChoice
-from retia.nn.registry import LabelStyle
+from retia.nn.registry import LabelStyle, label_scope
+from retia.nni.mutable import Categorical
 
-__all__ = ["ChosenInputs", "InputChoice", "LayerChoice", "ModelSpace", "Repeat", "ValueChoice"]
+__all__ = [
+    "ChosenInputs",
+    "InputChoice",
+    "LayerChoice",
+    "ModelSpace",
+    "Repeat",
+    "ValueChoice",
+    "label_scope",
+]
 
 
 class ModelSpace(_nn.ModelSpace):
@@ -34,6 +43,11 @@ class ModelSpace(_nn.ModelSpace):
         ):
             raise ValueError(f"label_prefix must be a non-empty string without '/', got {label_prefix!r}")
         cls._retia_label_prefix = label_prefix
+
+    def simplify(self) -> dict[str, Categorical]:  # type: ignore[override]
+        """NNI 3.0's ``simplify()``: ``{label: Categorical}``, every decision once (a shared label
+        once), in construction order (retia's own ``ModelSpace.simplify`` gives ChoiceSpecs)."""
+        return {label: Categorical.from_spec(spec) for label, spec in super().simplify().items()}
 
 
 def __getattr__(name: str) -> Any:
