@@ -47,12 +47,12 @@ class ModelParameterChoice:
         return value if chosen is MISSING else chosen
 
     @staticmethod
-    def FIRST(sequence: Sequence[T]) -> T:  # noqa: N802 (NNI's name)
+    def FIRST(sequence: Sequence[T]) -> T:  # NNI's name
         """The first candidate: the default ``default``."""
         return sequence[0]
 
     @staticmethod
-    def LAST(sequence: Sequence[T]) -> T:  # noqa: N802 (NNI's name)
+    def LAST(sequence: Sequence[T]) -> T:  # NNI's name
         """The last candidate."""
         return sequence[-1]
 

@@ -234,7 +234,7 @@ def register_choice(kind: str, label: str | None, options: Sequence[Any], defaul
     return spec
 
 
-class label_scope:  # noqa: N801 (NNI 3.0's name)
+class label_scope:  # NNI 3.0's name, lower case
     """NNI 3.0's ``label_scope``: choices created in the ``with`` block are labelled under it.
 
     ``with label_scope('x'):`` gives ``x/1``, ``x/2`` to choices without a label and ``x/width``

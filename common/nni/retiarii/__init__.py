@@ -1,4 +1,4 @@
-"""NNI 2.x's ``nni.retiarii``: ``fixed_arch``, ``model_wrapper``, ``basic_unit`` and the serializer helpers."""
+"""NNI 2.x's ``nni.retiarii``: ``fixed_arch``, ``model_wrapper``, ``basic_unit``, the serializer helpers."""
 
 from __future__ import annotations
 

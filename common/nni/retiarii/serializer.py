@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from torch import nn
 
@@ -22,7 +22,7 @@ __all__ = [
     "basic_unit",
     "is_basic_unit",
     "is_model_wrapped",
-    "model_wrapper",
+    "model_wrapper",  # noqa: F822 (module __getattr__: imported on use)
     "serialize",
     "serialize_cls",
 ]
@@ -49,7 +49,7 @@ def basic_unit(cls: M, basic_unit_tag: bool = True) -> M:
             f"{cls.__qualname__} is already wrapped with nni.trace; cannot rewrap it with basic_unit "
             "(decorate the original class with @basic_unit only)"
         )
-    traced: M = trace(cls)
+    traced = cast(M, trace(cls))
     setattr(traced, BASIC_UNIT_ATTR, basic_unit_tag)
     return traced
 
@@ -69,7 +69,9 @@ def is_model_wrapped(cls_or_instance: Any) -> bool:
 def serialize(cls: type[T], *args: Any, **kwargs: Any) -> T:
     """NNI 2.x's deprecated ``serialize(cls, *args, **kwargs)``: ``nni.trace(cls)(*args, **kwargs)``."""
     warnings.warn(
-        "serialize() is deprecated, as in NNI: use retia.nni.trace(cls)(...)", DeprecationWarning, stacklevel=2
+        "serialize() is deprecated, as in NNI: use retia.nni.trace(cls)(...)",
+        DeprecationWarning,
+        stacklevel=2,
     )
     built: T = trace(cls)(*args, **kwargs)
     return built
