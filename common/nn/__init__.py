@@ -76,6 +76,8 @@ from .cell import Cell
 from .choices import ChosenInputs, InputChoice, LayerChoice, ValueChoice
 from .hypermodule import AutoActivation
 from .nasbench import NasBench101Cell, NasBench201Cell
+from .parameter_choice import ModelParameterChoice
+from .registry import label_scope
 from .repeat import Repeat
 from .space import ModelSpace, model_wrapper, original_state_dict_hooks
 
@@ -87,12 +89,14 @@ __all__ = [
     "ChosenInputs",
     "InputChoice",
     "LayerChoice",
+    "ModelParameterChoice",
     "ModelSpace",
     "NasBench101Cell",
     "NasBench201Cell",
     "Repeat",
     "ValueChoice",
     "fixed_arch",
+    "label_scope",
     "model_wrapper",
     "original_state_dict_hooks",
     "validate_arch",

@@ -9,6 +9,9 @@ Two choices with one label are one decision (NNI's shared labels): the second ge
 spec, and must have the same kind and options. Labels a choice does not give are generated in
 construction order, in the :class:`LabelStyle` of the space class (retia's, NNI 2.x's or 3.0's),
 so that an architecture exported by NNI for the same space loads as it is.
+
+:class:`label_scope` (NNI 3.0's) is a ``with`` block whose choices are labelled ``scope/name``
+(``scope/1``, ``scope/width``); scopes nest (``outer/inner/1``), in any space or outside one.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 
 from ..arch import MISSING, ChoiceSpec, match_option
 
-__all__ = ["LabelStyle", "begin_space", "composite_scope", "register_choice"]
+__all__ = ["LabelStyle", "begin_space", "composite_scope", "label_scope", "register_choice"]
 
 
 class LabelStyle(enum.Enum):
@@ -102,10 +105,36 @@ def _open_spaces() -> tuple[_OpenSpace, ...]:
     return stack
 
 
-def _scope_for(space: Any, parent: _OpenSpace | None) -> _Scope:
-    """The label scope of a space being built: its class's style, nested in its parent's scope."""
+@dataclass
+class _Entered:
+    """A label_scope entered by ``with``, and the innermost space open when it was."""
+
+    scope: _Scope
+    space: _OpenSpace | None
+    owner: label_scope
+
+
+_SCOPES: contextvars.ContextVar[tuple[_Entered, ...]] = contextvars.ContextVar(
+    "retia_label_scopes", default=()
+)
+
+
+def _enclosing(stack: tuple[_OpenSpace, ...]) -> _Scope | None:
+    """The innermost scope now: a label_scope entered in the innermost open space (or, outside every
+    space, at top level), else that space's own scope."""
+    top = stack[-1] if stack else None
+    entered = _SCOPES.get()
+    if entered and entered[-1].space is top:
+        return entered[-1].scope
+    return top.scope if top is not None else None
+
+
+def _scope_for(space: Any, parent: _OpenSpace | None, stack: tuple[_OpenSpace, ...]) -> _Scope:
+    """The label scope of a space being built: its class's style, nested in its parent's scope
+    (an NNI 3.0 space also in a label_scope it is built in)."""
     style: LabelStyle = getattr(type(space), "_retia_label_style", LabelStyle.RETIA)
-    outer = parent.scope if parent is not None and parent.scope.style is style else None
+    enclosing = _enclosing(stack) if style is LabelStyle.NNI3 else (parent.scope if parent else None)
+    outer = enclosing if enclosing is not None and enclosing.style is style else None
     if style is LabelStyle.NNI2:
         # NNI 2.x's ModelNamespace: a nested model_wrapper takes its parent's next number.
         if outer is None:
@@ -128,19 +157,23 @@ def begin_space(space: Any) -> tuple[dict[str, ChoiceSpec], bool]:
     parent = stack[-1] if stack else None
     build = parent.build if parent is not None else _Build()
     specs: dict[str, ChoiceSpec] = {}
-    _OPEN.set(stack + (_OpenSpace(space, build, specs, _scope_for(space, parent)),))
+    _OPEN.set(stack + (_OpenSpace(space, build, specs, _scope_for(space, parent, stack)),))
     return specs, parent is None
 
 
-def _resolve_label(kind: str, label: str | None, entry: _OpenSpace | None) -> str:
-    """The full label of a choice: the given one, or the next generated one, in ``entry``'s style."""
+def _resolve_label(kind: str, label: str | None, stack: tuple[_OpenSpace, ...]) -> str:
+    """The full label of a choice: the given one, or the next generated one, in the style of the
+    innermost scope (a label_scope's, or the innermost open space's)."""
     if label is not None and (not isinstance(label, str) or not label):
         raise ValueError(f"a choice label must be a non-empty string, got {label!r}")
-    if entry is None:
+    scope = _enclosing(stack)
+    if scope is None:
         if label is None:
-            raise ValueError(f"a {kind} created outside a ModelSpace's __init__ needs an explicit label")
+            raise ValueError(
+                f"a {kind} created outside a ModelSpace's __init__ needs an explicit label "
+                "(or a `with label_scope('name'):` around it)"
+            )
         return label
-    scope, build = entry.scope, entry.build
     if scope.style is LabelStyle.NNI3:
         if label is None:
             if scope.strict:
@@ -155,6 +188,7 @@ def _resolve_label(kind: str, label: str | None, entry: _OpenSpace | None) -> st
         return "/".join((*scope.path, label))
     if label is not None:
         return label
+    build = stack[-1].build  # a scope not in NNI 3.0's style is an open space's own
     while True:
         if scope.style is LabelStyle.NNI2:
             label = "_".join((*scope.path, str(scope.next_number())))
@@ -185,7 +219,7 @@ def register_choice(
     """
     stack = _open_spaces()
     entry = stack[-1] if stack else None
-    label = _resolve_label(kind, label, entry)
+    label = _resolve_label(kind, label, stack)
     spec = ChoiceSpec(label, kind, tuple(options), default, None if prior is None else tuple(prior))
     if entry is not None:
         known = entry.build.specs.get(label)
@@ -216,6 +250,94 @@ def register_choice(
     return spec
 
 
+class label_scope:  # NNI 3.0's name, lower case
+    """NNI 3.0's ``label_scope``: choices created in the ``with`` block are labelled under it.
+
+    ``with label_scope('x'):`` gives ``x/1``, ``x/2`` to choices without a label and ``x/width``
+    to ``label='width'``; a scope inside another nests (``x/y/1``), and one without a name takes
+    the next number of the scope around it (``x/3/1``: labels and unnamed scopes share one count).
+    In an NNI 3.0 ``ModelSpace`` the space's ``label_prefix`` is the outermost scope; in a retia or
+    NNI 2.x space, and outside every space, the scope's path starts at its own name. Entering a
+    scope restarts its count, as in NNI, so a scope entered twice names its choices alike (the
+    same labels: one shared decision each).
+    """
+
+    def __init__(self, basename: str | None = None) -> None:
+        if basename is not None:
+            _check_scope_name(basename)
+        self.basename = basename
+        self._path: tuple[str, ...] | None = None
+        self._tokens: list[contextvars.Token[tuple[_Entered, ...]]] = []
+
+    def __enter__(self) -> label_scope:
+        stack = _open_spaces()
+        if self._path is None:  # a scope keeps its path when entered again (NNI's)
+            outer = _enclosing(stack)
+            nni3 = outer if outer is not None and outer.style is LabelStyle.NNI3 else None
+            name = self.basename
+            if name is None:
+                if nni3 is None or nni3.strict:
+                    raise ValueError(
+                        "label_scope() without a name takes the next number of the label scope "
+                        "around it, and there is none here (or it is an NNI 3.0 space without a "
+                        "label_prefix, where every label is given): give it a name, "
+                        "label_scope('block')"
+                    )
+                name = str(nni3.next_number())
+            self._path = (*(nni3.path if nni3 is not None else ()), name)
+        entry = _Entered(_Scope(LabelStyle.NNI3, self._path), stack[-1] if stack else None, self)
+        self._tokens.append(_SCOPES.set(_SCOPES.get() + (entry,)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _SCOPES.reset(self._tokens.pop())
+
+    @property
+    def path(self) -> list[str] | None:
+        """The scope's full path (``['x', 'y']``); None before it is first entered."""
+        return None if self._path is None else list(self._path)
+
+    @property
+    def name(self) -> str:
+        """The scope's full name (``'x/y'``), the prefix of the labels made in it."""
+        if self._path is None:
+            raise ValueError(f"label_scope {self.basename!r} is not entered yet: use it in a `with` block")
+        return "/".join(self._path)
+
+    absolute_scope = name
+
+    @classmethod
+    def _at(cls, path: tuple[str, ...]) -> label_scope:
+        """A scope at a given full path (a Cell's own label, which is a scope in NNI 3.0)."""
+        scope = cls(path[-1])
+        scope._path = path
+        return scope
+
+    @staticmethod
+    def current() -> label_scope | None:
+        """The innermost label_scope entered by ``with`` in this context, or None."""
+        entered = _SCOPES.get()
+        return entered[-1].owner if entered else None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, label_scope) and self._path is not None and self._path == other._path
+
+    def __hash__(self) -> int:
+        return hash(self._path)
+
+    def __repr__(self) -> str:
+        shown = self.basename if self._path is None else "/".join(self._path)
+        return f"label_scope({shown!r})"
+
+
+def _check_scope_name(name: Any) -> None:
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ValueError(
+            f"a label_scope name must be a non-empty string without '/', got {name!r} "
+            "(nest scopes for a longer path: with label_scope('a'): with label_scope('b'): ...)"
+        )
+
+
 @contextlib.contextmanager
 def composite_scope(kind: str, label: str | None) -> Iterator[tuple[str, Callable[[str], str]]]:
     """The label of a module made of several choices (a Cell), and how to label its choices.
@@ -226,14 +348,10 @@ def composite_scope(kind: str, label: str | None) -> Iterator[tuple[str, Callabl
     module is a label scope for the block, so choices its candidates create nest under it too).
     """
     stack = _open_spaces()
-    entry = stack[-1] if stack else None
-    full = _resolve_label(kind, label, entry)
-    if entry is None or entry.scope.style is not LabelStyle.NNI3:
+    full = _resolve_label(kind, label, stack)
+    enclosing = _enclosing(stack)
+    if enclosing is None or enclosing.style is not LabelStyle.NNI3:
         yield full, lambda name: f"{full}/{name}"
         return
-    outer = entry.scope
-    entry.scope = _Scope(LabelStyle.NNI3, tuple(full.split("/")))
-    try:
+    with label_scope._at(tuple(full.split("/"))):
         yield full, lambda name: name
-    finally:
-        entry.scope = outer

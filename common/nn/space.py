@@ -131,6 +131,11 @@ class ModelSpace(nn.Module):
 
         return describe_space(self).to_json()
 
+    def simplify(self) -> dict[str, ChoiceSpec]:
+        """``{label: ChoiceSpec}``: every decision of the space once (a shared label once), with its
+        kind, options and supernet default, in construction order (NNI 3.0's ``simplify()``)."""
+        return dict(self._retia_space.specs)
+
     def random_sample(self, seed: int | None = None) -> Arch:
         """One architecture drawn uniformly (reproducible for a given ``seed``)."""
         rng = random.Random(seed)

@@ -19,7 +19,7 @@ from retia.trace import is_traceable, is_wrapped_with_trace
 from retia.trace import trace as _trace
 
 if TYPE_CHECKING:
-    from . import nas, retiarii
+    from . import mutable, nas, retiarii
 
 __all__ = [
     "choice",
@@ -27,6 +27,7 @@ __all__ = [
     "is_traceable",
     "is_wrapped_with_trace",
     "load",
+    "mutable",
     "nas",
     "report_final_result",
     "report_intermediate_result",
@@ -53,7 +54,8 @@ def choice(label: str, choices: Sequence[T]) -> T:
 
 
 def __getattr__(name: str) -> Any:
-    """``nni.retiarii`` and ``nni.nas`` as attributes after ``import retia.nni as nni`` (as in NNI)."""
-    if name in ("retiarii", "nas"):
+    """``nni.retiarii``, ``nni.nas``, ``nni.mutable`` as attributes after ``import retia.nni as nni``
+    (as in NNI)."""
+    if name in ("retiarii", "nas", "mutable"):
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'retia.nni' has no attribute {name!r}")

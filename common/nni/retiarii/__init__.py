@@ -1,4 +1,4 @@
-"""NNI 2.x's ``nni.retiarii``: ``fixed_arch`` and ``model_wrapper``."""
+"""NNI 2.x's ``nni.retiarii``: ``fixed_arch``, ``model_wrapper``, ``basic_unit``, the serializer helpers."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from retia.arch import fixed_arch
 from retia.nn.registry import LabelStyle
 from retia.nn.space import wrap_model_class
 
-__all__ = ["fixed_arch", "model_wrapper"]
+from .serializer import basic_unit, serialize, serialize_cls
+
+__all__ = ["basic_unit", "fixed_arch", "model_wrapper", "serialize", "serialize_cls"]
 
 M = TypeVar("M", bound=nn.Module)
 

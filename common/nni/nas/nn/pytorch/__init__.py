@@ -19,10 +19,12 @@ from retia.nn import (
     NasBench201Cell,
     Repeat,
     ValueChoice,
+    label_scope,
 )
 from retia.nn.registry import LabelStyle
+from retia.nni.mutable import Categorical
 
-__all__ = [
+__all__ = [  # NNI 3.0's names here; torch.nn's layers come through __getattr__
     "AutoActivation",
     "Cell",
     "ChosenInputs",
@@ -33,6 +35,7 @@ __all__ = [
     "NasBench201Cell",
     "Repeat",
     "ValueChoice",
+    "label_scope",
 ]
 
 
@@ -62,6 +65,11 @@ class ModelSpace(_nn.ModelSpace):
         """NNI 3.0's ``freeze``: the concrete model of ``sample`` with this supernet's weights (its
         chosen candidates', sliced where a width or kernel is chosen smaller)."""
         return super().freeze(sample, inherit_weights=inherit_weights)
+
+    def simplify(self) -> dict[str, Categorical]:  # type: ignore[override]
+        """NNI 3.0's ``simplify()``: ``{label: Categorical}``, every decision once (a shared label
+        once), in construction order (retia's own ``ModelSpace.simplify`` gives ChoiceSpecs)."""
+        return {label: Categorical.from_spec(spec) for label, spec in super().simplify().items()}
 
 
 def __getattr__(name: str) -> Any:

@@ -8,6 +8,7 @@ from typing import Any
 import retia.nn as _nn
 from retia.nn import *  # noqa: F403
 from retia.nn import __all__ as __all__
+from retia.nni.retiarii.serializer import basic_unit as basic_unit  # reachable here, as in NNI 2.x
 
 
 def __getattr__(name: str) -> Any:
