@@ -78,6 +78,8 @@ class Experiment:
         self.strategy = strategy
         self.direction = direction
         self.search_space()  # the model's and the evaluator's choices agree, or an error now
+        if getattr(strategy, "trains_supernet", False):
+            self._one_shot_parts()  # the evaluator and the space suit the strategy, or an error now
         self.id = f"exp-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         self.path = Path(path) if path is not None else Path("retia-experiments") / self.id
         self.record = ExperimentRecord(self.path)
@@ -137,6 +139,13 @@ class Experiment:
             model = SpaceDescription.from_flat(self.model_space.search_space())
         own = SpaceDescription(tuple(Choice.from_spec(spec) for spec in self.evaluator._choices().values()))
         return model.merged(own)
+
+    def _one_shot_parts(self) -> tuple[Any, Evaluator]:
+        """What a one-shot strategy's trial ships: the supernet's recipe, and the evaluator that
+        trains it around the user's."""
+        from retia.oneshot import OneShotEvaluator, supernet_of
+
+        return supernet_of(self.model_space), OneShotEvaluator(self.evaluator, self.strategy)
 
     @property
     def results(self) -> list[TrialResult]:
@@ -298,6 +307,7 @@ class _Loop:
         self.steps: dict[int, int] = {}
         self.view = LiveView(exp, backend, enabled=live)
         self.exhausted = False
+        self.one_shot: bool = getattr(exp.strategy, "trains_supernet", False)
 
     def run(self) -> list[TrialResult]:
         strategy, record = self.exp.strategy, self.exp.record
@@ -353,10 +363,14 @@ class _Loop:
             self._submit(result)
 
     def _submit(self, result: TrialResult, *, resubmit: bool = False) -> None:
+        model, evaluator = self.exp.model_space, self.exp.evaluator
+        arch: dict[str, Any] | None = result.arch
+        if self.one_shot:  # the supernet, trained by the strategy around the user's evaluator
+            (model, evaluator), arch = self.exp._one_shot_parts(), None
         trial = self.backend.submit(
-            self.exp.model_space,
-            self.exp.evaluator,
-            arch=result.arch,
+            model,
+            evaluator,
+            arch=arch,
             timeout=self.timeout,
             max_retries=self.max_retries,
             name=f"#{result.key}",
@@ -408,6 +422,10 @@ class _Loop:
         result.reason = change.reason or (change.failure.message if change.failure else "")
         result.finished = time.time()
         result.output_dir = change.output_dir
+        if self.one_shot and result.final is not None:  # the architecture the supernet's training chose
+            from retia.oneshot import arch_from_metric
+
+            result.arch = arch_from_metric(result.final, self.exp.model_space.search_space()) or {}
         self.exp.record.append_result(result)
         del self.running[trial.id]
         value = self._value(result.final) if change.state is TrialState.SUCCEEDED else None

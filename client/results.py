@@ -123,6 +123,7 @@ class ExperimentRecord:
                     entry["time"],
                 )
                 result.output_dir = entry.get("output_dir", "")
+                result.arch = entry.get("arch", result.arch)  # a one-shot trial's: what it chose
         return self.results
 
     def append_submit(self, result: TrialResult) -> None:
@@ -150,6 +151,7 @@ class ExperimentRecord:
                 "reason": result.reason,
                 "time": result.finished or time.time(),
                 "output_dir": result.output_dir,
+                "arch": result.arch,
             }
         )
 

@@ -212,22 +212,36 @@ class Lightning(Evaluator):
         return True
 
     def _run(self, model_factory: Callable[[], Any]) -> None:
-        auto_report = self._auto_report()
+        module = copy.deepcopy(self.module)  # every evaluation starts from the module as given
+        module.set_model(model_factory)
+        self._fit_module(module)
+
+    def _fit_module(
+        self,
+        module: pl.LightningModule,
+        *,
+        train_dataloaders: Any = None,
+        report: bool | None = None,
+    ) -> None:
+        """Fit ``module`` (or only validate it, without training data) on this evaluator's data and
+        trainer, reporting each validation and the last as the final result (the metric named by
+        the module's ``default_metric`` as 'default'). The one-shot strategies fit their module
+        around the user's through here, with the training data they need (``train_dataloaders``)
+        and every metric reported (``report=True``, never the bare number)."""
+        auto_report = self._auto_report() if report is None else report
         if auto_report:
             self._check_data()
         out = support.output_dir()
-        module = copy.deepcopy(self.module)  # every evaluation starts from the module as given
-        module.set_model(model_factory)
-        callback = support.ReportingCallback(module.default_metric, bare=self.bare_metric, report=auto_report)
+        bare = self.bare_metric and report is None
+        callback = support.ReportingCallback(
+            getattr(module, "default_metric", None), bare=bare, report=auto_report
+        )
+        train = self.train_dataloaders if train_dataloaders is None else train_dataloaders
         with support.quiet(), support.interrupts(callback, detect=self.detect_interrupt):
             trainer = self._build_trainer(out, callback)
-            if self.fit_enabled:
+            if self.fit_enabled or train_dataloaders is not None:
                 trainer.fit(
-                    module,
-                    self.train_dataloaders,
-                    self.val_dataloaders,
-                    datamodule=self.datamodule,
-                    **self.fit_kwargs,
+                    module, train, self.val_dataloaders, datamodule=self.datamodule, **self.fit_kwargs
                 )
                 _log.debug("fit ended after %d validation epoch(s)", callback.count)
             else:

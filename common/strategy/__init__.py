@@ -1,6 +1,10 @@
-"""Search strategies: pure ask/tell algorithms over architecture dicts (no torch, no network)."""
+"""Search strategies: pure ask/tell algorithms over architecture dicts (no torch, no network), and
+the one-shot strategies of :mod:`retia.oneshot` (loaded on first use: they need torch)."""
 
 from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from ..arch import Arch, SearchSpace
 from .base import EarlyStop, MedianStop, Strategy
@@ -10,15 +14,30 @@ from .pruning import OptunaPruner
 from .random_search import Random
 from .tpe import TPE
 
+if TYPE_CHECKING:
+    from ..oneshot import DARTS, GumbelDARTS, RandomOneShot
+
 __all__ = [
+    "DARTS",
     "TPE",
     "Arch",
     "EarlyStop",
     "GridSearch",
+    "GumbelDARTS",
     "MedianStop",
     "OptunaPruner",
     "Random",
+    "RandomOneShot",
     "RegularizedEvolution",
     "SearchSpace",
     "Strategy",
 ]
+
+_ONE_SHOT = ("DARTS", "GumbelDARTS", "RandomOneShot")
+
+
+def __getattr__(name: str) -> Any:
+    """The one-shot strategies, imported on first use (PEP 562)."""
+    if name in _ONE_SHOT:
+        return getattr(importlib.import_module("retia.oneshot"), name)
+    raise AttributeError(f"module 'retia.strategy' has no attribute {name!r}")

@@ -16,7 +16,7 @@ import random
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from ..arch import Arch, SearchSpace, arch_indices, canonical, option_index
 from ..errors import ConfigError
@@ -183,6 +183,9 @@ class _Book:
 
 class Strategy(abc.ABC):
     """A pure ask/tell search algorithm over architecture dicts; always maximizes."""
+
+    #: A one-shot strategy (retia.oneshot): its one trial trains the supernet, not a sampled model.
+    trains_supernet: ClassVar[bool] = False
 
     def __init__(self, *, seed: int | None = None, early_stop: EarlyStop | None = None) -> None:
         self.seed = seed

@@ -1,0 +1,29 @@
+"""``retia.oneshot``: one-shot NAS on the user's own Lightning evaluator (also ``retia.strategy.DARTS``, ...).
+
+One trial trains a weight-sharing supernet with the user's module wrapped, not rewritten, and
+reports the architecture it prefers; ``Experiment(space, evaluator, DARTS()).run()`` runs it on a
+worker like any trial. See docs/oneshot.md.
+"""
+
+from __future__ import annotations
+
+from .base import Algorithm, OneShotStrategy, arch_from_metric, arch_metrics
+from .differentiable import DARTS, GumbelDARTS
+from .evaluator import ARCHITECTURE_FILE, OneShotEvaluator, Supernet, supernet_of
+from .module import OneShotModule
+from .sampling import RandomOneShot
+
+__all__ = [
+    "ARCHITECTURE_FILE",
+    "DARTS",
+    "Algorithm",
+    "GumbelDARTS",
+    "OneShotEvaluator",
+    "OneShotModule",
+    "OneShotStrategy",
+    "RandomOneShot",
+    "Supernet",
+    "arch_from_metric",
+    "arch_metrics",
+    "supernet_of",
+]

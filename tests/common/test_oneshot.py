@@ -1,0 +1,162 @@
+"""One-shot strategies on the user's own evaluator: DARTS, second-order DARTS, GumbelDARTS and
+RandomOneShot train a real supernet on digits, in this process and as a trial on workers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import cast
+
+import pytest
+import torch
+from oneshot_spaces import USEFUL, MyModule, UselessOpSpace, digits
+
+import retia
+import retia.lightning as pl
+import retia.nn as nn
+from retia.client.backend import Backend
+from retia.errors import ConfigError
+from retia.oneshot import (
+    ARCHITECTURE_FILE,
+    DARTS,
+    GumbelDARTS,
+    OneShotEvaluator,
+    OneShotStrategy,
+    RandomOneShot,
+    arch_from_metric,
+    supernet_of,
+)
+from retia.oneshot.module import split_optimizers
+from tests.common.test_nni_seed import _on
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def classification(epochs: int = 6) -> pl.Classification:
+    return pl.Classification(
+        learning_rate=0.01,
+        train_dataloaders=digits("train"),
+        val_dataloaders=digits("val", 256),
+        max_epochs=epochs,
+    )
+
+
+def run(strategy: OneShotStrategy, evaluator: pl.Lightning, tmp_path: Path) -> retia.EvaluationResult:
+    torch.manual_seed(0)
+    evaluation: retia.EvaluationResult = OneShotEvaluator(evaluator, strategy).evaluate(
+        supernet_of(UselessOpSpace()), output_dir=tmp_path
+    )
+    return evaluation
+
+
+DIFFERENTIABLE = {
+    "darts": DARTS(arc_learning_rate=3e-3, seed=1),
+    "darts-second-order": DARTS(arc_learning_rate=3e-3, unrolled=True, seed=2),
+    "gumbel": GumbelDARTS(arc_learning_rate=3e-3, use_temp_anneal=True, seed=3),
+}
+
+
+@pytest.mark.parametrize("name", list(DIFFERENTIABLE))
+def test_differentiable_strategies_avoid_every_useless_op(name: str, tmp_path: Path) -> None:
+    result = run(DIFFERENTIABLE[name], classification(), tmp_path)
+    final = cast(dict[str, float], result.final)
+    arch = arch_from_metric(final, UselessOpSpace().search_space())
+    assert arch == USEFUL, final
+    assert json.loads((tmp_path / ARCHITECTURE_FILE).read_text()) == USEFUL
+    assert final["default"] == final["val_acc"] > 0.3  # the chosen architecture's validation (chance: 0.1)
+    assert len(result.intermediates) == 6 and all(
+        "arch/b0" in cast(dict[str, float], m) for m in result.intermediates
+    )
+
+
+def test_darts_with_the_users_own_module_steps_its_schedule_and_sets_its_reports_aside(
+    tmp_path: Path,
+) -> None:
+    evaluator = pl.Lightning(
+        MyModule(),
+        pl.Trainer(max_epochs=5, logger=False, enable_checkpointing=False),
+        train_dataloaders=digits("train"),
+        val_dataloaders=digits("val", 256),
+    )
+    result = run(DARTS(arc_learning_rate=3e-3, seed=0), evaluator, tmp_path)
+    final = cast(dict[str, float], result.final)
+    assert arch_from_metric(final, UselessOpSpace().search_space()) == USEFUL, final
+    assert final["default"] == final["val_accuracy"] > 0.5 and "val_ce" in final
+    assert all(isinstance(m, dict) for m in result.intermediates)  # the module's own -1.0 set aside
+    lr, epochs = (tmp_path / "my_module.txt").read_text().split()
+    assert float(lr) == pytest.approx(0.01 * 0.8**5) and int(epochs) == 5
+
+
+def test_random_one_shot_trains_every_path_and_validates_a_sampled_one(tmp_path: Path) -> None:
+    result = run(RandomOneShot(seed=0), classification(epochs=4), tmp_path)
+    final = cast(dict[str, float], result.final)
+    arch = arch_from_metric(final, UselessOpSpace().search_space())
+    assert arch is not None and set(arch) == set(USEFUL)
+    archs = [arch_from_metric(m, UselessOpSpace().search_space()) for m in result.intermediates]
+    assert len({json.dumps(a, sort_keys=True) for a in archs}) > 1  # a new path each validation
+
+
+def test_split_optimizers_takes_every_lightning_return_shape() -> None:
+    p = [torch.nn.Parameter(torch.zeros(1))]
+    a, b = torch.optim.SGD(p, lr=1.0), torch.optim.Adam(p)
+    sched = torch.optim.lr_scheduler.StepLR(a, 1)
+    assert split_optimizers(a) == ([a], [])
+    assert split_optimizers([a, b]) == ([a, b], [])
+    opts, scheds = split_optimizers(([a], [sched]))
+    assert opts == [a] and [s.scheduler for s in scheds] == [sched] and scheds[0].interval == "epoch"
+    opts, scheds = split_optimizers(
+        [{"optimizer": a, "lr_scheduler": {"scheduler": sched, "interval": "step"}}, {"optimizer": b}]
+    )
+    assert opts == [a, b] and scheds[0].interval == "step"
+    assert split_optimizers(None) == ([], [])
+    with pytest.raises(ConfigError, match="without 'optimizer'"):
+        split_optimizers({"lr_scheduler": sched})
+    with pytest.raises(ConfigError, match="must return an optimizer"):
+        split_optimizers("adam")
+
+
+class WidthSpace(nn.ModelSpace):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, nn.ValueChoice([16, 32], label="width"))
+        self.out = nn.Linear(self.fc.out_features, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.out(self.fc(x))
+        return out
+
+
+def test_what_a_one_shot_run_cannot_do_is_refused_up_front(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="FunctionalEvaluator's fit cannot be driven"):
+        retia.Experiment(UselessOpSpace(), retia.FunctionalEvaluator(lambda m: None), DARTS())
+    no_val = pl.Classification(train_dataloaders=digits("train"))
+    with pytest.raises(ConfigError, match="pass val_dataloaders="):
+        retia.Experiment(UselessOpSpace(), no_val, DARTS())
+    clipped = pl.Classification(
+        train_dataloaders=digits("train"), val_dataloaders=digits("val"), gradient_clip_val=5.0
+    )
+    with pytest.raises(ConfigError, match="gradient_clip_val=5.0 does not apply"):
+        retia.Experiment(UselessOpSpace(), clipped, DARTS())
+    with pytest.raises(ConfigError, match="cannot relax 'width'.*RandomOneShot"):
+        run_width = OneShotEvaluator(classification(1), DARTS())
+        run_width.evaluate(supernet_of(WidthSpace()), output_dir=tmp_path)
+    # the sampling strategy runs any width, as a slice of the largest
+    result = OneShotEvaluator(classification(1), RandomOneShot(seed=0)).evaluate(
+        supernet_of(WidthSpace()), output_dir=tmp_path / "random"
+    )
+    assert result.final is not None
+
+
+def test_an_experiment_trains_the_supernet_as_one_trial_on_a_worker(cluster: Backend, tmp_path: Path) -> None:
+    experiment = retia.Experiment(
+        UselessOpSpace(), classification(), DARTS(arc_learning_rate=3e-3, seed=1), path=tmp_path / "e"
+    )
+    results = experiment.run(max_trials=5, **_on(cluster))
+    assert [r.state for r in results] == ["SUCCEEDED"], [r.reason for r in results]
+    assert results[0].arch == USEFUL and len(results[0].intermediates) == 6
+    assert experiment.export_top_models() == [USEFUL]
+    assert json.loads((Path(results[0].output_dir) / ARCHITECTURE_FILE).read_text()) == USEFUL
+    [model] = experiment.export_top_models(formatter="instance")
+    assert isinstance(model(torch.zeros(2, 64)), torch.Tensor)
+    loaded = retia.Experiment.load(tmp_path / "e")  # after the fact, from the directory
+    assert loaded.export_top_models() == [USEFUL]
