@@ -1,10 +1,34 @@
-"""NNI 3.0's ``nni.nas.strategy``: the multi-trial strategies retia has (the one-shot ones, DARTS,
-ENAS, Proxyless, are not in retia yet)."""
+"""NNI 3.0's ``nni.nas.strategy``: retia's multi-trial strategies, and the one-shot ones
+(``DARTS``, ``GumbelDARTS``, ``RandomOneShot``: retia.oneshot, loaded on first use)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from retia.strategy import TPE, GridSearch, Random, RegularizedEvolution, Strategy
+
+if TYPE_CHECKING:
+    from retia.oneshot import DARTS, GumbelDARTS, RandomOneShot
 
 TPEStrategy = TPE
 
-__all__ = ["TPE", "GridSearch", "Random", "RegularizedEvolution", "Strategy", "TPEStrategy"]
+__all__ = [
+    "DARTS",
+    "TPE",
+    "GridSearch",
+    "GumbelDARTS",
+    "Random",
+    "RandomOneShot",
+    "RegularizedEvolution",
+    "Strategy",
+    "TPEStrategy",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """The one-shot strategies, from retia.strategy (imported on first use: they need torch)."""
+    import retia.strategy
+
+    if name in retia.strategy._ONE_SHOT:
+        return getattr(retia.strategy, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

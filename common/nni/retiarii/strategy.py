@@ -1,11 +1,35 @@
-"""NNI 2.x's ``nni.retiarii.strategy``: the multi-trial strategies retia has (the one-shot ones,
-DARTS, ENAS, Proxyless, are not in retia yet)."""
+"""NNI 2.x's ``nni.retiarii.strategy``: retia's multi-trial strategies, and the one-shot ones
+(``DARTS``, ``GumbelDARTS``, ``RandomOneShot``: retia.oneshot, loaded on first use)."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from retia.strategy import TPE, GridSearch, Random, RegularizedEvolution
 from retia.strategy import Strategy as BaseStrategy
 
+if TYPE_CHECKING:
+    from retia.oneshot import DARTS, GumbelDARTS, RandomOneShot
+
 TPEStrategy = TPE
 
-__all__ = ["TPE", "BaseStrategy", "GridSearch", "Random", "RegularizedEvolution", "TPEStrategy"]
+__all__ = [
+    "DARTS",
+    "TPE",
+    "BaseStrategy",
+    "GridSearch",
+    "GumbelDARTS",
+    "Random",
+    "RandomOneShot",
+    "RegularizedEvolution",
+    "TPEStrategy",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """The one-shot strategies, from retia.strategy (imported on first use: they need torch)."""
+    import retia.strategy
+
+    if name in retia.strategy._ONE_SHOT:
+        return getattr(retia.strategy, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
