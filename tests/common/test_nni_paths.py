@@ -18,6 +18,7 @@ import retia
 import retia.lightning
 import retia.nn
 import retia.nni
+import retia.oneshot
 import retia.strategy
 from retia.client.experiment import Experiment, RetiariiExperiment
 from retia.client.experiment_config import ExperimentConfig, NasExperimentConfig, RetiariiExeConfig
@@ -67,6 +68,13 @@ SAME: list[tuple[str, str, object]] = [
     ("retia.nni.nas.strategy", "TPE", retia.strategy.TPE),
     ("retia.nni.nas.strategy", "Strategy", retia.strategy.Strategy),
     ("retia.nni.nas.space", "model_context", retia.fixed_arch),
+    ("retia.nni.nas.strategy", "DARTS", retia.oneshot.DARTS),
+    ("retia.nni.nas.strategy", "GumbelDARTS", retia.oneshot.GumbelDARTS),
+    ("retia.nni.retiarii.strategy", "RandomOneShot", retia.oneshot.RandomOneShot),
+    ("retia.nni.retiarii.strategy", "DARTS", retia.oneshot.DARTS),
+    ("retia.nni.nas.nn.pytorch", "Cell", retia.nn.Cell),
+    ("retia.nni.nas.nn.pytorch", "label_scope", retia.nn.label_scope),
+    ("retia.nni.mutable", "label_scope", retia.nn.label_scope),
     ("retia.nni.nas.evaluator.pytorch", "ClassificationModule", retia.lightning.ClassificationModule),
 ]
 
