@@ -222,12 +222,14 @@ class Lightning(Evaluator):
         *,
         train_dataloaders: Any = None,
         report: bool | None = None,
+        validate_only: bool = False,
     ) -> None:
         """Fit ``module`` (or only validate it, without training data) on this evaluator's data and
         trainer, reporting each validation and the last as the final result (the metric named by
         the module's ``default_metric`` as 'default'). The one-shot strategies fit their module
         around the user's through here, with the training data they need (``train_dataloaders``)
-        and every metric reported (``report=True``, never the bare number)."""
+        and every metric reported (``report=True``, never the bare number); ``validate_only`` scores
+        a model whose weights are given (a subnet inheriting a supernet's)."""
         auto_report = self._auto_report() if report is None else report
         if auto_report:
             self._check_data()
@@ -239,7 +241,7 @@ class Lightning(Evaluator):
         train = self.train_dataloaders if train_dataloaders is None else train_dataloaders
         with support.quiet(), support.interrupts(callback, detect=self.detect_interrupt):
             trainer = self._build_trainer(out, callback)
-            if self.fit_enabled or train_dataloaders is not None:
+            if not validate_only and (self.fit_enabled or train_dataloaders is not None):
                 trainer.fit(
                     module, train, self.val_dataloaders, datamodule=self.datamodule, **self.fit_kwargs
                 )

@@ -23,6 +23,7 @@ from ..evaluator import Evaluator
 from ..lightning import Lightning
 from ..trace import get_recipe, trace
 from .base import OneShotStrategy
+from .inherit import SUPERNET_FILE
 from .module import OneShotModule
 from .supernet import decisions
 
@@ -113,13 +114,19 @@ class _Pairs:
 
 
 class _ReportingModule(OneShotModule):
-    """Also writes the preferred architecture to the trial's directory at each validation."""
+    """Also writes the preferred architecture to the trial's directory at each validation, and the
+    trained supernet's weights at the end (the files come home with the trial's)."""
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
         if not self.trainer.sanity_checking and self.trainer.is_global_zero:
             path = support.output_dir(self.trainer) / ARCHITECTURE_FILE
             path.write_text(json.dumps(self.algorithm.export(), indent=1) + "\n")
+
+    def on_fit_end(self) -> None:
+        super().on_fit_end()
+        if self.trainer.is_global_zero:
+            torch.save(self.supernet.state_dict(), support.output_dir(self.trainer) / SUPERNET_FILE)
 
 
 def check(evaluator: Any, strategy: Any) -> None:

@@ -99,3 +99,24 @@ def test_hub_search_searches_a_known_space_on_local_workers(tmp_path: Path) -> N
     ]
     assert len(scores) == 3 and scores[0] > 0.5, proc.stdout
     assert "'s1_width_mult'" in proc.stdout.rpartition("best architecture:")[2]
+
+
+def test_spos_example_runs_its_three_stages(tmp_path: Path) -> None:
+    """examples/spos.py: a RandomOneShot supernet, an evolution over subnets inheriting its weights
+    (only validated), the best retrained from scratch (chance is 0.1)."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "spos.py"),
+            *("--supernet-epochs", "3", "--trials", "6", "--epochs", "2", "--out", str(tmp_path / "spos")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=True,
+    )
+    assert "stage 1: supernet trained for 3 epochs" in proc.stdout and "(SUCCEEDED)" in proc.stdout
+    stage2 = re.search(r"stage 2: 6 subnets validated .* best ([0-9.]+), median ([0-9.]+)", proc.stdout)
+    assert stage2 is not None and float(stage2.group(1)) >= float(stage2.group(2)) > 0.3, proc.stdout
+    stage3 = re.search(r"stage 3: .* val_acc ([0-9.]+)", proc.stdout)
+    assert stage3 is not None and float(stage3.group(1)) > 0.5, proc.stdout

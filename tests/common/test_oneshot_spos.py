@@ -1,0 +1,63 @@
+"""SPOS as one flow: RandomOneShot trains the supernet, an evolution over subnets inheriting its
+weights (only validated, each a trial on the workers) picks the architecture, which is then
+retrained from scratch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import cast
+
+import pytest
+import torch
+from oneshot_spaces import USEFUL, UselessOpSpace
+
+import retia
+from retia.client.backend import Backend
+from retia.errors import ConfigError
+from retia.oneshot import SUPERNET_FILE, InheritedWeights, RandomOneShot, supernet_weights
+from retia.strategy import RegularizedEvolution
+from tests.common.test_nni_seed import _on
+from tests.common.test_oneshot import classification
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def test_spos_evolution_over_inherited_weights_avoids_every_useless_op(
+    cluster: Backend, tmp_path: Path
+) -> None:
+    evaluator = classification(epochs=8)
+    first = retia.Experiment(UselessOpSpace(), evaluator, RandomOneShot(seed=0), path=tmp_path / "supernet")
+    [trained] = first.run(**_on(cluster))
+    assert trained.state == "SUCCEEDED", trained.reason
+    assert (Path(trained.output_dir) / SUPERNET_FILE).is_file()
+    weights = supernet_weights(first)
+    assert set(weights) == set(UselessOpSpace().state_dict())
+
+    strategy = RegularizedEvolution(population_size=6, sample_size=3, seed=0)
+    second = retia.Experiment(
+        UselessOpSpace(), InheritedWeights(evaluator, weights), strategy, path=tmp_path / "subnets"
+    )
+    results = second.run(max_trials=14, **_on(cluster))
+    assert [r.state for r in results] == ["SUCCEEDED"] * 14, [r.reason for r in results]
+    assert all(r.intermediates == [] for r in results)  # validated, never trained
+    [best] = second.export_top_models()
+    assert best == USEFUL
+
+    # the score a subnet got on the worker is its frozen model's with the supernet's weights
+    result = next(r for r in results if r.arch == USEFUL)
+    local = InheritedWeights(evaluator, weights).evaluate(
+        UselessOpSpace().freeze(USEFUL), output_dir=tmp_path / "l"
+    )
+    final = cast(dict[str, float], result.final)
+    assert final["val_acc"] == pytest.approx(cast(dict[str, float], local.final)["val_acc"], abs=1e-6)
+
+    torch.manual_seed(0)  # then the chosen architecture is retrained from scratch
+    retrained = evaluator.evaluate(UselessOpSpace().freeze(best), output_dir=tmp_path / "retrained")
+    assert cast(dict[str, float], retrained.final)["val_acc"] > 0.5
+
+
+def test_inherited_weights_needs_a_lightning_evaluator_and_a_state_dict() -> None:
+    with pytest.raises(ConfigError, match="through a Lightning evaluator"):
+        InheritedWeights(retia.FunctionalEvaluator(lambda m: None), {})
+    with pytest.raises(ConfigError, match="state dict"):
+        InheritedWeights(classification(), {"w": 1.0})  # type: ignore[dict-item]
