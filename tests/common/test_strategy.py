@@ -64,6 +64,9 @@ def _ask(s: Strategy, key: int) -> Arch:
 def test_public_names_are_pinned() -> None:
     assert sorted(strategy_pkg.__all__) == sorted(
         [
+            "DARTS",
+            "GumbelDARTS",
+            "RandomOneShot",
             "TPE",
             "Arch",
             "EarlyStop",
