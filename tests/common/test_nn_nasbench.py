@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 import torch
+from fixtures_data import assert_trains_on_digits
 
 import retia.nn as nn
 from retia import InvalidArchitectureError
-from retia.datasets import DigitsDataset
 from retia.nn import NasBench101Cell, NasBench201Cell, original_state_dict_hooks
 
 
@@ -189,18 +189,8 @@ def test_nb101_supernet_runs_the_active_graph() -> None:
 
 def test_frozen_nb_cells_train_on_digits() -> None:
     torch.manual_seed(0)
-    data = DigitsDataset("train")
-    x, y = data.x[:256], data.y[:256]
     for model in (
         NB101Space().freeze(ARCH),
         NB201Space().freeze({k: "1" for k in NB201Space().search_space()}),
     ):
-        opt = torch.optim.Adam(model.parameters(), lr=0.01)
-        losses = []
-        for _ in range(20):
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        assert losses[-1] < losses[0] * 0.8
+        assert_trains_on_digits(model)
