@@ -41,6 +41,7 @@ __all__ = [
     "merge_spaces",
     "fixed_arch",
     "current_fixed_arch",
+    "fixed_derived",
     "coerce_choice",
     "normalize_arch",
     "build_frozen",
@@ -195,6 +196,7 @@ class _Fixed:
     spaces_built: int = 0
     provisional: dict[str, ChoiceSpec] = field(default_factory=dict)  # missing, maybe not reached
     locators: list[Locator] = field(default_factory=list)  # one per top-level space built
+    derived: set[str] = field(default_factory=set)  # labels read by fixed_derived (no choice's)
 
 
 _FIXED: contextvars.ContextVar[_Fixed | None] = contextvars.ContextVar("retia_fixed_arch", default=None)
@@ -228,7 +230,7 @@ def fixed_arch(arch: ArchLike, verbose: bool = True) -> Iterator[Arch]:
         yield state.arch
     finally:
         _FIXED.reset(token)
-    unknown = [label for label in state.arch if label not in state.consumed]
+    unknown = [label for label in state.arch if label not in state.consumed and label not in state.derived]
     located: set[str] = set()
     reached: set[str] = set()
     if state.provisional or (unknown and state.locators):  # (a supernet is built only then)
@@ -318,6 +320,17 @@ def fixed_choice(spec: ChoiceSpec) -> Any:
         )
     state.consumed[spec.label] = spec
     return chosen
+
+
+def fixed_derived(label: str) -> Any:
+    """The value of ``label`` in the current fixed architecture (MISSING if absent or outside one), for
+    a label that is no choice but a record derived from the others (NNI 3.0's ``<cell>/final``): the
+    module reading it checks it, and it is then no unknown label."""
+    state = _FIXED.get()
+    if state is None or label not in state.arch:
+        return MISSING
+    state.derived.add(label)
+    return state.arch[label]
 
 
 def note_space_built(locate: Locator | None = None) -> None:

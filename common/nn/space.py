@@ -65,6 +65,9 @@ class ArchHooks:
     and leaves the ``activated_labels`` (its ValueChoices) to it."""
 
     activated_labels: frozenset[str] = frozenset()
+    #: labels an exported architecture may hold that are no choice but a record derived from the
+    #: choices (NNI 3.0's ``<cell>/final``): not searched; ``check_arch`` checks them, then they are dropped
+    derived_labels: frozenset[str] = frozenset()
 
     def check_arch(self, arch: Mapping[str, Any]) -> None:
         """Raise InvalidArchitectureError if ``arch`` (valid label by label) is not valid as a whole."""
@@ -149,12 +152,16 @@ class ModelSpace(nn.Module):
     def validate(self, arch: ArchLike) -> Arch:
         """``arch`` as a plain dict of canonical options; InvalidArchitectureError if it does not fit.
 
-        NNI's forms of a value are accepted (``'1'`` for a list LayerChoice). A label of a choice
+        NNI's forms of a value are accepted (``'1'`` for a list LayerChoice), and the records NNI
+        derives from the choices (``derived_labels``: a NasBench101Cell's ``<label>/final``) are checked
+        against them and left out of the result. A label of a choice
         that ``arch`` does not reach (inside a LayerChoice candidate it does not choose) may be
         left out: it is filled with the supernet's default, which the model does not use.
         """
         specs = self._retia_space.specs
         loaded = normalize_arch(specs, load_arch(arch))
+        hooked = [m for m in self.modules() if isinstance(m, ArchHooks)]
+        derived = {label: loaded.pop(label) for m in hooked for label in m.derived_labels if label in loaded}
         missing = [label for label in specs if label not in loaded]
         if missing:
             located, reached = locate_choices(self, loaded)
@@ -162,9 +169,8 @@ class ModelSpace(nn.Module):
                 if label in located and label not in reached:
                     loaded[label] = canonical(specs[label].default)
         validate_arch(self.search_space(), loaded)
-        for module in self.modules():
-            if isinstance(module, ArchHooks):
-                module.check_arch(loaded)
+        for module in hooked:
+            module.check_arch({**loaded, **derived})
         return loaded
 
     def freeze(self, arch: ArchLike, *, inherit_weights: bool = False) -> nn.Module:

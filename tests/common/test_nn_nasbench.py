@@ -194,3 +194,50 @@ def test_frozen_nb_cells_train_on_digits() -> None:
         NB201Space().freeze({k: "1" for k in NB201Space().search_space()}),
     ):
         assert_trains_on_digits(model)
+
+
+# Vertex 2 reaches no output: pruned. NNI 3.0 exports the choices and, under "c/final", the pruned
+# graph (vertices 0, 1, 3, 4 renumbered 0..3), as its NasBench101CellConstraint records it.
+PRUNED = {
+    "c/num_nodes": 5,
+    "c/op1": "lin",
+    "c/input1": [0],
+    "c/op2": "tanh",
+    "c/input2": [0],
+    "c/op3": "tanh",
+    "c/input3": [1],
+    "c/input4": [1, 3],
+}
+NNI3_PRUNED = {
+    **PRUNED,
+    "c/final": {"op1": "lin", "input1": [0], "op2": "tanh", "input2": [1], "input3": [1, 2]},
+}
+
+
+def test_nb101_loads_nni3_final_record_and_refuses_one_that_disagrees() -> None:
+    space = NB101Space()
+    assert "c/final" not in space.search_space()  # a record, not a choice: never searched
+    assert space.validate(NNI3_PRUNED) == PRUNED
+    torch.manual_seed(0)
+    frozen: Any = space.freeze(NNI3_PRUNED)
+    assert frozen.cell.graph.vertices == (0, 1, 3, 4) and frozen.cell.graph.ops == ("lin", "tanh")
+    with nn.fixed_arch(NNI3_PRUNED):  # directly, as NNI's `with fixed_arch(exported): Net()`
+        torch.manual_seed(0)
+        direct: Any = NB101Space()
+    assert direct.cell.graph == frozen.cell.graph
+    torch.manual_seed(0)
+    plain: Any = space.freeze(PRUNED)  # the same model without the record
+    x = torch.randn(3, 64)
+    assert torch.equal(frozen(x), plain(x)) and torch.equal(direct(x), plain(x))
+    space.activate(NNI3_PRUNED)
+    assert space.cell.active_inputs[:4] == [[0], [0], [1], [1, 3]] and space(x).shape == (3, 10)
+
+    wrong = {**NNI3_PRUNED, "c/final": {**NNI3_PRUNED["c/final"], "input3": [2]}}
+    for load in (space.validate, space.freeze, space.activate):
+        with pytest.raises(InvalidArchitectureError, match="'c/final' is NNI 3.0's record"):
+            load(wrong)
+    with pytest.raises(InvalidArchitectureError, match="'c/final' is NNI 3.0's record"):
+        with nn.fixed_arch(wrong):
+            NB101Space()
+    with pytest.raises(InvalidArchitectureError, match="'c/final' is NNI 3.0's record"):
+        space.validate({**PRUNED, "c/final": "not a graph"})
