@@ -39,6 +39,8 @@ __all__ = [
     "arch_indices",
     "validate_arch",
     "merge_spaces",
+    "valid_draw",
+    "MAX_VALID_DRAWS",
     "fixed_arch",
     "current_fixed_arch",
     "fixed_derived",
@@ -164,6 +166,31 @@ def arch_indices(search_space: SearchSpace, arch: Mapping[str, Any]) -> dict[str
 def validate_arch(search_space: SearchSpace, arch: Mapping[str, Any]) -> None:
     """Raise InvalidArchitectureError listing every missing, unknown or invalid label of ``arch``."""
     arch_indices(search_space, arch)
+
+
+#: How many draws a sampler makes for one architecture that its space's check accepts before giving up.
+MAX_VALID_DRAWS = 1000
+
+
+def valid_draw(draw: Callable[[], T], check: Callable[[T], object] | None, tries: int = MAX_VALID_DRAWS) -> T:
+    """``draw()`` again until ``check`` (raising InvalidArchitectureError) accepts it, at most ``tries``
+    times; the first draw when there is no check. InvalidArchitectureError with the last reason after."""
+    first = draw()
+    if check is None:
+        return first
+    reason: InvalidArchitectureError | None = None
+    for attempt in range(tries):
+        candidate = first if attempt == 0 else draw()
+        try:
+            check(candidate)
+            return candidate
+        except InvalidArchitectureError as exc:
+            reason = exc
+    raise InvalidArchitectureError(
+        f"no valid architecture in {tries} random draws: the space's own check refused every one "
+        f"(the last: {reason}); loosen the constraint (e.g. a NasBench101Cell's max_num_edges) or "
+        "give the architectures yourself"
+    )
 
 
 def merge_spaces(model: SearchSpace, evaluator: SearchSpace) -> dict[str, list[Any]]:

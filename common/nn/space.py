@@ -19,7 +19,7 @@ import itertools
 import logging
 import math
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -39,6 +39,7 @@ from ..arch import (
     match_option,
     normalize_arch,
     note_space_built,
+    valid_draw,
     validate_arch,
 )
 from ..trace import Recipe, _attach, _name_positionals
@@ -135,9 +136,27 @@ class ModelSpace(nn.Module):
         return describe_space(self).to_json()
 
     def random_sample(self, seed: int | None = None) -> Arch:
-        """One architecture drawn uniformly (reproducible for a given ``seed``)."""
+        """One valid architecture drawn uniformly (reproducible for a given ``seed``): a draw that a
+        module checking the architecture as a whole refuses (:meth:`arch_check`) is drawn again, up
+        to MAX_VALID_DRAWS times, then InvalidArchitectureError."""
         rng = random.Random(seed)
-        return {label: canonical(rng.choice(options)) for label, options in self.search_space().items()}
+        space = self.search_space()
+        check = self.arch_check()
+        return valid_draw(lambda: {label: canonical(rng.choice(o)) for label, o in space.items()}, check)
+
+    def arch_check(self) -> Callable[[Mapping[str, Any]], None] | None:
+        """The space's own validity check beyond each label's options, for strategies to draw only valid
+        architectures: InvalidArchitectureError for an architecture (its labels of this space) that a
+        module checking it as a whole (an :class:`ArchHooks`, as NasBench101Cell) refuses; None when
+        every combination of options is valid."""
+        if not any(isinstance(m, ArchHooks) for m in self.modules()):
+            return None
+        labels = self._retia_space.specs
+
+        def check(arch: Mapping[str, Any]) -> None:
+            self.validate({label: value for label, value in arch.items() if label in labels})
+
+        return check
 
     def grid(self) -> Iterator[Arch]:
         """Every architecture, in a stable order (the last label varies fastest)."""

@@ -11,6 +11,10 @@ from fixtures_data import assert_trains_on_digits
 import retia.nn as nn
 from retia import InvalidArchitectureError
 from retia.nn import NasBench101Cell, NasBench201Cell, original_state_dict_hooks
+from retia.nn.space import ArchHooks
+from retia.searchspace import SpaceDescription
+from retia.strategy import GridSearch, Random
+from retia.strategy.base import Strategy
 
 
 def _params(model: torch.nn.Module) -> int:
@@ -241,3 +245,51 @@ def test_nb101_loads_nni3_final_record_and_refuses_one_that_disagrees() -> None:
             NB101Space()
     with pytest.raises(InvalidArchitectureError, match="'c/final' is NNI 3.0's record"):
         space.validate({**PRUNED, "c/final": "not a graph"})
+
+
+def _strategy_draws(space: nn.ModelSpace, strategy: Strategy, n: int) -> list[dict[str, Any]]:
+    """``n`` asks of ``strategy`` attached as an Experiment attaches it (the description and the check)."""
+    strategy.attach(SpaceDescription.from_json(space.describe(), check=space.arch_check()))
+    draws = [strategy.ask(key) for key in range(n)]
+    assert all(arch is not None for arch in draws)
+    return [arch for arch in draws if arch is not None]
+
+
+def test_nb101_random_sampling_gives_only_valid_graphs() -> None:
+    """With at most 4 edges most uniform draws are refused (too many edges, or disconnected): the space's
+    random_sample and the Random and GridSearch strategies draw again until the space accepts one."""
+    space = NB101Space(max_num_edges=4)
+    archs = [space.random_sample(seed=seed) for seed in range(30)]
+    archs += _strategy_draws(space, Random(seed=0), 30) + _strategy_draws(
+        space, Random(seed=1, dedup=False), 10
+    )
+    archs += _strategy_draws(space, GridSearch(), 5)
+    for arch in archs:
+        space.validate(arch)  # raises for an invalid graph
+    assert len({str(sorted(a.items())) for a in archs[:30]}) > 20  # still random, not one fallback
+    assert NB101Space().arch_check() is not None and NB201Space().arch_check() is None
+
+
+class _RefusesAll(ArchHooks, torch.nn.Module):
+    def check_arch(self, arch: Any) -> None:
+        raise InvalidArchitectureError(f"refused {arch['w']}")
+
+
+class RefusingSpace(nn.ModelSpace):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, nn.ValueChoice([2, 3], label="w"))
+        self.hook = _RefusesAll()
+
+
+def test_sampling_a_space_that_refuses_every_arch_fails_with_the_reason() -> None:
+    space = RefusingSpace()
+    with pytest.raises(
+        InvalidArchitectureError, match=r"no valid architecture in 1000 random draws.*refused [23]"
+    ):
+        space.random_sample(seed=0)
+    with pytest.raises(InvalidArchitectureError, match="no valid architecture in 1000 random draws"):
+        _strategy_draws(space, Random(seed=0, dedup=False), 1)
+    grid = GridSearch()
+    grid.attach(SpaceDescription.from_json(space.describe(), check=space.arch_check()))
+    assert grid.ask(0) is None  # nothing valid to enumerate
