@@ -212,10 +212,8 @@ PRUNED = {
     "c/input3": [1],
     "c/input4": [1, 3],
 }
-NNI3_PRUNED = {
-    **PRUNED,
-    "c/final": {"op1": "lin", "input1": [0], "op2": "tanh", "input2": [1], "input3": [1, 2]},
-}
+FINAL: dict[str, Any] = {"op1": "lin", "input1": [0], "op2": "tanh", "input2": [1], "input3": [1, 2]}
+NNI3_PRUNED: dict[str, Any] = {**PRUNED, "c/final": FINAL}
 
 
 def test_nb101_loads_nni3_final_record_and_refuses_one_that_disagrees() -> None:
@@ -236,7 +234,7 @@ def test_nb101_loads_nni3_final_record_and_refuses_one_that_disagrees() -> None:
     space.activate(NNI3_PRUNED)
     assert space.cell.active_inputs[:4] == [[0], [0], [1], [1, 3]] and space(x).shape == (3, 10)
 
-    wrong = {**NNI3_PRUNED, "c/final": {**NNI3_PRUNED["c/final"], "input3": [2]}}
+    wrong = {**NNI3_PRUNED, "c/final": {**FINAL, "input3": [2]}}
     for load in (space.validate, space.freeze, space.activate):
         with pytest.raises(InvalidArchitectureError, match="'c/final' is NNI 3.0's record"):
             load(wrong)
