@@ -134,7 +134,10 @@ class Experiment:
         strategy is attached to): the model space's ``describe()``, then the evaluator's choices."""
         describe = getattr(self.model_space, "describe", None)
         if callable(describe):
-            model = SpaceDescription.from_json(describe())
+            arch_check = getattr(self.model_space, "arch_check", None)  # its validity beyond the options
+            model = SpaceDescription.from_json(
+                describe(), check=arch_check() if callable(arch_check) else None
+            )
         else:
             model = SpaceDescription.from_flat(self.model_space.search_space())
         own = SpaceDescription(tuple(Choice.from_spec(spec) for spec in self.evaluator._choices().values()))

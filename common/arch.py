@@ -39,8 +39,11 @@ __all__ = [
     "arch_indices",
     "validate_arch",
     "merge_spaces",
+    "valid_draw",
+    "MAX_VALID_DRAWS",
     "fixed_arch",
     "current_fixed_arch",
+    "fixed_derived",
     "coerce_choice",
     "normalize_arch",
     "build_frozen",
@@ -165,6 +168,31 @@ def validate_arch(search_space: SearchSpace, arch: Mapping[str, Any]) -> None:
     arch_indices(search_space, arch)
 
 
+#: How many draws a sampler makes for one architecture that its space's check accepts before giving up.
+MAX_VALID_DRAWS = 1000
+
+
+def valid_draw(draw: Callable[[], T], check: Callable[[T], object] | None, tries: int = MAX_VALID_DRAWS) -> T:
+    """``draw()`` again until ``check`` (raising InvalidArchitectureError) accepts it, at most ``tries``
+    times; the first draw when there is no check. InvalidArchitectureError with the last reason after."""
+    first = draw()
+    if check is None:
+        return first
+    reason: InvalidArchitectureError | None = None
+    for attempt in range(tries):
+        candidate = first if attempt == 0 else draw()
+        try:
+            check(candidate)
+            return candidate
+        except InvalidArchitectureError as exc:
+            reason = exc
+    raise InvalidArchitectureError(
+        f"no valid architecture in {tries} random draws: the space's own check refused every one "
+        f"(the last: {reason}); loosen the constraint (e.g. a NasBench101Cell's max_num_edges) or "
+        "give the architectures yourself"
+    )
+
+
 def merge_spaces(model: SearchSpace, evaluator: SearchSpace) -> dict[str, list[Any]]:
     """A model's choices and its evaluator's as one search space (the model's first). A label both
     use is one decision, taken once for both: its options must be the same."""
@@ -195,6 +223,7 @@ class _Fixed:
     spaces_built: int = 0
     provisional: dict[str, ChoiceSpec] = field(default_factory=dict)  # missing, maybe not reached
     locators: list[Locator] = field(default_factory=list)  # one per top-level space built
+    derived: set[str] = field(default_factory=set)  # labels read by fixed_derived (no choice's)
 
 
 _FIXED: contextvars.ContextVar[_Fixed | None] = contextvars.ContextVar("retia_fixed_arch", default=None)
@@ -228,7 +257,7 @@ def fixed_arch(arch: ArchLike, verbose: bool = True) -> Iterator[Arch]:
         yield state.arch
     finally:
         _FIXED.reset(token)
-    unknown = [label for label in state.arch if label not in state.consumed]
+    unknown = [label for label in state.arch if label not in state.consumed and label not in state.derived]
     located: set[str] = set()
     reached: set[str] = set()
     if state.provisional or (unknown and state.locators):  # (a supernet is built only then)
@@ -318,6 +347,17 @@ def fixed_choice(spec: ChoiceSpec) -> Any:
         )
     state.consumed[spec.label] = spec
     return chosen
+
+
+def fixed_derived(label: str) -> Any:
+    """The value of ``label`` in the current fixed architecture (MISSING if absent or outside one), for
+    a label that is no choice but a record derived from the others (NNI 3.0's ``<cell>/final``): the
+    module reading it checks it, and it is then no unknown label."""
+    state = _FIXED.get()
+    if state is None or label not in state.arch:
+        return MISSING
+    state.derived.add(label)
+    return state.arch[label]
 
 
 def note_space_built(locate: Locator | None = None) -> None:

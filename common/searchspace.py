@@ -17,7 +17,7 @@ import enum
 import itertools
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,6 +107,9 @@ class SpaceDescription(Mapping[str, list[Any]]):
 
     choices: tuple[Choice, ...]
     _by_label: dict[str, Choice] = field(init=False, repr=False, compare=False)
+    #: the space's own validity check beyond each label's options (``ModelSpace.arch_check``: raises
+    #: InvalidArchitectureError), which samplers draw again on; not part of the JSON
+    check: Callable[[Mapping[str, Any]], None] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         by_label: dict[str, Choice] = {}
@@ -164,8 +167,11 @@ class SpaceDescription(Mapping[str, list[Any]]):
         return {choice.label: choice.to_json() for choice in self.choices}
 
     @classmethod
-    def from_json(cls, data: Any) -> SpaceDescription:
-        """The description :meth:`to_json` wrote; ConfigError naming what is wrong otherwise."""
+    def from_json(
+        cls, data: Any, check: Callable[[Mapping[str, Any]], None] | None = None
+    ) -> SpaceDescription:
+        """The description :meth:`to_json` wrote (with the space's ``check``, which JSON cannot hold);
+        ConfigError naming what is wrong otherwise."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"a space description is a dict {{label: entry}}, got {type(data).__name__}")
         choices = []
@@ -190,7 +196,7 @@ class SpaceDescription(Mapping[str, list[Any]]):
                 )
             except (KeyError, TypeError, IndexError) as exc:
                 raise ConfigError(f"space description entry {label!r} is malformed: {exc!r}") from None
-        return cls(tuple(choices))
+        return cls(tuple(choices), check=check)
 
     @classmethod
     def from_flat(cls, space: Mapping[str, Sequence[Any]]) -> SpaceDescription:
@@ -210,7 +216,10 @@ class SpaceDescription(Mapping[str, list[Any]]):
     def merged(self, other: Mapping[str, Sequence[Any]]) -> SpaceDescription:
         """This description and ``other``'s labels not in it (a label in both is one decision, this one's)."""
         extra = SpaceDescription.from_flat(other)
-        return SpaceDescription(self.choices + tuple(c for c in extra.choices if c.label not in self))
+        return SpaceDescription(
+            self.choices + tuple(c for c in extra.choices if c.label not in self),
+            check=self.check or extra.check,
+        )
 
     # ---- reachability ----
 

@@ -6,6 +6,8 @@
   ``max_num_edges`` edges: ``<label>/num_nodes`` (a ValueChoice), ``<label>/op<i>`` per interior
   vertex and ``<label>/input<i>`` (any subset of the earlier vertices) per vertex. A graph with
   too many edges, or whose input does not reach its output, is refused when validated or frozen.
+  NNI 3.0 exports also ``<label>/final``, its record of the pruned graph (:func:`nasbench101_final`):
+  it loads when it agrees with the choices, and is refused when it does not.
 """
 
 from __future__ import annotations
@@ -19,7 +21,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..arch import MISSING, ChoiceSpec, canonical, coerce_choice, current_fixed_arch, fixed_choice
+from ..arch import (
+    MISSING,
+    ChoiceSpec,
+    canonical,
+    coerce_choice,
+    current_fixed_arch,
+    fixed_choice,
+    fixed_derived,
+)
 from ..errors import InvalidArchitectureError
 from .choices import LayerChoice, ValueChoice, _check_active
 from .registry import composite_scope, register_choice
@@ -179,6 +189,31 @@ def nasbench101_graph(
     )
 
 
+def nasbench101_final(graph: NasBench101Graph) -> dict[str, Any]:
+    """NNI 3.0's record ``<label>/final`` of a pruned graph: ``op<t>`` (its op's key) and ``input<t>``
+    (its inputs) for each kept vertex ``t``, numbered after pruning."""
+    final: dict[str, Any] = {}
+    last = len(graph.vertices) - 1
+    for t in range(1, last + 1):
+        if t < last:
+            final[f"op{t}"] = graph.ops[t - 1]
+        final[f"input{t}"] = list(graph.inputs[t])
+    return final
+
+
+def _check_final(label: str, graph: NasBench101Graph, value: Any) -> None:
+    """InvalidArchitectureError unless ``value`` (``<cell>/final``, or MISSING) is ``graph``'s record."""
+    if value is MISSING:
+        return
+    expected = nasbench101_final(graph)
+    given = {k: canonical(v) for k, v in value.items()} if isinstance(value, Mapping) else value
+    if given != expected:
+        raise InvalidArchitectureError(
+            f"invalid architecture: {label!r} is NNI 3.0's record of the pruned graph, {value!r}, but the "
+            f"architecture's choices give {expected!r}; leave {label!r} out or make it agree"
+        )
+
+
 def _subsets(n: int) -> list[list[int]]:
     """Every subset of ``range(n)`` as a sorted list, by size, then lexicographically."""
     return [list(c) for size in range(n + 1) for c in itertools.combinations(range(n), size)]
@@ -228,6 +263,8 @@ class NasBench101Cell(ArchHooks, nn.Module):
         fixed = current_fixed_arch()
         with composite_scope("nasbench101cell", label) as (full_label, child):
             self.label = full_label
+            self.final_label = f"{full_label}/final"
+            self.derived_labels = frozenset([self.final_label])
             prior = [2.0**i for i in range(2, max_num_nodes + 1)]
             num_nodes: Any = ValueChoice(
                 list(range(2, max_num_nodes + 1)),
@@ -281,6 +318,7 @@ class NasBench101Cell(ArchHooks, nn.Module):
                 if needed:
                     inputs.append(list(value))
         graph = nasbench101_graph(num_nodes, inputs, ops, self.max_num_edges, self.label)
+        _check_final(self.final_label, graph, fixed_derived(self.final_label))
         self.graph = graph
         self.widths = graph.channels(self.in_features, self.out_features)
         self.projections = nn.ModuleDict(
@@ -308,9 +346,11 @@ class NasBench101Cell(ArchHooks, nn.Module):
         return num_nodes, inputs[: num_nodes - 1], ops[: max(num_nodes - 2, 0)]
 
     def check_arch(self, arch: Mapping[str, Any]) -> None:
-        """InvalidArchitectureError if ``arch``'s graph has too many edges or is disconnected."""
+        """InvalidArchitectureError if ``arch``'s graph has too many edges or is disconnected, or if
+        its ``<label>/final`` (NNI 3.0's record of the pruned graph) is not that graph's."""
         num_nodes, inputs, ops = self._read(arch)
-        nasbench101_graph(num_nodes, inputs, ops, self.max_num_edges, self.label)
+        graph = nasbench101_graph(num_nodes, inputs, ops, self.max_num_edges, self.label)
+        _check_final(self.final_label, graph, arch.get(self.final_label, MISSING))
 
     def activate_arch(self, arch: Mapping[str, Any]) -> None:
         """Make forward run ``arch``'s graph (its ops are activated as LayerChoices)."""

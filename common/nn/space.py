@@ -19,7 +19,7 @@ import itertools
 import logging
 import math
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -39,6 +39,7 @@ from ..arch import (
     match_option,
     normalize_arch,
     note_space_built,
+    valid_draw,
     validate_arch,
 )
 from ..trace import Recipe, _attach, _name_positionals
@@ -65,6 +66,9 @@ class ArchHooks:
     and leaves the ``activated_labels`` (its ValueChoices) to it."""
 
     activated_labels: frozenset[str] = frozenset()
+    #: labels an exported architecture may hold that are no choice but a record derived from the
+    #: choices (NNI 3.0's ``<cell>/final``): not searched; ``check_arch`` checks them, then they are dropped
+    derived_labels: frozenset[str] = frozenset()
 
     def check_arch(self, arch: Mapping[str, Any]) -> None:
         """Raise InvalidArchitectureError if ``arch`` (valid label by label) is not valid as a whole."""
@@ -137,9 +141,27 @@ class ModelSpace(nn.Module):
         return dict(self._retia_space.specs)
 
     def random_sample(self, seed: int | None = None) -> Arch:
-        """One architecture drawn uniformly (reproducible for a given ``seed``)."""
+        """One valid architecture drawn uniformly (reproducible for a given ``seed``): a draw that a
+        module checking the architecture as a whole refuses (:meth:`arch_check`) is drawn again, up
+        to MAX_VALID_DRAWS times, then InvalidArchitectureError."""
         rng = random.Random(seed)
-        return {label: canonical(rng.choice(options)) for label, options in self.search_space().items()}
+        space = self.search_space()
+        check = self.arch_check()
+        return valid_draw(lambda: {label: canonical(rng.choice(o)) for label, o in space.items()}, check)
+
+    def arch_check(self) -> Callable[[Mapping[str, Any]], None] | None:
+        """The space's own validity check beyond each label's options, for strategies to draw only valid
+        architectures: InvalidArchitectureError for an architecture (its labels of this space) that a
+        module checking it as a whole (an :class:`ArchHooks`, as NasBench101Cell) refuses; None when
+        every combination of options is valid."""
+        if not any(isinstance(m, ArchHooks) for m in self.modules()):
+            return None
+        labels = self._retia_space.specs
+
+        def check(arch: Mapping[str, Any]) -> None:
+            self.validate({label: value for label, value in arch.items() if label in labels})
+
+        return check
 
     def grid(self) -> Iterator[Arch]:
         """Every architecture, in a stable order (the last label varies fastest)."""
@@ -154,12 +176,16 @@ class ModelSpace(nn.Module):
     def validate(self, arch: ArchLike) -> Arch:
         """``arch`` as a plain dict of canonical options; InvalidArchitectureError if it does not fit.
 
-        NNI's forms of a value are accepted (``'1'`` for a list LayerChoice). A label of a choice
+        NNI's forms of a value are accepted (``'1'`` for a list LayerChoice), and the records NNI
+        derives from the choices (``derived_labels``: a NasBench101Cell's ``<label>/final``) are checked
+        against them and left out of the result. A label of a choice
         that ``arch`` does not reach (inside a LayerChoice candidate it does not choose) may be
         left out: it is filled with the supernet's default, which the model does not use.
         """
         specs = self._retia_space.specs
         loaded = normalize_arch(specs, load_arch(arch))
+        hooked = [m for m in self.modules() if isinstance(m, ArchHooks)]
+        derived = {label: loaded.pop(label) for m in hooked for label in m.derived_labels if label in loaded}
         missing = [label for label in specs if label not in loaded]
         if missing:
             located, reached = locate_choices(self, loaded)
@@ -167,9 +193,8 @@ class ModelSpace(nn.Module):
                 if label in located and label not in reached:
                     loaded[label] = canonical(specs[label].default)
         validate_arch(self.search_space(), loaded)
-        for module in self.modules():
-            if isinstance(module, ArchHooks):
-                module.check_arch(loaded)
+        for module in hooked:
+            module.check_arch({**loaded, **derived})
         return loaded
 
     def freeze(self, arch: ArchLike, *, inherit_weights: bool = False) -> nn.Module:

@@ -18,8 +18,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from ..arch import Arch, SearchSpace, arch_indices, canonical, option_index
-from ..errors import ConfigError
+from ..arch import Arch, SearchSpace, arch_indices, canonical, option_index, valid_draw
+from ..errors import ConfigError, InvalidArchitectureError
 from ..searchspace import SpaceDescription
 
 __all__ = ["EarlyStop", "MedianStop", "SpaceCodec", "Strategy"]
@@ -57,6 +57,7 @@ class SpaceCodec:
             self.options.append([canonical(o) for o in options])
         self.space = dict(zip(self.labels, self.options))
         self.description = SpaceDescription.from_flat(space)
+        self.check = self.description.check
         choices = [self.description.choice(label) for label in self.labels]
         self.priors: list[list[float] | None] = [None if c.prior is None else list(c.prior) for c in choices]
         self.defaults: list[int] = [option_index(c.options, c.default) or 0 for c in choices]
@@ -97,9 +98,28 @@ class SpaceCodec:
             return rng.choice(candidates)
         return rng.choices(candidates, weights=[prior[i] for i in candidates])[0]
 
+    def valid(self, index: Index) -> bool:
+        """Whether the space's own check (:attr:`SpaceDescription.check`; none: any) accepts ``index``."""
+        if self.check is None:
+            return True
+        try:
+            self.check(self.decode(index))
+        except InvalidArchitectureError as exc:
+            _log.debug("the space refuses %s: %s", index, exc)
+            return False
+        return True
+
     def sample(self, rng: random.Random) -> Index:
-        """A canonical index drawn label by label, each by its prior."""
-        return self.canonical(tuple(self.sample_option(p, rng) for p in range(len(self.labels))))
+        """A canonical index drawn label by label, each by its prior; drawn again while the space's own
+        check refuses it (InvalidArchitectureError after MAX_VALID_DRAWS draws)."""
+
+        def draw() -> Index:
+            return self.canonical(tuple(self.sample_option(p, rng) for p in range(len(self.labels))))
+
+        check = self.check
+        if check is None:
+            return draw()
+        return valid_draw(draw, lambda index: check(self.decode(index)))
 
     def encode(self, arch: Mapping[str, Any]) -> Index:
         """Canonical option indices of ``arch`` (labels it does not reach may be left out);

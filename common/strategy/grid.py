@@ -45,7 +45,8 @@ class GridSearch(Strategy):
             rank = self._order[self._cursor] if self._order is not None else self._cursor
             self._cursor += 1
             index = codec.canonical(codec.unrank(rank))
-            if index not in self._book.seen:  # skip archs replayed from an earlier run, and the same again
+            # skip archs replayed from an earlier run, the same again, and those the space refuses
+            if index not in self._book.seen and codec.valid(index):
                 return self._issue(index)
         return None
 

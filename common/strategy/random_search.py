@@ -16,7 +16,8 @@ _REJECTION_TRIES = 64
 
 
 def sample_unseen(codec: SpaceCodec, seen: set[Index], rng: random.Random) -> Index | None:
-    """A random (by the priors) canonical architecture not in ``seen``; None when every one is seen."""
+    """A random (by the priors) canonical architecture not in ``seen`` that the space accepts
+    (:meth:`SpaceCodec.valid`); None when every one is seen."""
     if len(seen) >= codec.size:
         return None
     for _ in range(_REJECTION_TRIES):
@@ -25,7 +26,7 @@ def sample_unseen(codec: SpaceCodec, seen: set[Index], rng: random.Random) -> In
             return index
     # The space is nearly all seen, hence small: pick among the unseen ones directly.
     free = list(dict.fromkeys(codec.canonical(codec.unrank(r)) for r in range(codec.product)))
-    free = [index for index in free if index not in seen]
+    free = [index for index in free if index not in seen and codec.valid(index)]
     return rng.choice(free) if free else None
 
 

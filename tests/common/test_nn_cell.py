@@ -6,12 +6,12 @@ from typing import Any, cast
 
 import pytest
 import torch
+from fixtures_data import assert_trains_on_digits
 
 import retia.nn as nn
 import retia.nni.nas.nn.pytorch as nni3
 import retia.nni.retiarii
 import retia.nni.retiarii.nn.pytorch as nni2
-from retia.datasets import DigitsDataset
 from retia.nn import AutoActivation, Cell, original_state_dict_hooks
 
 
@@ -163,19 +163,7 @@ def test_cell_refuses_wrong_predecessor_count_and_bad_arguments() -> None:
 def test_frozen_cell_trains_on_digits() -> None:
     torch.manual_seed(0)
     space = CellSpace()
-    model = space.freeze(space.random_sample(seed=5))
-    data = DigitsDataset("train")
-    x, y = data.x[:256], data.y[:256]
-    model(x)
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    losses = []
-    for _ in range(20):
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0] * 0.8
+    assert_trains_on_digits(space.freeze(space.random_sample(seed=5)))
 
 
 class ActSpace(nn.ModelSpace):

@@ -6,11 +6,15 @@ from typing import Any
 
 import pytest
 import torch
+from fixtures_data import assert_trains_on_digits
 
 import retia.nn as nn
 from retia import InvalidArchitectureError
-from retia.datasets import DigitsDataset
 from retia.nn import NasBench101Cell, NasBench201Cell, original_state_dict_hooks
+from retia.nn.space import ArchHooks
+from retia.searchspace import SpaceDescription
+from retia.strategy import GridSearch, Random
+from retia.strategy.base import Strategy
 
 
 def _params(model: torch.nn.Module) -> int:
@@ -189,18 +193,101 @@ def test_nb101_supernet_runs_the_active_graph() -> None:
 
 def test_frozen_nb_cells_train_on_digits() -> None:
     torch.manual_seed(0)
-    data = DigitsDataset("train")
-    x, y = data.x[:256], data.y[:256]
     for model in (
         NB101Space().freeze(ARCH),
         NB201Space().freeze({k: "1" for k in NB201Space().search_space()}),
     ):
-        opt = torch.optim.Adam(model.parameters(), lr=0.01)
-        losses = []
-        for _ in range(20):
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        assert losses[-1] < losses[0] * 0.8
+        assert_trains_on_digits(model)
+
+
+# Vertex 2 reaches no output: pruned. NNI 3.0 exports the choices and, under "c/final", the pruned
+# graph (vertices 0, 1, 3, 4 renumbered 0..3), as its NasBench101CellConstraint records it.
+PRUNED = {
+    "c/num_nodes": 5,
+    "c/op1": "lin",
+    "c/input1": [0],
+    "c/op2": "tanh",
+    "c/input2": [0],
+    "c/op3": "tanh",
+    "c/input3": [1],
+    "c/input4": [1, 3],
+}
+FINAL: dict[str, Any] = {"op1": "lin", "input1": [0], "op2": "tanh", "input2": [1], "input3": [1, 2]}
+NNI3_PRUNED: dict[str, Any] = {**PRUNED, "c/final": FINAL}
+
+
+def test_nb101_loads_nni3_final_record_and_refuses_one_that_disagrees() -> None:
+    space = NB101Space()
+    assert "c/final" not in space.search_space()  # a record, not a choice: never searched
+    assert space.validate(NNI3_PRUNED) == PRUNED
+    torch.manual_seed(0)
+    frozen: Any = space.freeze(NNI3_PRUNED)
+    assert frozen.cell.graph.vertices == (0, 1, 3, 4) and frozen.cell.graph.ops == ("lin", "tanh")
+    with nn.fixed_arch(NNI3_PRUNED):  # directly, as NNI's `with fixed_arch(exported): Net()`
+        torch.manual_seed(0)
+        direct: Any = NB101Space()
+    assert direct.cell.graph == frozen.cell.graph
+    torch.manual_seed(0)
+    plain: Any = space.freeze(PRUNED)  # the same model without the record
+    x = torch.randn(3, 64)
+    assert torch.equal(frozen(x), plain(x)) and torch.equal(direct(x), plain(x))
+    space.activate(NNI3_PRUNED)
+    assert space.cell.active_inputs[:4] == [[0], [0], [1], [1, 3]] and space(x).shape == (3, 10)
+
+    wrong = {**NNI3_PRUNED, "c/final": {**FINAL, "input3": [2]}}
+    for load in (space.validate, space.freeze, space.activate):
+        with pytest.raises(InvalidArchitectureError, match="'c/final' is NNI 3.0's record"):
+            load(wrong)
+    with pytest.raises(InvalidArchitectureError, match="'c/final' is NNI 3.0's record"):
+        with nn.fixed_arch(wrong):
+            NB101Space()
+    with pytest.raises(InvalidArchitectureError, match="'c/final' is NNI 3.0's record"):
+        space.validate({**PRUNED, "c/final": "not a graph"})
+
+
+def _strategy_draws(space: nn.ModelSpace, strategy: Strategy, n: int) -> list[dict[str, Any]]:
+    """``n`` asks of ``strategy`` attached as an Experiment attaches it (the description and the check)."""
+    strategy.attach(SpaceDescription.from_json(space.describe(), check=space.arch_check()))
+    draws = [strategy.ask(key) for key in range(n)]
+    assert all(arch is not None for arch in draws)
+    return [arch for arch in draws if arch is not None]
+
+
+def test_nb101_random_sampling_gives_only_valid_graphs() -> None:
+    """With at most 4 edges most uniform draws are refused (too many edges, or disconnected): the space's
+    random_sample and the Random and GridSearch strategies draw again until the space accepts one."""
+    space = NB101Space(max_num_edges=4)
+    archs = [space.random_sample(seed=seed) for seed in range(30)]
+    archs += _strategy_draws(space, Random(seed=0), 30) + _strategy_draws(
+        space, Random(seed=1, dedup=False), 10
+    )
+    archs += _strategy_draws(space, GridSearch(), 5)
+    for arch in archs:
+        space.validate(arch)  # raises for an invalid graph
+    assert len({str(sorted(a.items())) for a in archs[:30]}) > 20  # still random, not one fallback
+    assert NB101Space().arch_check() is not None and NB201Space().arch_check() is None
+
+
+class _RefusesAll(ArchHooks, torch.nn.Module):
+    def check_arch(self, arch: Any) -> None:
+        raise InvalidArchitectureError(f"refused {arch['w']}")
+
+
+class RefusingSpace(nn.ModelSpace):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, nn.ValueChoice([2, 3], label="w"))
+        self.hook = _RefusesAll()
+
+
+def test_sampling_a_space_that_refuses_every_arch_fails_with_the_reason() -> None:
+    space = RefusingSpace()
+    with pytest.raises(
+        InvalidArchitectureError, match=r"no valid architecture in 1000 random draws.*refused [23]"
+    ):
+        space.random_sample(seed=0)
+    with pytest.raises(InvalidArchitectureError, match="no valid architecture in 1000 random draws"):
+        _strategy_draws(space, Random(seed=0, dedup=False), 1)
+    grid = GridSearch()
+    grid.attach(SpaceDescription.from_json(space.describe(), check=space.arch_check()))
+    assert grid.ask(0) is None  # nothing valid to enumerate

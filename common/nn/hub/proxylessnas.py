@@ -96,9 +96,36 @@ def _identity() -> nn.Module:
 
 
 class _Residual(nn.Sequential):
-    """A sequence of layers that adds its input to its output when ``residual`` (same shape both ends)."""
+    """A sequence of layers that adds its input to its output when ``residual`` (same shape both ends).
+
+    Built as MobileNetV2's blocks end: the ``head`` layers, a depthwise ``kernel_size`` conv at ``hidden``
+    channels, an optional ``squeeze_excite(hidden, in_channels)``, a linear 1x1 projection to
+    ``out_channels``; ``residual`` holds only at stride 1.
+    """
 
     residual: bool
+
+    def __init__(
+        self,
+        head: list[nn.Module],
+        hidden: MaybeChoice,
+        in_channels: MaybeChoice,
+        out_channels: MaybeChoice,
+        kernel_size: MaybeChoice,
+        stride: int,
+        squeeze_excite: Callable[[Any, Any], nn.Module] | None,
+        activation_layer: ActFactory | None,
+        residual: bool,
+    ) -> None:
+        layers = [
+            *head,
+            ConvBNReLU(hidden, hidden, kernel_size, stride, groups=hidden, activation_layer=activation_layer),
+        ]
+        if squeeze_excite is not None:
+            layers.append(squeeze_excite(hidden, in_channels))
+        layers.append(ConvBNReLU(hidden, out_channels, 1, activation_layer=_identity))
+        super().__init__(*layers)
+        self.residual = residual and stride == 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = x
@@ -122,21 +149,17 @@ class DepthwiseSeparableConv(_Residual):
         activation_layer: ActFactory | None = None,
         residual: bool = False,
     ) -> None:
-        layers: list[nn.Module] = [
-            ConvBNReLU(
-                in_channels,
-                in_channels,
-                kernel_size,
-                stride,
-                groups=in_channels,
-                activation_layer=activation_layer,
-            )
-        ]
-        if squeeze_excite is not None:
-            layers.append(squeeze_excite(in_channels, in_channels))
-        layers.append(ConvBNReLU(in_channels, out_channels, 1, activation_layer=_identity))
-        super().__init__(*layers)
-        self.residual = residual and stride == 1
+        super().__init__(
+            [],
+            in_channels,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            squeeze_excite,
+            activation_layer,
+            residual,
+        )
 
 
 class InvertedResidual(_Residual):
@@ -161,15 +184,18 @@ class InvertedResidual(_Residual):
         if stride not in (1, 2):
             raise ValueError(f"InvertedResidual stride must be 1 or 2, got {stride!r}")
         hidden = make_divisible(in_channels * expand_ratio, 8)
-        layers: list[nn.Module] = [
-            ConvBNReLU(in_channels, hidden, 1, activation_layer=activation_layer),
-            ConvBNReLU(hidden, hidden, kernel_size, stride, groups=hidden, activation_layer=activation_layer),
-        ]
-        if squeeze_excite is not None:
-            layers.append(squeeze_excite(hidden, in_channels))
-        layers.append(ConvBNReLU(hidden, out_channels, 1, activation_layer=_identity))
-        super().__init__(*layers)
-        self.residual = residual and stride == 1
+        expand = ConvBNReLU(in_channels, hidden, 1, activation_layer=activation_layer)
+        super().__init__(
+            [expand],
+            hidden,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            squeeze_excite,
+            activation_layer,
+            residual,
+        )
 
 
 def init_weights(model: nn.Module, bn_momentum: float = 0.1, bn_eps: float = 1e-3) -> None:
