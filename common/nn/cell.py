@@ -165,6 +165,13 @@ class Cell(nn.Module):
             return module
         return _PerInputOps([self._layer_choice(op_candidates, node, k, i, label) for i in range(node)])
 
+    def _slot(self, op: nn.Module, inp: nn.Module, states: list[torch.Tensor]) -> torch.Tensor:
+        """One op of a node on the input its InputChoice picks (the one-shot relaxation mixes them)."""
+        if isinstance(op, _PerInputOps):
+            op = op[_chosen_index(inp)]
+        out: torch.Tensor = op(inp(states))
+        return out
+
     @property
     def output_node_indices(self) -> list[int]:
         """The nodes concatenated into the output: all of them, or with ``loose_end`` those that no op
@@ -195,9 +202,7 @@ class Cell(nn.Module):
         for node_ops, node_inputs in slots:
             total: torch.Tensor | None = None
             for op, inp in zip(node_ops, node_inputs):
-                if isinstance(op, _PerInputOps):
-                    op = op[_chosen_index(inp)]
-                out = op(inp(states))
+                out = self._slot(op, inp, states)
                 total = out if total is None else total + out
             assert total is not None
             states.append(total)

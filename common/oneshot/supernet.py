@@ -1,7 +1,7 @@
 """What a one-shot strategy decides in a supernet, and the continuous relaxation DARTS trains.
 
 :func:`decisions` lists every label of a supernet with the modules that use it.
-:func:`relax` swaps the class of each LayerChoice, InputChoice and Repeat in place (as
+:func:`relax` swaps the class of each LayerChoice, InputChoice, Repeat and Cell in place (as
 :mod:`retia.nn.mixed` does, so parameters and state-dict keys stay as they are) for one whose
 forward mixes its candidates by the weights set with :meth:`Relaxation.mix`; with no weights set
 it runs its active candidate, as before. A choice inside a layer's arguments (a width, a kernel)
@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from ..arch import Arch, ChoiceSpec, canonical
 from ..errors import ConfigError
+from ..nn.cell import Cell, _PerInputOps
 from ..nn.choices import InputChoice, LayerChoice
 from ..nn.repeat import Repeat
 from ..nn.space import ModelSpace
@@ -113,6 +114,23 @@ class _RelaxedRepeat(Repeat):
         return total
 
 
+class _RelaxedCell(Cell):
+    """A Cell whose every op slot is DARTS's mixed edge: the sum, over the earlier states, of the
+    slot's mixed op on each state weighted by the slot's input weights (with per-input ops, that
+    input's own)."""
+
+    def _slot(self, op: nn.Module, inp: nn.Module, states: list[torch.Tensor]) -> torch.Tensor:
+        weights = _weights(inp)
+        if weights is None:
+            return super()._slot(op, inp, states)
+        total: Any = None
+        for j, state in enumerate(states[: len(weights)]):
+            edge = op[j] if isinstance(op, _PerInputOps) else op
+            out = weights[j] * edge(state)
+            total = out if total is None else total + out
+        return cast(torch.Tensor, total)
+
+
 _RELAXED: dict[type[nn.Module], type[nn.Module]] = {
     LayerChoice: _RelaxedLayerChoice,
     InputChoice: _RelaxedInputChoice,
@@ -181,10 +199,19 @@ def relax(supernet: nn.Module, strategy: str) -> Relaxation:
             f"{', '.join(unrelaxable)}. Search such a space with RandomOneShot or ENAS, or write the "
             "choice as a LayerChoice of the layers it picks between"
         )
+    cells = [m for m in supernet.modules() if type(m) in (Cell, _RelaxedCell)]
+    loose = [cell.label for cell in cells if cell.merge_op != "all"]
+    if loose:
+        raise ConfigError(
+            f"{strategy} mixes every node of a Cell, which merge_op='loose_end' cannot concatenate "
+            f"(cells {loose}): build them with merge_op='all' (DARTS's), or search with RandomOneShot or ENAS"
+        )
     for decision in found.values():
         for module in decision.modules:
             relaxed_cls = _relaxable(module)
             assert relaxed_cls is not None
             module.__class__ = relaxed_cls
             module.__dict__[_WEIGHTS] = None
+    for cell in cells:
+        cell.__class__ = _RelaxedCell
     return Relaxation(found, sizes)
