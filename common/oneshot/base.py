@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from ..arch import Arch, ChoiceSpec, SearchSpace, option_index
+from ..arch import Arch, ChoiceSpec, SearchSpace, option_index, valid_draw
 from ..errors import ConfigError
 from ..nn.space import ModelSpace
 from ..reporting import Metric
@@ -74,6 +74,7 @@ class Algorithm(nn.Module, abc.ABC):
         super().__init__()
         self.__dict__["supernet"] = supernet
         self.specs: dict[str, ChoiceSpec] = supernet.simplify()
+        self._check = supernet.arch_check()
         self.rng = random.Random(seed)
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
@@ -102,18 +103,17 @@ class Algorithm(nn.Module, abc.ABC):
         return arch_metrics(self.export(), self.specs)
 
     def sample(self) -> Arch:
-        """A valid architecture drawn by each label's prior (uniform without)."""
-        for _ in range(100):
+        """A valid architecture drawn by each label's prior (uniform without); drawn again while the
+        space's own check refuses it (a NasBench101Cell's graph, say)."""
+
+        def draw() -> Arch:
             arch: Arch = {}
             for label, spec in self.specs.items():
                 weights = list(spec.prior) if spec.prior is not None else None
                 arch[label] = self.rng.choices(list(spec.options), weights=weights)[0]
-            try:
-                self.supernet.validate(arch)
-            except Exception:
-                continue
             return arch
-        raise ConfigError("no valid architecture was drawn in 100 tries: check the space's constraints")
+
+        return valid_draw(draw, self._check)
 
 
 class OneShotStrategy(Strategy):
