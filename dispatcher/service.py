@@ -925,7 +925,9 @@ class Dispatcher:
         self._short.pop((rec.id, rec.attempt), None)
         if rec.blobs or rec.checkpoint:
             needed = {b.digest for r in self.trials.values() if not r.state.finished for b in r.blobs}
-            needed |= {r.checkpoint.digest for r in self.trials.values() if r.checkpoint and not r.state.finished}
+            needed |= {
+                r.checkpoint.digest for r in self.trials.values() if r.checkpoint and not r.state.finished
+            }
             self.blobs.evict(keep=needed)
         self._orphans.pop(rec.id, None)
         self._event_state(rec)
@@ -965,7 +967,14 @@ class Dispatcher:
             self.journal.update_trial(rec)
             blobs = rec.blobs if rec.checkpoint is None else [*rec.blobs, rec.checkpoint]
             run = Run(
-                rec.id, rec.attempt, evaluator, model, rec.timeout, rec.name, blobs=blobs, resume=rec.checkpoint
+                rec.id,
+                rec.attempt,
+                evaluator,
+                model,
+                rec.timeout,
+                rec.name,
+                blobs=blobs,
+                resume=rec.checkpoint,
             )
             if item_bytes(run) > worker.max_message_bytes - _HEADROOM:
                 self._too_large(worker, rec, item_bytes(run))

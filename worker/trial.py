@@ -21,9 +21,9 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from retia.artifact_paths import open_beneath
+from retia.blobs import CHUNK, digest_of_fd
 from retia.errors import ProtocolError
 from retia.failure import Failure, FailureKind
-from retia.blobs import CHUNK, digest_of_fd
 from retia.protocol import (
     CHECKPOINT_SEQ,
     Done,

@@ -42,7 +42,9 @@ def test_a_oneshot_trial_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     assert first.final is not None and again.final is not None
 
 
-def test_checkpoint_outside_an_evaluation_keeps_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_checkpoint_outside_an_evaluation_keeps_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("RETIA_OUTPUT_DIR", raising=False)
     path = tmp_path / "x.ckpt"
     path.write_bytes(b"state")
