@@ -28,6 +28,7 @@ __all__ = [
     "pickle_blob",
     "read_blob",
     "digest_of",
+    "digest_of_fd",
 ]
 
 _log = logging.getLogger(__name__)
@@ -142,6 +143,16 @@ def digest_of(path: Path) -> str:
     with open(path, "rb") as f:
         while block := f.read(CHUNK * 4):
             h.update(block)
+    return h.hexdigest()
+
+
+def digest_of_fd(fd: int) -> str:
+    """The digest of the file open at ``fd``, read from its start without moving its offset."""
+    h = _hasher()
+    offset = 0
+    while block := os.pread(fd, CHUNK * 4, offset):
+        h.update(block)
+        offset += len(block)
     return h.hexdigest()
 
 

@@ -223,13 +223,15 @@ class Lightning(Evaluator):
         train_dataloaders: Any = None,
         report: bool | None = None,
         validate_only: bool = False,
+        ckpt_path: str | None = None,
     ) -> None:
         """Fit ``module`` (or only validate it, without training data) on this evaluator's data and
         trainer, reporting each validation and the last as the final result (the metric named by
         the module's ``default_metric`` as 'default'). The one-shot strategies fit their module
         around the user's through here, with the training data they need (``train_dataloaders``)
         and every metric reported (``report=True``, never the bare number); ``validate_only`` scores
-        a model whose weights are given (a subnet inheriting a supernet's)."""
+        a model whose weights are given (a subnet inheriting a supernet's); ``ckpt_path`` resumes
+        the fit from a Lightning checkpoint (a previous attempt's)."""
         auto_report = self._auto_report() if report is None else report
         if auto_report:
             self._check_data()
@@ -242,8 +244,13 @@ class Lightning(Evaluator):
         with support.quiet(), support.interrupts(callback, detect=self.detect_interrupt):
             trainer = self._build_trainer(out, callback)
             if not validate_only and (self.fit_enabled or train_dataloaders is not None):
+                resume = {} if ckpt_path is None else {"ckpt_path": ckpt_path}
                 trainer.fit(
-                    module, train, self.val_dataloaders, datamodule=self.datamodule, **self.fit_kwargs
+                    module,
+                    train,
+                    self.val_dataloaders,
+                    datamodule=self.datamodule,
+                    **{**self.fit_kwargs, **resume},
                 )
                 _log.debug("fit ended after %d validation epoch(s)", callback.count)
             else:

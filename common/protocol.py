@@ -84,6 +84,7 @@ __all__ = [
     "unpack_metric",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "MAX_PREFETCH",
+    "CHECKPOINT_SEQ",
     "id_problem",
 ]
 
@@ -91,6 +92,8 @@ T = TypeVar("T")
 VERSION = b"retia/3"  # 3: sessions (HELLO/WELCOME nonces, per-direction keys, message numbers)
 DEFAULT_MAX_MESSAGE_BYTES = 8 << 20  # big data travels as chunked blobs, never inside one message
 MAX_PREFETCH = 64  # trials a worker may hold beyond the one it runs
+# CHECKPOINT chunks are numbered from here in their attempt, apart from its reports, FILEs and DONE
+CHECKPOINT_SEQ = 1 << 48
 _CHUNK_LIMIT = 8 << 20  # the most bytes a BLOB_GET may ask for (the dispatcher sends at most 1 MiB)
 _NONCE_BYTES = 32
 _DIGEST = re.compile(r"[0-9a-f]{64}")
@@ -130,6 +133,9 @@ class MsgType(IntEnum):
     DONES = 25  # worker -> dispatcher: attempts that ended
     SUBMITS = 26  # client -> dispatcher: new trials
     REFUSED = 27  # dispatcher -> peer: its HELLO or its session is refused (revoked, not its id)
+    # worker -> dispatcher: a chunk of the attempt's latest checkpoint (path = its digest; header:
+    # trial, attempt, seq from CHECKPOINT_SEQ on), kept for the trial's next attempt once complete
+    CHECKPOINT = 28
 
 
 class TrialState(str, Enum):
@@ -325,8 +331,12 @@ class Run:
     name: str = ""
     max_artifact_bytes: NonNegative = 50 << 20
     blobs: list[BlobRef] = field(default_factory=list)
+    # the checkpoint a previous attempt left (one of ``blobs``): the trial starts from it
+    resume: BlobRef | None = None
 
     def check(self) -> str:
+        if self.resume is not None and self.resume not in self.blobs:
+            return "a RUN's resume checkpoint must be one of its blobs"
         return id_problem(self.trial, "a trial id")
 
 
@@ -478,6 +488,7 @@ BODY_TYPES: dict[MsgType, type] = {
     MsgType.DONES: DoneBatch,
     MsgType.SUBMITS: SubmitBatch,
     MsgType.REFUSED: Refused,
+    MsgType.CHECKPOINT: FileChunk,
 }
 
 

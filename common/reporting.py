@@ -54,6 +54,10 @@ class Reporter:
     def _emit(self, final: bool, value: Metric) -> None:
         raise NotImplementedError
 
+    def checkpoint(self) -> None:
+        """The trial saved a new checkpoint (:func:`retia.checkpoint.save`); in this process, nothing
+        more to do (a worker's reporter has its agent send it)."""
+
 
 class CollectingReporter(Reporter):
     """Keeps the reports in memory (used by ``Evaluator.evaluate`` in this process)."""

@@ -75,6 +75,10 @@ CREATE TABLE IF NOT EXISTS states (
     client TEXT NOT NULL, seq INTEGER NOT NULL, trial TEXT NOT NULL, attempt INTEGER NOT NULL,
     body BLOB NOT NULL, PRIMARY KEY (client, seq)
 );
+CREATE TABLE IF NOT EXISTS checkpoints (
+    trial TEXT PRIMARY KEY, attempt INTEGER NOT NULL, digest TEXT NOT NULL, size INTEGER NOT NULL,
+    time REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS owners (peer TEXT PRIMARY KEY, credential TEXT NOT NULL, since REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS revoked (
     name TEXT PRIMARY KEY, before INTEGER NOT NULL, at REAL NOT NULL, serial INTEGER NOT NULL
@@ -127,6 +131,7 @@ class TrialRecord:
     created: float = 0.0
     updated: float = 0.0
     blobs: list[BlobRef] = field(default_factory=list)
+    checkpoint: BlobRef | None = None  # the latest complete one an attempt sent (a blob): the next resumes
     reports: int = 0  # of the live attempt, stored: seqs 1..reports (in memory; recovered by count)
 
 
@@ -326,7 +331,21 @@ class Journal:
 
     def trials(self) -> list[TrialRecord]:
         rows = self._db.execute(f"SELECT {_TRIAL_COLUMNS} FROM trials ORDER BY queue_seq").fetchall()
-        return [self._record(r) for r in rows]
+        records = [self._record(r) for r in rows]
+        checkpoints = {
+            trial: BlobRef(digest, size)
+            for trial, digest, size in self._db.execute("SELECT trial, digest, size FROM checkpoints")
+        }
+        for rec in records:
+            rec.checkpoint = checkpoints.get(rec.id)
+        return records
+
+    def set_checkpoint(self, trial: str, attempt: int, checkpoint: BlobRef) -> None:
+        """The trial's latest complete checkpoint (a blob in the dispatcher's store), for its next attempt."""
+        self._write(
+            "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?)",
+            (trial, attempt, checkpoint.digest, checkpoint.size, time.time()),
+        )
 
     # ---- reports and events ----
 

@@ -45,6 +45,7 @@ from retia.failure import Failure, FailureKind
 from retia.protocol import (
     MAX_PREFETCH,
     Ack,
+    BlobRef,
     BlobRequest,
     Cancel,
     Done,
@@ -151,6 +152,7 @@ class Dispatcher:
             MsgType.REPORTS: self._on_reports,
             MsgType.DONES: self._on_dones,
             MsgType.FILE: self._on_file,
+            MsgType.CHECKPOINT: self._on_checkpoint,
             MsgType.BLOB_GET: self._on_blob_get,
             MsgType.BYE: self._on_worker_bye,
         }
@@ -211,7 +213,7 @@ class Dispatcher:
         """While the disk refuses writes, what would write does not reach its handler: new trials are
         refused with the reason; what peers must keep (reports, DONEs, files, blob chunks, cancels) is
         left unacknowledged, so they send it again, and it is stored once the dispatcher resumes."""
-        for kind in (MsgType.REPORTS, MsgType.DONES, MsgType.FILE):
+        for kind in (MsgType.REPORTS, MsgType.DONES, MsgType.FILE, MsgType.CHECKPOINT):
             self._from_worker[kind] = self._unless_degraded(self._from_worker[kind], _nothing)
         for kind in (MsgType.BLOB_PUT, MsgType.CANCEL):
             self._from_client[kind] = self._unless_degraded(self._from_client[kind], _nothing)
@@ -814,6 +816,39 @@ class Dispatcher:
                 return
         self.outbox.ack(worker.identity, Ack(h.trial, h.attempt, h.seq, ok and not refused, refused))
 
+    def _on_checkpoint(self, worker: Worker, msg: Message) -> None:
+        """A chunk of the live attempt's latest checkpoint, written as a blob named by its digest: only
+        once its last chunk came and the bytes match the name does it become the trial's checkpoint,
+        so a torn or forged one never replaces the one kept (acknowledged with the journal's commit)."""
+        h, chunk = msg.header, msg.body
+        rec = self._current(worker, h.trial, h.attempt, "CHECKPOINT")
+        ok, reason = rec is not None, ""
+        if rec is None:
+            reason = f"attempt {h.attempt} of trial {h.trial!r} is not running on this worker"
+        else:
+            try:
+                if not self.blobs.has(chunk.path):
+                    self.blobs.write(chunk.path, chunk.offset, chunk.data)
+                    if chunk.last and not self.blobs.finish(chunk.path):
+                        ok, reason = False, f"checkpoint {chunk.path[:12]} did not match its digest"
+                if ok and chunk.last:
+                    rec.checkpoint = BlobRef(chunk.path, self.blobs.size(chunk.path))
+                    self.journal.set_checkpoint(rec.id, rec.attempt, rec.checkpoint)
+            except ValueError as exc:  # not a digest, a chunk past its end, over the store's budget
+                ok, reason = False, str(exc)
+            except OSError as exc:
+                fault = storage_fault(exc, "a checkpoint", self.blobs.root / chunk.path[:64])
+                if fault is None:
+                    raise
+                self.storage.failed(fault)  # unacknowledged: the worker sends the chunk again
+                return
+            except StorageFault as fault:  # the journal's write: this turn is lost, the chunk re-sent
+                self.storage.failed(fault)
+                return
+        if not ok:
+            _log.warning("trial %s: refused a checkpoint chunk: %s", h.trial, reason)
+        self.outbox.ack(worker.identity, Ack(h.trial, h.attempt, h.seq, ok, reason))
+
     def _on_client_cancel(self, client: Client, msg: Message) -> None:
         """A client cancels its own trials (the cluster key, any)."""
         h = msg.header
@@ -888,8 +923,11 @@ class Dispatcher:
         self.journal.drop_payload(rec.id)
         self._payloads.pop(rec.id, None)
         self._short.pop((rec.id, rec.attempt), None)
-        if rec.blobs:
+        if rec.blobs or rec.checkpoint:
             needed = {b.digest for r in self.trials.values() if not r.state.finished for b in r.blobs}
+            needed |= {
+                r.checkpoint.digest for r in self.trials.values() if r.checkpoint and not r.state.finished
+            }
             self.blobs.evict(keep=needed)
         self._orphans.pop(rec.id, None)
         self._event_state(rec)
@@ -927,7 +965,17 @@ class Dispatcher:
             evaluator, model = payload if payload is not None else self.journal.payload(rec.id)
             lifecycle.start(rec, worker.id)
             self.journal.update_trial(rec)
-            run = Run(rec.id, rec.attempt, evaluator, model, rec.timeout, rec.name, blobs=rec.blobs)
+            blobs = rec.blobs if rec.checkpoint is None else [*rec.blobs, rec.checkpoint]
+            run = Run(
+                rec.id,
+                rec.attempt,
+                evaluator,
+                model,
+                rec.timeout,
+                rec.name,
+                blobs=blobs,
+                resume=rec.checkpoint,
+            )
             if item_bytes(run) > worker.max_message_bytes - _HEADROOM:
                 self._too_large(worker, rec, item_bytes(run))
                 continue

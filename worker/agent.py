@@ -27,7 +27,9 @@ from typing import Any
 
 import zmq
 
+from retia.artifact_paths import open_beneath
 from retia.blobs import BlobStore
+from retia.checkpoint import CHECKPOINT_FILE
 from retia.credentials import Credential, Role
 from retia.errors import ConfigError
 from retia.failure import Failure, FailureKind
@@ -53,7 +55,7 @@ from .config import WorkerConfig
 from .fetch import BlobFetcher
 from .isolation import file_access_of, secure_worker_home
 from .processes import Exiting, reap, strategy_for
-from .trial import RunningTrial, Upload, alive, pick_artifacts, set_policy
+from .trial import CheckpointUpload, RunningTrial, Upload, alive, pick_artifacts, set_policy
 
 __all__ = ["Agent"]
 
@@ -107,6 +109,7 @@ class Agent:
         self._last_run = ""
         self._exiting: list[Exiting] = []  # trial processes that finished their trial, still exiting
         self._uploads: deque[Upload] = deque()  # artefacts streaming under the window, DONEs behind them
+        self._checkpoint: CheckpointUpload | None = None  # the running attempt's latest, on its way
         self._poller: tuple[Any, zmq.Poller] | None = None
         self._batch = False  # the loop runs SCHED_BATCH (trials queue in the reused child)
         self.blobs = BlobStore(config.blobs_dir, config.blob_cache_bytes)
@@ -338,6 +341,7 @@ class Agent:
             str(self.config.blobs_dir),
             self.processes.scratch,
             self._user,
+            run.resume.digest if run.resume is not None else "",
         )
         launched = self.processes.launch(spec, busy=self.trial is not None)
         if launched is None:  # the running trial's child died under it: this one waits for the next child
@@ -398,6 +402,9 @@ class Agent:
                 trial.read_pipe(_MAX_BATCH)
             if not trial.ended:
                 self._send_reports(trial)
+                if trial.checkpoint_due:
+                    self._take_checkpoint(trial)
+                self._stream_checkpoint()
                 break
             dones.append(self._end(trial, now))
             if len(dones) == _DONES_PER_MESSAGE:  # the dispatcher refills these slots while the child runs on
@@ -411,8 +418,46 @@ class Agent:
             self._batch = bool(self._queued)
             set_policy(self._batch)
 
+    def _take_checkpoint(self, trial: RunningTrial) -> None:
+        """The trial saved a checkpoint: it replaces the one on its way (whose rest is not sent: the
+        dispatcher keeps the last complete one), and goes out under the window."""
+        trial.checkpoint_due = False
+        base = self.processes.scratch if trial.reused else trial.output_dir
+        try:
+            with file_access_of(self._user):  # what the trial could not read, it cannot make us send
+                fd = open_beneath(base, [CHECKPOINT_FILE], os.O_RDONLY)
+        except OSError as exc:
+            _log.warning("trial %s: checkpoint not sent: %s", trial.id, exc)
+            return
+        size = os.fstat(fd).st_size
+        if size > trial.max_artifact_bytes:
+            os.close(fd)
+            _log.warning(
+                "trial %s: checkpoint of %d bytes exceeds the artefact cap of %d bytes; not sent",
+                trial.id,
+                size,
+                trial.max_artifact_bytes,
+            )
+            return
+        if self._checkpoint is not None:
+            self._checkpoint.close()
+        self._checkpoint = CheckpointUpload(trial, fd)
+
+    def _stream_checkpoint(self) -> None:
+        """Send the checkpoint's chunks while fewer than the window wait for an ACK."""
+        upload = self._checkpoint
+        while upload is not None and self.peer.kept_count(MsgType.CHECKPOINT) < _FILE_WINDOW:
+            chunk = upload.next()
+            if chunk is None:
+                self._checkpoint = upload = None
+            else:
+                self.peer.keep([chunk])
+
     def _end(self, trial: RunningTrial, now: float) -> Outgoing:
         """The running trial ended: its DONE (kept until acknowledged), and the next one comes up."""
+        if self._checkpoint is not None and self._checkpoint.trial == trial.id:
+            self._checkpoint.close()  # the attempt is over: its files come home with its DONE
+            self._checkpoint = None
         dead = not alive(trial.process)
         if dead:
             trial.process.join()

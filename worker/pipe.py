@@ -1,6 +1,7 @@
 """What a trial process and its agent say to each other over their one-way pipes.
 
-Trial -> agent, on the trial's message pipe: any number of :class:`TrialReport`, then exactly
+Trial -> agent, on the trial's message pipe: any number of :class:`TrialReport` and
+:class:`TrialCheckpoint`, then exactly
 one of :class:`TrialRaised`, :class:`TrialReturned` or (for a spec cancelled before it started in
 a ``--reuse-process`` child) :class:`TrialSkipped`. They travel as msgpack through
 :mod:`retia.codec`, every field checked, never as pickles: the agent loads nothing a trial wrote.
@@ -28,6 +29,7 @@ from retia.errors import ProtocolError
 
 __all__ = [
     "TrialReport",
+    "TrialCheckpoint",
     "TrialRaised",
     "TrialReturned",
     "TrialSkipped",
@@ -63,6 +65,11 @@ class TrialReport:
 
 
 @dataclass(frozen=True)
+class TrialCheckpoint:
+    """The trial saved a new checkpoint (``retia-checkpoint`` in its output directory): send it."""
+
+
+@dataclass(frozen=True)
 class TrialRaised:
     """fit raised (or called sys.exit): the trial's last message."""
 
@@ -89,7 +96,7 @@ class SkipTrial:
     attempt: int
 
 
-TrialMessage = TrialReport | TrialRaised | TrialReturned | TrialSkipped
+TrialMessage = TrialReport | TrialCheckpoint | TrialRaised | TrialReturned | TrialSkipped
 
 
 class _Kind(IntEnum):
@@ -97,6 +104,7 @@ class _Kind(IntEnum):
     RAISED = 2
     RETURNED = 3
     SKIPPED = 4
+    CHECKPOINT = 5
 
 
 _KIND_OF: dict[type, _Kind] = {
@@ -104,6 +112,7 @@ _KIND_OF: dict[type, _Kind] = {
     TrialRaised: _Kind.RAISED,
     TrialReturned: _Kind.RETURNED,
     TrialSkipped: _Kind.SKIPPED,
+    TrialCheckpoint: _Kind.CHECKPOINT,
 }
 _CLASS_OF: dict[int, type] = {int(kind): cls for cls, kind in _KIND_OF.items()}
 

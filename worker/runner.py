@@ -83,6 +83,7 @@ class TrialSpec:
     blob_dir: str = ""
     scratch: str = ""  # --reuse-process: the trial runs here; renamed to output_dir if it left anything
     user: TrialUser | None = None  # --trial-user: the process becomes this user before the trial's code runs
+    resume: str = ""  # the digest of the checkpoint a previous attempt left (in blob_dir): put in place first
 
 
 def warm_up() -> None:
@@ -168,6 +169,8 @@ def _evaluate(spec: TrialSpec, output_dir: str, conn: Connection) -> pipe.TrialR
 
     try:
         blob_dir = Path(spec.blob_dir) if spec.blob_dir else None
+        if spec.resume and blob_dir is not None:
+            _place_checkpoint(blob_dir / spec.resume, output_dir)
         evaluator = load(spec.evaluator, blob_dir=blob_dir)
         model = load(spec.model, blob_dir=blob_dir)
         evaluator.evaluate(model, output_dir=output_dir, reporter=_pipe_reporter(conn))
@@ -179,6 +182,17 @@ def _evaluate(spec: TrialSpec, output_dir: str, conn: Connection) -> pipe.TrialR
     sys.stdout.flush()
     sys.stderr.flush()
     return pipe.TrialReturned()
+
+
+def _place_checkpoint(blob: Path, output_dir: str) -> None:
+    """The previous attempt's checkpoint, copied where ``retia.checkpoint.restore()`` finds it."""
+    import shutil
+
+    from retia.checkpoint import CHECKPOINT_FILE
+
+    os.makedirs(output_dir, exist_ok=True)
+    shutil.copyfile(blob, os.path.join(output_dir, CHECKPOINT_FILE))
+    print(f"retia: resuming from the checkpoint of a previous attempt ({blob.name[:12]})", flush=True)
 
 
 def _scratch_log(scratch: str) -> str:
@@ -248,6 +262,9 @@ def _pipe_reporter(conn: Connection) -> Any:
 
             def _emit(self, final: bool, value: Any) -> None:
                 pipe.send(self.conn, pipe.TrialReport(final, pack_metric(value)))  # packed once, here
+
+            def checkpoint(self) -> None:
+                pipe.send(self.conn, pipe.TrialCheckpoint())
 
         _PipeReporter = _Reporter
     return _PipeReporter(conn)

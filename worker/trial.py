@@ -21,15 +21,27 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from retia.artifact_paths import open_beneath
+from retia.blobs import CHUNK, digest_of_fd
 from retia.errors import ProtocolError
 from retia.failure import Failure, FailureKind
-from retia.protocol import Done, FileChunk, InlineFile, MsgType, Outgoing, Report, Run, TrialState
+from retia.protocol import (
+    CHECKPOINT_SEQ,
+    Done,
+    FileChunk,
+    InlineFile,
+    MsgType,
+    Outgoing,
+    Report,
+    Run,
+    TrialState,
+)
 
 from . import pipe
 
 __all__ = [
     "RunningTrial",
     "Upload",
+    "CheckpointUpload",
     "alive",
     "chunk_count",
     "file_chunks",
@@ -68,6 +80,8 @@ class RunningTrial:
     seq: int = 0
     reports: int = 0  # numbered so far (its DONE says how many the dispatcher must hold)
     reused: bool = False  # runs in the long-lived --reuse-process child
+    checkpoint_due: bool = False  # it saved a checkpoint the agent has not started sending yet
+    checkpoint_seq: int = CHECKPOINT_SEQ  # the last CHECKPOINT chunk's seq
 
     pending: list[pipe.TrialReport] = field(default_factory=list)  # reports read, not yet sent
     skipped: bool = False  # cancelled in the child's queue before it started: it never ran
@@ -105,6 +119,8 @@ class RunningTrial:
                     return
                 if isinstance(message, pipe.TrialReport):
                     reports.append(message)
+                elif isinstance(message, pipe.TrialCheckpoint):
+                    self.checkpoint_due = True
                 elif isinstance(message, pipe.TrialRaised):
                     self.error = message
                 elif isinstance(message, pipe.TrialReturned):
@@ -382,6 +398,39 @@ class Upload:
             return None
         self._seq += 1
         return Outgoing(MsgType.FILE, chunk, self.trial, self.attempt, self._seq - 1)
+
+
+class CheckpointUpload:
+    """An attempt's latest checkpoint on its way as CHECKPOINT chunks (named by its digest, so the
+    dispatcher keeps it only if it arrives whole and unchanged), read from a descriptor opened when
+    the trial saved it: the trial's next save is a new file and leaves this one as it was."""
+
+    def __init__(self, trial: RunningTrial, fd: int) -> None:
+        self.trial, self.attempt = trial.id, trial.attempt
+        self.fd = fd
+        self.size = os.fstat(fd).st_size
+        self.digest = digest_of_fd(fd)
+        self.offset = 0
+        self.done = False
+        self._owner = trial
+
+    def next(self) -> Outgoing | None:
+        """The next chunk (the last says so), or None when all went (the descriptor is then closed)."""
+        if self.done:
+            return None
+        data = os.pread(self.fd, min(CHUNK, self.size - self.offset), self.offset)
+        last = self.offset + len(data) >= self.size or not data
+        chunk = FileChunk(self.digest, self.offset, data, last)
+        self.offset += len(data)
+        self._owner.checkpoint_seq += 1
+        if last:
+            self.close()
+        return Outgoing(MsgType.CHECKPOINT, chunk, self.trial, self.attempt, self._owner.checkpoint_seq)
+
+    def close(self) -> None:
+        if not self.done:
+            self.done = True
+            os.close(self.fd)
 
 
 def set_policy(batch: bool) -> None:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .. import _lightning_support as support
+from .. import checkpoint
 from ..errors import ConfigError
 from ..evaluator import Evaluator
 from ..lightning import Lightning
@@ -32,6 +33,7 @@ __all__ = ["ARCHITECTURE_FILE", "OneShotEvaluator", "Supernet", "supernet_of"]
 _log = logging.getLogger(__name__)
 
 ARCHITECTURE_FILE = "architecture.json"  # in the trial's output directory, rewritten each validation
+EPOCH_CHECKPOINT = "last-epoch.ckpt"  # Lightning's checkpoint of the last training epoch, saved each epoch
 
 
 class _Supernet:
@@ -85,7 +87,11 @@ class OneShotEvaluator(Evaluator):
         train = None
         if algorithm.needs_validation_batches:
             train = _Pairs(self.evaluator.train_dataloaders, self.evaluator.val_dataloaders)
-        self.evaluator._fit_module(module, train_dataloaders=train, report=True)
+        resume = checkpoint.restore()  # a previous attempt's (its worker died): the epochs it did stay done
+        if resume is not None:
+            _log.info("resuming the supernet's training from %s", resume)
+        ckpt_path = None if resume is None else str(resume)
+        self.evaluator._fit_module(module, train_dataloaders=train, report=True, ckpt_path=ckpt_path)
 
     def __repr__(self) -> str:
         return f"OneShotEvaluator({self.evaluator!r}, {self.strategy!r})"
@@ -114,8 +120,16 @@ class _Pairs:
 
 
 class _ReportingModule(OneShotModule):
-    """Also writes the preferred architecture to the trial's directory at each validation, and the
-    trained supernet's weights at the end (the files come home with the trial's)."""
+    """Also writes the preferred architecture to the trial's directory at each validation, a
+    checkpoint at the end of each training epoch (the dispatcher keeps it: a retry resumes from it),
+    and the trained supernet's weights at the end (the files come home with the trial's)."""
+
+    def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
+        if self.trainer.is_global_zero:
+            path = support.output_dir(self.trainer) / EPOCH_CHECKPOINT
+            self.trainer.save_checkpoint(path)
+            checkpoint.save(path)
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
