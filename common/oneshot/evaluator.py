@@ -33,7 +33,7 @@ __all__ = ["ARCHITECTURE_FILE", "OneShotEvaluator", "Supernet", "supernet_of"]
 _log = logging.getLogger(__name__)
 
 ARCHITECTURE_FILE = "architecture.json"  # in the trial's output directory, rewritten each validation
-EPOCH_CHECKPOINT = "last-epoch.ckpt"  # Lightning's checkpoint of the last training epoch, saved each epoch
+EPOCH_CHECKPOINT = "last-epoch.ckpt"  # Lightning's checkpoint of each training epoch, before it is kept
 
 
 class _Supernet:
@@ -130,6 +130,7 @@ class _ReportingModule(OneShotModule):
             path = support.output_dir(self.trainer) / EPOCH_CHECKPOINT
             self.trainer.save_checkpoint(path)
             checkpoint.save(path)
+            path.unlink()  # kept once, as the trial's checkpoint
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
