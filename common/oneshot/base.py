@@ -130,8 +130,9 @@ class OneShotStrategy(Strategy):
         self._asked = False
 
     def ask(self, key: int) -> Arch | None:
-        """The supernet's trial once (its architecture comes back with its result), then nothing."""
-        if self._asked or self._book.finals:
+        """The supernet's trial once (its architecture comes back with its result), then nothing: only
+        trial 0 is one (a resumed experiment re-attaches to it, and asks from key 1 on)."""
+        if key != 0 or self._asked or self._book.finals:
             return None
         self._asked = True
         return {}

@@ -96,6 +96,13 @@ def test_random_one_shot_trains_every_path_and_validates_a_sampled_one(tmp_path:
     assert len({json.dumps(a, sort_keys=True) for a in archs}) > 1  # a new path each validation
 
 
+def test_a_one_shot_strategy_asks_for_trial_zero_only() -> None:
+    strategy = DARTS()
+    strategy.attach(UselessOpSpace().search_space())
+    assert strategy.ask(1) is None  # a resumed experiment: trial 0 is in flight, re-attached
+    assert strategy.ask(0) == {} and strategy.ask(0) is None and strategy.exhausted
+
+
 def test_split_optimizers_takes_every_lightning_return_shape() -> None:
     p = [torch.nn.Parameter(torch.zeros(1))]
     a, b = torch.optim.SGD(p, lr=1.0), torch.optim.Adam(p)
