@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 import retia
 import retia.lightning
 import retia.nn
+import retia.nn.hub
 import retia.nni
 import retia.strategy
 from retia.client.experiment import Experiment, RetiariiExperiment
@@ -67,6 +68,12 @@ SAME: list[tuple[str, str, object]] = [
     ("retia.nni.nas.strategy", "TPE", retia.strategy.TPE),
     ("retia.nni.nas.strategy", "Strategy", retia.strategy.Strategy),
     ("retia.nni.nas.space", "model_context", retia.fixed_arch),
+    ("retia.nni.nas.hub.pytorch", "DARTS", retia.nn.hub.DARTS),
+    ("retia.nni.nas.hub.pytorch", "NasBench201", retia.nn.hub.NasBench201),
+    ("retia.nni.nas.hub.pytorch", "ProxylessNAS", retia.nn.hub.ProxylessNAS),
+    ("retia.nni.nas.hub.pytorch", "MobileNetV3Space", retia.nn.hub.MobileNetV3Space),
+    ("retia.nni.retiarii.hub.pytorch", "DARTS", retia.nn.hub.DARTS),
+    ("retia.nni.retiarii.hub.pytorch", "NasBench201", retia.nn.hub.NasBench201),
     ("retia.nni.nas.evaluator.pytorch", "ClassificationModule", retia.lightning.ClassificationModule),
 ]
 
