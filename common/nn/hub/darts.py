@@ -174,8 +174,9 @@ def _read_predecessors(cell: Cell) -> set[int]:
     """The predecessors (0: the cell before last, 1: the last) that a frozen cell's chosen ops read;
     both in a supernet."""
     read: set[int] = set()
-    for node_inputs in cell.inputs:
-        for inp in node_inputs:  # type: ignore[union-attr]
+    all_inputs: Any = cell.inputs
+    for node_inputs in all_inputs:
+        for inp in node_inputs:
             if not isinstance(inp, ChosenInputs):
                 return set(range(NUM_PREDECESSORS))
             chosen = inp.chosen if isinstance(inp.chosen, list) else [inp.chosen]
@@ -227,7 +228,7 @@ class DARTS(ModelSpace):
         pprev = prev = 3 * width
         channels = width
         after_reduce = False
-        cells: list[list[nn.Module]] = []
+        cells: list[list[Cell]] = []
         reads: list[set[int]] = []
         for stage in range(3):
             depth = (stage + 1) * num_cells // 3 - stage * num_cells // 3
@@ -254,11 +255,12 @@ class DARTS(ModelSpace):
         position = 0
         for stage_cells in cells:
             stage_modules = nn.Sequential()
-            unused = []
+            unused: list[str] = []
             for index, cell in enumerate(stage_cells):
+                built: nn.Module = cell
                 if not live[position]:  # frozen only: a supernet's cells read both predecessors
-                    cell, unused = _Unused(), [*unused, str(index)]
-                stage_modules.append(cell)
+                    built, unused = _Unused(), [*unused, str(index)]
+                stage_modules.append(built)
                 position += 1
             if unused:
                 stage_modules.__dict__[UNUSED_ATTR] = unused
