@@ -23,7 +23,7 @@ import retia
 import retia.lightning as pl
 from retia.datasets import DigitsDataset
 from retia.nn import ModelSpace
-from retia.nn.hub import MobileNetV3Space, ProxylessNAS
+from retia.nn.hub import DARTS, MobileNetV3Space, NasBench201, ProxylessNAS
 from retia.strategy import Random, RegularizedEvolution, Strategy
 
 # The papers' ImageNet spaces, narrowed to 8x8 grey images: few channels, two downsamples.
@@ -46,6 +46,10 @@ SPACES: dict[str, Callable[[], ModelSpace]] = {
         stride=(1, 1, 2, 1, 2, 1, 1, 1, 1),
         dropout_rate=0.0,
         in_channels=1,
+    ),
+    "darts": lambda: DARTS(width=8, num_cells=3, num_labels=10, in_channels=1),
+    "nasbench201": lambda: NasBench201(
+        stem_out_channels=8, num_modules_per_stack=1, num_labels=10, in_channels=1
     ),
 }
 STRATEGIES: dict[str, Callable[[int], Strategy]] = {

@@ -51,6 +51,7 @@ from .repeat import UNBUILT_ATTR, Repeat
 __all__ = [
     "ArchHooks",
     "ModelSpace",
+    "UNUSED_ATTR",
     "locate_choices",
     "model_wrapper",
     "original_state_dict_hooks",
@@ -58,6 +59,10 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+
+# On a frozen module: names of children its supernet holds that the frozen model leaves out, as no
+# path of the architecture reads them (their supernet keys are dropped, as an unchosen candidate's).
+UNUSED_ATTR = "_retia_unused_children"
 
 
 class ArchHooks:
@@ -391,6 +396,7 @@ def _key_map(model: nn.Module) -> _KeyMap:
                 module_paths[c] = s
             if UNBUILT_ATTR in child.__dict__:
                 unbuilt.append((f"{s}.blocks.", child.__dict__[UNBUILT_ATTR]))
+            unchosen.extend(f"{s}.{unused}." for unused in child.__dict__.get(UNUSED_ATTR, ()))
             walk(child, c, s)
 
     root = supernet_path(model, "")

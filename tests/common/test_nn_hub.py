@@ -15,7 +15,7 @@ import retia.lightning as pl
 from retia.arch import FrozenModel
 from retia.datasets import DigitsDataset
 from retia.nn import LayerChoice, ModelSpace, Repeat, original_state_dict_hooks
-from retia.nn.hub import MobileNetV3Space, ProxylessNAS
+from retia.nn.hub import DARTS, MobileNetV3Space, NasBench201, ProxylessNAS
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -40,9 +40,13 @@ MOBILENET: dict[str, Any] = dict(
     dropout_rate=0.0,
     in_channels=1,
 )
+DARTS_DIGITS: dict[str, Any] = dict(width=8, num_cells=3, num_labels=10, in_channels=1, zero_op=True)
+NASBENCH201: dict[str, Any] = dict(stem_out_channels=8, num_modules_per_stack=1, num_labels=10, in_channels=1)
 SPACES = [
     pytest.param(ProxylessNAS, PROXYLESS, id="proxylessnas"),
     pytest.param(MobileNetV3Space, MOBILENET, id="mobilenetv3"),
+    pytest.param(DARTS, DARTS_DIGITS, id="darts"),
+    pytest.param(NasBench201, NASBENCH201, id="nasbench201"),
 ]
 
 
@@ -223,3 +227,95 @@ def test_a_choice_kept_only_inside_an_expression_beyond_a_repeats_depth_may_be_g
     assert model(torch.zeros(1, 4)).shape == (1, 4)
     with pytest.raises(retia.errors.InvalidArchitectureError, match="unknown label"):
         Net().freeze({"d": 1, "r0": 2, "rx": 1})
+
+
+def _every_parameter_gets_a_gradient(model: nn.Module) -> None:
+    model.train()
+    model(_images(4)).sum().backward()
+    assert [name for name, p in model.named_parameters() if p.grad is None] == []
+
+
+@pytest.mark.parametrize(("space_cls", "kwargs"), SPACES)
+def test_a_frozen_model_has_no_parameter_its_architecture_does_not_use(
+    space_cls: type[ModelSpace], kwargs: dict[str, Any]
+) -> None:
+    for seed in range(3):
+        _every_parameter_gets_a_gradient(space_cls(**kwargs).freeze(space_cls(**kwargs).random_sample(seed)))
+
+
+def _darts_arch(normal: list[tuple[str, int]], reduce: list[tuple[str, int]]) -> dict[str, Any]:
+    """A DARTS genotype (per cell kind, (op, input) for ops 0 and 1 of nodes 2..5) as NNI's hub's
+    arch dict: ``normal/op_2_0``, ``normal/input_2_0`` (inputs as one-element lists, as NNI exports)."""
+    arch: dict[str, Any] = {}
+    for kind, genotype in (("normal", normal), ("reduce", reduce)):
+        for i, (op, inp) in enumerate(genotype):
+            arch[f"{kind}/op_{i // 2 + 2}_{i % 2}"] = op
+            arch[f"{kind}/input_{i // 2 + 2}_{i % 2}"] = [inp]
+    return arch
+
+
+# DARTS-V2, the paper's searched cells (NNI's hub loads it as 'darts-v2')
+DARTS_V2 = _darts_arch(
+    [("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1)]
+    + [("sep_conv_3x3", 1), ("skip_connect", 0), ("skip_connect", 0), ("dil_conv_3x3", 2)],
+    [("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 1)]
+    + [("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("max_pool_3x3", 1)],
+)
+
+
+def test_darts_lists_nnis_labels_and_loads_an_nni_arch_dict_in_every_cell() -> None:
+    space = DARTS(**DARTS_DIGITS)
+    search = space.search_space()
+    assert len(search) == 2 * 4 * 2 * 2  # normal and reduce, 4 nodes, 2 ops, an op and an input each
+    assert search["normal/op_2_0"][0] == "none" and len(search["reduce/op_5_1"]) == 8
+    assert search["reduce/input_5_1"] == [0, 1, 2, 3, 4]
+    assert "none" not in DARTS(width=8, num_cells=3).search_space()["normal/op_2_0"]  # NNI's DARTS_OPS
+    model = cast(Any, space.freeze(DARTS_V2))
+    cells = [cell for stage in model.stages for cell in stage]
+    assert [cell.label for cell in cells] == ["normal", "reduce", "reduce"]
+    for cell in cells:  # every cell of a kind runs that kind's choice, NNI's shared labels
+        assert type(cell.ops[2][0]).__name__ == ("SepConv" if cell.label == "normal" else "MaxPool2d")
+    reduce_op = cells[1].ops[0][0]  # max_pool_3x3 on predecessor 0: stride 2 in a reduction cell
+    assert isinstance(reduce_op, nn.MaxPool2d) and reduce_op.stride == 2
+    assert model(_images(3)).shape == (3, 10)
+    _check_activated_supernet_equals_frozen(DARTS, DARTS_DIGITS, DARTS_V2)
+
+
+def test_a_frozen_darts_leaves_out_what_no_chosen_op_reads() -> None:
+    """Every op on predecessor 0 (the cell before last): the middle cell's output is read by no
+    cell, so it is not built, nor any cell's conversion of its last predecessor; the supernet,
+    which runs them, still gives the frozen model's output, and the weights map both ways."""
+    only_first = [("sep_conv_3x3", 0)] * 8
+    arch = _darts_arch(only_first, only_first)
+    model = cast(Any, DARTS(**DARTS_DIGITS).freeze(arch))
+    assert type(model.stages[1][0]).__name__ == "_Unused" and not list(model.stages[1].parameters())
+    assert all(cell.preprocessor.pre1 is None for cell in (model.stages[0][0], model.stages[2][0]))
+    _every_parameter_gets_a_gradient(model)
+    _check_activated_supernet_equals_frozen(DARTS, DARTS_DIGITS, arch)
+
+
+def test_nasbench201_shares_one_decision_per_edge_across_every_cell() -> None:
+    kwargs = {**NASBENCH201, "num_modules_per_stack": 2}
+    space = NasBench201(**kwargs)
+    assert space.search_space() == {
+        f"cell/{j}_{t}": ["none", "skip_connect", "conv_1x1", "conv_3x3", "avg_pool_3x3"]
+        for t in range(1, 4)
+        for j in range(t)
+    }
+    arch = {"cell/0_1": "conv_3x3", "cell/0_2": "none", "cell/1_2": "avg_pool_3x3"}
+    arch.update({"cell/0_3": "skip_connect", "cell/1_3": "conv_1x1", "cell/2_3": "conv_3x3"})  # NNI's form
+    model = cast(Any, space.freeze(arch))
+    cells = [m for m in model.cells if type(m).__name__ == "NasBench201Cell"]
+    assert len(cells) == 6 and len(model.cells) == 8  # two residual reduction blocks between stacks
+    assert [cell.layers[0][0][1].kernel_size for cell in cells] == [(3, 3)] * 6
+    assert model(_images(3)).shape == (3, 10)
+    _check_activated_supernet_equals_frozen(NasBench201, kwargs, arch)
+
+
+def test_the_cell_spaces_refuse_bad_arguments_saying_why() -> None:
+    with pytest.raises(ValueError, match="searched width or depth"):
+        DARTS(width=cast(Any, (16, 24)))
+    with pytest.raises(ValueError, match="width must be even"):
+        DARTS(width=7)
+    with pytest.raises(ValueError, match="num_modules_per_stack must be an int >= 1"):
+        NasBench201(num_modules_per_stack=0)

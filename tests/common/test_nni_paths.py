@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 import retia
 import retia.lightning
 import retia.nn
+import retia.nn.hub
 import retia.nni
 import retia.oneshot
 import retia.strategy
@@ -75,6 +76,12 @@ SAME: list[tuple[str, str, object]] = [
     ("retia.nni.nas.nn.pytorch", "Cell", retia.nn.Cell),
     ("retia.nni.nas.nn.pytorch", "label_scope", retia.nn.label_scope),
     ("retia.nni.mutable", "label_scope", retia.nn.label_scope),
+    ("retia.nni.nas.hub.pytorch", "DARTS", retia.nn.hub.DARTS),
+    ("retia.nni.nas.hub.pytorch", "NasBench201", retia.nn.hub.NasBench201),
+    ("retia.nni.nas.hub.pytorch", "ProxylessNAS", retia.nn.hub.ProxylessNAS),
+    ("retia.nni.nas.hub.pytorch", "MobileNetV3Space", retia.nn.hub.MobileNetV3Space),
+    ("retia.nni.retiarii.hub.pytorch", "DARTS", retia.nn.hub.DARTS),
+    ("retia.nni.retiarii.hub.pytorch", "NasBench201", retia.nn.hub.NasBench201),
     ("retia.nni.nas.evaluator.pytorch", "ClassificationModule", retia.lightning.ClassificationModule),
 ]
 

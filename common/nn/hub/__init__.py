@@ -10,18 +10,26 @@ NNI exports for the same space loads as it is.
   searched stage depths.
 - :class:`MobileNetV3Space`: widths, expansion ratios and kernel sizes as ValueChoices inside the
   layers, searched depths and optional squeeze-excite.
+- :class:`DARTS`: normal and reduction :class:`~retia.nn.Cell` s, each decision shared by every cell
+  of its kind (``normal/...``, ``reduce/...``).
+- :class:`NasBench201`: three stacks of :class:`~retia.nn.NasBench201Cell`, every cell one decision
+  per edge (``cell/0_1`` ...).
 """
 
 from __future__ import annotations
 
+from .darts import DARTS
 from .mobilenetv3 import MobileNetV3Space, SqueezeExcite
+from .nasbench201 import NasBench201
 from .proxylessnas import ConvBNReLU, DepthwiseSeparableConv, InvertedResidual, ProxylessNAS, make_divisible
 
 __all__ = [
     "ConvBNReLU",
+    "DARTS",
     "DepthwiseSeparableConv",
     "InvertedResidual",
     "MobileNetV3Space",
+    "NasBench201",
     "ProxylessNAS",
     "SqueezeExcite",
     "make_divisible",

@@ -1,0 +1,1 @@
+"""NNI 2.x's ``nni.retiarii.hub``: the known search spaces (``.pytorch``)."""
