@@ -39,6 +39,8 @@ class ReinforceController(nn.Module):
         self.lstm = nn.LSTMCell(lstm_size, lstm_size)
         self.heads = nn.ModuleList(nn.Linear(lstm_size, sizes[label], bias=False) for label in self.labels)
         self.embeddings = nn.ModuleList(nn.Embedding(sizes[label], lstm_size) for label in self.labels)
+        for parameter in self.parameters():  # the paper's: near-uniform choices at first
+            nn.init.uniform_(parameter, -0.1, 0.1)
 
     def forward(
         self, greedy: bool = False, generator: torch.Generator | None = None
@@ -113,11 +115,15 @@ class _Enas(Algorithm):
             except Exception:
                 continue
             return arch, log_prob, entropy
-        raise ConfigError("the ENAS controller drew no valid architecture in 100 tries: check the constraints")
+        raise ConfigError(
+            "the ENAS controller drew no valid architecture in 100 tries: check the constraints"
+        )
 
     def training_step(self, module: OneShotModule, batch: Any, batch_idx: int) -> None:
         if not isinstance(batch, Mapping) or set(batch) != {"train", "val"}:
-            raise ConfigError("ENAS trains on pairs of training and validation batches; its trial got another batch")
+            raise ConfigError(
+                "ENAS trains on pairs of training and validation batches; its trial got another batch"
+            )
         with torch.no_grad():
             arch, _, _ = self._sample()
         self.supernet.activate(arch)
@@ -134,6 +140,8 @@ class _Enas(Algorithm):
             reward = reward_of(logged, self.config.reward_metric_name, module.default_metric)
             reward += self.config.entropy_weight * float(entropy.detach())
             decay = self.config.baseline_decay
+            if self._samples == 0:  # not a zero baseline: the first advantage would be the whole reward
+                self.baseline.fill_(reward)
             self.baseline.mul_(decay).add_((1 - decay) * reward)
             ctrl_loss = -log_prob * (reward - float(self.baseline))
             module.manual_backward(ctrl_loss / self.config.ctrl_steps_aggregate)
@@ -180,8 +188,11 @@ class ENAS(OneShotStrategy):
             raise ConfigError(f"ctrl_learning_rate must be > 0, got {ctrl_learning_rate!r}")
         if not 0 <= baseline_decay < 1:
             raise ConfigError(f"baseline_decay must be in [0, 1), got {baseline_decay!r}")
-        for name, value in (("ctrl_steps", ctrl_steps), ("ctrl_steps_aggregate", ctrl_steps_aggregate),
-                            ("lstm_size", lstm_size)):
+        for name, value in (
+            ("ctrl_steps", ctrl_steps),
+            ("ctrl_steps_aggregate", ctrl_steps_aggregate),
+            ("lstm_size", lstm_size),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
         if not isinstance(warmup_epochs, int) or warmup_epochs < 0:

@@ -48,7 +48,9 @@ class _Binarized(Algorithm):
                 "(an InputChoice choosing several inputs). Search such a space with DARTS or ENAS"
             )
         self.labels = list(self.relaxation.sizes)
-        self.alpha = nn.ParameterList(nn.Parameter(torch.zeros(self.relaxation.sizes[label])) for label in self.labels)
+        self.alpha = nn.ParameterList(
+            nn.Parameter(torch.zeros(self.relaxation.sizes[label])) for label in self.labels
+        )
         self._generator = torch.Generator().manual_seed(strategy.seed if strategy.seed is not None else 0)
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
@@ -69,7 +71,9 @@ class _Binarized(Algorithm):
 
     def training_step(self, module: OneShotModule, batch: Any, batch_idx: int) -> None:
         if not isinstance(batch, Mapping) or set(batch) != {"train", "val"}:
-            raise ConfigError("Proxyless trains on pairs of training and validation batches; its trial got another batch")
+            raise ConfigError(
+                "Proxyless trains on pairs of training and validation batches; its trial got another batch"
+            )
         # the weights of one sampled path
         gates = self._gates()
         self.relaxation.mix(None)
@@ -114,7 +118,9 @@ class Proxyless(OneShotStrategy):
     ``warmup_epochs``: epochs training only the weights first.
     """
 
-    def __init__(self, *, arc_learning_rate: float = 1e-3, warmup_epochs: int = 0, seed: int | None = None) -> None:
+    def __init__(
+        self, *, arc_learning_rate: float = 1e-3, warmup_epochs: int = 0, seed: int | None = None
+    ) -> None:
         super().__init__(seed=seed)
         if not arc_learning_rate > 0:
             raise ConfigError(f"arc_learning_rate must be > 0, got {arc_learning_rate!r}")
