@@ -85,6 +85,7 @@ def reward_of(logged: Mapping[str, float], name: str | None, default_metric: str
 
 class _Enas(Algorithm):
     needs_validation_batches = True
+    baseline: torch.Tensor  # a buffer: checkpointed with the controller
 
     def __init__(self, supernet: ModelSpace, strategy: ENAS) -> None:
         super().__init__(supernet, strategy.seed)
