@@ -9,14 +9,17 @@ from __future__ import annotations
 
 from .base import Algorithm, OneShotStrategy, arch_from_metric, arch_metrics
 from .differentiable import DARTS, GumbelDARTS
+from .enas import ENAS
 from .evaluator import ARCHITECTURE_FILE, OneShotEvaluator, Supernet, supernet_of
 from .inherit import SUPERNET_FILE, InheritedWeights, supernet_weights
 from .module import OneShotModule
+from .proxyless import Proxyless
 from .sampling import RandomOneShot
 
 __all__ = [
     "ARCHITECTURE_FILE",
     "DARTS",
+    "ENAS",
     "SUPERNET_FILE",
     "Algorithm",
     "GumbelDARTS",
@@ -24,6 +27,7 @@ __all__ = [
     "OneShotEvaluator",
     "OneShotModule",
     "OneShotStrategy",
+    "Proxyless",
     "RandomOneShot",
     "Supernet",
     "arch_from_metric",

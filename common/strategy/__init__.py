@@ -15,10 +15,11 @@ from .random_search import Random
 from .tpe import TPE
 
 if TYPE_CHECKING:
-    from ..oneshot import DARTS, GumbelDARTS, RandomOneShot
+    from ..oneshot import DARTS, ENAS, GumbelDARTS, Proxyless, RandomOneShot
 
 __all__ = [
     "DARTS",
+    "ENAS",
     "TPE",
     "Arch",
     "EarlyStop",
@@ -26,6 +27,7 @@ __all__ = [
     "GumbelDARTS",
     "MedianStop",
     "OptunaPruner",
+    "Proxyless",
     "Random",
     "RandomOneShot",
     "RegularizedEvolution",
@@ -33,7 +35,7 @@ __all__ = [
     "Strategy",
 ]
 
-_ONE_SHOT = ("DARTS", "GumbelDARTS", "RandomOneShot")
+_ONE_SHOT = ("DARTS", "ENAS", "GumbelDARTS", "Proxyless", "RandomOneShot")
 
 
 def __getattr__(name: str) -> Any:

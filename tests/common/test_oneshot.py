@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 import torch
@@ -19,9 +19,11 @@ from retia.errors import ConfigError
 from retia.oneshot import (
     ARCHITECTURE_FILE,
     DARTS,
+    ENAS,
     GumbelDARTS,
     OneShotEvaluator,
     OneShotStrategy,
+    Proxyless,
     RandomOneShot,
     arch_from_metric,
     supernet_of,
@@ -49,22 +51,29 @@ def run(strategy: OneShotStrategy, evaluator: pl.Lightning, tmp_path: Path) -> r
     return evaluation
 
 
-DIFFERENTIABLE = {
-    "darts": DARTS(arc_learning_rate=3e-3, seed=1),
-    "darts-second-order": DARTS(arc_learning_rate=3e-3, unrolled=True, seed=2),
-    "gumbel": GumbelDARTS(arc_learning_rate=3e-3, use_temp_anneal=True, seed=3),
+STRATEGIES = {  # each with the epochs it takes
+    "darts": (DARTS(arc_learning_rate=3e-3, seed=1), 6),
+    "darts-second-order": (DARTS(arc_learning_rate=3e-3, unrolled=True, seed=2), 6),
+    "gumbel": (GumbelDARTS(arc_learning_rate=3e-3, use_temp_anneal=True, seed=3), 6),
+    # the controller must first find the one all-trainable path among 16 (any zero op scores chance)
+    "enas": (
+        ENAS(ctrl_learning_rate=1e-2, ctrl_steps=4, ctrl_steps_aggregate=4, baseline_decay=0.9, seed=0),
+        12,
+    ),
+    "proxyless": (Proxyless(arc_learning_rate=3e-2, seed=0), 6),
 }
 
 
-@pytest.mark.parametrize("name", list(DIFFERENTIABLE))
-def test_differentiable_strategies_avoid_every_useless_op(name: str, tmp_path: Path) -> None:
-    result = run(DIFFERENTIABLE[name], classification(), tmp_path)
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_one_shot_strategies_avoid_every_useless_op(name: str, tmp_path: Path) -> None:
+    strategy, epochs = STRATEGIES[name]
+    result = run(strategy, classification(epochs), tmp_path)
     final = cast(dict[str, float], result.final)
     arch = arch_from_metric(final, UselessOpSpace().search_space())
     assert arch == USEFUL, final
     assert json.loads((tmp_path / ARCHITECTURE_FILE).read_text()) == USEFUL
     assert final["default"] == final["val_acc"] > 0.3  # the chosen architecture's validation (chance: 0.1)
-    assert len(result.intermediates) == 6 and all(
+    assert len(result.intermediates) == epochs and all(
         "arch/b0" in cast(dict[str, float], m) for m in result.intermediates
     )
 
@@ -167,3 +176,50 @@ def test_an_experiment_trains_the_supernet_as_one_trial_on_a_worker(cluster: Bac
     assert isinstance(model(torch.zeros(2, 64)), torch.Tensor)
     loaded = retia.Experiment.load(tmp_path / "e")  # after the fact, from the directory
     assert loaded.export_top_models() == [USEFUL]
+
+
+class TwoScores(pl.LightningModule):
+    """A module whose validation logs two metrics, neither the default one."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model(x)
+        return out
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return torch.nn.functional.cross_entropy(self(x), y)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.log("acc", (logits.argmax(1) == y).float().mean())
+        self.log("ce", torch.nn.functional.cross_entropy(logits, y))
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_enas_takes_its_reward_from_the_metric_named_and_else_says_which_it_saw(tmp_path: Path) -> None:
+    def evaluator() -> pl.Lightning:
+        return pl.Lightning(
+            TwoScores(),
+            pl.Trainer(max_epochs=1, limit_train_batches=3, logger=False, enable_checkpointing=False),
+            train_dataloaders=digits("train"),
+            val_dataloaders=digits("val", 256),
+        )
+
+    with pytest.raises(ConfigError, match=r"logged \['acc', 'ce'\].*reward_metric_name"):
+        run(ENAS(seed=0), evaluator(), tmp_path / "none")
+    with pytest.raises(ConfigError, match=r"logged \['acc', 'ce'\], not reward_metric_name='f1'"):
+        run(ENAS(reward_metric_name="f1", seed=0), evaluator(), tmp_path / "f1")
+    result = run(ENAS(reward_metric_name="acc", seed=0), evaluator(), tmp_path / "acc")
+    assert arch_from_metric(cast(dict[str, float], result.final), UselessOpSpace().search_space()) is not None
+
+
+def test_enas_searches_a_width_inside_a_layer(tmp_path: Path) -> None:
+    result = OneShotEvaluator(classification(2), ENAS(ctrl_steps_aggregate=2, seed=0)).evaluate(
+        supernet_of(WidthSpace()), output_dir=tmp_path
+    )
+    final = cast(dict[str, float], result.final)
+    assert arch_from_metric(final, WidthSpace().search_space()) in ({"width": 16}, {"width": 32})
+    assert final["default"] == final["val_acc"] > 0.1

@@ -65,7 +65,9 @@ def test_public_names_are_pinned() -> None:
     assert sorted(strategy_pkg.__all__) == sorted(
         [
             "DARTS",
+            "ENAS",
             "GumbelDARTS",
+            "Proxyless",
             "RandomOneShot",
             "TPE",
             "Arch",

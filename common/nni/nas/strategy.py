@@ -1,5 +1,6 @@
 """NNI 3.0's ``nni.nas.strategy``: retia's multi-trial strategies, and the one-shot ones
-(``DARTS``, ``GumbelDARTS``, ``RandomOneShot``: retia.oneshot, loaded on first use)."""
+(``DARTS``, ``GumbelDARTS``, ``ENAS``, ``Proxyless``, ``RandomOneShot``: retia.oneshot, loaded on
+first use)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,17 @@ from typing import TYPE_CHECKING, Any
 from retia.strategy import TPE, GridSearch, Random, RegularizedEvolution, Strategy
 
 if TYPE_CHECKING:
-    from retia.oneshot import DARTS, GumbelDARTS, RandomOneShot
+    from retia.oneshot import DARTS, ENAS, GumbelDARTS, Proxyless, RandomOneShot
 
 TPEStrategy = TPE
 
 __all__ = [
     "DARTS",
+    "ENAS",
     "TPE",
     "GridSearch",
     "GumbelDARTS",
+    "Proxyless",
     "Random",
     "RandomOneShot",
     "RegularizedEvolution",

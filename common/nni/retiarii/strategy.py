@@ -1,5 +1,6 @@
 """NNI 2.x's ``nni.retiarii.strategy``: retia's multi-trial strategies, and the one-shot ones
-(``DARTS``, ``GumbelDARTS``, ``RandomOneShot``: retia.oneshot, loaded on first use)."""
+(``DARTS``, ``GumbelDARTS``, ``ENAS``, ``Proxyless``, ``RandomOneShot``: retia.oneshot, loaded on
+first use)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,18 @@ from retia.strategy import TPE, GridSearch, Random, RegularizedEvolution
 from retia.strategy import Strategy as BaseStrategy
 
 if TYPE_CHECKING:
-    from retia.oneshot import DARTS, GumbelDARTS, RandomOneShot
+    from retia.oneshot import DARTS, ENAS, GumbelDARTS, Proxyless, RandomOneShot
 
 TPEStrategy = TPE
 
 __all__ = [
     "DARTS",
+    "ENAS",
     "TPE",
     "BaseStrategy",
     "GridSearch",
     "GumbelDARTS",
+    "Proxyless",
     "Random",
     "RandomOneShot",
     "RegularizedEvolution",
