@@ -100,3 +100,28 @@ class MyModule(pl.LightningModule):
         retia.report_intermediate_result(-1.0)  # a module reporting for itself: set aside
         path = Path(os.environ["RETIA_OUTPUT_DIR"]) / "my_module.txt"
         path.write_text(f"{lr} {self.epochs_started}\n")
+
+
+class EncoderChoices(nn.ModelSpace):
+    """The seed page's Encoder (784 pixels to a 3-d embedding) with its layers as a LayerChoice,
+    which DARTS relaxes; one candidate forgets the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.LayerChoice(
+            {
+                "forget": _ForgetTo3(),
+                "narrow": nn.Sequential(nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 3)),
+                "wide": nn.Sequential(nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 3)),
+            },
+            label="encoder",
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.net(x)
+        return out
+
+
+class _ForgetTo3(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :3] * 0.0

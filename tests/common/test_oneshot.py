@@ -9,7 +9,7 @@ from typing import Any, cast
 
 import pytest
 import torch
-from oneshot_spaces import USEFUL, MyModule, UselessOpSpace, digits
+from oneshot_spaces import USEFUL, EncoderChoices, MyModule, UselessOpSpace, digits
 
 import retia
 import retia.lightning as pl
@@ -78,22 +78,51 @@ def test_one_shot_strategies_avoid_every_useless_op(name: str, tmp_path: Path) -
     )
 
 
-def test_darts_with_the_users_own_module_steps_its_schedule_and_sets_its_reports_aside(
-    tmp_path: Path,
+@pytest.mark.parametrize("name", [name for name in STRATEGIES if name != "darts-second-order"])
+def test_the_users_own_module_steps_its_schedule_and_sets_its_reports_aside(
+    name: str, tmp_path: Path
 ) -> None:
+    strategy, epochs = STRATEGIES[name]
     evaluator = pl.Lightning(
         MyModule(),
-        pl.Trainer(max_epochs=5, logger=False, enable_checkpointing=False),
+        pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False),
         train_dataloaders=digits("train"),
         val_dataloaders=digits("val", 256),
     )
-    result = run(DARTS(arc_learning_rate=3e-3, seed=0), evaluator, tmp_path)
+    result = run(strategy, evaluator, tmp_path)
     final = cast(dict[str, float], result.final)
     assert arch_from_metric(final, UselessOpSpace().search_space()) == USEFUL, final
-    assert final["default"] == final["val_accuracy"] > 0.5 and "val_ce" in final
+    assert final["default"] == final["val_accuracy"] > 0.3 and "val_ce" in final
     assert all(isinstance(m, dict) for m in result.intermediates)  # the module's own -1.0 set aside
-    lr, epochs = (tmp_path / "my_module.txt").read_text().split()
-    assert float(lr) == pytest.approx(0.01 * 0.8**5) and int(epochs) == 5
+    lr, epochs_started = (tmp_path / "my_module.txt").read_text().split()
+    assert float(lr) == pytest.approx(0.01 * 0.8**epochs) and int(epochs_started) == epochs
+
+
+def test_the_seed_pages_autoencoder_runs_under_darts(tmp_path: Path) -> None:
+    """The page's LightningModule (``self.model`` its encoder, its own nni.report_* calls) under
+    DARTS: the reconstruction loss trains the architecture, which keeps the input."""
+    import nni_seed as seed
+
+    import retia.nni.retiarii.evaluator.pytorch.lightning as nni_pl
+
+    lightning = nni_pl.Lightning(
+        seed.AutoEncoder(),
+        nni_pl.Trainer(max_epochs=4, logger=False, enable_progress_bar=False, enable_checkpointing=False),
+        train_dataloaders=nni_pl.DataLoader(
+            retia.trace(seed.DigitsAsMNIST)(train=True, limit=512), batch_size=64
+        ),
+        val_dataloaders=nni_pl.DataLoader(
+            retia.trace(seed.DigitsAsMNIST)(train=False, limit=256), batch_size=128
+        ),
+    )
+    torch.manual_seed(0)
+    result = OneShotEvaluator(lightning, DARTS(arc_learning_rate=1e-2, seed=0)).evaluate(
+        supernet_of(EncoderChoices()), output_dir=tmp_path
+    )
+    final = cast(dict[str, float], result.final)
+    assert arch_from_metric(final, EncoderChoices().search_space()) != {"encoder": "forget"}, final
+    losses = [cast(dict[str, float], m)["val_loss"] for m in result.intermediates]
+    assert len(losses) == 4 and losses[-1] < losses[0]  # the val_loss it logs, reported by the trial
 
 
 def test_random_one_shot_trains_every_path_and_validates_a_sampled_one(tmp_path: Path) -> None:
