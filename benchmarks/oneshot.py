@@ -39,11 +39,9 @@ from itertools import cycle
 from pathlib import Path
 from typing import Any
 
+from _tables import to_markdown
 from rich.console import Console
 from rich.table import Table
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _tables import to_markdown  # noqa: E402
 
 WIDTH, CELLS, BATCH = 8, 3, 64
 STRATEGIES = ("darts", "gumbel", "enas", "proxyless", "random")
@@ -103,15 +101,17 @@ def _loaders() -> tuple[Any, Any]:
 
 
 def _strategy(name: str) -> Any:
+    """The strategy of row ``name``, with its defaults (seeded)."""
     from retia import oneshot
 
-    return {
-        "darts": lambda: oneshot.DARTS(seed=0),
-        "gumbel": lambda: oneshot.GumbelDARTS(seed=0),
-        "enas": lambda: oneshot.ENAS(seed=0),
-        "proxyless": lambda: oneshot.Proxyless(seed=0),
-        "random": lambda: oneshot.RandomOneShot(seed=0),
-    }[name]()
+    kinds: dict[str, type[oneshot.OneShotStrategy]] = {
+        "darts": oneshot.DARTS,
+        "gumbel": oneshot.GumbelDARTS,
+        "enas": oneshot.ENAS,
+        "proxyless": oneshot.Proxyless,
+        "random": oneshot.RandomOneShot,
+    }
+    return kinds[name](seed=0)
 
 
 def _retia_row(name: str, steps: int, warmup: int) -> tuple[float, int]:
@@ -269,7 +269,8 @@ _NNI_ROW = textwrap.dedent(
         raise RuntimeError(f"only {len(starts)} NNI training steps ran")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     per_step = (ends[-1] - starts[warmup]) / (len(starts) - warmup)
-    print("RESULT", json.dumps({"per_step": per_step, "peak": peak, "growth": peak - before, "params": params[0]}))
+    result = {"per_step": per_step, "peak": peak, "growth": peak - before, "params": params[0]}
+    print("RESULT", json.dumps(result))
     '''
 )
 
@@ -373,7 +374,8 @@ def main() -> None:
         except subprocess.CalledProcessError as error:
             failed[NNI] = f"does not install: {_last_line(error.stderr or error.stdout or str(error))}"
     console.print(
-        f"hub DARTS(width={WIDTH}, num_cells={CELLS}, in_channels=1) supernet on digits 1x8x8, batch {BATCH}, "
+        f"hub DARTS(width={WIDTH}, num_cells={CELLS}, in_channels=1) supernet on digits 1x8x8, "
+        f"batch {BATCH}, "
         f"{args.warmup} warm-up + {args.batches} timed steps, best of {args.repeats}, "
         f"torch threads {args.threads or 'default'}, load average {os.getloadavg()[0]:.2f}"
     )
