@@ -49,3 +49,27 @@ def test_curve_benchmark_quick_prints_both_transports(tmp_path: Path) -> None:
     ):
         cells = [c.strip() for c in rows[row].split("|")[2:4]]
         assert all(c and c[0].isdigit() for c in cells), f"{row!r} lacks a number per transport: {rows[row]}"
+
+
+@pytest.mark.timeout(240)
+def test_oneshot_benchmark_runs_a_strategy_beside_the_hand_written_loop(tmp_path: Path) -> None:
+    """benchmarks/oneshot.py, one timed step: the hand-written row and a retia row each get a time
+    per step, a ratio and a peak memory, and the run leaves nothing where it ran."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "oneshot.py")]
+        + ["--batches", "1", "--warmup", "1", "--repeats", "1", "--strategies", "random", "--markdown"],
+        capture_output=True,
+        text=True,
+        timeout=220,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    markdown = out.stdout[out.stdout.index("| row | s/step | x hand-written |") :]
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in markdown.splitlines()[2:]}
+    assert set(rows) == {"hand-written first-order DARTS", "retia RandomOneShot"}, markdown
+    for name, cells in rows.items():
+        seconds, ratio, peak = (float(c.strip().rstrip("x")) for c in cells[:3])
+        assert seconds > 0 and ratio > 0 and peak > 0, f"{name}: {cells}"
+    assert float(rows["hand-written first-order DARTS"][1].strip().rstrip("x")) == 1.0
+    assert not list(tmp_path.iterdir())
