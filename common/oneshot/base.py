@@ -29,7 +29,15 @@ from ..strategy.base import Strategy
 if TYPE_CHECKING:
     from .module import OneShotModule
 
-__all__ = ["ARCH_PREFIX", "Algorithm", "OneShotStrategy", "arch_from_metric", "arch_metrics"]
+__all__ = [
+    "ARCH_PREFIX",
+    "Algorithm",
+    "OneShotStrategy",
+    "arch_from_metric",
+    "arch_metrics",
+    "check_count",
+    "check_positive",
+]
 
 ARCH_PREFIX = "arch/"  # reported metric names: arch/<label> = the option's index
 
@@ -58,6 +66,20 @@ def arch_from_metric(metric: Metric | None, search_space: Mapping[str, list[Any]
                 raise ConfigError(f"the one-shot trial reported {name}={value}, not an option of the space")
             arch[label] = options[index]
     return arch or None
+
+
+def check_positive(name: str, value: Any) -> float:
+    """``value`` as a float (a learning rate, a temperature); ConfigError unless it is > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"{name} must be a number > 0, got {value!r}")
+    return float(value)
+
+
+def check_count(name: str, value: Any, least: int) -> int:
+    """``value`` (epochs, steps, a size); ConfigError unless it is an int >= ``least``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ConfigError(f"{name} must be an int >= {least}, got {value!r}")
+    return value
 
 
 class Algorithm(nn.Module, abc.ABC):

@@ -20,7 +20,7 @@ from torch import nn
 from ..arch import Arch
 from ..errors import ConfigError
 from ..nn.space import ModelSpace
-from .base import Algorithm, OneShotStrategy
+from .base import Algorithm, OneShotStrategy, check_count, check_positive
 from .supernet import relax
 
 if TYPE_CHECKING:
@@ -186,13 +186,9 @@ class DARTS(OneShotStrategy):
         seed: int | None = None,
     ) -> None:
         super().__init__(seed=seed)
-        if not arc_learning_rate > 0:
-            raise ConfigError(f"arc_learning_rate must be > 0, got {arc_learning_rate!r}")
-        if not isinstance(warmup_epochs, int) or warmup_epochs < 0:
-            raise ConfigError(f"warmup_epochs must be an int >= 0, got {warmup_epochs!r}")
-        self.arc_learning_rate = float(arc_learning_rate)
+        self.arc_learning_rate = check_positive("arc_learning_rate", arc_learning_rate)
         self.unrolled = bool(unrolled)
-        self.warmup_epochs = warmup_epochs
+        self.warmup_epochs = check_count("warmup_epochs", warmup_epochs, 0)
 
     def algorithm(self, supernet: ModelSpace) -> Algorithm:
         return _Differentiable(supernet, self)
@@ -214,13 +210,9 @@ class GumbelDARTS(DARTS):
         seed: int | None = None,
     ) -> None:
         super().__init__(arc_learning_rate=arc_learning_rate, warmup_epochs=warmup_epochs, seed=seed)
-        if not gumbel_temperature > 0 or not min_temp > 0:
-            raise ConfigError(
-                f"gumbel_temperature and min_temp must be > 0, got {gumbel_temperature!r}, {min_temp!r}"
-            )
-        self.gumbel_temperature = float(gumbel_temperature)
+        self.gumbel_temperature = check_positive("gumbel_temperature", gumbel_temperature)
         self.use_temp_anneal = bool(use_temp_anneal)
-        self.min_temp = float(min_temp)
+        self.min_temp = check_positive("min_temp", min_temp)
 
     def algorithm(self, supernet: ModelSpace) -> Algorithm:
         return _Gumbel(supernet, self)

@@ -20,7 +20,7 @@ from torch import nn
 from ..arch import Arch
 from ..errors import ConfigError
 from ..nn.space import ModelSpace
-from .base import Algorithm, OneShotStrategy
+from .base import Algorithm, OneShotStrategy, check_count, check_positive
 
 if TYPE_CHECKING:
     from .module import OneShotModule
@@ -185,28 +185,17 @@ class ENAS(OneShotStrategy):
         seed: int | None = None,
     ) -> None:
         super().__init__(seed=seed)
-        if not ctrl_learning_rate > 0:
-            raise ConfigError(f"ctrl_learning_rate must be > 0, got {ctrl_learning_rate!r}")
         if not 0 <= baseline_decay < 1:
             raise ConfigError(f"baseline_decay must be in [0, 1), got {baseline_decay!r}")
-        for name, value in (
-            ("ctrl_steps", ctrl_steps),
-            ("ctrl_steps_aggregate", ctrl_steps_aggregate),
-            ("lstm_size", lstm_size),
-        ):
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
-        if not isinstance(warmup_epochs, int) or warmup_epochs < 0:
-            raise ConfigError(f"warmup_epochs must be an int >= 0, got {warmup_epochs!r}")
         self.reward_metric_name = reward_metric_name
-        self.ctrl_learning_rate = float(ctrl_learning_rate)
+        self.ctrl_learning_rate = check_positive("ctrl_learning_rate", ctrl_learning_rate)
         self.entropy_weight = float(entropy_weight)
         self.baseline_decay = float(baseline_decay)
-        self.ctrl_steps = ctrl_steps
-        self.ctrl_steps_aggregate = ctrl_steps_aggregate
+        self.ctrl_steps = check_count("ctrl_steps", ctrl_steps, 1)
+        self.ctrl_steps_aggregate = check_count("ctrl_steps_aggregate", ctrl_steps_aggregate, 1)
         self.ctrl_grad_clip = float(ctrl_grad_clip)
-        self.lstm_size = lstm_size
-        self.warmup_epochs = warmup_epochs
+        self.lstm_size = check_count("lstm_size", lstm_size, 1)
+        self.warmup_epochs = check_count("warmup_epochs", warmup_epochs, 0)
 
     def algorithm(self, supernet: ModelSpace) -> Algorithm:
         return _Enas(supernet, self)

@@ -21,7 +21,7 @@ from ..arch import Arch
 from ..errors import ConfigError
 from ..nn.choices import InputChoice
 from ..nn.space import ModelSpace
-from .base import Algorithm, OneShotStrategy
+from .base import Algorithm, OneShotStrategy, check_count, check_positive
 from .supernet import relax
 
 if TYPE_CHECKING:
@@ -122,12 +122,8 @@ class Proxyless(OneShotStrategy):
         self, *, arc_learning_rate: float = 1e-3, warmup_epochs: int = 0, seed: int | None = None
     ) -> None:
         super().__init__(seed=seed)
-        if not arc_learning_rate > 0:
-            raise ConfigError(f"arc_learning_rate must be > 0, got {arc_learning_rate!r}")
-        if not isinstance(warmup_epochs, int) or warmup_epochs < 0:
-            raise ConfigError(f"warmup_epochs must be an int >= 0, got {warmup_epochs!r}")
-        self.arc_learning_rate = float(arc_learning_rate)
-        self.warmup_epochs = warmup_epochs
+        self.arc_learning_rate = check_positive("arc_learning_rate", arc_learning_rate)
+        self.warmup_epochs = check_count("warmup_epochs", warmup_epochs, 0)
 
     def algorithm(self, supernet: ModelSpace) -> Algorithm:
         return _Binarized(supernet, self)

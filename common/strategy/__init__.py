@@ -38,8 +38,13 @@ __all__ = [
 _ONE_SHOT = ("DARTS", "ENAS", "GumbelDARTS", "Proxyless", "RandomOneShot")
 
 
-def __getattr__(name: str) -> Any:
-    """The one-shot strategies, imported on first use (PEP 562)."""
+def one_shot(name: str, module: str = __name__) -> Any:
+    """The one-shot strategy ``name``, imported on first use (the PEP 562 ``__getattr__`` of this
+    module and of NNI's strategy paths under retia.nni, named by ``module``)."""
     if name in _ONE_SHOT:
         return getattr(importlib.import_module("retia.oneshot"), name)
-    raise AttributeError(f"module 'retia.strategy' has no attribute {name!r}")
+    raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+
+def __getattr__(name: str) -> Any:
+    return one_shot(name)

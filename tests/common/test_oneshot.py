@@ -177,6 +177,12 @@ class WidthSpace(nn.ModelSpace):
 
 
 def test_what_a_one_shot_run_cannot_do_is_refused_up_front(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="arc_learning_rate must be a number > 0, got 0"):
+        DARTS(arc_learning_rate=0)
+    with pytest.raises(ConfigError, match="ctrl_steps must be an int >= 1, got 0"):
+        ENAS(ctrl_steps=0)
+    with pytest.raises(ConfigError, match="warmup_epochs must be an int >= 0, got -1"):
+        Proxyless(warmup_epochs=-1)
     with pytest.raises(ConfigError, match="FunctionalEvaluator's fit cannot be driven"):
         retia.Experiment(UselessOpSpace(), retia.FunctionalEvaluator(lambda m: None), DARTS())
     no_val = pl.Classification(train_dataloaders=digits("train"))

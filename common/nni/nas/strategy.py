@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from retia.strategy import TPE, GridSearch, Random, RegularizedEvolution, Strategy
+from retia.strategy import TPE, GridSearch, Random, RegularizedEvolution, Strategy, one_shot
 
 if TYPE_CHECKING:
     from retia.oneshot import DARTS, ENAS, GumbelDARTS, Proxyless, RandomOneShot
@@ -30,8 +30,4 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     """The one-shot strategies, from retia.strategy (imported on first use: they need torch)."""
-    import retia.strategy
-
-    if name in retia.strategy._ONE_SHOT:
-        return getattr(retia.strategy, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return one_shot(name, __name__)
