@@ -65,10 +65,13 @@ class RegularizedEvolution(Strategy):
             return None if index is None else self._issue(index)
         child = self._evolve()
         for _ in range(_MUTATION_RETRIES):
-            if child not in self._book.seen:
+            if child not in self._book.seen and self.codec.valid(child):
                 break
             child = self._evolve()
         else:
+            if not self.codec.valid(child):  # the space's own check refused every mutation tried
+                _log.debug("trial %d: no mutation tried was valid; proposing a valid random one", key)
+                return self._issue(self.codec.sample(self._rng))
             _log.debug("trial %d: every mutation tried was seen before; proposing a repeat", key)
         return self._issue(child)
 

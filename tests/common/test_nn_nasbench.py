@@ -13,7 +13,7 @@ from retia import InvalidArchitectureError
 from retia.nn import NasBench101Cell, NasBench201Cell, original_state_dict_hooks
 from retia.nn.space import ArchHooks
 from retia.searchspace import SpaceDescription
-from retia.strategy import GridSearch, Random
+from retia.strategy import GridSearch, Random, RegularizedEvolution
 from retia.strategy.base import Strategy
 
 
@@ -255,13 +255,21 @@ def _strategy_draws(space: nn.ModelSpace, strategy: Strategy, n: int) -> list[di
 
 def test_nb101_random_sampling_gives_only_valid_graphs() -> None:
     """With at most 4 edges most uniform draws are refused (too many edges, or disconnected): the space's
-    random_sample and the Random and GridSearch strategies draw again until the space accepts one."""
+    random_sample and the Random, GridSearch and evolution strategies (its mutations too) draw again
+    until the space accepts one."""
     space = NB101Space(max_num_edges=4)
     archs = [space.random_sample(seed=seed) for seed in range(30)]
     archs += _strategy_draws(space, Random(seed=0), 30) + _strategy_draws(
         space, Random(seed=1, dedup=False), 10
     )
     archs += _strategy_draws(space, GridSearch(), 5)
+    evolution = RegularizedEvolution(population_size=4, sample_size=2, seed=0)
+    evolution.attach(SpaceDescription.from_json(space.describe(), check=space.arch_check()))
+    for key in range(30):  # its mutations of valid parents too
+        arch = evolution.ask(key)
+        assert arch is not None
+        evolution.tell(key, arch, float(key % 7))
+        archs.append(arch)
     for arch in archs:
         space.validate(arch)  # raises for an invalid graph
     assert len({str(sorted(a.items())) for a in archs[:30]}) > 20  # still random, not one fallback
