@@ -165,6 +165,15 @@ class Cell(nn.Module):
             return module
         return _PerInputOps([self._layer_choice(op_candidates, node, k, i, label) for i in range(node)])
 
+    def _node(self, node: int, states: list[torch.Tensor]) -> torch.Tensor:
+        """Node ``node`` (counted from 0 after the predecessors): the sum of its ops' outputs."""
+        total: torch.Tensor | None = None
+        for op, inp in zip(self.ops[node], self.inputs[node]):
+            out = self._slot(op, inp, states)
+            total = out if total is None else total + out
+        assert total is not None
+        return total
+
     def _slot(self, op: nn.Module, inp: nn.Module, states: list[torch.Tensor]) -> torch.Tensor:
         """One op of a node on the input its InputChoice picks (the one-shot relaxation mixes them)."""
         if isinstance(op, _PerInputOps):
@@ -198,14 +207,8 @@ class Cell(nn.Module):
                 f"Cell {self.label!r}: the preprocessor returned {len(states)} tensors for "
                 f"{self.num_predecessors} predecessors; it must return one per predecessor"
             )
-        slots: Any = zip(self.ops, self.inputs)
-        for node_ops, node_inputs in slots:
-            total: torch.Tensor | None = None
-            for op, inp in zip(node_ops, node_inputs):
-                out = self._slot(op, inp, states)
-                total = out if total is None else total + out
-            assert total is not None
-            states.append(total)
+        for node in range(self.num_nodes):
+            states.append(self._node(node, states))
         merged = torch.cat([states[i] for i in self.output_node_indices], self.concat_dim)
         if self.postprocessor is not None:
             return self.postprocessor(merged, given)

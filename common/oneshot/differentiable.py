@@ -1,11 +1,13 @@
 """DARTS and GumbelDARTS: architecture weights trained by gradient on validation batches.
 
-Each label gets a vector of architecture parameters (alpha); the supernet's LayerChoices,
-InputChoices and Repeats mix their candidates by ``softmax(alpha)`` (DARTS, Liu et al. 2019) or by
-a Gumbel-softmax sample at a temperature that may anneal (GumbelDARTS, as in SNAS / GDAS). Each
-step first moves alpha down the loss of a validation batch (first order; or DARTS's second order,
-through one virtual weight step, its Hessian term by finite differences), then the weights down
-the loss of a training batch. The architecture exported is the largest alpha of every label.
+Each label gets a vector of architecture parameters (alpha), and each edge of a Cell its own (the
+paper's: one mixed op per node and earlier state, each node keeping its strongest edges). The
+supernet's LayerChoices, InputChoices, Repeats and Cells mix their candidates by ``softmax(alpha)``
+(DARTS, Liu et al. 2019) or by a Gumbel-softmax sample at a temperature that may anneal
+(GumbelDARTS, as in SNAS / GDAS). Each step first moves alpha down the loss of a validation batch
+(first order; or DARTS's second order, through one virtual weight step, its Hessian term by finite
+differences), then the weights down the loss of a training batch. The architecture exported is the
+largest alpha of every label, and the strongest edges of every Cell (``none`` never chosen).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class _Differentiable(Algorithm):
     def __init__(self, supernet: ModelSpace, strategy: DARTS) -> None:
         super().__init__(supernet, strategy.seed)
         self.config = strategy
-        self.relaxation = relax(supernet, type(strategy).__name__)
+        self.relaxation = relax(supernet, type(strategy).__name__, cell_edges=True)
         generator = torch.Generator().manual_seed(strategy.seed if strategy.seed is not None else 0)
         self.labels = list(self.relaxation.sizes)
         # NNI and the paper: small random alphas, so no candidate starts ahead of another

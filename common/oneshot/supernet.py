@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..arch import Arch, ChoiceSpec, canonical
 from ..errors import ConfigError
-from ..nn.cell import Cell, _PerInputOps
+from ..nn.cell import Cell, _chosen_index, _PerInputOps
 from ..nn.choices import InputChoice, LayerChoice
 from ..nn.repeat import Repeat
 from ..nn.space import ModelSpace
@@ -27,6 +28,7 @@ from ..nn.space import ModelSpace
 __all__ = ["Decision", "Relaxation", "decisions", "relax"]
 
 _WEIGHTS = "_retia_mix"  # instance attribute of a relaxed module: its mixing weights, or None
+_EDGES = "_retia_edges"  # of a Cell relaxed by edges: {(node, input): weights}, or None
 
 
 @dataclass
@@ -115,9 +117,28 @@ class _RelaxedRepeat(Repeat):
 
 
 class _RelaxedCell(Cell):
-    """A Cell whose every op slot is DARTS's mixed edge: the sum, over the earlier states, of the
-    slot's mixed op on each state weighted by the slot's input weights (with per-input ops, that
-    input's own)."""
+    """A relaxed Cell, by slots (each op slot a mixed edge over every earlier state, weighted by
+    the slot's input weights) or, once :func:`relax` gives it edge weights, by edges as the DARTS
+    paper does: one mixed op per (node, earlier state), slot 0's candidates, every edge summed."""
+
+    def _node(self, node: int, states: list[torch.Tensor]) -> torch.Tensor:
+        if _EDGES not in self.__dict__:
+            return super()._node(node, states)  # by slots: see _slot
+        edges: dict[tuple[int, int], torch.Tensor] | None = self.__dict__[_EDGES]
+        total: Any = None
+        if edges is None:  # the chosen architecture, on the candidates the edges trained
+            for k, inp in enumerate(self.inputs[node]):
+                j = _chosen_index(inp)
+                name = _edge_op(self.ops[node][k], j).active
+                out = _edge_op(self.ops[node][0], j)[name](states[j])
+                total = out if total is None else total + out
+            return cast(torch.Tensor, total)
+        for j, state in enumerate(states):
+            mixed = _edge_op(self.ops[node][0], j)
+            mixed.__dict__[_WEIGHTS] = edges[node, j]
+            out = mixed(state)
+            total = out if total is None else total + out
+        return cast(torch.Tensor, total)
 
     def _slot(self, op: nn.Module, inp: nn.Module, states: list[torch.Tensor]) -> torch.Tensor:
         weights = _weights(inp)
@@ -125,10 +146,44 @@ class _RelaxedCell(Cell):
             return super()._slot(op, inp, states)
         total: Any = None
         for j, state in enumerate(states[: len(weights)]):
-            edge = op[j] if isinstance(op, _PerInputOps) else op
-            out = weights[j] * edge(state)
+            out = weights[j] * _edge_op(op, j)(state)
             total = out if total is None else total + out
         return cast(torch.Tensor, total)
+
+
+def _edge_op(op: nn.Module, j: int) -> LayerChoice:
+    """The op a slot applies to earlier state ``j`` (its own for that input, with op factories)."""
+    return cast(LayerChoice, op[j] if isinstance(op, _PerInputOps) else op)
+
+
+@dataclass
+class _CellEdges:
+    """Cells sharing one label, relaxed by edges: the weights of edge (node, input) are ``keys``'s."""
+
+    cells: list[Cell]
+    keys: dict[tuple[int, int], str]
+    names: list[Any]  # the op candidates' architecture values
+
+    def mix(self, weights: Mapping[str, torch.Tensor] | None) -> None:
+        edges = None if weights is None else {edge: weights[key] for edge, key in self.keys.items()}
+        for cell in self.cells:
+            cell.__dict__[_EDGES] = edges
+
+    def export(self, scores: Mapping[str, torch.Tensor]) -> Arch:
+        """Each node's ``num_ops_per_node`` strongest edges (by their best op other than ``none``),
+        strongest first, as the slots' inputs and ops (the DARTS paper's discrete cell)."""
+        cell = self.cells[0]
+        usable = [i for i, name in enumerate(self.names) if name != "none"] or list(range(len(self.names)))
+        arch: Arch = {}
+        for node in range(cell.num_nodes):
+            inputs = cell.num_predecessors + node
+            best = {j: F.softmax(scores[self.keys[node, j]], dim=-1)[usable] for j in range(inputs)}
+            ranked = sorted(range(inputs), key=lambda j: -float(best[j].max()))
+            for k, inp in enumerate(cell.inputs[node]):
+                j = ranked[k % inputs]
+                arch[inp.label] = j
+                arch[_edge_op(cell.ops[node][k], j).label] = self.names[usable[int(torch.argmax(best[j]))]]
+        return arch
 
 
 _RELAXED: dict[type[nn.Module], type[nn.Module]] = {
@@ -147,17 +202,21 @@ def _relaxable(module: nn.Module) -> type[nn.Module] | None:
 
 @dataclass
 class Relaxation:
-    """The relaxed decisions of a supernet: for each label, the number of weights it mixes."""
+    """The relaxed decisions of a supernet: the number of weights each key mixes (a label's, or an
+    edge's of a Cell relaxed by edges), and how they make an architecture."""
 
-    decisions: dict[str, Decision]
+    decisions: dict[str, Decision]  # the labels mixed as they are
     sizes: dict[str, int]
+    cells: list[_CellEdges] = field(default_factory=list)
 
     def mix(self, weights: Mapping[str, torch.Tensor] | None) -> None:
-        """Set each label's mixing weights (a 1-D tensor of ``sizes[label]``); None: run the active paths."""
+        """Set each key's mixing weights (a 1-D tensor of ``sizes[key]``); None: run the active paths."""
         for label, decision in self.decisions.items():
             value = None if weights is None else weights[label]
             for module in decision.modules:
                 module.__dict__[_WEIGHTS] = value
+        for group in self.cells:
+            group.mix(weights)
 
     def choose(self, label: str, scores: torch.Tensor) -> Any:
         """The architecture value the largest ``scores`` of ``label`` pick (the ``n_chosen`` largest
@@ -169,12 +228,17 @@ class Relaxation:
         return decision.options[int(torch.argmax(scores))]
 
     def export(self, scores: Mapping[str, torch.Tensor]) -> Arch:
-        return {label: self.choose(label, scores[label]) for label in self.decisions}
+        arch = {label: self.choose(label, scores[label]) for label in self.decisions}
+        for group in self.cells:
+            arch.update(group.export(scores))
+        return arch
 
 
-def relax(supernet: nn.Module, strategy: str) -> Relaxation:
+def relax(supernet: nn.Module, strategy: str, *, cell_edges: bool = False) -> Relaxation:
     """Make every decision of ``supernet`` mixable (see the module docstring); a ConfigError naming
-    the labels that cannot be (values inside layers, an InputChoice concatenating several)."""
+    the labels that cannot be (values inside layers, an InputChoice concatenating several).
+    ``cell_edges``: relax each Cell as the DARTS paper does (one mixed op per edge, the strongest
+    edges exported), not slot by slot."""
     found = decisions(supernet)
     unrelaxable: list[str] = []
     sizes: dict[str, int] = {}
@@ -212,6 +276,40 @@ def relax(supernet: nn.Module, strategy: str) -> Relaxation:
             assert relaxed_cls is not None
             module.__class__ = relaxed_cls
             module.__dict__[_WEIGHTS] = None
+    groups: list[_CellEdges] = []
     for cell in cells:
         cell.__class__ = _RelaxedCell
-    return Relaxation(found, sizes)
+    if cell_edges:
+        by_label: dict[str, list[Cell]] = {}
+        for cell in cells:
+            by_label.setdefault(cell.label, []).append(cell)
+        for label, same in by_label.items():
+            groups.append(_edge_group(label, same, sizes))
+        owned = {label for group in groups for cell in group.cells for label in _slot_labels(cell)}
+        found = {label: d for label, d in found.items() if label not in owned}
+        for label in owned:
+            sizes.pop(label, None)
+    return Relaxation(found, sizes, groups)
+
+
+def _slot_labels(cell: Cell) -> set[str]:
+    """The labels of a Cell's own op and input choices (not of choices inside its candidates)."""
+    labels = {inp.label for node_inputs in cell.inputs for inp in node_inputs}
+    for node_ops in cell.ops:
+        for op in node_ops:
+            labels.add(_edge_op(op, 0).label)
+    return labels
+
+
+def _edge_group(label: str, cells: list[Cell], sizes: dict[str, int]) -> _CellEdges:
+    """The edge keys of the cells labelled ``label`` (added to ``sizes``), and their relaxation."""
+    first = cells[0]
+    names = list(_edge_op(first.ops[0][0], 0).names)
+    keys: dict[tuple[int, int], str] = {}
+    for node in range(first.num_nodes):
+        for j in range(first.num_predecessors + node):
+            keys[node, j] = f"{label}/edge_{first.num_predecessors + node}_{j}"
+            sizes[keys[node, j]] = len(names)
+    for cell in cells:
+        cell.__dict__[_EDGES] = None
+    return _CellEdges(cells, keys, names)
