@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
@@ -165,10 +165,19 @@ class Cell(nn.Module):
             return module
         return _PerInputOps([self._layer_choice(op_candidates, node, k, i, label) for i in range(node)])
 
+    def slot_ops(self, node: int) -> list[Any]:
+        """The op slots of node ``node`` (from 0 after the predecessors): LayerChoices (or, with op
+        factories in a supernet, one LayerChoice per possible input)."""
+        return list(cast(nn.ModuleList, self.ops[node]))
+
+    def slot_inputs(self, node: int) -> list[Any]:
+        """The InputChoices (or, frozen, ChosenInputs) of node ``node``'s op slots."""
+        return list(cast(nn.ModuleList, self.inputs[node]))
+
     def _node(self, node: int, states: list[torch.Tensor]) -> torch.Tensor:
         """Node ``node`` (counted from 0 after the predecessors): the sum of its ops' outputs."""
         total: torch.Tensor | None = None
-        for op, inp in zip(self.ops[node], self.inputs[node]):
+        for op, inp in zip(self.slot_ops(node), self.slot_inputs(node)):
             out = self._slot(op, inp, states)
             total = out if total is None else total + out
         assert total is not None

@@ -127,14 +127,15 @@ class _RelaxedCell(Cell):
         edges: dict[tuple[int, int], torch.Tensor] | None = self.__dict__[_EDGES]
         total: Any = None
         if edges is None:  # the chosen architecture, on the candidates the edges trained
-            for k, inp in enumerate(self.inputs[node]):
+            ops = self.slot_ops(node)
+            for k, inp in enumerate(self.slot_inputs(node)):
                 j = _chosen_index(inp)
-                name = _edge_op(self.ops[node][k], j).active
-                out = _edge_op(self.ops[node][0], j)[name](states[j])
+                name = _edge_op(ops[k], j).active
+                out = _edge_op(ops[0], j)[name](states[j])
                 total = out if total is None else total + out
             return cast(torch.Tensor, total)
         for j, state in enumerate(states):
-            mixed = _edge_op(self.ops[node][0], j)
+            mixed = _edge_op(self.slot_ops(node)[0], j)
             mixed.__dict__[_WEIGHTS] = edges[node, j]
             out = mixed(state)
             total = out if total is None else total + out
@@ -179,10 +180,11 @@ class _CellEdges:
             inputs = cell.num_predecessors + node
             best = {j: F.softmax(scores[self.keys[node, j]], dim=-1)[usable] for j in range(inputs)}
             ranked = sorted(range(inputs), key=lambda j: -float(best[j].max()))
-            for k, inp in enumerate(cell.inputs[node]):
+            ops = cell.slot_ops(node)
+            for k, inp in enumerate(cell.slot_inputs(node)):
                 j = ranked[k % inputs]
                 arch[inp.label] = j
-                arch[_edge_op(cell.ops[node][k], j).label] = self.names[usable[int(torch.argmax(best[j]))]]
+                arch[_edge_op(ops[k], j).label] = self.names[usable[int(torch.argmax(best[j]))]]
         return arch
 
 
@@ -263,7 +265,7 @@ def relax(supernet: nn.Module, strategy: str, *, cell_edges: bool = False) -> Re
             f"{', '.join(unrelaxable)}. Search such a space with RandomOneShot or ENAS, or write the "
             "choice as a LayerChoice of the layers it picks between"
         )
-    cells = [m for m in supernet.modules() if type(m) in (Cell, _RelaxedCell)]
+    cells = [m for m in supernet.modules() if isinstance(m, Cell) and type(m) in (Cell, _RelaxedCell)]
     loose = [cell.label for cell in cells if cell.merge_op != "all"]
     if loose:
         raise ConfigError(
@@ -294,17 +296,17 @@ def relax(supernet: nn.Module, strategy: str, *, cell_edges: bool = False) -> Re
 
 def _slot_labels(cell: Cell) -> set[str]:
     """The labels of a Cell's own op and input choices (not of choices inside its candidates)."""
-    labels = {inp.label for node_inputs in cell.inputs for inp in node_inputs}
-    for node_ops in cell.ops:
-        for op in node_ops:
-            labels.add(_edge_op(op, 0).label)
+    labels: set[str] = set()
+    for node in range(cell.num_nodes):
+        labels.update(inp.label for inp in cell.slot_inputs(node))
+        labels.update(_edge_op(op, 0).label for op in cell.slot_ops(node))
     return labels
 
 
 def _edge_group(label: str, cells: list[Cell], sizes: dict[str, int]) -> _CellEdges:
     """The edge keys of the cells labelled ``label`` (added to ``sizes``), and their relaxation."""
     first = cells[0]
-    names = list(_edge_op(first.ops[0][0], 0).names)
+    names = list(_edge_op(first.slot_ops(0)[0], 0).names)
     keys: dict[tuple[int, int], str] = {}
     for node in range(first.num_nodes):
         for j in range(first.num_predecessors + node):

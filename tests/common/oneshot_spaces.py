@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import retia
 import retia.lightning as pl
 import retia.nn as nn
-from retia.datasets import DigitsDataset
+from retia.datasets import DiabetesDataset, DigitsDataset
 
 Loader = torch.utils.data.DataLoader[tuple[torch.Tensor, torch.Tensor]]
 
@@ -125,3 +125,30 @@ class EncoderChoices(nn.ModelSpace):
 class _ForgetTo3(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x[:, :3] * 0.0
+
+
+class UselessOpRegressionSpace(nn.ModelSpace):
+    """The diabetes regression (10 features) through two blocks that each choose a trainable layer
+    or zeros."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Linear(10, width)
+        self.blocks = nn.ModuleList(
+            [
+                nn.LayerChoice({"zero": Zero(), "lin": _block(width)}, label="r0"),
+                nn.LayerChoice({"lin": _block(width), "zero": Zero()}, label="r1"),
+            ]
+        )
+        self.head = nn.Linear(width, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.stem(x))
+        for block in self.blocks:
+            h = block(h)
+        out: torch.Tensor = self.head(h)
+        return out
+
+
+def diabetes(split: Any, batch_size: int = 32) -> Loader:
+    return pl.DataLoader(retia.trace(DiabetesDataset)(split), batch_size=batch_size, shuffle=split == "train")
