@@ -128,7 +128,7 @@ class _ReportingModule(OneShotModule):
         super().on_train_epoch_end()
         if self.trainer.is_global_zero:
             path = support.output_dir(self.trainer) / EPOCH_CHECKPOINT
-            self.trainer.save_checkpoint(path)
+            self.trainer.save_checkpoint(path, weights_only=False)  # with the optimizers: a resume goes on
             checkpoint.save(path)
             path.unlink()  # kept once, as the trial's checkpoint
 
