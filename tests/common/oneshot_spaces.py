@@ -33,8 +33,10 @@ class UselessOpSpace(nn.ModelSpace):
     the middle block, so picking by position alone cannot pass), and whose head picks one of two
     inputs, one of them zeros."""
 
-    def __init__(self, width: int = 32) -> None:
+    def __init__(self, width: int = 32, seed: int | None = None) -> None:
         super().__init__()
+        if seed is not None:  # a trial on a worker is not seeded yet: its weights, and the batches after
+            torch.manual_seed(seed)
         self.stem = nn.Linear(64, width)
         self.blocks = nn.ModuleList(
             [

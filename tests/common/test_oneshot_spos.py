@@ -27,8 +27,10 @@ def test_spos_evolution_over_inherited_weights_avoids_every_useless_op(
     cluster: Backend, tmp_path: Path
 ) -> None:
     # a useless op anywhere silences the network, so SPOS trains the one useful path 1/16 of the time
-    evaluator = classification(epochs=30)
-    first = retia.Experiment(UselessOpSpace(), evaluator, RandomOneShot(seed=0), path=tmp_path / "supernet")
+    evaluator = classification(epochs=60)
+    first = retia.Experiment(
+        UselessOpSpace(seed=0), evaluator, RandomOneShot(seed=0), path=tmp_path / "supernet"
+    )
     [trained] = first.run(**_on(cluster))
     assert trained.state == "SUCCEEDED", trained.reason
     assert (Path(trained.output_dir) / SUPERNET_FILE).is_file()
