@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 from .arch import ArchLike, ChoiceSpec, canonical, load_arch, match_option, validate_arch
 from .errors import ConfigError, InvalidArchitectureError, PayloadTooLarge, SerializationError
 from .reporting import CollectingReporter, Metric, Reporter, use_reporter
+from .seeding import check_seed, seeded
 from .serializer import dump, rebuilding
 from .trace import Recipe, Traced, _attach, _name_positionals, get_recipe
 
@@ -53,12 +54,17 @@ class Evaluator:
         *,
         output_dir: str | os.PathLike[str] | None = None,
         reporter: Reporter | None = None,
+        seed: int | None = None,
     ) -> EvaluationResult:
         """Train and score one concrete model in this process.
 
         ``model`` is a model class, a zero-argument callable returning a model, or an instance.
         ``output_dir`` defaults to a fresh directory under ``./retia-runs/`` (or ``$RETIA_RUNS_DIR``).
+        ``seed`` seeds the model's initialization and random operations (see :mod:`retia.seeding`:
+        the same seed gives the same result here, on a worker, packed); None seeds nothing.
         """
+        if seed is not None:
+            check_seed(seed)
         choices = self.search_space()
         if choices:
             raise ConfigError(
@@ -73,7 +79,7 @@ class Evaluator:
         if reporter is None:
             reporter = collector = CollectingReporter()
         start = time.perf_counter()
-        with _output_dir_env(out), use_reporter(reporter):
+        with _output_dir_env(out), use_reporter(reporter), seeded(seed):
             self._run(factory)
         duration = time.perf_counter() - start
         if collector is None:

@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader as _TorchDataLoader
 
 from . import _lightning_support as support
+from . import seeding
 from .errors import ConfigError
 from .evaluator import EvaluationResult, Evaluator
 from .reporting import current_reporter, report_final_result
@@ -241,7 +242,10 @@ class Lightning(Evaluator):
             getattr(module, "default_metric", None), bare=bare, report=auto_report
         )
         train = self.train_dataloaders if train_dataloaders is None else train_dataloaders
-        with support.quiet(), support.interrupts(callback, detect=self.detect_interrupt):
+        loaders = seeding.drawing_from(
+            seeding.data_stream(), [train, self.val_dataloaders], [module, self.datamodule]
+        )
+        with support.quiet(), support.interrupts(callback, detect=self.detect_interrupt), loaders:
             trainer = self._build_trainer(out, callback)
             if not validate_only and (self.fit_enabled or train_dataloaders is not None):
                 resume = {} if ckpt_path is None else {"ckpt_path": ckpt_path}
