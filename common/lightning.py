@@ -206,6 +206,20 @@ class Lightning(Evaluator):
             output_dir = os.environ.get("RETIA_OUTPUT_DIR")
         return self.evaluate(model, output_dir=output_dir, reporter=reporter)
 
+    def evaluate_packed(
+        self,
+        models: Sequence[Any],
+        *,
+        seeds: Sequence[int],
+        output_dirs: Sequence[str | os.PathLike[str]] | None = None,
+    ) -> list[tuple[EvaluationResult, Any]]:
+        """Train ``models`` together in this process, on the same batches, each under its seed: what
+        each reported (as ``evaluate(model, seed=...)`` would) and how it ended (a
+        :class:`retia.packing.PackedOutcome`). See :mod:`retia.packing`."""
+        from .packing import evaluate_packed
+
+        return evaluate_packed(self, models, seeds=seeds, output_dirs=output_dirs)
+
     def _auto_report(self) -> bool:
         """Whether this evaluator reports the logged validation metrics (retia's way), or nothing,
         leaving every report to the module's own ``report_*`` calls (NNI's Lightning evaluator with
@@ -284,13 +298,16 @@ class Lightning(Evaluator):
                 "or a datamodule=, or define val_dataloader() on the module"
             )
 
-    def _build_trainer(self, out: Path, callback: pl.Callback) -> pl.Trainer:
-        """A fresh Trainer per fit (they are single-use), from a copy of the recipe: fresh callbacks too."""
+    def _build_trainer(self, out: Path, callback: pl.Callback, logger: Any = None) -> pl.Trainer:
+        """A fresh Trainer per fit (they are single-use), from a copy of the recipe: fresh callbacks too.
+        ``logger`` replaces the CSV logger of a trainer retia builds itself (a pack's, say)."""
         if self.trainer is not None:
             recipe = get_recipe(self.trainer)  # never None: __init__ accepts traced trainers only
             kwargs = load(dump(recipe.kwargs if recipe is not None else {}))
         else:
             kwargs = {**self._trainer_defaults, **load(dump(self.trainer_kwargs))}
+            if logger is not None:
+                kwargs.setdefault("logger", logger)
         options = support.trainer_options(kwargs, out, evaluator_defaults=self.trainer is None)
         options["callbacks"] = [*_as_list(options.get("callbacks")), callback]
         return pl.Trainer(**options)

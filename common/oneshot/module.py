@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 import pytorch_lightning as pl
@@ -21,80 +20,15 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..optimizers import Schedule, split_optimizers, step_schedules
 from ..reporting import Metric, Reporter, use_reporter
 
 if TYPE_CHECKING:
     from .base import Algorithm
 
-__all__ = ["OneShotModule", "Schedule", "split_optimizers"]
+__all__ = ["OneShotModule"]
 
 _log = logging.getLogger(__name__)
-
-
-@dataclass
-class Schedule:
-    """A learning-rate scheduler and when to step it (Lightning's scheduler config, read once)."""
-
-    scheduler: Any
-    interval: str = "epoch"
-    frequency: int = 1
-    monitor: str | None = None
-
-    @classmethod
-    def of(cls, config: Any) -> Schedule:
-        if isinstance(config, Mapping):
-            if "scheduler" not in config:
-                raise ConfigError(
-                    f"a scheduler config dict needs a 'scheduler' key, got keys {sorted(config)}"
-                )
-            interval = config.get("interval", "epoch")
-            if interval not in ("epoch", "step"):
-                raise ConfigError(f"a scheduler's interval must be 'epoch' or 'step', got {interval!r}")
-            return cls(config["scheduler"], interval, int(config.get("frequency", 1)), config.get("monitor"))
-        return cls(config)
-
-
-def split_optimizers(config: Any) -> tuple[list[torch.optim.Optimizer], list[Schedule]]:
-    """The optimizers and schedulers of any of ``configure_optimizers``'s return shapes: an
-    optimizer; a list of them; ``(optimizers, schedulers)``; a dict with ``optimizer`` (and
-    ``lr_scheduler``); a list of such dicts; None."""
-    if config is None:
-        return [], []
-    if isinstance(config, torch.optim.Optimizer):
-        return [config], []
-    if isinstance(config, Mapping):
-        if "optimizer" not in config:
-            raise ConfigError(
-                f"configure_optimizers returned a dict without 'optimizer' (keys {sorted(config)})"
-            )
-        scheduler = config.get("lr_scheduler")
-        return [config["optimizer"]], [] if scheduler is None else [Schedule.of(scheduler)]
-    if isinstance(config, (list, tuple)):
-        items = list(config)
-        if len(items) == 2 and all(isinstance(part, (list, tuple)) for part in items):
-            optimizers = list(items[0])
-            schedules = [Schedule.of(s) for s in items[1]]
-            _check_optimizers(optimizers)
-            return optimizers, schedules
-        optimizers, schedules = [], []
-        for item in items:
-            opts, scheds = split_optimizers(item)
-            optimizers += opts
-            schedules += scheds
-        _check_optimizers(optimizers)
-        return optimizers, schedules
-    raise ConfigError(
-        "configure_optimizers must return an optimizer, a list of them, (optimizers, schedulers), a "
-        f"dict with 'optimizer', a list of such dicts, or None; got {type(config).__name__}"
-    )
-
-
-def _check_optimizers(optimizers: Sequence[Any]) -> None:
-    for optimizer in optimizers:
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise ConfigError(
-                f"configure_optimizers gave a {type(optimizer).__name__} where an optimizer was expected"
-            )
 
 
 class _SetAside(Reporter):
@@ -218,20 +152,17 @@ class OneShotModule(pl.LightningModule):
 
     def _step_schedules(self, interval: str) -> None:
         count = self.trainer.global_step if interval == "step" else self.current_epoch + 1
-        for schedule in self._schedules:
-            if schedule.interval != interval or count % schedule.frequency:
-                continue
-            if isinstance(schedule.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                monitor = schedule.monitor or self.default_metric
-                value = self.trainer.callback_metrics.get(monitor or "")
-                if value is None:
-                    raise ConfigError(
-                        f"ReduceLROnPlateau monitors {monitor!r}, which was not logged; logged: "
-                        f"{sorted(self.trainer.callback_metrics)}"
-                    )
-                schedule.scheduler.step(value)
-            else:
-                schedule.scheduler.step()
+        step_schedules(self._schedules, interval, count, self._monitored)
+
+    def _monitored(self, name: str | None) -> Any:
+        monitor = name or self.default_metric
+        value = self.trainer.callback_metrics.get(monitor or "")
+        if value is None:
+            raise ConfigError(
+                f"ReduceLROnPlateau monitors {monitor!r}, which was not logged; logged: "
+                f"{sorted(self.trainer.callback_metrics)}"
+            )
+        return value
 
     # ---- Lightning's steps and hooks ----
 

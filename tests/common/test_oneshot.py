@@ -36,7 +36,7 @@ from retia.oneshot import (
     arch_from_metric,
     supernet_of,
 )
-from retia.oneshot.module import split_optimizers
+from retia.optimizers import split_optimizers
 from tests.common.test_nni_seed import _on
 
 pytestmark = pytest.mark.timeout(120)

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 import retia
 import retia.lightning as pl
-from retia.datasets import DigitsDataset
+from retia.datasets import DigitsDataset, Split
 from retia.errors import ConfigError
 from retia.seeding import SEED_MAX, check_seed, trial_seed
 
@@ -24,8 +24,8 @@ pytestmark = pytest.mark.timeout(120)
 class NoisyDigits(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
     """Digits with a random transform drawn in this process, and each sample's index."""
 
-    def __init__(self, split: str) -> None:
-        self.digits = DigitsDataset(split)  # type: ignore[arg-type]
+    def __init__(self, split: Split) -> None:
+        self.digits = DigitsDataset(split)
 
     def __len__(self) -> int:
         return len(self.digits)
@@ -57,7 +57,7 @@ class Recording(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def noisy(split: str) -> Any:
+def noisy(split: Split) -> Any:
     return pl.DataLoader(retia.trace(NoisyDigits)(split), batch_size=64, shuffle=split == "train")
 
 
@@ -106,12 +106,12 @@ def test_the_data_order_is_the_evaluators_not_the_models(tmp_path: Path) -> None
     order, one noise (drawn in this process by the dataset); the model's dropout is its own."""
     evaluator = recording_evaluator()
     SEEN.clear()
-    runs = []
+    runs: list[tuple[Any, list[float]]] = []
     for i, (model, seed) in enumerate([(small, 1), (wide, 1), (small, 2)]):
         SEEN.append([])
         NOISE.clear()
-        runs.append(evaluator.evaluate(model, seed=seed, output_dir=tmp_path / str(i)))
-        runs[-1] = (runs[-1], list(NOISE))
+        result = evaluator.evaluate(model, seed=seed, output_dir=tmp_path / str(i))
+        runs.append((result, list(NOISE)))
     assert SEEN[0] == SEEN[1] == SEEN[2]
     assert sorted(SEEN[0][: len(SEEN[0]) // 2]) == list(range(len(SEEN[0]) // 2))  # a permutation
     assert SEEN[0][:64] != list(range(64))  # shuffled
@@ -123,7 +123,7 @@ def test_an_unseeded_evaluation_leaves_the_loaders_as_they_were(tmp_path: Path) 
     evaluator = recording_evaluator()
     SEEN[:] = [[], []]
     evaluator.evaluate(small, seed=3, output_dir=tmp_path / "seeded")
-    loader = evaluator.train_dataloaders
+    loader: Any = evaluator.train_dataloaders
     assert type(loader).__iter__ is torch.utils.data.DataLoader.__iter__
     assert not hasattr(loader, "_retia_stream")
     torch.manual_seed(3)
