@@ -98,6 +98,7 @@ class PackMember:
     output_dir: Path
     reporter: Reporter
     stop: Callable[[], str] = lambda: ""
+    ended: Callable[[PackedOutcome], None] | None = None  # told its outcome as soon as it is known
 
 
 @dataclass
@@ -113,6 +114,7 @@ class PackedOutcome:
 class _Candidate:
     index: int
     member: PackMember
+    reporter: _MemberReporter
     module: pl.LightningModule
     rng: seeding.RngState
     outcome: PackedOutcome = field(default_factory=PackedOutcome)
@@ -166,10 +168,18 @@ def _trainer_kwargs(evaluator: Lightning) -> dict[str, Any]:
 class PackModule(pl.LightningModule):
     """The candidates of a pack as one LightningModule (manual optimization, see the module's doc)."""
 
-    def __init__(self, candidates: list[_Candidate], *, report: bool, bare: bool) -> None:
+    def __init__(
+        self,
+        candidates: list[_Candidate],
+        outcomes: list[PackedOutcome | None],
+        *,
+        report: bool,
+        bare: bool,
+    ) -> None:
         super().__init__()
         self.automatic_optimization = False
         self.candidates = candidates
+        self.outcomes = outcomes  # every member's, by index: a candidate's is set when it leaves
         self.report = report  # the candidates' validation metrics become their reports
         self.bare = bare  # ... as the 'default' number alone (NNI's Classification)
         for candidate in candidates:
@@ -189,7 +199,7 @@ class PackModule(pl.LightningModule):
         saved = {name: os.environ.get(name) for name in OUTPUT_DIR_VARS}
         os.environ.update({name: str(candidate.member.output_dir) for name in OUTPUT_DIR_VARS})
         try:
-            with candidate.rng.active(), use_reporter(candidate.member.reporter):
+            with candidate.rng.active(), use_reporter(candidate.reporter):
                 yield
         finally:
             module._current_fx_name = before
@@ -201,21 +211,27 @@ class PackModule(pl.LightningModule):
 
     def leave(self, candidate: _Candidate, error: BaseException | None = None, stopped: str = "") -> None:
         """Take a candidate out of the pack (failed with ``error``, or ``stopped``); the rest go on."""
-        candidate.alive = False
         if error is not None:
-            text = "".join(traceback.format_exception(error))
-            candidate.outcome = PackedOutcome(error, text)
+            outcome = PackedOutcome(error, _traceback(error))
             print(f"retia: pack candidate {candidate.index} failed: {type(error).__name__}: {error}")
-            print(text, end="")
+            print(outcome.traceback, end="", flush=True)
         else:
-            candidate.outcome = PackedOutcome(stopped=stopped)
-            print(f"retia: pack candidate {candidate.index} stopped: {stopped}")
+            outcome = PackedOutcome(stopped=stopped)
+            print(f"retia: pack candidate {candidate.index} stopped: {stopped}", flush=True)
         for optimizer in candidate.optimizers:
             optimizer.state.clear()  # its memory goes back (the device's, on a GPU)
         candidate.optimizers = []
         candidate.module.requires_grad_(False)
+        _end(candidate, self.outcomes, outcome)
         if not self.alive():
             self.trainer.should_stop = True
+
+    def failed(self, candidate: _Candidate, error: Exception) -> None:
+        """A candidate's code raised: it leaves the pack, unless the pack ran out of memory, which
+        is the pack's to answer (split in halves), not this candidate's fault."""
+        if _out_of_memory(error) and len(self.alive()) > 1:
+            raise error
+        self.leave(candidate, error)
 
     # ---- optimizers ----
 
@@ -231,7 +247,7 @@ class PackModule(pl.LightningModule):
                         "optimizers; Lightning's automatic optimization takes exactly one"
                     )
             except Exception as exc:
-                self.leave(candidate, exc)
+                self.failed(candidate, exc)
                 continue
             candidate.optimizers, candidate.schedules = optimizers, schedules
             every += optimizers
@@ -261,7 +277,7 @@ class PackModule(pl.LightningModule):
             try:
                 stepped |= self._train(candidate, batch, batch_idx)
             except Exception as exc:  # this candidate's trial fails; the pack trains on
-                self.leave(candidate, exc)
+                self.failed(candidate, exc)
         if stepped:
             _count_step(self.trainer)
 
@@ -297,7 +313,7 @@ class PackModule(pl.LightningModule):
                 with self.running(candidate, "validation_step"):
                     candidate.module.validation_step(batch, batch_idx, *args)
             except Exception as exc:
-                self.leave(candidate, exc)
+                self.failed(candidate, exc)
 
     # ---- hooks ----
 
@@ -307,7 +323,7 @@ class PackModule(pl.LightningModule):
                 with self.running(candidate, name):
                     getattr(candidate.module, name)()
             except Exception as exc:
-                self.leave(candidate, exc)
+                self.failed(candidate, exc)
 
     def setup(self, stage: str) -> None:
         for candidate in self.alive():
@@ -315,7 +331,7 @@ class PackModule(pl.LightningModule):
                 with self.running(candidate, "setup"):
                     candidate.module.setup(stage)
             except Exception as exc:
-                self.leave(candidate, exc)
+                self.failed(candidate, exc)
 
     def teardown(self, stage: str) -> None:
         for candidate in self.alive():
@@ -344,7 +360,7 @@ class PackModule(pl.LightningModule):
                     candidate.module.on_train_epoch_end()
                     self._step_schedules(candidate, "epoch")
             except Exception as exc:
-                self.leave(candidate, exc)
+                self.failed(candidate, exc)
 
     def on_validation_start(self) -> None:
         self._hook("on_validation_start")
@@ -376,18 +392,23 @@ class PackModule(pl.LightningModule):
                 if fitting and self.report:
                     candidate.count += 1
                     with self.running(candidate, "on_validation_end"):
-                        candidate.member.reporter.intermediate(self.value(candidate))
+                        candidate.reporter.intermediate(self.value(candidate))
             except Exception as exc:
-                self.leave(candidate, exc)
+                self.failed(candidate, exc)
 
     def value(self, candidate: _Candidate) -> Metric:
         """What a candidate reports for its last validation (see ``ReportingCallback.value``)."""
-        if candidate.last is None:
-            raise ConfigError(
-                "no validation metric was logged, so there is nothing to report: give val_dataloaders "
-                "and log at least one metric in validation_step"
-            )
-        return candidate.last["default"] if self.bare else candidate.last
+        return _value(candidate, self.bare)
+
+
+def _value(candidate: _Candidate, bare: bool) -> Metric:
+    """A candidate's last validation metrics as it reports them: the dict, or 'default' alone."""
+    if candidate.last is None:
+        raise ConfigError(
+            "no validation metric was logged, so there is nothing to report: give val_dataloaders "
+            "and log at least one metric in validation_step"
+        )
+    return candidate.last["default"] if bare else candidate.last
 
 
 class _PackLogger(pl.loggers.Logger):
@@ -474,53 +495,154 @@ def _count_step(trainer: pl.Trainer) -> None:
 
 def fit_pack(evaluator: Lightning, members: Sequence[PackMember]) -> list[PackedOutcome]:
     """Train ``members`` together with ``evaluator``'s module, data and trainer: each reports as
-    it would alone (its seed's result); the outcome of each, in order."""
+    it would alone (its seed's result); the outcome of each, in order (each is also given to its
+    member's ``ended`` as soon as it is known). A pack that runs out of memory is trained again
+    in two halves, one after the other (NNI's "retry one by one"), each candidate's reports
+    going on from where they were (a seeded run repeats itself), as the log says."""
     reason = unpackable(evaluator)
     if reason:
         raise ConfigError(f"these trials cannot be packed: {reason}")
-    if not members:
-        return []
     auto_report = evaluator._auto_report()
-    if auto_report:
+    if auto_report and members:
         evaluator._check_data()
-    candidates: list[_Candidate] = []
-    for index, member in enumerate(members):
-        rng = seeding.RngState.fresh(member.seed)
-        candidate = _Candidate(index, member, pl.LightningModule(), rng)
-        try:
-            with rng.active(), use_reporter(member.reporter):
-                module = copy.deepcopy(evaluator.module)
-                module.set_model(model_factory(member.model))
-            candidate.module = module
-        except Exception as exc:
-            candidate.alive = False
-            candidate.outcome = PackedOutcome(exc, "".join(traceback.format_exception(exc)))
-        candidates.append(candidate)
-    building = [c for c in candidates if c.alive]
-    if building:
-        _fit(evaluator, building, auto_report)
-    for candidate in candidates:
-        if candidate.alive and auto_report:
-            try:
-                with contextlib.ExitStack() as stack:
-                    stack.enter_context(use_reporter(candidate.member.reporter))
-                    candidate.member.reporter.final(_final(candidate, evaluator))
-            except Exception as exc:
-                candidate.outcome = PackedOutcome(exc, "".join(traceback.format_exception(exc)))
-    return [c.outcome for c in candidates]
+    reporters = [_MemberReporter(member.reporter) for member in members]
+    outcomes: list[PackedOutcome | None] = [None] * len(members)
+    _run_pack(evaluator, list(enumerate(members)), reporters, outcomes, auto_report)
+    return [outcome or PackedOutcome() for outcome in outcomes]
 
 
-def _final(candidate: _Candidate, evaluator: Lightning) -> Metric:
-    if candidate.last is None:
-        raise ConfigError(
-            "no validation metric was logged, so there is nothing to report: give val_dataloaders "
-            "and log at least one metric in validation_step"
+def _run_pack(
+    evaluator: Lightning,
+    members: list[tuple[int, PackMember]],
+    reporters: list[_MemberReporter],
+    outcomes: list[PackedOutcome | None],
+    auto_report: bool,
+) -> None:
+    """Build and train these members as one pack; split it in halves when it runs out of memory."""
+    candidates = [c for c in (_candidate(evaluator, i, m, reporters[i], outcomes) for i, m in members) if c]
+    if not candidates:
+        return
+    try:
+        _fit(evaluator, candidates, outcomes, auto_report)
+    except Exception as exc:
+        left = [c for c in candidates if c.alive]
+        if not (_out_of_memory(exc) and len(left) > 1):
+            for candidate in left:
+                _end(candidate, outcomes, PackedOutcome(exc, _traceback(exc)))
+            return
+        half = (len(left) + 1) // 2
+        print(
+            f"retia: the pack of {len(left)} ran out of memory ({type(exc).__name__}: {_first_line(exc)}); "
+            f"training it again as packs of {half} and {len(left) - half}",
+            flush=True,
         )
-    return candidate.last["default"] if evaluator.bare_metric else candidate.last
+        del exc, candidates
+        _free_memory()
+        for part in (left[:half], left[half:]):
+            for candidate in part:
+                reporters[candidate.index].replay()
+            _run_pack(evaluator, [(c.index, c.member) for c in part], reporters, outcomes, auto_report)
+        return
+    for candidate in candidates:
+        if candidate.alive:
+            outcome = PackedOutcome()
+            if auto_report:
+                try:
+                    with use_reporter(candidate.reporter):
+                        candidate.reporter.final(_value(candidate, evaluator.bare_metric))
+                except Exception as exc:
+                    outcome = PackedOutcome(exc, _traceback(exc))
+            _end(candidate, outcomes, outcome)
 
 
-def _fit(evaluator: Lightning, candidates: list[_Candidate], auto_report: bool) -> None:
-    pack = PackModule(candidates, report=auto_report, bare=evaluator.bare_metric)
+def _candidate(
+    evaluator: Lightning,
+    index: int,
+    member: PackMember,
+    reporter: _MemberReporter,
+    outcomes: list[PackedOutcome | None],
+) -> _Candidate | None:
+    """The member's copy of the module around its model, built under its seed (None: it failed)."""
+    rng = seeding.RngState.fresh(member.seed)
+    candidate = _Candidate(index, member, reporter, pl.LightningModule(), rng)
+    try:
+        with rng.active(), use_reporter(reporter):
+            module = copy.deepcopy(evaluator.module)
+            module.set_model(model_factory(member.model))
+    except Exception as exc:
+        _end(candidate, outcomes, PackedOutcome(exc, _traceback(exc)))
+        return None
+    candidate.module = module
+    return candidate
+
+
+def _end(candidate: _Candidate, outcomes: list[PackedOutcome | None], outcome: PackedOutcome) -> None:
+    """The candidate's outcome is known: kept, and told to its member at once."""
+    candidate.alive = False
+    candidate.outcome = outcomes[candidate.index] = outcome
+    if candidate.member.ended is not None:
+        candidate.member.ended(outcome)
+
+
+def _traceback(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc))
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:200]
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """The device (or, under a memory limit, this process) had no memory left for an allocation."""
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def _free_memory() -> None:
+    """What a failed pack held goes back before its halves start."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+        torch.cuda.empty_cache()
+
+
+class _MemberReporter(Reporter):
+    """A member's reporter in its pack: counts what it delivered, so that after a split the
+    candidate's run again skips the reports it already sent (a seeded run repeats itself)."""
+
+    def __init__(self, inner: Reporter) -> None:
+        super().__init__()
+        self.inner = inner
+        self.sent = 0  # intermediate reports delivered
+        self._skip = 0
+
+    def replay(self) -> None:
+        """The candidate trains again from the start: its first ``sent`` reports are not sent again."""
+        self._skip, self.final_reported = self.sent, False
+
+    def _emit(self, final: bool, value: Metric) -> None:
+        if final:
+            self.inner.final(value)
+        elif self._skip:
+            self._skip -= 1
+        else:
+            self.sent += 1
+            self.inner.intermediate(value)
+
+    def checkpoint(self) -> None:
+        self.inner.checkpoint()
+
+
+def _fit(
+    evaluator: Lightning,
+    candidates: list[_Candidate],
+    outcomes: list[PackedOutcome | None],
+    auto_report: bool,
+) -> None:
+    pack = PackModule(candidates, outcomes, report=auto_report, bare=evaluator.bare_metric)
     out = candidates[0].member.output_dir
     stream = seeding.RngState.fresh(seeding.DATA_SEED)
     loaders = seeding.drawing_from(
