@@ -39,7 +39,9 @@ def run(directory: Path, synchronous: str, commits: int, batch: int) -> tuple[fl
     journal = Journal(path, synchronous=synchronous)
     trial = "t" * 32
     journal.add_trial(
-        TrialRecord(trial, "client", "flood", TrialState.RUNNING, 1, 2, None, None), b"e" * 4096, b"m" * 4096
+        TrialRecord(trial, "client", "flood", TrialState.RUNNING, 1, 2, None, None, 0),
+        b"e" * 4096,
+        b"m" * 4096,
     )
     journal.commit()
     turns: list[float] = []

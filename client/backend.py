@@ -67,6 +67,7 @@ from retia.protocol import (
     item_bytes,
 )
 from retia.reporting import Metric
+from retia.seeding import check_seed, trial_seed
 from retia.serializer import dump
 from retia.session import Opening, Session
 from retia.trace import Recipe, get_recipe, trace
@@ -94,10 +95,13 @@ DoneCallback = Callable[["Trial"], None]
 class Trial:
     """A submitted evaluation: its state, streamed reports and final result (like a Future)."""
 
-    def __init__(self, backend: Backend, trial_id: str, name: str = "", arch: Any = None) -> None:
+    def __init__(
+        self, backend: Backend, trial_id: str, name: str = "", arch: Any = None, seed: int | None = None
+    ) -> None:
         self.id = trial_id
         self.name = name
         self.arch = arch
+        self.seed = seed  # what every attempt runs under (None: submitted by an earlier process, unknown)
         self.state = TrialState.QUEUED
         self.attempt = 0
         self.worker = ""
@@ -268,11 +272,16 @@ class Backend:
         max_retries: int = 2,
         name: str = "",
         trial_id: str | None = None,
+        seed: int | None = None,
     ) -> Trial:
         """Queue one evaluation of ``model`` (a class, a factory, or a ModelSpace with ``arch``).
 
         ``trial_id`` makes the submission idempotent: submitting an id the dispatcher already
-        has (after a crash of this process, say) returns that trial instead of running it again.
+        has (after a crash of this process, say) returns that trial instead of running it again
+        (under the seed it was first submitted with).
+        ``seed`` (0 to ``retia.seeding.SEED_MAX``) seeds the model's initialization and random
+        operations on every attempt, wherever it runs (:mod:`retia.seeding`); None: the trial's own,
+        ``trial_seed(trial_id)``. It is ``Trial.seed`` from the start.
         """
         return self.submit_many(
             [model],
@@ -282,6 +291,7 @@ class Backend:
             max_retries=max_retries,
             names=[name],
             trial_ids=[trial_id],
+            seeds=[seed],
         )[0]
 
     def submit_many(
@@ -294,10 +304,12 @@ class Backend:
         max_retries: int = 2,
         names: Sequence[str] | None = None,
         trial_ids: Sequence[str | None] | None = None,
+        seeds: Sequence[int | None] | None = None,
     ) -> list[Trial]:
         """Queue several evaluations with one evaluator, serialized once (a strategy's batch of candidates).
 
-        ``archs``, ``names`` and ``trial_ids``, when given, have one entry per model (as ``submit``).
+        ``archs``, ``names``, ``trial_ids`` and ``seeds``, when given, have one entry per model (as
+        ``submit``); they are all checked before anything is queued.
         """
         if self._closed.is_set():
             raise RetiaError("this backend is closed; connect again")
@@ -308,16 +320,22 @@ class Backend:
         arch_list: list[dict[str, Any] | None] = list(archs) if archs is not None else [None] * count
         name_list: list[str] = list(names) if names is not None else [""] * count
         id_list: list[str | None] = list(trial_ids) if trial_ids is not None else [None] * count
-        if not len(arch_list) == len(name_list) == len(id_list) == count:
-            raise ValueError(f"archs, names and trial_ids need one entry per model ({count})")
+        seed_list: list[int | None] = list(seeds) if seeds is not None else [None] * count
+        if not len(arch_list) == len(name_list) == len(id_list) == len(seed_list) == count:
+            raise ValueError(f"archs, names, trial_ids and seeds need one entry per model ({count})")
         ids = [uuid.uuid4().hex if trial_id is None else trial_id for trial_id in id_list]
         for arch, name, trial_id in zip(arch_list, name_list, ids):
             _check_arch(arch)
             _check_names(name, trial_id)
+        what = "seed" if count == 1 else "seeds[{}]"
+        trial_seeds = [
+            trial_seed(trial_id) if seed is None else check_seed(seed, what.format(i))
+            for i, (seed, trial_id) in enumerate(zip(seed_list, ids))
+        ]
         searched = evaluator.search_space()  # its choices take their values from each arch
         shared: tuple[bytes, dict[str, Blob]] | None = None if searched else _dumped(evaluator)
         bodies: list[tuple[Submit, dict[str, Blob]]] = []
-        for model, arch, name, trial_id in zip(models, arch_list, name_list, ids):
+        for model, arch, name, trial_id, seed in zip(models, arch_list, name_list, ids, trial_seeds):
             model_arch, dumped = arch, shared
             if dumped is None:
                 if arch is None:
@@ -331,7 +349,9 @@ class Backend:
             recipe = _model_recipe(model, model_arch)
             model_bytes = dump(recipe, name="model", blobs=blobs)
             refs = [BlobRef(b.digest, b.size) for b in blobs.values()]
-            body = Submit(trial_id, 0, evaluator_bytes, model_bytes, arch, timeout, max_retries, name, refs)
+            body = Submit(
+                trial_id, 0, evaluator_bytes, model_bytes, arch, timeout, max_retries, name, refs, seed
+            )
             self._check_size(body, evaluator, recipe)  # before anything is queued
             bodies.append((body, blobs))
         trials = []
@@ -339,7 +359,11 @@ class Backend:
             for (body, blobs), arch, name in zip(bodies, arch_list, name_list):
                 trial = self.trials.get(body.trial)
                 if trial is None or trial._refusal is not None:  # a refused one may be submitted again
-                    trial = Trial(self, body.trial, name, arch)
+                    trial = Trial(self, body.trial, name, arch, body.seed)
+                elif (
+                    trial.seed is None
+                ):  # heard of from an earlier process: the dispatcher keeps its first seed
+                    trial.seed = body.seed
                 trial.name, trial.arch, trial._blobs = name, arch, frozenset(blobs)
                 self.trials[trial.id] = trial
                 trials.append(trial)

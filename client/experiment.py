@@ -28,6 +28,7 @@ from retia.evaluator import Evaluator
 from retia.protocol import Event, TrialState
 from retia.reporting import Metric, default_value
 from retia.searchspace import Choice, SpaceDescription
+from retia.seeding import trial_seed
 from retia.serializer import dump, load
 
 from .backend import Backend, Trial, connect
@@ -361,7 +362,8 @@ class _Loop:
                 self.exhausted = True
                 _log.info("the strategy is exhausted after %d trials", key)
                 return
-            result = TrialResult(key, f"{self.exp.id}-{key:06d}", dict(arch), submitted=time.time())
+            trial_id = f"{self.exp.id}-{key:06d}"
+            result = TrialResult(key, trial_id, dict(arch), submitted=time.time(), seed=trial_seed(trial_id))
             record.append_submit(result)  # written before it is sent: a crash cannot lose it
             self._submit(result)
 
@@ -378,6 +380,7 @@ class _Loop:
             max_retries=self.max_retries,
             name=f"#{result.key}",
             trial_id=result.trial_id,
+            seed=result.seed,  # None (recorded before trial seeds): its own, trial_seed of its id
         )
         self.running[result.trial_id] = result.key
         if resubmit:

@@ -39,6 +39,7 @@ class TrialResult:
     submitted: float = 0.0
     finished: float = 0.0
     output_dir: str = ""  # where its artefacts landed (model.onnx, trial.log)
+    seed: int | None = None  # what it ran under (None: recorded by a retia before trial seeds)
 
     @property
     def score(self) -> float | None:
@@ -108,7 +109,11 @@ class ExperimentRecord:
         for entry in self._lines():
             if entry["event"] == "submit":
                 self.results[entry["key"]] = TrialResult(
-                    entry["key"], entry["trial_id"], entry["arch"], submitted=entry["time"]
+                    entry["key"],
+                    entry["trial_id"],
+                    entry["arch"],
+                    submitted=entry["time"],
+                    seed=entry.get("seed"),
                 )
             elif entry["event"] == "result" and entry["key"] in self.results:
                 result = self.results[entry["key"]]
@@ -135,6 +140,7 @@ class ExperimentRecord:
                 "trial_id": result.trial_id,
                 "arch": result.arch,
                 "time": result.submitted,
+                "seed": result.seed,
             }
         )
 

@@ -80,11 +80,14 @@ def _summary(results: list[TrialResult], maximize: bool, title: str, top_k: int)
         f"{len(results)} trials: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n),
         f"(metric: 'default', {'higher' if maximize else 'lower'} is better)",
         "",
-        "| rank | trial | metric | epochs | architecture |",
-        "|---:|---:|---:|---:|---|",
+        "| rank | trial | metric | epochs | seed | architecture |",
+        "|---:|---:|---:|---:|---:|---|",
     ]
     for rank, (score, r) in enumerate(done[:top_k], 1):
-        lines.append(f"| {rank} | {r.key} | {score:.4f} | {len(r.intermediates)} | `{json.dumps(r.arch)}` |")
+        seed = "" if r.seed is None else r.seed
+        lines.append(
+            f"| {rank} | {r.key} | {score:.4f} | {len(r.intermediates)} | {seed} | `{json.dumps(r.arch)}` |"
+        )
     failed = [r for r in results if r.state == TrialState.FAILED.value]
     if failed:
         lines += ["", "## Failed trials", ""] + [f"- trial {r.key}: {r.reason}" for r in failed]

@@ -455,4 +455,7 @@ def _kind(value: Any) -> str:
 
 
 def _fmt(bound: float | None) -> str:
-    return "" if bound is None else f"{bound:g}"
+    """A bound as the message shows it: an integer in full (a seed's 4294967295, not 4.29497e+09)."""
+    if bound is None:
+        return ""
+    return str(bound) if isinstance(bound, int) else f"{bound:g}"

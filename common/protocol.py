@@ -36,6 +36,7 @@ from .credentials import Role
 from .errors import ProtocolError
 from .failure import Failure
 from .reporting import Metric, validate_metric
+from .seeding import SEED_MAX
 
 if TYPE_CHECKING:
     from .session import Session
@@ -153,6 +154,7 @@ class TrialState(str, Enum):
 Seq = NonNegative
 Attempt = NonNegative
 Seconds = Annotated[float, Bounds(0.0, None)]
+Seed = Annotated[int, Bounds(0, SEED_MAX)]  # a trial's seed (retia.seeding): the same one on every attempt
 
 
 @dataclass(frozen=True)
@@ -314,6 +316,7 @@ class Submit:
     max_retries: Annotated[int, Bounds(0, 1000)] = 2
     name: str = ""
     blobs: list[BlobRef] = field(default_factory=list)  # uploaded before
+    seed: Seed | None = None  # None: the dispatcher gives it ``trial_seed(trial)``
 
     def check(self) -> str:
         return id_problem(self.trial, "a trial id")
@@ -333,6 +336,7 @@ class Run:
     blobs: list[BlobRef] = field(default_factory=list)
     # the checkpoint a previous attempt left (one of ``blobs``): the trial starts from it
     resume: BlobRef | None = None
+    seed: Seed | None = None  # the trial's, on every attempt: the trial runs under it (None: unseeded)
 
     def check(self) -> str:
         if self.resume is not None and self.resume not in self.blobs:

@@ -35,6 +35,7 @@ from retia.errors import ConfigError, StorageFault
 from retia.failure import Failure
 from retia.filemodes import private_file
 from retia.protocol import BlobRef, Event, Report, StateChange, TrialState
+from retia.seeding import trial_seed
 
 from .storage import journal_fault
 
@@ -53,16 +54,17 @@ JOURNAL_SUFFIXES = ("", "-wal", "-shm")  # SQLite's files of one journal in WAL 
 
 # PRAGMA user_version; 0 (unset) was the first schema, before the retia/2 protocol; 2 numbered all
 # clients' events in one sequence, 3 numbers each client's own (a client sees a gap as its own loss);
-# 4 adds which credential owns each peer id, and revoked credentials (a 3 is upgraded in place)
-SCHEMA_VERSION = 4
-_UPGRADABLE = {3}
+# 4 adds which credential owns each peer id, and revoked credentials; 5 each trial's seed (a 3 or a
+# 4 is upgraded in place: its trials keep the seed they ran under, trial_seed of their id)
+SCHEMA_VERSION = 5
+_UPGRADABLE = {3, 4}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS trials (
     id TEXT PRIMARY KEY, client TEXT NOT NULL, name TEXT NOT NULL, state TEXT NOT NULL,
     attempt INTEGER NOT NULL, max_retries INTEGER NOT NULL, timeout REAL, arch TEXT,
     worker TEXT NOT NULL DEFAULT '', reason TEXT NOT NULL DEFAULT '', failure BLOB,
     cancel_requested INTEGER NOT NULL DEFAULT 0, queue_seq INTEGER NOT NULL,
-    created REAL NOT NULL, updated REAL NOT NULL, blobs TEXT NOT NULL DEFAULT '[]'
+    created REAL NOT NULL, updated REAL NOT NULL, blobs TEXT NOT NULL DEFAULT '[]', seed INTEGER
 );
 CREATE TABLE IF NOT EXISTS payloads (id TEXT PRIMARY KEY, evaluator BLOB NOT NULL, model BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS reports (
@@ -87,7 +89,7 @@ CREATE TABLE IF NOT EXISTS revoked (
 
 _TRIAL_COLUMNS = (
     "id, client, name, state, attempt, max_retries, timeout, arch, worker, reason, failure, "
-    "cancel_requested, queue_seq, created, updated, blobs"
+    "cancel_requested, queue_seq, created, updated, blobs, seed"
 )
 
 _LAST_EVENTS_SQL = """
@@ -123,6 +125,7 @@ class TrialRecord:
     max_retries: int
     timeout: float | None
     arch: Any
+    seed: int  # every attempt runs under it (the client's, or trial_seed of the id)
     worker: str = ""
     reason: str = ""
     failure: Failure | None = None
@@ -198,6 +201,7 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._check_version()
+        self._upgrade()
         self._db.executescript(_SCHEMA)
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._db.commit()
@@ -223,6 +227,13 @@ class Journal:
                 f"{SCHEMA_VERSION}. Finish that cluster's trials with the retia that wrote it, or start "
                 "this one on a new journal (--journal PATH, or move the old file away)"
             )
+
+    def _upgrade(self) -> None:
+        """A schema-3 or 4 journal gets the seed column (NULL: a trial that ran as trial_seed of its
+        id, what the dispatcher that wrote it would have run it under); the rest is CREATE IF NOT EXISTS."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(trials)")}
+        if columns and "seed" not in columns:
+            self._db.execute("ALTER TABLE trials ADD COLUMN seed INTEGER")
 
     def _read_counters(self) -> None:
         """The last queue position and each client's last event number the journal holds (at open,
@@ -291,7 +302,7 @@ class Journal:
         rec.queue_seq = self._queue_seq
         rec.created = rec.updated = time.time()
         cur = self._write(
-            f"INSERT OR IGNORE INTO trials ({_TRIAL_COLUMNS}) VALUES ({', '.join('?' * 16)})", self._row(rec)
+            f"INSERT OR IGNORE INTO trials ({_TRIAL_COLUMNS}) VALUES ({', '.join('?' * 17)})", self._row(rec)
         )
         if cur.rowcount == 0:
             return False
@@ -456,6 +467,7 @@ class Journal:
             rec.created,
             rec.updated,
             json.dumps([[b.digest, b.size] for b in rec.blobs]),
+            rec.seed,
         )
 
     @staticmethod
@@ -463,7 +475,7 @@ class Journal:
         (id_, client, name, state, attempt, retries, timeout, arch, worker, reason, failure, cancel) = row[
             :12
         ]
-        queue_seq, created, updated, blobs = row[12:]
+        queue_seq, created, updated, blobs, seed = row[12:]
         return TrialRecord(
             id_,
             client,
@@ -473,6 +485,7 @@ class Journal:
             retries,
             timeout,
             json.loads(arch) if arch else None,
+            trial_seed(id_) if seed is None else seed,
             worker,
             reason,
             None if failure is None else codec.unpack(Failure, bytes(failure)),

@@ -69,6 +69,7 @@ from retia.protocol import (
     batches,
     item_bytes,
 )
+from retia.seeding import trial_seed
 from retia.session import Greeting, Session, accept, peek_header, read_hello, reset_frames, welcome_frames
 
 from . import lifecycle
@@ -601,6 +602,7 @@ class Dispatcher:
             sub.max_retries,
             sub.timeout,
             sub.arch,
+            trial_seed(sub.trial) if sub.seed is None else sub.seed,
             blobs=list(sub.blobs),
         )
         if self.journal.add_trial(rec, sub.evaluator, sub.model):
@@ -975,6 +977,7 @@ class Dispatcher:
                 rec.name,
                 blobs=blobs,
                 resume=rec.checkpoint,
+                seed=rec.seed,  # the same on every attempt: a retry repeats what was lost
             )
             if item_bytes(run) > worker.max_message_bytes - _HEADROOM:
                 self._too_large(worker, rec, item_bytes(run))

@@ -342,6 +342,7 @@ class Agent:
             self.processes.scratch,
             self._user,
             run.resume.digest if run.resume is not None else "",
+            run.seed,
         )
         launched = self.processes.launch(spec, busy=self.trial is not None)
         if launched is None:  # the running trial's child died under it: this one waits for the next child

@@ -84,6 +84,7 @@ class TrialSpec:
     scratch: str = ""  # --reuse-process: the trial runs here; renamed to output_dir if it left anything
     user: TrialUser | None = None  # --trial-user: the process becomes this user before the trial's code runs
     resume: str = ""  # the digest of the checkpoint a previous attempt left (in blob_dir): put in place first
+    seed: int | None = None  # the trial's (every attempt's): what it runs under (None: nothing seeded)
 
 
 def warm_up() -> None:
@@ -165,15 +166,19 @@ def _become_trial_process(spec: TrialSpec) -> None:
 
 def _evaluate(spec: TrialSpec, output_dir: str, conn: Connection) -> pipe.TrialRaised | pipe.TrialReturned:
     """Run fit (reports go out as they come); the trial's last message, sent once its files are in place."""
+    from retia.seeding import seed_everything
     from retia.serializer import load  # preloaded by the fork server: a dictionary lookup
 
     try:
         blob_dir = Path(spec.blob_dir) if spec.blob_dir else None
         if spec.resume and blob_dir is not None:
             _place_checkpoint(blob_dir / spec.resume, output_dir)
+        if spec.seed is not None:  # what rebuilding the payloads draws (a dataset's split, say) repeats too
+            seed_everything(spec.seed)
         evaluator = load(spec.evaluator, blob_dir=blob_dir)
         model = load(spec.model, blob_dir=blob_dir)
-        evaluator.evaluate(model, output_dir=output_dir, reporter=_pipe_reporter(conn))
+        # (evaluate seeds again right before it builds the model: what comes before cannot shift it)
+        evaluator.evaluate(model, output_dir=output_dir, reporter=_pipe_reporter(conn), seed=spec.seed)
     except BaseException as exc:
         text = traceback.format_exc()
         sys.stderr.write(text)  # in full to trial.log; cut to its bounds for DONE

@@ -27,6 +27,8 @@ from retia.protocol import (
     Report,
     ReportBatch,
     Role,
+    Run,
+    RunBatch,
     StateChange,
     StatusReply,
     Submit,
@@ -38,6 +40,7 @@ from retia.protocol import (
     pack_metric,
     unpack_metric,
 )
+from retia.seeding import SEED_MAX
 from retia.session import Session
 
 KEY = b"k" * 32
@@ -95,6 +98,19 @@ def test_every_data_kind_travels_as_a_batch_of_typed_items() -> None:
     done = Done("t", 1, 4, TrialState.SUCCEEDED, duration=1.5, reports=[_report(3, 1.0, True)])
     for kind, body in [(MsgType.SUBMITS, SubmitBatch([submit])), (MsgType.DONES, DoneBatch([done]))]:
         assert Session(KEY, "d").parse(session.frames(kind, body)).body == body
+
+
+def test_a_seed_travels_in_submit_and_run_and_defaults_to_none() -> None:
+    session = Session(KEY, "c")
+    for body, batch in [
+        (Submit("t", 1, b"e", b"m", seed=SEED_MAX), SubmitBatch),
+        (Run("t", 2, b"e", b"m", seed=0), RunBatch),
+        (Run("t", 2, b"e", b"m"), RunBatch),
+    ]:
+        kind = MsgType.SUBMITS if batch is SubmitBatch else MsgType.RUNS
+        [back] = session.parse(session.frames(kind, batch([body]))).body.items
+        assert back == body
+    assert Submit("t", 1, b"e", b"m").seed is None and Run("t", 1, b"e", b"m").seed is None
 
 
 def test_kept_items_travel_together_and_other_messages_alone() -> None:
@@ -185,6 +201,26 @@ _HELLO = [int(MsgType.HELLO), "", 0, 0, "w", 0.0, 1]
             [int(MsgType.SUBMITS), "", 0, 0, "c", 0.0, 1],
             [[["t", 1, b"e", b"m", None, None, 2, "", [["not-a-digest", 3]]]]],
             r"items\[0\]\.blobs\[0\]: blob digest 'not-a-digest' is not 64 hex digits",
+        ),
+        (  # a trial's seed is an integer from 0 to SEED_MAX (what NumPy's seeding takes)
+            [int(MsgType.SUBMITS), "", 0, 0, "c", 0.0, 1],
+            [[["t", 1, b"e", b"m", None, None, 2, "", [], 2**32]]],
+            r"items\[0\]\.seed: 4294967296 is out of range \[0, 4294967295\]",
+        ),
+        (
+            [int(MsgType.SUBMITS), "", 0, 0, "c", 0.0, 1],
+            [[["t", 1, b"e", b"m", None, None, 2, "", [], -1]]],
+            r"items\[0\]\.seed: -1 is out of range",
+        ),
+        (
+            [int(MsgType.SUBMITS), "", 0, 0, "c", 0.0, 1],
+            [[["t", 1, b"e", b"m", None, None, 2, "", [], 1.5]]],
+            r"items\[0\]\.seed: expected an integer",
+        ),
+        (
+            [int(MsgType.RUNS), "", 0, 0, "d", 0.0, 1],
+            [[["t", 1, b"e", b"m", None, "", 0, [], None, "7"]]],
+            r"RunBatch\.items\[0\]\.seed: expected an integer",
         ),
         (
             [int(MsgType.SUBMITS), "", 0, 0, "c", 0.0, 1],

@@ -11,7 +11,7 @@ from retia.protocol import Report, StateChange, TrialState
 
 
 def _record(trial_id: str) -> TrialRecord:
-    return TrialRecord(trial_id, "client-a", "n", TrialState.QUEUED, 0, 2, None, {"width": 8})
+    return TrialRecord(trial_id, "client-a", "n", TrialState.QUEUED, 0, 2, None, {"width": 8}, 5)
 
 
 def test_trials_survive_reopen_and_resubmits_are_ignored(tmp_path: Path) -> None:

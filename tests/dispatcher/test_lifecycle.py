@@ -14,7 +14,7 @@ from retia.protocol import Done, TrialState
 
 
 def _record(max_retries: int = 1) -> TrialRecord:
-    return TrialRecord("t", "client", "n", TrialState.QUEUED, 0, max_retries, None, None)
+    return TrialRecord("t", "client", "n", TrialState.QUEUED, 0, max_retries, None, None, 0)
 
 
 def _done(state: TrialState, failure: Failure | None = None) -> Done:

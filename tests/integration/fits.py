@@ -26,6 +26,18 @@ class DigitsMLP(nn.Module):
         return out
 
 
+class DropoutMLP(nn.Module):
+    """A digits classifier that draws random numbers while it trains (its dropout), not only when built."""
+
+    def __init__(self, hidden: int = 32) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(64, hidden), nn.Dropout(0.3), nn.ReLU(), nn.Linear(hidden, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.net(x)
+        return out
+
+
 def train_digits(
     model_cls: Callable[[], nn.Module], train: Any, val: Any, epochs: int = 2, seed: int = 0
 ) -> None:

@@ -19,6 +19,7 @@ from retia.client.summary import write_report
 from retia.datasets import DigitsDataset
 from retia.errors import ConfigError
 from retia.nn import fixed_arch
+from retia.seeding import trial_seed
 from retia.strategy import TPE, GridSearch, MedianStop, Random, RegularizedEvolution
 
 from ..clusters import processes
@@ -155,7 +156,8 @@ def test_report_writes_a_png_and_a_summary(cluster: Backend, tmp_path: Path) -> 
     assert image.shape[0] > 300 and image.shape[1] > 600
     summary = (tmp_path / "e" / "summary.md").read_text()
     best = max(results, key=lambda r: cast(float, r.score))  # all succeeded: all scored
-    assert f"| 1 | {best.key} | {best.score:.4f} |" in summary
+    assert f"| 1 | {best.key} | {best.score:.4f} | 3 | {trial_seed(best.trial_id)} |" in summary
+    assert best.seed == trial_seed(best.trial_id)  # what it ran under, kept in trials.jsonl
     assert write_report(tmp_path / "e")[0].exists()
 
 

@@ -1,0 +1,79 @@
+"""A trial runs under its seed wherever it runs (issue 21): on either worker, after its worker was
+SIGKILLed mid-fit, and under its own ``trial_seed(id)`` when it was given none."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+import retia.lightning as pl
+from retia import trace
+from retia.client.backend import Backend, Trial, wait
+from retia.datasets import DigitsDataset
+from retia.protocol import TrialState
+from retia.seeding import trial_seed
+
+from ..clusters import processes, worker_index
+from . import fits
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _evaluator(epochs: int = 2, batch_size: int = 64) -> pl.Classification:
+    """A shuffled loader and a model with dropout: both draw random numbers all through the fit."""
+    return pl.Classification(
+        train_dataloaders=pl.DataLoader(trace(DigitsDataset)("train"), batch_size=batch_size, shuffle=True),
+        val_dataloaders=pl.DataLoader(trace(DigitsDataset)("val"), batch_size=512),
+        max_epochs=epochs,
+    )
+
+
+def _reports(trial: Trial) -> tuple[object, list[object]]:
+    """The final and every intermediate of the trial's last attempt, once it succeeded."""
+    final = trial.result(timeout=90)
+    assert trial.state is TrialState.SUCCEEDED and isinstance(final, dict), trial
+    return final, list(trial.intermediates)
+
+
+def test_a_seed_gives_the_same_reports_on_either_worker_and_another_seed_others(cluster: Backend) -> None:
+    evaluator = _evaluator()
+    first, second = cluster.submit_many([fits.DropoutMLP] * 2, evaluator, seeds=[11, 11])  # 2 idle workers
+    other = cluster.submit(fits.DropoutMLP, evaluator, seed=12)
+    assert [t.seed for t in (first, second, other)] == [11, 11, 12]
+    same = _reports(first)
+    assert _reports(second) == same
+    assert first.worker != second.worker and first.attempt == second.attempt == 1
+    assert len(same[1]) == 2  # an intermediate per epoch, each equal
+    final, _ = _reports(other)
+    assert final["val_loss"] != same[0]["val_loss"]  # type: ignore[index]
+
+
+def test_a_trial_without_a_seed_runs_under_trial_seed_of_its_id(cluster: Backend) -> None:
+    evaluator = _evaluator()
+    trial_id = f"seedless-{uuid.uuid4().hex[:8]}"
+    seedless = cluster.submit(fits.DropoutMLP, evaluator, trial_id=trial_id)
+    given = cluster.submit(fits.DropoutMLP, evaluator, seed=trial_seed(trial_id))
+    assert seedless.seed == given.seed == trial_seed(trial_id)
+    assert _reports(seedless) == _reports(given)
+
+
+def test_a_trial_retried_after_its_worker_was_sigkilled_mid_fit_ends_as_an_undisturbed_run(
+    fresh_cluster: Backend,
+) -> None:
+    backend = fresh_cluster
+    evaluator = _evaluator(epochs=8, batch_size=16)  # ~90 steps an epoch: the kill lands mid-fit
+    killed, undisturbed = backend.submit_many([fits.DropoutMLP] * 2, evaluator, seeds=[11, 11])
+    deadline = time.monotonic() + 60
+    while not killed.intermediates:  # its first epoch is done
+        assert not killed.done() and time.monotonic() < deadline, killed
+        time.sleep(0.01)
+    lost_worker = killed.worker
+    processes(backend).worker_procs[worker_index(backend, lost_worker)].kill()  # SIGKILL, mid-fit
+    done, pending = wait([killed, undisturbed], timeout=100)
+    assert not pending
+    assert killed.attempt == 2 and killed.worker != lost_worker  # retried on the other worker
+    assert undisturbed.attempt == 1
+    assert _reports(killed) == _reports(undisturbed)
+    assert len(killed.intermediates) == 8  # the retry's own, from the start
