@@ -50,6 +50,7 @@ from retia.failure import Failure, FailureKind
 from retia.peer import Peer, PeerTiming
 from retia.protocol import (
     DEFAULT_MAX_MESSAGE_BYTES,
+    MAX_PACK,
     Ack,
     BlobRef,
     Cancel,
@@ -273,6 +274,7 @@ class Backend:
         name: str = "",
         trial_id: str | None = None,
         seed: int | None = None,
+        pack: int = 1,
     ) -> Trial:
         """Queue one evaluation of ``model`` (a class, a factory, or a ModelSpace with ``arch``).
 
@@ -282,6 +284,7 @@ class Backend:
         ``seed`` (0 to ``retia.seeding.SEED_MAX``) seeds the model's initialization and random
         operations on every attempt, wherever it runs (:mod:`retia.seeding`); None: the trial's own,
         ``trial_seed(trial_id)``. It is ``Trial.seed`` from the start.
+        ``pack``: see :meth:`submit_many`.
         """
         return self.submit_many(
             [model],
@@ -292,6 +295,7 @@ class Backend:
             names=[name],
             trial_ids=[trial_id],
             seeds=[seed],
+            pack=pack,
         )[0]
 
     def submit_many(
@@ -305,17 +309,24 @@ class Backend:
         names: Sequence[str] | None = None,
         trial_ids: Sequence[str | None] | None = None,
         seeds: Sequence[int | None] | None = None,
+        pack: int = 1,
     ) -> list[Trial]:
         """Queue several evaluations with one evaluator, serialized once (a strategy's batch of candidates).
 
         ``archs``, ``names``, ``trial_ids`` and ``seeds``, when given, have one entry per model (as
         ``submit``); they are all checked before anything is queued.
+        ``pack`` (1 to 64): up to that many of these trials (and others of this client with the same
+        evaluator) train together in one process on the same batches (:mod:`retia.packing`), each
+        with its own seed, reports, result, retries and cancellation: for small models, whose
+        training is mostly Lightning's per-step cost. An evaluator that cannot be packed (a
+        ``FunctionalEvaluator``) runs its trials one per process, with a warning saying why.
         """
         if self._closed.is_set():
             raise RetiaError("this backend is closed; connect again")
         if not isinstance(evaluator, Evaluator):
             raise TypeError(f"evaluator must be a retia Evaluator, got {type(evaluator).__name__}")
         _check_limits(timeout, max_retries)
+        pack = _pack_size(pack, evaluator)
         count = len(models)
         arch_list: list[dict[str, Any] | None] = list(archs) if archs is not None else [None] * count
         name_list: list[str] = list(names) if names is not None else [""] * count
@@ -350,7 +361,7 @@ class Backend:
             model_bytes = dump(recipe, name="model", blobs=blobs)
             refs = [BlobRef(b.digest, b.size) for b in blobs.values()]
             body = Submit(
-                trial_id, 0, evaluator_bytes, model_bytes, arch, timeout, max_retries, name, refs, seed
+                trial_id, 0, evaluator_bytes, model_bytes, arch, timeout, max_retries, name, refs, seed, pack
             )
             self._check_size(body, evaluator, recipe)  # before anything is queued
             bodies.append((body, blobs))
@@ -823,6 +834,20 @@ def query_status(
         )
     finally:
         sock.close()
+
+
+def _pack_size(pack: Any, evaluator: Evaluator) -> int:
+    """The pack size to submit with: ``pack``, checked; 1 (with a warning) for an evaluator that
+    cannot share its process."""
+    if isinstance(pack, bool) or not isinstance(pack, int) or not 1 <= pack <= MAX_PACK:
+        raise ConfigError(f"pack must be an integer from 1 to {MAX_PACK}, got {pack!r}")
+    if pack == 1:
+        return 1
+    reason = evaluator.unpackable()
+    if reason:
+        _log.warning("these trials run one per process, not in packs of %d: %s", pack, reason)
+        return 1
+    return pack
 
 
 def _check_limits(timeout: Any, max_retries: Any) -> None:

@@ -89,6 +89,14 @@ class Evaluator:
     def _run(self, model_factory: Callable[[], Any]) -> None:
         raise NotImplementedError
 
+    def unpackable(self) -> str:
+        """Why this evaluator's trials cannot share one process ("" when they can; see
+        :mod:`retia.packing`)."""
+        return (
+            f"a {type(self).__name__} runs the user's own training loop, which cannot be shared "
+            "(only retia.lightning evaluators pack)"
+        )
+
     def search_space(self) -> dict[str, list[Any]]:
         """``{label: [options]}`` of the ValueChoices among this evaluator's arguments (NNI 3.0's
         mutable evaluators): a keyword, a Lightning evaluator's argument, or inside a traced one (a

@@ -220,6 +220,11 @@ class Lightning(Evaluator):
 
         return evaluate_packed(self, models, seeds=seeds, output_dirs=output_dirs)
 
+    def unpackable(self) -> str:
+        from .packing import unpackable
+
+        return unpackable(self)
+
     def _auto_report(self) -> bool:
         """Whether this evaluator reports the logged validation metrics (retia's way), or nothing,
         leaving every report to the module's own ``report_*`` calls (NNI's Lightning evaluator with

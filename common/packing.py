@@ -135,10 +135,7 @@ def unpackable(evaluator: Evaluator) -> str:
     from .lightning import Lightning
 
     if not isinstance(evaluator, Lightning):
-        return (
-            f"a {type(evaluator).__name__} runs the user's own training loop, which cannot be shared "
-            "(only retia.lightning evaluators pack)"
-        )
+        return Evaluator.unpackable(evaluator)
     if type(evaluator)._fit_module is not Lightning._fit_module or type(evaluator)._run is not Lightning._run:
         return f"{type(evaluator).__name__} fits its module its own way"
     module = evaluator.module

@@ -65,6 +65,7 @@ __all__ = [
     "StatusReply",
     "Submit",
     "Run",
+    "Mate",
     "Report",
     "InlineFile",
     "Done",
@@ -85,6 +86,7 @@ __all__ = [
     "unpack_metric",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "MAX_PREFETCH",
+    "MAX_PACK",
     "CHECKPOINT_SEQ",
     "id_problem",
 ]
@@ -93,6 +95,7 @@ T = TypeVar("T")
 VERSION = b"retia/3"  # 3: sessions (HELLO/WELCOME nonces, per-direction keys, message numbers)
 DEFAULT_MAX_MESSAGE_BYTES = 8 << 20  # big data travels as chunked blobs, never inside one message
 MAX_PREFETCH = 64  # trials a worker may hold beyond the one it runs
+MAX_PACK = 64  # trials one RUN may carry (retia.packing): itself and its mates
 # CHECKPOINT chunks are numbered from here in their attempt, apart from its reports, FILEs and DONE
 CHECKPOINT_SEQ = 1 << 48
 _CHUNK_LIMIT = 8 << 20  # the most bytes a BLOB_GET may ask for (the dispatcher sends at most 1 MiB)
@@ -317,6 +320,9 @@ class Submit:
     name: str = ""
     blobs: list[BlobRef] = field(default_factory=list)  # uploaded before
     seed: Seed | None = None  # None: the dispatcher gives it ``trial_seed(trial)``
+    # the most trials it may train with in one process, itself included (retia.packing): trials of
+    # one client whose evaluators are the same bytes pack together
+    pack: Annotated[int, Bounds(1, MAX_PACK)] = 1
 
     def check(self) -> str:
         return id_problem(self.trial, "a trial id")
@@ -337,10 +343,34 @@ class Run:
     # the checkpoint a previous attempt left (one of ``blobs``): the trial starts from it
     resume: BlobRef | None = None
     seed: Seed | None = None  # the trial's, on every attempt: the trial runs under it (None: unseeded)
+    # a pack: trials trained with this one in its process, on its evaluator (their blobs are in ``blobs``)
+    mates: list[Mate] = field(default_factory=list)
 
     def check(self) -> str:
         if self.resume is not None and self.resume not in self.blobs:
             return "a RUN's resume checkpoint must be one of its blobs"
+        if len(self.mates) >= MAX_PACK:
+            return f"a pack carries at most {MAX_PACK} trials, this RUN {1 + len(self.mates)}"
+        if self.mates and self.resume is not None:
+            return "a pack does not resume from a checkpoint"
+        if len({self.trial, *(mate.trial for mate in self.mates)}) != 1 + len(self.mates):
+            return "the trials of a pack must be distinct"
+        return id_problem(self.trial, "a trial id")
+
+
+@dataclass(frozen=True)
+class Mate:
+    """A trial riding in another's RUN (a pack): it shares that RUN's evaluator and process, and
+    has its own attempt, model, seed, timeout, reports, result and output directory."""
+
+    trial: str
+    attempt: Attempt
+    model: bytes
+    seed: Seed | None = None
+    timeout: Seconds | None = None
+    name: str = ""
+
+    def check(self) -> str:
         return id_problem(self.trial, "a trial id")
 
 
@@ -551,8 +581,10 @@ def item_bytes(item: Any) -> int:
     """About how many bytes a batch item takes on the wire (to close batches well under the limit)."""
     if isinstance(item, Report):
         return 64 + len(item.value)
-    if isinstance(item, (Submit, Run)):
+    if isinstance(item, Submit):
         return 256 + len(item.evaluator) + len(item.model)
+    if isinstance(item, Run):
+        return 256 + len(item.evaluator) + len(item.model) + sum(256 + len(m.model) for m in item.mates)
     if isinstance(item, Done):
         files = sum(len(f.data) for f in item.files) + sum(len(r.value) for r in item.reports)
         return 256 + files + _failure_bytes(item.failure)

@@ -72,6 +72,13 @@ def add_dispatcher_arguments(parser: argparse.ArgumentParser) -> None:
         "cross the network in clear (signing stays on)",
     )
     parser.add_argument(
+        "--pack-wait",
+        type=float,
+        default=0.1,
+        help="seconds a trial submitted with pack > 1 waits for more of its kind to share its process "
+        "(default %(default)s); then it runs with what there is",
+    )
+    parser.add_argument(
         "--ready-file", type=Path, help="write the bound address here once listening (for scripts)"
     )
     parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
@@ -95,6 +102,7 @@ def run_dispatcher(args: argparse.Namespace) -> int:
             blob_budget_bytes=int(args.blob_budget_gb * (1 << 30)),
             curve=args.curve,
             insecure=args.insecure,
+            pack_wait=args.pack_wait,
         )
         secure_home(config)  # before the key is created in it
         key = resolve_key(key_file=config.key_path, create=True)

@@ -28,6 +28,7 @@ class DispatcherConfig:
     blob_budget_bytes: int = 20 << 30  # blob store size; unneeded blobs are evicted, oldest first
     curve: bool = False  # encrypt with CurveZMQ even on loopback (certificate in <home>/curve)
     insecure: bool = False  # do not encrypt, even where other machines can connect
+    pack_wait: float = 0.1  # seconds a trial that may pack waits for its pack to fill, at most
 
     def __post_init__(self) -> None:
         problems = []
@@ -39,6 +40,8 @@ class DispatcherConfig:
             problems.append(f"max_message_bytes must be >= 1024 (got {self.max_message_bytes})")
         if "://" not in self.bind:
             problems.append(f"bind must be a ZeroMQ endpoint like tcp://0.0.0.0:5555 (got {self.bind!r})")
+        if not 0 <= self.pack_wait <= 60:
+            problems.append(f"pack_wait must be from 0 to 60 seconds (got {self.pack_wait})")
         if self.curve and self.insecure:
             problems.append("curve and insecure contradict each other: pick one")
         if problems:

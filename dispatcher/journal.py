@@ -54,8 +54,9 @@ JOURNAL_SUFFIXES = ("", "-wal", "-shm")  # SQLite's files of one journal in WAL 
 
 # PRAGMA user_version; 0 (unset) was the first schema, before the retia/2 protocol; 2 numbered all
 # clients' events in one sequence, 3 numbers each client's own (a client sees a gap as its own loss);
-# 4 adds which credential owns each peer id, and revoked credentials; 5 each trial's seed (a 3 or a
-# 4 is upgraded in place: its trials keep the seed they ran under, trial_seed of their id)
+# 4 adds which credential owns each peer id, and revoked credentials; 5 each trial's seed and how
+# it may pack (a 3 or a 4 is upgraded in place: its trials keep the seed they ran under, trial_seed
+# of their id, and ran alone)
 SCHEMA_VERSION = 5
 _UPGRADABLE = {3, 4}
 _SCHEMA = """
@@ -64,7 +65,8 @@ CREATE TABLE IF NOT EXISTS trials (
     attempt INTEGER NOT NULL, max_retries INTEGER NOT NULL, timeout REAL, arch TEXT,
     worker TEXT NOT NULL DEFAULT '', reason TEXT NOT NULL DEFAULT '', failure BLOB,
     cancel_requested INTEGER NOT NULL DEFAULT 0, queue_seq INTEGER NOT NULL,
-    created REAL NOT NULL, updated REAL NOT NULL, blobs TEXT NOT NULL DEFAULT '[]', seed INTEGER
+    created REAL NOT NULL, updated REAL NOT NULL, blobs TEXT NOT NULL DEFAULT '[]', seed INTEGER,
+    pack INTEGER NOT NULL DEFAULT 1, pack_key TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS payloads (id TEXT PRIMARY KEY, evaluator BLOB NOT NULL, model BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS reports (
@@ -89,7 +91,7 @@ CREATE TABLE IF NOT EXISTS revoked (
 
 _TRIAL_COLUMNS = (
     "id, client, name, state, attempt, max_retries, timeout, arch, worker, reason, failure, "
-    "cancel_requested, queue_seq, created, updated, blobs, seed"
+    "cancel_requested, queue_seq, created, updated, blobs, seed, pack, pack_key"
 )
 
 _LAST_EVENTS_SQL = """
@@ -134,6 +136,8 @@ class TrialRecord:
     created: float = 0.0
     updated: float = 0.0
     blobs: list[BlobRef] = field(default_factory=list)
+    pack: int = 1  # the most trials it may train with in one process, itself included
+    pack_key: str = ""  # what trials it packs with share: their client's and their evaluator's digest
     checkpoint: BlobRef | None = None  # the latest complete one an attempt sent (a blob): the next resumes
     reports: int = 0  # of the live attempt, stored: seqs 1..reports (in memory; recovered by count)
 
@@ -230,10 +234,14 @@ class Journal:
 
     def _upgrade(self) -> None:
         """A schema-3 or 4 journal gets the seed column (NULL: a trial that ran as trial_seed of its
-        id, what the dispatcher that wrote it would have run it under); the rest is CREATE IF NOT EXISTS."""
+        id, what the dispatcher that wrote it would have run it under) and the pack columns (its
+        trials run alone); the rest is CREATE IF NOT EXISTS."""
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(trials)")}
         if columns and "seed" not in columns:
             self._db.execute("ALTER TABLE trials ADD COLUMN seed INTEGER")
+        if columns and "pack" not in columns:
+            self._db.execute("ALTER TABLE trials ADD COLUMN pack INTEGER NOT NULL DEFAULT 1")
+            self._db.execute("ALTER TABLE trials ADD COLUMN pack_key TEXT NOT NULL DEFAULT ''")
 
     def _read_counters(self) -> None:
         """The last queue position and each client's last event number the journal holds (at open,
@@ -302,7 +310,7 @@ class Journal:
         rec.queue_seq = self._queue_seq
         rec.created = rec.updated = time.time()
         cur = self._write(
-            f"INSERT OR IGNORE INTO trials ({_TRIAL_COLUMNS}) VALUES ({', '.join('?' * 17)})", self._row(rec)
+            f"INSERT OR IGNORE INTO trials ({_TRIAL_COLUMNS}) VALUES ({', '.join('?' * 19)})", self._row(rec)
         )
         if cur.rowcount == 0:
             return False
@@ -468,6 +476,8 @@ class Journal:
             rec.updated,
             json.dumps([[b.digest, b.size] for b in rec.blobs]),
             rec.seed,
+            rec.pack,
+            rec.pack_key,
         )
 
     @staticmethod
@@ -475,7 +485,7 @@ class Journal:
         (id_, client, name, state, attempt, retries, timeout, arch, worker, reason, failure, cancel) = row[
             :12
         ]
-        queue_seq, created, updated, blobs, seed = row[12:]
+        queue_seq, created, updated, blobs, seed, pack, pack_key = row[12:]
         return TrialRecord(
             id_,
             client,
@@ -494,6 +504,8 @@ class Journal:
             created,
             updated,
             [BlobRef(digest, size) for digest, size in json.loads(blobs)],
+            pack=pack,
+            pack_key=pack_key,
         )
 
 

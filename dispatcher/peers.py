@@ -24,6 +24,7 @@ class Worker:
     # attempts it still runs that were given up (it came back after being declared lost): told to
     # stop, they hold their slot until their DONE, and the trial is not run there again meanwhile
     stopping: set[tuple[str, int]] = field(default_factory=set)
+    packs: dict[str, str] = field(default_factory=dict)  # a pack's mates among ``trials``: -> its first trial
     credential: str = ""  # the credential its session was opened with ("" the cluster key)
 
     @property
@@ -33,8 +34,20 @@ class Worker:
 
     @property
     def load(self) -> int:
-        """Slots taken: the trials given to it and the given-up attempts it is stopping."""
-        return len(self.trials) + len(self.stopping)
+        """Slots taken: the trials given to it (a pack takes one) and the given-up attempts it is stopping."""
+        if not self.packs:
+            return len(self.trials) + len(self.stopping)
+        return len({self.packs.get(t, t) for t in self.trials}) + len(self.stopping)
+
+    @property
+    def last_run(self) -> str:
+        """The trial of the last RUN it was sent (a pack's is its first trial's)."""
+        return self.packs.get(self.trials[-1], self.trials[-1]) if self.trials else ""
+
+    def held(self) -> list[str]:
+        """The trials it holds unstarted that it could give back: not the running one, nor a pack's."""
+        packed = {*self.packs, *self.packs.values()}
+        return [t for t in self.trials[1:] if t not in packed]
 
     def stops(self, trial: str) -> bool:
         """It is still stopping a given-up attempt of ``trial``."""

@@ -8,13 +8,18 @@ Rules: queued trials go first to idle workers (the longest idle first), then rou
 free slots of busy workers that hold trials (``--prefetch``); a worker holds at most ``slots``
 trials. When workers idle while the queue is empty and others hold trials they have not
 started, some of those are asked back, each the last one of the longest line.
+
+A trial that may pack (``pack`` > 1) takes the queued trials of its pack key after it, up to its
+pack size, into its slot: one RUN, one process. While fewer are queued than would fill it, it
+waits for more, at most ``pack_wait`` seconds after it was queued; then it goes with what there is.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from .peers import Worker
 
@@ -23,14 +28,24 @@ __all__ = ["Scheduler", "Assignment"]
 
 @dataclass(frozen=True)
 class Assignment:
-    """A trial and a worker: to run or hold it (a placement), or to give it back (a recall)."""
+    """A trial and a worker: to run or hold it (a placement, with the ``mates`` packed with it), or
+    to give it back (a recall)."""
 
     worker: Worker
     trial: str
+    mates: list[str] = field(default_factory=list)
+
+
+def _alone(trial: str) -> tuple[str, int]:
+    return "", 1
 
 
 class Scheduler:
-    def __init__(self) -> None:
+    def __init__(self, packing: Callable[[str], tuple[str, int]] = _alone, pack_wait: float = 0.1) -> None:
+        """``packing(trial)``: its pack key and pack size (1: it runs alone)."""
+        self.packing = packing
+        self.pack_wait = pack_wait
+        self._queued_at: dict[str, float] = {}  # trials that may pack: when they were queued
         self.queue: deque[str] = deque()  # trial ids, the next first
         self.idle: deque[bytes] = deque()  # workers holding nothing
         self.free_slots: deque[bytes] = deque()  # busy workers with room for one more (one entry each)
@@ -41,6 +56,8 @@ class Scheduler:
 
     def enqueue(self, trial: str, *, front: bool = False) -> None:
         """Queue a trial; ``front`` for one that ran already (lost or given back), so it keeps its turn."""
+        if self.packing(trial)[1] > 1:
+            self._queued_at[trial] = time.monotonic()
         if front:
             self.queue.appendleft(trial)
         else:
@@ -49,6 +66,7 @@ class Scheduler:
     def dequeue(self, trial: str) -> None:
         """Take a queued trial out (cancelled before it started)."""
         self.queue.remove(trial)
+        self._queued_at.pop(trial, None)
 
     @property
     def can_place(self) -> bool:
@@ -94,16 +112,60 @@ class Scheduler:
             if worker.stops(self.queue[0]):
                 passed.append((source, identity))
                 continue
+            mates = self._mates(worker)
+            if (
+                mates is None
+            ):  # its pack is filling: it waits (and, the queue being in order, so do those after)
+                self._put_back(source, identity, passed)
+                return placed
             trial = self.queue.popleft()
-            worker.trials.append(trial)
+            for mate in mates:
+                self.queue.remove(mate)
+                worker.packs[mate] = trial
+            for packed in (trial, *mates):
+                self._queued_at.pop(packed, None)
+            worker.trials += [trial, *mates]
             self.freed_slot(worker)
-            placed.append(Assignment(worker, trial))
+            placed.append(Assignment(worker, trial, mates))
             for passed_source, passed_identity in reversed(passed):  # they may take the trials after it
                 passed_source.appendleft(passed_identity)
             passed = []
+        self._put_back(None, b"", passed)
+        return placed
+
+    @staticmethod
+    def _put_back(
+        source: deque[bytes] | None, identity: bytes, passed: list[tuple[deque[bytes], bytes]]
+    ) -> None:
+        """Workers taken off their lists this turn but given nothing go back to the front, in order."""
         for passed_source, passed_identity in reversed(passed):
             passed_source.appendleft(passed_identity)
-        return placed
+        if source is not None:
+            source.appendleft(identity)
+
+    def _mates(self, worker: Worker) -> list[str] | None:
+        """The queued trials that go with the next one (none if it runs alone), or None while its
+        pack waits to fill."""
+        key, size = self.packing(self.queue[0])
+        if size <= 1:
+            return []
+        mates = [
+            t
+            for t in list(self.queue)[1:]
+            if self.packing(t)[0] == key and self.packing(t)[1] > 1 and not worker.stops(t)
+        ][: size - 1]
+        if len(mates) + 1 < size and time.monotonic() < self.wake_at(self.queue[0]):
+            return None
+        return mates
+
+    def wake_at(self, trial: str | None = None) -> float:
+        """When the next trial (or ``trial``) stops waiting for its pack to fill (0: it does not wait)."""
+        if trial is None:
+            if not self.queue:
+                return 0.0
+            trial = self.queue[0]
+        queued = self._queued_at.get(trial)
+        return 0.0 if queued is None else queued + self.pack_wait
 
     def recalls(self, workers: Mapping[bytes, Worker]) -> list[Assignment]:
         """Held, unstarted trials to ask back for idle workers (once per change in who idles)."""
@@ -113,7 +175,7 @@ class Scheduler:
         if self.queue or not self.idle:
             return []
         holders = [w for w in workers.values() if len(w.trials) > 1]
-        self._recalled &= {t for w in holders for t in w.trials[1:]}  # forget those answered or gone
+        self._recalled &= {t for w in holders for t in w.held()}  # forget those answered or gone
         return _pick_recalls(holders, self._recalled, len(self.idle) - len(self._recalled))
 
 
@@ -123,7 +185,7 @@ def _pick_recalls(holders: list[Worker], recalled: set[str], count: int) -> list
     ``recalled`` (trials already asked for) is updated with the picks."""
     picks: list[Assignment] = []
     for _ in range(count):
-        candidates = [(len(w.trials), w, t) for w in holders for t in w.trials[1:] if t not in recalled]
+        candidates = [(w.load, w, t) for w in holders for t in w.held() if t not in recalled]
         if not candidates:
             break
         _n, donor, trial = max(reversed(candidates), key=lambda c: c[0])

@@ -25,6 +25,7 @@ no write, refuses new trials with the reason, and leaves what peers must keep un
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import socket
@@ -53,6 +54,7 @@ from retia.protocol import (
     FileChunk,
     Heartbeat,
     Hello,
+    Mate,
     Message,
     MsgType,
     Ready,
@@ -128,7 +130,7 @@ class Dispatcher:
         self.clients: dict[str, Client] = {}
         self._client_at: dict[bytes, Client] = {}  # the same clients, by routing id
         self.trials: dict[str, TrialRecord] = {}
-        self.scheduler = Scheduler()
+        self.scheduler = self._new_scheduler()
         self._payloads: dict[str, tuple[bytes, bytes]] = {}  # submitted, not yet sent: saves a journal read
         self._orphans: dict[str, float] = {}  # RUNNING at restart: trial -> adoption deadline
         # DONEs that came before some of their attempt's reports: (trial, attempt) -> first seen
@@ -170,6 +172,14 @@ class Dispatcher:
 
     # ---- lifecycle ----
 
+    def _new_scheduler(self) -> Scheduler:
+        return Scheduler(self._packing, self.config.pack_wait)
+
+    def _packing(self, trial: str) -> tuple[str, int]:
+        """A trial's pack key and pack size, for the scheduler (1: it runs alone)."""
+        rec = self.trials.get(trial)
+        return ("", 1) if rec is None else (rec.pack_key, rec.pack)
+
     def _recover(self, adoption_deadline: float = 0.0) -> None:
         """Trials from the journal; RUNNING ones wait for their workers until ``adoption_deadline``
         (0: from when the loop starts serving)."""
@@ -207,7 +217,7 @@ class Dispatcher:
         self._orphans.clear()
         self._short.clear()
         self._resets = ResetLimiter(self.config.expiry)  # every peer is to be asked for HELLO at once
-        self.scheduler = Scheduler()
+        self.scheduler = self._new_scheduler()
         self._recover(time.monotonic() + self.config.expiry)
 
     def _gate_writes(self) -> None:
@@ -269,7 +279,8 @@ class Dispatcher:
             while not self._stopping:
                 if self.storage.degraded:  # between turns: the journal holds no open transaction
                     self._guarded("probing the disk", self._storage_step, time.monotonic())
-                wait_ms = max(0.0, next_beat - time.monotonic()) * 1000
+                wake = min(next_beat, self.scheduler.wake_at() or next_beat)  # a pack that stops waiting
+                wait_ms = max(0.0, wake - time.monotonic()) * 1000
                 if poller.poll(int(min(wait_ms, 200))):
                     self._read_batch()
                 now = time.monotonic()
@@ -469,7 +480,7 @@ class Dispatcher:
             credential=link.credential,
         )
         if old_worker is not None:
-            worker.since, worker.trials = old_worker.since, old_worker.trials
+            worker.since, worker.trials, worker.packs = old_worker.since, old_worker.trials, old_worker.packs
         self.workers[identity] = worker
         # what it lists is all it runs or holds: a given-up attempt not listed has ended
         worker.stopping = set()
@@ -604,6 +615,8 @@ class Dispatcher:
             sub.arch,
             trial_seed(sub.trial) if sub.seed is None else sub.seed,
             blobs=list(sub.blobs),
+            pack=sub.pack,
+            pack_key=_pack_key(client.id, sub.evaluator) if sub.pack > 1 else "",
         )
         if self.journal.add_trial(rec, sub.evaluator, sub.model):
             self._payloads[sub.trial] = (sub.evaluator, sub.model)
@@ -649,10 +662,10 @@ class Dispatcher:
 
     def _on_ready(self, worker: Worker, msg: Message) -> None:
         ready: Ready = msg.body
-        if worker.trials and ready.last_run != worker.trials[-1]:
+        if worker.trials and ready.last_run != worker.last_run:
             return  # sent before our last RUN reached it (a HELLO repeated after RESETs): it is busy now
         self._lose_all(worker, f"worker {worker.id} became ready without finishing it")
-        worker.trials, worker.stopping = [], set()
+        worker.trials, worker.stopping, worker.packs = [], set(), {}
         self.scheduler.became_idle(worker)
 
     def _current(self, worker: Worker, trial: str, attempt: int, what: str) -> TrialRecord | None:
@@ -750,6 +763,7 @@ class Dispatcher:
             return False
         if done.trial in worker.trials and (rec is None or rec.attempt == done.attempt):
             worker.trials.remove(done.trial)  # the next one it holds, if any, starts now
+            worker.packs.pop(done.trial, None)  # (a pack's slot is free once the last of it ends)
             self.scheduler.worker_done(worker)
         elif key in worker.stopping:  # a given-up attempt it was told to stop: its slot is free
             worker.stopping.discard(key)
@@ -963,11 +977,14 @@ class Dispatcher:
         runs: dict[bytes, list[Run]] = {}
         for placed in self.scheduler.placements(self.workers):
             worker, rec = placed.worker, self.trials[placed.trial]
-            payload = self._payloads.pop(rec.id, None)
-            evaluator, model = payload if payload is not None else self.journal.payload(rec.id)
-            lifecycle.start(rec, worker.id)
-            self.journal.update_trial(rec)
-            blobs = rec.blobs if rec.checkpoint is None else [*rec.blobs, rec.checkpoint]
+            mates = [self.trials[mate] for mate in placed.mates]
+            evaluator, model = self._payload(rec)
+            packed = [(mate, self._payload(mate)[1]) for mate in mates]
+            for started in (rec, *mates):
+                lifecycle.start(started, worker.id)
+                self.journal.update_trial(started)
+            resume = rec.checkpoint if not mates else None  # a pack starts from the beginning
+            blobs = [*rec.blobs, *(b for mate in mates for b in mate.blobs if b not in rec.blobs)]
             run = Run(
                 rec.id,
                 rec.attempt,
@@ -975,16 +992,19 @@ class Dispatcher:
                 model,
                 rec.timeout,
                 rec.name,
-                blobs=blobs,
-                resume=rec.checkpoint,
+                blobs=blobs if resume is None else [*blobs, resume],
+                resume=resume,
                 seed=rec.seed,  # the same on every attempt: a retry repeats what was lost
+                mates=[Mate(m.id, m.attempt, b, m.seed, m.timeout, m.name) for m, b in packed],
             )
             if item_bytes(run) > worker.max_message_bytes - _HEADROOM:
-                self._too_large(worker, rec, item_bytes(run))
+                for started in (rec, *mates):
+                    self._too_large(worker, started, item_bytes(run))
                 continue
-            self._event_state(rec)
+            for started in (rec, *mates):
+                self._event_state(started)
+                _log.debug("trial %s RUNNING on %s (attempt %d)", started.id, worker.id, started.attempt)
             runs.setdefault(worker.identity, []).append(run)
-            _log.debug("trial %s RUNNING on %s (attempt %d)", rec.id, worker.id, rec.attempt)
         for recall in self.scheduler.recalls(self.workers):
             donor, trial = recall.worker, recall.trial
             cancel = Cancel(f"given back to start on an idle worker, not after {donor.trial}", give_back=True)
@@ -996,9 +1016,15 @@ class Dispatcher:
             for part in batches(items, item_bytes, MAX_PREFETCH + 1, limit):  # each fits its worker
                 self._send(identity, MsgType.RUNS, RunBatch(part))
 
+    def _payload(self, rec: TrialRecord) -> tuple[bytes, bytes]:
+        """A trial's evaluator and model bytes: kept since its SUBMIT, else from the journal."""
+        payload = self._payloads.pop(rec.id, None)
+        return payload if payload is not None else self.journal.payload(rec.id)
+
     def _too_large(self, worker: Worker, rec: TrialRecord, size: int) -> None:
         """A trial whose RUN would not fit in its worker's messages fails, saying what to change."""
         worker.trials.remove(rec.id)
+        worker.packs.pop(rec.id, None)
         self.scheduler.worker_done(worker)
         reason = (
             f"its payload ({size} bytes) exceeds worker {worker.id}'s message limit "
@@ -1075,3 +1101,9 @@ class _Refused(Exception):
 
 def _nothing(peer: object, msg: Message) -> None:
     """A heartbeat: receiving it was the point."""
+
+
+def _pack_key(client: str, evaluator: bytes) -> str:
+    """What trials that pack together share: one client, and the same evaluator (its bytes, which
+    name its blobs by digest)."""
+    return hashlib.blake2b(client.encode() + b"\0" + evaluator, digest_size=16).hexdigest()

@@ -50,10 +50,11 @@ from retia.protocol import (
     item_bytes,
 )
 
-from . import runner
+from . import pipe, runner
 from .config import WorkerConfig
 from .fetch import BlobFetcher
 from .isolation import file_access_of, secure_worker_home
+from .packed import MateSpec
 from .processes import Exiting, reap, strategy_for
 from .trial import CheckpointUpload, RunningTrial, Upload, alive, pick_artifacts, set_policy
 
@@ -198,8 +199,14 @@ class Agent:
             self.peer.send(MsgType.READY, Ready(self._last_run))
 
     def _started(self) -> list[RunningTrial]:
-        """The running trial and those queued behind it in its child, in order."""
-        return ([self.trial] if self.trial is not None else []) + list(self._queued)
+        """The running trial (a pack's trials that have not ended) and those queued behind it in its
+        child, in order."""
+        processes = ([self.trial] if self.trial is not None else []) + list(self._queued)
+        return [member for t in processes for member in t.members if not member.done_sent]
+
+    def _slots_taken(self) -> int:
+        """RUNs given a process: the running one (a pack is one) and those queued in its child."""
+        return (self.trial is not None) + len(self._queued)
 
     def _reliable(self, type: MsgType, body: Any, trial: RunningTrial, *, seq: int = 0) -> None:
         """Send and keep until acknowledged; the message takes the next seq unless it names one."""
@@ -258,7 +265,7 @@ class Agent:
             _log.warning("unexpected %s from the dispatcher", msg.type.name)
 
     def _accept(self, run: Run) -> None:
-        if len(self._started()) + len(self._held) > self.config.prefetch:
+        if self._slots_taken() + len(self._held) > self.config.prefetch:
             # (the dispatcher's view lagged, e.g. an attempt it gave up still runs here): it goes
             # back to the queue unstarted, no attempt spent, rather than failing
             _log.warning("RUN for %s while busy; giving it back", run.trial)
@@ -278,8 +285,10 @@ class Agent:
             if failed:
                 self._held.popleft()
                 self._end_unstarted(run, TrialState.FAILED, "; ".join(failed), FailureKind.BLOB)
-            elif not self.fetcher.ready(run.blobs) or not (self.trial is None or self._running_takes_more()):
-                return
+            elif not self.fetcher.ready(run.blobs) or not (
+                self.trial is None or (self._running_takes_more() and not run.mates)
+            ):
+                return  # (a pack gets a process of its own)
             else:
                 self._launch(self._held.popleft())
 
@@ -295,9 +304,16 @@ class Agent:
     def _cancel(self, trial_id: str, attempt: int, reason: str, give_back: bool = False) -> None:
         """Stop a trial, or drop it unstarted; ``give_back``: only if unstarted, back to the queue."""
         key = (trial_id, attempt)
-        if self.trial is not None and (self.trial.id, self.trial.attempt) == key:
-            if not give_back:
-                self._kill(self.trial, reason, state=TrialState.CANCELLED)
+        running = self.trial
+        member = next((m for m in running.members if (m.id, m.attempt) == key), None) if running else None
+        if running is not None and member is not None:
+            if give_back or member.finished:
+                return
+            if any(not m.finished for m in running.members if m is not member):
+                member.cancel = reason  # one trial of a pack: it leaves, the others train on
+                self._tell_pack(running, pipe.SkipTrial(trial_id, attempt))
+                return
+            self._kill(running, reason, state=TrialState.CANCELLED)
             return
         for queued in self._queued:
             if (queued.id, queued.attempt) == key and not queued.cancel:
@@ -310,6 +326,13 @@ class Agent:
                 self._held.remove(run)
                 self._end_unstarted(run, TrialState.QUEUED if give_back else TrialState.CANCELLED, reason)
                 return
+
+    def _tell_pack(self, pack: RunningTrial, message: pipe.SkipTrial) -> None:
+        """A message on a pack process's control pipe (it reads it between batches)."""
+        try:
+            pack.control.send(message)
+        except (OSError, AttributeError) as exc:  # gone: its end comes through its exit status
+            _log.warning("trial %s: could not tell its pack to stop it: %s", message.trial, exc)
 
     def _end_unstarted(
         self, run: Run, state: TrialState, reason: str, kind: FailureKind = FailureKind.STOPPED
@@ -327,7 +350,7 @@ class Agent:
             for digest in digests:
                 self.blobs.touch(digest)
             self.blobs.evict(keep=digests)
-        out = os.path.join(self._trials_dir, f"{run.trial}-{run.attempt}")  # the trial process creates it
+        out = self._output_dir(run.trial, run.attempt)  # the trial process creates it
         log_file = os.path.join(out, "trial.log")
         spec = runner.TrialSpec(
             run.trial,
@@ -343,6 +366,11 @@ class Agent:
             self._user,
             run.resume.digest if run.resume is not None else "",
             run.seed,
+            tuple(
+                MateSpec(m.trial, m.attempt, m.model, self._output_dir(m.trial, m.attempt), m.seed, m.timeout)
+                for m in run.mates
+            ),
+            run.timeout,
         )
         launched = self.processes.launch(spec, busy=self.trial is not None)
         if launched is None:  # the running trial's child died under it: this one waits for the next child
@@ -351,12 +379,33 @@ class Agent:
         trial = RunningTrial(
             run.trial, run.attempt, launched.process, launched.messages, out, log_file, run, run.timeout
         )
-        trial.reused = self.processes.reused
+        trial.reused = self.processes.reused and not run.mates
         trial.max_artifact_bytes = min(run.max_artifact_bytes, self.config.max_artifact_bytes)
+        if run.mates:
+            self._make_pack(trial, run, launched.control)
         if self.trial is None:
             self._make_current(trial, time.monotonic())
         else:
             self._queued.append(trial)
+
+    def _output_dir(self, trial: str, attempt: int) -> str:
+        return os.path.join(self._trials_dir, f"{trial}-{attempt}")
+
+    def _make_pack(self, first: RunningTrial, run: Run, control: Any) -> None:
+        """The trials riding in a pack's RUN, on its process and pipe; each trial's own timeout is the
+        pack's to keep, the agent's deadline only a backstop past the longest."""
+        for mate in run.mates:
+            out = self._output_dir(mate.trial, mate.attempt)
+            member = RunningTrial(
+                mate.trial, mate.attempt, first.process, first.conn, out, os.path.join(out, "trial.log"), run
+            )
+            member.max_artifact_bytes = first.max_artifact_bytes
+            first.mates.append(member)
+        first.control = control
+        timeouts = [run.timeout, *(m.timeout for m in run.mates)]
+        first.timeout = (
+            None if None in timeouts else max(t or 0.0 for t in timeouts) + 2 * self.config.kill_grace
+        )
 
     def _make_current(self, trial: RunningTrial, now: float) -> None:
         """It is the running trial from now: its clock starts."""
@@ -372,9 +421,10 @@ class Agent:
         while True:
             trial.read_pipe(_MAX_BATCH)
             # stopped at its end, not at the batch limit
-            if trial.finished or len(trial.pending) < _MAX_BATCH:
+            if trial.all_finished or len(trial.pending) < _MAX_BATCH:
                 return
-            self._send_reports(trial)
+            for member in trial.members:
+                self._send_reports(member)
 
     def _send_reports(self, trial: RunningTrial) -> None:
         """The pending reports in one message: one ACK (for the last), one journal transaction."""
@@ -402,13 +452,17 @@ class Agent:
             if self.peer.backlog < _BACKLOG:  # else the trial waits on its pipe: back-pressure, not drops
                 trial.read_pipe(_MAX_BATCH)
             if not trial.ended:
-                self._send_reports(trial)
+                for member in trial.members:
+                    self._send_reports(member)
+                    if member.finished and trial.mates and not member.done_sent:  # a pack's, one by one
+                        with file_access_of(self._user):
+                            dones.append(self._done_of(member, now))
                 if trial.checkpoint_due:
                     self._take_checkpoint(trial)
                 self._stream_checkpoint()
                 break
-            dones.append(self._end(trial, now))
-            if len(dones) == _DONES_PER_MESSAGE:  # the dispatcher refills these slots while the child runs on
+            dones += self._end(trial, now)
+            if len(dones) >= _DONES_PER_MESSAGE:  # the dispatcher refills these slots while the child runs on
                 self._send_dones(dones)
                 dones = []
         self._send_dones(dones)
@@ -454,8 +508,9 @@ class Agent:
             else:
                 self.peer.keep([chunk])
 
-    def _end(self, trial: RunningTrial, now: float) -> Outgoing:
-        """The running trial ended: its DONE (kept until acknowledged), and the next one comes up."""
+    def _end(self, trial: RunningTrial, now: float) -> list[Outgoing]:
+        """The running trial's process is done with it: its DONE (a pack's, for each of its trials
+        not ended before), and the next one comes up."""
         if self._checkpoint is not None and self._checkpoint.trial == trial.id:
             self._checkpoint.close()  # the attempt is over: its files come home with its DONE
             self._checkpoint = None
@@ -464,8 +519,8 @@ class Agent:
             trial.process.join()
             self._drain(trial)
         # the process ended with this trial (not after it, as a fresh one does)
-        went_down = dead and not (trial.finished and not trial.kill_reason)
-        if went_down:
+        went_down = dead and not (trial.all_finished and not trial.kill_reason)
+        if went_down and trial.reused:
             with file_access_of(self._user):  # (in the trial user's directory: as that user)
                 self.processes.file_scratch(
                     trial.output_dir, lambda: f"trial {trial.id} attempt {trial.attempt}"
@@ -483,6 +538,22 @@ class Agent:
                 else:
                     self._held.appendleft(queued.run)
             self._queued.clear()
+        messages = []
+        for member in trial.members:
+            if member.done_sent:
+                continue
+            if member is not trial and not member.finished:  # the pack was stopped, or died, with it
+                member.kill_reason, member.kill_state = trial.kill_reason, trial.kill_state
+                member.timed_out = trial.timed_out
+            with file_access_of(self._user):  # what the trial could not read, it cannot make us send
+                messages.append(self._done_of(member, now))
+        self.trial = None  # DONE tells the dispatcher we are free: no READY needed
+        if self._queued:
+            self._make_current(self._queued.popleft(), now)
+        return messages
+
+    def _done_of(self, trial: RunningTrial, now: float) -> Outgoing:
+        """A trial's DONE (kept until acknowledged): its last reports, its verdict, its files."""
         if sum(len(report.value) for report in trial.pending) > _INLINE_REPORT_BYTES:
             self._send_reports(trial)
         reports, trial.pending = trial.pending, []
@@ -493,15 +564,11 @@ class Agent:
                 trial.id, trial.attempt, trial.seq + 1, state, trial.cancel or "cancelled before it started"
             )
         else:
-            with file_access_of(self._user):  # what the trial could not read, it cannot make us send
-                files = self._ship_artifacts(trial)  # FILE chunks take seqs before the DONE's
-                done = trial.outcome(now, trial.seq + 1, items, files)
+            files = self._ship_artifacts(trial)  # FILE chunks take seqs before the DONE's
+            done = trial.outcome(now, trial.seq + 1, items, files)
         trial.seq += 1
-        message = Outgoing(MsgType.DONES, done, trial.id, trial.attempt, trial.seq)
-        self.trial = None  # DONE tells the dispatcher we are free: no READY needed
-        if self._queued:
-            self._make_current(self._queued.popleft(), now)
-        return message
+        trial.done_sent = True
+        return Outgoing(MsgType.DONES, done, trial.id, trial.attempt, trial.seq)
 
     def _send_dones(self, dones: list[Outgoing]) -> None:
         """The DONEs of one loop turn, together in one DONES message (each acknowledged on its own);
@@ -518,7 +585,7 @@ class Agent:
         """SIGTERM the trial's process group now and SIGKILL it after the grace period."""
         if not hard and not trial.kill_reason:
             trial.read_pipe(_MAX_BATCH)
-            if trial.finished:  # it ended meanwhile: the process may already run the next one
+            if trial.all_finished:  # it ended meanwhile: the process may already run the next one
                 return
         if not trial.kill_reason:
             trial.kill_reason, trial.kill_state = reason, state

@@ -20,12 +20,14 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 from multiprocessing.connection import Connection
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgpack
 
 from retia import codec
+from retia.codec import Bounds
 from retia.errors import ProtocolError
+from retia.protocol import MAX_PACK
 
 __all__ = [
     "TrialReport",
@@ -33,6 +35,7 @@ __all__ = [
     "TrialRaised",
     "TrialReturned",
     "TrialSkipped",
+    "TrialStopped",
     "TrialMessage",
     "SkipTrial",
     "send",
@@ -51,6 +54,7 @@ MAX_EXC_TYPE_BYTES = 256
 MAX_EXC_MESSAGE_BYTES = 8 << 10
 MAX_TRACEBACK_BYTES = 64 << 10
 _HEADER = struct.Struct("!i")
+Member = Annotated[int, Bounds(0, MAX_PACK - 1)]
 _READ_BYTES = 1 << 16  # what a Linux pipe holds: one read takes all that waits
 
 
@@ -58,10 +62,13 @@ _READ_BYTES = 1 << 16  # what a Linux pipe holds: one read takes all that waits
 class TrialReport:
     """One ``report_*_result``; the metric is packed once here and relayed as these bytes.
 
-    Not frozen: one per report, and a frozen ``__init__`` costs three times as much."""
+    Not frozen: one per report, and a frozen ``__init__`` costs three times as much. ``member``
+    (in this and the trial's last messages) is which trial of a pack it is: 0 for the RUN's own,
+    i for its i-th mate."""
 
     final: bool
     value: bytes
+    member: Member = 0
 
 
 @dataclass(frozen=True)
@@ -76,11 +83,24 @@ class TrialRaised:
     exc_type: str
     message: str
     traceback: str
+    member: Member = 0
 
 
 @dataclass(frozen=True)
 class TrialReturned:
     """fit returned: the trial's last message, sent once its files are in place."""
+
+    member: Member = 0
+
+
+@dataclass(frozen=True)
+class TrialStopped:
+    """A trial of a pack left it unfinished: cancelled (a :class:`SkipTrial` for it came), or past
+    its timeout; the others train on. Its last message."""
+
+    member: Member
+    reason: str
+    timed_out: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,7 +116,7 @@ class SkipTrial:
     attempt: int
 
 
-TrialMessage = TrialReport | TrialCheckpoint | TrialRaised | TrialReturned | TrialSkipped
+TrialMessage = TrialReport | TrialCheckpoint | TrialRaised | TrialReturned | TrialSkipped | TrialStopped
 
 
 class _Kind(IntEnum):
@@ -105,6 +125,7 @@ class _Kind(IntEnum):
     RETURNED = 3
     SKIPPED = 4
     CHECKPOINT = 5
+    STOPPED = 6
 
 
 _KIND_OF: dict[type, _Kind] = {
@@ -113,6 +134,7 @@ _KIND_OF: dict[type, _Kind] = {
     TrialReturned: _Kind.RETURNED,
     TrialSkipped: _Kind.SKIPPED,
     TrialCheckpoint: _Kind.CHECKPOINT,
+    TrialStopped: _Kind.STOPPED,
 }
 _CLASS_OF: dict[int, type] = {int(kind): cls for cls, kind in _KIND_OF.items()}
 
@@ -227,10 +249,11 @@ def bounded(text: str, limit: int, *, keep: Literal["head", "tail", "ends"] = "h
     return data[:half].decode("utf-8", "ignore") + note + data[-half:].decode("utf-8", "ignore")
 
 
-def raised(exc_type: str, message: str, traceback: str) -> TrialRaised:
+def raised(exc_type: str, message: str, traceback: str, member: int = 0) -> TrialRaised:
     """fit's exception as DONE carries it: type, message and traceback each cut to its bound."""
     return TrialRaised(
         bounded(exc_type, MAX_EXC_TYPE_BYTES),
         bounded(message, MAX_EXC_MESSAGE_BYTES),
         bounded(traceback, MAX_TRACEBACK_BYTES, keep="ends"),
+        member,
     )

@@ -40,6 +40,7 @@ __all__ = [
     "FreshProcesses",
     "ReusedChild",
     "strategy_for",
+    "launch_pack",
     "reap",
     "CHILD_AHEAD",
 ]
@@ -91,10 +92,12 @@ class SpecWriter:
 
 @dataclass
 class Launched:
-    """The process a spec was given to, and the pipe its trial's messages come on."""
+    """The process a spec was given to, and the pipe its trial's messages come on; a pack's process
+    also has a control pipe (a :class:`~retia.worker.pipe.SkipTrial` there cancels one of its trials)."""
 
     process: BaseProcess
     messages: pipe.Reader
+    control: Connection | None = None
 
 
 @dataclass
@@ -183,6 +186,20 @@ class _Orphans:
                         pass
 
 
+def launch_pack(mp: ForkServerContext, spec: runner.TrialSpec, orphans: _Orphans) -> Launched:
+    """A fresh process of its own for a pack (whatever the strategy), with its control pipe."""
+    reader, writer = mp.Pipe(duplex=False)
+    control_reader, control_writer = mp.Pipe(duplex=False)
+    process = mp.Process(
+        target=runner.run_pack, args=(spec, writer, control_reader), name=f"retia-pack-{spec.trial}"
+    )
+    process.start()
+    orphans.started(process)
+    writer.close()
+    control_reader.close()
+    return Launched(process, pipe.Reader(reader), control_writer)
+
+
 class FreshProcesses:
     """A new process per trial; the next one forked while idle."""
 
@@ -195,6 +212,8 @@ class FreshProcesses:
         self._orphans = _Orphans()
 
     def launch(self, spec: runner.TrialSpec, busy: bool) -> Launched | None:
+        if spec.mates:
+            return launch_pack(self._mp, spec, self._orphans)
         spare, self._spare = self._spare, None
         if spare is not None and alive(spare.process):
             spare.specs.send(spec)
@@ -268,6 +287,8 @@ class ReusedChild:
         self._orphans = _Orphans()
 
     def launch(self, spec: runner.TrialSpec, busy: bool) -> Launched | None:
+        if spec.mates:  # beside the child, which runs single trials
+            return launch_pack(self._mp, spec, self._orphans)
         child = self._child
         if child is not None:
             if self._send(spec):

@@ -37,10 +37,12 @@ from typing import Any
 
 from . import pipe
 from .isolation import TrialUser, become, forget_credentials
+from .packed import MateSpec, evaluate_pack
 
 __all__ = [
     "TrialSpec",
     "run_trial",
+    "run_pack",
     "await_trial",
     "serve_trials",
     "warm_up",
@@ -85,6 +87,10 @@ class TrialSpec:
     user: TrialUser | None = None  # --trial-user: the process becomes this user before the trial's code runs
     resume: str = ""  # the digest of the checkpoint a previous attempt left (in blob_dir): put in place first
     seed: int | None = None  # the trial's (every attempt's): what it runs under (None: nothing seeded)
+    # a pack: the trials trained with this one in its process (retia.worker.packed), and its own
+    # timeout, which the pack enforces for each of its trials
+    mates: tuple[MateSpec, ...] = ()
+    timeout: float | None = None
 
 
 def warm_up() -> None:
@@ -97,6 +103,27 @@ def run_trial(spec: TrialSpec, conn: Connection) -> None:
     outcome = _evaluate(spec, spec.output_dir, conn)
     kill_descendants()
     pipe.send(conn, outcome)
+    conn.close()
+
+
+def run_pack(spec: TrialSpec, conn: Connection, control: Connection) -> None:
+    """Run a pack (the spec's trial and its mates) in this fresh process, then exit; a
+    :class:`~retia.worker.pipe.SkipTrial` on ``control`` cancels one of its trials."""
+    _become_trial_process(spec)
+    cancelled: set[tuple[str, int]] = set()
+
+    def read_control() -> set[tuple[str, int]]:
+        try:
+            while control.poll():
+                item = control.recv()
+                if isinstance(item, pipe.SkipTrial):
+                    cancelled.add((item.trial, item.attempt))
+        except (EOFError, OSError):
+            pass  # the agent is gone: this process dies with it
+        return cancelled
+
+    evaluate_pack(spec, spec.output_dir, spec.log_file, conn, read_control, _pipe_reporter)
+    kill_descendants()
     conn.close()
 
 
@@ -252,8 +279,8 @@ def _file_scratch(spec: TrialSpec) -> None:
         _redirect_output(_scratch_log(spec.scratch))  # the next trial gets a fresh scratch and log
 
 
-def _pipe_reporter(conn: Connection) -> Any:
-    """A Reporter that sends each metric to the agent as it comes."""
+def _pipe_reporter(conn: Connection, member: int = 0) -> Any:
+    """A Reporter that sends each metric to the agent as it comes (``member``: which trial of a pack)."""
     from retia.protocol import pack_metric
     from retia.reporting import Reporter
 
@@ -261,18 +288,20 @@ def _pipe_reporter(conn: Connection) -> Any:
     if _PipeReporter is None:
 
         class _Reporter(Reporter):
-            def __init__(self, conn: Connection) -> None:
+            def __init__(self, conn: Connection, member: int) -> None:
                 super().__init__()
                 self.conn = conn
+                self.member = member
 
             def _emit(self, final: bool, value: Any) -> None:
-                pipe.send(self.conn, pipe.TrialReport(final, pack_metric(value)))  # packed once, here
+                report = pipe.TrialReport(final, pack_metric(value), self.member)  # packed once, here
+                pipe.send(self.conn, report)
 
             def checkpoint(self) -> None:
                 pipe.send(self.conn, pipe.TrialCheckpoint())
 
         _PipeReporter = _Reporter
-    return _PipeReporter(conn)
+    return _PipeReporter(conn, member)
 
 
 _PipeReporter: Any = None

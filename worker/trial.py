@@ -85,18 +85,35 @@ class RunningTrial:
 
     pending: list[pipe.TrialReport] = field(default_factory=list)  # reports read, not yet sent
     skipped: bool = False  # cancelled in the child's queue before it started: it never ran
-    cancel: str = ""  # a cancellation that came while it waited in the child's queue
+    cancel: str = ""  # a cancellation that came while it waited in the child's queue (or in its pack)
     give_back: bool = False  # that cancellation only asks to return it unstarted
+    # a pack (on its first trial, which owns the process): the trials riding in its RUN, each with
+    # its own messages on the one pipe, and where a SkipTrial cancels one of them
+    mates: list[RunningTrial] = field(default_factory=list)
+    control: Any = None
+    stopped: pipe.TrialStopped | None = None  # it left its pack unfinished (cancelled, timed out)
+    done_sent: bool = False  # its DONE went out (a pack's trials end one by one)
 
     @property
     def finished(self) -> bool:
-        """Its last message came: fit returned or raised, or it was skipped unstarted."""
-        return self.returned or self.error is not None or self.skipped
+        """Its last message came: fit returned or raised, it was skipped unstarted, or it left its pack."""
+        return self.returned or self.error is not None or self.skipped or self.stopped is not None
+
+    @property
+    def members(self) -> list[RunningTrial]:
+        """The trials its process runs: itself, and a pack's mates."""
+        return [self, *self.mates]
+
+    @property
+    def all_finished(self) -> bool:
+        """The last message of every trial of its process came."""
+        return self.finished and all(mate.finished for mate in self.mates)
 
     @property
     def ended(self) -> bool:
-        """The trial ends with its last message (fit returned or raised) or with its process."""
-        if self.finished and not self.kill_reason:
+        """The trial ends with its last message (fit returned or raised) or with its process; a pack
+        with the last message of its last trial, or with its process."""
+        if self.all_finished and not self.kill_reason:
             return True
         return not alive(self.process)
 
@@ -111,20 +128,24 @@ class RunningTrial:
         """Read what the trial process sent, up to its last message; reports wait in ``pending``.
 
         Never blocks: a message not yet whole waits in the pipe's reader for the next turn."""
-        reports = self.pending
+        count = len(self.pending)
         try:
-            while len(reports) < max_reports and not self.finished:
+            while count < max_reports and not self.all_finished:
                 message = self.conn.next()
                 if message is None:
                     return
+                target = self._member(message)
                 if isinstance(message, pipe.TrialReport):
-                    reports.append(message)
+                    target.pending.append(message)
+                    count += 1
                 elif isinstance(message, pipe.TrialCheckpoint):
                     self.checkpoint_due = True
                 elif isinstance(message, pipe.TrialRaised):
-                    self.error = message
+                    target.error = message
                 elif isinstance(message, pipe.TrialReturned):
-                    self.returned = True
+                    target.returned = True
+                elif isinstance(message, pipe.TrialStopped):
+                    target.stopped = message
                 else:
                     self.skipped = True
         except ProtocolError as exc:  # the trial wrote its pipe itself: it fails, and its process goes
@@ -136,6 +157,15 @@ class RunningTrial:
         except (EOFError, OSError):
             pass  # the process is gone; its exit status tells the rest
 
+    def _member(self, message: pipe.TrialMessage) -> RunningTrial:
+        """The trial of its process a message is about (a pack's i-th mate for member i)."""
+        member = getattr(message, "member", 0)
+        if not member:
+            return self
+        if member > len(self.mates):
+            raise ProtocolError(f"a message for trial {member} of a pack of {1 + len(self.mates)}")
+        return self.mates[member - 1]
+
     def outcome(self, now: float, seq: int, reports: list[Report], files: list[InlineFile]) -> Done:
         """The attempt's DONE: verdict, last reports, small artefacts, how many reports it sent in all,
         and for a failure the log's tail."""
@@ -146,6 +176,12 @@ class RunningTrial:
             state, reason = self.kill_state, self.kill_reason
             kind = FailureKind.TIMEOUT if self.timed_out else FailureKind.STOPPED
             failure = Failure(kind, reason) if state is TrialState.FAILED else None
+        elif self.stopped is not None:  # it left its pack: cancelled, or past its timeout
+            if self.stopped.timed_out and not self.cancel:
+                state, reason = TrialState.FAILED, self.stopped.reason
+                failure = Failure(FailureKind.TIMEOUT, reason)
+            else:
+                state, reason, failure = TrialState.CANCELLED, self.cancel or self.stopped.reason, None
         elif self.error is not None:
             # cut by the trial process too; again here for one that wrote its own pipe
             error = pipe.raised(self.error.exc_type, self.error.message, self.error.traceback)
