@@ -836,12 +836,17 @@ def query_status(
         sock.close()
 
 
+def check_pack(pack: Any) -> int:
+    """``pack`` if it is a pack size (1 to MAX_PACK); else a ConfigError saying so."""
+    if isinstance(pack, bool) or not isinstance(pack, int) or not 1 <= pack <= MAX_PACK:
+        raise ConfigError(f"pack must be an integer from 1 to {MAX_PACK}, got {pack!r}")
+    return pack
+
+
 def _pack_size(pack: Any, evaluator: Evaluator) -> int:
     """The pack size to submit with: ``pack``, checked; 1 (with a warning) for an evaluator that
     cannot share its process."""
-    if isinstance(pack, bool) or not isinstance(pack, int) or not 1 <= pack <= MAX_PACK:
-        raise ConfigError(f"pack must be an integer from 1 to {MAX_PACK}, got {pack!r}")
-    if pack == 1:
+    if check_pack(pack) == 1:
         return 1
     reason = evaluator.unpackable()
     if reason:

@@ -31,7 +31,7 @@ from retia.searchspace import Choice, SpaceDescription
 from retia.seeding import trial_seed
 from retia.serializer import dump, load
 
-from .backend import Backend, Trial, connect
+from .backend import Backend, Trial, check_pack, connect
 from .cluster import local_cluster
 from .experiment_config import ExperimentConfig, RunArguments, logging_level, split_config_and_port
 from .live import LiveView
@@ -187,15 +187,21 @@ class Experiment:
         credential: str | Path | None = None,
         live: bool | None = None,
         debug: bool = False,
+        pack: int = 1,
     ) -> list[TrialResult]:
         """Run until ``max_trials`` have finished (default 20, or the budget it was started with when
         resumed), the strategy is exhausted, ``max_duration`` seconds pass, or :meth:`stop` is called.
+
+        ``pack`` > 1 trains up to that many candidates together in one process on the same batches
+        (``Backend.submit_many``'s ``pack``; the results are those of each alone with its seed), and
+        ``concurrency`` then defaults to two packs in flight (``2 * pack``).
 
         NNI's ``run(config, port)`` and ``run(port=...)``: an ExperimentConfig (else ``self.config``)
         gives what these arguments do not (retia.client.experiment_config); ``port`` is kept as
         ``self.port``. On a cluster: ``credential`` (a client credential file; its address is the
         default), or ``address`` with the cluster key (``key``, ``key_file``); neither: a private
         local cluster."""
+        check_pack(pack)
         config, port = split_config_and_port(config_or_port, port)
         if config is not None:
             self.config = config
@@ -213,7 +219,7 @@ class Experiment:
             debug=debug,
         )
         with logging_level(plan.log_level):
-            return self._run(plan, address, key, key_file, credential, max_retries, live)
+            return self._run(plan, address, key, key_file, credential, max_retries, live, pack)
 
     def _run(
         self,
@@ -224,13 +230,14 @@ class Experiment:
         credential: str | Path | None,
         max_retries: int,
         live: bool | None,
+        pack: int = 1,
     ) -> list[TrialResult]:
         max_trials, concurrency = plan.max_trials, plan.concurrency
         saved = self._settings
         if max_trials is None:
             max_trials = saved.max_trials if saved is not None else 20
         if concurrency is None:
-            concurrency = saved.concurrency if saved is not None else 2
+            concurrency = 2 * pack if pack > 1 else saved.concurrency if saved is not None else 2
         if max_trials < 1 or concurrency < 1:
             raise ConfigError(f"max_trials and concurrency must be >= 1 (got {max_trials}, {concurrency})")
         if self._settings is None:
@@ -249,9 +256,11 @@ class Experiment:
         if plan.name:
             _log.info("experiment %r (%s) in %s", plan.name, self.id, self.path)
         with self._backend(address, key, key_file, credential, plan.workers, plan.gpus) as backend:
-            return _Loop(
+            loop = _Loop(
                 self, backend, max_trials, concurrency, plan.max_duration, plan.timeout, max_retries, live
-            ).run()
+            )
+            loop.pack = pack
+            return loop.run()
 
     def _place(self, working_directory: Path | None) -> None:
         """NNI's experiment_working_directory: the experiment directory is made there (unless path= was)."""
@@ -312,6 +321,7 @@ class _Loop:
         self.view = LiveView(exp, backend, enabled=live)
         self.exhausted = False
         self.one_shot: bool = getattr(exp.strategy, "trains_supernet", False)
+        self.pack = 1  # candidates trained together in one process (the supernet's trial: alone)
 
     def run(self) -> list[TrialResult]:
         strategy, record = self.exp.strategy, self.exp.record
@@ -380,6 +390,7 @@ class _Loop:
             max_retries=self.max_retries,
             name=f"#{result.key}",
             trial_id=result.trial_id,
+            pack=1 if self.one_shot else self.pack,
             seed=result.seed,  # None (recorded before trial seeds): its own, trial_seed of its id
         )
         self.running[result.trial_id] = result.key

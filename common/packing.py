@@ -527,18 +527,22 @@ def _run_pack(
             for candidate in left:
                 _end(candidate, outcomes, PackedOutcome(exc, _traceback(exc)))
             return
-        half = (len(left) + 1) // 2
         print(
             f"retia: the pack of {len(left)} ran out of memory ({type(exc).__name__}: {_first_line(exc)}); "
-            f"training it again as packs of {half} and {len(left) - half}",
+            f"training it again as packs of {(len(left) + 1) // 2} and {len(left) // 2}",
             flush=True,
         )
-        del exc, candidates
-        _free_memory()
-        for part in (left[:half], left[half:]):
-            for candidate in part:
-                reporters[candidate.index].replay()
-            _run_pack(evaluator, [(c.index, c.member) for c in part], reporters, outcomes, auto_report)
+        again = [(c.index, c.member) for c in left]
+    else:
+        again = []
+    if again:  # (out of the except clause: its traceback, which holds the failed pack, is gone)
+        del candidates, left
+        half = (len(again) + 1) // 2
+        for part in (again[:half], again[half:]):
+            _free_memory()  # what the failed pack (then the first half) held
+            for index, _member in part:
+                reporters[index].replay()
+            _run_pack(evaluator, part, reporters, outcomes, auto_report)
         return
     for candidate in candidates:
         if candidate.alive:
@@ -599,11 +603,16 @@ def _out_of_memory(exc: BaseException) -> bool:
 
 def _free_memory() -> None:
     """What a failed pack held goes back before its halves start."""
+    import ctypes
     import gc
 
     gc.collect()
     if torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
         torch.cuda.empty_cache()
+    try:  # glibc keeps freed heap memory for reuse (counted against a memory cap): give it back
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc
 
 
 class _MemberReporter(Reporter):

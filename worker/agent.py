@@ -371,6 +371,7 @@ class Agent:
                 for m in run.mates
             ),
             run.timeout,
+            self.config.trial_memory_bytes,
         )
         launched = self.processes.launch(spec, busy=self.trial is not None)
         if launched is None:  # the running trial's child died under it: this one waits for the next child

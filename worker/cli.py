@@ -92,6 +92,14 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         help="the dispatcher's public CurveZMQ certificate (when it runs with --curve)",
     )
     parser.add_argument(
+        "--trial-memory-mb",
+        type=float,
+        default=0.0,
+        help="memory a trial process may allocate beyond what the preloaded fork server holds; past it "
+        "the trial fails with an allocation error (a pack is trained again in halves) instead of "
+        "taking the machine down (default: no cap)",
+    )
+    parser.add_argument(
         "--reuse-process",
         action="store_true",
         help="run trials one after another in one long-lived child (replaced if it dies); "
@@ -155,6 +163,7 @@ def run_worker(args: argparse.Namespace) -> int:
             blob_cache_bytes=int(args.blob_cache_gb * (1 << 30)),
             curve_server_key=args.curve_server_key,
             trial_user=args.trial_user,
+            trial_memory_bytes=int(args.trial_memory_mb * (1 << 20)),
         )
         agent = Agent(config, credential)
     except RetiaError as exc:

@@ -43,6 +43,7 @@ class WorkerConfig:
     blob_cache_bytes: int = 20 << 30  # local cache of large arguments, least recently used evicted
     curve_server_key: Path | None = None  # the dispatcher's public CurveZMQ certificate, when it uses Curve
     trial_user: str = ""  # run trials as this user (the agent must be root); "": as the worker's user
+    trial_memory_bytes: int = 0  # what a trial process may allocate beyond the fork server's (0: no cap)
 
     def __post_init__(self) -> None:
         problems = []
@@ -50,6 +51,8 @@ class WorkerConfig:
             problems.append(f"gpu must be a device index like 0 (or 0,1) or 'none' (got {self.gpu!r})")
         if self.workers_per_host < 1:
             problems.append(f"workers_per_host must be >= 1 (got {self.workers_per_host})")
+        if self.trial_memory_bytes < 0:
+            problems.append(f"trial_memory_bytes must be >= 0 (got {self.trial_memory_bytes})")
         if not 0 <= self.prefetch <= MAX_PREFETCH:
             problems.append(f"prefetch must be between 0 and {MAX_PREFETCH} trials (got {self.prefetch})")
         try:

@@ -37,6 +37,7 @@ from retia.filemodes import mode_of, private_dir
 from retia.keys import KEY_ENV
 
 __all__ = [
+    "limit_memory",
     "SECRET_ENV",
     "TrialUser",
     "forget_credentials",
@@ -195,3 +196,17 @@ def _libc_call(name: str) -> Callable[[int], int] | None:
 
 _setfsuid = _libc_call("setfsuid")
 _setfsgid = _libc_call("setfsgid")
+
+
+def limit_memory(extra_bytes: int) -> None:
+    """Cap this process's data memory (heap and private mappings: RLIMIT_DATA, Linux) at what it
+    holds now plus ``extra_bytes``: a trial past it gets allocation errors (torch's "can't allocate
+    memory", a MemoryError), which fail that trial, or split its pack; the machine stays up."""
+    import resource
+
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            held = next(int(line.split()[1]) << 10 for line in f if line.startswith("VmData:"))
+    except (OSError, StopIteration, ValueError):
+        held = 0  # no /proc: the cap counts from nothing
+    resource.setrlimit(resource.RLIMIT_DATA, (held + extra_bytes, held + extra_bytes))

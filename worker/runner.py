@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from . import pipe
-from .isolation import TrialUser, become, forget_credentials
+from .isolation import TrialUser, become, forget_credentials, limit_memory
 from .packed import MateSpec, evaluate_pack
 
 __all__ = [
@@ -91,6 +91,7 @@ class TrialSpec:
     # timeout, which the pack enforces for each of its trials
     mates: tuple[MateSpec, ...] = ()
     timeout: float | None = None
+    memory_limit: int = 0  # --trial-memory-mb: bytes it may allocate beyond the fork server's (0: no cap)
 
 
 def warm_up() -> None:
@@ -182,6 +183,8 @@ def _become_trial_process(spec: TrialSpec) -> None:
     _die_with_parent()  # (after the switch: a change of uid clears the parent-death signal)
     become_subreaper()  # what escapes the group (setsid, a double fork) stays ours to kill
     forget_credentials()  # the worker took them out before the fork server started: again, to be sure
+    if spec.memory_limit:
+        limit_memory(spec.memory_limit)
     os.environ["CUDA_VISIBLE_DEVICES"] = spec.cuda_visible_devices
     _redirect_output(_scratch_log(spec.scratch) if spec.scratch else spec.log_file)
     if spec.threads > 0:
