@@ -140,17 +140,20 @@ def test_a_packed_trial_cancelled_mid_training_ends_cancelled_and_the_rest_give_
     _packed_together([slow, *good])
 
 
-def test_a_packed_trial_past_its_own_timeout_fails_alone_and_the_rest_give_their_solo_reports(
+def test_packed_trials_past_their_own_timeouts_fail_alone_and_the_rest_give_their_solo_reports(
     cluster: Backend, solo: dict[int, Reports]
 ) -> None:
     evaluator = _evaluator()
-    slow = cluster.submit(pack_models.SlowAfter, evaluator, seed=9, timeout=2.0, max_retries=0, pack=4)
-    good = cluster.submit_many([fits.DropoutMLP] * 3, evaluator, seeds=[1, 2, 3], pack=4)
-    for seed, trial in zip([1, 2, 3], good):
+    # slow in their second epoch (6 s more each): one is the RUN's own trial, the other its last mate
+    first = cluster.submit(pack_models.SlowAfter, evaluator, seed=9, timeout=2.0, max_retries=0, pack=4)
+    good = cluster.submit_many([fits.DropoutMLP] * 2, evaluator, seeds=[1, 2], pack=4)
+    last = cluster.submit(pack_models.SlowAfter, evaluator, seed=8, timeout=2.5, max_retries=0, pack=4)
+    for seed, trial in zip([1, 2], good):
         assert _reports(trial) == solo[seed], seed
-    failure = _failure(slow)
-    assert failure.startswith("timeout|") and "timed out" in failure, failure
-    _packed_together([slow, *good])
+    for slow, timeout in ((first, "2.0"), (last, "2.5")):
+        failure = _failure(slow)
+        assert failure.startswith(f"timeout|timed out after {timeout}s"), failure
+    _packed_together([first, *good, last])
 
 
 def test_a_worker_sigkilled_mid_pack_has_every_trial_of_it_retried_to_one_final_each(
