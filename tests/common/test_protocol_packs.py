@@ -10,7 +10,6 @@ import pytest
 from retia.errors import ProtocolError
 from retia.protocol import MAX_PACK, BlobRef, Mate, MsgType, Run, RunBatch
 from retia.session import Session
-
 from tests.common.test_protocol import DIGEST, KEY, _signed
 
 _RUNS = [int(MsgType.RUNS), "", 0, 0, "d", 0.0, 1]

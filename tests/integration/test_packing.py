@@ -16,8 +16,8 @@ import retia.lightning as pl
 from retia import trace
 from retia.client.backend import Backend, Trial, wait
 from retia.datasets import DigitsDataset
-from retia.reporting import Metric
 from retia.protocol import TrialState
+from retia.reporting import Metric
 
 from ..clusters import fast_cluster, journal_path, processes, worker_index
 from . import fits, pack_models
