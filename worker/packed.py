@@ -66,7 +66,16 @@ def evaluate_pack(
 
     now = time.monotonic()
     members = [
-        _Member(0, spec.trial, spec.attempt, spec.model, output_dir, _seed(spec.seed, spec.trial), None, None)
+        _Member(
+            0,
+            spec.trial,
+            spec.attempt,
+            spec.model,
+            output_dir,
+            _seed(spec.seed, spec.trial),
+            None,
+            spec.timeout,
+        )
     ]
     members += [
         _Member(i, m.trial, m.attempt, m.model, m.output_dir, _seed(m.seed, m.trial), None, m.timeout)

@@ -1,0 +1,61 @@
+"""Models for packed trials over the wire: ones that diverge, raise or slow their pack down (they are
+imported by the workers' trial processes, so they live in a module of their own)."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+
+def _net() -> nn.Sequential:
+    return nn.Sequential(nn.Linear(64, 32), nn.Dropout(0.3), nn.ReLU(), nn.Linear(32, 10))
+
+
+class Diverges(nn.Module):
+    """Trains for five batches, then its outputs (and so its loss) are NaN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _net()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += self.training
+        out: torch.Tensor = self.net(x)
+        return out * float("nan") if self.calls > 5 else out
+
+
+class Raises(nn.Module):
+    """Raises in its seventh training forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _net()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += self.training
+        if self.calls == 7:
+            raise RuntimeError("the candidate broke at its 7th batch")
+        out: torch.Tensor = self.net(x)
+        return out
+
+
+class SlowAfter(nn.Module):
+    """Sleeps ``delay`` seconds in each training forward after its first ``fast`` ones: its pack
+    (one process) is slow while it is in it, and fast once it left."""
+
+    def __init__(self, fast: int = 23, delay: float = 0.25) -> None:
+        super().__init__()
+        self.net = _net()
+        self.calls = 0
+        self.fast, self.delay = fast, delay
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += self.training
+        if self.training and self.calls > self.fast:
+            time.sleep(self.delay)
+        out: torch.Tensor = self.net(x)
+        return out
