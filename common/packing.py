@@ -46,6 +46,8 @@ __all__ = [
     "PackedOutcome",
     "PackModule",
     "NonFiniteLoss",
+    "StopCandidate",
+    "running_member",
     "unpackable",
     "fit_pack",
     "evaluate_packed",
@@ -84,6 +86,19 @@ _UNPACKABLE_TRAINER = {
 
 class NonFiniteLoss(RetiaError):
     """A candidate's training loss was NaN or infinite: that trial fails, its pack trains on."""
+
+
+class StopCandidate(RetiaError):
+    """Raised into a candidate's own code (by a watchdog: its timeout passed, it was cancelled) to
+    take it out of its pack, stopped, not failed; the others train on."""
+
+
+_RUNNING: list[PackMember | None] = [None]  # the member whose code runs now (see running_member)
+
+
+def running_member() -> PackMember | None:
+    """The member of a pack whose own code (a step, a hook) this process runs now, if any."""
+    return _RUNNING[0]
 
 
 @dataclass
@@ -197,7 +212,11 @@ class PackModule(pl.LightningModule):
         os.environ.update({name: str(candidate.member.output_dir) for name in OUTPUT_DIR_VARS})
         try:
             with candidate.rng.active(), use_reporter(candidate.reporter):
-                yield
+                _RUNNING[0] = candidate.member
+                try:
+                    yield
+                finally:
+                    _RUNNING[0] = None
         finally:
             module._current_fx_name = before
             for name, value in saved.items():
@@ -226,6 +245,9 @@ class PackModule(pl.LightningModule):
     def failed(self, candidate: _Candidate, error: Exception) -> None:
         """A candidate's code raised: it leaves the pack, unless the pack ran out of memory, which
         is the pack's to answer (split in halves), not this candidate's fault."""
+        if isinstance(error, StopCandidate):
+            self.leave(candidate, stopped=str(error))
+            return
         if _out_of_memory(error) and len(self.alive()) > 1:
             raise error
         self.leave(candidate, error)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import time
 import traceback
@@ -119,10 +120,11 @@ def evaluate_pack(
 
         return reason
 
+    pack: list[PackMember] = []
+    watchdog = _Watchdog({}, stop)
     try:
         blob_dir = Path(spec.blob_dir) if spec.blob_dir else None
         evaluator = load(spec.evaluator, blob_dir=blob_dir)
-        pack: list[PackMember] = []
         for member in members:
             os.makedirs(member.output_dir, exist_ok=True)
             try:
@@ -134,10 +136,45 @@ def evaluate_pack(
             pack.append(
                 PackMember(model, member.seed, Path(member.output_dir), reporter, stop(member), ended(member))
             )
-        fit_pack(evaluator, pack)
+            watchdog.members[id(pack[-1])] = member
+        with watchdog:
+            fit_pack(evaluator, pack)
     except BaseException as exc:  # the pack's own failure (its evaluator, its trainer): every trial's
         for member in members:
             end(member, _raised(exc, member.index))
+
+
+class _Watchdog:
+    """Between its batches a pack stops the trials past their timeout or cancelled; a trial whose
+    own code does not come back (a step that hangs in Python, a sleep) is stopped from a timer
+    signal instead, raised into that trial's code alone (code stuck in C is the agent's to kill)."""
+
+    INTERVAL = 0.5
+
+    def __init__(self, members: dict[int, _Member], stop: Callable[[_Member], Callable[[], str]]) -> None:
+        self.members = members  # by id() of their PackMember
+        self.stop = stop
+        self._previous: Any = None
+
+    def __enter__(self) -> _Watchdog:
+        self._previous = signal.signal(signal.SIGALRM, self._tick)
+        signal.setitimer(signal.ITIMER_REAL, self.INTERVAL, self.INTERVAL)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, self._previous)
+
+    def _tick(self, signum: int, frame: Any) -> None:
+        from retia.packing import StopCandidate, running_member
+
+        running = running_member()
+        member = self.members.get(id(running)) if running is not None else None
+        if member is None:
+            return  # between the trials' own code (Lightning's loop, the data): nothing to stop
+        reason = self.stop(member)()
+        if reason:
+            raise StopCandidate(reason)
 
 
 def _seed(seed: int | None, trial: str) -> int:

@@ -113,7 +113,12 @@ def run_pack(spec: TrialSpec, conn: Connection, control: Connection) -> None:
     _become_trial_process(spec)
     cancelled: set[tuple[str, int]] = set()
 
+    reading = [False]  # (the pack's watchdog may ask from a signal handler while a batch asks)
+
     def read_control() -> set[tuple[str, int]]:
+        if reading[0]:
+            return cancelled
+        reading[0] = True
         try:
             while control.poll():
                 item = control.recv()
@@ -121,6 +126,8 @@ def run_pack(spec: TrialSpec, conn: Connection, control: Connection) -> None:
                     cancelled.add((item.trial, item.attempt))
         except (EOFError, OSError):
             pass  # the agent is gone: this process dies with it
+        finally:
+            reading[0] = False
         return cancelled
 
     evaluate_pack(spec, spec.output_dir, spec.log_file, conn, read_control, _pipe_reporter)

@@ -59,3 +59,19 @@ class SlowAfter(nn.Module):
             time.sleep(self.delay)
         out: torch.Tensor = self.net(x)
         return out
+
+
+class Hangs(nn.Module):
+    """Its fifth training forward does not come back for a minute (a step stuck in Python)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _net()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += self.training
+        if self.calls == 5:
+            time.sleep(60)
+        out: torch.Tensor = self.net(x)
+        return out

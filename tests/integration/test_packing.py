@@ -156,6 +156,25 @@ def test_packed_trials_past_their_own_timeouts_fail_alone_and_the_rest_give_thei
     _packed_together([first, *good, last])
 
 
+def test_a_packed_trial_that_hangs_is_stopped_by_its_timeout_or_its_cancel_alone(
+    cluster: Backend, solo: dict[int, Reports]
+) -> None:
+    """A step that does not come back: the pack's watchdog stops that trial alone, past its timeout
+    (the pack's other trials have none) or when it is cancelled; the others go on."""
+    evaluator = _evaluator()
+    timed = cluster.submit(pack_models.Hangs, evaluator, seed=9, timeout=3.0, max_retries=0, pack=4)
+    hung = cluster.submit(pack_models.Hangs, evaluator, seed=8, max_retries=0, pack=4)
+    good = cluster.submit_many([fits.DropoutMLP] * 2, evaluator, seeds=[1, 2], pack=4)
+    assert _failure(timed).startswith("timeout|timed out after 3.0s"), _failure(timed)
+    hung.cancel("it hangs")
+    done, _ = wait([hung], timeout=10)
+    assert done and hung.state is TrialState.CANCELLED, hung
+    assert hung.change is not None and "it hangs" in hung.change.reason
+    for seed, trial in zip([1, 2], good):
+        assert _reports(trial) == solo[seed], seed
+    _packed_together([timed, hung, *good])
+
+
 def test_a_worker_sigkilled_mid_pack_has_every_trial_of_it_retried_to_one_final_each(
     cluster: Backend, solo: dict[int, Reports]
 ) -> None:  # (last: it leaves the module's cluster a worker short)
