@@ -52,11 +52,12 @@ _ENGINE_REFUSALS = {
     "written; use 'py'",
     "graph": "retia has no graph engine (TorchScript conversion): it runs the Python model as "
     "written; use 'py'",
-    "oneshot": "retia runs multi-trial searches only, each trial on a worker; there is no one-shot "
-    "(supernet) engine",
+    "oneshot": "retia's one-shot strategies (retia.strategy.DARTS, ENAS, ...) need no engine of their "
+    "own: keep 'py' and give the strategy to the experiment",
     "sequential": "retia runs every trial on its workers, not in this process; for one trial at a "
     "time set trial_concurrency = 1",
-    "cgo": "retia has no cross-graph optimization engine; use 'py'",
+    "cgo": "retia packs candidates instead of merging their graphs: keep 'py' and run with "
+    "Experiment.run(pack=K) (up to K candidates trained in one process on the same batches)",
     "benchmark": "retia has no NAS-benchmark query engine; use 'py' and train the models",
 }
 _FORMATS = frozenset({"simplified", "raw"})  # either way the model space travels pickled, as a whole

@@ -132,7 +132,7 @@ def test_unknown_and_unsupported_fields_are_refused_naming_them() -> None:
     with pytest.raises(ConfigError, match="has no field 'trial_concurency'"):
         ExperimentConfig("local", trial_concurency=2)
     refusals: dict[str, list[tuple[Any, str]]] = {
-        "execution_engine": [("base", "no graph engine"), ("oneshot", "one-shot"), ("cgo", "cross-graph")],
+        "execution_engine": [("base", "no graph engine"), ("oneshot", "one-shot"), ("cgo", r"pack=K")],
         "model_format": [("graph", "TorchScript")],
         "experiment_type": [("hpo", "NAS experiments")],
         "search_space": [({"lr": [0.1]}, "model space's choices")],
