@@ -69,13 +69,16 @@ class RngState:
 
     def __init__(self) -> None:
         self._python, self._numpy, self._torch, self._cuda = _capture()
+        self._cuda_seed: int | None = None  # CUDA's, once it is initialized (seeding it is lazy)
 
     @classmethod
     def fresh(cls, seed: int) -> RngState:
-        """The state :func:`seed_everything` gives, without touching the current one."""
+        """The state :func:`seed_everything` gives, without touching the current one; CUDA's too,
+        when this process initializes CUDA later (as ``torch.manual_seed`` seeds it lazily)."""
         saved = cls()
         seed_everything(seed)
         state = cls()
+        state._cuda_seed = seed
         saved._restore()
         return state
 
@@ -97,8 +100,11 @@ class RngState:
         if numpy is not None and self._numpy is not None:
             numpy.random.set_state(self._numpy)
         torch.set_rng_state(self._torch)
-        if self._cuda is not None and _cuda_initialized(torch):
-            torch.cuda.set_rng_state_all(self._cuda)
+        if _cuda_initialized(torch):
+            if self._cuda is not None:
+                torch.cuda.set_rng_state_all(self._cuda)
+            elif self._cuda_seed is not None:  # kept before CUDA was up: its first use there
+                torch.cuda.manual_seed_all(self._cuda_seed)
 
 
 def _cuda_initialized(torch: Any) -> bool:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import retia.lightning as pl
+import retia.nn as nn
 from retia import trace
 from retia.client.backend import Backend, Trial, wait
 from retia.datasets import DigitsDataset
@@ -98,6 +99,21 @@ def test_packed_trials_share_a_process_and_each_gives_its_solo_reports(
         (metrics,) = Path(trial.output_dir).glob("lightning_logs/*/metrics.csv")
         assert "val_acc" in metrics.read_text() or "val_loss" in metrics.read_text()
     assert len({t.output_dir for t in packed}) == len(packed)
+
+
+def test_trials_whose_searched_evaluator_arguments_differ_pack_only_with_equals(cluster: Backend) -> None:
+    searched = pl.Classification(
+        learning_rate=nn.ValueChoice([1e-3, 3e-3], label="lr"),
+        train_dataloaders=pl.DataLoader(trace(DigitsDataset)("train"), batch_size=64, shuffle=True),
+        val_dataloaders=pl.DataLoader(trace(DigitsDataset)("val"), batch_size=512),
+        max_epochs=1,
+    )
+    archs = [{"lr": 1e-3}, {"lr": 3e-3}, {"lr": 1e-3}, {"lr": 3e-3}]
+    trials = cluster.submit_many([fits.DropoutMLP] * 4, searched, archs=archs, seeds=SEEDS, pack=2)
+    for trial in trials:
+        _reports(trial)
+    _packed_together([trials[0], trials[2]])  # lr 1e-3, interleaved in the queue with the others
+    _packed_together([trials[1], trials[3]])
 
 
 def test_a_diverging_and_a_raising_model_fail_alone_and_the_rest_give_their_solo_reports(
