@@ -846,13 +846,14 @@ def check_pack(pack: Any) -> int:
 def _pack_size(pack: Any, evaluator: Evaluator) -> int:
     """The pack size to submit with: ``pack``, checked; 1 (with a warning) for an evaluator that
     cannot share its process."""
-    if check_pack(pack) == 1:
+    size = check_pack(pack)
+    if size == 1:
         return 1
     reason = evaluator.unpackable()
     if reason:
-        _log.warning("these trials run one per process, not in packs of %d: %s", pack, reason)
+        _log.warning("these trials run one per process, not in packs of %d: %s", size, reason)
         return 1
-    return pack
+    return size
 
 
 def _check_limits(timeout: Any, max_retries: Any) -> None:

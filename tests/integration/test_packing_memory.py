@@ -51,7 +51,8 @@ def test_a_pack_out_of_memory_splits_in_halves_and_every_trial_finishes(tmp_path
         finals = [trial.result(timeout=150) for trial in packed]
         assert [t.state for t in packed] == [TrialState.SUCCEEDED] * 4
         assert len({t.worker for t in packed}) == 1 and all(t.attempt == 1 for t in packed)
-        log = (Path(packed[0].output_dir) / "trial.log").read_text()
+        assert packed[0].output_dir is not None
+        log = (packed[0].output_dir / "trial.log").read_text()
         assert "the pack of 4 ran out of memory" in log and "can't allocate memory" in log
         assert "training it again as packs of 2 and 2" in log
         for trial in packed:  # one intermediate (one epoch), not one per attempt at it
