@@ -207,18 +207,20 @@ class PackModule(pl.LightningModule):
         reporter and output directory, its ``self.log`` calls under its own names."""
         module = candidate.module
         before = module._current_fx_name
-        module._current_fx_name = hook
+        object.__setattr__(module, "_current_fx_name", hook)  # (nn.Module's own setattr is slow)
         saved = {name: os.environ.get(name) for name in OUTPUT_DIR_VARS}
         os.environ.update({name: str(candidate.member.output_dir) for name in OUTPUT_DIR_VARS})
+        candidate.rng.swap_in()  # (the pack's fit keeps the caller's generators: see _fit)
         try:
-            with candidate.rng.active(), use_reporter(candidate.reporter):
+            with use_reporter(candidate.reporter):
                 _RUNNING[0] = candidate.member
                 try:
                     yield
                 finally:
                     _RUNNING[0] = None
         finally:
-            module._current_fx_name = before
+            candidate.rng.swap_out()
+            object.__setattr__(module, "_current_fx_name", before)
             for name, value in saved.items():
                 if value is None:
                     os.environ.pop(name, None)
@@ -677,7 +679,13 @@ def _fit(
         stream, [evaluator.train_dataloaders, evaluator.val_dataloaders], [evaluator.datamodule]
     )
     callback = support.ReportingCallback(None, report=False)
-    with support.quiet(), support.interrupts(callback, detect=evaluator.detect_interrupt), loaders:
+    outside = seeding.RngState()  # what the generators held before: theirs again after the fit
+    with (
+        outside.active(),
+        support.quiet(),
+        support.interrupts(callback, detect=evaluator.detect_interrupt),
+        loaders,
+    ):
         trainer = evaluator._build_trainer(out, callback, _PackLogger(candidates))
         if evaluator.fit_enabled:
             trainer.fit(

@@ -92,6 +92,16 @@ class RngState:
             self._python, self._numpy, self._torch, self._cuda = _capture()
             saved._restore()
 
+    def swap_in(self) -> None:
+        """Make this the state of the global generators (what they held is not kept: for code that
+        moves between several states, as a pack between its candidates, and keeps the outer one
+        itself)."""
+        self._restore()
+
+    def swap_out(self) -> None:
+        """Keep what the global generators hold now as this state (after :meth:`swap_in`)."""
+        self._python, self._numpy, self._torch, self._cuda = _capture()
+
     def _restore(self) -> None:
         import torch
 

@@ -279,7 +279,10 @@ class Dispatcher:
             while not self._stopping:
                 if self.storage.degraded:  # between turns: the journal holds no open transaction
                     self._guarded("probing the disk", self._storage_step, time.monotonic())
-                wake = min(next_beat, self.scheduler.wake_at() or next_beat)  # a pack that stops waiting
+                # a pack that stops waiting wakes the loop; one whose wait is over goes on the next
+                # worker message (a deadline already past would make the loop spin)
+                pack_due = self.scheduler.wake_at()
+                wake = pack_due if time.monotonic() < pack_due < next_beat else next_beat
                 wait_ms = max(0.0, wake - time.monotonic()) * 1000
                 if poller.poll(int(min(wait_ms, 200))):
                     self._read_batch()

@@ -16,7 +16,16 @@ from .isolation import TrialUser, trial_user
 
 __all__ = ["WorkerConfig", "DEFAULT_PRELOAD"]
 
-DEFAULT_PRELOAD = ("retia.worker.runner", "retia.serializer", "torch", "pytorch_lightning")
+# the fork server imports these once (a trial forks with them loaded): retia.lightning and
+# retia.packing are what every Lightning trial and every pack imports
+DEFAULT_PRELOAD = (
+    "retia.worker.runner",
+    "retia.serializer",
+    "torch",
+    "pytorch_lightning",
+    "retia.lightning",
+    "retia.packing",
+)
 
 
 @dataclass(frozen=True)
