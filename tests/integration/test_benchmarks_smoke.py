@@ -73,3 +73,49 @@ def test_oneshot_benchmark_runs_a_strategy_beside_the_hand_written_loop(tmp_path
         assert seconds > 0 and ratio > 0 and peak > 0, f"{name}: {cells}"
     assert float(rows["hand-written first-order DARTS"][1].strip().rstrip("x")) == 1.0
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.timeout(120)
+def test_packed_benchmark_times_each_pack_and_checks_it_against_pack_1(tmp_path: Path) -> None:
+    """benchmarks/packed.py, tiny (3 trials, pack 1 and 2, one epoch): a row per pack with a wall
+    time, a rate, a speed-up and a CPU per trial, packed results equal to pack 1's, nothing left
+    where it ran."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "packed.py")]
+        + ["--candidates", "3", "--packs", "1", "2", "--epochs", "1", "--markdown"],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    markdown = out.stdout[out.stdout.index("| pack | wall s | trials/min | speed-up vs pack 1 |") :]
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in markdown.splitlines()[2:]}
+    assert set(rows) == {"1", "2"}, markdown
+    for pack, cells in rows.items():
+        wall, rate, speedup, diff = (float(c.strip().rstrip("x")) for c in cells[:4])
+        assert wall > 0 and rate > 0 and speedup > 0, f"pack {pack}: {cells}"
+        assert diff <= 1e-4, f"pack {pack}: {cells}"
+        assert cells[4].strip().split(" ms = ")[0].replace(".", "").isdigit(), f"pack {pack}: {cells}"
+    assert float(rows["1"][2].strip().rstrip("x")) == 1.0
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.timeout(120)
+def test_packed_benchmark_profiles_a_pack_in_process(tmp_path: Path) -> None:
+    """benchmarks/packed.py --profile 2: both in-process times, equal results, the packed run's top
+    costs with the pack's own training step among them, nothing left where it ran."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "packed.py"), "--profile", "2", "--epochs", "1"],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    said = " ".join(out.stderr.split())  # rich wraps its lines
+    assert "2 candidates in process" in said and "max |diff| 0" in said, out.stderr[-3000:]
+    assert "packing.py" in out.stdout and "(_train)" in out.stdout, out.stdout[-3000:]
+    assert not list(tmp_path.iterdir())
