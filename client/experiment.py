@@ -31,7 +31,7 @@ from retia.searchspace import Choice, SpaceDescription
 from retia.seeding import trial_seed
 from retia.serializer import dump, load
 
-from .backend import Backend, Trial, check_pack, connect
+from .backend import Backend, Trial, _pack_size, connect
 from .cluster import local_cluster
 from .experiment_config import ExperimentConfig, RunArguments, logging_level, split_config_and_port
 from .live import LiveView
@@ -194,14 +194,15 @@ class Experiment:
 
         ``pack`` > 1 trains up to that many candidates together in one process on the same batches
         (``Backend.submit_many``'s ``pack``; the results are those of each alone with its seed), and
-        ``concurrency`` then defaults to two packs in flight (``2 * pack``).
+        ``concurrency`` then defaults to two packs in flight (``2 * pack``); an evaluator that cannot
+        share a process (a ``FunctionalEvaluator``) runs one trial per process, with one warning.
 
         NNI's ``run(config, port)`` and ``run(port=...)``: an ExperimentConfig (else ``self.config``)
         gives what these arguments do not (retia.client.experiment_config); ``port`` is kept as
         ``self.port``. On a cluster: ``credential`` (a client credential file; its address is the
         default), or ``address`` with the cluster key (``key``, ``key_file``); neither: a private
         local cluster."""
-        check_pack(pack)
+        pack = _pack_size(pack, self.evaluator)  # an evaluator that cannot pack: 1, said once, not per trial
         config, port = split_config_and_port(config_or_port, port)
         if config is not None:
             self.config = config

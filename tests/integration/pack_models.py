@@ -1,12 +1,16 @@
-"""Models for packed trials over the wire: ones that diverge, raise or slow their pack down (they are
-imported by the workers' trial processes, so they live in a module of their own)."""
+"""Models for packed trials over the wire: ones that diverge, raise or slow their pack down, and a
+space with a dead op (they are imported by the workers' trial processes, so they live in a module
+of their own)."""
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 
 import torch
 from torch import nn
+
+import retia.nn as rnn
 
 
 def _net() -> nn.Sequential:
@@ -74,4 +78,35 @@ class Hangs(nn.Module):
         if self.calls == 5:
             time.sleep(60)
         out: torch.Tensor = self.net(x)
+        return out
+
+
+class Zero(nn.Module):
+    """DARTS' ``none`` op: all zeros, so a model that picks it predicts one class whatever it learns."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 0.0
+
+
+class DeadOpSpace(rnn.ModelSpace):
+    """A width and one op over the 64 pixels; the ``zero`` op leaves the head nothing to read (chance
+    accuracy from the first epoch on: the loser an early-stopping rule prunes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        width = rnn.ValueChoice([16, 32, 64], label="width")
+        self.stem = rnn.Sequential(rnn.Linear(64, width), rnn.ReLU())
+        self.op = rnn.LayerChoice(
+            OrderedDict(
+                relu=rnn.Sequential(rnn.Linear(width, width), rnn.ReLU()),
+                tanh=rnn.Sequential(rnn.Linear(width, width), rnn.Tanh()),
+                gelu=rnn.Sequential(rnn.Linear(width, width), rnn.GELU()),
+                zero=Zero(),
+            ),
+            label="op",
+        )
+        self.head = rnn.Linear(width, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.head(self.op(self.stem(x)))
         return out
