@@ -326,7 +326,7 @@ class Backend:
         if not isinstance(evaluator, Evaluator):
             raise TypeError(f"evaluator must be a retia Evaluator, got {type(evaluator).__name__}")
         _check_limits(timeout, max_retries)
-        pack = _pack_size(pack, evaluator)
+        pack = pack_size(pack, evaluator)
         count = len(models)
         arch_list: list[dict[str, Any] | None] = list(archs) if archs is not None else [None] * count
         name_list: list[str] = list(names) if names is not None else [""] * count
@@ -836,17 +836,12 @@ def query_status(
         sock.close()
 
 
-def check_pack(pack: Any) -> int:
-    """``pack`` if it is a pack size (1 to MAX_PACK); else a ConfigError saying so."""
+def pack_size(pack: Any, evaluator: Evaluator) -> int:
+    """The pack size to submit with: ``pack``, checked (1 to MAX_PACK, else a ConfigError); 1, with
+    a warning saying why, for an evaluator that cannot share its process."""
     if isinstance(pack, bool) or not isinstance(pack, int) or not 1 <= pack <= MAX_PACK:
         raise ConfigError(f"pack must be an integer from 1 to {MAX_PACK}, got {pack!r}")
-    return pack
-
-
-def _pack_size(pack: Any, evaluator: Evaluator) -> int:
-    """The pack size to submit with: ``pack``, checked; 1 (with a warning) for an evaluator that
-    cannot share its process."""
-    size = check_pack(pack)
+    size: int = pack
     if size == 1:
         return 1
     reason = evaluator.unpackable()

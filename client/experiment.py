@@ -31,7 +31,7 @@ from retia.searchspace import Choice, SpaceDescription
 from retia.seeding import trial_seed
 from retia.serializer import dump, load
 
-from .backend import Backend, Trial, _pack_size, connect
+from .backend import Backend, Trial, connect, pack_size
 from .cluster import local_cluster
 from .experiment_config import ExperimentConfig, RunArguments, logging_level, split_config_and_port
 from .live import LiveView
@@ -202,7 +202,7 @@ class Experiment:
         ``self.port``. On a cluster: ``credential`` (a client credential file; its address is the
         default), or ``address`` with the cluster key (``key``, ``key_file``); neither: a private
         local cluster."""
-        pack = _pack_size(pack, self.evaluator)  # an evaluator that cannot pack: 1, said once, not per trial
+        pack = pack_size(pack, self.evaluator)  # an evaluator that cannot pack: 1, said once, not per trial
         config, port = split_config_and_port(config_or_port, port)
         if config is not None:
             self.config = config
