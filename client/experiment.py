@@ -28,7 +28,7 @@ from retia.evaluator import Evaluator
 from retia.protocol import Event, TrialState
 from retia.reporting import Metric, default_value
 from retia.searchspace import Choice, SpaceDescription
-from retia.seeding import trial_seed
+from retia.seeding import check_seed, trial_seed
 from retia.serializer import dump, load
 
 from .backend import Backend, Trial, connect, pack_size
@@ -56,7 +56,13 @@ class Experiment:
         path: str | Path | None = None,
         direction: str | None = None,
         config: ExperimentConfig | None = None,
+        seed: int | None = None,
     ) -> None:
+        """``seed``: the experiment's; its k-th trial runs under ``trial_seed(f"{seed}/{k}")``, so the
+        same search gives the same trials' results again (None: each trial's own id's seed, which
+        differs from experiment to experiment)."""
+        if seed is not None:
+            check_seed(seed, "the experiment's seed")
         if mutators:  # None or [] (NNI passes either when the space holds its own choices)
             raise ConfigError(
                 f"mutators are not supported ({len(mutators)} given): express each mutation as a choice "
@@ -78,6 +84,7 @@ class Experiment:
         self.evaluator = evaluator
         self.strategy = strategy
         self.direction = direction
+        self.seed = seed
         self.search_space()  # the model's and the evaluator's choices agree, or an error now
         if getattr(strategy, "trains_supernet", False):
             self._one_shot_parts()  # the evaluator and the space suit the strategy, or an error now
@@ -374,7 +381,8 @@ class _Loop:
                 _log.info("the strategy is exhausted after %d trials", key)
                 return
             trial_id = f"{self.exp.id}-{key:06d}"
-            result = TrialResult(key, trial_id, dict(arch), submitted=time.time(), seed=trial_seed(trial_id))
+            seed = trial_seed(trial_id if self.exp.seed is None else f"{self.exp.seed}/{key}")
+            result = TrialResult(key, trial_id, dict(arch), submitted=time.time(), seed=seed)
             record.append_submit(result)  # written before it is sent: a crash cannot lose it
             self._submit(result)
 

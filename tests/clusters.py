@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 from retia.client.backend import Backend
 from retia.client.cluster import LocalCluster, local_cluster
@@ -44,6 +45,11 @@ def processes(backend: Backend) -> LocalCluster:
     if backend.cluster is None:
         raise AssertionError("this backend was not made by local_cluster")
     return backend.cluster
+
+
+def on_cluster(backend: Backend) -> dict[str, Any]:
+    """``Experiment.run`` arguments that run it on this backend's cluster (no live view)."""
+    return {"address": backend.address, "key_file": processes(backend).key_file, "live": False}
 
 
 def worker_index(backend: Backend, worker_id: str) -> int:

@@ -28,7 +28,7 @@ from retia.client.experiment_config import (
 from retia.errors import ConfigError
 from retia.strategy import Random
 
-from ..clusters import processes
+from ..clusters import on_cluster
 from ..common.spaces import DigitsMLPSpace
 from ..integration import fits
 
@@ -41,10 +41,6 @@ def stamped(model_cls: Any, seconds: float = 0.3) -> None:
     time.sleep(seconds)
     report_intermediate_result(start)
     report_final_result(time.time())
-
-
-def _on(cluster: Backend) -> dict[str, Any]:
-    return {"address": cluster.address, "key_file": processes(cluster).key_file, "live": False}
 
 
 def _spans(results: list[Any]) -> list[tuple[float, float]]:
@@ -67,7 +63,7 @@ def test_nni_2x_tutorial_config_runs_its_budget_and_keeps_the_port(cluster: Back
     exp_config.trial_gpu_number = 0
     exp_config.training_service.use_active_gpu = False
     exp_config.execution_engine = "py"
-    results = exp.run(exp_config, 8081, **_on(cluster))
+    results = exp.run(exp_config, 8081, **on_cluster(cluster))
     assert [r.key for r in results] == [0, 1, 2] and {r.state for r in results} == {"SUCCEEDED"}
     assert exp.port == 8081 and exp.config is exp_config
     assert Experiment.load(tmp_path / "e").record.settings().max_trials == 3
@@ -80,7 +76,7 @@ def test_nni_3_exp_config_bounds_concurrency_when_run_gets_none(cluster: Backend
     exp.config.max_trial_number = 3
     exp.config.trial_concurrency = 1
     exp.config.trial_gpu_number = 0
-    results = exp.run(port=8081, **_on(cluster))
+    results = exp.run(port=8081, **on_cluster(cluster))
     assert len(results) == 3 and {r.state for r in results} == {"SUCCEEDED"}
     spans = _spans(results)
     assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))
@@ -97,7 +93,7 @@ def test_nas_experiment_config_in_nnis_order_and_its_duration_stops_the_run(
         config.max_experiment_duration = duration
         evaluator = FunctionalEvaluator(fits.arch_score, steps=40, delay=0.1)  # 4 s a trial
         exp = Experiment(DigitsMLPSpace(), evaluator, Random(seed=7), path=tmp_path / str(duration))
-        results = exp.run(config, **_on(cluster))
+        results = exp.run(config, **on_cluster(cluster))
         assert len(results) == 2 and {r.state for r in results} == {"CANCELLED"}
         assert all("max_duration reached" in r.reason for r in results)
 

@@ -33,10 +33,8 @@ class UselessOpSpace(nn.ModelSpace):
     the middle block, so picking by position alone cannot pass), and whose head picks one of two
     inputs, one of them zeros."""
 
-    def __init__(self, width: int = 32, seed: int | None = None) -> None:
+    def __init__(self, width: int = 32) -> None:
         super().__init__()
-        if seed is not None:  # a trial on a worker is not seeded yet: its weights, and the batches after
-            torch.manual_seed(seed)
         self.stem = nn.Linear(64, width)
         self.blocks = nn.ModuleList(
             [

@@ -19,13 +19,9 @@ from retia.client.backend import Backend
 from retia.nni.retiarii import fixed_arch
 from retia.nni.retiarii.evaluator import FunctionalEvaluator
 from retia.nni.retiarii.experiment.pytorch import RetiariiExeConfig, RetiariiExperiment
-from tests.clusters import processes
+from tests.clusters import on_cluster
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def _on(cluster: Backend) -> dict[str, Any]:
-    return {"address": cluster.address, "key_file": processes(cluster).key_file, "live": False}
 
 
 def _config(trials: int) -> RetiariiExeConfig:
@@ -39,7 +35,7 @@ def test_a_fit_function_with_a_traced_dataloader_is_searched(cluster: Backend, t
     dataloader = nni.trace(DataLoader)(nni.trace(seed.DigitsAsMNIST)(train=True, limit=256), batch_size=64)
     evaluator = FunctionalEvaluator(seed.fit, dataloader=dataloader)
     experiment = RetiariiExperiment(seed.ModelSpace(), evaluator, [], strategy.Random(), path=tmp_path / "e")
-    results = experiment.run(_config(2), 8081, **_on(cluster))
+    results = experiment.run(_config(2), 8081, **on_cluster(cluster))
     assert [r.state for r in results] == ["SUCCEEDED"] * 2, [r.reason for r in results]
     assert all(isinstance(r.final, float) and r.final > 30 and len(r.intermediates) == 2 for r in results)
     [exported] = experiment.export_top_models()
@@ -93,7 +89,7 @@ def test_the_autoencoder_reports_for_itself_in_an_experiment(cluster: Backend, t
         val_dataloaders=pl.DataLoader(test_dataset, batch_size=100),
     )
     experiment = RetiariiExperiment(seed.Encoder(), lightning, [], strategy.Random(), path=tmp_path / "e")
-    results = experiment.run(_config(2), **_on(cluster))
+    results = experiment.run(_config(2), **on_cluster(cluster))
     assert [r.state for r in results] == ["SUCCEEDED"] * 2, [r.reason for r in results]
     for r in results:
         losses = cast(list[float], r.intermediates)

@@ -37,7 +37,7 @@ from retia.oneshot import (
     supernet_of,
 )
 from retia.optimizers import split_optimizers
-from tests.common.test_nni_seed import _on
+from tests.clusters import on_cluster
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -235,7 +235,7 @@ def test_an_experiment_trains_the_supernet_as_one_trial_on_a_worker(cluster: Bac
     experiment = retia.Experiment(
         UselessOpSpace(), classification(), DARTS(arc_learning_rate=3e-3, seed=1), path=tmp_path / "e"
     )
-    results = experiment.run(max_trials=5, **_on(cluster))
+    results = experiment.run(max_trials=5, **on_cluster(cluster))
     assert [r.state for r in results] == ["SUCCEEDED"], [r.reason for r in results]
     assert results[0].arch == USEFUL and len(results[0].intermediates) == 6
     assert experiment.export_top_models() == [USEFUL]

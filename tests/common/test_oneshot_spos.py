@@ -17,7 +17,7 @@ from retia.client.backend import Backend
 from retia.errors import ConfigError
 from retia.oneshot import SUPERNET_FILE, InheritedWeights, RandomOneShot, supernet_weights
 from retia.strategy import RegularizedEvolution
-from tests.common.test_nni_seed import _on
+from tests.clusters import on_cluster
 from tests.common.test_oneshot import classification
 
 pytestmark = pytest.mark.timeout(240)
@@ -28,10 +28,10 @@ def test_spos_evolution_over_inherited_weights_avoids_every_useless_op(
 ) -> None:
     # a useless op anywhere silences the network, so SPOS trains the one useful path 1/16 of the time
     evaluator = classification(epochs=60)
-    first = retia.Experiment(
-        UselessOpSpace(seed=0), evaluator, RandomOneShot(seed=0), path=tmp_path / "supernet"
+    first = retia.Experiment(  # seeded: the supernet's weights and batches are the same in every run
+        UselessOpSpace(), evaluator, RandomOneShot(seed=0), path=tmp_path / "supernet", seed=1
     )
-    [trained] = first.run(**_on(cluster))
+    [trained] = first.run(**on_cluster(cluster))
     assert trained.state == "SUCCEEDED", trained.reason
     assert (Path(trained.output_dir) / SUPERNET_FILE).is_file()
     weights = supernet_weights(first)
@@ -43,7 +43,7 @@ def test_spos_evolution_over_inherited_weights_avoids_every_useless_op(
     second = retia.Experiment(
         UselessOpSpace(), InheritedWeights(evaluator, weights), strategy, path=tmp_path / "subnets"
     )
-    results = second.run(max_trials=16, **_on(cluster))
+    results = second.run(max_trials=16, **on_cluster(cluster))
     assert [r.state for r in results] == ["SUCCEEDED"] * 16, [r.reason for r in results]
     scores = {json.dumps(r.arch, sort_keys=True): cast(dict[str, float], r.final)["val_acc"] for r in results}
     assert len(scores) == 16

@@ -22,7 +22,7 @@ from retia.errors import ConfigError
 from retia.reporting import default_value
 from retia.strategy import MedianStop, Random
 
-from ..clusters import processes
+from ..clusters import on_cluster
 from ..common.spaces import DigitsMLPSpace
 from . import fits
 from .pack_models import DeadOpSpace
@@ -40,11 +40,6 @@ def _evaluator() -> pl.Classification:
         val_dataloaders=pl.DataLoader(trace(DigitsDataset)("val"), batch_size=512),
         max_epochs=EPOCHS,
     )
-
-
-def _on(cluster: Backend) -> dict[str, Any]:
-    """Experiment.run's arguments for the module's cluster (one start-up for the file's tests)."""
-    return {"address": cluster.address, "key_file": processes(cluster).key_file}
 
 
 def _pack_of(output_dir: str) -> str:
@@ -71,7 +66,7 @@ def test_median_stop_cancels_a_packed_trial_and_its_mates_end_with_their_solo_re
     evaluator = _evaluator()
     strategy = Random(seed=149, early_stop=MedianStop(warmup_steps=0, min_trials=3))
     exp = Experiment(DeadOpSpace(), evaluator, strategy, path=tmp_path / "exp")
-    results = exp.run(max_trials=12, pack=4, live=False, **_on(cluster))
+    results = exp.run(max_trials=12, pack=4, **on_cluster(cluster))
     assert exp.record.settings().concurrency == 8  # two packs in flight by default
     assert len(results) == 12
     cancelled = [r for r in results if r.state == "CANCELLED"]
@@ -103,7 +98,7 @@ def test_a_functional_evaluator_runs_unpacked_and_says_why_once(
     caplog.set_level(logging.WARNING, logger="retia")
     evaluator = FunctionalEvaluator(fits.arch_score, steps=1)
     exp = Experiment(DigitsMLPSpace(), evaluator, Random(seed=0), path=tmp_path / "exp")
-    results = exp.run(max_trials=3, pack=4, live=False, **_on(cluster))
+    results = exp.run(max_trials=3, pack=4, **on_cluster(cluster))
     assert [r.state for r in results] == ["SUCCEEDED"] * 3
     warnings = [r.getMessage() for r in caplog.records if "run one per process" in r.getMessage()]
     assert len(warnings) == 1, warnings

@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
 import retia.lightning as pl
-from retia import trace
+from retia import Experiment, trace
 from retia.client.backend import Backend, Trial, wait
+from retia.client.results import TrialResult
 from retia.datasets import DigitsDataset
+from retia.errors import ConfigError
 from retia.protocol import TrialState
 from retia.seeding import trial_seed
+from retia.strategy import Random
 
-from ..clusters import processes, worker_index
+from ..clusters import on_cluster, processes, worker_index
+from ..common.spaces import DigitsMLPSpace
 from . import fits
 
 pytestmark = pytest.mark.timeout(120)
@@ -77,3 +82,22 @@ def test_a_trial_retried_after_its_worker_was_sigkilled_mid_fit_ends_as_an_undis
     assert undisturbed.attempt == 1
     assert _reports(killed) == _reports(undisturbed)
     assert len(killed.intermediates) == 8  # the retry's own, from the start
+
+
+def test_an_experiments_seed_gives_its_trials_the_same_seeds_and_results_in_every_run(
+    cluster: Backend, tmp_path: Path
+) -> None:
+    def run(seed: int, name: str) -> list[TrialResult]:
+        exp = Experiment(
+            DigitsMLPSpace(), _evaluator(epochs=1), Random(seed=0), path=tmp_path / name, seed=seed
+        )
+        return exp.run(max_trials=2, **on_cluster(cluster))
+
+    first, again, other = run(5, "a"), run(5, "b"), run(6, "c")
+    assert [r.seed for r in first] == [r.seed for r in again] == [trial_seed(f"5/{k}") for k in (0, 1)]
+    assert [r.trial_id for r in first] != [r.trial_id for r in again]  # two experiments, one seed
+    assert [r.final for r in first] == [r.final for r in again]
+    assert [r.arch for r in first] == [r.arch for r in other]  # the same candidates ...
+    assert [r.final for r in first] != [r.final for r in other]  # ... initialized otherwise
+    with pytest.raises(ConfigError, match="the experiment's seed must be an integer"):
+        Experiment(DigitsMLPSpace(), _evaluator(), Random(), seed=-1)
