@@ -20,6 +20,7 @@ from retia.datasets import DiabetesDataset, DigitsDataset, Split
 from retia.errors import ConfigError
 from retia.evaluator import EvaluationResult
 from retia.packing import NonFiniteLoss, PackedOutcome, unpackable
+from tests.integration.pack_models import Diverges, Raises
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -38,36 +39,6 @@ def small() -> nn.Module:
 
 def wide() -> nn.Module:
     return nn.Sequential(nn.Linear(64, 96), nn.Dropout(0.2), nn.ReLU(), nn.Linear(96, 10))
-
-
-class Diverges(nn.Module):
-    """Trains normally for five batches, then its outputs (and loss) are NaN."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = small()
-        self.calls = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += self.training
-        out: torch.Tensor = self.net(x)
-        return out * float("nan") if self.calls > 5 else out
-
-
-class Raises(nn.Module):
-    """Raises in its seventh training forward."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = small()
-        self.calls = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += self.training
-        if self.calls == 7:
-            raise RuntimeError("the candidate broke at its 7th batch")
-        out: torch.Tensor = self.net(x)
-        return out
 
 
 def solo_and_packed(

@@ -17,8 +17,8 @@ def _net() -> nn.Sequential:
     return nn.Sequential(nn.Linear(64, 32), nn.Dropout(0.3), nn.ReLU(), nn.Linear(32, 10))
 
 
-class Diverges(nn.Module):
-    """Trains for five batches, then its outputs (and so its loss) are NaN."""
+class _Counting(nn.Module):
+    """A digits MLP that counts its training forwards: the models below misbehave at a given one."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -27,58 +27,51 @@ class Diverges(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.calls += self.training
+        self.before(self.calls if self.training else 0)
         out: torch.Tensor = self.net(x)
-        return out * float("nan") if self.calls > 5 else out
+        return self.after(out)
 
+    def before(self, call: int) -> None:
+        """Before the ``call``-th training forward (0: a validation one)."""
 
-class Raises(nn.Module):
-    """Raises in its seventh training forward."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = _net()
-        self.calls = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += self.training
-        if self.calls == 7:
-            raise RuntimeError("the candidate broke at its 7th batch")
-        out: torch.Tensor = self.net(x)
+    def after(self, out: torch.Tensor) -> torch.Tensor:
         return out
 
 
-class SlowAfter(nn.Module):
+class Diverges(_Counting):
+    """Trains for five batches, then its outputs (and so its loss) are NaN."""
+
+    def after(self, out: torch.Tensor) -> torch.Tensor:
+        return out * float("nan") if self.calls > 5 else out
+
+
+class Raises(_Counting):
+    """Raises in its seventh training forward."""
+
+    def before(self, call: int) -> None:
+        if call == 7:
+            raise RuntimeError("the candidate broke at its 7th batch")
+
+
+class SlowAfter(_Counting):
     """Sleeps ``delay`` seconds in each training forward after its first ``fast`` ones: its pack
     (one process) is slow while it is in it, and fast once it left."""
 
     def __init__(self, fast: int = 23, delay: float = 0.25) -> None:
         super().__init__()
-        self.net = _net()
-        self.calls = 0
         self.fast, self.delay = fast, delay
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += self.training
-        if self.training and self.calls > self.fast:
+    def before(self, call: int) -> None:
+        if call > self.fast:
             time.sleep(self.delay)
-        out: torch.Tensor = self.net(x)
-        return out
 
 
-class Hangs(nn.Module):
+class Hangs(_Counting):
     """Its fifth training forward does not come back for a minute (a step stuck in Python)."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = _net()
-        self.calls = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += self.training
-        if self.calls == 5:
+    def before(self, call: int) -> None:
+        if call == 5:
             time.sleep(60)
-        out: torch.Tensor = self.net(x)
-        return out
 
 
 class Zero(nn.Module):

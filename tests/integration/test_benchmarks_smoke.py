@@ -11,17 +11,29 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.timeout(300)
-def test_dispatch_benchmark_quick_prints_its_table(tmp_path: Path) -> None:
+def _run(script: str, args: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``benchmarks/<script>`` with ``args``, run where a user would (``cwd``); it must exit 0."""
     out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "dispatch.py"), "--quick"],
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
         capture_output=True,
         text=True,
-        timeout=280,
-        cwd=tmp_path,
+        timeout=timeout,
+        cwd=cwd,
         check=False,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
+
+
+def _rows(stdout: str, header: str) -> dict[str, list[str]]:
+    """The cells of each row of the markdown table under ``header``, by the row's first cell."""
+    markdown = stdout[stdout.index(header) :]
+    return {line.split("|")[1].strip(): line.split("|")[2:-1] for line in markdown.splitlines()[2:]}
+
+
+@pytest.mark.timeout(300)
+def test_dispatch_benchmark_quick_prints_its_table(tmp_path: Path) -> None:
+    out = _run("dispatch.py", ["--quick"], tmp_path, 280)
     for heading in ("Dispatch benchmark", "per-trial overhead", "trial start latency", "reports", "Target"):
         assert heading in out.stdout, f"{heading!r} missing from:\n{out.stdout[-3000:]}"
 
@@ -29,15 +41,7 @@ def test_dispatch_benchmark_quick_prints_its_table(tmp_path: Path) -> None:
 @pytest.mark.timeout(300)
 def test_curve_benchmark_quick_prints_both_transports(tmp_path: Path) -> None:
     """benchmarks/curve.py, tiny: every case runs on plain TCP and on CurveZMQ and lands in the table."""
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "curve.py"), "--quick", "--markdown"],
-        capture_output=True,
-        text=True,
-        timeout=280,
-        cwd=tmp_path,
-        check=False,
-    )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    out = _run("curve.py", ["--quick", "--markdown"], tmp_path, 280)
     markdown = out.stdout[out.stdout.index("| Measurement | plain TCP | CurveZMQ TCP | Curve / plain |") :]
     rows = {line.split("|")[1].strip(): line for line in markdown.splitlines() if line.startswith("| ")}
     for row in (
@@ -55,19 +59,14 @@ def test_curve_benchmark_quick_prints_both_transports(tmp_path: Path) -> None:
 def test_oneshot_benchmark_runs_a_strategy_beside_the_hand_written_loop(tmp_path: Path) -> None:
     """benchmarks/oneshot.py, one timed step: the hand-written row and a retia row each get a time
     per step, a ratio and a peak memory, and the run leaves nothing where it ran."""
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "oneshot.py")]
-        + ["--batches", "1", "--warmup", "1", "--repeats", "1", "--strategies", "random", "--markdown"],
-        capture_output=True,
-        text=True,
-        timeout=220,
-        cwd=tmp_path,
-        check=False,
+    out = _run(
+        "oneshot.py",
+        ["--batches", "1", "--warmup", "1", "--repeats", "1", "--strategies", "random", "--markdown"],
+        tmp_path,
+        220,
     )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    markdown = out.stdout[out.stdout.index("| row | s/step | x hand-written |") :]
-    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in markdown.splitlines()[2:]}
-    assert set(rows) == {"hand-written first-order DARTS", "retia RandomOneShot"}, markdown
+    rows = _rows(out.stdout, "| row | s/step | x hand-written |")
+    assert set(rows) == {"hand-written first-order DARTS", "retia RandomOneShot"}, out.stdout
     for name, cells in rows.items():
         seconds, ratio, peak = (float(c.strip().rstrip("x")) for c in cells[:3])
         assert seconds > 0 and ratio > 0 and peak > 0, f"{name}: {cells}"
@@ -80,19 +79,11 @@ def test_packed_benchmark_times_each_pack_and_checks_it_against_pack_1(tmp_path:
     """benchmarks/packed.py, tiny (3 trials, pack 1 and 2, one epoch): a row per pack with a wall
     time, a rate, a speed-up and a CPU per trial, packed results equal to pack 1's, nothing left
     where it ran."""
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "packed.py")]
-        + ["--candidates", "3", "--packs", "1", "2", "--epochs", "1", "--markdown"],
-        capture_output=True,
-        text=True,
-        timeout=100,
-        cwd=tmp_path,
-        check=False,
+    out = _run(
+        "packed.py", ["--candidates", "3", "--packs", "1", "2", "--epochs", "1", "--markdown"], tmp_path, 100
     )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    markdown = out.stdout[out.stdout.index("| pack | wall s | trials/min | speed-up vs pack 1 |") :]
-    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in markdown.splitlines()[2:]}
-    assert set(rows) == {"1", "2"}, markdown
+    rows = _rows(out.stdout, "| pack | wall s | trials/min | speed-up vs pack 1 |")
+    assert set(rows) == {"1", "2"}, out.stdout
     for pack, cells in rows.items():
         wall, rate, speedup, diff = (float(c.strip().rstrip("x")) for c in cells[:4])
         assert wall > 0 and rate > 0 and speedup > 0, f"pack {pack}: {cells}"
@@ -106,15 +97,7 @@ def test_packed_benchmark_times_each_pack_and_checks_it_against_pack_1(tmp_path:
 def test_packed_benchmark_profiles_a_pack_in_process(tmp_path: Path) -> None:
     """benchmarks/packed.py --profile 2: both in-process times, equal results, the packed run's top
     costs with the pack's own training step among them, nothing left where it ran."""
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "packed.py"), "--profile", "2", "--epochs", "1"],
-        capture_output=True,
-        text=True,
-        timeout=100,
-        cwd=tmp_path,
-        check=False,
-    )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    out = _run("packed.py", ["--profile", "2", "--epochs", "1"], tmp_path, 100)
     said = " ".join(out.stderr.split())  # rich wraps its lines
     assert "2 candidates in process" in said and "max |diff| 0" in said, out.stderr[-3000:]
     assert "packing.py" in out.stdout and "(_train)" in out.stdout, out.stdout[-3000:]
