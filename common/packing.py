@@ -33,7 +33,7 @@ from pytorch_lightning.utilities.model_helpers import is_overridden
 from . import _lightning_support as support
 from . import seeding
 from .errors import ConfigError, RetiaError
-from .evaluator import OUTPUT_DIR_VARS, EvaluationResult, Evaluator, model_factory
+from .evaluator import OUTPUT_DIR_VARS, EvaluationResult, Evaluator, _fresh_run_dir, model_factory
 from .optimizers import Schedule, split_optimizers, step_schedules
 from .reporting import CollectingReporter, Metric, Reporter, use_reporter
 from .trace import get_recipe
@@ -717,11 +717,9 @@ def evaluate_packed(
         raise ConfigError(f"give one seed per model ({len(models)} models, {len(seeds)} seeds)")
     for seed in seeds:
         seeding.check_seed(seed)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    dirs = [
-        Path(os.path.abspath(d))
-        for d in (output_dirs or [Path("retia-runs") / f"{stamp}-pack-{i}" for i in range(len(models))])
-    ]
+    if output_dirs is not None and len(output_dirs) != len(models):
+        raise ConfigError(f"give one output directory per model ({len(models)}), or none")
+    dirs = [Path(os.path.abspath(d)) for d in (output_dirs or [_fresh_run_dir() for _ in models])]
     for directory in dirs:
         directory.mkdir(parents=True, exist_ok=True)
     reporters = [CollectingReporter() for _ in models]
