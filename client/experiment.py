@@ -107,7 +107,7 @@ class Experiment:
         settings = record.settings()
         exp = cls.__new__(cls)
         exp.path, exp.record, exp._settings = Path(path), record, settings
-        exp.id, exp.direction = settings.experiment_id, settings.direction
+        exp.id, exp.direction, exp.seed = settings.experiment_id, settings.direction, settings.seed
         exp.model_space = load(record.blob("space.bin"))
         exp.evaluator = load(record.blob("evaluator.bin"))
         exp._strategy_blob = record.blob("strategy.bin")
@@ -251,7 +251,14 @@ class Experiment:
         if self._settings is None:
             self._place(plan.working_directory)
             self._settings = ExperimentSettings(
-                self.id, f"{self.id}-client", self.direction, max_trials, concurrency, address, time.time()
+                self.id,
+                f"{self.id}-client",
+                self.direction,
+                max_trials,
+                concurrency,
+                address,
+                time.time(),
+                self.seed,
             )
             self.record.create(
                 self._settings,

@@ -66,6 +66,7 @@ class ExperimentSettings:
     concurrency: int
     address: str | None
     created: float
+    seed: int | None = None  # the experiment's (Experiment(seed=)): its trials' seeds follow from it
 
 
 class ExperimentRecord:

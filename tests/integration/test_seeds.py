@@ -99,5 +99,6 @@ def test_an_experiments_seed_gives_its_trials_the_same_seeds_and_results_in_ever
     assert [r.final for r in first] == [r.final for r in again]
     assert [r.arch for r in first] == [r.arch for r in other]  # the same candidates ...
     assert [r.final for r in first] != [r.final for r in other]  # ... initialized otherwise
+    assert Experiment.load(tmp_path / "a").seed == 5  # a resumed experiment's new trials follow it too
     with pytest.raises(ConfigError, match="the experiment's seed must be an integer"):
         Experiment(DigitsMLPSpace(), _evaluator(), Random(), seed=-1)
