@@ -100,6 +100,11 @@ class Agent:
             max_items=_DONES_PER_MESSAGE,
             max_message_bytes=config.max_message_bytes,
         )
+        # torch.cuda.is_available()/device_count() in the fork server (an import, a probe) then ask NVML,
+        # not the CUDA runtime: cuInit there would make every forked trial fail ("Cannot re-initialize
+        # CUDA in forked subprocess"). Lightning sets it on import, after torch and the preload's first
+        # modules: set here, it is in the fork server's environment from its start.
+        os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
         self._mp = multiprocessing.get_context("forkserver")
         self._mp.set_forkserver_preload([*config.preload, "retia.worker.gc_freeze"])  # gc_freeze last
         self.trial: RunningTrial | None = None  # the one running
