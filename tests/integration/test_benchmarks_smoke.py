@@ -91,14 +91,3 @@ def test_packed_benchmark_times_each_pack_and_checks_it_against_pack_1(tmp_path:
         assert cells[4].strip().split(" ms = ")[0].replace(".", "").isdigit(), f"pack {pack}: {cells}"
     assert float(rows["1"][2].strip().rstrip("x")) == 1.0
     assert not list(tmp_path.iterdir())
-
-
-@pytest.mark.timeout(120)
-def test_packed_benchmark_profiles_a_pack_in_process(tmp_path: Path) -> None:
-    """benchmarks/packed.py --profile 2: both in-process times, equal results, the packed run's top
-    costs with the pack's own training step among them, nothing left where it ran."""
-    out = _run("packed.py", ["--profile", "2", "--epochs", "1"], tmp_path, 100)
-    said = " ".join(out.stderr.split())  # rich wraps its lines
-    assert "2 candidates in process" in said and "max |diff| 0" in said, out.stderr[-3000:]
-    assert "packing.py" in out.stdout and "(_train)" in out.stdout, out.stdout[-3000:]
-    assert not list(tmp_path.iterdir())
