@@ -306,16 +306,20 @@ class Lightning(Evaluator):
     def _build_trainer(self, out: Path, callback: pl.Callback, logger: Any = None) -> pl.Trainer:
         """A fresh Trainer per fit (they are single-use), from a copy of the recipe: fresh callbacks too.
         ``logger`` replaces the CSV logger of a trainer retia builds itself (a pack's, say)."""
-        if self.trainer is not None:
-            recipe = get_recipe(self.trainer)  # never None: __init__ accepts traced trainers only
-            kwargs = load(dump(recipe.kwargs if recipe is not None else {}))
-        else:
-            kwargs = {**self._trainer_defaults, **load(dump(self.trainer_kwargs))}
-            if logger is not None:
-                kwargs.setdefault("logger", logger)
+        kwargs = load(dump(self._trainer_arguments()))  # a copy: fresh callbacks, loggers
+        if self.trainer is None and logger is not None:
+            kwargs.setdefault("logger", logger)
         options = support.trainer_options(kwargs, out, evaluator_defaults=self.trainer is None)
         options["callbacks"] = [*_as_list(options.get("callbacks")), callback]
         return pl.Trainer(**options)
+
+    def _trainer_arguments(self) -> dict[str, Any]:
+        """The Trainer's keyword arguments as given: its recipe's, or a built-in evaluator's
+        defaults and trainer keywords (not copied: see ``_build_trainer``)."""
+        if self.trainer is not None:
+            recipe = get_recipe(self.trainer)  # never None: __init__ accepts traced trainers only
+            return dict(recipe.kwargs) if recipe is not None else {}
+        return {**self._trainer_defaults, **self.trainer_kwargs}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({type(self.module).__name__})"

@@ -36,7 +36,6 @@ from .errors import ConfigError, RetiaError
 from .evaluator import OUTPUT_DIR_VARS, EvaluationResult, Evaluator, _fresh_run_dir, model_factory
 from .optimizers import Schedule, split_optimizers, step_schedules
 from .reporting import CollectingReporter, Metric, Reporter, use_reporter
-from .trace import get_recipe
 
 if TYPE_CHECKING:
     from .lightning import Lightning
@@ -132,12 +131,10 @@ class _Candidate:
     reporter: _MemberReporter
     module: pl.LightningModule
     rng: seeding.RngState
-    outcome: PackedOutcome = field(default_factory=PackedOutcome)
     alive: bool = True
     optimizers: list[torch.optim.Optimizer] = field(default_factory=list)
     schedules: list[Schedule] = field(default_factory=list)
     last: dict[str, float] | None = None
-    count: int = 0  # validations reported while fitting
 
     @property
     def suffix(self) -> str:
@@ -159,7 +156,7 @@ def unpackable(evaluator: Evaluator) -> str:
     overridden = [hook for hook in _OPTIMIZATION_HOOKS if is_overridden(hook, module)]
     if overridden:
         return f"{type(module).__name__} overrides {', '.join(overridden)}"
-    options = _trainer_kwargs(evaluator)
+    options = evaluator._trainer_arguments()
     for name, neutral in _UNPACKABLE_TRAINER.items():
         if options.get(name, neutral) not in (neutral, [], 0):
             return (
@@ -168,13 +165,6 @@ def unpackable(evaluator: Evaluator) -> str:
     if str(options.get("precision", "32")) in ("16", "16-mixed"):
         return "its Trainer trains in float16 with a gradient scaler shared by the pack"
     return ""
-
-
-def _trainer_kwargs(evaluator: Lightning) -> dict[str, Any]:
-    if evaluator.trainer is not None:
-        recipe = get_recipe(evaluator.trainer)
-        return dict(recipe.kwargs) if recipe is not None else {}
-    return {**evaluator._trainer_defaults, **evaluator.trainer_kwargs}
 
 
 class PackModule(pl.LightningModule):
@@ -257,22 +247,17 @@ class PackModule(pl.LightningModule):
     # ---- optimizers ----
 
     def configure_optimizers(self) -> Any:
-        every: list[torch.optim.Optimizer] = []
-        for candidate in self.alive():
-            try:
-                with self.running(candidate, "configure_optimizers"):
-                    optimizers, schedules = split_optimizers(candidate.module.configure_optimizers())
-                if len(optimizers) != 1:
-                    raise ConfigError(
-                        f"{type(candidate.module).__name__}.configure_optimizers gave {len(optimizers)} "
-                        "optimizers; Lightning's automatic optimization takes exactly one"
-                    )
-            except Exception as exc:
-                self.failed(candidate, exc)
-                continue
+        def configure(candidate: _Candidate) -> None:
+            optimizers, schedules = split_optimizers(candidate.module.configure_optimizers())
+            if len(optimizers) != 1:
+                raise ConfigError(
+                    f"{type(candidate.module).__name__}.configure_optimizers gave {len(optimizers)} "
+                    "optimizers; Lightning's automatic optimization takes exactly one"
+                )
             candidate.optimizers, candidate.schedules = optimizers, schedules
-            every += optimizers
-        return every
+
+        self._each("configure_optimizers", configure)
+        return [optimizer for candidate in self.alive() for optimizer in candidate.optimizers]
 
     def _step_schedules(self, candidate: _Candidate, interval: str) -> None:
         count = self.trainer.global_step if interval == "step" else self.current_epoch + 1
@@ -329,30 +314,25 @@ class PackModule(pl.LightningModule):
         return True
 
     def validation_step(self, batch: Any, batch_idx: int, *args: Any) -> None:
-        for candidate in self.alive():
-            try:
-                with self.running(candidate, "validation_step"):
-                    candidate.module.validation_step(batch, batch_idx, *args)
-            except Exception as exc:
-                self.failed(candidate, exc)
+        self._each("validation_step", lambda c: c.module.validation_step(batch, batch_idx, *args))
 
     # ---- hooks ----
 
-    def _hook(self, name: str) -> None:
+    def _each(self, hook: str, call: Callable[[_Candidate], object]) -> None:
+        """``call`` for each candidate still in the pack, as Lightning's hook ``hook``; a candidate
+        whose code raises leaves the pack."""
         for candidate in self.alive():
             try:
-                with self.running(candidate, name):
-                    getattr(candidate.module, name)()
+                with self.running(candidate, hook):
+                    call(candidate)
             except Exception as exc:
                 self.failed(candidate, exc)
 
+    def _hook(self, name: str) -> None:
+        self._each(name, lambda c: getattr(c.module, name)())
+
     def setup(self, stage: str) -> None:
-        for candidate in self.alive():
-            try:
-                with self.running(candidate, "setup"):
-                    candidate.module.setup(stage)
-            except Exception as exc:
-                self.failed(candidate, exc)
+        self._each("setup", lambda c: c.module.setup(stage))
 
     def teardown(self, stage: str) -> None:
         for candidate in self.alive():
@@ -375,13 +355,11 @@ class PackModule(pl.LightningModule):
         self._hook("on_train_epoch_start")
 
     def on_train_epoch_end(self) -> None:
-        for candidate in self.alive():
-            try:
-                with self.running(candidate, "on_train_epoch_end"):
-                    candidate.module.on_train_epoch_end()
-                    self._step_schedules(candidate, "epoch")
-            except Exception as exc:
-                self.failed(candidate, exc)
+        def end_epoch(candidate: _Candidate) -> None:
+            candidate.module.on_train_epoch_end()
+            self._step_schedules(candidate, "epoch")
+
+        self._each("on_train_epoch_end", end_epoch)
 
     def on_validation_start(self) -> None:
         self._hook("on_validation_start")
@@ -411,15 +389,10 @@ class PackModule(pl.LightningModule):
                     metrics, getattr(candidate.module, "default_metric", None)
                 )
                 if fitting and self.report:
-                    candidate.count += 1
                     with self.running(candidate, "on_validation_end"):
-                        candidate.reporter.intermediate(self.value(candidate))
+                        candidate.reporter.intermediate(_value(candidate, self.bare))
             except Exception as exc:
                 self.failed(candidate, exc)
-
-    def value(self, candidate: _Candidate) -> Metric:
-        """What a candidate reports for its last validation (see ``ReportingCallback.value``)."""
-        return _value(candidate, self.bare)
 
 
 def _value(candidate: _Candidate, bare: bool) -> Metric:
@@ -604,7 +577,7 @@ def _candidate(
 def _end(candidate: _Candidate, outcomes: list[PackedOutcome | None], outcome: PackedOutcome) -> None:
     """The candidate's outcome is known: kept, and told to its member at once."""
     candidate.alive = False
-    candidate.outcome = outcomes[candidate.index] = outcome
+    outcomes[candidate.index] = outcome
     if candidate.member.ended is not None:
         candidate.member.ended(outcome)
 

@@ -85,12 +85,12 @@ class RngState:
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
         saved = RngState()
-        self._restore()
+        self.swap_in()
         try:
             yield
         finally:
-            self._python, self._numpy, self._torch, self._cuda = _capture()
-            saved._restore()
+            self.swap_out()
+            saved.swap_in()
 
     def swap_in(self) -> None:
         """Make this the state of the global generators (what they held is not kept: for code that

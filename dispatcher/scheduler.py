@@ -16,6 +16,7 @@ waits for more, at most ``pack_wait`` seconds after it was queued; then it goes 
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -149,11 +150,13 @@ class Scheduler:
         key, size = self.packing(self.queue[0])
         if size <= 1:
             return []
-        mates = [
-            t
-            for t in list(self.queue)[1:]
-            if self.packing(t)[0] == key and self.packing(t)[1] > 1 and not worker.stops(t)
-        ][: size - 1]
+        mates: list[str] = []
+        for trial in itertools.islice(self.queue, 1, None):  # stops once the pack is full
+            if len(mates) == size - 1:
+                break
+            mate_key, mate_size = self.packing(trial)
+            if mate_key == key and mate_size > 1 and not worker.stops(trial):
+                mates.append(trial)
         if len(mates) + 1 < size and time.monotonic() < self.wake_at(self.queue[0]):
             return None
         return mates
