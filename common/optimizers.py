@@ -6,15 +6,16 @@ step the user's optimizers and schedulers as Lightning's automatic optimization 
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from .errors import ConfigError
 
-__all__ = ["Schedule", "split_optimizers", "step_schedules"]
+__all__ = ["Schedule", "split_optimizers", "step_schedules", "fusable", "FusedStep", "clear_gradients"]
 
 
 @dataclass
@@ -99,3 +100,84 @@ def step_schedules(
             schedule.scheduler.step(monitored(schedule.monitor))
         else:
             schedule.scheduler.step()
+
+
+_FUSABLE: tuple[type[torch.optim.Optimizer], ...] = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
+_PLAIN = (type(None), bool, int, float, str)
+
+
+def fusable(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether :class:`FusedStep` may step ``optimizer`` with others: torch's own Adam, AdamW or
+    SGD (not a subclass) with plain-number settings, no step hooks, and none of the fused,
+    capturable or differentiable implementations."""
+    hooked = optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks
+    if type(optimizer) not in _FUSABLE or hooked:
+        return False
+    for group in optimizer.param_groups:
+        if group.get("fused") or group.get("capturable") or group.get("differentiable"):
+            return False
+        for name, value in group.items():
+            values = value if isinstance(value, tuple) else (value,)
+            if name != "params" and not all(isinstance(v, _PLAIN) for v in values):
+                return False  # (a tensor learning rate does not take the foreach path)
+    return True
+
+
+def clear_gradients(optimizer: torch.optim.Optimizer) -> None:
+    """What torch's own ``zero_grad()`` does (every gradient set to None), without its per-call
+    overhead (20 us against 2 for a small model): for :func:`fusable` optimizers, whose
+    ``zero_grad`` is torch's."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            param.grad = None
+
+
+class FusedStep:
+    """:func:`fusable` optimizers of independent parameters (a pack's candidates') stepped as one
+    multi-tensor (foreach) step per kind and settings: the arithmetic of each one's own step,
+    dispatched once for all (a small model's single-tensor Adam step costs more than its backward
+    on CPU). Each optimizer keeps its own param groups and state, read afresh at every step; an
+    LR scheduler does not see it stepped (torch's check warns): what has one steps on its own."""
+
+    def __init__(self) -> None:
+        self._steppers: dict[type[torch.optim.Optimizer], torch.optim.Optimizer] = {}
+
+    def step(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+        groups: dict[type[torch.optim.Optimizer], dict[tuple[Any, ...], dict[str, Any]]] = {}
+        states: dict[type[torch.optim.Optimizer], _OwnState] = {}
+        for optimizer in optimizers:
+            kind = type(optimizer)
+            merged = groups.setdefault(kind, {})
+            owners = states.setdefault(kind, _OwnState()).owners
+            for group in optimizer.param_groups:
+                key = tuple((name, value) for name, value in group.items() if name != "params")
+                into = merged.get(key)
+                if into is None:
+                    into = merged[key] = {**group, "params": [], "foreach": True}
+                for param in group["params"]:
+                    if param.grad is not None:
+                        into["params"].append(param)
+                        owners[param] = optimizer
+        for kind, merged in groups.items():
+            param_groups = [group for group in merged.values() if group["params"]]
+            if not param_groups:
+                continue
+            stepper = self._steppers.get(kind)
+            if stepper is None:
+                stepper = self._steppers[kind] = cast(Any, kind)(param_groups)
+            else:
+                stepper.param_groups = param_groups
+            stepper.state = states[kind]
+            stepper.step()
+
+
+class _OwnState(defaultdict[torch.Tensor, Any]):
+    """A stepper's state: each parameter's entry is its own optimizer's (made there, as its own
+    step would make it, only when the step asks for it)."""
+
+    def __init__(self) -> None:
+        super().__init__(dict)
+        self.owners: dict[torch.Tensor, torch.optim.Optimizer] = {}
+
+    def __missing__(self, param: torch.Tensor) -> Any:
+        return self.owners[param].state[param]

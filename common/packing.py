@@ -34,7 +34,7 @@ from . import _lightning_support as support
 from . import seeding
 from .errors import ConfigError, RetiaError
 from .evaluator import OUTPUT_DIR_VARS, EvaluationResult, Evaluator, _fresh_run_dir, model_factory
-from .optimizers import Schedule, split_optimizers, step_schedules
+from .optimizers import FusedStep, Schedule, clear_gradients, fusable, split_optimizers, step_schedules
 from .reporting import CollectingReporter, Metric, Reporter, use_reporter
 
 if TYPE_CHECKING:
@@ -55,6 +55,8 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 # Hooks of a module that take over Lightning's optimization: such a module trains only alone
+# a candidate that overrides none of these leaves its backward and optimizer step to the pack
+_AFTER_BACKWARD_HOOKS = ("backward", "on_after_backward", "on_before_optimizer_step", "on_train_batch_end")
 _OPTIMIZATION_HOOKS = (
     "optimizer_step",
     "optimizer_zero_grad",
@@ -134,7 +136,16 @@ class _Candidate:
     alive: bool = True
     optimizers: list[torch.optim.Optimizer] = field(default_factory=list)
     schedules: list[Schedule] = field(default_factory=list)
+    fused: bool = False  # its backward and optimizer step are the pack's, with the others' (_step_fused)
     last: dict[str, float] | None = None
+    _overrides: dict[str, bool] = field(default_factory=dict)
+
+    def overrides(self, hook: str) -> bool:
+        """Whether its module overrides Lightning's (empty) hook ``hook``: if not, calling it is skipped."""
+        known = self._overrides.get(hook)
+        if known is None:
+            known = self._overrides[hook] = bool(is_overridden(hook, self.module))
+        return known
 
     @property
     def suffix(self) -> str:
@@ -184,6 +195,7 @@ class PackModule(pl.LightningModule):
         self.outcomes = outcomes  # every member's, by index: a candidate's is set when it leaves
         self.report = report  # the candidates' validation metrics become their reports
         self.bare = bare  # ... as the 'default' number alone (NNI's Classification)
+        self.fused_step = FusedStep()
         for candidate in candidates:
             self.add_module(f"candidate_{candidate.index}", candidate.module)  # (gets the trainer too)
             object.__setattr__(candidate.module, "log", _logger_of(candidate))
@@ -255,6 +267,12 @@ class PackModule(pl.LightningModule):
                     "optimizers; Lightning's automatic optimization takes exactly one"
                 )
             candidate.optimizers, candidate.schedules = optimizers, schedules
+            # none of its code may run between its backward and the next batch: the pack does both
+            candidate.fused = (
+                not schedules
+                and fusable(optimizers[0])
+                and not any(candidate.overrides(hook) for hook in _AFTER_BACKWARD_HOOKS)
+            )
 
         self._each("configure_optimizers", configure)
         return [optimizer for candidate in self.alive() for optimizer in candidate.optimizers]
@@ -275,20 +293,27 @@ class PackModule(pl.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         stepped = False
+        fused: list[tuple[_Candidate, torch.Tensor]] = []
         for candidate in self.alive():
             reason = candidate.member.stop()
             if reason:
                 self.leave(candidate, stopped=reason)
                 continue
             try:
-                stepped |= self._train(candidate, batch, batch_idx)
+                stepped |= self._train(candidate, batch, batch_idx, fused)
             except Exception as exc:  # this candidate's trial fails; the pack trains on
                 self.failed(candidate, exc)
+        if fused:
+            self._step_fused(fused)
         if stepped:
             _count_step(self.trainer)
 
-    def _train(self, candidate: _Candidate, batch: Any, batch_idx: int) -> bool:
-        """One training step of one candidate, as Lightning's automatic optimization does it."""
+    def _train(
+        self, candidate: _Candidate, batch: Any, batch_idx: int, fused: list[tuple[_Candidate, torch.Tensor]]
+    ) -> bool:
+        """One training step of one candidate, as Lightning's automatic optimization does it; a
+        :attr:`_Candidate.fused` one leaves its backward and optimizer step to the pack (its loss
+        added to ``fused``)."""
         module = candidate.module
         with self.running(candidate, "training_step"):
             module.on_train_batch_start(batch, batch_idx)
@@ -303,9 +328,14 @@ class PackModule(pl.LightningModule):
                 )
             (optimizer,) = candidate.optimizers
             module.on_before_zero_grad(optimizer)
+            if candidate.fused:
+                clear_gradients(optimizer)
+                module.on_before_backward(loss)
+                fused.append((candidate, loss))
+                return True
             optimizer.zero_grad()
             module.on_before_backward(loss)
-            self.manual_backward(loss)
+            module.backward(loss)
             module.on_after_backward()
             module.on_before_optimizer_step(optimizer)
             optimizer.step()
@@ -313,15 +343,59 @@ class PackModule(pl.LightningModule):
             self._step_schedules(candidate, "step")
         return True
 
+    def _step_fused(self, fused: list[tuple[_Candidate, torch.Tensor]]) -> None:
+        """The backward and optimizer step of the candidates that left theirs to the pack: one
+        backward over their losses, one :class:`FusedStep` over their optimizers (each one's own
+        arithmetic and state, dispatched once: a small model's backward and Adam step cost more in
+        calls than in arithmetic). A backward that raises is done again candidate by candidate, so
+        that only the one whose graph raises fails."""
+        try:
+            torch.autograd.backward([loss for _, loss in fused], retain_graph=True)
+            stepping = [candidate for candidate, _ in fused]
+        except Exception as exc:
+            if _out_of_memory(exc) and len(self.alive()) > 1:
+                raise  # the pack's to answer (split in halves)
+            stepping = self._backward_each(fused)
+        fused.clear()  # (their graphs go)
+        together = []
+        for candidate in stepping:
+            if not _sparse_gradients(candidate.optimizers[0]):
+                together.append(candidate)
+                continue
+            try:  # on its own: Adam refuses sparse gradients, and that fails this candidate alone
+                candidate.optimizers[0].step()
+            except Exception as exc:
+                self.failed(candidate, exc)
+        try:
+            self.fused_step.step([candidate.optimizers[0] for candidate in together])
+        except Exception as exc:  # (no candidate's code runs in there: the pack's memory, say)
+            for candidate in together:
+                self.failed(candidate, exc)
+
+    def _backward_each(self, fused: list[tuple[_Candidate, torch.Tensor]]) -> list[_Candidate]:
+        """Each candidate's backward on its own (after a shared one raised): those it fails leave."""
+        done = []
+        for candidate, loss in fused:
+            clear_gradients(candidate.optimizers[0])  # (what the shared one accumulated)
+            try:
+                with self.running(candidate, "backward"):
+                    loss.backward()
+                done.append(candidate)
+            except Exception as exc:
+                self.failed(candidate, exc)
+        return done
+
     def validation_step(self, batch: Any, batch_idx: int, *args: Any) -> None:
         self._each("validation_step", lambda c: c.module.validation_step(batch, batch_idx, *args))
 
     # ---- hooks ----
 
-    def _each(self, hook: str, call: Callable[[_Candidate], object]) -> None:
-        """``call`` for each candidate still in the pack, as Lightning's hook ``hook``; a candidate
-        whose code raises leaves the pack."""
+    def _each(self, hook: str, call: Callable[[_Candidate], object], overridden: bool = False) -> None:
+        """``call`` for each candidate still in the pack (``overridden``: each whose module overrides
+        ``hook``), as Lightning's hook ``hook``; a candidate whose code raises leaves the pack."""
         for candidate in self.alive():
+            if overridden and not candidate.overrides(hook):
+                continue
             try:
                 with self.running(candidate, hook):
                     call(candidate)
@@ -329,7 +403,7 @@ class PackModule(pl.LightningModule):
                 self.failed(candidate, exc)
 
     def _hook(self, name: str) -> None:
-        self._each(name, lambda c: getattr(c.module, name)())
+        self._each(name, lambda c: getattr(c.module, name)(), overridden=True)
 
     def setup(self, stage: str) -> None:
         self._each("setup", lambda c: c.module.setup(stage))
@@ -476,6 +550,11 @@ def _loss_of(module: pl.LightningModule, out: Any) -> torch.Tensor | None:
         f"{type(module).__name__}.training_step returned a {type(out).__name__}: return the loss "
         "(a tensor, a dict with 'loss', or None to skip the batch)"
     )
+
+
+def _sparse_gradients(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether one of the optimizer's gradients is sparse."""
+    return any(p.grad is not None and p.grad.is_sparse for g in optimizer.param_groups for p in g["params"])
 
 
 def _count_step(trainer: pl.Trainer) -> None:

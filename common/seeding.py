@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .errors import ConfigError
+from .numpy_rng import NumpyGenerator, NumpyState
 
 __all__ = [
     "SEED_MAX",
@@ -106,9 +107,9 @@ class RngState:
         import torch
 
         random.setstate(self._python)
-        numpy = sys.modules.get("numpy")
+        numpy = _numpy_generator()
         if numpy is not None and self._numpy is not None:
-            numpy.random.set_state(self._numpy)
+            numpy.restore(self._numpy)
         torch.set_rng_state(self._torch)
         if _cuda_initialized(torch):
             if self._cuda is not None:
@@ -122,17 +123,29 @@ def _cuda_initialized(torch: Any) -> bool:
     return bool(torch.cuda.is_initialized())
 
 
-def _capture() -> tuple[Any, Any, Any, Any]:
+def _capture() -> tuple[Any, NumpyState | None, Any, Any]:
     import torch
 
-    numpy = sys.modules.get("numpy")
+    numpy = _numpy_generator()
     cuda = torch.cuda.get_rng_state_all() if _cuda_initialized(torch) else None
     return (
         random.getstate(),
-        numpy.random.get_state() if numpy is not None else None,
+        numpy.save() if numpy is not None else None,
         torch.get_rng_state(),
         cuda,
     )
+
+
+_NUMPY: list[NumpyGenerator] = []  # NumPy's global generator, once NumPy is imported
+
+
+def _numpy_generator() -> NumpyGenerator | None:
+    if not _NUMPY:
+        numpy = sys.modules.get("numpy")
+        if numpy is None:
+            return None
+        _NUMPY.append(NumpyGenerator(numpy))
+    return _NUMPY[0]
 
 
 @contextlib.contextmanager

@@ -4,10 +4,12 @@ diverges, raises or is stopped leaves the pack, and the others train on undistur
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy
 import pytest
 import pytorch_lightning
 import torch
@@ -20,7 +22,7 @@ from retia.datasets import DiabetesDataset, DigitsDataset, Split
 from retia.errors import ConfigError
 from retia.evaluator import EvaluationResult
 from retia.packing import NonFiniteLoss, PackedOutcome, unpackable
-from tests.integration.pack_models import Diverges, Raises
+from tests.integration.pack_models import BackwardRaises, Diverges, Raises
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -144,18 +146,103 @@ def test_max_steps_counts_batches_not_candidates(tmp_path: Path) -> None:
         assert_same(alone, result)
 
 
-def test_a_diverging_and_a_raising_candidate_fail_alone(tmp_path: Path) -> None:
+class Drawing(pl.LightningModule):
+    """A user's module whose steps draw from NumPy's and Python's global generators and whose
+    optimizer is the candidate's own choice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drawn = 0.0
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
+        x, y = batch
+        scale = 1 + 0.01 * float(numpy.random.rand()) + 0.01 * random.random()
+        if batch_idx % 5 == 0:  # an odd count of Gaussians, now and then: NumPy keeps one aside
+            scale += 0.01 * float(numpy.random.normal(size=3).sum())
+        self.drawn += scale
+        if getattr(self.model, "skips", False) and batch_idx % 4 == 0:
+            return None  # skips the batch: no step
+        loss: torch.Tensor = F.cross_entropy(self.model(x) * scale, y)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        logits = self.model(x)
+        self.log("val_acc", (logits.argmax(-1) == y).float().mean())
+        self.log("val_loss", F.cross_entropy(logits, y))
+        self.log("drawn", self.drawn)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        make = getattr(self.model, "optimizer", lambda p: torch.optim.Adam(p, lr=3e-3))
+        optimizer: torch.optim.Optimizer = make(self.parameters())
+        return optimizer
+
+
+def with_optimizer(
+    make: Callable[[Any], torch.optim.Optimizer], skips: bool = False
+) -> Callable[[], nn.Module]:
+    def model() -> nn.Module:
+        built = small()
+        built.__dict__.update(optimizer=make, skips=skips)  # (read by Drawing)
+        return built
+
+    return model
+
+
+class SparseBias(nn.Module):
+    """A model with a sparse embedding, whose gradient Adam refuses: its trial fails, alone or packed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = small()
+        self.bias = nn.Embedding(1, 10, sparse=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.body(x) + self.bias(torch.zeros(len(x), dtype=torch.long))
+        return out
+
+
+@pytest.mark.filterwarnings("ignore:`training_step` returned `None`")  # (alone: the skipped batches)
+def test_candidates_drawing_from_numpy_and_random_with_their_own_optimizers_equal_each_alone(
+    tmp_path: Path,
+) -> None:
+    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False)
+    evaluator = pl.Lightning(Drawing(), trainer, digits("train"), digits("val", 256))
+    models = [
+        small,
+        with_optimizer(lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1)),
+        with_optimizer(lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), skips=True),
+        with_optimizer(lambda p: torch.optim.RMSprop(p, lr=1e-3)),  # steps on its own in the pack
+        SparseBias,
+        wide,
+    ]
+    seeds = [11, 12, 13, 14, 15, 16]
+    dirs = [tmp_path / f"p{i}" for i in range(len(models))]
+    packed = evaluator.evaluate_packed(models, seeds=seeds, output_dirs=dirs)
+    for i, (model, seed) in enumerate(zip(models, seeds)):
+        result, outcome = packed[i]
+        if model is SparseBias:
+            assert isinstance(outcome.error, RuntimeError) and "sparse" in str(outcome.error)
+            with pytest.raises(RuntimeError, match="sparse"):  # as alone
+                evaluator.evaluate(model, seed=seed, output_dir=tmp_path / f"s{i}")
+            continue
+        assert outcome.error is None
+        assert_same(evaluator.evaluate(model, seed=seed, output_dir=tmp_path / f"s{i}"), result)
+
+
+def test_a_diverging_and_a_raising_candidate_fail_alone_forward_or_backward(tmp_path: Path) -> None:
     evaluator = classification(max_epochs=2)
-    models: list[Callable[[], nn.Module]] = [small, Diverges, Raises, wide]
+    models: list[Callable[[], nn.Module]] = [small, Diverges, Raises, BackwardRaises, wide]
     packed = evaluator.evaluate_packed(
-        models, seeds=[1, 2, 3, 4], output_dirs=[tmp_path / f"p{i}" for i in range(4)]
+        models, seeds=[1, 2, 3, 4, 5], output_dirs=[tmp_path / f"p{i}" for i in range(5)]
     )
-    (_, diverged), (_, raised) = packed[1], packed[2]
+    (_, diverged), (_, raised), (_, in_backward) = packed[1], packed[2], packed[3]
     assert isinstance(diverged.error, NonFiniteLoss) and "nan" in str(diverged.error)
     assert isinstance(raised.error, RuntimeError) and "7th batch" in str(raised.error)
     assert "in forward" in raised.traceback
-    assert packed[1][0].final is None and packed[2][0].final is None
-    for i, model, seed in ((0, small, 1), (3, wide, 4)):
+    assert isinstance(in_backward.error, RuntimeError) and "inplace operation" in str(in_backward.error)
+    assert all(packed[i][0].final is None for i in (1, 2, 3))
+    for i, model, seed in ((0, small, 1), (4, wide, 5)):
         assert packed[i][1].error is None
         assert_same(evaluator.evaluate(model, seed=seed, output_dir=tmp_path / f"s{i}"), packed[i][0])
 

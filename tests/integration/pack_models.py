@@ -1,4 +1,5 @@
-"""Models for packed trials over the wire: ones that diverge, raise or slow their pack down, and a
+"""Models for packed trials over the wire: ones that diverge, raise (forward or backward) or slow
+their pack down, and a
 space with a dead op (they are imported by the workers' trial processes, so they live in a module
 of their own)."""
 
@@ -51,6 +52,17 @@ class Raises(_Counting):
     def before(self, call: int) -> None:
         if call == 7:
             raise RuntimeError("the candidate broke at its 7th batch")
+
+
+class BackwardRaises(_Counting):
+    """Its forward runs, its backward raises from its ninth batch on: it scales in place the output
+    of a sigmoid, which the sigmoid's backward needs (an architecture's own bug)."""
+
+    def after(self, out: torch.Tensor) -> torch.Tensor:
+        out = torch.sigmoid(out)
+        if self.calls >= 9:
+            out.mul_(2.0)
+        return out
 
 
 class SlowAfter(_Counting):
