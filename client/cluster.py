@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import ctypes
 import logging
 import os
 import shutil
@@ -19,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from retia.children import die_with_parent, exit_status
 from retia.credentials import Role, issue
+from retia.devices import visible_gpus
 from retia.errors import ClusterLostError, DispatcherLostError, RetiaError
 from retia.keys import create_key_file, load_key
 
@@ -32,17 +33,8 @@ _WATCH_INTERVAL = 0.2  # how often local_cluster looks at its processes
 
 
 def detect_gpus() -> list[str]:
-    """GPU indices visible to this machine, without importing torch (``nvidia-smi -L``)."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10, check=False
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
+    """GPU indices visible to this machine, without importing torch (:func:`retia.devices.visible_gpus`)."""
+    return visible_gpus()
 
 
 @dataclass
@@ -200,7 +192,7 @@ class LocalCluster:
         if proc is None or self._restarting or proc.poll() is None:
             return None
         return DispatcherLostError(
-            f"the dispatcher of this local cluster (pid {proc.pid}) {_exit_status(proc.returncode)}; its log "
+            f"the dispatcher of this local cluster (pid {proc.pid}) {exit_status(proc.returncode)}; its log "
             f"is {self.home / 'logs' / 'dispatcher.log'}. No trial can run or report: leave the "
             "local_cluster block and start a new one (with the same home= and journal, what it "
             "acknowledged is kept)."
@@ -208,7 +200,7 @@ class LocalCluster:
 
     def _workers_lost(self, workers: list[subprocess.Popen[bytes]]) -> ClusterLostError:
         statuses = ", ".join(
-            f"worker-{i} (pid {p.pid}) {_exit_status(p.returncode)}" for i, p in enumerate(workers)
+            f"worker-{i} (pid {p.pid}) {exit_status(p.returncode)}" for i, p in enumerate(workers)
         )
         return ClusterLostError(
             f"every worker of this local cluster has exited: {statuses}; their logs are "
@@ -247,7 +239,7 @@ class LocalCluster:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=env,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
 
         # The death signal follows the thread that forked, not the process: a worker or dispatcher
@@ -256,26 +248,7 @@ class LocalCluster:
         return _SPAWNER.submit(popen).result()
 
 
-def _exit_status(code: int | None) -> str:
-    """'exited with code 1', or 'was killed by SIGKILL', for a Popen's returncode."""
-    if code is None or code >= 0:
-        return f"exited with code {code}"
-    try:
-        return f"was killed by {signal.Signals(-code).name}"
-    except ValueError:
-        return f"was killed by signal {-code}"
-
-
 _SPAWNER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="retia-spawn")
-
-
-def _die_with_parent() -> None:
-    """Local cluster processes go when the process that started them goes, even on SIGKILL (Linux)."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
 
 
 def _wait_all(procs: Sequence[subprocess.Popen[bytes]], timeout: float) -> None:

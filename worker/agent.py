@@ -377,6 +377,7 @@ class Agent:
             ),
             run.timeout,
             self.config.trial_memory_bytes,
+            gpu_memory_fraction=self.config.gpu_memory_fraction,
         )
         launched = self.processes.launch(spec, busy=self.trial is not None)
         if launched is None:  # the running trial's child died under it: this one waits for the next child

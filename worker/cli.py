@@ -1,4 +1,4 @@
-"""``retia worker``: one agent per GPU, connected to the dispatcher."""
+"""``retia worker``: one agent per GPU, connected to the dispatcher (``--gpus``: a node's, supervised)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,36 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         "--gpu",
         default="none",
         help="CUDA device index this worker owns, or 'none' for CPU (default %(default)s)",
+    )
+    parser.add_argument(
+        "--gpus",
+        default="",
+        metavar="all|LIST",
+        help="run one agent per GPU of this node under one supervising process, which restarts an agent "
+        "that dies and stops them all on SIGTERM: 'all' (CUDA_VISIBLE_DEVICES, else nvidia-smi) or "
+        "indices like 0,1,2,3; each agent takes every other option given here",
+    )
+    parser.add_argument(
+        "--gpus-per-trial",
+        type=int,
+        default=1,
+        metavar="K",
+        help="with --gpus: one agent per K GPUs, whose trials get all K (default %(default)s)",
+    )
+    parser.add_argument(
+        "--trials-per-gpu",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --gpus: N agents share each GPU, each trial capped at 1/N of its memory "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
+        "--gpu-memory-fraction",
+        type=float,
+        default=1.0,
+        help="the share of its GPU's memory a trial may allocate (set by --trials-per-gpu; default "
+        "%(default)s)",
     )
     parser.add_argument(
         "--credential",
@@ -133,6 +163,8 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
 def run_worker(args: argparse.Namespace) -> int:
     from .agent import Agent
 
+    if args.gpus or args.gpus_per_trial != 1 or args.trials_per_gpu != 1:
+        return _supervise(args)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -164,6 +196,7 @@ def run_worker(args: argparse.Namespace) -> int:
             curve_server_key=args.curve_server_key,
             trial_user=args.trial_user,
             trial_memory_bytes=int(args.trial_memory_mb * (1 << 20)),
+            gpu_memory_fraction=args.gpu_memory_fraction,
         )
         agent = Agent(config, credential)
     except RetiaError as exc:
@@ -176,6 +209,25 @@ def run_worker(args: argparse.Namespace) -> int:
         print(f"retia worker: the dispatcher refused this worker: {agent.peer.refused}", file=sys.stderr)
         return 2
     return 0
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    from .supervisor import run_supervisor
+
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not args.gpus:
+        print("retia worker: --gpus-per-trial and --trials-per-gpu go with --gpus", file=sys.stderr)
+        return 2
+    if args.gpu != "none":
+        print(
+            "retia worker: give --gpus (one agent per GPU) or --gpu (this agent's), not both", file=sys.stderr
+        )
+        return 2
+    return run_supervisor(args)
 
 
 def _credential(args: argparse.Namespace) -> Credential:

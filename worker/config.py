@@ -53,6 +53,7 @@ class WorkerConfig:
     curve_server_key: Path | None = None  # the dispatcher's public CurveZMQ certificate, when it uses Curve
     trial_user: str = ""  # run trials as this user (the agent must be root); "": as the worker's user
     trial_memory_bytes: int = 0  # what a trial process may allocate beyond the fork server's (0: no cap)
+    gpu_memory_fraction: float = 1.0  # the share of its GPU(s) a trial may allocate (--trials-per-gpu)
 
     def __post_init__(self) -> None:
         problems = []
@@ -62,6 +63,8 @@ class WorkerConfig:
             problems.append(f"workers_per_host must be >= 1 (got {self.workers_per_host})")
         if self.trial_memory_bytes < 0:
             problems.append(f"trial_memory_bytes must be >= 0 (got {self.trial_memory_bytes})")
+        if not 0 < self.gpu_memory_fraction <= 1:
+            problems.append(f"gpu_memory_fraction must be in (0, 1] (got {self.gpu_memory_fraction})")
         if not 0 <= self.prefetch <= MAX_PREFETCH:
             problems.append(f"prefetch must be between 0 and {MAX_PREFETCH} trials (got {self.prefetch})")
         try:

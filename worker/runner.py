@@ -54,6 +54,7 @@ __all__ = [
     "kill_descendants",
 ]
 
+GPU_MEMORY_FRACTION_ENV = "RETIA_GPU_MEMORY_FRACTION"  # a trial's share of its GPU, when it shares one
 _PR_SET_PDEATHSIG = 1
 _PR_SET_DUMPABLE = 4
 _PR_SET_CHILD_SUBREAPER = 36
@@ -92,6 +93,7 @@ class TrialSpec:
     mates: tuple[MateSpec, ...] = ()
     timeout: float | None = None
     memory_limit: int = 0  # --trial-memory-mb: bytes it may allocate beyond the fork server's (0: no cap)
+    gpu_memory_fraction: float = 1.0  # --trials-per-gpu: its share of each of its GPUs' memory
 
 
 def warm_up() -> None:
@@ -193,12 +195,27 @@ def _become_trial_process(spec: TrialSpec) -> None:
     if spec.memory_limit:
         limit_memory(spec.memory_limit)
     os.environ["CUDA_VISIBLE_DEVICES"] = spec.cuda_visible_devices
+    _share_gpus(spec)
     _redirect_output(_scratch_log(spec.scratch) if spec.scratch else spec.log_file)
     if spec.threads > 0:
         os.environ["OMP_NUM_THREADS"] = str(spec.threads)
         torch = sys.modules.get("torch")
         if torch is not None:
             torch.set_num_threads(spec.threads)
+
+
+def _share_gpus(spec: TrialSpec) -> None:
+    """A trial sharing its GPU (``--trials-per-gpu``) is capped at its share of the device's memory
+    (``RETIA_GPU_MEMORY_FRACTION`` says it to the trial's code too): past it, it runs out of memory,
+    not its neighbours. Here in the trial process, which may initialize CUDA (the fork server may not)."""
+    if spec.gpu_memory_fraction >= 1.0:
+        os.environ.pop(GPU_MEMORY_FRACTION_ENV, None)
+        return
+    os.environ[GPU_MEMORY_FRACTION_ENV] = str(spec.gpu_memory_fraction)
+    torch = sys.modules.get("torch")
+    if torch is not None and spec.cuda_visible_devices and torch.cuda.is_available():
+        for device in range(torch.cuda.device_count()):
+            torch.cuda.set_per_process_memory_fraction(spec.gpu_memory_fraction, device)
 
 
 def _evaluate(spec: TrialSpec, output_dir: str, conn: Connection) -> pipe.TrialRaised | pipe.TrialReturned:

@@ -130,6 +130,15 @@ PREFERENCE: dict[str, dict[Any, float]] = {
 }
 
 
+def devices(model_cls: Any) -> None:
+    """Reports the GPUs the trial was given (CUDA_VISIBLE_DEVICES: a fake list on CPU machines)
+    and its share of their memory (RETIA_GPU_MEMORY_FRACTION, 1 when it shares none)."""
+    visible = [int(d) for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
+    fraction = float(os.environ.get("RETIA_GPU_MEMORY_FRACTION", "1"))
+    first = visible[0] if visible else -1
+    report_final_result({"default": first, "first": first, "count": len(visible), "fraction": fraction})
+
+
 def known_score(arch: dict[str, Any]) -> float:
     return sum(PREFERENCE[label][choice] for label, choice in arch.items())
 
