@@ -29,7 +29,7 @@ __all__ = ["AgentSlot", "plan_agents", "Supervisor", "agent_command", "run_super
 _log = logging.getLogger(__name__)
 
 # the options the supervisor takes for itself: every other one is passed on to each agent
-SUPERVISOR_OPTIONS = ("gpus", "gpus_per_trial", "trials_per_gpu", "gpu", "name")
+SUPERVISOR_OPTIONS = ("gpus", "gpus_per_trial", "trials_per_gpu", "gpu", "name", "gpu_memory_fraction")
 RESTART_MIN = 1.0  # seconds before restarting an agent that died; doubled while it keeps dying
 RESTART_MAX = 60.0
 STEADY = 60.0  # an agent that lived this long died of something new: its back-off starts over
@@ -202,8 +202,9 @@ def agent_command(
 
     def command(slot: AgentSlot) -> list[str]:
         argv = [sys.executable, "-m", "retia.worker", *passed, "--gpu", slot.gpus, "--name", slot.name]
-        if slot.memory_fraction < 1.0:
-            argv += ["--gpu-memory-fraction", str(slot.memory_fraction)]
+        fraction = round(slot.memory_fraction * args.gpu_memory_fraction, 6)  # (a share of the user's cap)
+        if fraction < 1.0:
+            argv += ["--gpu-memory-fraction", str(fraction)]
         return argv
 
     return command
