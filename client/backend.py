@@ -51,6 +51,7 @@ from retia.peer import Peer, PeerTiming
 from retia.protocol import (
     DEFAULT_MAX_MESSAGE_BYTES,
     MAX_PACK,
+    MAX_TRIAL_GPUS,
     Ack,
     BlobRef,
     Cancel,
@@ -78,7 +79,16 @@ from .config import ClientConfig
 if TYPE_CHECKING:
     from .cluster import LocalCluster
 
-__all__ = ["Backend", "Trial", "connect", "wait", "query_status", "FIRST_COMPLETED", "ALL_COMPLETED"]
+__all__ = [
+    "Backend",
+    "Trial",
+    "connect",
+    "wait",
+    "query_status",
+    "check_gpus",
+    "FIRST_COMPLETED",
+    "ALL_COMPLETED",
+]
 
 _log = logging.getLogger(__name__)
 FIRST_COMPLETED = concurrent.futures.FIRST_COMPLETED
@@ -275,6 +285,7 @@ class Backend:
         trial_id: str | None = None,
         seed: int | None = None,
         pack: int = 1,
+        gpus: int | None = None,
     ) -> Trial:
         """Queue one evaluation of ``model`` (a class, a factory, or a ModelSpace with ``arch``).
 
@@ -284,7 +295,7 @@ class Backend:
         ``seed`` (0 to ``retia.seeding.SEED_MAX``) seeds the model's initialization and random
         operations on every attempt, wherever it runs (:mod:`retia.seeding`); None: the trial's own,
         ``trial_seed(trial_id)``. It is ``Trial.seed`` from the start.
-        ``pack``: see :meth:`submit_many`.
+        ``pack`` and ``gpus``: see :meth:`submit_many`.
         """
         return self.submit_many(
             [model],
@@ -296,6 +307,7 @@ class Backend:
             trial_ids=[trial_id],
             seeds=[seed],
             pack=pack,
+            gpus=gpus,
         )[0]
 
     def submit_many(
@@ -310,6 +322,7 @@ class Backend:
         trial_ids: Sequence[str | None] | None = None,
         seeds: Sequence[int | None] | None = None,
         pack: int = 1,
+        gpus: int | None = None,
     ) -> list[Trial]:
         """Queue several evaluations with one evaluator, serialized once (a strategy's batch of candidates).
 
@@ -320,12 +333,18 @@ class Backend:
         with its own seed, reports, result, retries and cancellation: for small models, whose
         training is mostly Lightning's per-step cost. An evaluator that cannot be packed (a
         ``FunctionalEvaluator``) runs its trials one per process, with a warning saying why.
+        ``gpus``: each trial runs on a worker with at least that many GPUs and sees that many of them
+        (``CUDA_VISIBLE_DEVICES``; ``retia worker --gpus all --gpus-per-trial N`` makes such workers);
+        0: on any worker, seeing none (CPU); None (the default): on any worker, seeing all it has. A
+        trial no connected worker can hold fails with PlacementError after the dispatcher's
+        ``--placement-wait`` (60 s).
         """
         if self._closed.is_set():
             raise RetiaError("this backend is closed; connect again")
         if not isinstance(evaluator, Evaluator):
             raise TypeError(f"evaluator must be a retia Evaluator, got {type(evaluator).__name__}")
         _check_limits(timeout, max_retries)
+        check_gpus(gpus, "gpus")
         pack = pack_size(pack, evaluator)
         count = len(models)
         arch_list: list[dict[str, Any] | None] = list(archs) if archs is not None else [None] * count
@@ -361,7 +380,18 @@ class Backend:
             model_bytes = dump(recipe, name="model", blobs=blobs)
             refs = [BlobRef(b.digest, b.size) for b in blobs.values()]
             body = Submit(
-                trial_id, 0, evaluator_bytes, model_bytes, arch, timeout, max_retries, name, refs, seed, pack
+                trial_id,
+                0,
+                evaluator_bytes,
+                model_bytes,
+                arch,
+                timeout,
+                max_retries,
+                name,
+                refs,
+                seed,
+                pack,
+                gpus,
             )
             self._check_size(body, evaluator, recipe)  # before anything is queued
             bodies.append((body, blobs))
@@ -859,6 +889,18 @@ def _check_limits(timeout: Any, max_retries: Any) -> None:
         raise ConfigError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
     if isinstance(max_retries, bool) or not isinstance(max_retries, int) or not 0 <= max_retries <= 1000:
         raise ConfigError(f"max_retries must be an integer from 0 to 1000, got {max_retries!r}")
+
+
+def check_gpus(gpus: Any, what: str) -> int | None:
+    """A trial's GPU request: None, or a whole number from 0 to MAX_TRIAL_GPUS."""
+    if gpus is not None and (
+        isinstance(gpus, bool) or not isinstance(gpus, int) or not 0 <= gpus <= MAX_TRIAL_GPUS
+    ):
+        raise ConfigError(
+            f"{what} must be None (what the worker has), 0 (CPU) or a number of GPUs up to "
+            f"{MAX_TRIAL_GPUS}, got {gpus!r}"
+        )
+    return gpus
 
 
 def _check_names(name: Any, trial_id: Any) -> None:

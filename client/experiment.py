@@ -31,7 +31,7 @@ from retia.searchspace import Choice, SpaceDescription
 from retia.seeding import check_seed, trial_seed
 from retia.serializer import dump, load
 
-from .backend import Backend, Trial, connect, pack_size
+from .backend import Backend, Trial, check_gpus, connect, pack_size
 from .cluster import local_cluster
 from .experiment_config import ExperimentConfig, RunArguments, logging_level, split_config_and_port
 from .live import LiveView
@@ -195,6 +195,7 @@ class Experiment:
         live: bool | None = None,
         debug: bool = False,
         pack: int = 1,
+        trial_gpus: int | None = None,
     ) -> list[TrialResult]:
         """Run until ``max_trials`` have finished (default 20, or the budget it was started with when
         resumed), the strategy is exhausted, ``max_duration`` seconds pass, or :meth:`stop` is called.
@@ -204,12 +205,17 @@ class Experiment:
         ``concurrency`` then defaults to two packs in flight (``2 * pack``); an evaluator that cannot
         share a process (a ``FunctionalEvaluator``) runs one trial per process, with one warning.
 
+        ``trial_gpus`` (NNI's ``trial_gpu_number``): the GPUs each trial asks for
+        (``Backend.submit``'s ``gpus``): on a cluster, it runs on a worker with at least that many;
+        a private local cluster groups this machine's GPUs that many to a worker (0: CPU workers).
+
         NNI's ``run(config, port)`` and ``run(port=...)``: an ExperimentConfig (else ``self.config``)
         gives what these arguments do not (retia.client.experiment_config); ``port`` is kept as
         ``self.port``. On a cluster: ``credential`` (a client credential file; its address is the
         default), or ``address`` with the cluster key (``key``, ``key_file``); neither: a private
         local cluster."""
         pack = pack_size(pack, self.evaluator)  # an evaluator that cannot pack: 1, said once, not per trial
+        check_gpus(trial_gpus, "trial_gpus")
         config, port = split_config_and_port(config_or_port, port)
         if config is not None:
             self.config = config
@@ -223,6 +229,7 @@ class Experiment:
             max_duration=max_duration,
             timeout=timeout,
             workers=workers,
+            trial_gpus=trial_gpus,
             private_cluster=address is None and credential is None,
             debug=debug,
         )
@@ -274,7 +281,7 @@ class Experiment:
             loop = _Loop(
                 self, backend, max_trials, concurrency, plan.max_duration, plan.timeout, max_retries, live
             )
-            loop.pack = pack
+            loop.pack, loop.gpus = pack, plan.trial_gpus
             return loop.run()
 
     def _place(self, working_directory: Path | None) -> None:
@@ -337,6 +344,7 @@ class _Loop:
         self.exhausted = False
         self.one_shot: bool = getattr(exp.strategy, "trains_supernet", False)
         self.pack = 1  # candidates trained together in one process (the supernet's trial: alone)
+        self.gpus: int | None = None  # what each trial asks for (None: what its worker has)
 
     def run(self) -> list[TrialResult]:
         strategy, record = self.exp.strategy, self.exp.record
@@ -408,6 +416,7 @@ class _Loop:
             trial_id=result.trial_id,
             pack=1 if self.one_shot else self.pack,
             seed=result.seed,  # None (recorded before trial seeds): its own, trial_seed of its id
+            gpus=self.gpus,
         )
         self.running[result.trial_id] = result.key
         if resubmit:

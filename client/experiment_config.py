@@ -226,6 +226,7 @@ class RunArguments:
     log_level: int | None  # for the 'retia' loggers during the run
     working_directory: Path | None
     name: str | None
+    trial_gpus: int | None = None  # the GPUs each trial asks for (Backend.submit's gpus)
 
 
 @dataclass(init=False)
@@ -235,9 +236,10 @@ class ExperimentConfig(_Checked):
     Mapped onto ``Experiment.run``: ``max_trial_number`` -> ``max_trials`` (unset: run()'s default,
     20, where NNI has no limit), ``trial_concurrency`` -> ``concurrency`` (and, on a private CPU
     cluster, as many workers), ``max_experiment_duration`` -> ``max_duration``,
-    ``max_trial_duration`` -> each trial's ``timeout``, ``trial_gpu_number`` -> the GPUs each
-    private local worker owns, ``debug``/``log_level`` -> the 'retia' loggers' level during the run,
-    ``experiment_working_directory`` -> the folder the experiment directory is made in.
+    ``max_trial_duration`` -> each trial's ``timeout``, ``trial_gpu_number`` -> ``trial_gpus``, the
+    GPUs each trial asks for (and each private local worker owns), ``debug``/``log_level`` -> the
+    'retia' loggers' level during the run, ``experiment_working_directory`` -> the folder the
+    experiment directory is made in.
     """
 
     experiment_name: str | None = None
@@ -420,6 +422,7 @@ class ExperimentConfig(_Checked):
         max_duration: float | None = None,
         timeout: float | None = None,
         workers: int | None = None,
+        trial_gpus: int | None = None,
         private_cluster: bool = True,
         debug: bool = False,
     ) -> RunArguments:
@@ -440,7 +443,10 @@ class ExperimentConfig(_Checked):
             "max_trial_duration",
             None if trial_duration is None else parse_duration(trial_duration),
         )
-        gpus = self._local_gpus() if private_cluster else None
+        service_gpus = self.training_service.trial_gpu_number
+        configured = self.trial_gpu_number if self.trial_gpu_number is not None else service_gpus
+        trial_gpus = _agree("trial_gpus", trial_gpus, "trial_gpu_number", configured)
+        gpus = self._local_gpus(trial_gpus) if private_cluster else None
         if private_cluster and workers is None:
             if gpus:
                 workers = len(gpus)
@@ -459,12 +465,12 @@ class ExperimentConfig(_Checked):
             log_level,
             None if directory is None else Path(directory).expanduser(),
             self.experiment_name,
+            trial_gpus,
         )
 
-    def _local_gpus(self) -> list[str] | None:
+    def _local_gpus(self, per_trial: int | None) -> list[str] | None:
         """The GPUs of each private local worker: NNI's trial_gpu_number GPUs per trial."""
         service = self.training_service
-        per_trial = self.trial_gpu_number if self.trial_gpu_number is not None else service.trial_gpu_number
         indices, per_gpu = service.gpu_indices, service.max_trial_number_per_gpu
         if not per_trial and per_gpu != 1:
             raise ConfigError(

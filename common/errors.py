@@ -28,6 +28,7 @@ __all__ = [
     "InvalidArchitectureError",
     "ChoiceNotFixedError",
     "TrialStateError",
+    "PlacementError",
     "SubmissionRefusedError",
     "ClusterLostError",
     "DispatcherLostError",
@@ -175,6 +176,10 @@ class WorkerLostError(TrialFailedError):
     """The worker running a trial died or stopped heartbeating too many times."""
 
 
+class PlacementError(TrialFailedError):
+    """No worker of the cluster has the GPUs the trial asks for (``gpus=``); it waited, then failed."""
+
+
 class SubmissionRefusedError(TrialFailedError):
     """The dispatcher refused the trial's SUBMIT or a blob it needs; ``reason`` is the dispatcher's."""
 
@@ -201,6 +206,7 @@ _ERROR_OF_KIND: dict[FailureKind, type[TrialFailedError]] = {
     FailureKind.BLOB: BlobUnavailableError,
     FailureKind.WORKER_LOST: WorkerLostError,
     FailureKind.REPORTS_LOST: ReportsLostError,
+    FailureKind.UNPLACEABLE: PlacementError,
 }
 
 

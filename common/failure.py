@@ -18,6 +18,7 @@ class FailureKind(str, Enum):
     BLOB = "blob"  # a large argument could not be fetched or verified on the worker
     STOPPED = "stopped"  # the worker stopped it (shutting down, or too busy to take it)
     REPORTS_LOST = "reports_lost"  # reports the attempt sent never reached the dispatcher
+    UNPLACEABLE = "unplaceable"  # no worker of the cluster has the GPUs it asks for
 
 
 @dataclass(frozen=True)

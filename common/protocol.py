@@ -87,6 +87,8 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "MAX_PREFETCH",
     "MAX_PACK",
+    "MAX_TRIAL_GPUS",
+    "GpuCount",
     "CHECKPOINT_SEQ",
     "id_problem",
 ]
@@ -96,6 +98,7 @@ VERSION = b"retia/3"  # 3: sessions (HELLO/WELCOME nonces, per-direction keys, m
 DEFAULT_MAX_MESSAGE_BYTES = 8 << 20  # big data travels as chunked blobs, never inside one message
 MAX_PREFETCH = 64  # trials a worker may hold beyond the one it runs
 MAX_PACK = 64  # trials one RUN may carry (retia.packing): itself and its mates
+MAX_TRIAL_GPUS = 64  # the most GPUs one trial may ask for
 # CHECKPOINT chunks are numbered from here in their attempt, apart from its reports, FILEs and DONE
 CHECKPOINT_SEQ = 1 << 48
 _CHUNK_LIMIT = 8 << 20  # the most bytes a BLOB_GET may ask for (the dispatcher sends at most 1 MiB)
@@ -158,6 +161,8 @@ Seq = NonNegative
 Attempt = NonNegative
 Seconds = Annotated[float, Bounds(0.0, None)]
 Seed = Annotated[int, Bounds(0, SEED_MAX)]  # a trial's seed (retia.seeding): the same one on every attempt
+# GPUs a trial asks for: None, what its worker has; 0, none (CPU); N, N of a worker that has at least N
+GpuCount = Annotated[int, Bounds(0, MAX_TRIAL_GPUS)]
 
 
 @dataclass(frozen=True)
@@ -323,6 +328,7 @@ class Submit:
     # the most trials it may train with in one process, itself included (retia.packing): trials of
     # one client whose evaluators are the same bytes pack together
     pack: Annotated[int, Bounds(1, MAX_PACK)] = 1
+    gpus: GpuCount | None = None  # placed on a worker with at least this many GPUs; it sees that many
 
     def check(self) -> str:
         return id_problem(self.trial, "a trial id")
@@ -345,6 +351,7 @@ class Run:
     seed: Seed | None = None  # the trial's, on every attempt: the trial runs under it (None: unseeded)
     # a pack: trials trained with this one in its process, on its evaluator (their blobs are in ``blobs``)
     mates: list[Mate] = field(default_factory=list)
+    gpus: GpuCount | None = None  # of the worker's GPUs, how many the trial sees (None: all of them)
 
     def check(self) -> str:
         if self.resume is not None and self.resume not in self.blobs:

@@ -79,6 +79,13 @@ def add_dispatcher_arguments(parser: argparse.ArgumentParser) -> None:
         "(default %(default)s); then it runs with what there is",
     )
     parser.add_argument(
+        "--placement-wait",
+        type=float,
+        default=60.0,
+        help="seconds a trial asking for more GPUs than any connected worker has waits for such a "
+        "worker to join (default %(default)s); then it fails with PlacementError",
+    )
+    parser.add_argument(
         "--ready-file", type=Path, help="write the bound address here once listening (for scripts)"
     )
     parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
@@ -103,6 +110,7 @@ def run_dispatcher(args: argparse.Namespace) -> int:
             curve=args.curve,
             insecure=args.insecure,
             pack_wait=args.pack_wait,
+            placement_wait=args.placement_wait,
         )
         secure_home(config)  # before the key is created in it
         key = resolve_key(key_file=config.key_path, create=True)

@@ -29,6 +29,8 @@ class DispatcherConfig:
     curve: bool = False  # encrypt with CurveZMQ even on loopback (certificate in <home>/curve)
     insecure: bool = False  # do not encrypt, even where other machines can connect
     pack_wait: float = 0.1  # seconds a trial that may pack waits for its pack to fill, at most
+    # seconds a trial asking for more GPUs than any connected worker has waits for one, then fails
+    placement_wait: float = 60.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -42,6 +44,8 @@ class DispatcherConfig:
             problems.append(f"bind must be a ZeroMQ endpoint like tcp://0.0.0.0:5555 (got {self.bind!r})")
         if not 0 <= self.pack_wait <= 60:
             problems.append(f"pack_wait must be from 0 to 60 seconds (got {self.pack_wait})")
+        if not self.placement_wait >= 0:
+            problems.append(f"placement_wait must be >= 0 seconds (got {self.placement_wait})")
         if self.curve and self.insecure:
             problems.append("curve and insecure contradict each other: pick one")
         if problems:

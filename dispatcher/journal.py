@@ -56,9 +56,10 @@ JOURNAL_SUFFIXES = ("", "-wal", "-shm")  # SQLite's files of one journal in WAL 
 # clients' events in one sequence, 3 numbers each client's own (a client sees a gap as its own loss);
 # 4 adds which credential owns each peer id, and revoked credentials; 5 each trial's seed and how
 # it may pack (a 3 or a 4 is upgraded in place: its trials keep the seed they ran under, trial_seed
-# of their id, and ran alone)
-SCHEMA_VERSION = 5
-_UPGRADABLE = {3, 4}
+# of their id, and ran alone); 6 the GPUs each trial asks for (an older one's asked for none in
+# particular)
+SCHEMA_VERSION = 6
+_UPGRADABLE = {3, 4, 5}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS trials (
     id TEXT PRIMARY KEY, client TEXT NOT NULL, name TEXT NOT NULL, state TEXT NOT NULL,
@@ -66,7 +67,7 @@ CREATE TABLE IF NOT EXISTS trials (
     worker TEXT NOT NULL DEFAULT '', reason TEXT NOT NULL DEFAULT '', failure BLOB,
     cancel_requested INTEGER NOT NULL DEFAULT 0, queue_seq INTEGER NOT NULL,
     created REAL NOT NULL, updated REAL NOT NULL, blobs TEXT NOT NULL DEFAULT '[]', seed INTEGER,
-    pack INTEGER NOT NULL DEFAULT 1, pack_key TEXT NOT NULL DEFAULT ''
+    pack INTEGER NOT NULL DEFAULT 1, pack_key TEXT NOT NULL DEFAULT '', gpus INTEGER
 );
 CREATE TABLE IF NOT EXISTS payloads (id TEXT PRIMARY KEY, evaluator BLOB NOT NULL, model BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS reports (
@@ -91,7 +92,7 @@ CREATE TABLE IF NOT EXISTS revoked (
 
 _TRIAL_COLUMNS = (
     "id, client, name, state, attempt, max_retries, timeout, arch, worker, reason, failure, "
-    "cancel_requested, queue_seq, created, updated, blobs, seed, pack, pack_key"
+    "cancel_requested, queue_seq, created, updated, blobs, seed, pack, pack_key, gpus"
 )
 
 _LAST_EVENTS_SQL = """
@@ -138,6 +139,7 @@ class TrialRecord:
     blobs: list[BlobRef] = field(default_factory=list)
     pack: int = 1  # the most trials it may train with in one process, itself included
     pack_key: str = ""  # what trials it packs with share: their client's and their evaluator's digest
+    gpus: int | None = None  # it runs on a worker with at least this many GPUs and sees that many
     checkpoint: BlobRef | None = None  # the latest complete one an attempt sent (a blob): the next resumes
     reports: int = 0  # of the live attempt, stored: seqs 1..reports (in memory; recovered by count)
 
@@ -233,15 +235,17 @@ class Journal:
             )
 
     def _upgrade(self) -> None:
-        """A schema-3 or 4 journal gets the seed column (NULL: a trial that ran as trial_seed of its
-        id, what the dispatcher that wrote it would have run it under) and the pack columns (its
-        trials run alone); the rest is CREATE IF NOT EXISTS."""
+        """A schema-3, 4 or 5 journal gets the seed column (NULL: a trial that ran as trial_seed of its
+        id, what the dispatcher that wrote it would have run it under), the pack columns (its trials
+        run alone) and the gpus column (NULL: any worker); the rest is CREATE IF NOT EXISTS."""
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(trials)")}
         if columns and "seed" not in columns:
             self._db.execute("ALTER TABLE trials ADD COLUMN seed INTEGER")
         if columns and "pack" not in columns:
             self._db.execute("ALTER TABLE trials ADD COLUMN pack INTEGER NOT NULL DEFAULT 1")
             self._db.execute("ALTER TABLE trials ADD COLUMN pack_key TEXT NOT NULL DEFAULT ''")
+        if columns and "gpus" not in columns:
+            self._db.execute("ALTER TABLE trials ADD COLUMN gpus INTEGER")
 
     def _read_counters(self) -> None:
         """The last queue position and each client's last event number the journal holds (at open,
@@ -310,7 +314,7 @@ class Journal:
         rec.queue_seq = self._queue_seq
         rec.created = rec.updated = time.time()
         cur = self._write(
-            f"INSERT OR IGNORE INTO trials ({_TRIAL_COLUMNS}) VALUES ({', '.join('?' * 19)})", self._row(rec)
+            f"INSERT OR IGNORE INTO trials ({_TRIAL_COLUMNS}) VALUES ({', '.join('?' * 20)})", self._row(rec)
         )
         if cur.rowcount == 0:
             return False
@@ -478,6 +482,7 @@ class Journal:
             rec.seed,
             rec.pack,
             rec.pack_key,
+            rec.gpus,
         )
 
     @staticmethod
@@ -485,7 +490,7 @@ class Journal:
         (id_, client, name, state, attempt, retries, timeout, arch, worker, reason, failure, cancel) = row[
             :12
         ]
-        queue_seq, created, updated, blobs, seed, pack, pack_key = row[12:]
+        queue_seq, created, updated, blobs, seed, pack, pack_key, gpus = row[12:]
         return TrialRecord(
             id_,
             client,
@@ -506,6 +511,7 @@ class Journal:
             [BlobRef(digest, size) for digest, size in json.loads(blobs)],
             pack=pack,
             pack_key=pack_key,
+            gpus=gpus,
         )
 
 

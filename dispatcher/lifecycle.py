@@ -5,6 +5,7 @@
     QUEUED --start--> RUNNING --finished--> SUCCEEDED | FAILED | CANCELLED
     RUNNING --failed (too large for its worker, reports lost)--> FAILED
     QUEUED --cancel--> CANCELLED
+    QUEUED --failed (no worker has the GPUs it asks for)--> FAILED
     RUNNING --lost, retries left (or only held there)--> QUEUED      (the attempt is spent)
     RUNNING --given back unstarted--> QUEUED                          (the attempt is not spent)
     RUNNING --lost: final stored | cancel asked | retries spent--> SUCCEEDED | CANCELLED | FAILED
@@ -25,7 +26,7 @@ from .journal import TrialRecord
 __all__ = ["ALLOWED", "start", "finished", "failed", "lost", "given_back", "cancel"]
 
 ALLOWED: dict[TrialState, frozenset[TrialState]] = {
-    TrialState.QUEUED: frozenset({TrialState.RUNNING, TrialState.CANCELLED}),
+    TrialState.QUEUED: frozenset({TrialState.RUNNING, TrialState.CANCELLED, TrialState.FAILED}),
     TrialState.RUNNING: frozenset(
         {TrialState.QUEUED, TrialState.SUCCEEDED, TrialState.FAILED, TrialState.CANCELLED}
     ),

@@ -28,6 +28,15 @@ class Worker:
     credential: str = ""  # the credential its session was opened with ("" the cluster key)
 
     @property
+    def gpu_count(self) -> int:
+        """How many GPUs it has: its HELLO's list ("0,1"), or none ("none" or "": a CPU worker)."""
+        return 0 if self.gpu in ("", "none") else len(self.gpu.split(","))
+
+    def fits(self, gpus: int) -> bool:
+        """It has at least ``gpus`` GPUs (what a trial asking for them needs)."""
+        return self.gpu_count >= gpus
+
+    @property
     def trial(self) -> str:
         """The trial it runs ("" when idle)."""
         return self.trials[0] if self.trials else ""

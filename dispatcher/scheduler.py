@@ -12,6 +12,9 @@ started, some of those are asked back, each the last one of the longest line.
 A trial that may pack (``pack`` > 1) takes the queued trials of its pack key after it, up to its
 pack size, into its slot: one RUN, one process. While fewer are queued than would fill it, it
 waits for more, at most ``pack_wait`` seconds after it was queued; then it goes with what there is.
+
+A trial asking for GPUs (``gpus=N``) goes only to a worker with at least N; a worker takes the
+first queued trial it can run, so one waiting for a bigger worker holds up none of the others.
 """
 
 from __future__ import annotations
@@ -41,12 +44,24 @@ def _alone(trial: str) -> tuple[str, int]:
     return "", 1
 
 
+def _anywhere(trial: str) -> int:
+    return 0
+
+
 class Scheduler:
-    def __init__(self, packing: Callable[[str], tuple[str, int]] = _alone, pack_wait: float = 0.1) -> None:
-        """``packing(trial)``: its pack key and pack size (1: it runs alone)."""
+    def __init__(
+        self,
+        packing: Callable[[str], tuple[str, int]] = _alone,
+        pack_wait: float = 0.1,
+        needs: Callable[[str], int] = _anywhere,
+    ) -> None:
+        """``packing(trial)``: its pack key and pack size (1: it runs alone); ``needs(trial)``: the
+        GPUs its worker must have (0: any worker)."""
         self.packing = packing
         self.pack_wait = pack_wait
+        self.needs = needs
         self._queued_at: dict[str, float] = {}  # trials that may pack: when they were queued
+        self._needing: dict[str, int] = {}  # queued trials that ask for GPUs: how many
         self.queue: deque[str] = deque()  # trial ids, the next first
         self.idle: deque[bytes] = deque()  # workers holding nothing
         self.free_slots: deque[bytes] = deque()  # busy workers with room for one more (one entry each)
@@ -59,6 +74,8 @@ class Scheduler:
         """Queue a trial; ``front`` for one that ran already (lost or given back), so it keeps its turn."""
         if self.packing(trial)[1] > 1:
             self._queued_at[trial] = time.monotonic()
+        if gpus := self.needs(trial):
+            self._needing[trial] = gpus
         if front:
             self.queue.appendleft(trial)
         else:
@@ -68,6 +85,14 @@ class Scheduler:
         """Take a queued trial out (cancelled before it started)."""
         self.queue.remove(trial)
         self._queued_at.pop(trial, None)
+        self._needing.pop(trial, None)
+
+    def unfit(self, workers: Mapping[bytes, Worker]) -> list[str]:
+        """Queued trials asking for more GPUs than any worker has (none while no worker is there)."""
+        if not self._needing or not workers:
+            return []
+        most = max(worker.gpu_count for worker in workers.values())
+        return [trial for trial, gpus in self._needing.items() if gpus > most]
 
     @property
     def can_place(self) -> bool:
@@ -110,21 +135,24 @@ class Scheduler:
             worker = workers.get(identity)
             if worker is None or worker.load >= worker.slots:
                 continue  # gone, or filled since it was queued here
-            if worker.stops(self.queue[0]):
-                passed.append((source, identity))
+            index = self._first_fit(worker)
+            if index is None or worker.stops(self.queue[index]):  # it has too few GPUs for any, or
+                passed.append((source, identity))  # it still stops the next one's last attempt
                 continue
-            mates = self._mates(worker)
+            mates = self._mates(worker, index)
             if (
                 mates is None
             ):  # its pack is filling: it waits (and, the queue being in order, so do those after)
                 self._put_back(source, identity, passed)
                 return placed
-            trial = self.queue.popleft()
+            trial = self.queue[index]
+            del self.queue[index]
             for mate in mates:
                 self.queue.remove(mate)
                 worker.packs[mate] = trial
             for packed in (trial, *mates):
                 self._queued_at.pop(packed, None)
+                self._needing.pop(packed, None)
             worker.trials += [trial, *mates]
             self.freed_slot(worker)
             placed.append(Assignment(worker, trial, mates))
@@ -144,20 +172,30 @@ class Scheduler:
         if source is not None:
             source.appendleft(identity)
 
-    def _mates(self, worker: Worker) -> list[str] | None:
-        """The queued trials that go with the next one (none if it runs alone), or None while its
-        pack waits to fill."""
-        key, size = self.packing(self.queue[0])
+    def _first_fit(self, worker: Worker) -> int | None:
+        """Where in the queue the first trial is that ``worker`` has the GPUs for (None: there is none)."""
+        if not self._needing:
+            return 0
+        for index, trial in enumerate(self.queue):
+            if worker.fits(self._needing.get(trial, 0)):
+                return index
+        return None
+
+    def _mates(self, worker: Worker, index: int) -> list[str] | None:
+        """The queued trials that go with the one at ``index`` (none if it runs alone), or None while
+        its pack waits to fill (mates share a pack key, the GPUs they ask for among what it holds)."""
+        first = self.queue[index]
+        key, size = self.packing(first)
         if size <= 1:
             return []
         mates: list[str] = []
-        for trial in itertools.islice(self.queue, 1, None):  # stops once the pack is full
+        for trial in itertools.islice(self.queue, index + 1, None):  # stops once the pack is full
             if len(mates) == size - 1:
                 break
             mate_key, mate_size = self.packing(trial)
             if mate_key == key and mate_size > 1 and not worker.stops(trial):
                 mates.append(trial)
-        if len(mates) + 1 < size and time.monotonic() < self.wake_at(self.queue[0]):
+        if len(mates) + 1 < size and time.monotonic() < self.wake_at(first):
             return None
         return mates
 

@@ -133,6 +133,7 @@ class Dispatcher:
         self.scheduler = self._new_scheduler()
         self._payloads: dict[str, tuple[bytes, bytes]] = {}  # submitted, not yet sent: saves a journal read
         self._orphans: dict[str, float] = {}  # RUNNING at restart: trial -> adoption deadline
+        self._unfit_since: dict[str, float] = {}  # queued, asking for more GPUs than any worker has: since
         # DONEs that came before some of their attempt's reports: (trial, attempt) -> first seen
         self._short: dict[tuple[str, int], float] = {}
         self.outbox = Outbox(self._session_of, self._sock)
@@ -173,12 +174,17 @@ class Dispatcher:
     # ---- lifecycle ----
 
     def _new_scheduler(self) -> Scheduler:
-        return Scheduler(self._packing, self.config.pack_wait)
+        return Scheduler(self._packing, self.config.pack_wait, self._needs)
 
     def _packing(self, trial: str) -> tuple[str, int]:
         """A trial's pack key and pack size, for the scheduler (1: it runs alone)."""
         rec = self.trials.get(trial)
         return ("", 1) if rec is None else (rec.pack_key, rec.pack)
+
+    def _needs(self, trial: str) -> int:
+        """The GPUs a trial's worker must have, for the scheduler (0: any worker)."""
+        rec = self.trials.get(trial)
+        return 0 if rec is None else rec.gpus or 0
 
     def _recover(self, adoption_deadline: float = 0.0) -> None:
         """Trials from the journal; RUNNING ones wait for their workers until ``adoption_deadline``
@@ -619,7 +625,8 @@ class Dispatcher:
             trial_seed(sub.trial) if sub.seed is None else sub.seed,
             blobs=list(sub.blobs),
             pack=sub.pack,
-            pack_key=_pack_key(client.id, sub.evaluator) if sub.pack > 1 else "",
+            pack_key=_pack_key(client.id, sub.evaluator, sub.gpus) if sub.pack > 1 else "",
+            gpus=sub.gpus,
         )
         if self.journal.add_trial(rec, sub.evaluator, sub.model):
             self._payloads[sub.trial] = (sub.evaluator, sub.model)
@@ -999,6 +1006,7 @@ class Dispatcher:
                 resume=resume,
                 seed=rec.seed,  # the same on every attempt: a retry repeats what was lost
                 mates=[Mate(m.id, m.attempt, b, m.seed, m.timeout, m.name) for m, b in packed],
+                gpus=rec.gpus,
             )
             if item_bytes(run) > worker.max_message_bytes - _HEADROOM:
                 for started in (rec, *mates):
@@ -1062,6 +1070,29 @@ class Dispatcher:
                 rec = self.trials[trial_id]
                 if rec.state is TrialState.RUNNING:
                     self._lost(rec, f"worker {rec.worker} did not come back after a dispatcher restart")
+        self._refuse_unfit(now)
+
+    def _refuse_unfit(self, now: float) -> None:
+        """A queued trial asking for more GPUs than any connected worker has fails once it has waited
+        ``placement_wait`` seconds for one to join (said at once in the log), never pends silently."""
+        unfit = self.scheduler.unfit(self.workers)
+        for trial_id in set(self._unfit_since) - set(unfit):
+            del self._unfit_since[trial_id]  # placed, cancelled, or a worker big enough came
+        for trial_id in unfit:
+            rec = self.trials[trial_id]
+            most = max(worker.gpu_count for worker in self.workers.values())
+            reason = (
+                f"it asks for {rec.gpus} GPUs and no worker has that many (the most: {most}); start a "
+                f"worker with them (retia worker --gpus all --gpus-per-trial {rec.gpus}), or ask for fewer"
+            )
+            since = self._unfit_since.setdefault(trial_id, now)
+            if since == now:
+                _log.warning("trial %s waits up to %.0fs: %s", trial_id, self.config.placement_wait, reason)
+            if now - since >= self.config.placement_wait:
+                del self._unfit_since[trial_id]
+                self.scheduler.dequeue(trial_id)
+                failure = Failure(FailureKind.UNPLACEABLE, reason, "PlacementError", reason)
+                self._finish(rec, lifecycle.failed(rec, failure))
 
     def _revoke(self, revoked: list[tuple[str, int]]) -> None:
         """Cut the sessions of credentials just revoked: told REFUSED, their peers forgotten (a worker's
@@ -1106,7 +1137,8 @@ def _nothing(peer: object, msg: Message) -> None:
     """A heartbeat: receiving it was the point."""
 
 
-def _pack_key(client: str, evaluator: bytes) -> str:
-    """What trials that pack together share: one client, and the same evaluator (its bytes, which
-    name its blobs by digest)."""
-    return hashlib.blake2b(client.encode() + b"\0" + evaluator, digest_size=16).hexdigest()
+def _pack_key(client: str, evaluator: bytes, gpus: int | None) -> str:
+    """What trials that pack together share: one client, the same evaluator (its bytes, which name
+    its blobs by digest) and the GPUs they ask for."""
+    asked = b"" if gpus is None else str(gpus).encode()
+    return hashlib.blake2b(client.encode() + b"\0" + asked + b"\0" + evaluator, digest_size=16).hexdigest()

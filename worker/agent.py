@@ -270,11 +270,16 @@ class Agent:
             _log.warning("unexpected %s from the dispatcher", msg.type.name)
 
     def _accept(self, run: Run) -> None:
+        if self.config.trial_devices(run.gpus) is None:  # (the dispatcher places by what we said we have)
+            reason = f"it asks for {run.gpus} GPUs and worker {self.id} has {len(self.config.gpu_list)}"
+            for trial, attempt in ((run.trial, run.attempt), *((m.trial, m.attempt) for m in run.mates)):
+                self._end_unstarted(trial, attempt, TrialState.FAILED, reason, FailureKind.UNPLACEABLE)
+            return
         if self._slots_taken() + len(self._held) > self.config.prefetch:
             # (the dispatcher's view lagged, e.g. an attempt it gave up still runs here): it goes
             # back to the queue unstarted, no attempt spent, rather than failing
             _log.warning("RUN for %s while busy; giving it back", run.trial)
-            self._end_unstarted(run, TrialState.QUEUED, "the worker was busy")
+            self._end_unstarted(run.trial, run.attempt, TrialState.QUEUED, "the worker was busy")
             return
         self._last_run = run.trial
         if run.blobs:
@@ -289,7 +294,9 @@ class Agent:
             failed = [self.fetcher.failed[b.digest] for b in run.blobs if b.digest in self.fetcher.failed]
             if failed:
                 self._held.popleft()
-                self._end_unstarted(run, TrialState.FAILED, "; ".join(failed), FailureKind.BLOB)
+                self._end_unstarted(
+                    run.trial, run.attempt, TrialState.FAILED, "; ".join(failed), FailureKind.BLOB
+                )
             elif not self.fetcher.ready(run.blobs) or not (
                 self.trial is None or (self._running_takes_more() and not run.mates)
             ):
@@ -329,7 +336,9 @@ class Agent:
         for run in self._held:
             if (run.trial, run.attempt) == key:
                 self._held.remove(run)
-                self._end_unstarted(run, TrialState.QUEUED if give_back else TrialState.CANCELLED, reason)
+                self._end_unstarted(
+                    run.trial, run.attempt, TrialState.QUEUED if give_back else TrialState.CANCELLED, reason
+                )
                 return
 
     def _tell_pack(self, pack: RunningTrial, message: pipe.SkipTrial) -> None:
@@ -340,16 +349,23 @@ class Agent:
             _log.warning("trial %s: could not tell its pack to stop it: %s", message.trial, exc)
 
     def _end_unstarted(
-        self, run: Run, state: TrialState, reason: str, kind: FailureKind = FailureKind.STOPPED
+        self,
+        trial: str,
+        attempt: int,
+        state: TrialState,
+        reason: str,
+        kind: FailureKind = FailureKind.STOPPED,
     ) -> None:
         """DONE for a trial that never got a process (its blobs failed, or it was cancelled first)."""
         failure = Failure(kind, reason, message=reason) if state is TrialState.FAILED else None
-        done = Done(run.trial, run.attempt, 1, state, reason, failure)
-        message = Outgoing(MsgType.DONES, done, run.trial, run.attempt, 1)
+        done = Done(trial, attempt, 1, state, reason, failure)
+        message = Outgoing(MsgType.DONES, done, trial, attempt, 1)
         self.peer.keep([message])
 
     def _launch(self, run: Run) -> None:
         """Give a RUN to a process: the running trial's child queues it, or it starts now."""
+        devices = self.config.trial_devices(run.gpus)
+        assert devices is not None  # (_accept ended a RUN asking for more)
         digests = {blob.digest for blob in run.blobs}
         if digests:  # (a trial without blobs brings none in: nothing to evict)
             for digest in digests:
@@ -364,7 +380,7 @@ class Agent:
             run.model,
             out,
             log_file,
-            self.config.cuda_visible_devices,
+            devices,
             self.config.trial_threads,
             str(self.config.blobs_dir),
             self.processes.scratch,
@@ -541,7 +557,7 @@ class Agent:
             for queued in reversed(self._queued):
                 if queued.cancel:
                     state = TrialState.QUEUED if queued.give_back else TrialState.CANCELLED
-                    self._end_unstarted(queued.run, state, queued.cancel)
+                    self._end_unstarted(queued.run.trial, queued.run.attempt, state, queued.cancel)
                 else:
                     self._held.appendleft(queued.run)
             self._queued.clear()

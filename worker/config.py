@@ -90,6 +90,20 @@ class WorkerConfig:
     def cuda_visible_devices(self) -> str:
         return "" if self.gpu == "none" else self.gpu
 
+    @functools.cached_property
+    def gpu_list(self) -> tuple[str, ...]:
+        """Its GPUs' indices, in order (none for a CPU worker)."""
+        return tuple(part.strip() for part in self.cuda_visible_devices.split(",") if part.strip())
+
+    def trial_devices(self, gpus: int | None) -> str | None:
+        """``CUDA_VISIBLE_DEVICES`` for a trial asking for ``gpus`` (None: all of this worker's; 0:
+        none), or None when it asks for more than this worker has."""
+        if gpus is None:
+            return self.cuda_visible_devices
+        if gpus > len(self.gpu_list):
+            return None
+        return ",".join(self.gpu_list[:gpus])
+
     @functools.cached_property  # os.cpu_count() reads /sys: once is enough
     def trial_threads(self) -> int:
         if self.threads > 0:

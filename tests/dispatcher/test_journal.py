@@ -19,14 +19,19 @@ def test_trials_survive_reopen_and_resubmits_are_ignored(tmp_path: Path) -> None
     journal = Journal(path)
     assert journal.add_trial(_record("t1"), b"ev", b"model")
     assert not journal.add_trial(_record("t1"), b"other", b"other")
+    for trial_id, gpus in (("cpu", 0), ("two", 2)):
+        wanting = _record(trial_id)
+        wanting.gpus = gpus
+        assert journal.add_trial(wanting, b"ev", b"model")
     rec = journal.trials()[0]
     rec.state, rec.attempt = TrialState.RUNNING, 1
     journal.update_trial(rec)
     journal.close()
 
     reopened = Journal(path)
-    [back] = reopened.trials()
+    back, *asking = reopened.trials()
     assert (back.id, back.state, back.attempt, back.arch) == ("t1", TrialState.RUNNING, 1, {"width": 8})
+    assert [(rec.id, rec.gpus) for rec in [back, *asking]] == [("t1", None), ("cpu", 0), ("two", 2)]
     assert reopened.payload("t1") == (b"ev", b"model")
     reopened.close()
 

@@ -100,3 +100,40 @@ def test_nothing_is_asked_back_while_trials_are_queued() -> None:
     scheduler.became_idle(idle)
     scheduler.enqueue("waiting")
     assert scheduler.recalls(_pool(holder, idle)) == []
+
+
+def _gpu_worker(name: str, gpus: str, slots: int = 1) -> Worker:
+    return Worker(name, name.encode(), "host", gpus, 1, expiry=0.0, slots=slots)
+
+
+def test_a_trial_asking_for_gpus_goes_only_to_a_worker_that_has_them_and_holds_up_no_other() -> None:
+    one, two, cpu = _gpu_worker("one", "3"), _gpu_worker("two", "0,1"), _worker("cpu")
+    needs = {"big": 2, "small": 1, "any": 0, "big2": 2}
+    scheduler = Scheduler(needs=lambda trial: needs[trial])
+    for worker in (one, cpu, two):
+        scheduler.became_idle(worker)
+    for trial in ("big", "small", "any", "big2"):
+        scheduler.enqueue(trial)
+    placed = [(w.id, t) for w, t in _pairs(scheduler.placements(_pool(one, two, cpu)))]
+    # each worker takes the first queued trial it has the GPUs for: "big" waits for nobody's turn
+    assert placed == [("one", "small"), ("cpu", "any"), ("two", "big")]
+    assert list(scheduler.queue) == ["big2"] and scheduler.unfit(_pool(one, two, cpu)) == []
+    one.trials.clear()
+    scheduler.worker_done(one)
+    assert scheduler.placements(_pool(one, two, cpu)) == []  # one GPU is too few for "big2"
+    two.trials.clear()
+    scheduler.worker_done(two)
+    assert [(w.id, t) for w, t in _pairs(scheduler.placements(_pool(one, two, cpu)))] == [("two", "big2")]
+
+
+def test_trials_asking_for_more_gpus_than_any_worker_has_are_unfit_while_workers_are_there() -> None:
+    needs = {"huge": 4, "fine": 2, "cpu": 0}
+    scheduler = Scheduler(needs=lambda trial: needs[trial])
+    for trial in needs:
+        scheduler.enqueue(trial)
+    assert scheduler.unfit({}) == []  # no worker yet: the cluster may be starting
+    small, big = _gpu_worker("small", "0"), _gpu_worker("big", "0,1")
+    assert scheduler.unfit(_pool(small)) == ["huge", "fine"]
+    assert scheduler.unfit(_pool(small, big)) == ["huge"]
+    scheduler.dequeue("huge")
+    assert scheduler.unfit(_pool(small)) == ["fine"]

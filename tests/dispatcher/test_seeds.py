@@ -53,14 +53,22 @@ CREATE TABLE revoked (
 );
 """
 )
+# schema 5 added the seed and pack columns (b6abcae:dispatcher/journal.py, the last before gpus)
+_SCHEMA_5 = _SCHEMA_4.replace(
+    "blobs TEXT NOT NULL DEFAULT '[]'",
+    "blobs TEXT NOT NULL DEFAULT '[]', seed INTEGER, "
+    "pack INTEGER NOT NULL DEFAULT 1, pack_key TEXT NOT NULL DEFAULT ''",
+)
+_SCHEMAS = {3: _SCHEMA_3, 4: _SCHEMA_4, 5: _SCHEMA_5}
 
 
 def _old_journal(path: Path, version: int, trial: str) -> None:
     """A journal of schema ``version`` holding one QUEUED trial, as that schema's dispatcher left it."""
     with sqlite3.connect(path) as db:
-        db.executescript(_SCHEMA_3 if version == 3 else _SCHEMA_4)
+        db.executescript(_SCHEMAS[version])
         db.execute(
-            "INSERT INTO trials VALUES "
+            "INSERT INTO trials (id, client, name, state, attempt, max_retries, timeout, arch, worker, "
+            "reason, failure, cancel_requested, queue_seq, created, updated, blobs) VALUES "
             "(?, 'c1', 'old', 'QUEUED', 0, 2, NULL, 'null', '', '', NULL, 0, 1, 1.0, 1.0, '[]')",
             (trial,),
         )
@@ -75,7 +83,7 @@ def _config(home: Path, journal: Path | str = ":memory:") -> DispatcherConfig:
     )
 
 
-@pytest.mark.parametrize("version", [3, 4])
+@pytest.mark.parametrize("version", [3, 4, 5])
 def test_an_older_journal_is_upgraded_in_place_and_its_trial_runs_under_its_derived_seed(
     tmp_path: Path, version: int
 ) -> None:
@@ -84,16 +92,17 @@ def test_an_older_journal_is_upgraded_in_place_and_its_trial_runs_under_its_deri
     journal = Journal(path)
     [rec] = journal.trials()
     assert (rec.id, rec.state, rec.seed) == ("old-trial", TrialState.QUEUED, trial_seed("old-trial"))
+    assert (rec.pack, rec.gpus) == (1, None)  # it runs alone, on any worker
     assert journal.payload("old-trial") == (b"evaluator", b"model")
     journal.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
     db.close()
     with serving(_config(tmp_path, path)) as dispatcher, worker_socket(dispatcher.address) as worker:
         session = hello(worker)
         run = receive(worker, session, MsgType.RUNS)
         assert isinstance(run, Run) and run.trial == "old-trial"
-        assert run.seed == trial_seed("old-trial")
+        assert run.seed == trial_seed("old-trial") and run.gpus is None
 
 
 def test_a_journal_keeps_a_trials_seed(tmp_path: Path) -> None:

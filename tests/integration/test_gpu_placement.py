@@ -1,0 +1,88 @@
+"""Trials asking for GPUs (``submit(gpus=N)``, ``Experiment.run(trial_gpus=N)``) on a real cluster of
+workers with fake GPU lists: each lands on a worker holding at least N and sees exactly N of its
+devices; 0 sees none; one that no worker can hold fails with PlacementError instead of pending."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from retia import FunctionalEvaluator
+from retia.client.backend import Backend
+from retia.client.experiment import Experiment
+from retia.errors import ConfigError, PlacementError
+from retia.strategy import Random
+
+from ..clusters import fast_cluster, on_cluster
+from ..common.spaces import DigitsMLPSpace
+from . import fits
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    """A worker owning fake GPUs 0 and 1, one owning GPU 2, and a CPU worker; a trial no worker can
+    hold waits half a second for one."""
+    home = tmp_path_factory.mktemp("placement")
+    with fast_cluster(
+        3,
+        home=home,
+        gpus=["0,1", "2", "none"],
+        worker_args=["--preload", "torch"],
+        dispatcher_args=["--placement-wait", "0.5"],
+    ) as backend:
+        _workers(backend)
+        yield backend
+
+
+def _workers(backend: Backend, count: int = 3) -> dict[str, str]:
+    """Each worker's GPUs, once all ``count`` have joined."""
+    deadline = time.monotonic() + 30
+    while len(workers := backend.status().workers) < count:
+        assert time.monotonic() < deadline, workers
+        time.sleep(0.05)
+    return {w.worker_id: w.gpu for w in workers}
+
+
+def test_each_trial_runs_where_its_gpus_are_and_sees_exactly_that_many(cluster: Backend) -> None:
+    evaluator = FunctionalEvaluator(fits.devices)
+    asked = [2, 1, 0, None, 2, 1, 2, 0]
+    trials = [cluster.submit(fits.DigitsMLP, evaluator, gpus=gpus) for gpus in asked]
+    gpus_of = _workers(cluster)
+    for gpus, trial in zip(asked, trials):
+        result = trial.result(timeout=60)
+        assert isinstance(result, dict)
+        worker_gpus = gpus_of[trial.worker].split(",") if gpus_of[trial.worker] != "none" else []
+        if gpus is None:  # what its worker has
+            assert result["count"] == len(worker_gpus)
+        else:
+            assert len(worker_gpus) >= gpus and result["count"] == gpus, (trial.worker, result)
+            if gpus:
+                assert result["first"] == int(worker_gpus[0])
+
+
+def test_a_trial_no_worker_can_hold_fails_with_the_reason(cluster: Backend) -> None:
+    trial = cluster.submit(fits.DigitsMLP, FunctionalEvaluator(fits.devices), gpus=3)
+    with pytest.raises(PlacementError, match=r"asks for 3 GPUs and no worker has that many \(the most: 2\)"):
+        trial.result(timeout=30)
+    after = cluster.submit(fits.DigitsMLP, FunctionalEvaluator(fits.devices), gpus=2)
+    assert isinstance(after.result(timeout=30), dict)  # the cluster goes on
+
+
+@pytest.mark.parametrize("gpus", [-1, 65, True, 1.5, "2"])
+def test_a_gpu_request_that_is_not_a_count_is_refused_before_anything_is_sent(
+    cluster: Backend, gpus: object
+) -> None:
+    with pytest.raises(ConfigError, match="gpus must be None"):
+        cluster.submit(fits.DigitsMLP, FunctionalEvaluator(fits.devices), gpus=gpus)  # type: ignore[arg-type]
+
+
+def test_an_experiments_trials_ask_for_trial_gpus(cluster: Backend, tmp_path: Path) -> None:
+    exp = Experiment(DigitsMLPSpace(), FunctionalEvaluator(fits.devices), Random(), path=tmp_path / "exp")
+    results = exp.run(max_trials=3, concurrency=2, trial_gpus=2, **on_cluster(cluster))
+    assert [r.state for r in results] == ["SUCCEEDED"] * 3
+    assert all(isinstance(r.final, dict) and r.final["count"] == 2 for r in results)
