@@ -23,6 +23,7 @@ import torch
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 
+from .devices import trainer_devices
 from .errors import ConfigError
 from .reporting import Metric, report_intermediate_result
 
@@ -85,7 +86,8 @@ def trainer_options(kwargs: dict[str, Any], out: Path, *, evaluator_defaults: bo
     """Fill in where Lightning writes (the trial's output directory) and how loud it is.
 
     ``evaluator_defaults`` adds the defaults of a trainer retia builds itself: a CSV logger,
-    no checkpoints (a trial's model is rarely wanted; ask for it), one device.
+    no checkpoints (a trial's model is rarely wanted; ask for it), and the trial's devices
+    (:func:`retia.devices.trainer_devices`: its GPUs, else the CPU without a CUDA probe).
     """
     tty = sys.stdout.isatty()
     options = dict(kwargs)
@@ -95,6 +97,11 @@ def trainer_options(kwargs: dict[str, Any], out: Path, *, evaluator_defaults: bo
     if evaluator_defaults:
         options.setdefault("logger", pl.loggers.CSVLogger(str(out), name="lightning_logs"))
         options.setdefault("enable_checkpointing", False)
+        if "accelerator" not in options and "devices" not in options:
+            given = trainer_devices()
+            options.update(accelerator=given.accelerator, devices=given.devices)
+            if given.strategy is not None:
+                options.setdefault("strategy", given.strategy)
         options.setdefault("accelerator", "auto")
         options.setdefault("devices", 1)
     return options
@@ -153,7 +160,7 @@ class ReportingCallback(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # on_validation_end, not on_validation_epoch_end: the module's own epoch-end hook runs
         # after the callbacks' and may log the metric (e.g. ``self.log('val_acc', acc.compute())``).
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or not trainer.is_global_zero:  # (under DDP, rank 0 reports)
             return
         fitting = trainer.state.fn == TrainerFn.FITTING
         if not self.report:  # the module reports for itself: only count the validations
@@ -166,6 +173,14 @@ class ReportingCallback(pl.Callback):
         if fitting:
             self.count += 1
             report_intermediate_result(self.value())
+
+    def recover(self, trainer: pl.Trainer) -> None:
+        """After a fit whose ranks ran in forked processes (DDP in a trial, ``ddp_fork``), this
+        callback saw none of it: the last metrics are those rank 0 sent back to this process."""
+        if self.last is None and trainer.world_size > 1:
+            metrics = validation_metrics(trainer)
+            if metrics:
+                self.last = with_default(metrics, self.default_metric)
 
 
 def validation_metrics(trainer: pl.Trainer) -> dict[str, float]:

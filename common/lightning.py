@@ -275,6 +275,7 @@ class Lightning(Evaluator):
                     datamodule=self.datamodule,
                     **{**self.fit_kwargs, **resume},
                 )
+                callback.recover(trainer)
                 _log.debug("fit ended after %d validation epoch(s)", callback.count)
             else:
                 trainer.validate(
@@ -391,15 +392,16 @@ class SupervisedLearningModule(LightningModule):
         total, count = self._train_loss
         if not count:  # a subclass's own training_step logs for itself
             return
-        self.log("train_loss", total / count, prog_bar=True)
+        # (sync_dist: under DDP, the mean over the ranks; nothing to sync in one process)
+        self.log("train_loss", total / count, prog_bar=True, sync_dist=True)
         for name, metric in self._train_pairs:
-            self.log(f"train_{name}", metric.compute(), prog_bar=True)
+            self.log(f"train_{name}", metric.compute(), prog_bar=True, sync_dist=True)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch
         self._remember_example(x)
         y_hat = self(x)
-        self.log("val_loss", self.criterion(y_hat, y), prog_bar=True, batch_size=len(y))
+        self.log("val_loss", self.criterion(y_hat, y), prog_bar=True, batch_size=len(y), sync_dist=True)
         for name, metric in self._val_pairs:
             metric.update(y_hat, y)
             self.log(f"val_{name}", metric, prog_bar=True, batch_size=len(y))

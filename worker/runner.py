@@ -35,6 +35,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from retia.devices import TRIAL_GPUS_ENV
+
 from . import pipe
 from .isolation import TrialUser, become, forget_credentials, limit_memory
 from .packed import MateSpec, evaluate_pack
@@ -194,7 +196,7 @@ def _become_trial_process(spec: TrialSpec) -> None:
     forget_credentials()  # the worker took them out before the fork server started: again, to be sure
     if spec.memory_limit:
         limit_memory(spec.memory_limit)
-    os.environ["CUDA_VISIBLE_DEVICES"] = spec.cuda_visible_devices
+    os.environ["CUDA_VISIBLE_DEVICES"] = os.environ[TRIAL_GPUS_ENV] = spec.cuda_visible_devices
     _share_gpus(spec)
     _redirect_output(_scratch_log(spec.scratch) if spec.scratch else spec.log_file)
     if spec.threads > 0:

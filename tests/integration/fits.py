@@ -139,6 +139,23 @@ def devices(model_cls: Any) -> None:
     report_final_result({"default": first, "first": first, "count": len(visible), "fraction": fraction})
 
 
+def lightning_devices(model_cls: Any) -> None:
+    """Reports what a Trainer retia builds would run on here (retia.devices.trainer_devices):
+    ``gpu`` 1 for the GPU accelerator, 0 for the CPU; ``devices``; ``ddp_fork`` 1 when DDP is forked."""
+    from retia.devices import trainer_devices
+
+    given = trainer_devices()
+    report_final_result(
+        {
+            "default": given.devices,
+            "gpu": float(given.accelerator == "gpu"),
+            "cpu": float(given.accelerator == "cpu"),
+            "devices": given.devices,
+            "ddp_fork": float(given.strategy == "ddp_fork"),
+        }
+    )
+
+
 def known_score(arch: dict[str, Any]) -> float:
     return sum(PREFERENCE[label][choice] for label, choice in arch.items())
 

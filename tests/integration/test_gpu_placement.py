@@ -10,9 +10,12 @@ from pathlib import Path
 
 import pytest
 
+import retia
+import retia.lightning as pl
 from retia import FunctionalEvaluator
 from retia.client.backend import Backend
 from retia.client.experiment import Experiment
+from retia.datasets import DigitsDataset
 from retia.errors import ConfigError, PlacementError
 from retia.strategy import Random
 
@@ -32,7 +35,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
         3,
         home=home,
         gpus=["0,1", "2", "none"],
-        worker_args=["--preload", "torch"],
+        # one torch thread a trial: ranks forked from a process whose OpenMP pool ran would hang in
+        # their first CPU matmul (GNU OpenMP is not fork-safe); GPU ranks compute on the device
+        worker_args=["--preload", "torch", "--threads", "1"],
         dispatcher_args=["--placement-wait", "0.5"],
     ) as backend:
         _workers(backend)
@@ -63,6 +68,37 @@ def test_each_trial_runs_where_its_gpus_are_and_sees_exactly_that_many(cluster: 
             assert len(worker_gpus) >= gpus and result["count"] == gpus, (trial.worker, result)
             if gpus:
                 assert result["first"] == int(worker_gpus[0])
+
+
+def test_the_lightning_evaluators_run_on_the_trials_gpus_and_never_probe_cuda_on_a_cpu_worker(
+    cluster: Backend,
+) -> None:
+    evaluator = FunctionalEvaluator(fits.lightning_devices)
+    seen = {
+        gpus: cluster.submit(fits.DigitsMLP, evaluator, gpus=gpus).result(timeout=60) for gpus in (2, 1, 0)
+    }
+    assert seen[2] == {"default": 2, "gpu": 1, "cpu": 0, "devices": 2, "ddp_fork": 1}
+    assert seen[1] == {"default": 1, "gpu": 1, "cpu": 0, "devices": 1, "ddp_fork": 0}
+    assert seen[0] == {"default": 1, "gpu": 0, "cpu": 1, "devices": 1, "ddp_fork": 0}
+
+
+def test_ddp_forked_from_a_trial_process_reports_each_epoch_and_its_final_result(cluster: Backend) -> None:
+    """The DDP a trial with several GPUs gets (``ddp_fork``), on two CPU processes here: rank 0's
+    reports reach the client once each, and the final result is the last validation's."""
+    evaluator = pl.Classification(
+        learning_rate=3e-3,
+        train_dataloaders=pl.DataLoader(retia.trace(DigitsDataset)("train"), batch_size=128, shuffle=True),
+        val_dataloaders=pl.DataLoader(retia.trace(DigitsDataset)("val"), batch_size=512),
+        max_epochs=3,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_fork",
+    )
+    trial = cluster.submit(fits.DigitsMLP, evaluator, gpus=0)
+    final = trial.result(timeout=120)
+    reports = list(trial.reports())
+    assert isinstance(final, dict) and final["default"] == final["val_acc"] > 0.3
+    assert len(reports) == 3 and reports[-1] == final  # one per epoch; the final is the last
 
 
 def test_a_trial_no_worker_can_hold_fails_with_the_reason(cluster: Backend) -> None:
