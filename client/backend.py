@@ -55,6 +55,7 @@ from retia.protocol import (
     Ack,
     BlobRef,
     Cancel,
+    DeviceFacts,
     Event,
     FileChunk,
     Hello,
@@ -133,6 +134,12 @@ class Trial:
 
     def done(self) -> bool:
         return self.state.finished
+
+    @property
+    def devices(self) -> DeviceFacts | None:
+        """Once it has ended: its GPUs (indices, UUIDs), peak memory and time to its first CUDA
+        operation (None before, or when its process said nothing of them)."""
+        return None if self.change is None else self.change.devices
 
     def reports(self, timeout: float | None = None) -> Iterator[Metric]:
         """Intermediate results as they arrive (a retried attempt's start again), until the trial ends."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 from retia.credentials import CREDENTIAL_ENV, resolve_credential
 from retia.errors import RetiaError
 from retia.keys import KEY_ENV
+from retia.protocol import DeviceFacts
 
 __all__ = ["add_status_arguments", "run_status"]
 
@@ -40,6 +42,20 @@ def add_status_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def describe_devices(facts: DeviceFacts) -> str:
+    """One line for a person: which GPUs, the peak memory and the time to the first CUDA operation."""
+    if not facts.gpus:
+        return "CPU"
+    parts = [f"GPU {','.join(facts.gpus)}"]
+    if facts.uuids:  # CUDA was up: a --reuse-process child's may have been before this trial
+        parts.append(f"peak {facts.peak_memory_bytes / 2**30:.2f} GiB")
+    if facts.first_cuda_s is not None:
+        parts.append(f"first CUDA op after {facts.first_cuda_s:.2f}s")
+    elif not facts.uuids:
+        parts.append("CUDA unused")
+    return ", ".join(parts)
+
+
 def run_status(args: argparse.Namespace) -> int:
     from .backend import query_status
 
@@ -60,7 +76,7 @@ def run_status(args: argparse.Namespace) -> int:
                 {
                     "dispatcher": status.dispatcher_id,
                     "uptime": status.uptime,
-                    "workers": [w.__dict__ for w in status.workers],
+                    "workers": [dataclasses.asdict(w) for w in status.workers],
                     "trials": status.counts,
                 },
                 indent=2,
@@ -72,10 +88,11 @@ def run_status(args: argparse.Namespace) -> int:
 
     console = Console()
     table = Table(title=f"{status.dispatcher_id} — up {status.uptime:.0f}s")
-    for column in ("worker", "host", "gpu", "state", "trial", "uptime"):
+    for column in ("worker", "host", "gpu", "state", "trial", "uptime", "last trial's GPUs"):
         table.add_column(column)
     for w in status.workers:
-        table.add_row(w.worker_id, w.host, w.gpu, w.state, w.trial or "-", f"{w.uptime:.0f}s")
+        last = f"{w.last_trial[:12]}: {describe_devices(w.last_devices)}" if w.last_devices else "-"
+        table.add_row(w.worker_id, w.host, w.gpu, w.state, w.trial or "-", f"{w.uptime:.0f}s", last)
     console.print(table)
     console.print("trials: " + ", ".join(f"{state.lower()} {n}" for state, n in status.counts.items()))
     return 0

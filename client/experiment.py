@@ -463,7 +463,7 @@ class _Loop:
         result.intermediates = list(trial.intermediates)
         result.reason = change.reason or (change.failure.message if change.failure else "")
         result.finished = time.time()
-        result.output_dir = change.output_dir
+        result.output_dir, result.devices = change.output_dir, change.devices
         if self.one_shot and result.final is not None:  # the architecture the supernet's training chose
             from retia.oneshot import arch_from_metric
 

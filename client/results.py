@@ -18,7 +18,7 @@ from typing import Any
 
 from retia.arch import Arch
 from retia.errors import ConfigError
-from retia.protocol import TrialState
+from retia.protocol import DeviceFacts, TrialState
 from retia.reporting import Metric, default_value
 
 __all__ = ["TrialResult", "ExperimentSettings", "ExperimentRecord", "scored"]
@@ -40,11 +40,22 @@ class TrialResult:
     finished: float = 0.0
     output_dir: str = ""  # where its artefacts landed (model.onnx, trial.log)
     seed: int | None = None  # what it ran under (None: recorded by a retia before trial seeds)
+    devices: DeviceFacts | None = None  # its GPUs and what they did (Trial.devices)
 
     @property
     def score(self) -> float | None:
         """The 'default' value of the final result, as reported (direction not applied)."""
         return None if self.final is None else default_value(self.final)
+
+
+def _devices(recorded: Any) -> DeviceFacts | None:
+    """A result line's device facts (None when it has none, or they are not what retia writes)."""
+    if not isinstance(recorded, dict):
+        return None
+    try:
+        return DeviceFacts(**recorded)
+    except TypeError:
+        return None
 
 
 def scored(results: Iterable[TrialResult]) -> list[tuple[float, TrialResult]]:
@@ -129,6 +140,7 @@ class ExperimentRecord:
                     entry["time"],
                 )
                 result.output_dir = entry.get("output_dir", "")
+                result.devices = _devices(entry.get("devices"))
                 result.arch = entry.get("arch", result.arch)  # a one-shot trial's: what it chose
         return self.results
 
@@ -159,6 +171,7 @@ class ExperimentRecord:
                 "time": result.finished or time.time(),
                 "output_dir": result.output_dir,
                 "arch": result.arch,
+                "devices": None if result.devices is None else asdict(result.devices),
             }
         )
 

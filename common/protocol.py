@@ -89,6 +89,7 @@ __all__ = [
     "MAX_PACK",
     "MAX_TRIAL_GPUS",
     "GpuCount",
+    "DeviceFacts",
     "CHECKPOINT_SEQ",
     "id_problem",
 ]
@@ -297,6 +298,8 @@ class WorkerInfo:
     state: str
     trial: str
     uptime: float
+    last_trial: str = ""  # the last trial it finished, and what that trial's GPUs did
+    last_devices: DeviceFacts | None = None
 
 
 @dataclass(frozen=True)
@@ -409,6 +412,19 @@ class InlineFile:
 
 
 @dataclass(frozen=True)
+class DeviceFacts:
+    """A trial's GPUs and what it did with them: which (``gpus``, as its worker numbers them;
+    ``uuids``, once CUDA was up), its peak allocated memory (``torch.cuda.max_memory_allocated``,
+    the largest of its devices) and how long after its start its first CUDA operation came (None:
+    it never initialized CUDA)."""
+
+    gpus: list[str] = field(default_factory=list)
+    uuids: list[str] = field(default_factory=list)
+    peak_memory_bytes: NonNegative = 0
+    first_cuda_s: Seconds | None = None
+
+
+@dataclass(frozen=True)
 class Done:
     """The attempt ended. It also says the worker is free, and carries the reports still unsent.
 
@@ -425,6 +441,7 @@ class Done:
     files: list[InlineFile] = field(default_factory=list)
     # how many reports the attempt sent in all (seqs 1..N): it is finished only once all are stored
     report_count: NonNegative = 0
+    devices: DeviceFacts | None = None  # None: its process said nothing of them (it died, say)
 
     def check(self) -> str:
         if self.state is TrialState.RUNNING:
@@ -454,6 +471,7 @@ class StateChange:
     reason: str = ""
     failure: Failure | None = None
     output_dir: str = ""
+    devices: DeviceFacts | None = None  # when it ended: what its GPUs were and did
 
 
 @dataclass(eq=True)

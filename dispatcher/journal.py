@@ -34,7 +34,7 @@ from retia import codec
 from retia.errors import ConfigError, StorageFault
 from retia.failure import Failure
 from retia.filemodes import private_file
-from retia.protocol import BlobRef, Event, Report, StateChange, TrialState
+from retia.protocol import BlobRef, DeviceFacts, Event, Report, StateChange, TrialState
 from retia.seeding import trial_seed
 
 from .storage import journal_fault
@@ -142,6 +142,7 @@ class TrialRecord:
     gpus: int | None = None  # it runs on a worker with at least this many GPUs and sees that many
     checkpoint: BlobRef | None = None  # the latest complete one an attempt sent (a blob): the next resumes
     reports: int = 0  # of the live attempt, stored: seqs 1..reports (in memory; recovered by count)
+    devices: DeviceFacts | None = None  # what its last attempt's GPUs did (in memory; its event keeps it)
 
 
 class _Checkpointer(threading.Thread):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from retia.protocol import DeviceFacts
+
 __all__ = ["Client", "Worker"]
 
 
@@ -26,6 +28,8 @@ class Worker:
     stopping: set[tuple[str, int]] = field(default_factory=set)
     packs: dict[str, str] = field(default_factory=dict)  # a pack's mates among ``trials``: -> its first trial
     credential: str = ""  # the credential its session was opened with ("" the cluster key)
+    last_trial: str = ""  # the last trial it finished, and what that trial's GPUs did
+    last_devices: DeviceFacts | None = None
 
     @property
     def gpu_count(self) -> int:

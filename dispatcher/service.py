@@ -490,6 +490,7 @@ class Dispatcher:
         )
         if old_worker is not None:
             worker.since, worker.trials, worker.packs = old_worker.since, old_worker.trials, old_worker.packs
+            worker.last_trial, worker.last_devices = old_worker.last_trial, old_worker.last_devices
         self.workers[identity] = worker
         # what it lists is all it runs or holds: a given-up attempt not listed has ended
         worker.stopping = set()
@@ -785,6 +786,9 @@ class Dispatcher:
             return True
         for inline in done.files:  # before the final state goes out: the client finds them there
             self.artifacts.write(rec.client, rec.id, FileChunk(inline.path, 0, inline.data, True))
+        rec.devices = done.devices
+        if done.devices is not None:
+            worker.last_trial, worker.last_devices = rec.id, done.devices
         missing = done.report_count - rec.reports
         if missing > 0:
             reason = (
@@ -969,7 +973,10 @@ class Dispatcher:
 
     def _event_state(self, rec: TrialRecord) -> None:
         output_dir = self.artifacts.trial_path(rec.client, rec.id)
-        change = StateChange(rec.id, rec.attempt, rec.state, rec.worker, rec.reason, rec.failure, output_dir)
+        devices = rec.devices if rec.state.finished else None
+        change = StateChange(
+            rec.id, rec.attempt, rec.state, rec.worker, rec.reason, rec.failure, output_dir, devices
+        )
         self._event(rec, Event(self.journal.add_state(rec.client, change), state=change))
 
     def _event(self, rec: TrialRecord, event: Event) -> None:
@@ -1122,7 +1129,17 @@ class Dispatcher:
                 counts[rec.state.value] += 1
         now = time.time()
         workers = [
-            WorkerInfo(w.id, w.host, w.gpu, w.pid, "busy" if w.trial else "idle", w.trial, now - w.since)
+            WorkerInfo(
+                w.id,
+                w.host,
+                w.gpu,
+                w.pid,
+                "busy" if w.trial else "idle",
+                w.trial,
+                now - w.since,
+                w.last_trial,
+                w.last_devices,
+            )
             for w in self.workers.values()
         ]
         return StatusReply(self.id, workers, counts, time.monotonic() - self._started, self.outbox.bytes_sent)

@@ -1,7 +1,7 @@
 """What a trial process and its agent say to each other over their one-way pipes.
 
 Trial -> agent, on the trial's message pipe: any number of :class:`TrialReport` and
-:class:`TrialCheckpoint`, then exactly
+:class:`TrialCheckpoint`, a :class:`TrialDevices`, then exactly
 one of :class:`TrialRaised`, :class:`TrialReturned` or (for a spec cancelled before it started in
 a ``--reuse-process`` child) :class:`TrialSkipped`. They travel as msgpack through
 :mod:`retia.codec`, every field checked, never as pickles: the agent loads nothing a trial wrote.
@@ -27,7 +27,7 @@ import msgpack
 from retia import codec
 from retia.codec import Bounds
 from retia.errors import ProtocolError
-from retia.protocol import MAX_PACK
+from retia.protocol import MAX_PACK, DeviceFacts
 
 __all__ = [
     "TrialReport",
@@ -36,6 +36,7 @@ __all__ = [
     "TrialReturned",
     "TrialSkipped",
     "TrialStopped",
+    "TrialDevices",
     "TrialMessage",
     "SkipTrial",
     "send",
@@ -104,6 +105,14 @@ class TrialStopped:
 
 
 @dataclass(frozen=True)
+class TrialDevices:
+    """What the trial's GPUs were and did; sent just before its last message."""
+
+    devices: DeviceFacts
+    member: Member = 0
+
+
+@dataclass(frozen=True)
 class TrialSkipped:
     """A queued spec that was cancelled before it started: it never ran."""
 
@@ -116,7 +125,9 @@ class SkipTrial:
     attempt: int
 
 
-TrialMessage = TrialReport | TrialCheckpoint | TrialRaised | TrialReturned | TrialSkipped | TrialStopped
+TrialMessage = (
+    TrialReport | TrialCheckpoint | TrialRaised | TrialReturned | TrialSkipped | TrialStopped | TrialDevices
+)
 
 
 class _Kind(IntEnum):
@@ -126,6 +137,7 @@ class _Kind(IntEnum):
     SKIPPED = 4
     CHECKPOINT = 5
     STOPPED = 6
+    DEVICES = 7
 
 
 _KIND_OF: dict[type, _Kind] = {
@@ -135,6 +147,7 @@ _KIND_OF: dict[type, _Kind] = {
     TrialSkipped: _Kind.SKIPPED,
     TrialCheckpoint: _Kind.CHECKPOINT,
     TrialStopped: _Kind.STOPPED,
+    TrialDevices: _Kind.DEVICES,
 }
 _CLASS_OF: dict[int, type] = {int(kind): cls for cls, kind in _KIND_OF.items()}
 

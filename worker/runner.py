@@ -37,7 +37,7 @@ from typing import Any
 
 from retia.devices import TRIAL_GPUS_ENV
 
-from . import pipe
+from . import pipe, trial_devices
 from .isolation import TrialUser, become, forget_credentials, limit_memory
 from .packed import MateSpec, evaluate_pack
 
@@ -225,6 +225,16 @@ def _evaluate(spec: TrialSpec, output_dir: str, conn: Connection) -> pipe.TrialR
     from retia.seeding import seed_everything
     from retia.serializer import load  # preloaded by the fork server: a dictionary lookup
 
+    trial_devices.watch()
+    try:
+        return _fit(spec, output_dir, conn, load, seed_everything)
+    finally:  # what its GPUs were and did, just before its last message
+        pipe.send(conn, pipe.TrialDevices(trial_devices.facts(spec.cuda_visible_devices)))
+
+
+def _fit(
+    spec: TrialSpec, output_dir: str, conn: Connection, load: Any, seed_everything: Any
+) -> pipe.TrialRaised | pipe.TrialReturned:
     try:
         blob_dir = Path(spec.blob_dir) if spec.blob_dir else None
         if spec.resume and blob_dir is not None:

@@ -26,6 +26,7 @@ from retia.errors import ProtocolError
 from retia.failure import Failure, FailureKind
 from retia.protocol import (
     CHECKPOINT_SEQ,
+    DeviceFacts,
     Done,
     FileChunk,
     InlineFile,
@@ -93,6 +94,7 @@ class RunningTrial:
     control: Any = None
     stopped: pipe.TrialStopped | None = None  # it left its pack unfinished (cancelled, timed out)
     done_sent: bool = False  # its DONE went out (a pack's trials end one by one)
+    devices: DeviceFacts | None = None  # what its GPUs were and did (its process says, at the end)
 
     @property
     def finished(self) -> bool:
@@ -146,6 +148,8 @@ class RunningTrial:
                     target.returned = True
                 elif isinstance(message, pipe.TrialStopped):
                     target.stopped = message
+                elif isinstance(message, pipe.TrialDevices):
+                    target.devices = message.devices
                 else:
                     self.skipped = True
         except ProtocolError as exc:  # the trial wrote its pipe itself: it fails, and its process goes
@@ -203,6 +207,7 @@ class RunningTrial:
                     reports,
                     files,
                     self.reports,
+                    self.devices,
                 )
             signal_name = ""
             if code is not None and code < 0:
@@ -224,7 +229,17 @@ class RunningTrial:
             tail = _tail_of(inline_log[0]) if inline_log else log_tail(self.log_file)
             failure = dataclasses.replace(failure, log_tail=tail)
         return Done(
-            self.id, self.attempt, seq, state, reason, failure, duration, reports, files, self.reports
+            self.id,
+            self.attempt,
+            seq,
+            state,
+            reason,
+            failure,
+            duration,
+            reports,
+            files,
+            self.reports,
+            self.devices,
         )
 
     def send_signal(self, sig: signal.Signals) -> None:

@@ -81,6 +81,7 @@ def test_public_names_are_pinned() -> None:
         "FunctionalEvaluator",
         "InvalidArchitectureError",
         "PayloadTooLarge",
+        "PlacementError",
         "ProtocolError",
         "RetiaError",
         "RetiariiExperiment",
@@ -142,6 +143,7 @@ def test_every_error_derives_from_the_one_root() -> None:
     [
         (errors.PayloadTooLarge, errors.SerializationError),
         (errors.WorkerLostError, errors.TrialFailedError),
+        (errors.PlacementError, errors.TrialFailedError),
         (errors.ReportError, ValueError),
         (errors.ConfigError, ValueError),
         (errors.InvalidArchitectureError, ValueError),

@@ -173,7 +173,9 @@ def test_training_a_small_path_updates_only_its_slice() -> None:
     assert grad[:8, :4].abs().sum() > 0 and grad[8:].abs().sum() == 0 and grad[:, 4:].abs().sum() == 0
     conv_grad = sup.conv.weight.grad
     assert conv_grad[:4, :, 2:5, 2:5].abs().sum() > 0
-    assert conv_grad.abs().sum() == conv_grad[:4, :, 2:5, 2:5].abs().sum()
+    outside = conv_grad.detach().clone()
+    outside[:4, :, 2:5, 2:5] = 0
+    assert torch.count_nonzero(outside) == 0  # exact: no float sums compared
     # batch norm's running statistics move in the slice only
     assert torch.all(sup.bn.running_mean[4:] == 0) and torch.any(sup.bn.running_mean[:4] != 0)
 

@@ -1,7 +1,8 @@
-"""The dispatch benchmark runs end to end in quick mode (its numbers are not checked here)."""
+"""The benchmarks run end to end in quick mode (their numbers are not checked here)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +92,21 @@ def test_packed_benchmark_times_each_pack_and_checks_it_against_pack_1(tmp_path:
         assert cells[4].strip().split(" ms = ")[0].replace(".", "").isdigit(), f"pack {pack}: {cells}"
     assert float(rows["1"][2].strip().rstrip("x")) == 1.0
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.timeout(120)
+def test_gpu_benchmark_without_cuda_says_so_and_exits_0(tmp_path: Path) -> None:
+    """benchmarks/gpu.py on a machine without CUDA (here or hidden): it imports what it measures,
+    says there is nothing to measure, and succeeds; on a GPU machine it is run by hand."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu.py")],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        cwd=tmp_path,
+        env=env,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "no CUDA device" in out.stdout

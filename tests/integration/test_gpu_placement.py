@@ -17,6 +17,7 @@ from retia.client.backend import Backend
 from retia.client.experiment import Experiment
 from retia.datasets import DigitsDataset
 from retia.errors import ConfigError, PlacementError
+from retia.protocol import DeviceFacts
 from retia.strategy import Random
 
 from ..clusters import fast_cluster, on_cluster
@@ -68,6 +69,11 @@ def test_each_trial_runs_where_its_gpus_are_and_sees_exactly_that_many(cluster: 
             assert len(worker_gpus) >= gpus and result["count"] == gpus, (trial.worker, result)
             if gpus:
                 assert result["first"] == int(worker_gpus[0])
+        # its device facts say the same (no CUDA here: no UUIDs, no peak, no first CUDA op)
+        seen = worker_gpus if gpus is None else worker_gpus[: gpus or 0]
+        assert trial.devices == DeviceFacts(seen)
+    last = {w.worker_id: (w.last_trial, w.last_devices) for w in cluster.status().workers}
+    assert any(trial_id == trials[-1].id and facts == DeviceFacts([]) for trial_id, facts in last.values())
 
 
 def test_the_lightning_evaluators_run_on_the_trials_gpus_and_never_probe_cuda_on_a_cpu_worker(
@@ -122,3 +128,5 @@ def test_an_experiments_trials_ask_for_trial_gpus(cluster: Backend, tmp_path: Pa
     results = exp.run(max_trials=3, concurrency=2, trial_gpus=2, **on_cluster(cluster))
     assert [r.state for r in results] == ["SUCCEEDED"] * 3
     assert all(isinstance(r.final, dict) and r.final["count"] == 2 for r in results)
+    assert [r.devices for r in results] == [DeviceFacts(["0", "1"])] * 3
+    assert [r.devices for r in Experiment.load(exp.path).results] == [DeviceFacts(["0", "1"])] * 3
