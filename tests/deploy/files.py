@@ -167,10 +167,10 @@ SLURM_SAMPLES = {
     "CLIENT_NAME": "alice",
     "RETIA_ADDRESS": "tcp://gpu001:5555",
     "RETIA_WORKER_HOME": "/tmp/retia-4242",
-    "SLURMD_NODENAME": "gpu002",
-    "SLURM_LOCALID": "3",
     "SLURM_CPUS_PER_TASK": "8",
-    "gpu": "3",
+    "GPUS_PER_TRIAL": "2",
+    "TRIALS_PER_GPU": "1",
+    "THREADS": "8",
 }
 
 

@@ -288,8 +288,8 @@ def test_compose_services_reference_dockerfiles_and_valid_commands() -> None:
     services = compose["services"]
     images = compose_images()
     assert {p.name for p in images.values()} == set(SUBCOMMAND_OF_IMAGE)
-    workers = {name: s for name, s in services.items() if name.startswith("worker-")}
-    assert {"dispatcher", "credentials"} <= set(services) and len(workers) >= 2
+    workers = {name: s for name, s in services.items() if name.startswith("worker")}
+    assert {"dispatcher", "credentials"} <= set(services)
     assert "secrets" not in compose, "the cluster key comes from no host file: the dispatcher makes it"
 
     dispatcher = services["dispatcher"]
@@ -320,14 +320,14 @@ def test_compose_services_reference_dockerfiles_and_valid_commands() -> None:
     out_dir, out_name = issue.out.rsplit("/", 1)
     credential_volume = cred_mounts[out_dir]
 
-    gpus = []
     for name, service in workers.items():
         assert Path(service["build"]["dockerfile"]).name == "worker.Dockerfile", name
         argv = compose_argv(service)
         args = parse(argv, f"compose {name}")
         assert args.command == "worker"
         assert args.connect == "", f"{name}: the address comes from the credential"
-        assert args.gpu == "0", f"{name}: a container sees its reserved GPU as device 0"
+        # one agent per GPU the container was given, under one supervisor
+        assert args.gpus == "all" and args.gpu == "none", f"{name}: --gpus all, no --gpu of its own"
         assert args.trial_user == TRIAL_USER, f"{name}: trials must not run as root"
         assert service["depends_on"]["dispatcher"]["condition"] == "service_healthy"
         assert service["depends_on"]["credentials"]["condition"] == "service_completed_successfully"
@@ -340,11 +340,8 @@ def test_compose_services_reference_dockerfiles_and_valid_commands() -> None:
         assert_no_cluster_key(name, argv, mounts, service.get("environment", {}))
         (device,) = service["deploy"]["resources"]["reservations"]["devices"]
         assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
-        assert len(device["device_ids"]) == 1
-        gpus.append(device["device_ids"][0])
-    assert len(set(gpus)) == len(gpus), f"two workers reserve the same GPU: {gpus}"
-    assert sorted(gpus) == [str(i) for i in range(len(gpus))]
-    assert len({option(compose_argv(s), "--name") for s in workers.values()}) == len(workers)
+        assert device["count"] == "all", f"{name}: the machine's GPUs, for --gpus all"
+    assert len(workers) == 1, f"one worker service takes all the GPUs: {sorted(workers)}"
 
 
 def _compose_readme_commands() -> dict[str, list[str]]:
@@ -368,7 +365,10 @@ def _compose_readme_commands() -> dict[str, list[str]]:
 
 @pytest.mark.timeout(240)
 def test_compose_commands_run_for_real(
-    tmp_path: Path, passable_dir: Path, processes: list[subprocess.Popen[Any]]
+    tmp_path: Path,
+    passable_dir: Path,
+    processes: list[subprocess.Popen[Any]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """compose.yaml's exact commands in their order (dispatcher, healthcheck, credentials, worker),
     then the README's client credential and one trial through it, paths made local."""
@@ -407,13 +407,15 @@ def test_compose_commands_run_for_real(
     assert worker_cred.server_key == public_key(state / "curve" / "dispatcher.key")
     assert run_retia(localize(_credentials_argv(services["credentials"]), head)).returncode == 0  # next `up`
 
-    # 4. worker-0's exact command with that volume (on a CPU machine --gpu 0 only sets
-    #    CUDA_VISIBLE_DEVICES); the credential names tcp://dispatcher:5555, so --connect is added
-    wargv = compose_argv(services["worker-0"])
+    # 4. the worker's exact command with that volume, given one 'GPU' (on a CPU machine the
+    #    CUDA_VISIBLE_DEVICES its one agent hands on); the credential names tcp://dispatcher:5555,
+    #    so --connect is added
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    wargv = compose_argv(services["worker"])
     local = {"/run/retia": volume, "/var/lib/retia": passable_dir / "worker"}
     wargv = runnable_here(localize(wargv, local)) + ["--connect", address]
     worker = start_retia(wargv, processes)
-    row = wait_for_worker(health, worker, option(wargv, "--name"))
+    row = wait_for_worker(health, worker, option(wargv, "--name") + "-gpu0")
     assert row["gpu"] == "0"
 
     # 5. the README's commands: status in the dispatcher container, the client credential (stdout)
@@ -421,7 +423,7 @@ def test_compose_commands_run_for_real(
     status = localize(readme["status"], head)
     status = [address if a == f"tcp://127.0.0.1:{PORT}" else a for a in status]
     out = run_retia(status, timeout=30)
-    assert out.returncode == 0 and "worker-0" in out.stdout, out.stderr
+    assert out.returncode == 0 and "worker-gpu0" in out.stdout, out.stderr
     client_file = tmp_path / "alice.cred"
     with os.fdopen(os.open(client_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as sink:  # umask 077
         assert (

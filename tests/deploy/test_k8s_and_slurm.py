@@ -86,7 +86,7 @@ def test_k8s_dispatcher_deployment_and_service() -> None:
 
 
 @pytest.mark.timeout(60)
-def test_k8s_workers_one_gpu_each_with_the_worker_credential_only() -> None:
+def test_k8s_workers_one_pod_per_node_with_the_worker_credential_only() -> None:
     statefulset = k8s("StatefulSet", "retia-worker")
     k8s("Service", statefulset["spec"]["serviceName"])
     pod = statefulset["spec"]["template"]["spec"]
@@ -94,9 +94,11 @@ def test_k8s_workers_one_gpu_each_with_the_worker_credential_only() -> None:
     (container,) = pod["containers"]
     argv = k8s_argv(container, pod)
     args = parse(argv, "k8s worker")
-    assert args.command == "worker" and args.gpu == "0" and args.trial_user == TRIAL_USER
+    assert args.command == "worker" and args.trial_user == TRIAL_USER
+    # one agent per GPU the pod was given, under one supervisor: --gpus all, no --gpu of its own
+    assert args.gpus == "all" and args.gpu == "none"
     assert args.connect == "", "the address comes from the credential"
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["resources"]["limits"]["nvidia.com/gpu"] >= 1
     secret = secret_mount(pod, container, str(args.credential))
     assert secret["defaultMode"] == 0o400 and secret["secretName"] == WORKER_SECRET
     mounts = _mounted_volumes(pod, container)
@@ -145,10 +147,15 @@ def test_k8s_kustomization_and_the_credential_command_it_shows() -> None:
 
 @pytest.mark.timeout(240)
 def test_k8s_commands_run_for_real(
-    tmp_path: Path, passable_dir: Path, processes: list[subprocess.Popen[Any]]
+    tmp_path: Path,
+    passable_dir: Path,
+    processes: list[subprocess.Popen[Any]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The dispatcher's args, its probe, the README's kubectl-exec commands (the workers' Secret, the
-    status, a client's credential) and the worker's args, in that order, paths made local."""
+    status, a client's credential) and the worker's args, in that order, paths made local. The pod
+    is given one 'GPU' (on a CPU machine it is only the CUDA_VISIBLE_DEVICES its agent hands on)."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     deployment = k8s("Deployment", "retia-dispatcher")["spec"]["template"]["spec"]
     statefulset = k8s("StatefulSet", "retia-worker")["spec"]["template"]["spec"]
     port = free_port()
@@ -187,7 +194,7 @@ def test_k8s_commands_run_for_real(
     local = {mount["mountPath"]: secrets[WORKER_SECRET].parent, "/var/lib/retia": passable_dir / "worker"}
     wargv = runnable_here(localize(k8s_argv(wcontainer, statefulset), local)) + ["--connect", address]
     worker = start_retia(wargv, processes)
-    wait_for_worker(probe, worker, "sample-pod_name")
+    wait_for_worker(probe, worker, "sample-pod_name-gpu0")
 
     # every other `kubectl exec deploy/retia-dispatcher -- retia ...` the README shows runs too
     ran = 0
@@ -231,43 +238,58 @@ def test_sbatch_retia_commands_are_accepted() -> None:
         assert Path(args.out).parent == dispatcher.home, f"{role}: not on the shared home beside the state"
     assert issued["worker"].name == "workers" and issued["client"].name == SLURM_SAMPLES["CLIENT_NAME"]
     assert str(worker.credential) == issued["worker"].out and worker.connect == ""
-    assert worker.gpu == SLURM_SAMPLES["gpu"] and worker.threads == 8
+    assert worker.gpus == "all" and worker.gpu == "none" and worker.name == ""  # <node>-gpuN
+    assert worker.gpus_per_trial == 2 and worker.trials_per_gpu == 1 and worker.threads == 8
     assert status.address == SLURM_SAMPLES["RETIA_ADDRESS"]
     assert str(status.curve_server_key) == f"{dispatcher.home}/curve/dispatcher.key"
     # the workers: neither their command nor their environment names the key
-    (worker_line,) = [line for line in text.splitlines() if "exec retia worker" in line]
+    (worker_line,) = [line for line in text.splitlines() if "retia worker --credential" in line]
     (exported,) = [line for line in text.splitlines() if line.startswith("export ")]
     assert_no_cluster_key("the sbatch worker", worker_line, exported)
     assert 'RETIA_CREDENTIAL="$CLIENT_CREDENTIAL" "${RETIA_PYTHON:-python3}" "$@"' in text
 
-    # launch structure: dispatcher on the first node, then one worker task per GPU
+    # launch structure: dispatcher on the first node, then one worker task per node
     assert re.search(r"srun [^\n]*--nodelist=\"\$HEAD_NODE\"", text)
-    assert re.search(r"srun [^\n]*--ntasks-per-node=\"\$GPUS_PER_NODE\"", text)
-    assert "SLURM_LOCALID" in text and "$HOME/.retia/cluster.key" in text
-    order = ["retia dispatcher", '[[ -s "$READY_FILE" ]]', "retia credential", "retia worker"]
+    assert re.search(r"srun [^\n]*--ntasks-per-node=1 ", text)
+    assert "$HOME/.retia/cluster.key" in text
+    order = ["retia dispatcher", '[[ -s "$READY_FILE" ]]', "retia credential", "retia worker --credential"]
     assert [text.index(step) for step in order] == sorted(text.index(step) for step in order)
     assert '"$@" --address "$RETIA_ADDRESS"' in text
     assert os.access(SBATCH, os.X_OK)
 
 
 @pytest.mark.timeout(60)
-def test_sbatch_worker_takes_its_own_gpu_from_slurm(tmp_path: Path) -> None:
-    """The bash that picks task $SLURM_LOCALID's GPU out of CUDA_VISIBLE_DEVICES, run for real."""
+def test_sbatch_shares_the_tasks_cpus_among_the_nodes_agents() -> None:
+    """The bash that turns the task's CPUs into each trial's --threads, run for real: the CPUs over
+    the agents (GPUs / GPUs per trial * trials per GPU), never 0."""
     if not shutil.which("bash"):
         pytest.skip("no bash")
     text = SBATCH.read_text()
-    lines = text[text.index("bash -c '") + len("bash -c '") :].splitlines()
-    picker = "\n".join(line for line in lines if line.strip().startswith(("gpus=", "gpu=")))
-    assert picker.count("\n") == 1, picker
-    cases = [("4,5,6,7", "2", "6"), ("0,1", "1", "1"), ("", "3", "3")]
-    for visible, local_id, expected in cases:
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SLURM_LOCALID": local_id}
-        if visible:
-            env["CUDA_VISIBLE_DEVICES"] = visible
+    start, end = text.index("GPUS_PER_NODE="), text.index("RETIA_PORT=")
+    arithmetic = "\n".join(line for line in text[start:end].splitlines() if not line.startswith("RETIA_"))
+    cases = [  # (GPUs, GPUs per trial, trials per GPU, CPUs) -> threads
+        (("4", "1", "1", "32"), "8"),
+        (("8", "2", "1", "64"), "16"),
+        (("2", "1", "4", "16"), "2"),
+        (("8", "1", "1", "4"), "1"),
+        (("1", "2", "1", "8"), "8"),  # fewer GPUs than a trial asks: the supervisor refuses; no crash here
+    ]
+    for (gpus, per_trial, per_gpu, cpus), expected in cases:
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "RETIA_GPUS_PER_NODE": gpus,
+            "RETIA_GPUS_PER_TRIAL": per_trial,
+            "RETIA_TRIALS_PER_GPU": per_gpu,
+            "SLURM_CPUS_PER_TASK": cpus,
+        }
         out = subprocess.run(
-            ["bash", "-c", picker + '\necho "$gpu"'], capture_output=True, text=True, env=env, timeout=30
+            ["bash", "-c", arithmetic + '\necho "$THREADS"'],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
         )
-        assert out.stdout.strip() == expected, (visible, local_id, out.stdout, out.stderr)
+        assert out.stdout.strip() == expected, (gpus, per_trial, per_gpu, cpus, out.stdout, out.stderr)
 
 
 _FAKE_SRUN = r"""#!/bin/bash
@@ -340,7 +362,8 @@ def _procs_mentioning(needle: str) -> list[int]:
 
 @pytest.mark.timeout(240)
 def test_sbatch_script_runs_end_to_end_with_a_fake_srun(tmp_path: Path) -> None:
-    """The whole batch script on this machine: a stub srun/scontrol, one 'GPU', a tiny experiment."""
+    """The whole batch script on this machine: a stub srun/scontrol, one 'GPU' (the
+    CUDA_VISIBLE_DEVICES Slurm sets for the job), a tiny experiment."""
     if not shutil.which("bash"):
         pytest.skip("no bash")
     bin_dir = tmp_path / "bin"
@@ -374,7 +397,7 @@ def test_sbatch_script_runs_end_to_end_with_a_fake_srun(tmp_path: Path) -> None:
         "RETIA_WORKER_HOME": str(tmp_path / "worker"),
         "RETIA_PYTHON": sys.executable,
     }
-    env.pop("CUDA_VISIBLE_DEVICES", None)
+    env["CUDA_VISIBLE_DEVICES"] = "0"
     job = subprocess.Popen(
         ["bash", str(SBATCH), str(experiment), "--workers", "1"],
         env=env,
@@ -391,7 +414,8 @@ def test_sbatch_script_runs_end_to_end_with_a_fake_srun(tmp_path: Path) -> None:
             job.wait()
     assert job.returncode == 0, output
     assert "CREDENTIAL client alice True" in output, output
-    assert 'EXPERIMENT [["node0-gpu0", "0"]]' in output, output
+    # the node's one agent, named by the supervisor for the node and its GPU
+    assert f'EXPERIMENT [["{socket.gethostname()}-gpu0", "0"]]' in output, output
     assert 'TRIAL {"default": 1.0, "secrets": 0.0}' in output, output
     assert "experiment exited with status 0" in output
     key = home / ".retia" / "cluster.key"
