@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 from retia.client.backend import Backend
 from retia.client.cluster import LocalCluster, local_cluster
+from retia.protocol import WorkerInfo
 
 HEARTBEAT_INTERVAL = 0.2
 LIVENESS = 5  # with HEARTBEAT_INTERVAL: a peer is declared dead after 1 s of silence
@@ -50,6 +52,15 @@ def processes(backend: Backend) -> LocalCluster:
 def on_cluster(backend: Backend) -> dict[str, Any]:
     """``Experiment.run`` arguments that run it on this backend's cluster (no live view)."""
     return {"address": backend.address, "key_file": processes(backend).key_file, "live": False}
+
+
+def joined_workers(backend: Backend, count: int, timeout: float = 60) -> list[WorkerInfo]:
+    """The workers, once ``count`` have joined (local_cluster returns before its workers connect)."""
+    deadline = time.monotonic() + timeout
+    while len(workers := backend.status().workers) < count:
+        assert time.monotonic() < deadline, f"{len(workers)} of {count} workers joined"
+        time.sleep(0.05)
+    return workers
 
 
 def worker_index(backend: Backend, worker_id: str) -> int:

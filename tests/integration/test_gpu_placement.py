@@ -4,7 +4,6 @@ devices; 0 sees none; one that no worker can hold fails with PlacementError inst
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from retia.errors import ConfigError, PlacementError
 from retia.protocol import DeviceFacts
 from retia.strategy import Random
 
-from ..clusters import fast_cluster, on_cluster
+from ..clusters import fast_cluster, joined_workers, on_cluster
 from ..common.spaces import DigitsMLPSpace
 from . import fits
 
@@ -47,11 +46,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
 
 def _workers(backend: Backend, count: int = 3) -> dict[str, str]:
     """Each worker's GPUs, once all ``count`` have joined."""
-    deadline = time.monotonic() + 30
-    while len(workers := backend.status().workers) < count:
-        assert time.monotonic() < deadline, workers
-        time.sleep(0.05)
-    return {w.worker_id: w.gpu for w in workers}
+    return {w.worker_id: w.gpu for w in joined_workers(backend, count, timeout=30)}
 
 
 def test_each_trial_runs_where_its_gpus_are_and_sees_exactly_that_many(cluster: Backend) -> None:

@@ -19,7 +19,7 @@ from retia.protocol import TrialState
 from retia.seeding import trial_seed
 from retia.strategy import Random
 
-from ..clusters import on_cluster, processes, worker_index
+from ..clusters import joined_workers, on_cluster, processes, worker_index
 from ..common.spaces import DigitsMLPSpace
 from . import fits
 
@@ -44,7 +44,8 @@ def _reports(trial: Trial) -> tuple[object, list[object]]:
 
 def test_a_seed_gives_the_same_reports_on_either_worker_and_another_seed_others(cluster: Backend) -> None:
     evaluator = _evaluator()
-    first, second = cluster.submit_many([fits.DropoutMLP] * 2, evaluator, seeds=[11, 11])  # 2 idle workers
+    joined_workers(cluster, 2)  # both idle: each takes one of the pair
+    first, second = cluster.submit_many([fits.DropoutMLP] * 2, evaluator, seeds=[11, 11])
     other = cluster.submit(fits.DropoutMLP, evaluator, seed=12)
     assert [t.seed for t in (first, second, other)] == [11, 11, 12]
     same = _reports(first)

@@ -29,11 +29,10 @@ from retia.protocol import (
     Submit,
     SubmitBatch,
     TrialState,
-    WorkerInfo,
 )
 from retia.session import Opening, Session, peek_header
 
-from ..clusters import fast_cluster, processes
+from ..clusters import fast_cluster, joined_workers, processes
 from ..dispatcher.fakes import join, receive
 from ..integration import fits
 from ..netfaults import CuttableProxy, replay
@@ -69,15 +68,6 @@ def cluster(tmp_path: Path) -> Iterator[Backend]:
         yield backend
 
 
-def _workers(backend: Backend, count: int) -> list[WorkerInfo]:
-    """The workers, once ``count`` have joined."""
-    deadline = time.monotonic() + 60
-    while len(workers := backend.status().workers) < count:
-        assert time.monotonic() < deadline, f"{len(workers)} of {count} workers joined"
-        time.sleep(0.1)
-    return workers
-
-
 def _credential(backend: Backend, role: Role, name: str) -> Credential:
     """A credential issued by this cluster's head node (its address included)."""
     key = load_key(processes(backend).key_file)
@@ -89,7 +79,7 @@ def test_a_peer_with_a_workers_name_and_no_key_gets_no_run_and_the_worker_keeps_
 ) -> None:
     """Before: the dispatcher set ROUTER_HANDOVER and peers chose their routing ids, so connecting as
     ``worker-0`` took the worker's route: the next RUN (the user's code) went to the attacker."""
-    (worker,) = _workers(cluster, 1)
+    (worker,) = joined_workers(cluster, 1)
     with dealer(processes(cluster).address, worker.worker_id.encode()) as attacker:
         stranger = Credential(Role.WORKER, "", 0, b"0" * 64)  # a guess at the key
         attacker.send_multipart(
@@ -217,7 +207,7 @@ def test_a_worker_credential_cannot_act_as_a_client_nor_a_client_as_a_worker(
         timeout=60,
     )
     assert run.returncode == 2 and "not client credential 'erin'" in run.stderr
-    assert len(_workers(cluster, 1)) == 1  # the local one only
+    assert len(joined_workers(cluster, 1)) == 1  # the local one only
 
 
 def test_a_revoked_credential_is_refused_from_then_on(cluster: Backend, tmp_path: Path) -> None:
@@ -250,7 +240,7 @@ def test_a_revoked_credential_is_refused_from_then_on(cluster: Backend, tmp_path
     )
     try:
         with connect(credential=frank) as client:
-            _workers(cluster, 2)
+            joined_workers(cluster, 2)
             for name in ("frank", "spare-pool"):
                 subprocess.run(
                     [sys.executable, "-m", "retia", "credential", "--home", str(home), "revoke", name],
