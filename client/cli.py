@@ -94,5 +94,8 @@ def run_status(args: argparse.Namespace) -> int:
         last = f"{w.last_trial[:12]}: {describe_devices(w.last_devices)}" if w.last_devices else "-"
         table.add_row(w.worker_id, w.host, w.gpu, w.state, w.trial or "-", f"{w.uptime:.0f}s", last)
     console.print(table)
+    for w in status.workers:
+        if w.blocked:
+            console.print(f"[bold red]{w.worker_id} takes no trials:[/] {w.blocked}")
     console.print("trials: " + ", ".join(f"{state.lower()} {n}" for state, n in status.counts.items()))
     return 0

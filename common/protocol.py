@@ -250,6 +250,9 @@ class Welcome:
 @dataclass(frozen=True)
 class Ready:
     last_run: str = ""  # the last trial this worker was given: a READY sent before a RUN arrived is stale
+    # set: the worker takes no trial until a READY without it (a GPU still holds memory after its last
+    # trial); what it holds comes back unstarted
+    blocked: str = ""
 
 
 @dataclass(frozen=True)
@@ -300,6 +303,7 @@ class WorkerInfo:
     uptime: float
     last_trial: str = ""  # the last trial it finished, and what that trial's GPUs did
     last_devices: DeviceFacts | None = None
+    blocked: str = ""  # why it takes no trial now (state "blocked"), e.g. GPU memory held after a trial
 
 
 @dataclass(frozen=True)

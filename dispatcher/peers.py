@@ -30,6 +30,7 @@ class Worker:
     credential: str = ""  # the credential its session was opened with ("" the cluster key)
     last_trial: str = ""  # the last trial it finished, and what that trial's GPUs did
     last_devices: DeviceFacts | None = None
+    blocked: str = ""  # why it takes no trial now (its READY said so); "" when it does
 
     @property
     def gpu_count(self) -> int:

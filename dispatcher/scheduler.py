@@ -102,13 +102,15 @@ class Scheduler:
     # ---- workers ----
 
     def became_idle(self, worker: Worker) -> None:
+        if worker.blocked:
+            return  # (its next plain READY makes it idle)
         if worker.identity not in self.idle:
             self.idle.append(worker.identity)
         self._rebalance_due = True
 
     def freed_slot(self, worker: Worker) -> None:
         """A busy worker may take one more; one entry per worker, so slots fill round-robin."""
-        if worker.load < worker.slots and worker.identity not in self.free_slots:
+        if not worker.blocked and worker.load < worker.slots and worker.identity not in self.free_slots:
             self.free_slots.append(worker.identity)
 
     def worker_done(self, worker: Worker) -> None:
@@ -119,9 +121,11 @@ class Scheduler:
             self.freed_slot(worker)
 
     def forget(self, worker: Worker) -> None:
-        """The worker is gone (its trials are re-queued by the caller)."""
+        """The worker is gone, or takes no trial for now (its trials are re-queued by the caller)."""
         if worker.identity in self.idle:
             self.idle.remove(worker.identity)
+        if worker.identity in self.free_slots:
+            self.free_slots.remove(worker.identity)
 
     # ---- decisions ----
 
@@ -133,8 +137,8 @@ class Scheduler:
             source = self.idle or self.free_slots
             identity = source.popleft()
             worker = workers.get(identity)
-            if worker is None or worker.load >= worker.slots:
-                continue  # gone, or filled since it was queued here
+            if worker is None or worker.blocked or worker.load >= worker.slots:
+                continue  # gone, taking no trial for now, or filled since it was queued here
             index = self._first_fit(worker)
             if index is None or worker.stops(self.queue[index]):  # it has too few GPUs for any, or
                 passed.append((source, identity))  # it still stops the next one's last attempt

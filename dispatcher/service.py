@@ -673,9 +673,21 @@ class Dispatcher:
 
     def _on_ready(self, worker: Worker, msg: Message) -> None:
         ready: Ready = msg.body
+        if ready.blocked:  # it starts nothing until a plain READY: what it holds comes back unstarted
+            if worker.blocked != ready.blocked:
+                _log.error("worker %s takes no trials: %s", worker.id, ready.blocked)
+            worker.blocked = ready.blocked
+            self.scheduler.forget(worker)
+            return
+        blocked, worker.blocked = worker.blocked, ""
+        if blocked:
+            _log.warning("worker %s takes trials again", worker.id)
         if worker.trials and ready.last_run != worker.last_run:
             return  # sent before our last RUN reached it (a HELLO repeated after RESETs): it is busy now
-        self._lose_all(worker, f"worker {worker.id} became ready without finishing it")
+        # (a blocked worker started none of its trials: their attempts are not spent)
+        self._lose_all(
+            worker, f"worker {worker.id} became ready without finishing it", unstarted=bool(blocked)
+        )
         worker.trials, worker.stopping, worker.packs = [], set(), {}
         self.scheduler.became_idle(worker)
 
@@ -928,12 +940,13 @@ class Dispatcher:
         _log.log(logging.INFO if why == "left" else logging.WARNING, "worker %s %s", worker.id, why)
         self._lose_all(worker, f"worker lost: {worker.id} {why}")
 
-    def _lose_all(self, worker: Worker, reason: str) -> None:
-        """Its trials go back to the front of the queue in their order (held ones after the running one)."""
+    def _lose_all(self, worker: Worker, reason: str, *, unstarted: bool = False) -> None:
+        """Its trials go back to the front of the queue in their order (held ones after the running one;
+        ``unstarted``: the first one too never started, so no attempt is spent)."""
         for index in reversed(range(len(worker.trials))):
             rec = self.trials.get(worker.trials[index])
             if rec is not None and rec.state is TrialState.RUNNING and rec.worker == worker.id:
-                self._lost(rec, reason, held=index > 0)
+                self._lost(rec, reason, held=unstarted or index > 0)
 
     def _lost(self, rec: TrialRecord, reason: str, *, held: bool = False) -> None:
         """The attempt's worker is gone: queued again as a new attempt, or ended (lifecycle.lost)."""
@@ -1134,11 +1147,12 @@ class Dispatcher:
                 w.host,
                 w.gpu,
                 w.pid,
-                "busy" if w.trial else "idle",
+                "blocked" if w.blocked else "busy" if w.trial else "idle",
                 w.trial,
                 now - w.since,
                 w.last_trial,
                 w.last_devices,
+                w.blocked,
             )
             for w in self.workers.values()
         ]

@@ -12,6 +12,7 @@ import pytest
 from retia.client.backend import Backend
 
 from .clusters import fast_cluster
+from .nvml import FakeNvml, build_fake_nvml
 
 # The run must leave `git status` as it found it (tests/git_clean.py; --allow-dirty-tree lists only).
 pytest_plugins = ["tests.git_clean"]
@@ -81,3 +82,9 @@ def fresh_cluster(tmp_path: Path) -> Iterator[Backend]:
     """A private two-worker cluster for tests that kill, stop or restart its processes."""
     with fast_cluster(workers=2, home=tmp_path / "cluster") as backend:
         yield backend
+
+
+@pytest.fixture(scope="session")
+def fake_nvml(tmp_path_factory: pytest.TempPathFactory) -> FakeNvml:
+    """The fake NVML library, built once; each test sets its devices' state (tests/nvml.py)."""
+    return build_fake_nvml(tmp_path_factory.mktemp("nvml"))

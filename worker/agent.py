@@ -53,6 +53,7 @@ from retia.protocol import (
 from . import pipe, runner
 from .config import WorkerConfig
 from .fetch import BlobFetcher
+from .gpu_memory import guard_for
 from .isolation import file_access_of, secure_worker_home
 from .packed import MateSpec
 from .processes import Exiting, reap, strategy_for
@@ -105,6 +106,13 @@ class Agent:
         # CUDA in forked subprocess"). Lightning sets it on import, after torch and the preload's first
         # modules: set here, it is in the fork server's environment from its start.
         os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+        # device N of a trial is nvidia-smi's and NVML's N (CUDA's own default orders by speed)
+        os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+        # its GPUs' memory at rest, checked before each trial process (nothing on a CPU worker)
+        self.gpu_guard = guard_for(
+            config.gpu_list, shared=config.gpu_memory_fraction < 1, reuse_process=config.reuse_process
+        )
+        self._gpu_leak = ""  # why no trial starts here: a GPU holds memory after the last trial
         self._mp = multiprocessing.get_context("forkserver")
         self._mp.set_forkserver_preload([*config.preload, "retia.worker.gc_freeze"])  # gc_freeze last
         self.trial: RunningTrial | None = None  # the one running
@@ -157,6 +165,8 @@ class Agent:
                 self._supervise(now)
                 if now >= next_reap:
                     reap(self._exiting, now)
+                    if self._gpu_leak and self.trial is None and not self._held:
+                        self._recheck_gpu(now)
                     if self.peer.heard_within(self.config.timing.silence):  # (down: no stall of its own)
                         self.fetcher.check_stalls(now, _BLOB_PATIENCE * self.config.timing.silence)
                     next_reap = now + self.config.heartbeat_interval
@@ -200,7 +210,9 @@ class Agent:
     def _after_hello(self) -> None:
         """Once HELLO (and what is unacknowledged) went out: ask again for blobs, and say READY if idle."""
         self.fetcher.resume()
-        if self.trial is None and not self._held:
+        if self._gpu_leak:
+            self.peer.send(MsgType.READY, Ready(self._last_run, blocked=self._gpu_leak))
+        elif self.trial is None and not self._held:
             self.peer.send(MsgType.READY, Ready(self._last_run))
 
     def _started(self) -> list[RunningTrial]:
@@ -301,8 +313,38 @@ class Agent:
                 self.trial is None or (self._running_takes_more() and not run.mates)
             ):
                 return  # (a pack gets a process of its own)
+            elif self.trial is None and not self._gpu_free(time.monotonic()):
+                return
             else:
                 self._launch(self._held.popleft())
+
+    def _gpu_free(self, now: float) -> bool:
+        """A new trial process may start: its GPUs are back to their idle level. Memory held past
+        --gpu-release-wait blocks this worker: it gives back what it holds and tells the dispatcher."""
+        if self.gpu_guard is None:
+            return True
+        if not self._gpu_leak:
+            leak = self.gpu_guard.leak(now)
+            if leak is None:
+                return True
+            if leak.seen_for < self.config.gpu_release_wait:
+                return False  # (the driver frees an exited process's memory a moment later)
+            self._gpu_leak = leak.describe()
+            _log.error("worker %s: %s", self.id, self._gpu_leak)
+            self.peer.send(MsgType.READY, Ready(self._last_run, blocked=self._gpu_leak))
+        while self._held:  # unstarted: back to the queue, no attempt spent
+            run = self._held.popleft()
+            for trial, attempt in ((run.trial, run.attempt), *((m.trial, m.attempt) for m in run.mates)):
+                self._end_unstarted(trial, attempt, TrialState.QUEUED, self._gpu_leak)
+        return False
+
+    def _recheck_gpu(self, now: float) -> None:
+        """Blocked and idle: once the memory is freed, it says READY and takes trials again."""
+        assert self.gpu_guard is not None
+        if self.gpu_guard.leak(now) is None:
+            _log.warning("worker %s: its GPU memory is back to its idle level; taking trials again", self.id)
+            self._gpu_leak = ""
+            self.peer.send(MsgType.READY, Ready(self._last_run))
 
     def _running_takes_more(self) -> bool:
         """The running trial's process can queue more trials (a healthy --reuse-process child)."""

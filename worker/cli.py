@@ -157,6 +157,15 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         help="run each trial as this user, who cannot read the worker's key or files (the worker "
         "must run as root, as in the Docker images); default: trials run as the worker's user",
     )
+    parser.add_argument(
+        "--gpu-release-wait",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long a GPU may hold memory above its idle level after a trial before the worker "
+        "stops taking trials and reports the process holding it (checked with NVML when the driver "
+        "has it; default %(default)s)",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
 
 
@@ -197,6 +206,7 @@ def run_worker(args: argparse.Namespace) -> int:
             trial_user=args.trial_user,
             trial_memory_bytes=int(args.trial_memory_mb * (1 << 20)),
             gpu_memory_fraction=args.gpu_memory_fraction,
+            gpu_release_wait=args.gpu_release_wait,
         )
         agent = Agent(config, credential)
     except RetiaError as exc:

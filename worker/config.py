@@ -54,6 +54,7 @@ class WorkerConfig:
     trial_user: str = ""  # run trials as this user (the agent must be root); "": as the worker's user
     trial_memory_bytes: int = 0  # what a trial process may allocate beyond the fork server's (0: no cap)
     gpu_memory_fraction: float = 1.0  # the share of its GPU(s) a trial may allocate (--trials-per-gpu)
+    gpu_release_wait: float = 10.0  # seconds a GPU may stay above its idle level after a trial
 
     def __post_init__(self) -> None:
         problems = []
@@ -65,6 +66,10 @@ class WorkerConfig:
             problems.append(f"trial_memory_bytes must be >= 0 (got {self.trial_memory_bytes})")
         if not 0 < self.gpu_memory_fraction <= 1:
             problems.append(f"gpu_memory_fraction must be in (0, 1] (got {self.gpu_memory_fraction})")
+        if not 0 <= self.gpu_release_wait <= 3600:
+            problems.append(
+                f"gpu_release_wait must be between 0 and 3600 seconds (got {self.gpu_release_wait})"
+            )
         if not 0 <= self.prefetch <= MAX_PREFETCH:
             problems.append(f"prefetch must be between 0 and {MAX_PREFETCH} trials (got {self.prefetch})")
         try:

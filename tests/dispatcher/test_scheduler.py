@@ -66,6 +66,26 @@ def test_a_gone_worker_is_never_given_a_trial() -> None:
     assert stale.placements(_pool(here)) == [] and list(stale.queue) == ["t1"]
 
 
+def test_a_blocked_worker_is_given_nothing_until_it_is_idle_again() -> None:
+    blocked, other = _worker("blocked", slots=2), _worker("other")
+    scheduler = Scheduler()
+    scheduler.became_idle(blocked)
+    scheduler.enqueue("t1")
+    assert [t for _w, t in _pairs(scheduler.placements(_pool(blocked, other)))] == ["t1"]  # a slot left
+    blocked.blocked = "GPU 0 holds memory"  # (its READY said so: the dispatcher forgets its slots)
+    scheduler.forget(blocked)
+    blocked.trials.clear()  # t1 came back unstarted
+    scheduler.worker_done(blocked)
+    scheduler.enqueue("t1", front=True)
+    assert scheduler.placements(_pool(blocked, other)) == [] and list(scheduler.queue) == ["t1"]
+    scheduler.became_idle(other)
+    assert [(w.id, t) for w, t in _pairs(scheduler.placements(_pool(blocked, other)))] == [("other", "t1")]
+    blocked.blocked = ""  # a plain READY
+    scheduler.became_idle(blocked)
+    scheduler.enqueue("t2")
+    assert [(w.id, t) for w, t in _pairs(scheduler.placements(_pool(blocked, other)))] == [("blocked", "t2")]
+
+
 def test_a_finished_trial_frees_its_workers_slot_or_makes_it_idle() -> None:
     worker = _worker("w", slots=2)
     scheduler = Scheduler()

@@ -139,6 +139,16 @@ def devices(model_cls: Any) -> None:
     report_final_result({"default": first, "first": first, "count": len(visible), "fraction": fraction})
 
 
+def holds_gpu_memory(model_cls: Any, state: str, used: int) -> None:
+    """Leaves ``used`` bytes held on device 0 of a fake NVML (its state file: tests/nvml.py) by this
+    process, as a trial whose memory outlives it would; reports its pid."""
+    partial = f"{state}.{os.getpid()}"
+    with open(partial, "w") as f:
+        f.write(f"{used} {os.getpid()}:{used}\n")
+    os.replace(partial, state)
+    report_final_result({"default": 1.0, "pid": os.getpid()})
+
+
 def lightning_devices(model_cls: Any) -> None:
     """Reports what a Trainer retia builds would run on here (retia.devices.trainer_devices):
     ``gpu`` 1 for the GPU accelerator, 0 for the CPU; ``devices``; ``ddp_fork`` 1 when DDP is forked."""
