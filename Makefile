@@ -7,6 +7,9 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.retia-installed
 PYTEST_ARGS ?=
+# Test processes: about half the suite's time is waiting (sockets, timeouts, child processes),
+# so two share two cores well. Each file runs in one of them (its module-scoped cluster starts once).
+PYTEST_WORKERS ?= 2
 
 .PHONY: setup test lint demo clean
 
@@ -20,7 +23,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # mypy maps files to modules by folder; the package's folders (common/ is `retia`) are linked
 # into build/typecheck/retia so it checks them under the names users import.

@@ -1,5 +1,5 @@
 """GPU workers for real, on a machine with CUDA: placement, time to the first CUDA operation, the
-Lightning evaluator's overhead on the device, and a packed trial.
+Lightning evaluator's overhead on the device, a packed trial and a one-shot supernet.
 
 A ``local_cluster`` with one worker per visible GPU (``retia.devices.visible_gpus``: the workers'
 fork servers never initialize CUDA; each trial process does):
@@ -13,7 +13,9 @@ fork servers never initialize CUDA; each trial process does):
   a plain PyTorch loop doing the same training (same data, model, optimizer, epochs, seed, batches
   moved to the device the same way), the MLP widened until one training step takes >= 5 ms;
   best of ``--repeats``, interleaved (target: <= 1.05x);
-- **packed**: ``--pack`` candidates of the demo's space in one trial against one trial each.
+- **packed**: ``--pack`` candidates of the demo's space in one trial against one trial each;
+- **one-shot**: DARTS on the hub DARTS space (digits as 1x8x8 images) for ``--epochs`` epochs,
+  the supernet trained as one trial on a worker's GPU: seconds per epoch and its peak memory.
 
 It prints a table (with each part's peak GPU memory) and exits non-zero on any failure. Without
 CUDA it says so and exits 0. Nothing is written inside the repository.
@@ -261,6 +263,31 @@ def packed(backend: Backend, pack: int, epochs: int) -> dict[str, float]:
     }
 
 
+def oneshot(backend: Backend, epochs: int, tmp: Path) -> dict[str, float]:
+    """A DARTS supernet trained as one trial on a worker's GPU."""
+    from retia.nn.hub import DARTS as DartsSpace
+    from retia.oneshot import DARTS
+
+    digits = retia.trace(DigitsDataset)
+    evaluator = pl.Classification(
+        learning_rate=1e-2,
+        train_dataloaders=pl.DataLoader(digits("train", flatten=False), batch_size=64, shuffle=True),
+        val_dataloaders=pl.DataLoader(digits("val", flatten=False), batch_size=256),
+        max_epochs=epochs,
+    )
+    space = DartsSpace(width=16, num_cells=5, in_channels=1)
+    exp = Experiment(space, evaluator, DARTS(seed=0), path=tmp / "oneshot")
+    start = time.perf_counter()
+    (result,) = exp.run(max_trials=1, address=backend.address, key_file=backend_key(backend), live=False)
+    wall = time.perf_counter() - start
+    if result.state != "SUCCEEDED":
+        raise Failed(f"the supernet's trial ended {result.state}: {result.reason}")
+    facts = result.devices
+    if facts is None or not facts.uuids or facts.peak_memory_bytes <= 0:
+        raise Failed(f"the supernet did not train on a GPU: {facts}")
+    return {"epochs": epochs, "s_per_epoch": wall / epochs, "peak_gib": facts.peak_memory_bytes / GiB}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -298,6 +325,7 @@ def main() -> int:
             ("search", lambda: search(backend, args.trials, args.epochs, Path(tmp))),
             ("evaluator vs hand loop", lambda: evaluator_overhead(args.epochs, args.repeats)),
             (f"pack {args.pack}", lambda: packed(backend, args.pack, args.epochs)),
+            ("one-shot DARTS", lambda: oneshot(backend, args.epochs, Path(tmp))),
         ]
         for name, part in parts:
             try:

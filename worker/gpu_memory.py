@@ -150,9 +150,14 @@ class GpuGuard:
         self._since: float | None = None
 
     def leak(self, now: float) -> GpuLeak | None:
-        """The first device over its idle level (``seen_for``: since when it has been), or None."""
+        """The first device over its idle level (``seen_for``: since when it has been), or None
+        (a device NVML cannot read now is not a leak: the trial's own CUDA calls will tell)."""
         for index in self.devices:
-            memory = self.probe.read(index)
+            try:
+                memory = self.probe.read(index)
+            except OSError as exc:
+                _log.warning("could not read GPU %d's memory through NVML: %s", index, exc)
+                continue
             held = memory.used_bytes - self.idle[index]
             if held > self.slack_bytes:
                 if self._since is None:

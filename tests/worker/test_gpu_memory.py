@@ -81,3 +81,12 @@ def test_memory_above_the_idle_level_is_a_leak_named_by_its_holder(nvml: FakeNvm
     again = guard.leak(now=106.0)
     assert again is not None and again.seen_for == 0.0  # a new leak is timed from when it is seen
     assert "no process listed" in again.describe()
+
+
+def test_a_device_that_cannot_be_read_is_no_leak_and_stops_nothing(nvml: FakeNvml) -> None:
+    guard = GpuGuard(_open(), [0, 1])
+    nvml.set((GiB, []))  # device 1 gone from the driver's list: its reads fail
+    assert guard.leak(now=1.0) is None
+    nvml.set((GiB, []), (9 * GiB, []))
+    leak = guard.leak(now=2.0)
+    assert leak is not None and leak.index == 1
