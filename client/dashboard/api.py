@@ -33,7 +33,7 @@ _log = logging.getLogger(__name__)
 
 MAX_PER_PAGE = 500
 LOG_LIMIT = 256 << 10  # the last 256 KiB of a log, at most, per request
-SORT_KEYS = ("key", "state", "metric", "duration", "attempt", "seed", "submitted")
+SORT_KEYS = ("key", "state", "metric", "duration", "attempt", "seed")
 
 
 @dataclass(frozen=True)
