@@ -1,4 +1,4 @@
-"""The ``retia`` command: ``dispatcher``, ``credential``, ``worker``, ``status``, ``report`` and ``dashboard`` subcommands.
+"""The ``retia`` command: ``dispatcher``, ``credential``, ``worker``, ``status``, ``report``, ``dashboard``.
 
 Each subcommand's options live beside the code it runs; this module only routes, importing
 the head-node or worker side lazily so ``retia --help`` stays fast and torch-free.

@@ -213,7 +213,9 @@ def query_trials(
     present.sort(key=value, reverse=order == "desc")
     rows = present + missing
     start = (page - 1) * per_page
-    return TrialsPage(len(rows), len(results), page, per_page, sort, order, labels, rows[start : start + per_page])
+    return TrialsPage(
+        len(rows), len(results), page, per_page, sort, order, labels, rows[start : start + per_page]
+    )
 
 
 def overview(source: ExperimentSource, *, cluster: bool = False) -> Overview:
@@ -267,7 +269,7 @@ def metric_series(source: ExperimentSource) -> MetricSeries:
 
 
 def _json(payload: Any, status: int = 200) -> JSONResponse:
-    data = dataclasses.asdict(payload) if dataclasses.is_dataclass(payload) else payload
+    data = payload if isinstance(payload, dict) else dataclasses.asdict(payload)
     return JSONResponse(data, status_code=status, headers={"Cache-Control": "no-store"})
 
 

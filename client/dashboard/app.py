@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .api import api_routes
 from .source import ClusterSource, ExperimentSource
@@ -57,7 +57,9 @@ class TokenMiddleware:
             return
         request = Request(scope)
         auth = request.headers.get("authorization", "")
-        if self._ok(auth[7:] if auth.startswith("Bearer ") else None) or self._ok(request.cookies.get(COOKIE)):
+        if self._ok(auth[7:] if auth.startswith("Bearer ") else None) or self._ok(
+            request.cookies.get(COOKIE)
+        ):
             await self.app(scope, receive, send)
             return
         if self._ok(request.query_params.get("token")):
@@ -67,8 +69,10 @@ class TokenMiddleware:
             response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict")
         else:
             response = JSONResponse(
-                {"error": "this dashboard needs its token: open the URL it printed at start (…?token=…), "
-                 "or send 'Authorization: Bearer TOKEN'"},
+                {
+                    "error": "this dashboard needs its token: open the URL it printed at start (…?token=…), "
+                    "or send 'Authorization: Bearer TOKEN'"
+                },
                 status_code=401,
             )
         await response(scope, receive, send)
@@ -81,7 +85,7 @@ class HeadersMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def with_headers(message: dict) -> None:  # type: ignore[type-arg]
+        async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 headers += [

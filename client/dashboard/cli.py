@@ -17,7 +17,9 @@ TOKEN_ENV = "RETIA_DASHBOARD_TOKEN"
 
 
 def add_dashboard_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("target", help="an experiment directory, or a dispatcher endpoint like tcp://head:5555")
+    parser.add_argument(
+        "target", help="an experiment directory, or a dispatcher endpoint like tcp://head:5555"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default %(default)s)")
     parser.add_argument("--port", type=int, default=8080, help="port (default %(default)s; 0: any free one)")
     parser.add_argument(

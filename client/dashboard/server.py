@@ -15,9 +15,11 @@ _log = logging.getLogger(__name__)
 
 
 class DashboardServer:
-    """``app`` on ``host:port`` (0: any free port); the socket is bound at construction, so ``url`` is known."""
+    """``app`` on ``host:port`` (0: any free port), its socket bound at construction (``url`` is known)."""
 
-    def __init__(self, app: Starlette, host: str = "127.0.0.1", port: int = 8080, token: str | None = None) -> None:
+    def __init__(
+        self, app: Starlette, host: str = "127.0.0.1", port: int = 8080, token: str | None = None
+    ) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

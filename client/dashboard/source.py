@@ -222,4 +222,3 @@ class ClusterSource:
             if self._backend is not None:
                 self._backend.close()
                 self._backend = None
-

@@ -34,7 +34,7 @@ class TinySpace(nn.ModelSpace):
 
 def score_of(arch: dict[str, Any]) -> float:
     """The known final metric of an architecture (its curve rises to it)."""
-    return arch["width"] / 16 - (0.1 if arch["act"] == "tanh" else 0.0)
+    return float(arch["width"]) / 16 - (0.1 if arch["act"] == "tanh" else 0.0)
 
 
 def dashboard_fit(model_cls: Any, steps: int = 3) -> None:

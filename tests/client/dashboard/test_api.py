@@ -49,7 +49,9 @@ def test_trials_are_sorted_filtered_and_paged_on_the_server(ran: Ran) -> None:
     by_width = client.get("/api/trials", params={"sort": "arch.width", "order": "desc"}).json()["rows"]
     assert [r["arch"]["width"] for r in by_width] == [16, 16, 8, 8, 4, 4]
     bad = client.get("/api/trials", params={"sort": "nope", "per_page": 0})
-    assert bad.status_code == 400 and "sort must be" in bad.json()["error"] and "per_page" in bad.json()["error"]
+    assert (
+        bad.status_code == 400 and "sort must be" in bad.json()["error"] and "per_page" in bad.json()["error"]
+    )
 
 
 def test_one_trial_has_its_reports_log_traceback_files_and_graph(ran: Ran) -> None:
@@ -75,7 +77,15 @@ def test_one_trial_has_its_reports_log_traceback_files_and_graph(ran: Ran) -> No
 
 @pytest.mark.parametrize(
     "name",
-    ["..%2F..%2F..%2Fetc%2Fpasswd", "/etc/passwd", "%2Fetc%2Fpasswd", "a%2F..%2F..%2Fx", "%2E%2E", "%5C..%5Cx", "a%00b"],
+    [
+        "..%2F..%2F..%2Fetc%2Fpasswd",
+        "/etc/passwd",
+        "%2Fetc%2Fpasswd",
+        "a%2F..%2F..%2Fx",
+        "%2E%2E",
+        "%5C..%5Cx",
+        "a%00b",
+    ],
 )
 def test_file_names_outside_the_trial_are_refused(ran: Ran, name: str) -> None:
     response = _client(ran).get(f"/api/trials/0/files/{name}")
@@ -100,7 +110,9 @@ def test_on_loopback_a_foreign_host_header_is_refused(ran: Ran) -> None:
     """A page of another site reaching 127.0.0.1 by DNS rebinding names its own host."""
     client = TestClient(create_app(ExperimentSource(ran.path)), base_url="http://attacker.example")
     assert client.get("/api/overview").status_code == 400
-    assert _client(ran).get("/api/overview").headers["content-security-policy"].startswith("default-src 'self'")
+    assert (
+        _client(ran).get("/api/overview").headers["content-security-policy"].startswith("default-src 'self'")
+    )
 
 
 def test_the_cli_generates_a_token_off_loopback_and_refuses_a_bad_path(tmp_path: Path) -> None:

@@ -79,7 +79,9 @@ def _rows(browser: Any) -> list[list[str]]:
     ]
 
 
-def test_the_table_shows_every_trial_and_sorts_and_filters(live: tuple[DashboardServer, Path], browser: Any) -> None:
+def test_the_table_shows_every_trial_and_sorts_and_filters(
+    live: tuple[DashboardServer, Path], browser: Any
+) -> None:
     from selenium.webdriver.common.by import By
 
     server, _ = live
@@ -142,8 +144,13 @@ def test_the_overview_counts_follow_trials_written_while_it_is_open(
 def test_raw_traversal_paths_reach_nothing(live: tuple[DashboardServer, Path]) -> None:
     """Paths as a client can send them unnormalized (``..``, ``//``), straight to the server."""
     server, _ = live
-    for raw in ("/api/trials/../../etc/passwd", "/api/trials/0/files/../../../../etc/passwd", "//etc/passwd",
-                "/api/trials/0/files//etc/passwd", "/static/../../../../etc/passwd"):
+    for raw in (
+        "/api/trials/../../etc/passwd",
+        "/api/trials/0/files/../../../../etc/passwd",
+        "//etc/passwd",
+        "/api/trials/0/files//etc/passwd",
+        "/static/../../../../etc/passwd",
+    ):
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
         try:
             conn.request("GET", raw)
