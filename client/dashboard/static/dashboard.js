@@ -53,8 +53,12 @@ function trialsPage() {
   let labels = [];
   const columns = () => [["key", "#"], ["state", "state"], ["metric", "metric"], ["duration", "duration (s)"],
     ["attempt", "attempt"], ["seed", "seed"], ...labels.map((l) => ["arch." + l, l])];
+  let drawn = "";
   const drawHead = () => {
     const head = document.getElementById("head");
+    const signature = JSON.stringify([labels, view.sort, view.order]);
+    if (signature === drawn) return;  // unchanged: keep the elements (a click on one stays valid)
+    drawn = signature;
     head.replaceChildren(el("th", "plot"), ...columns().map(([key, name]) => {
       const th = el("th", name + (view.sort === key ? (view.order === "asc" ? " ▲" : " ▼") : ""), { "data-sort": key });
       th.onclick = () => { view.order = view.sort === key && view.order === "asc" ? "desc" : "asc"; view.sort = key; refresh(); };

@@ -70,6 +70,17 @@ def _until(check: Callable[[], Any], what: str, timeout: float = 15) -> Any:
         time.sleep(0.1)
 
 
+def _click(browser: Any, css: str) -> None:
+    """Click the element, again if a redraw replaced it first."""
+    from selenium.webdriver.common.by import By
+
+    def click() -> bool:
+        browser.find_element(By.CSS_SELECTOR, css).click()
+        return True
+
+    _until(click, f"a clickable {css}")
+
+
 def _rows(browser: Any) -> list[list[str]]:
     from selenium.webdriver.common.by import By
 
@@ -89,8 +100,9 @@ def test_the_table_shows_every_trial_and_sorts_and_filters(
     rows = _until(lambda: len(r := _rows(browser)) == 6 and r, "six trials")
     assert [r[0] for r in rows] == [f"#{k}" for k in range(6)]
     assert browser.find_element(By.CSS_SELECTOR, "#metric-plot .main-svg")  # plotly drew the metric plot
-    browser.find_element(By.CSS_SELECTOR, 'th[data-sort="metric"]').click()
-    browser.find_element(By.CSS_SELECTOR, 'th[data-sort="metric"]').click()  # descending
+    _click(browser, 'th[data-sort="metric"]')
+    _until(lambda: "▲" in browser.find_element(By.CSS_SELECTOR, 'th[data-sort="metric"]').text, "ascending")
+    _click(browser, 'th[data-sort="metric"]')  # descending
     top = _until(lambda: (r := _rows(browser)) and r[0][2] == "1" and r, "the best trial first")
     assert top[-1][1] == "FAILED"  # no metric: last
     box = browser.find_element(By.ID, "filter")
@@ -98,7 +110,8 @@ def test_the_table_shows_every_trial_and_sorts_and_filters(
     tanh = _until(lambda: len(r := _rows(browser)) == 3 and r, "the three tanh trials")
     assert all("tanh" in row for row in tanh)
     box.clear()
-    browser.find_element(By.CSS_SELECTOR, "#rows tr input").click()  # a curve of the selected trial
+    _until(lambda: len(_rows(browser)) == 6, "six trials again")
+    _click(browser, "#rows tr input")  # a curve of the selected trial
     _until(lambda: browser.find_elements(By.CSS_SELECTOR, "#curve-plot .scatterlayer .trace"), "its curve")
 
 
