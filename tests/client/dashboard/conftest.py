@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,5 +31,9 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ran]:
     home = tmp_path_factory.mktemp("dashboard")
     with fast_cluster(workers=2, home=home / "cluster") as backend:
         exp = Experiment(TinySpace(), FunctionalEvaluator(dashboard_fit), GridSearch(), path=home / "exp")
-        exp.run(max_trials=6, concurrency=2, **on_cluster(backend))
+        exp.run(max_trials=6, concurrency=2, dashboard=0, **on_cluster(backend))
+        assert exp.dashboard_url is not None and exp.dashboard_url.startswith("http://127.0.0.1:")
+        port = int(exp.dashboard_url.rsplit(":", 1)[1].strip("/"))
+        with pytest.raises(ConnectionRefusedError):  # run(dashboard=) served it only while it ran
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
         yield Ran(home / "exp", backend, processes(backend).home / "credentials" / "client.json")
