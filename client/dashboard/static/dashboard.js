@@ -47,7 +47,17 @@ function overviewPage() {
   });
 }
 
+function loadPlotly() {
+  // plotly.js (4 MB) loads beside the first page of the table, not before it
+  return new Promise((resolve, reject) => {
+    const script = el("script", null, { src: "/static/plotly.min.js" });
+    script.onload = resolve; script.onerror = () => reject(new Error("plotly.min.js did not load"));
+    document.head.append(script);
+  });
+}
+
 function trialsPage() {
+  const plotly = loadPlotly();
   const view = { page: 1, per_page: 50, sort: "key", order: "asc" };
   const selected = new Set();
   let labels = [];
@@ -92,17 +102,17 @@ function trialsPage() {
     document.getElementById("pageinfo").dataset.total = p.total;
     document.getElementById("prev").disabled = p.page <= 1;
     document.getElementById("next").disabled = p.page >= pages;
+    return p;
   }
   async function metrics() {
-    if (!window.Plotly) return;
-    const m = await api("/api/metrics");
+    const [m] = await Promise.all([api("/api/metrics"), plotly]);
     Plotly.react("metric-plot", [
       { x: m.keys, y: m.metrics, mode: "markers", type: m.keys.length > 5000 ? "scattergl" : "scatter", name: "final metric" },
       { x: m.keys, y: m.best, mode: "lines", line: { shape: "hv" }, name: "best so far" },
     ], { margin: { t: 20 }, xaxis: { title: { text: "trial" } }, yaxis: { title: { text: `metric (${m.direction})` } } });
   }
   async function curves() {
-    if (!window.Plotly) return;
+    await plotly;
     const keys = [...selected];
     const c = keys.length ? await api("/api/curves?keys=" + keys.join(",")) : { curves: [] };
     Plotly.react("curve-plot", c.curves.map((cv) => ({ y: cv.values, x: cv.values.map((_, i) => i + 1), mode: "lines+markers", name: "#" + cv.key })),
@@ -112,7 +122,15 @@ function trialsPage() {
   document.getElementById("filter").oninput = () => { view.page = 1; refresh(); };
   document.getElementById("prev").onclick = () => { view.page -= 1; refresh(); };
   document.getElementById("next").onclick = () => { view.page += 1; refresh(); };
-  poll(async () => { await refresh(); await metrics(); if (selected.size) await curves(); });
+  // the metric plot is fetched again only when it can have changed (new results) or every 5th tick
+  let tick = 0, plotted = null;
+  poll(async () => {
+    const changed = (p) => plotted === null || p.all !== plotted || tick % 5 === 0;
+    const [p] = await Promise.all([refresh(), tick === 0 ? metrics() : null]);
+    if (tick > 0 && changed(p)) await metrics();
+    plotted = p.all; tick += 1;
+    if (selected.size) await curves();
+  });
 }
 
 function drawGraph(box, g) {
