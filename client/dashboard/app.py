@@ -29,7 +29,12 @@ _log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 COOKIE = "retia_dashboard_token"
 LOOPBACK_HOSTS = ["localhost", "127.0.0.1", "::1", "[::1]"]
-CSP = "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'"
+# scripts only from the dashboard itself; 'unsafe-eval' because plotly's WebGL traces (parcoords) compile
+# their shaders' glue with new Function (regl); inline styles are plotly's
+CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-eval'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; frame-ancestors 'none'"
+)
 
 
 def is_loopback(host: str) -> bool:

@@ -110,6 +110,21 @@ function trialsPage() {
       { x: m.keys, y: m.metrics, mode: "markers", type: m.keys.length > 5000 ? "scattergl" : "scatter", name: "final metric" },
       { x: m.keys, y: m.best, mode: "lines", line: { shape: "hv" }, name: "best so far" },
     ], { margin: { t: 20 }, xaxis: { title: { text: "trial" } }, yaxis: { title: { text: `metric (${m.direction})` } } });
+    if (m.keys.length) parallel(m);
+  }
+  const PARALLEL_MAX = 2000;  // parcoords is WebGL work: the latest 2,000 scored trials at most
+  function parallel(m) {
+    // one axis per label (categories as their index, named on the axis) and the metric, one line per trial
+    const from = Math.max(0, m.keys.length - PARALLEL_MAX), metrics = m.metrics.slice(from);
+    const dims = m.labels.map((label) => {
+      const values = m.arch[label].slice(from);
+      if (values.every((v) => typeof v === "number")) return { label, values };
+      const names = [...new Set(values.map(fmt))];
+      return { label, values: values.map((v) => names.indexOf(fmt(v))), tickvals: names.map((_, i) => i), ticktext: names };
+    });
+    dims.push({ label: "metric", values: metrics });
+    Plotly.react("parallel-plot", [{ type: "parcoords", line: { color: metrics, colorscale: "Viridis", showscale: true }, dimensions: dims }],
+      { margin: { t: 40, l: 60, r: 60 } });
   }
   async function curves() {
     await plotly;

@@ -51,7 +51,13 @@ def browser() -> Iterator[Any]:
     options.page_load_strategy = (
         "eager"  # get() returns at DOMContentLoaded: the tests wait for what they need
     )
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--enable-unsafe-swiftshader",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:
@@ -103,7 +109,11 @@ def test_the_table_shows_every_trial_and_sorts_and_filters(
     browser.get(server.url + "trials")
     rows = _until(lambda: len(r := _rows(browser)) == 6 and r, "six trials")
     assert [r[0] for r in rows] == [f"#{k}" for k in range(6)]
-    assert browser.find_element(By.CSS_SELECTOR, "#metric-plot .main-svg")  # plotly drew the metric plot
+    _until(lambda: browser.find_elements(By.CSS_SELECTOR, "#metric-plot .main-svg"), "the metric plot")
+    _until(
+        lambda: browser.find_elements(By.CSS_SELECTOR, "#parallel-plot .parcoords"),
+        "the parallel coordinates",
+    )
     _click(browser, 'th[data-sort="metric"]')
     _until(lambda: "▲" in browser.find_element(By.CSS_SELECTOR, 'th[data-sort="metric"]').text, "ascending")
     _click(browser, 'th[data-sort="metric"]')  # descending
