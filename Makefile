@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # so two share two cores well. Each file runs in one of them (its module-scoped cluster starts once).
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup test lint demo clean
+.PHONY: setup test lint demo clean chromium
 
 setup: $(STAMP)
 
@@ -20,7 +20,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH)"
 	$(PY) -m pip install --quiet -e '.[test]'
+	$(MAKE) --no-print-directory chromium
 	touch $(STAMP)
+
+# The dashboard's browser tests drive the distribution's Chromium; they skip (saying why) without it.
+chromium:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get install -y chromium chromium-driver || echo "note: could not install chromium; the dashboard's browser tests will skip"; \
+	else echo "note: no /usr/bin/chromium; install chromium and chromium-driver (as root) for the dashboard's browser tests, which skip without them"; fi
 
 test: lint
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)

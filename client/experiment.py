@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import sys
 import threading
 import time
 import uuid
@@ -97,6 +98,7 @@ class Experiment:
         self._path_given = path is not None
         self.config = config if config is not None else ExperimentConfig("local")  # NNI's exp.config
         self.port: int | None = None  # the dashboard's, from run(config, port)
+        self.dashboard_url: str | None = None  # where run(dashboard=PORT) served it
 
     # ---- after the fact ----
 
@@ -113,7 +115,7 @@ class Experiment:
         exp._strategy_blob = record.blob("strategy.bin")
         exp.strategy = load(exp._strategy_blob)
         exp._stop_requested = threading.Event()
-        exp._path_given, exp.config, exp.port = True, ExperimentConfig("local"), None
+        exp._path_given, exp.config, exp.port, exp.dashboard_url = True, ExperimentConfig("local"), None, None
         record.load()
         return exp
 
@@ -196,6 +198,7 @@ class Experiment:
         debug: bool = False,
         pack: int = 1,
         trial_gpus: int | None = None,
+        dashboard: int | None = None,
     ) -> list[TrialResult]:
         """Run until ``max_trials`` have finished (default 20, or the budget it was started with when
         resumed), the strategy is exhausted, ``max_duration`` seconds pass, or :meth:`stop` is called.
@@ -213,7 +216,10 @@ class Experiment:
         gives what these arguments do not (retia.client.experiment_config); ``port`` is kept as
         ``self.port``. On a cluster: ``credential`` (a client credential file; its address is the
         default), or ``address`` with the cluster key (``key``, ``key_file``); neither: a private
-        local cluster."""
+        local cluster.
+
+        ``dashboard``: a port (0: any free one) where ``retia dashboard`` serves this experiment on
+        loopback while it runs (its URL is printed to stderr and kept as ``self.dashboard_url``)."""
         pack = pack_size(pack, self.evaluator)  # an evaluator that cannot pack: 1, said once, not per trial
         check_gpus(trial_gpus, "trial_gpus")
         config, port = split_config_and_port(config_or_port, port)
@@ -234,7 +240,7 @@ class Experiment:
             debug=debug,
         )
         with logging_level(plan.log_level):
-            return self._run(plan, address, key, key_file, credential, max_retries, live, pack)
+            return self._run(plan, address, key, key_file, credential, max_retries, live, pack, dashboard)
 
     def _run(
         self,
@@ -246,6 +252,7 @@ class Experiment:
         max_retries: int,
         live: bool | None,
         pack: int = 1,
+        dashboard: int | None = None,
     ) -> list[TrialResult]:
         max_trials, concurrency = plan.max_trials, plan.concurrency
         saved = self._settings
@@ -277,12 +284,29 @@ class Experiment:
             )
         if plan.name:
             _log.info("experiment %r (%s) in %s", plan.name, self.id, self.path)
-        with self._backend(address, key, key_file, credential, plan.workers, plan.gpus) as backend:
+        with (
+            self._dashboard(dashboard),
+            self._backend(address, key, key_file, credential, plan.workers, plan.gpus) as backend,
+        ):
             loop = _Loop(
                 self, backend, max_trials, concurrency, plan.max_duration, plan.timeout, max_retries, live
             )
             loop.pack, loop.gpus = pack, plan.trial_gpus
             return loop.run()
+
+    @contextlib.contextmanager
+    def _dashboard(self, port: int | None) -> Iterator[None]:
+        """``retia dashboard`` over this experiment's directory on loopback while the search runs."""
+        if port is None:
+            yield
+            return
+        from .dashboard import DashboardServer, ExperimentSource, create_app
+
+        server = DashboardServer(create_app(ExperimentSource(self.path)), "127.0.0.1", port)
+        self.dashboard_url = server.url
+        print(f"retia dashboard: {server.url}", file=sys.stderr, flush=True)
+        with server:
+            yield
 
     def _place(self, working_directory: Path | None) -> None:
         """NNI's experiment_working_directory: the experiment directory is made there (unless path= was)."""

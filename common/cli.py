@@ -1,4 +1,4 @@
-"""The ``retia`` command: ``dispatcher``, ``credential``, ``worker``, ``status`` and ``report`` subcommands.
+"""The ``retia`` command: ``dispatcher``, ``credential``, ``worker``, ``status``, ``report``, ``dashboard``.
 
 Each subcommand's options live beside the code it runs; this module only routes, importing
 the head-node or worker side lazily so ``retia --help`` stays fast and torch-free.
@@ -48,6 +48,12 @@ _COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "add_report_arguments",
         "run_report",
         "write a PNG and a Markdown summary of an experiment directory",
+    ),
+    "dashboard": (
+        "retia.client.dashboard.cli",
+        "add_dashboard_arguments",
+        "run_dashboard",
+        "a live, read-only web view of an experiment directory or a dispatcher",
     ),
 }
 

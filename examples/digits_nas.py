@@ -161,6 +161,7 @@ def main() -> None:
     console.print(f"best architecture: {best} (val_acc {val_acc:.4f} after retraining)")
     console.print(f"report:   {png}\nsummary:  {summary}\nmodel:    {onnx_file} (open it in Netron)")
     console.print(f"per trial: logs and files under {args.out / 'cluster' / 'artifacts'}")
+    console.print(f"browse it: retia dashboard {args.out}")
 
 
 if __name__ == "__main__":
