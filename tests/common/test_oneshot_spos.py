@@ -20,7 +20,7 @@ from retia.strategy import RegularizedEvolution
 from tests.clusters import on_cluster
 from tests.common.test_oneshot import classification
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 def test_spos_evolution_over_inherited_weights_avoids_every_useless_op(

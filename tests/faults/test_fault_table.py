@@ -26,7 +26,7 @@ from retia.protocol import TrialState
 from ..clusters import fast_cluster, journal_path, processes, worker_index
 from ..integration import fits
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def _kill_worker(backend: Backend, trial: Any) -> None:

@@ -11,6 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
+pytestmark = pytest.mark.slow  # (each runs a benchmark or the README end to end)
+
 
 def _run(script: str, args: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
     """``benchmarks/<script>`` with ``args``, run where a user would (``cwd``); it must exit 0."""

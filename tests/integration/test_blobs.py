@@ -18,7 +18,7 @@ from retia.errors import TrialFailedError
 from ..clusters import fast_cluster, processes
 from . import fits
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 MB = 1 << 20
 
 

@@ -14,7 +14,7 @@ from retia.client.backend import Backend
 from ..clusters import processes
 
 ROOT = Path(__file__).parents[2]
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def test_optuna_study_drives_the_dispatcher_as_a_backend(cluster: Backend) -> None:

@@ -26,7 +26,7 @@ from ..clusters import processes
 from ..common.spaces import DigitsMLPSpace
 from . import fits
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def _digits_evaluator() -> FunctionalEvaluator:

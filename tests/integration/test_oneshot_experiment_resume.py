@@ -16,7 +16,7 @@ import pytest
 from retia import Experiment
 from tests.common.oneshot_spaces import UselessOpSpace
 
-pytestmark = pytest.mark.timeout(280)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(280)]
 EPOCHS = 8
 
 _RUNNER = """

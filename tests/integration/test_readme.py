@@ -11,6 +11,8 @@ import pytest
 
 README = Path(__file__).parents[2] / "README.md"
 
+pytestmark = pytest.mark.slow  # (its Python blocks run end to end)
+
 
 def python_blocks() -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", README.read_text(), re.MULTILINE | re.DOTALL)

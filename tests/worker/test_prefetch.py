@@ -20,7 +20,7 @@ from retia.protocol import TrialState
 from ..clusters import fast_cluster, journal_path, processes, worker_index
 from ..integration import fits
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 def _wait_for(predicate: Callable[[], object], timeout: float = 60.0) -> None:
