@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,14 @@ def joined_workers(backend: Backend, count: int, timeout: float = 60) -> list[Wo
         assert time.monotonic() < deadline, f"{len(workers)} of {count} workers joined"
         time.sleep(0.05)
     return workers
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    """Poll ``check`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"still not {what} after {timeout:.0f}s"
+        time.sleep(0.05)
 
 
 def worker_index(backend: Backend, worker_id: str) -> int:

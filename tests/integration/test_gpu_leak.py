@@ -8,7 +8,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,20 +15,13 @@ import pytest
 from retia import FunctionalEvaluator
 from retia.protocol import TrialState, WorkerInfo
 
-from ..clusters import fast_cluster, joined_workers, processes
+from ..clusters import fast_cluster, joined_workers, processes, wait_until
 from ..nvml import FakeNvml
 from . import fits
 
 pytestmark = pytest.mark.timeout(120)
 
 GiB = 1 << 30
-
-
-def _until(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"still not {what}"
-        time.sleep(0.05)
 
 
 def test_memory_a_trial_left_on_its_gpu_blocks_the_worker_until_freed(
@@ -51,7 +43,7 @@ def test_memory_a_trial_left_on_its_gpu_blocks_the_worker_until_freed(
             (only,) = backend.status().workers
             return only
 
-        _until(lambda: worker().state == "blocked" and after.state is TrialState.QUEUED, "blocked")
+        wait_until(lambda: worker().state == "blocked" and after.state is TrialState.QUEUED, "blocked")
         reason, pid = worker().blocked, int(leaked["pid"])
         assert "GPU 0 holds 2048 MiB above its idle level" in reason and f"held by pid {pid} (" in reason
         shown = subprocess.run(
